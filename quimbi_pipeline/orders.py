@@ -1,0 +1,234 @@
+"""Orders sources and validation (DESIGN "Inputs: orders").
+
+Sources: a CSV or Parquet path, `sql:<table>` in the warehouse, `demo[:key=value,...]`.
+Every source goes through `validate_orders`, which normalizes types and reports problems per store,
+so that one store's bad rows never stop the others.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("order_id", "customer_id", "order_ts", "order_total")
+OPTIONAL_COLUMNS = ("store_id", "discount_total", "item_count", "category")
+DEFAULT_STORE = "default"
+MAX_ROWS_NAMED = 10
+
+
+class OrdersSourceError(ValueError):
+    """The source as a whole is unusable (unreadable file, missing required column, unknown URI)."""
+
+
+@dataclass(frozen=True)
+class OrderProblem:
+    store_id: str
+    column: str
+    message: str
+    rows: tuple[int, ...]  # 0-based row numbers in the source (data rows, header excluded)
+    n_rows: int
+
+    def describe(self) -> str:
+        shown = ", ".join(str(r) for r in self.rows)
+        more = f" (and {self.n_rows - len(self.rows)} more)" if self.n_rows > len(self.rows) else ""
+        return f"store {self.store_id!r}, column {self.column!r}: {self.message} in {self.n_rows} row(s): {shown}{more}"
+
+
+@dataclass
+class ValidatedOrders:
+    orders: pd.DataFrame  # clean rows of the stores that passed
+    problems: list[OrderProblem] = field(default_factory=list)
+    rejected_stores: dict[str, list[OrderProblem]] = field(default_factory=dict)
+    optional_columns: tuple[str, ...] = ()
+    n_future_dated: int = 0
+    n_exact_duplicates: int = 0
+
+    @property
+    def stores(self) -> list[str]:
+        return sorted(self.orders["store_id"].unique().tolist())
+
+
+def read_orders_source(uri: str, warehouse_url: str | None = None) -> pd.DataFrame:
+    """Read raw rows from a source URI (no validation)."""
+    if uri == "demo" or uri.startswith("demo:"):
+        from quimbi_pipeline.demo import demo_from_uri
+
+        return demo_from_uri(uri).orders
+    if uri.startswith("sql:"):
+        from quimbi_pipeline.warehouse import Warehouse
+
+        table = uri[len("sql:") :]
+        return Warehouse(warehouse_url).read_table(table)
+    path = Path(uri)
+    if not path.exists():
+        raise OrdersSourceError(f"orders source {uri!r}: file not found (expected a CSV/Parquet path, sql:<table> or demo)")
+    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if suffix in (".csv", ".csv.gz", ".txt"):
+            # Everything as text: validation parses each column and names the rows it cannot parse.
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise OrdersSourceError(f"orders source {uri!r} could not be read: {exc}") from exc
+    raise OrdersSourceError(f"orders source {uri!r}: unsupported file type {suffix!r} (use .csv, .csv.gz or .parquet)")
+
+
+def _problem(store_ids: pd.Series, mask: np.ndarray, column: str, message: str) -> list[OrderProblem]:
+    bad = np.flatnonzero(mask)
+    if bad.size == 0:
+        return []
+    out = []
+    bad_stores = store_ids.iloc[bad]
+    for store, rows in pd.Series(bad, index=bad_stores.values).groupby(level=0, sort=True):
+        out.append(OrderProblem(str(store), column, message, tuple(int(r) for r in rows.values[:MAX_ROWS_NAMED]), int(rows.size)))
+    return out
+
+
+def _to_utc_naive(values: pd.Series) -> pd.Series:
+    """Parse timestamps; naive values are UTC, aware ones are converted to UTC. Unparseable -> NaT."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values
+        if getattr(parsed.dt, "tz", None) is None:
+            return parsed.astype("datetime64[us]")
+    else:
+        text = values.astype("string")
+        parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+        retry = parsed.isna() & text.notna()
+        if retry.any():  # non-ISO formats, parsed one format guess at a time
+            parsed.loc[retry] = pd.to_datetime(text[retry], utc=True, errors="coerce", format="mixed")
+    return parsed.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
+
+
+def _numeric(values: pd.Series) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values.astype("float64")
+    return pd.to_numeric(values.astype("string").str.strip(), errors="coerce").astype("float64")
+
+
+def validate_orders(raw: pd.DataFrame, *, now: pd.Timestamp | None = None, bad_rows: str = "reject_store") -> ValidatedOrders:
+    """Normalize and check raw order rows.
+
+    - A missing required column raises OrdersSourceError naming it.
+    - Row problems (null or blank ids, unparseable order_ts, non-numeric totals, conflicting duplicate
+      order_ids, non-numeric optional values) are reported per store. With bad_rows="reject_store"
+      (default) a store with any problem is left out whole, so nothing of it is half-processed; with
+      "quarantine" only the bad rows are dropped. Either way each problem is logged with its rows.
+    - Exact duplicate rows are collapsed to one (logged). Orders dated after `now` are kept but can only
+      be seen by partitions after their date (logged as future-dated).
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
+    if missing:
+        raise OrdersSourceError(f"orders are missing required column(s): {', '.join(missing)} (have: {', '.join(map(str, raw.columns))})")
+    present_optional = tuple(c for c in OPTIONAL_COLUMNS if c in raw.columns and c != "store_id")
+    for c in OPTIONAL_COLUMNS:
+        if c != "store_id" and c not in raw.columns:
+            log.info("orders have no %r column: features that need it are skipped", c)
+
+    raw = raw.reset_index(drop=True)
+    out = pd.DataFrame(index=raw.index)
+    if "store_id" in raw.columns:
+        store = raw["store_id"].astype("string").str.strip()
+        store = store.fillna(DEFAULT_STORE).mask(store == "", DEFAULT_STORE)
+    else:
+        store = pd.Series(DEFAULT_STORE, index=raw.index, dtype="string")
+    out["store_id"] = store
+    problems: list[OrderProblem] = []
+
+    for col in ("order_id", "customer_id"):
+        text = raw[col].astype("string").str.strip()
+        bad = (text.isna() | (text == "")).to_numpy()
+        problems += _problem(store, bad, col, "null or blank value")
+        out[col] = text
+
+    out["order_ts"] = _to_utc_naive(raw["order_ts"])
+    problems += _problem(store, (out["order_ts"].isna() & raw["order_ts"].notna()).to_numpy(), "order_ts", "unparseable timestamp")
+    problems += _problem(store, raw["order_ts"].isna().to_numpy(), "order_ts", "missing timestamp")
+
+    for col in ("order_total",) + tuple(c for c in ("discount_total", "item_count") if c in present_optional):
+        values = _numeric(raw[col])
+        non_numeric = values.isna() & raw[col].notna()
+        if col == "order_total":
+            non_numeric |= raw[col].isna()
+        non_numeric |= ~np.isfinite(values.fillna(0.0))
+        problems += _problem(store, non_numeric.to_numpy(), col, "non-numeric or non-finite value")
+        out[col] = values
+    if "item_count" in present_optional:
+        neg = (out["item_count"] < 0).to_numpy()
+        problems += _problem(store, neg, "item_count", "negative item count")
+    if "category" in present_optional:
+        out["category"] = raw["category"].astype("string").str.strip().fillna("unknown")
+
+    # Duplicates: identical rows collapse to one; same (store, order_id) with different content is a problem.
+    exact_dup = out.duplicated(keep="first").to_numpy()
+    n_exact = int(exact_dup.sum())
+    if n_exact:
+        log.warning("dropping %d exact duplicate order row(s)", n_exact)
+    key_dup = out.duplicated(subset=["store_id", "order_id"], keep=False).to_numpy() & ~out.duplicated(keep=False).to_numpy()
+    problems += _problem(store, key_dup, "order_id", "duplicate order_id with conflicting values")
+
+    bad_mask = np.zeros(len(out), dtype=bool)
+    rejected: dict[str, list[OrderProblem]] = {}
+    for p in problems:
+        log.error("invalid orders: %s", p.describe())
+        rejected.setdefault(p.store_id, []).append(p)
+    if problems:
+        if bad_rows == "reject_store":
+            bad_mask |= out["store_id"].isin(list(rejected)).to_numpy()
+        else:
+            bad_mask |= out[["order_id", "customer_id", "order_ts", "order_total"]].isna().any(axis=1).to_numpy()
+            bad_mask |= key_dup
+            for col in ("discount_total", "item_count"):
+                if col in out:
+                    bad_mask |= ~np.isfinite(out[col].fillna(0.0).to_numpy()) | (raw[col].notna() & out[col].isna()).to_numpy()
+            if "item_count" in out:
+                bad_mask |= (out["item_count"] < 0).to_numpy()
+            log.warning("quarantined %d invalid order row(s)", int(bad_mask.sum()))
+            rejected = {}
+    keep = ~(bad_mask | exact_dup)
+    clean = out.loc[keep].reset_index(drop=True)
+
+    now = pd.Timestamp.now(tz="UTC").tz_localize(None) if now is None else now
+    n_future = int((clean["order_ts"] > now).sum())
+    if n_future:
+        log.warning("%d order(s) are dated after now (%s): no partition up to today sees them", n_future, now)
+    for col in ("discount_total", "item_count"):
+        if col in clean:
+            clean[col] = clean[col].fillna(0.0)
+    clean["store_id"] = clean["store_id"].astype(str)
+    return ValidatedOrders(clean, problems, rejected, present_optional, n_future, n_exact)
+
+
+def load_orders(uri: str, *, warehouse_url: str | None = None, now: pd.Timestamp | None = None, bad_rows: str = "reject_store") -> ValidatedOrders:
+    return validate_orders(read_orders_source(uri, warehouse_url), now=now, bad_rows=bad_rows)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_immutable(uri: str, stamp: tuple, bad_rows: str) -> ValidatedOrders:
+    return load_orders(uri, bad_rows=bad_rows)
+
+
+def load_orders_cached(uri: str, *, warehouse_url: str | None = None, bad_rows: str = "reject_store") -> ValidatedOrders:
+    """As load_orders, cached per process for sources that cannot change under a run (demo, a file of
+    unchanged size and mtime), so a multi-date run reads and validates them once. Callers must not mutate."""
+    if uri.startswith("sql:"):
+        return load_orders(uri, warehouse_url=warehouse_url, bad_rows=bad_rows)
+    if uri == "demo" or uri.startswith("demo:"):
+        return _load_immutable(uri, (), bad_rows)
+    path = Path(uri)
+    stat = path.stat() if path.exists() else None
+    stamp = (stat.st_size, stat.st_mtime_ns) if stat else ()
+    return _load_immutable(uri, stamp, bad_rows)
+
+
+def orders_as_of(orders: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Point in time: partition D sees only orders with order_ts < D + 1 day."""
+    end = pd.Timestamp(as_of).normalize() + pd.Timedelta(days=1)
+    return orders.loc[orders["order_ts"] < end]

@@ -1,0 +1,251 @@
+"""Customer profiles of one store as of a date: features -> segments -> archetype, churn, LTV.
+
+Pure pandas/numpy; the output frame has exactly the columns of the customer_profiles table, JSON
+columns already serialized (deterministically: fixed key order, values rounded to 6 decimals).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from quimbi_pipeline import btyd
+from quimbi_pipeline.features import AxisSpec, active_mask, available_axes, compute_customer_features
+from quimbi_pipeline.segmentation import AxisSegmentation, segment_axis
+from quimbi_pipeline.settings import ChurnBands, PipelineSettings
+
+log = logging.getLogger(__name__)
+
+PROFILE_COLUMNS = [
+    "store_id", "customer_id", "archetype_id", "archetype_level", "archetype_name", "dominant_segments",
+    "fuzzy_memberships", "behavioral_features", "churn_risk_score", "churn_risk_level", "predicted_ltv",
+    "total_orders", "lifetime_value", "days_since_first_order", "tenure_months", "profile_date", "model_version",
+]
+ARCHETYPE_NAMESPACE = uuid.UUID("8f7c1a52-3f0e-4c59-9a43-2f1d7d0c9b11")
+ARCHETYPE_LEVELS = 5
+# Modified BG/NBD fitted on CDNOW (weeks): used for stores too small for their own fit (documented).
+DEFAULT_MBGNBD = btyd.BGParams(r=0.5248, alpha=6.1831, a=0.8914, b=1.6140)
+WEEKS_PER_DAY = 1.0 / 7.0
+DECIMALS = 6
+
+
+def model_version_for(algorithm: str, as_of: pd.Timestamp) -> str:
+    return f"{algorithm}-{pd.Timestamp(as_of):%Y-%m-%d}"
+
+
+def churn_risk_level(score: np.ndarray, bands: ChurnBands) -> np.ndarray:
+    return np.select(
+        [score >= bands.critical_from, score >= bands.high_from, score >= bands.medium_from],
+        ["critical", "high", "medium"],
+        default="low",
+    )
+
+
+def json_number(values: np.ndarray) -> pd.Series:
+    """Numbers as JSON text, rounded to 6 decimals; NaN and inf become null."""
+    values = np.asarray(values, dtype="float64")
+    rounded = np.round(values, DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
+    text = pd.Series(rounded).astype(str)
+    return text.where(np.isfinite(values), "null")
+
+
+def json_object(items: list[tuple[str, pd.Series]]) -> pd.Series:
+    """'{"k1": v1, "k2": v2}' per row from already-serialized JSON values, vectorized."""
+    if not items:
+        raise ValueError("json_object needs at least one item")
+    out = None
+    for i, (key, value) in enumerate(items):
+        prefix = ("{" if i == 0 else ", ") + f'"{key}": '
+        part = prefix + value.reset_index(drop=True)
+        out = part if out is None else out + part
+    return out + "}"
+
+
+def json_string(values: np.ndarray) -> pd.Series:
+    # Segment names come from fixed ladders ([a-z_0-9]): no escaping needed.
+    return '"' + pd.Series(values, dtype="string") + '"'
+
+
+@dataclass
+class ChurnModel:
+    bg: btyd.BGParams
+    gg: btyd.GammaGammaParams | None
+    notes: list[str] = field(default_factory=list)
+
+
+def fit_churn_model(features: pd.DataFrame, settings: PipelineSettings) -> ChurnModel:
+    """Modified BG/NBD on every customer with a purchase (the dead inform the dropout rate), and Gamma-Gamma on repeat buyers."""
+    notes = []
+    x, t_x, T = features["btyd_x"].to_numpy(), features["btyd_t_x"].to_numpy(), features["btyd_T"].to_numpy()
+    if len(features) < settings.btyd_min_customers or x.sum() == 0 or T.max() <= 0:
+        notes.append(f"{len(features)} customers / {int((x > 0).sum())} repeat buyers: too few for a BTYD fit, default modified BG/NBD parameters used")
+        bg = DEFAULT_MBGNBD
+    else:
+        bg = btyd.fit_mbgnbd(x, t_x, T, sample_size=settings.btyd_fit_sample_size, random_state=settings.random_state)
+        if not bg.converged:
+            notes.append("modified BG/NBD fit did not report convergence")
+    try:
+        gg = btyd.fit_gamma_gamma(x, features["btyd_monetary"].to_numpy(), sample_size=settings.btyd_fit_sample_size, random_state=settings.random_state)
+        if gg.q <= 1:
+            notes.append(f"Gamma-Gamma q={gg.q:.3f} <= 1 has no finite mean: customers' own average order value used for LTV")
+            gg = None
+    except ValueError as exc:
+        notes.append(f"Gamma-Gamma not fitted ({exc}): customers' own average order value used for LTV")
+        gg = None
+    for note in notes:
+        log.warning("churn model: %s", note)
+    return ChurnModel(bg, gg, notes)
+
+
+def score_churn(model: ChurnModel, features: pd.DataFrame, settings: PipelineSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(churn_risk_score = 1 - P(alive), predicted_ltv = expected spend over the LTV horizon)."""
+    x, t_x, T = features["btyd_x"].to_numpy(), features["btyd_t_x"].to_numpy(), features["btyd_T"].to_numpy()
+    p_alive = btyd.mbgnbd_p_alive(model.bg, x, t_x, T)
+    expected = btyd.mbgnbd_expected_purchases(model.bg, settings.ltv_horizon_days * WEEKS_PER_DAY, x, t_x, T)
+    bad = ~np.isfinite(expected) | (expected < 0)
+    if bad.any():
+        log.warning("expected purchases not finite for %d customer(s): set to 0", int(bad.sum()))
+        expected = np.where(bad, 0.0, expected)
+    if model.gg is not None:
+        spend = btyd.gamma_gamma_expected_spend(model.gg, x, features["btyd_monetary"].to_numpy())
+    else:
+        spend = features["avg_order_value"].to_numpy()
+    return 1.0 - p_alive, expected * np.nan_to_num(spend, nan=0.0)
+
+
+def archetypes(segmentations: dict[str, AxisSegmentation]) -> tuple[pd.Series, np.ndarray, pd.Series]:
+    """(archetype_id, archetype_level, archetype_name) from the dominant segment of each axis.
+
+    archetype_id is uuid5 of "axis=segment|..." in axis order, stable across runs and stores.
+    archetype_level (1..5) buckets the mean position of the dominant segments on their worse -> better
+    ladders: 1 = worst on every axis, 5 = best on every axis.
+    """
+    key = None
+    name = None
+    position = None
+    for axis, seg in segmentations.items():
+        seg_names = np.asarray(seg.model.segment_names, dtype=object)[seg.dominant]
+        part = pd.Series(seg_names, dtype="string")
+        key = (axis + "=" + part) if key is None else key + ("|" + axis + "=") + part
+        name = part if name is None else name + ", " + part
+        k = seg.model.k
+        pos = seg.dominant / (k - 1) if k > 1 else np.full(seg.dominant.shape, 0.5)
+        position = pos if position is None else position + pos
+    position = position / len(segmentations)
+    level = np.clip(np.floor(position * ARCHETYPE_LEVELS).astype(int) + 1, 1, ARCHETYPE_LEVELS)
+    codes, uniques = pd.factorize(key)
+    ids = np.array([str(uuid.uuid5(ARCHETYPE_NAMESPACE, u)) for u in uniques], dtype=object)  # one per archetype, not per customer
+    return pd.Series(ids[codes], dtype="string"), level, name
+
+
+@dataclass
+class StoreProfiles:
+    store_id: str
+    as_of: pd.Timestamp
+    profiles: pd.DataFrame  # PROFILE_COLUMNS
+    segmentations: dict[str, AxisSegmentation]
+    churn: ChurnModel | None
+    model_version: str
+    n_customers_seen: int
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
+
+    @property
+    def axes(self) -> list[str]:
+        return list(self.segmentations)
+
+
+def _empty_profiles() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="object") for c in PROFILE_COLUMNS})
+
+
+def build_store_profiles(
+    orders: pd.DataFrame,
+    store_id: str,
+    as_of: pd.Timestamp,
+    settings: PipelineSettings,
+    optional_columns: tuple[str, ...] | list[str] = (),
+) -> StoreProfiles:
+    """Profiles of the store's active customers at D. `orders` must already be cut at D + 1 day."""
+    as_of = pd.Timestamp(as_of).normalize()
+    version = model_version_for("kmeans", as_of)
+    if orders.empty:
+        log.info("store %s: no orders up to %s: no profiles", store_id, as_of.date())
+        return StoreProfiles(store_id, as_of, _empty_profiles(), {}, None, version, 0)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    features = compute_customer_features(orders, as_of, optional_columns=optional_columns, window_days=settings.feature_window_days)
+    active = features.loc[active_mask(features, settings.active_days)]
+    seconds["features"] = time.perf_counter() - started
+    if active.empty:
+        log.info("store %s: no customer active in the %d days up to %s: no profiles", store_id, settings.active_days, as_of.date())
+        return StoreProfiles(store_id, as_of, _empty_profiles(), {}, None, version, len(features))
+
+    axes: list[AxisSpec] = available_axes(optional_columns)
+    started = time.perf_counter()
+    segmentations = {axis.name: segment_axis(active, axis, settings) for axis in axes}
+    seconds["segments"] = time.perf_counter() - started
+    started = time.perf_counter()
+    churn = fit_churn_model(features, settings)
+    churn_score, predicted_ltv = score_churn(churn, active, settings)
+    seconds["churn_ltv"] = time.perf_counter() - started
+    started = time.perf_counter()
+    archetype_id, archetype_level, archetype_name = archetypes(segmentations)
+
+    dominant = json_object([(a, json_string(np.asarray(s.model.segment_names, dtype=object)[s.dominant])) for a, s in segmentations.items()])
+    memberships = json_object([
+        (a, json_object([(name, json_number(s.memberships[:, j])) for j, name in enumerate(s.model.segment_names)]))
+        for a, s in segmentations.items()
+    ])
+    behavioral = json_object([
+        (axis.name, json_object([(f, json_number(active[f].to_numpy())) for f in axis.feature_names])) for axis in axes
+    ])
+    n = len(active)
+    profiles = pd.DataFrame({
+        "store_id": pd.Series([store_id] * n, dtype="string"),
+        "customer_id": pd.Series(active.index.to_numpy(), dtype="string"),
+        "archetype_id": archetype_id,
+        "archetype_level": archetype_level.astype("int64"),
+        "archetype_name": archetype_name,
+        "dominant_segments": dominant,
+        "fuzzy_memberships": memberships,
+        "behavioral_features": behavioral,
+        "churn_risk_score": np.round(churn_score, DECIMALS) + 0.0,
+        "churn_risk_level": churn_risk_level(churn_score, settings.churn_bands),
+        "predicted_ltv": np.round(predicted_ltv, 2) + 0.0,
+        "total_orders": active["total_orders"].to_numpy("int64"),
+        "lifetime_value": np.round(active["lifetime_value"].to_numpy(), 2) + 0.0,
+        "days_since_first_order": active["days_since_first_order"].to_numpy().astype("int64"),
+        "tenure_months": np.round(active["tenure_months"].to_numpy(), 2) + 0.0,
+        "profile_date": pd.Series([as_of.date()] * n, dtype="object"),
+        "model_version": pd.Series([version] * n, dtype="string"),
+    })
+    seconds["assemble"] = time.perf_counter() - started
+    return StoreProfiles(store_id, as_of, profiles[PROFILE_COLUMNS], segmentations, churn, version, len(features), seconds)
+
+
+def segment_model_rows(result: StoreProfiles) -> pd.DataFrame:
+    """segment_models rows (one per axis) of a store's fit."""
+    rows = []
+    for axis, seg in result.segmentations.items():
+        m = seg.model
+        rows.append({
+            "store_id": result.store_id,
+            "model_version": result.model_version,
+            "axis": axis,
+            "algorithm": m.algorithm,
+            "k": m.k,
+            "silhouette": None if m.silhouette is None else round(m.silhouette, DECIMALS),
+            "segment_names": list(m.segment_names),
+            "centroids": np.round(m.centroids, DECIMALS).tolist(),
+            "scaler": {"features": m.feature_names, "log1p": m.log_scale.tolist(),
+                       "mean": np.round(m.scaler_mean, 9).tolist(), "scale": np.round(m.scaler_scale, 9).tolist()},
+            "n_customers": m.n_fit,
+            "note": m.note,
+            "fitted_on": result.as_of.date(),
+        })
+    return pd.DataFrame(rows)

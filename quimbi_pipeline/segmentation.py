@@ -1,0 +1,166 @@
+"""The original segmentation engine, per store and axis (pure numpy/scikit-learn).
+
+StandardScaler on the axis' features (log1p first for heavy-tailed ones), KMeans(random_state,
+n_init) for each k in [min_k, max_k], k chosen by silhouette (on a fixed-seed sample above
+`silhouette_sample_size` customers). Segments are relabelled worse -> better by the axis' feature
+directions and named from the axis' ladder. Fuzzy memberships are fuzzy c-means memberships (m = 2)
+to the centroids, which sum to 1, are scale-invariant and need no temperature.
+
+Degenerate populations (documented in docs/segmentation.md): one distinct feature vector (one
+customer, or identical features) gives one segment, "all_customers", membership 1 and no silhouette;
+fewer distinct vectors than min_k gives k = number of distinct vectors; a population too small for a
+silhouette (2 customers) keeps the smallest k with silhouette None.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.cluster import KMeans
+from sklearn.metrics import silhouette_score
+
+from quimbi_pipeline.features import AxisSpec
+from quimbi_pipeline.settings import PipelineSettings
+
+log = logging.getLogger(__name__)
+
+SINGLE_SEGMENT_NAME = "all_customers"
+MIN_SQUARED_DISTANCE = 1e-12
+
+
+def segment_names_for(axis: AxisSpec, k: int) -> list[str]:
+    """k names from the axis ladder, spread from its worst to its best rung; suffixed when k exceeds it."""
+    if k == 1:
+        return [SINGLE_SEGMENT_NAME]
+    rungs = len(axis.ladder)
+    idx = np.floor(np.arange(k) * (rungs - 1) / (k - 1) + 0.5).astype(int)
+    names = [axis.ladder[i] for i in idx]
+    if len(set(names)) < k:
+        counts: dict[str, int] = {}
+        for i, name in enumerate(names):
+            counts[name] = counts.get(name, 0) + 1
+        seen: dict[str, int] = {}
+        for i, name in enumerate(names):
+            if counts[name] > 1:
+                seen[name] = seen.get(name, 0) + 1
+                names[i] = f"{name}_{seen[name]}"
+    return names
+
+
+@dataclass
+class AxisModel:
+    axis: str
+    algorithm: str
+    feature_names: list[str]
+    log_scale: np.ndarray
+    scaler_mean: np.ndarray
+    scaler_scale: np.ndarray
+    centroids: np.ndarray  # (k, n_features) in scaled space, ordered worse -> better
+    segment_names: list[str]
+    silhouette: float | None
+    n_fit: int
+    silhouette_by_k: dict[int, float] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def k(self) -> int:
+        return len(self.segment_names)
+
+    def transform(self, raw: np.ndarray) -> np.ndarray:
+        x = np.where(self.log_scale, np.log1p(np.maximum(raw, 0.0)), raw)
+        return (x - self.scaler_mean) / self.scaler_scale
+
+    def memberships(self, raw: np.ndarray) -> np.ndarray:
+        return fuzzy_memberships(self.transform(raw), self.centroids)
+
+
+def fuzzy_memberships(scaled: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Fuzzy c-means memberships with m = 2: u_ij = (1/d_ij^2) / sum_k (1/d_ik^2); rows sum to 1."""
+    d2 = np.zeros((scaled.shape[0], centroids.shape[0]))
+    for j in range(centroids.shape[0]):  # loop over k (<= a few dozen), not customers
+        diff = scaled - centroids[j]
+        d2[:, j] = np.einsum("ij,ij->i", diff, diff)
+    inv = 1.0 / np.maximum(d2, MIN_SQUARED_DISTANCE)
+    return inv / inv.sum(axis=1, keepdims=True)
+
+
+def axis_matrix(features: pd.DataFrame, axis: AxisSpec) -> np.ndarray:
+    """The raw feature matrix of an axis; missing values take the column median (logged)."""
+    frame = features[axis.feature_names].astype("float64")
+    if frame.isna().to_numpy().any():
+        log.warning("axis %s: %d missing feature value(s) filled with the column median", axis.name, int(frame.isna().sum().sum()))
+        frame = frame.fillna(frame.median()).fillna(0.0)
+    return frame.to_numpy()
+
+
+def _order_by_quality(centroids: np.ndarray, axis: AxisSpec) -> np.ndarray:
+    direction = np.array([1.0 if f.higher_is_better else -1.0 for f in axis.features])
+    return np.argsort(centroids @ direction, kind="stable")
+
+
+def fit_axis_model(raw: np.ndarray, axis: AxisSpec, settings: PipelineSettings) -> AxisModel:
+    log_scale = np.array([f.log_scale for f in axis.features])
+    x = np.where(log_scale, np.log1p(np.maximum(raw, 0.0)), raw)
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    scale = np.where(std > 0, std, 1.0)  # as StandardScaler: a constant feature keeps scale 1
+    scaled = (x - mean) / scale
+    n = scaled.shape[0]
+    n_distinct = int(pd.DataFrame(scaled).drop_duplicates().shape[0]) if n else 0
+
+    common = dict(axis=axis.name, algorithm="kmeans", feature_names=axis.feature_names, log_scale=log_scale,
+                  scaler_mean=mean, scaler_scale=scale, n_fit=n)
+    if n_distinct <= 1:
+        centroid = scaled[:1] if n else np.zeros((1, len(axis.features)))
+        note = "one customer" if n == 1 else "all customers have identical features"
+        log.info("axis %s: %s -> one segment", axis.name, note)
+        return AxisModel(centroids=centroid.copy(), segment_names=[SINGLE_SEGMENT_NAME], silhouette=None, note=note, **common)
+
+    k_max = min(settings.max_k, n_distinct)
+    k_min = min(settings.min_k, k_max)
+    sample = settings.silhouette_sample_size if n > settings.silhouette_sample_size else None
+    fits: dict[int, KMeans] = {}
+    scores: dict[int, float] = {}
+    for k in range(k_min, k_max + 1):
+        km = KMeans(n_clusters=k, random_state=settings.random_state, n_init=settings.kmeans_n_init)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)  # duplicate points: handled by n_distinct
+            labels = km.fit_predict(scaled)
+        fits[k] = km
+        n_labels = np.unique(labels).size
+        if 2 <= n_labels <= (sample or n) - 1:
+            scores[k] = float(silhouette_score(scaled, labels, sample_size=sample, random_state=settings.random_state))
+    if scores:
+        best_k = max(scores, key=lambda k: (scores[k], -k))  # ties: the smaller k
+        note = ""
+    else:
+        best_k = k_min
+        note = f"{n} customers: too few for a silhouette"
+    centroids = fits[best_k].cluster_centers_
+    order = _order_by_quality(centroids, axis)
+    return AxisModel(
+        centroids=centroids[order],
+        segment_names=segment_names_for(axis, best_k),
+        silhouette=scores.get(best_k),
+        silhouette_by_k=scores,
+        note=note,
+        **common,
+    )
+
+
+@dataclass
+class AxisSegmentation:
+    model: AxisModel
+    memberships: np.ndarray  # (n_customers, k), rows sum to 1
+    dominant: np.ndarray  # (n_customers,) index into model.segment_names
+
+
+def segment_axis(features: pd.DataFrame, axis: AxisSpec, settings: PipelineSettings) -> AxisSegmentation:
+    raw = axis_matrix(features, axis)
+    model = fit_axis_model(raw, axis, settings)
+    memberships = model.memberships(raw)
+    return AxisSegmentation(model, memberships, memberships.argmax(axis=1))

@@ -1,0 +1,69 @@
+"""Pipeline settings: the one config model for the computation (no Dagster import).
+
+Values come from defaults, then environment variables (QUIMBI_*), then explicit overrides
+(run config, CLI). Invalid values fail here, before any work, with the field named.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ChurnBands(BaseModel):
+    """churn_risk_level from churn_risk_score: low < medium_from <= medium < high_from <= high < critical_from <= critical."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    medium_from: float = Field(0.3, gt=0, lt=1)
+    high_from: float = Field(0.6, gt=0, lt=1)
+    critical_from: float = Field(0.8, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ChurnBands":
+        if not self.medium_from < self.high_from < self.critical_from:
+            raise ValueError("churn bands must satisfy medium_from < high_from < critical_from")
+        return self
+
+
+class PipelineSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # A customer is active at D when they have an order in (D - active_days, D].
+    active_days: int = Field(365, ge=1, le=36500)
+    # Trailing window for rate/value features (customers with shorter tenure use their tenure).
+    feature_window_days: int = Field(365, ge=30, le=3650)
+    min_k: int = Field(2, ge=2, le=50)
+    max_k: int = Field(6, ge=2, le=50)
+    random_state: int = 42
+    kmeans_n_init: int = Field(10, ge=1, le=100)
+    # Silhouette is O(n^2): above this many customers it is computed on a fixed-seed sample.
+    silhouette_sample_size: int = Field(10_000, ge=100)
+    # BTYD parameters are population-level: fitted on a fixed-seed sample of at most this many customers.
+    btyd_fit_sample_size: int = Field(200_000, ge=100)
+    # Below this many customers a store's BTYD fit is unreliable: documented default parameters are used.
+    btyd_min_customers: int = Field(30, ge=2)
+    ltv_horizon_days: int = Field(365, ge=1)
+    churn_bands: ChurnBands = ChurnBands()
+    # What to do with rows that fail validation: reject the whole store, or drop the rows.
+    bad_rows: str = Field("reject_store", pattern="^(reject_store|quarantine)$")
+
+    @model_validator(mode="after")
+    def _k_range(self) -> "PipelineSettings":
+        if self.min_k > self.max_k:
+            raise ValueError(f"min_k ({self.min_k}) must be <= max_k ({self.max_k})")
+        return self
+
+    @classmethod
+    def from_env(cls, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> "PipelineSettings":
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            if name == "churn_bands":
+                continue
+            raw = env.get(f"QUIMBI_{name.upper()}")
+            if raw is not None:
+                values[name] = raw
+        values.update(overrides or {})
+        return cls.model_validate(values)

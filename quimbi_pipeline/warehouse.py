@@ -1,0 +1,262 @@
+"""The one module that reads and writes warehouse tables (SQLAlchemy 2 Core).
+
+QUIMBI_WAREHOUSE_URL chooses the database: SQLite by default (a file under the project's data
+folder), PostgreSQL in production (tables in schema `platform`, JSON as JSONB, bulk loads by COPY).
+A partition's write for one store is one transaction: staged rows are merged, so a re-run replaces
+exactly that partition's rows and a failure leaves the previous rows intact.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+PG_SCHEMA = "platform"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+COPY_CHUNK_ROWS = 200_000
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+
+metadata = sa.MetaData()
+Json = sa.JSON().with_variant(JSONB(), "postgresql")
+
+customer_profiles = sa.Table(
+    "customer_profiles", metadata,
+    sa.Column("store_id", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("archetype_id", sa.Text, nullable=False),
+    sa.Column("archetype_level", sa.Integer, nullable=False),
+    sa.Column("archetype_name", sa.Text, nullable=False),
+    sa.Column("dominant_segments", Json, nullable=False),
+    sa.Column("fuzzy_memberships", Json, nullable=False),
+    sa.Column("behavioral_features", Json, nullable=False),
+    sa.Column("churn_risk_score", sa.Float, nullable=False),
+    sa.Column("churn_risk_level", sa.Text, nullable=False),
+    sa.Column("predicted_ltv", sa.Float, nullable=False),
+    sa.Column("total_orders", sa.Integer, nullable=False),
+    sa.Column("lifetime_value", sa.Float, nullable=False),
+    sa.Column("days_since_first_order", sa.Integer, nullable=False),
+    sa.Column("tenure_months", sa.Float, nullable=False),
+    sa.Column("profile_date", sa.Date, nullable=False),
+    sa.Column("model_version", sa.Text, nullable=False),
+    sa.Index("ix_customer_profiles_store_date", "store_id", "profile_date"),
+    sa.Index("ix_customer_profiles_store_archetype", "store_id", "archetype_id"),
+)
+
+segment_models = sa.Table(
+    "segment_models", metadata,
+    sa.Column("store_id", sa.Text, primary_key=True),
+    sa.Column("model_version", sa.Text, primary_key=True),
+    sa.Column("axis", sa.Text, primary_key=True),
+    sa.Column("algorithm", sa.Text, nullable=False),
+    sa.Column("k", sa.Integer, nullable=False),
+    sa.Column("silhouette", sa.Float),
+    sa.Column("segment_names", Json, nullable=False),
+    sa.Column("centroids", Json, nullable=False),
+    sa.Column("scaler", Json, nullable=False),
+    sa.Column("n_customers", sa.Integer, nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("fitted_on", sa.Date, nullable=False),
+)
+
+
+def default_warehouse_url() -> str:
+    data_dir = Path(os.environ.get("QUIMBI_DATA_DIR", PROJECT_ROOT / "data"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{data_dir / 'quimbi.sqlite'}"
+
+
+def resolve_warehouse_url(url: str | None = None) -> str:
+    return url or os.environ.get("QUIMBI_WAREHOUSE_URL") or default_warehouse_url()
+
+
+def _python_rows(frame: pd.DataFrame) -> list[tuple]:
+    """Rows as tuples of plain Python values (dates as ISO text, NaN as None) for DBAPI executemany."""
+    cols = []
+    for name in frame.columns:
+        values = frame[name]
+        if values.dtype == object and len(values) and hasattr(values.iloc[0], "isoformat"):
+            values = values.map(lambda d: d.isoformat())  # one date per row: profile_date is constant per partition
+        arr = values.to_numpy(dtype=object)
+        if values.dtype.kind == "f":
+            arr[pd.isna(values).to_numpy()] = None
+        cols.append(arr)
+    return list(zip(*cols))
+
+
+class Warehouse:
+    def __init__(self, url: str | None = None, *, create: bool = True):
+        self.url = resolve_warehouse_url(url)
+        kwargs: dict = {}
+        if self.url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 120}
+        engine = sa.create_engine(self.url, **kwargs)
+        self.is_postgres = engine.dialect.name == "postgresql"
+        if self.is_postgres:
+            engine = engine.execution_options(schema_translate_map={None: PG_SCHEMA})
+        else:
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+        self.engine = engine
+        if create:
+            self.create_tables()
+
+    # ---- schema -------------------------------------------------------------------------------
+    def create_tables(self) -> None:
+        with self.engine.begin() as conn:
+            if self.is_postgres:
+                conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}"))
+            metadata.create_all(conn, checkfirst=True)
+
+    def qualified(self, table: str) -> str:
+        return f"{PG_SCHEMA}.{table}" if self.is_postgres else table
+
+    # ---- bulk load ------------------------------------------------------------------------------
+    def _stage(self, conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> str:
+        """Load `frame` into a temporary copy of `table` on this connection; returns its name."""
+        stage = f"stage_{table.name}"
+        cols = list(frame.columns)
+        col_list = ", ".join(cols)
+        if self.is_postgres:
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {stage}"))
+            conn.execute(sa.text(f"CREATE TEMP TABLE {stage} (LIKE {self.qualified(table.name)} INCLUDING DEFAULTS) ON COMMIT DROP"))
+            raw = conn.connection.driver_connection
+            with raw.cursor() as cur, cur.copy(f"COPY {stage} ({col_list}) FROM STDIN WITH (FORMAT csv)") as copy:
+                for start in range(0, len(frame), COPY_CHUNK_ROWS):
+                    buf = io.StringIO()
+                    frame.iloc[start:start + COPY_CHUNK_ROWS].to_csv(buf, header=False, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+                    copy.write(buf.getvalue())
+        else:
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS temp.{stage}"))
+            conn.execute(sa.text(f"CREATE TEMP TABLE {stage} AS SELECT * FROM {table.name} WHERE 0"))
+            placeholders = ", ".join("?" for _ in cols)
+            raw = conn.connection.driver_connection
+            raw.executemany(f"INSERT INTO temp.{stage} ({col_list}) VALUES ({placeholders})", _python_rows(frame))
+        return stage
+
+    # ---- writes ---------------------------------------------------------------------------------
+    def write_profiles_partition(self, store_id: str, as_of, profiles: pd.DataFrame, models: pd.DataFrame) -> dict:
+        """Replace store S's rows of partition D in one transaction.
+
+        customer_profiles holds each customer's newest profile: rows dated D are replaced, and a
+        staged row only overwrites an existing row whose profile_date <= D (a backfill of an old
+        date never overwrites a newer profile). segment_models rows of D's model_version are replaced.
+        """
+        as_of_date = pd.Timestamp(as_of).date()
+        cols = [c.name for c in customer_profiles.columns]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in ("store_id", "customer_id"))
+        target = self.qualified("customer_profiles")
+        with self.engine.begin() as conn:
+            deleted = conn.execute(
+                sa.delete(customer_profiles).where(customer_profiles.c.store_id == store_id, customer_profiles.c.profile_date == as_of_date)
+            ).rowcount
+            written = 0
+            if len(profiles):
+                stage = self._stage(conn, customer_profiles, profiles[cols])
+                stage_ref = stage if self.is_postgres else f"temp.{stage}"
+                written = conn.execute(sa.text(
+                    f"INSERT INTO {target} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {stage_ref} WHERE true "
+                    f"ON CONFLICT (store_id, customer_id) DO UPDATE SET {updates} "
+                    f"WHERE {target}.profile_date <= excluded.profile_date"
+                )).rowcount
+            if len(models):
+                conn.execute(sa.delete(segment_models).where(
+                    segment_models.c.store_id == store_id, segment_models.c.model_version.in_(models["model_version"].unique().tolist())))
+                conn.execute(sa.insert(segment_models), _model_records(models))
+        return {"deleted": int(deleted or 0), "written": int(written or 0)}
+
+    # ---- reads ----------------------------------------------------------------------------------
+    def read_sql(self, sql: str, params: dict | None = None) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            return pd.read_sql(sa.text(sql), conn, params=params or {})
+
+    def read_table(self, name: str) -> pd.DataFrame:
+        if not _IDENT.match(name):
+            raise ValueError(f"not a table name: {name!r}")
+        ref = name if "." in name or not self.is_postgres else self.qualified(name)
+        try:
+            return self.read_sql(f"SELECT * FROM {ref}")
+        except sa.exc.SQLAlchemyError as exc:
+            raise ValueError(f"cannot read table {name!r} from the warehouse: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
+
+    def profiles(self, store_id: str | None = None, profile_date=None) -> pd.DataFrame:
+        clauses, params = [], {}
+        if store_id is not None:
+            clauses.append("store_id = :store_id")
+            params["store_id"] = store_id
+        if profile_date is not None:
+            clauses.append("profile_date = :profile_date")
+            params["profile_date"] = pd.Timestamp(profile_date).date()
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        frame = self.read_sql(f"SELECT * FROM {self.qualified('customer_profiles')}{where} ORDER BY store_id, customer_id", params)
+        return normalize_profiles(frame)
+
+    def profile_dates_since(self, store_id: str, profile_date) -> pd.DataFrame:
+        """customer_id and profile_date of the store's rows dated D or later."""
+        frame = self.read_sql(
+            f"SELECT customer_id, profile_date FROM {self.qualified('customer_profiles')} WHERE store_id = :s AND profile_date >= :d",
+            {"s": store_id, "d": pd.Timestamp(profile_date).date()},
+        )
+        frame["customer_id"] = frame["customer_id"].astype(str)
+        frame["profile_date"] = pd.to_datetime(frame["profile_date"])
+        return frame
+
+    def membership_sum_violations(self, store_id: str, profile_date, tolerance: float = 1e-4) -> int:
+        """Rows of (store, D) where some axis' memberships do not sum to 1 within `tolerance`, counted in SQL."""
+        if self.is_postgres:
+            sql = (
+                f"SELECT count(DISTINCT p.customer_id) FROM {self.qualified('customer_profiles')} p, "
+                "jsonb_each(p.fuzzy_memberships) a "
+                "WHERE p.store_id = :s AND p.profile_date = :d "
+                "AND abs((SELECT sum(m.value::float8) FROM jsonb_each_text(a.value) m) - 1) > :tol"
+            )
+        else:
+            sql = (
+                "SELECT count(DISTINCT p.customer_id) FROM customer_profiles p, json_each(p.fuzzy_memberships) a "
+                "WHERE p.store_id = :s AND p.profile_date = :d "
+                "AND abs((SELECT sum(m.value) FROM json_each(a.value) m) - 1) > :tol"
+            )
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.text(sql), {"s": store_id, "d": pd.Timestamp(profile_date).date(), "tol": tolerance}).scalar_one())
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the single writer
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _model_records(models: pd.DataFrame) -> list[dict]:
+    records = models.to_dict(orient="records")
+    for r in records:
+        for key, value in r.items():
+            if isinstance(value, float) and np.isnan(value):
+                r[key] = None
+    return records
+
+
+JSON_COLUMNS = ("dominant_segments", "fuzzy_memberships", "behavioral_features")
+
+
+def normalize_profiles(frame: pd.DataFrame) -> pd.DataFrame:
+    """Profiles read back from either database in one canonical form (JSON as sorted-key text, dates as ISO).
+
+    For tests and analysts' small reads: it parses JSON row by row.
+    """
+    out = frame.copy()
+    for col in JSON_COLUMNS:
+        if col in out:
+            out[col] = [json.dumps(v if not isinstance(v, str) else json.loads(v), sort_keys=True) for v in out[col]]
+    if "profile_date" in out:
+        out["profile_date"] = pd.to_datetime(out["profile_date"]).dt.strftime("%Y-%m-%d")
+    return out

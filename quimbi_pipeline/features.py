@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from quimbi_pipeline import orders as orders_mod
+
 log = logging.getLogger(__name__)
 
 DAYS_PER_MONTH = 30.4375
@@ -109,7 +111,7 @@ def compute_customer_features(
     Frequency uses the last `window_days` before D; value, basket, discount and category features use
     the customer's own last `window_days` of purchases, so a lapsed customer keeps their profile of taste.
     """
-    as_of_day = pd.Timestamp(as_of).normalize()
+    as_of_day = orders_mod.as_of_day(as_of)
     end_ns = (as_of_day + pd.Timedelta(days=1)).value
     as_of_day_ns = as_of_day.value
     codes_all, customers = pd.factorize(orders["customer_id"], sort=True)

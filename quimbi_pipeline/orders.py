@@ -228,7 +228,15 @@ def load_orders_cached(uri: str, *, warehouse_url: str | None = None, bad_rows: 
     return _load_immutable(uri, stamp, bad_rows)
 
 
-def orders_as_of(orders: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+def as_of_day(value) -> pd.Timestamp:
+    """A partition date as a naive UTC midnight (accepts 'YYYY-MM-DD', dates, aware or naive timestamps)."""
+    ts = pd.Timestamp(value)
+    if ts.tzinfo is not None:
+        ts = ts.tz_convert("UTC").tz_localize(None)
+    return ts.normalize()
+
+
+def orders_as_of(orders: pd.DataFrame, as_of) -> pd.DataFrame:
     """Point in time: partition D sees only orders with order_ts < D + 1 day."""
-    end = pd.Timestamp(as_of).normalize() + pd.Timedelta(days=1)
+    end = as_of_day(as_of) + pd.Timedelta(days=1)
     return orders.loc[orders["order_ts"] < end]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from quimbi_pipeline.orders import ValidatedOrders, orders_as_of
+from quimbi_pipeline.orders import ValidatedOrders, as_of_day, orders_as_of
 from quimbi_pipeline.profiles import StoreProfiles, build_store_profiles, segment_model_rows
 from quimbi_pipeline.settings import PipelineSettings
 from quimbi_pipeline.warehouse import Warehouse
@@ -77,7 +77,7 @@ def run_profiles_partition(
     stores: list[str] | None = None,
 ) -> PartitionReport:
     """Compute, write and verify customer_profiles of partition D for `stores` (default: all stores)."""
-    as_of = pd.Timestamp(as_of).normalize()
+    as_of = as_of_day(as_of)
     started = time.perf_counter()
     cut = orders_as_of(validated.orders, as_of)
     by_store = {s: g for s, g in cut.groupby("store_id", sort=True)}

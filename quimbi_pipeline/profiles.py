@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from quimbi_pipeline import btyd
+from quimbi_pipeline.orders import as_of_day
 from quimbi_pipeline.features import AxisSpec, active_mask, available_axes, compute_customer_features
 from quimbi_pipeline.segmentation import AxisSegmentation, segment_axis
 from quimbi_pipeline.settings import ChurnBands, PipelineSettings
@@ -171,7 +172,7 @@ def build_store_profiles(
     optional_columns: tuple[str, ...] | list[str] = (),
 ) -> StoreProfiles:
     """Profiles of the store's active customers at D. `orders` must already be cut at D + 1 day."""
-    as_of = pd.Timestamp(as_of).normalize()
+    as_of = as_of_day(as_of)
     version = model_version_for("kmeans", as_of)
     if orders.empty:
         log.info("store %s: no orders up to %s: no profiles", store_id, as_of.date())

@@ -182,8 +182,8 @@ class Warehouse:
         ref = name if "." in name or not self.is_postgres else self.qualified(name)
         try:
             return self.read_sql(f"SELECT * FROM {ref}")
-        except sa.exc.SQLAlchemyError as exc:
-            raise ValueError(f"cannot read table {name!r} from the warehouse: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
+        except (sa.exc.SQLAlchemyError, pd.errors.DatabaseError) as exc:
+            raise ValueError(f"cannot read table {name!r} from the warehouse: {str(exc).splitlines()[0]}") from exc
 
     def profiles(self, store_id: str | None = None, profile_date=None) -> pd.DataFrame:
         clauses, params = [], {}

@@ -1,0 +1,76 @@
+"""Features as of D on hand-computed cases; point in time; optional columns."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from quimbi_pipeline.features import AXES, available_axes, compute_customer_features
+from quimbi_pipeline.orders import orders_as_of, validate_orders
+
+
+def orders(rows):
+    return validate_orders(pd.DataFrame(rows)).orders
+
+
+ROWS = [
+    # c1: three purchases on two days, one return; c2: one purchase.
+    {"order_id": "1", "customer_id": "c1", "order_ts": "2026-01-01 09:00", "order_total": 100.0, "discount_total": 10.0, "item_count": 2, "category": "books"},
+    {"order_id": "2", "customer_id": "c1", "order_ts": "2026-01-01 18:00", "order_total": 50.0, "discount_total": 0.0, "item_count": 1, "category": "music"},
+    {"order_id": "3", "customer_id": "c1", "order_ts": "2026-01-15 12:00", "order_total": 30.0, "discount_total": 0.0, "item_count": 1, "category": "books"},
+    {"order_id": "4", "customer_id": "c1", "order_ts": "2026-01-20 12:00", "order_total": -20.0, "discount_total": 0.0, "item_count": 0, "category": "books"},
+    {"order_id": "5", "customer_id": "c2", "order_ts": "2026-01-10 12:00", "order_total": 40.0, "discount_total": 0.0, "item_count": 1, "category": "toys"},
+]
+OPTIONAL = ("discount_total", "item_count", "category")
+
+
+def test_hand_computed_features():
+    f = compute_customer_features(orders(ROWS), pd.Timestamp("2026-01-31"), optional_columns=OPTIONAL)
+    c1, c2 = f.loc["c1"], f.loc["c2"]
+    assert c1.total_orders == 3 and c1.lifetime_value == pytest.approx(160.0)
+    assert c1.days_since_first_order == 30 and c1.days_since_last_order == pytest.approx(16.5)
+    # BTYD: purchase days Jan 1 and Jan 15 -> x = 1, t_x = 2 weeks, T = 30/7 weeks; repeat spend 30.
+    assert (c1.btyd_x, c1.btyd_t_x, c1.btyd_T, c1.btyd_monetary) == pytest.approx((1, 2.0, 30 / 7, 30.0))
+    assert c1.avg_order_value == pytest.approx(60.0) and c1.median_order_value == pytest.approx(50.0)
+    assert c1.orders_per_month == pytest.approx(3 / 31 * 30.4375)
+    assert c1.avg_days_between_orders == pytest.approx(14.0)
+    assert c1.discounted_order_share == pytest.approx(1 / 3)
+    assert c1.avg_discount_rate == pytest.approx(10 / 190)
+    assert c1.avg_items_per_order == pytest.approx(4 / 3) and c1.multi_item_order_share == pytest.approx(1 / 3)
+    assert c1.top_category_share == pytest.approx(2 / 3)
+    # One-time buyer: no repeat, gap is its age, entropy 0.
+    assert c2.btyd_x == 0 and c2.btyd_monetary == 0 and c2.avg_days_between_orders == 21
+    assert c2.category_entropy == 0 and c2.top_category_share == 1
+
+
+def test_orders_after_d_change_nothing_at_d():
+    base = orders(ROWS)
+    later = orders(ROWS + [
+        {"order_id": "6", "customer_id": "c1", "order_ts": "2026-02-01 00:00", "order_total": 999.0, "discount_total": 0.0, "item_count": 9, "category": "toys"},
+        {"order_id": "7", "customer_id": "c3", "order_ts": "2026-02-03 00:00", "order_total": 5.0, "discount_total": 0.0, "item_count": 1, "category": "toys"},
+    ])
+    d = pd.Timestamp("2026-01-31")
+    a = compute_customer_features(orders_as_of(base, d), d, optional_columns=OPTIONAL)
+    b = compute_customer_features(orders_as_of(later, d), d, optional_columns=OPTIONAL)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_missing_optional_columns_skip_their_axes(caplog):
+    caplog.set_level("INFO")
+    axes = [a.name for a in available_axes(())]
+    assert axes == ["purchase_frequency", "purchase_value", "loyalty_trajectory"]
+    assert "axis basket_size skipped" in caplog.text
+    assert [a.name for a in available_axes(OPTIONAL)] == [a.name for a in AXES]
+
+
+def test_customer_with_only_returns_has_no_profile_row():
+    rows = ROWS + [{"order_id": "9", "customer_id": "c9", "order_ts": "2026-01-05", "order_total": -5.0, "discount_total": 0.0, "item_count": 0, "category": "books"}]
+    f = compute_customer_features(orders(rows), pd.Timestamp("2026-01-31"), optional_columns=OPTIONAL)
+    assert "c9" not in f.index and len(f) == 2
+
+
+def test_every_feature_is_finite_on_demo(demo_small):
+    v = validate_orders(demo_small.orders)
+    d = pd.Timestamp("2026-10-31")
+    f = compute_customer_features(orders_as_of(v.orders, d), d, optional_columns=v.optional_columns)
+    names = [name for axis in AXES for name in axis.feature_names]
+    assert np.isfinite(f[names].to_numpy()).all()

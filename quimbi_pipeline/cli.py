@@ -23,9 +23,10 @@ def _date(text: str) -> pd.Timestamp:
 
 def run_dates(
     start: pd.Timestamp, end: pd.Timestamp, *, orders: str | None, warehouse: str | None, stores: list[str] | None,
-    log_level: str = "WARNING", out=sys.stdout,
+    log_level: str = "WARNING", out=None,
 ) -> int:
     """Materialize the daily_pipeline job for each date in [start, end], in order. Returns the number of failed dates."""
+    out = out or sys.stdout
     import dagster as dg
 
     from quimbi_pipeline.definitions import defs
@@ -66,7 +67,8 @@ def run_dates(
     return failed
 
 
-def demo_summary(warehouse_url: str, as_of: pd.Timestamp, out=sys.stdout) -> None:
+def demo_summary(warehouse_url: str, as_of: pd.Timestamp, out=None) -> None:
+    out = out or sys.stdout
     from quimbi_pipeline.warehouse import Warehouse
 
     wh = Warehouse(warehouse_url)

@@ -19,7 +19,7 @@ CATEGORIES = np.array(["books", "music", "electronics", "home", "fashion", "beau
 # Planted class parameters, index = rank worse -> better.
 FREQUENCY_PER_MONTH = np.array([0.25, 1.0, 3.0])
 ORDER_VALUE = np.array([20.0, 60.0, 180.0])
-EXTRA_ITEMS = np.array([0.3, 3.0, 9.0])  # items per order = 1 + Poisson(lambda)
+EXTRA_ITEMS = np.array([0.3, 3.0, 15.0])  # items per order = 1 + Poisson(lambda)
 DISCOUNT_SHARE = np.array([0.7, 0.05])  # rank 0 = deal-dependent, rank 1 = full price
 DISCOUNT_RATE = np.array([0.25, 0.10])
 FAVORITE_SHARE = np.array([0.92, 0.0])  # rank 0 = single-category, rank 1 = explorer (uniform)
@@ -49,6 +49,7 @@ def generate_demo(
     change_share: float = 0.10,
     death_share: float = 0.2,
     return_share: float = 0.02,
+    one_time_share: float = 0.15,
 ) -> DemoData:
     if n_customers < 1 or n_stores < 1:
         raise ValueError("demo needs at least one customer and one store")
@@ -67,9 +68,13 @@ def generate_demo(
     dies = rng.random(n) < death_share
     death = np.where(dies, join + rng.uniform(60 * DAY_S, span, n), np.inf)
     death = np.where(death >= t_end, np.inf, death)
+    # One-time buyers join any time and never come back (dead one second after their first order).
+    one_time = rng.random(n) < one_time_share
+    join = np.where(one_time, t0 + rng.uniform(0, 1, n) * (span - DAY_S), join)
+    death = np.where(one_time, join + 1.0, death)
 
     classes = {
-        "purchase_frequency": rng.choice(3, n, p=[0.45, 0.4, 0.15]),
+        "purchase_frequency": np.where(one_time, 0, rng.choice(3, n, p=[0.45, 0.4, 0.15])),
         "purchase_value": rng.choice(3, n, p=[0.4, 0.4, 0.2]),
         "basket_size": rng.choice(3, n, p=[0.5, 0.3, 0.2]),
         "discount_sensitivity": rng.choice(2, n, p=[0.3, 0.7]),
@@ -193,10 +198,10 @@ def parse_demo_uri(uri: str) -> dict:
                 params[{"customers": "n_customers", "stores": "n_stores"}.get(key, key)] = int(value)
             elif key in ("start", "end"):
                 params[key] = str(pd.Timestamp(value).date())
-            elif key in ("change_share", "death_share", "return_share"):
+            elif key in ("change_share", "death_share", "return_share", "one_time_share"):
                 params[key] = float(value)
             else:
-                raise ValueError(f"demo source {uri!r}: unknown parameter {key!r} (customers, stores, seed, start, end, change_share, death_share, return_share)")
+                raise ValueError(f"demo source {uri!r}: unknown parameter {key!r} (customers, stores, seed, start, end, change_share, death_share, return_share, one_time_share)")
     return params
 
 

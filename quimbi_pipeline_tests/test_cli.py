@@ -1,0 +1,41 @@
+"""`quimbi run` on a CSV in the documented format: one profile per active customer, SQLite and PostgreSQL."""
+
+import io
+
+import pandas as pd
+
+from quimbi_pipeline.cli import main, run_dates
+from quimbi_pipeline.demo import generate_demo
+from quimbi_pipeline.features import active_mask, compute_customer_features
+from quimbi_pipeline.orders import load_orders, orders_as_of
+from quimbi_pipeline.warehouse import Warehouse
+
+
+def test_quimbi_run_on_csv_gives_one_profile_per_active_customer(tmp_path, warehouse_url, monkeypatch, capsys):
+    path = tmp_path / "orders.csv"
+    generate_demo(n_customers=500, n_stores=2, seed=9).orders.to_csv(path, index=False)
+    monkeypatch.setenv("QUIMBI_ORDERS", str(path))
+    assert main(["run", "--from", "2026-09-29", "--to", "2026-09-30", "--warehouse", warehouse_url]) == 0
+    out = capsys.readouterr().out
+    assert "[2/2] 2026-09-30  ok" in out
+    v = load_orders(str(path))
+    profiles = Warehouse(warehouse_url).profiles(profile_date="2026-09-30")
+    for store, orders in orders_as_of(v.orders, "2026-09-30").groupby("store_id"):
+        f = compute_customer_features(orders, pd.Timestamp("2026-09-30"))
+        active = set(f.index[active_mask(f, 365)])
+        assert set(profiles.loc[profiles.store_id == store, "customer_id"]) == active
+
+
+def test_quimbi_run_reports_failures_and_exit_code(tmp_path, sqlite_url):
+    path = tmp_path / "orders.csv"
+    pd.DataFrame([{"order_id": "1", "customer_id": None, "order_ts": "2026-01-01", "order_total": 3}]).to_csv(path, index=False)
+    out = io.StringIO()
+    assert run_dates(pd.Timestamp("2026-01-01"), pd.Timestamp("2026-01-01"), orders=str(path), warehouse=sqlite_url, stores=None, out=out) == 1
+    assert "FAILED" in out.getvalue() and "customer_id" in out.getvalue()
+
+
+def test_quimbi_run_rejects_a_reversed_range(sqlite_url):
+    import pytest
+
+    with pytest.raises(SystemExit, match="before --from"):
+        main(["run", "--from", "2026-01-02", "--to", "2026-01-01", "--warehouse", sqlite_url])

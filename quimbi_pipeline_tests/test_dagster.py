@@ -1,0 +1,77 @@
+"""The Dagster layer: definitions load, the asset materializes with metadata and checks, bad stores are isolated."""
+
+import dagster as dg
+import pandas as pd
+
+from quimbi_pipeline.definitions import defs
+from quimbi_pipeline.defs.profiles.assets import COVERAGE_CHECK, MEMBERSHIPS_CHECK, customer_profiles
+from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
+from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
+from quimbi_pipeline.warehouse import Warehouse
+
+
+def test_definitions_load_with_job_and_checks():
+    job = defs.resolve_job_def(DAILY_PIPELINE_JOB)
+    assert job.partitions_def is not None
+    graph = defs.resolve_asset_graph()
+    assert dg.AssetKey("customer_profiles") in graph.get_all_asset_keys()
+    checks = {k.name for k in graph.asset_check_keys}
+    assert {MEMBERSHIPS_CHECK, COVERAGE_CHECK} <= checks
+
+
+def materialize(orders_uri, warehouse_url, partition, run_config=None):
+    return dg.materialize(
+        [customer_profiles],
+        partition_key=partition,
+        resources={"warehouse": WarehouseResource(url=warehouse_url), "orders_source": OrdersResource(uri=orders_uri)},
+        instance=dg.DagsterInstance.ephemeral(),
+        run_config=run_config,
+        raise_on_error=False,
+    )
+
+
+def test_materialize_partition_records_metadata_and_passing_checks(tmp_path, warehouse_url):
+    result = materialize("demo:customers=600,stores=2,seed=4", warehouse_url, "2026-10-31")
+    assert result.success
+    md = result.asset_materializations_for_node("customer_profiles")[0].metadata
+    assert md["rows"].value > 0 and md["stores_failed"].value == 0
+    assert {"customers/store_a", "k/purchase_frequency/store_a", "silhouette/purchase_value/store_b"} <= set(md)
+    assert any(k.startswith("archetype_share/store_a/") for k in md)
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {MEMBERSHIPS_CHECK: True, COVERAGE_CHECK: True}
+    assert len(Warehouse(warehouse_url).profiles(profile_date="2026-10-31")) == md["rows"].value
+
+
+def test_one_bad_store_fails_the_run_but_not_the_other_stores(tmp_path, sqlite_url):
+    from quimbi_pipeline.demo import generate_demo
+
+    orders = generate_demo(n_customers=400, n_stores=2, seed=4).orders
+    orders["order_ts"] = orders["order_ts"].astype(str)
+    bad_row = orders.index[orders["store_id"] == "store_b"][5]
+    orders.loc[bad_row, "order_ts"] = "yesterday-ish"
+    path = tmp_path / "orders.csv"
+    orders.to_csv(path, index=False)
+    result = materialize(str(path), sqlite_url, "2026-10-31")
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "1 store(s) failed" in failure.step_failure_data.error.message
+    assert "store_b" in failure.step_failure_data.user_failure_data.metadata
+    assert "unparseable timestamp" in failure.step_failure_data.user_failure_data.metadata["store_b"].value
+    written = Warehouse(sqlite_url).profiles()
+    assert set(written["store_id"]) == {"store_a"}
+
+
+def test_run_config_selects_stores(sqlite_url):
+    result = materialize("demo:customers=400,stores=3,seed=4", sqlite_url, "2026-10-31",
+                         run_config={"ops": {"customer_profiles": {"config": {"stores": ["store_c"]}}}})
+    assert result.success
+    assert set(Warehouse(sqlite_url).profiles()["store_id"]) == {"store_c"}
+
+
+def test_bad_config_value_fails_before_any_work(sqlite_url):
+    result = materialize("demo:customers=100", sqlite_url, "2026-10-31",
+                         run_config={"ops": {"customer_profiles": {"config": {"min_k": 5, "max_k": 3}}}})
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "min_k (5) must be <= max_k (3)" in str(failure.step_failure_data.error.cause)
+    assert Warehouse(sqlite_url).profiles().empty

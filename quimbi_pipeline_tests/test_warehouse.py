@@ -1,0 +1,93 @@
+"""Warehouse writes on SQLite and PostgreSQL: idempotent partitions, newest profile wins, atomic failure."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from quimbi_pipeline.orders import orders_as_of, validate_orders
+from quimbi_pipeline.profiles import build_store_profiles, segment_model_rows
+from quimbi_pipeline.settings import PipelineSettings
+
+
+@pytest.fixture(scope="module")
+def built(demo_small):
+    v = validate_orders(demo_small.orders)
+    out = {}
+    for day in ("2026-10-20", "2026-10-31"):
+        cut = orders_as_of(v.orders, day)
+        for store in ("store_a", "store_b"):
+            out[(store, day)] = build_store_profiles(cut[cut.store_id == store], store, pd.Timestamp(day), PipelineSettings(), v.optional_columns)
+    return out
+
+
+def write(wh, result):
+    return wh.write_profiles_partition(result.store_id, result.as_of, result.profiles, segment_model_rows(result))
+
+
+def test_same_partition_twice_gives_identical_rows(warehouse, built):
+    write(warehouse, built[("store_a", "2026-10-31")])
+    first = warehouse.profiles()
+    write(warehouse, built[("store_a", "2026-10-31")])
+    pd.testing.assert_frame_equal(first, warehouse.profiles())
+    assert len(first) == len(built[("store_a", "2026-10-31")].profiles)
+    models = warehouse.read_table("segment_models")
+    assert len(models) == len(built[("store_a", "2026-10-31")].segmentations)
+
+
+def test_backfill_of_an_old_date_never_overwrites_a_newer_profile(warehouse, built):
+    new, old = built[("store_a", "2026-10-31")], built[("store_a", "2026-10-20")]
+    write(warehouse, new)
+    write(warehouse, old)
+    rows = warehouse.profiles(store_id="store_a").set_index("customer_id")
+    assert (rows.loc[new.profiles["customer_id"], "profile_date"] == "2026-10-31").all()
+    only_old = set(old.profiles["customer_id"]) - set(new.profiles["customer_id"])
+    assert only_old and (rows.loc[sorted(only_old), "profile_date"] == "2026-10-20").all()
+    # A later date does overwrite.
+    write(warehouse, built[("store_a", "2026-10-31")])
+    assert warehouse.profiles(store_id="store_a", profile_date="2026-10-31").shape[0] == len(new.profiles)
+
+
+def test_rerun_touches_only_its_store(warehouse, built):
+    write(warehouse, built[("store_a", "2026-10-31")])
+    write(warehouse, built[("store_b", "2026-10-31")])
+    before_b = warehouse.profiles(store_id="store_b")
+    write(warehouse, built[("store_a", "2026-10-31")])
+    pd.testing.assert_frame_equal(before_b, warehouse.profiles(store_id="store_b"))
+
+
+def test_failed_write_leaves_previous_rows_intact(warehouse, built):
+    good = built[("store_a", "2026-10-31")]
+    write(warehouse, good)
+    before = warehouse.profiles()
+    broken = good.profiles.copy()
+    broken.loc[broken.index[-1], "archetype_name"] = None  # NOT NULL: fails after the delete and the staging
+    with pytest.raises(Exception):
+        warehouse.write_profiles_partition("store_a", good.as_of, broken, segment_model_rows(good))
+    pd.testing.assert_frame_equal(before, warehouse.profiles())
+
+
+def test_membership_check_query_finds_bad_rows(warehouse, built):
+    result = built[("store_b", "2026-10-31")]
+    write(warehouse, result)
+    assert warehouse.membership_sum_violations("store_b", "2026-10-31") == 0
+    bad = result.profiles.head(3).copy()
+    m = json.loads(bad.iloc[0]["fuzzy_memberships"])
+    axis = next(iter(m))
+    m[axis] = {k: v * 0.9 for k, v in m[axis].items()}
+    bad.iloc[0, bad.columns.get_loc("fuzzy_memberships")] = json.dumps(m)
+    warehouse.write_profiles_partition("store_b", result.as_of, bad, segment_model_rows(result))
+    assert warehouse.membership_sum_violations("store_b", "2026-10-31") == 1
+
+
+@pytest.mark.postgres
+def test_postgres_uses_platform_schema_and_jsonb(pg_url, built):
+    from quimbi_pipeline.warehouse import Warehouse
+
+    wh = Warehouse(pg_url)
+    write(wh, built[("store_b", "2026-10-31")])
+    types = wh.read_sql(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'platform' AND table_name = 'customer_profiles'"
+    ).set_index("column_name")["data_type"]
+    assert types["fuzzy_memberships"] == "jsonb" and types["profile_date"] == "date"
+    wh.dispose()

@@ -142,27 +142,25 @@ def generate_demo(
     ret_ts = ret_ts[keep_ret]
     r = ret_idx.size
     all_cust = np.concatenate([cust, cust[ret_idx]])
-    all_ts = np.concatenate([ts, ret_ts])
-    all_net = np.concatenate([net, -np.round(net[ret_idx] * rng.uniform(0.2, 1.0, r), 2)])
-    all_disc = np.concatenate([discount, np.zeros(r)])
-    all_items = np.concatenate([items, np.zeros(r, dtype=items.dtype)])
-    all_cat = np.concatenate([category, category[ret_idx]])
-    order_ids = np.arange(all_cust.size)
+    all_ts = np.floor(np.concatenate([ts, ret_ts])).astype("int64")  # whole seconds: CSV round trips are exact
+    chrono = np.lexsort((np.arange(all_ts.size), all_ts))  # order ids follow time
+    all_cust, all_ts = all_cust[chrono], all_ts[chrono]
+    all_net = np.concatenate([net, -np.round(net[ret_idx] * rng.uniform(0.2, 1.0, r), 2)])[chrono]
+    all_disc = np.concatenate([discount, np.zeros(r)])[chrono]
+    all_items = np.concatenate([items, np.zeros(r, dtype=items.dtype)])[chrono]
+    all_cat = np.concatenate([category, category[ret_idx]])[chrono]
 
-    customer_ids = pd.Series(np.arange(n)).map("c{:07d}".format).to_numpy()
-    # Timestamps to whole seconds so that CSV round trips are exact.
-    ts_ns = (np.floor(all_ts).astype("int64") * 1_000_000_000).astype("datetime64[ns]")
+    customer_ids = id_strings("c", np.arange(n), width=7)
     orders = pd.DataFrame({
-        "order_id": pd.Series(order_ids).map("o{:09d}".format).to_numpy(),
+        "order_id": id_strings("o", np.arange(all_cust.size), width=9),
         "customer_id": customer_ids[all_cust],
-        "store_id": store_names[store_idx[all_cust]],
-        "order_ts": ts_ns.astype("datetime64[us]"),
+        "store_id": pd.Categorical.from_codes(store_idx[all_cust], categories=store_names).astype("string[pyarrow]"),
+        "order_ts": (all_ts * 1_000_000).astype("datetime64[us]"),
         "order_total": all_net,
         "discount_total": all_disc,
         "item_count": all_items.astype("int64"),
-        "category": CATEGORIES[all_cat],
+        "category": pd.Categorical.from_codes(all_cat, categories=CATEGORIES).astype("string[pyarrow]"),
     })
-    orders = orders.sort_values(["order_ts", "order_id"], kind="stable").reset_index(drop=True)
 
     def to_ts(seconds: np.ndarray) -> pd.Series:
         finite = np.isfinite(seconds)
@@ -181,6 +179,15 @@ def generate_demo(
         "class_after": np.where(changed, class_after, -1),
     })
     return DemoData(orders=orders, customers=customers)
+
+
+def id_strings(prefix: str, numbers: np.ndarray, width: int) -> pd.Series:
+    """prefix + zero-padded number, built in Arrow (no Python string per row)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    digits = pc.utf8_lpad(pc.cast(pa.array(numbers, type=pa.int64()), pa.string()), width=width, padding="0")
+    return pd.array(pc.binary_join_element_wise(prefix, digits, ""), dtype="string[pyarrow]")
 
 
 def parse_demo_uri(uri: str) -> dict:

@@ -167,11 +167,17 @@ def validate_orders(raw: pd.DataFrame, *, now: pd.Timestamp | None = None, bad_r
         out["category"] = raw["category"].astype("string").str.strip().fillna("unknown")
 
     # Duplicates: identical rows collapse to one; same (store, order_id) with different content is a problem.
-    exact_dup = out.duplicated(keep="first").to_numpy()
+    # Full-row comparison only among rows whose key repeats (usually none): the key check is the cheap one.
+    exact_dup = np.zeros(len(out), dtype=bool)
+    key_dup = np.zeros(len(out), dtype=bool)
+    repeated = out.duplicated(subset=["store_id", "order_id"], keep=False).to_numpy()
+    if repeated.any():
+        sub = out.loc[repeated]
+        exact_dup[repeated] = sub.duplicated(keep="first").to_numpy()
+        key_dup[repeated] = ~sub.duplicated(keep=False).to_numpy()
     n_exact = int(exact_dup.sum())
     if n_exact:
         log.warning("dropping %d exact duplicate order row(s)", n_exact)
-    key_dup = out.duplicated(subset=["store_id", "order_id"], keep=False).to_numpy() & ~out.duplicated(keep=False).to_numpy()
     problems += _problem(store, key_dup, "order_id", "duplicate order_id with conflicting values")
 
     bad_mask = np.zeros(len(out), dtype=bool)

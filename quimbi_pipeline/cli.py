@@ -30,6 +30,7 @@ def run_dates(
     import dagster as dg
 
     from quimbi_pipeline.definitions import defs
+    from quimbi_pipeline.defs.profiles.assets import PROFILES_KEY, SNAPSHOT_KEYS
     from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
 
     if end < start:
@@ -41,7 +42,7 @@ def run_dates(
     if orders:
         run_config["resources"]["orders_source"] = {"config": {"uri": orders}}
     if stores:
-        run_config["ops"] = {"customer_profiles": {"config": {"stores": stores}}}
+        run_config["ops"] = {"daily_profiles": {"config": {"stores": stores}}}
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     failed = 0
     dates = pd.date_range(start, end, freq="D")
@@ -51,11 +52,17 @@ def run_dates(
         result = job.execute_in_process(run_config=run_config, instance=instance, partition_key=key, raise_on_error=False)
         secs = time.perf_counter() - started
         rows = stores_ok = 0
-        for materialization in result.asset_materializations_for_node("customer_profiles"):
-            rows = materialization.metadata["rows"].value
-            stores_ok = materialization.metadata["stores_ok"].value
+        snapshots = []
+        for materialization in result.asset_materializations_for_node("daily_profiles"):
+            if materialization.asset_key == PROFILES_KEY:
+                rows = materialization.metadata["rows"].value
+                stores_ok = materialization.metadata["stores_ok"].value
+            else:
+                kind = next(t for t, k in SNAPSHOT_KEYS.items() if k == materialization.asset_key)
+                snapshots.append(f"{kind} {materialization.metadata['rows'].value:,}")
         status = "ok" if result.success else "FAILED"
-        print(f"[{i}/{len(dates)}] {key}  {status:6}  stores ok {stores_ok}  profiles {rows:>9,}  {secs:6.1f}s", file=out, flush=True)
+        snap_text = f"  snapshots: {', '.join(snapshots)}" if snapshots else ""
+        print(f"[{i}/{len(dates)}] {key}  {status:6}  stores ok {stores_ok}  profiles {rows:>9,}  {secs:6.1f}s{snap_text}", file=out, flush=True)
         if not result.success:
             failed += 1
             for event in result.all_events:

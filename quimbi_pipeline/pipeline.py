@@ -16,6 +16,7 @@ import pandas as pd
 from quimbi_pipeline.orders import ValidatedOrders, as_of_day, orders_as_of
 from quimbi_pipeline.profiles import StoreProfiles, build_store_profiles, segment_model_rows
 from quimbi_pipeline.settings import PipelineSettings
+from quimbi_pipeline.snapshots import snapshot_types_for
 from quimbi_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ class StoreOutcome:
     membership_sum_violations: int = 0
     missing_profiles: int = 0
     unexpected_profiles: int = 0
+    snapshot_rows: dict[str, int] = field(default_factory=dict)  # by type, as stored
+    snapshot_duplicate_keys: int = 0
 
 
 @dataclass
@@ -103,8 +106,9 @@ def run_profiles_partition(
 
 def _run_store(store, orders, as_of, validated, warehouse, settings) -> StoreOutcome:
     result = build_store_profiles(orders, store, as_of, settings, validated.optional_columns)
+    snapshot_types = snapshot_types_for(as_of) if settings.enable_temporal_snapshots else []
     started = time.perf_counter()
-    warehouse.write_profiles_partition(store, as_of, result.profiles, segment_model_rows(result))
+    warehouse.write_profiles_partition(store, as_of, result.profiles, segment_model_rows(result), snapshot_types)
     result.seconds["write"] = time.perf_counter() - started
     started = time.perf_counter()
     expected = pd.Index(result.profiles["customer_id"].astype(str))
@@ -113,6 +117,7 @@ def _run_store(store, orders, as_of, validated, warehouse, settings) -> StoreOut
     covered = pd.Index(stored["customer_id"])
     dated_d = pd.Index(stored.loc[stored["profile_date"] == as_of, "customer_id"])
     violations = warehouse.membership_sum_violations(store, as_of)
+    snapshot_stats = warehouse.snapshot_stats(store, as_of) if snapshot_types else {"rows_by_type": {}, "duplicate_keys": 0}
     result.seconds["verify"] = time.perf_counter() - started
     metrics, shares = _store_metrics(result)
     log.info("store %s %s: %d profiles (%s)", store, as_of.date(), len(result.profiles),
@@ -121,4 +126,6 @@ def _run_store(store, orders, as_of, validated, warehouse, settings) -> StoreOut
         store, True, len(result.profiles), None, metrics, shares, violations,
         missing_profiles=int((~expected.isin(covered)).sum()),
         unexpected_profiles=int((~dated_d.isin(expected)).sum()),
+        snapshot_rows=snapshot_stats["rows_by_type"],
+        snapshot_duplicate_keys=snapshot_stats["duplicate_keys"],
     )

@@ -48,6 +48,8 @@ class PipelineSettings(BaseModel):
     churn_bands: ChurnBands = ChurnBands()
     # What to do with rows that fail validation: reject the whole store, or drop the rows.
     bad_rows: str = Field("reject_store", pattern="^(reject_store|quarantine)$")
+    # Feature flag (environment variable ENABLE_TEMPORAL_SNAPSHOTS): write customer_profile_snapshots.
+    enable_temporal_snapshots: bool = False
 
     @model_validator(mode="after")
     def _k_range(self) -> "PipelineSettings":
@@ -62,7 +64,8 @@ class PipelineSettings(BaseModel):
         for name in cls.model_fields:
             if name == "churn_bands":
                 continue
-            raw = env.get(f"QUIMBI_{name.upper()}")
+            # Feature flags keep DESIGN's names (ENABLE_*); tuning knobs are QUIMBI_*.
+            raw = env.get(name.upper() if name.startswith("enable_") else f"QUIMBI_{name.upper()}")
             if raw is not None:
                 values[name] = raw
         values.update(overrides or {})

@@ -19,6 +19,8 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
+from quimbi_pipeline.snapshots import SNAPSHOT_TYPES
+
 PG_SCHEMA = "platform"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 COPY_CHUNK_ROWS = 200_000
@@ -67,6 +69,41 @@ segment_models = sa.Table(
 )
 
 
+SNAPSHOT_COPIED_COLUMNS = [
+    "archetype_id", "archetype_level", "archetype_name", "dominant_segments", "fuzzy_memberships", "behavioral_features",
+    "churn_risk_score", "churn_risk_level", "predicted_ltv", "total_orders", "lifetime_value", "days_since_first_order",
+    "tenure_months", "model_version",
+]
+
+# The seed's snapshot table, with store_id in the unique key. No surrogate id or created_at: a re-run
+# of a date must leave byte-identical rows.
+customer_profile_snapshots = sa.Table(
+    "customer_profile_snapshots", metadata,
+    sa.Column("store_id", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("snapshot_date", sa.Date, primary_key=True),
+    sa.Column("snapshot_type", sa.Text, primary_key=True),
+    *[sa.Column(c.name, c.type, nullable=c.nullable) for c in customer_profiles.columns if c.name in SNAPSHOT_COPIED_COLUMNS],
+    sa.Index("ix_snapshots_store_date_type", "store_id", "snapshot_date", "snapshot_type"),
+)
+
+# One row per (store, customer, date): the finest cadence of that date (all types hold the same profile).
+HISTORY_VIEW = "customer_snapshot_history"
+HISTORY_VIEW_SQL = """
+CREATE VIEW {view} AS
+SELECT store_id, customer_id, snapshot_date, snapshot_type, archetype_id, archetype_name, archetype_level,
+       dominant_segments, fuzzy_memberships, churn_risk_score, churn_risk_level, predicted_ltv, model_version
+FROM (
+  SELECT s.*, ROW_NUMBER() OVER (
+      PARTITION BY store_id, customer_id, snapshot_date
+      ORDER BY CASE snapshot_type WHEN 'daily' THEN 0 WHEN 'weekly' THEN 1 WHEN 'monthly' THEN 2
+                                  WHEN 'quarterly' THEN 3 WHEN 'yearly' THEN 4 ELSE 5 END) AS rank_in_date
+  FROM {table} s
+) ranked
+WHERE rank_in_date = 1
+"""
+
+
 def default_warehouse_url() -> str:
     data_dir = Path(os.environ.get("QUIMBI_DATA_DIR", PROJECT_ROOT / "data"))
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -113,6 +150,8 @@ class Warehouse:
             if self.is_postgres:
                 conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}"))
             metadata.create_all(conn, checkfirst=True)
+            if HISTORY_VIEW not in sa.inspect(conn).get_view_names(schema=PG_SCHEMA if self.is_postgres else None):
+                conn.execute(sa.text(HISTORY_VIEW_SQL.format(view=self.qualified(HISTORY_VIEW), table=self.qualified("customer_profile_snapshots"))))
 
     def qualified(self, table: str) -> str:
         return f"{PG_SCHEMA}.{table}" if self.is_postgres else table
@@ -141,12 +180,16 @@ class Warehouse:
         return stage
 
     # ---- writes ---------------------------------------------------------------------------------
-    def write_profiles_partition(self, store_id: str, as_of, profiles: pd.DataFrame, models: pd.DataFrame) -> dict:
+    def write_profiles_partition(
+        self, store_id: str, as_of, profiles: pd.DataFrame, models: pd.DataFrame, snapshot_types: list[str] | tuple = ()
+    ) -> dict:
         """Replace store S's rows of partition D in one transaction.
 
         customer_profiles holds each customer's newest profile: rows dated D are replaced, and a
         staged row only overwrites an existing row whose profile_date <= D (a backfill of an old
         date never overwrites a newer profile). segment_models rows of D's model_version are replaced.
+        With snapshot_types, the store's snapshots dated D are replaced by one copy of D's profiles per
+        type; without, snapshots are not touched (snapshots off = the original outputs only).
         """
         as_of_date = pd.Timestamp(as_of).date()
         cols = [c.name for c in customer_profiles.columns]
@@ -165,11 +208,24 @@ class Warehouse:
                     f"ON CONFLICT (store_id, customer_id) DO UPDATE SET {updates} "
                     f"WHERE {target}.profile_date <= excluded.profile_date"
                 )).rowcount
+            snapshots = 0
+            if snapshot_types:
+                snap = customer_profile_snapshots
+                conn.execute(sa.delete(snap).where(snap.c.store_id == store_id, snap.c.snapshot_date == as_of_date))
+                if len(profiles):
+                    types_sql = " UNION ALL ".join(f"SELECT '{t}' AS snapshot_type" for t in snapshot_types)
+                    copied = ", ".join(SNAPSHOT_COPIED_COLUMNS)
+                    snapshots = conn.execute(sa.text(
+                        f"INSERT INTO {self.qualified('customer_profile_snapshots')} "
+                        f"(store_id, customer_id, snapshot_date, snapshot_type, {copied}) "
+                        f"SELECT p.store_id, p.customer_id, p.profile_date, t.snapshot_type, {', '.join('p.' + c for c in SNAPSHOT_COPIED_COLUMNS)} "
+                        f"FROM {stage_ref} p CROSS JOIN ({types_sql}) t"
+                    )).rowcount
             if len(models):
                 conn.execute(sa.delete(segment_models).where(
                     segment_models.c.store_id == store_id, segment_models.c.model_version.in_(models["model_version"].unique().tolist())))
                 conn.execute(sa.insert(segment_models), _model_records(models))
-        return {"deleted": int(deleted or 0), "written": int(written or 0)}
+        return {"deleted": int(deleted or 0), "written": int(written or 0), "snapshots": int(snapshots or 0)}
 
     # ---- reads ----------------------------------------------------------------------------------
     def read_sql(self, sql: str, params: dict | None = None) -> pd.DataFrame:
@@ -224,6 +280,69 @@ class Warehouse:
             )
         with self.engine.connect() as conn:
             return int(conn.execute(sa.text(sql), {"s": store_id, "d": pd.Timestamp(profile_date).date(), "tol": tolerance}).scalar_one())
+
+    # ---- snapshots ------------------------------------------------------------------------------
+    def snapshot_stats(self, store_id: str, snapshot_date) -> dict:
+        """Rows per type and duplicate keys of a store's snapshots dated D (the checks' inputs)."""
+        params = {"s": store_id, "d": pd.Timestamp(snapshot_date).date()}
+        table = self.qualified("customer_profile_snapshots")
+        per_type = self.read_sql(
+            f"SELECT snapshot_type, count(*) AS n FROM {table} WHERE store_id = :s AND snapshot_date = :d GROUP BY snapshot_type", params)
+        dupes = self.read_sql(
+            f"SELECT count(*) AS n FROM (SELECT 1 FROM {table} WHERE store_id = :s AND snapshot_date = :d "
+            "GROUP BY customer_id, snapshot_type HAVING count(*) > 1) d", params)
+        return {"rows_by_type": dict(zip(per_type["snapshot_type"], per_type["n"].astype(int))), "duplicate_keys": int(dupes["n"].iloc[0])}
+
+    def snapshot_expiry(self, policy) -> pd.DataFrame:
+        """Per store and type: newest snapshot date of the store, cutoff, and the number of expired rows."""
+        table = self.qualified("customer_profile_snapshots")
+        newest = self.read_sql(f"SELECT store_id, max(snapshot_date) AS newest FROM {table} GROUP BY store_id")
+        rows = []
+        with self.engine.connect() as conn:
+            for store, date in zip(newest["store_id"], pd.to_datetime(newest["newest"])):
+                for snapshot_type in SNAPSHOT_TYPES:
+                    cutoff = policy.cutoff(snapshot_type, date).date()
+                    n = conn.execute(sa.text(
+                        f"SELECT count(*) FROM {table} WHERE store_id = :s AND snapshot_type = :t AND snapshot_date < :c"),
+                        {"s": store, "t": snapshot_type, "c": cutoff}).scalar_one()
+                    rows.append({"store_id": store, "snapshot_type": snapshot_type, "newest": date.date(), "cutoff": cutoff, "expired": int(n)})
+        return pd.DataFrame(rows, columns=["store_id", "snapshot_type", "newest", "cutoff", "expired"])
+
+    def prune_snapshots(self, policy) -> pd.DataFrame:
+        """Delete expired snapshots in bulk, per store and type, in one transaction; returns the counts."""
+        table = customer_profile_snapshots
+        newest = self.read_sql(f"SELECT store_id, max(snapshot_date) AS newest FROM {self.qualified(table.name)} GROUP BY store_id")
+        rows = []
+        with self.engine.begin() as conn:
+            for store, date in zip(newest["store_id"], pd.to_datetime(newest["newest"])):
+                for snapshot_type in SNAPSHOT_TYPES:
+                    cutoff = policy.cutoff(snapshot_type, date).date()
+                    deleted = conn.execute(sa.delete(table).where(
+                        table.c.store_id == store, table.c.snapshot_type == snapshot_type, table.c.snapshot_date < cutoff)).rowcount
+                    rows.append({"store_id": store, "snapshot_type": snapshot_type, "cutoff": cutoff, "deleted": int(deleted or 0)})
+        return pd.DataFrame(rows, columns=["store_id", "snapshot_type", "cutoff", "deleted"])
+
+    def customer_history(self, store_id: str, customer_id: str, days: int, as_of=None, snapshot_type: str | None = None) -> pd.DataFrame:
+        """One customer's snapshots over the `days` days up to as_of (default: their newest), oldest first.
+
+        Without snapshot_type: one row per date (the history view); with it: that cadence only.
+        """
+        params: dict = {"s": store_id, "c": customer_id}
+        source = self.qualified(HISTORY_VIEW) if snapshot_type is None else self.qualified("customer_profile_snapshots")
+        type_clause = ""
+        if snapshot_type is not None:
+            type_clause = " AND snapshot_type = :t"
+            params["t"] = snapshot_type
+        if as_of is None:
+            newest = self.read_sql(f"SELECT max(snapshot_date) AS d FROM {source} WHERE store_id = :s AND customer_id = :c{type_clause}", params)["d"].iloc[0]
+            if newest is None or pd.isna(newest):
+                return pd.DataFrame()
+            as_of = newest
+        end = pd.Timestamp(as_of).date()
+        params.update({"start": (pd.Timestamp(end) - pd.Timedelta(days=days)).date(), "end": end})
+        return self.read_sql(
+            f"SELECT * FROM {source} WHERE store_id = :s AND customer_id = :c AND snapshot_date BETWEEN :start AND :end{type_clause} "
+            "ORDER BY snapshot_date, snapshot_type", params)
 
     def dispose(self) -> None:
         self.engine.dispose()

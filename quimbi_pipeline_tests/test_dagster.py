@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from quimbi_pipeline.definitions import defs
-from quimbi_pipeline.defs.profiles.assets import COVERAGE_CHECK, MEMBERSHIPS_CHECK, customer_profiles
+from quimbi_pipeline.defs.profiles.assets import COVERAGE_CHECK, MEMBERSHIPS_CHECK, PROFILES_KEY, daily_profiles
 from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
 from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
 from quimbi_pipeline.warehouse import Warehouse
@@ -21,7 +21,7 @@ def test_definitions_load_with_job_and_checks():
 
 def materialize(orders_uri, warehouse_url, partition, run_config=None):
     return dg.materialize(
-        [customer_profiles],
+        [daily_profiles],
         partition_key=partition,
         resources={"warehouse": WarehouseResource(url=warehouse_url), "orders_source": OrdersResource(uri=orders_uri)},
         instance=dg.DagsterInstance.ephemeral(),
@@ -33,7 +33,7 @@ def materialize(orders_uri, warehouse_url, partition, run_config=None):
 def test_materialize_partition_records_metadata_and_passing_checks(tmp_path, warehouse_url):
     result = materialize("demo:customers=600,stores=2,seed=4", warehouse_url, "2026-10-31")
     assert result.success
-    md = result.asset_materializations_for_node("customer_profiles")[0].metadata
+    md = next(m for m in result.asset_materializations_for_node("daily_profiles") if m.asset_key == PROFILES_KEY).metadata
     assert md["rows"].value > 0 and md["stores_failed"].value == 0
     assert {"customers/store_a", "k/purchase_frequency/store_a", "silhouette/purchase_value/store_b"} <= set(md)
     assert any(k.startswith("archetype_share/store_a/") for k in md)
@@ -63,14 +63,14 @@ def test_one_bad_store_fails_the_run_but_not_the_other_stores(tmp_path, sqlite_u
 
 def test_run_config_selects_stores(sqlite_url):
     result = materialize("demo:customers=400,stores=3,seed=4", sqlite_url, "2026-10-31",
-                         run_config={"ops": {"customer_profiles": {"config": {"stores": ["store_c"]}}}})
+                         run_config={"ops": {"daily_profiles": {"config": {"stores": ["store_c"]}}}})
     assert result.success
     assert set(Warehouse(sqlite_url).profiles()["store_id"]) == {"store_c"}
 
 
 def test_bad_config_value_fails_before_any_work(sqlite_url):
     result = materialize("demo:customers=100", sqlite_url, "2026-10-31",
-                         run_config={"ops": {"customer_profiles": {"config": {"min_k": 5, "max_k": 3}}}})
+                         run_config={"ops": {"daily_profiles": {"config": {"min_k": 5, "max_k": 3}}}})
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "min_k (5) must be <= max_k (3)" in str(failure.step_failure_data.error.cause)

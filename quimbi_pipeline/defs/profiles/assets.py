@@ -1,4 +1,8 @@
-"""customer_profiles: the daily partitioned asset that computes and writes current profiles."""
+"""The daily step: customer_profiles and the snapshot assets of the date, computed and written together.
+
+One step (a multi-asset) so that a backfill of any past date snapshots exactly that date's profiles,
+whatever newer profiles customer_profiles already holds.
+"""
 
 from collections.abc import Iterator
 
@@ -7,6 +11,7 @@ import dagster as dg
 from quimbi_pipeline.partitions import daily_partitions
 from quimbi_pipeline.pipeline import PartitionReport, run_profiles_partition
 from quimbi_pipeline.settings import PipelineSettings
+from quimbi_pipeline.snapshots import SNAPSHOT_TYPES, snapshot_types_for
 from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
 
 orders = dg.AssetSpec(
@@ -21,16 +26,18 @@ COVERAGE_CHECK = "one_profile_per_active_customer"
 
 
 class ProfilesConfig(dg.Config):
-    """Run config (launchpad). Empty stores = every store in the source."""
+    """Run config (launchpad). Empty stores = every store in the source; unset values come from the environment."""
 
     stores: list[str] = []
     active_days: int | None = None
     min_k: int | None = None
     max_k: int | None = None
+    enable_temporal_snapshots: bool | None = None
 
     def settings(self) -> PipelineSettings:
-        overrides = {k: v for k, v in {"active_days": self.active_days, "min_k": self.min_k, "max_k": self.max_k}.items() if v is not None}
-        return PipelineSettings.from_env(overrides)
+        values = {"active_days": self.active_days, "min_k": self.min_k, "max_k": self.max_k,
+                  "enable_temporal_snapshots": self.enable_temporal_snapshots}
+        return PipelineSettings.from_env({k: v for k, v in values.items() if v is not None})
 
 
 def report_metadata(report: PartitionReport) -> dict:
@@ -51,20 +58,48 @@ def report_metadata(report: PartitionReport) -> dict:
     return metadata
 
 
-@dg.asset(
-    partitions_def=daily_partitions,
-    deps=[orders],
-    group_name="profiles",
-    kinds={"python", "sql"},
-    check_specs=[
-        dg.AssetCheckSpec(MEMBERSHIPS_CHECK, asset="customer_profiles", description="Every stored profile's fuzzy memberships sum to 1 on every axis."),
-        dg.AssetCheckSpec(COVERAGE_CHECK, asset="customer_profiles", description="Every active customer has exactly one current profile dated D or later, and no inactive one is dated D."),
-    ],
+SNAPSHOT_COVERAGE_CHECK = "snapshots_cover_active_customers"
+SNAPSHOT_UNIQUE_CHECK = "snapshot_keys_unique"
+MIN_SNAPSHOT_COVERAGE = 0.95  # the seed's success metric
+
+PROFILES_KEY = dg.AssetKey("customer_profiles")
+SNAPSHOT_KEYS = {t: dg.AssetKey(f"{t}_snapshots") for t in SNAPSHOT_TYPES}
+
+# Specs live inside a tuple: module-level AssetSpec objects would be loaded as assets of their own.
+_SPECS = (
+  dg.AssetSpec(
+    PROFILES_KEY, deps=[orders], group_name="profiles", kinds={"python", "sql"},
     description="Each active customer's behavioral profile as of the partition date, merged into the customer_profiles table (never overwriting a newer profile).",
+  ),
+  *(
+    dg.AssetSpec(
+        key, deps=[PROFILES_KEY], group_name="snapshots", kinds={"sql"}, skippable=True,
+        description=f"{t.capitalize()} frozen copies of the partition's profiles in customer_profile_snapshots (snapshot_type = '{t}'); "
+                    "materialized on the dates the calendar gives, for stores with ENABLE_TEMPORAL_SNAPSHOTS on.",
+    )
+    for t, key in SNAPSHOT_KEYS.items()
+  ),
 )
-def customer_profiles(
+
+
+@dg.multi_asset(
+    name="daily_profiles",
+    specs=list(_SPECS),
+    partitions_def=daily_partitions,
+    # Subsettable so that snapshot outputs and their checks are optional (off-calendar dates, flag off).
+    # The step always computes and writes the date's profiles: they are what snapshots freeze.
+    can_subset=True,
+    check_specs=[
+        dg.AssetCheckSpec(MEMBERSHIPS_CHECK, asset=PROFILES_KEY, description="Every stored profile's fuzzy memberships sum to 1 on every axis."),
+        dg.AssetCheckSpec(COVERAGE_CHECK, asset=PROFILES_KEY, description="Every active customer has exactly one current profile dated D or later, and no inactive one is dated D."),
+        dg.AssetCheckSpec(SNAPSHOT_COVERAGE_CHECK, asset=SNAPSHOT_KEYS["daily"], description=f"Daily snapshots of D cover at least {MIN_SNAPSHOT_COVERAGE:.0%} of the customers active at D."),
+        dg.AssetCheckSpec(SNAPSHOT_UNIQUE_CHECK, asset=SNAPSHOT_KEYS["daily"], description="No (store, customer, date, type) appears twice among D's snapshots."),
+    ],
+)
+def daily_profiles(
     context: dg.AssetExecutionContext, config: ProfilesConfig, warehouse: WarehouseResource, orders_source: OrdersResource
 ) -> Iterator:
+    """One step per date: profiles, then (flag on) that date's snapshots, written per store in one transaction."""
     as_of = context.partition_key  # YYYY-MM-DD, a UTC date
     settings = config.settings()
     wh = warehouse.open()
@@ -73,16 +108,32 @@ def customer_profiles(
         report = run_profiles_partition(validated, as_of, wh, settings, config.stores or None)
     finally:
         wh.dispose()
-    yield dg.MaterializeResult(metadata=report_metadata(report))
     ok = [o for o in report.outcomes if o.ok]
+    yield dg.MaterializeResult(asset_key=PROFILES_KEY, metadata=report_metadata(report))
     violations = sum(o.membership_sum_violations for o in ok)
     missing = sum(o.missing_profiles for o in ok)
     unexpected = sum(o.unexpected_profiles for o in ok)
-    yield dg.AssetCheckResult(check_name=MEMBERSHIPS_CHECK, passed=violations == 0, metadata={"rows_violating": violations})
+    yield dg.AssetCheckResult(asset_key=PROFILES_KEY, check_name=MEMBERSHIPS_CHECK, passed=violations == 0, metadata={"rows_violating": violations})
     yield dg.AssetCheckResult(
-        check_name=COVERAGE_CHECK, passed=missing == 0 and unexpected == 0,
+        asset_key=PROFILES_KEY, check_name=COVERAGE_CHECK, passed=missing == 0 and unexpected == 0,
         metadata={"active_without_profile": missing, "inactive_with_profile_dated_d": unexpected, "profiles": report.n_profiles},
     )
+    snapshotted = [o for o in ok if o.snapshot_rows]
+    if snapshotted:
+        for snapshot_type in snapshot_types_for(as_of):
+            rows = {o.store_id: o.snapshot_rows.get(snapshot_type, 0) for o in snapshotted}
+            yield dg.MaterializeResult(
+                asset_key=SNAPSHOT_KEYS[snapshot_type],
+                metadata={"rows": sum(rows.values()), "stores": len(rows), **{f"rows/{s}": n for s, n in rows.items()}},
+            )
+        active = sum(o.n_profiles for o in snapshotted)
+        daily = sum(o.snapshot_rows.get("daily", 0) for o in snapshotted)
+        coverage = daily / active if active else 1.0
+        duplicates = sum(o.snapshot_duplicate_keys for o in snapshotted)
+        yield dg.AssetCheckResult(asset_key=SNAPSHOT_KEYS["daily"], check_name=SNAPSHOT_COVERAGE_CHECK, passed=coverage >= MIN_SNAPSHOT_COVERAGE,
+                                  metadata={"coverage": round(coverage, 6), "active_customers": active, "daily_snapshots": daily})
+        yield dg.AssetCheckResult(asset_key=SNAPSHOT_KEYS["daily"], check_name=SNAPSHOT_UNIQUE_CHECK, passed=duplicates == 0,
+                                  metadata={"duplicate_keys": duplicates})
     if report.failed:
         raise dg.Failure(
             description=f"{len(report.failed)} store(s) failed; the other stores were written",

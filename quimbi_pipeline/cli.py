@@ -30,7 +30,7 @@ def run_dates(
     import dagster as dg
 
     from quimbi_pipeline.definitions import defs
-    from quimbi_pipeline.defs.profiles.assets import PROFILES_KEY, SNAPSHOT_KEYS
+    from quimbi_pipeline.defs.profiles.assets import DAILY_STEP, PROFILES_KEY, SNAPSHOT_KEYS
     from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
 
     if end < start:
@@ -42,7 +42,7 @@ def run_dates(
     if orders:
         run_config["resources"]["orders_source"] = {"config": {"uri": orders}}
     if stores:
-        run_config["ops"] = {"daily_profiles": {"config": {"stores": stores}}}
+        run_config["ops"] = {DAILY_STEP: {"config": {"stores": stores}}}
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     failed = 0
     dates = pd.date_range(start, end, freq="D")
@@ -53,7 +53,7 @@ def run_dates(
         secs = time.perf_counter() - started
         rows = stores_ok = 0
         snapshots = []
-        for materialization in result.asset_materializations_for_node("daily_profiles"):
+        for materialization in result.asset_materializations_for_node(DAILY_STEP):
             if materialization.asset_key == PROFILES_KEY:
                 rows = materialization.metadata["rows"].value
                 stores_ok = materialization.metadata["stores_ok"].value

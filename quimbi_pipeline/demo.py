@@ -62,7 +62,7 @@ def generate_demo(
     # Stores of decreasing size (store_a is largest).
     weights = 1.0 / np.arange(1, n_stores + 1)
     store_idx = rng.choice(n_stores, size=n, p=weights / weights.sum())
-    store_names = np.array([f"store_{chr(ord('a') + i)}" if i < 26 else f"store_{i}" for i in range(n_stores)])
+    store_names = np.array(demo_store_names(n_stores))
 
     join = t0 + rng.uniform(0, 0.5, n) * span
     dies = rng.random(n) < death_share
@@ -179,6 +179,10 @@ def generate_demo(
         "class_after": np.where(changed, class_after, -1),
     })
     return DemoData(orders=orders, customers=customers)
+
+
+def demo_store_names(n_stores: int) -> list[str]:
+    return [f"store_{chr(ord('a') + i)}" if i < 26 else f"store_{i}" for i in range(n_stores)]
 
 
 def id_strings(prefix: str, numbers: np.ndarray, width: int) -> pd.Series:

@@ -113,6 +113,42 @@ def _numeric(values: pd.Series) -> pd.Series:
     return pd.to_numeric(values.astype("string").str.strip(), errors="coerce").astype("float64")
 
 
+def list_stores(uri: str, warehouse_url: str | None = None) -> list[str]:
+    """The store ids of a source, cheaply (one column), for schedules that batch stores."""
+    if uri == "demo" or uri.startswith("demo:"):
+        from quimbi_pipeline.demo import demo_store_names, generate_demo, parse_demo_uri
+
+        n_stores = parse_demo_uri(uri).get("n_stores", generate_demo.__defaults__[1])
+        return demo_store_names(n_stores)
+    if uri.startswith("sql:"):
+        from quimbi_pipeline.warehouse import Warehouse
+
+        wh = Warehouse(warehouse_url)
+        try:
+            return sorted(wh.distinct_values(uri[len("sql:"):], "store_id", default=DEFAULT_STORE))
+        finally:
+            wh.dispose()
+    path = Path(uri)
+    if not path.exists():
+        raise OrdersSourceError(f"orders source {uri!r}: file not found")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            if "store_id" not in pq.read_schema(path).names:
+                return [DEFAULT_STORE]
+            values = pd.read_parquet(path, columns=["store_id"])["store_id"]
+        else:
+            header = pd.read_csv(path, nrows=0).columns
+            if "store_id" not in header:
+                return [DEFAULT_STORE]
+            values = pd.read_csv(path, usecols=["store_id"], dtype=str, keep_default_na=False)["store_id"]
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise OrdersSourceError(f"orders source {uri!r} could not be read: {exc}") from exc
+    cleaned = values.astype("string").str.strip().fillna("").replace("", DEFAULT_STORE)
+    return sorted(cleaned.unique().tolist())
+
+
 def validate_orders(raw: pd.DataFrame, *, now: pd.Timestamp | None = None, bad_rows: str = "reject_store") -> ValidatedOrders:
     """Normalize and check raw order rows.
 

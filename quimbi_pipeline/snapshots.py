@@ -20,7 +20,7 @@ SNAPSHOT_TYPES = ("daily", "weekly", "monthly", "quarterly", "yearly")
 def snapshot_types_for(day) -> list[str]:
     d = pd.Timestamp(day)
     types = ["daily"]
-    if d.dayofweek == 0:
+    if d.day_of_week == 0:
         types.append("weekly")
     if d.day == 1:
         types.append("monthly")

@@ -241,6 +241,17 @@ class Warehouse:
         except (sa.exc.SQLAlchemyError, pd.errors.DatabaseError) as exc:
             raise ValueError(f"cannot read table {name!r} from the warehouse: {str(exc).splitlines()[0]}") from exc
 
+    def distinct_values(self, table: str, column: str, default: str) -> list[str]:
+        """Distinct values of a source table's column; [default] when the column does not exist."""
+        if not _IDENT.match(table):
+            raise ValueError(f"not a table name: {table!r}")
+        ref = table if "." in table or not self.is_postgres else self.qualified(table)
+        columns = self.read_sql(f"SELECT * FROM {ref} WHERE 1 = 0").columns
+        if column not in columns:
+            return [default]
+        values = self.read_sql(f"SELECT DISTINCT {column} FROM {ref}")[column]
+        return [default if v is None or str(v).strip() == "" else str(v).strip() for v in values]
+
     def profiles(self, store_id: str | None = None, profile_date=None) -> pd.DataFrame:
         clauses, params = [], {}
         if store_id is not None:

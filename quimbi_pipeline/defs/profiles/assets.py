@@ -21,6 +21,7 @@ orders = dg.AssetSpec(
     kinds={"source"},
 )
 
+DAILY_STEP = "daily_profiles"
 MEMBERSHIPS_CHECK = "memberships_sum_to_one"
 COVERAGE_CHECK = "one_profile_per_active_customer"
 
@@ -83,7 +84,7 @@ _SPECS = (
 
 
 @dg.multi_asset(
-    name="daily_profiles",
+    name=DAILY_STEP,
     specs=list(_SPECS),
     partitions_def=daily_partitions,
     # Subsettable so that snapshot outputs and their checks are optional (off-calendar dates, flag off).

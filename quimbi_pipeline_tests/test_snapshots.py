@@ -1,0 +1,116 @@
+"""Snapshots: calendar, idempotent writes, shadow mode, retention sensor and prune job, schedule, history."""
+
+import io
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from quimbi_pipeline.cli import run_dates
+from quimbi_pipeline.defs.profiles.schedules import daily_pipeline_schedule
+from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
+from quimbi_pipeline.defs.snapshots.jobs import prune_snapshots_job, snapshot_retention_sensor
+from quimbi_pipeline.snapshots import RetentionPolicy, snapshot_types_for
+from quimbi_pipeline.warehouse import Warehouse
+
+ORDERS = "demo:customers=300,stores=2,seed=5"
+
+
+def run(warehouse_url, start, end, monkeypatch, snapshots=True):
+    monkeypatch.setenv("ENABLE_TEMPORAL_SNAPSHOTS", "1" if snapshots else "0")
+    assert run_dates(pd.Timestamp(start), pd.Timestamp(end), orders=ORDERS, warehouse=warehouse_url, stores=None, out=io.StringIO()) == 0
+
+
+def snapshot_table(url) -> pd.DataFrame:
+    wh = Warehouse(url)
+    frame = wh.read_sql(f"SELECT * FROM {wh.qualified('customer_profile_snapshots')} ORDER BY store_id, customer_id, snapshot_date, snapshot_type")
+    wh.dispose()
+    return frame
+
+
+def test_calendar():
+    assert snapshot_types_for("2026-01-01") == ["daily", "monthly", "quarterly", "yearly"]  # a Thursday
+    assert snapshot_types_for("2026-01-05") == ["daily", "weekly"]  # a Monday
+    assert snapshot_types_for("2026-06-01") == ["daily", "weekly", "monthly"]  # a Monday and a 1st
+    assert snapshot_types_for("2026-04-01") == ["daily", "monthly", "quarterly"]
+    assert snapshot_types_for("2026-01-06") == ["daily"]
+
+
+def test_range_gives_the_calendar_and_a_rerun_changes_no_row(warehouse_url, monkeypatch):
+    run(warehouse_url, "2025-12-29", "2026-01-06", monkeypatch)
+    first = snapshot_table(warehouse_url)
+    dates = pd.to_datetime(first["snapshot_date"])
+    by_type = {t: set(dates[first["snapshot_type"] == t].dt.strftime("%Y-%m-%d")) for t in first["snapshot_type"].unique()}
+    assert by_type["daily"] == {f"{d:%Y-%m-%d}" for d in pd.date_range("2025-12-29", "2026-01-06")}
+    assert by_type["weekly"] == {"2025-12-29", "2026-01-05"}  # Mondays only
+    assert by_type["monthly"] == by_type["quarterly"] == by_type["yearly"] == {"2026-01-01"}
+    # Every daily snapshot is the profile computed that day: counts equal the active customers of each date.
+    profiles_per_date = first[first.snapshot_type == "daily"].groupby("snapshot_date").size()
+    assert (profiles_per_date > 0).all()
+    run(warehouse_url, "2025-12-29", "2026-01-06", monkeypatch)
+    pd.testing.assert_frame_equal(first, snapshot_table(warehouse_url))
+
+
+def test_flag_off_writes_no_snapshot_and_the_same_profiles(tmp_path, monkeypatch):
+    on, off = f"sqlite:///{tmp_path / 'on.sqlite'}", f"sqlite:///{tmp_path / 'off.sqlite'}"
+    run(on, "2026-01-04", "2026-01-05", monkeypatch, snapshots=True)
+    run(off, "2026-01-04", "2026-01-05", monkeypatch, snapshots=False)
+    assert snapshot_table(off).empty and not snapshot_table(on).empty
+    pd.testing.assert_frame_equal(Warehouse(on).profiles(), Warehouse(off).profiles())
+
+
+def test_retention_sensor_requests_one_prune_and_prune_removes_exactly_the_expired(sqlite_url, monkeypatch):
+    monkeypatch.setenv("QUIMBI_RETENTION_DAILY_DAYS", "3")
+    run(sqlite_url, "2025-12-29", "2026-01-06", monkeypatch)
+    resources = {"warehouse": WarehouseResource(url=sqlite_url)}
+    before = snapshot_table(sqlite_url)
+    policy = RetentionPolicy.from_env()
+    assert policy.daily == 3
+
+    request = snapshot_retention_sensor(dg.build_sensor_context(resources=resources))
+    assert isinstance(request, dg.RunRequest) and request.run_key.startswith("prune:")
+    # Same state, same run key: the sensor machinery will not launch it twice.
+    assert snapshot_retention_sensor(dg.build_sensor_context(resources=resources)).run_key == request.run_key
+
+    result = prune_snapshots_job.execute_in_process(resources=resources, instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    after = snapshot_table(sqlite_url)
+    dates = pd.to_datetime(before["snapshot_date"])
+    newest = dates.groupby(before["store_id"]).transform("max")
+    expired = (before["snapshot_type"] == "daily") & (dates < newest - pd.Timedelta(days=2))
+    expected = before.loc[~expired].reset_index(drop=True)
+    pd.testing.assert_frame_equal(expected, after)
+    assert set(pd.to_datetime(after.loc[after.snapshot_type == "daily", "snapshot_date"]).dt.strftime("%Y-%m-%d")) == {"2026-01-04", "2026-01-05", "2026-01-06"}
+    output = next(e for e in result.all_events if e.is_successful_output)
+    assert output.event_specific_data.metadata["deleted"].value == int(expired.sum())
+    assert output.event_specific_data.metadata["deleted/store_a/weekly"].value == 0
+    skip = snapshot_retention_sensor(dg.build_sensor_context(resources=resources))
+    assert isinstance(skip, dg.SkipReason)
+
+
+def test_history_query_and_view(warehouse_url, monkeypatch):
+    run(warehouse_url, "2025-12-29", "2026-01-06", monkeypatch)
+    wh = Warehouse(warehouse_url)
+    customer = snapshot_table(warehouse_url).iloc[0]
+    history = wh.customer_history(customer.store_id, customer.customer_id, days=30)
+    assert list(pd.to_datetime(history["snapshot_date"]).dt.strftime("%Y-%m-%d")) == [f"{d:%Y-%m-%d}" for d in pd.date_range("2025-12-29", "2026-01-06")]
+    assert set(history["snapshot_type"]) == {"daily"}  # one row per date: the finest cadence
+    weekly = wh.customer_history(customer.store_id, customer.customer_id, days=30, snapshot_type="weekly")
+    assert list(pd.to_datetime(weekly["snapshot_date"]).dt.strftime("%Y-%m-%d")) == ["2025-12-29", "2026-01-05"]
+    short = wh.customer_history(customer.store_id, customer.customer_id, days=2, as_of="2026-01-03")
+    assert list(pd.to_datetime(short["snapshot_date"]).dt.strftime("%Y-%m-%d")) == ["2026-01-01", "2026-01-02", "2026-01-03"]
+    assert wh.customer_history(customer.store_id, "nobody", days=30).empty
+    wh.dispose()
+
+
+def test_schedule_yields_one_run_per_store_batch_for_the_previous_day(sqlite_url, monkeypatch):
+    monkeypatch.setenv("QUIMBI_STORE_BATCH_SIZE", "2")
+    context = dg.build_schedule_context(
+        scheduled_execution_time=pd.Timestamp("2026-01-06 03:00", tz="UTC").to_pydatetime(),
+        resources={"orders_source": OrdersResource(uri="demo:customers=100,stores=5"), "warehouse": WarehouseResource(url=sqlite_url)},
+    )
+    requests = list(daily_pipeline_schedule(context))
+    assert [r.partition_key for r in requests] == ["2026-01-05"] * 3
+    assert [r.run_config["ops"]["daily_profiles"]["config"]["stores"] for r in requests] == [
+        ["store_a", "store_b"], ["store_c", "store_d"], ["store_e"]]
+    assert len({r.run_key for r in requests}) == 3

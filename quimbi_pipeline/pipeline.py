@@ -78,8 +78,15 @@ def run_profiles_partition(
     warehouse: Warehouse,
     settings: PipelineSettings,
     stores: list[str] | None = None,
+    snapshot_types: list[str] | None = None,
 ) -> PartitionReport:
-    """Compute, write and verify customer_profiles of partition D for `stores` (default: all stores)."""
+    """Compute, write and verify customer_profiles of partition D for `stores` (default: all stores).
+
+    Snapshots of D are written for the calendar's types (or `snapshot_types`, a subset of them) when
+    settings.enable_temporal_snapshots is on.
+    """
+    types = snapshot_types_for(as_of) if snapshot_types is None else list(snapshot_types)
+    types = types if settings.enable_temporal_snapshots else []
     as_of = as_of_day(as_of)
     started = time.perf_counter()
     cut = orders_as_of(validated.orders, as_of)
@@ -96,7 +103,7 @@ def run_profiles_partition(
         if store not in known:
             log.warning("store %s: no orders in the source", store)
         try:
-            outcomes.append(_run_store(store, by_store.get(store, cut.iloc[:0]), as_of, validated, warehouse, settings))
+            outcomes.append(_run_store(store, by_store.get(store, cut.iloc[:0]), as_of, validated, warehouse, settings, types))
         except Exception as exc:  # one store's failure is recorded and the others go on
             log.exception("store %s failed for %s", store, as_of.date())
             outcomes.append(StoreOutcome(store, False, error=f"{type(exc).__name__}: {exc}"))
@@ -104,9 +111,8 @@ def run_profiles_partition(
     return PartitionReport(as_of, outcomes, seconds)
 
 
-def _run_store(store, orders, as_of, validated, warehouse, settings) -> StoreOutcome:
+def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_types) -> StoreOutcome:
     result = build_store_profiles(orders, store, as_of, settings, validated.optional_columns)
-    snapshot_types = snapshot_types_for(as_of) if settings.enable_temporal_snapshots else []
     started = time.perf_counter()
     warehouse.write_profiles_partition(store, as_of, result.profiles, segment_model_rows(result), snapshot_types)
     result.seconds["write"] = time.perf_counter() - started

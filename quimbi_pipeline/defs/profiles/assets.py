@@ -103,30 +103,34 @@ def daily_profiles(
     """One step per date: profiles, then (flag on) that date's snapshots, written per store in one transaction."""
     as_of = context.partition_key  # YYYY-MM-DD, a UTC date
     settings = config.settings()
+    selected = context.selected_asset_keys
+    # Snapshot types of the date, limited to the selected snapshot assets (all of them in the daily job).
+    snapshot_types = [t for t in snapshot_types_for(as_of) if SNAPSHOT_KEYS[t] in selected]
     wh = warehouse.open()
     try:
         validated = orders_source.load(wh.url, settings.bad_rows)
-        report = run_profiles_partition(validated, as_of, wh, settings, config.stores or None)
+        report = run_profiles_partition(validated, as_of, wh, settings, config.stores or None, snapshot_types=snapshot_types)
     finally:
         wh.dispose()
     ok = [o for o in report.outcomes if o.ok]
-    yield dg.MaterializeResult(asset_key=PROFILES_KEY, metadata=report_metadata(report))
-    violations = sum(o.membership_sum_violations for o in ok)
-    missing = sum(o.missing_profiles for o in ok)
-    unexpected = sum(o.unexpected_profiles for o in ok)
-    yield dg.AssetCheckResult(asset_key=PROFILES_KEY, check_name=MEMBERSHIPS_CHECK, passed=violations == 0, metadata={"rows_violating": violations})
-    yield dg.AssetCheckResult(
-        asset_key=PROFILES_KEY, check_name=COVERAGE_CHECK, passed=missing == 0 and unexpected == 0,
-        metadata={"active_without_profile": missing, "inactive_with_profile_dated_d": unexpected, "profiles": report.n_profiles},
-    )
+    if PROFILES_KEY in selected:  # the date's profiles are always written: snapshots freeze them
+        yield dg.MaterializeResult(asset_key=PROFILES_KEY, metadata=report_metadata(report))
+        violations = sum(o.membership_sum_violations for o in ok)
+        missing = sum(o.missing_profiles for o in ok)
+        unexpected = sum(o.unexpected_profiles for o in ok)
+        yield dg.AssetCheckResult(asset_key=PROFILES_KEY, check_name=MEMBERSHIPS_CHECK, passed=violations == 0, metadata={"rows_violating": violations})
+        yield dg.AssetCheckResult(
+            asset_key=PROFILES_KEY, check_name=COVERAGE_CHECK, passed=missing == 0 and unexpected == 0,
+            metadata={"active_without_profile": missing, "inactive_with_profile_dated_d": unexpected, "profiles": report.n_profiles},
+        )
     snapshotted = [o for o in ok if o.snapshot_rows]
-    if snapshotted:
-        for snapshot_type in snapshot_types_for(as_of):
-            rows = {o.store_id: o.snapshot_rows.get(snapshot_type, 0) for o in snapshotted}
-            yield dg.MaterializeResult(
-                asset_key=SNAPSHOT_KEYS[snapshot_type],
-                metadata={"rows": sum(rows.values()), "stores": len(rows), **{f"rows/{s}": n for s, n in rows.items()}},
-            )
+    for snapshot_type in snapshot_types if snapshotted else []:
+        rows = {o.store_id: o.snapshot_rows.get(snapshot_type, 0) for o in snapshotted}
+        yield dg.MaterializeResult(
+            asset_key=SNAPSHOT_KEYS[snapshot_type],
+            metadata={"rows": sum(rows.values()), "stores": len(rows), **{f"rows/{s}": n for s, n in rows.items()}},
+        )
+    if snapshotted and "daily" in snapshot_types:
         active = sum(o.n_profiles for o in snapshotted)
         daily = sum(o.snapshot_rows.get("daily", 0) for o in snapshotted)
         coverage = daily / active if active else 1.0

@@ -1,0 +1,134 @@
+"""A backfill launched the way the UI launches it gives exactly the rows the daily schedule gives.
+
+The backfill goes through the GraphQL `launchPartitionBackfill` mutation against the project's
+workspace.yaml (an out-of-process code server), then the backfill daemon's iterations submit the
+runs, which the instance's run launcher executes in subprocesses. The schedule side evaluates the
+real schedule for each date and executes its run requests (per store batch) in date order.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+from dagster._core.execution.backfill import BulkActionStatus
+from dagster._core.test_utils import instance_for_test, wait_for_runs_to_finish
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import WorkspaceFileTarget
+from dagster._daemon.backfill import execute_backfill_iteration
+from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
+from dagster_graphql.test.utils import execute_dagster_graphql
+
+from quimbi_pipeline.definitions import defs
+from quimbi_pipeline.defs.profiles.assets import PROFILES_KEY, SNAPSHOT_KEYS
+from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
+from quimbi_pipeline.defs.profiles.schedules import daily_pipeline_schedule
+from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
+from quimbi_pipeline.warehouse import Warehouse
+
+WORKSPACE = Path(__file__).resolve().parent.parent / "workspace.yaml"
+ORDERS = "demo:customers=300,stores=3,seed=8"
+DATES = [f"{d:%Y-%m-%d}" for d in pd.date_range("2026-01-03", "2026-01-06")]  # a Monday inside
+
+
+def tables(url: str) -> dict[str, pd.DataFrame]:
+    wh = Warehouse(url)
+    out = {
+        "profiles": wh.profiles(),
+        "snapshots": wh.read_sql(
+            f"SELECT * FROM {wh.qualified('customer_profile_snapshots')} ORDER BY store_id, customer_id, snapshot_date, snapshot_type"),
+        "segment_models": wh.read_sql(f"SELECT * FROM {wh.qualified('segment_models')} ORDER BY store_id, model_version, axis"),
+    }
+    wh.dispose()
+    return out
+
+
+def run_schedule(url: str, monkeypatch) -> None:
+    """What the daily schedule would have produced: each date's run requests, executed in date order."""
+    monkeypatch.setenv("QUIMBI_STORE_BATCH_SIZE", "2")
+    job = defs.resolve_job_def(DAILY_PIPELINE_JOB)
+    resources = {"orders_source": OrdersResource(uri=ORDERS), "warehouse": WarehouseResource(url=url)}
+    with instance_for_test() as instance:
+        for day in DATES:
+            tick = pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1, hours=3)
+            context = dg.build_schedule_context(scheduled_execution_time=tick.to_pydatetime(), resources=resources)
+            requests = list(daily_pipeline_schedule(context))
+            assert len(requests) == 2 and all(r.partition_key == day for r in requests)
+            for request in requests:
+                run_config = {**request.run_config, "resources": {"warehouse": {"config": {"url": url}}, "orders_source": {"config": {"uri": ORDERS}}}}
+                result = job.execute_in_process(run_config=run_config, partition_key=day, instance=instance, tags=request.tags)
+                assert result.success
+
+
+def run_ui_backfill(url: str, monkeypatch, tmp_path) -> None:
+    # The code server and the run subprocesses read the source and warehouse from the environment.
+    monkeypatch.setenv("QUIMBI_ORDERS", ORDERS)
+    monkeypatch.setenv("QUIMBI_WAREHOUSE_URL", url)
+    (tmp_path / "dagster_home").mkdir()
+    # DefaultRunCoordinator: runs the daemon submits start at once (no queue daemon in a test).
+    overrides = {"run_coordinator": {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}}
+    with instance_for_test(temp_dir=str(tmp_path / "dagster_home"), overrides=overrides) as instance:
+        with WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(WORKSPACE)])) as process_context:
+            request_context = process_context.create_request_context()
+            result = execute_dagster_graphql(
+                request_context,
+                LAUNCH_PARTITION_BACKFILL_MUTATION,
+                variables={"backfillParams": {
+                    # Jobs > daily_pipeline > Backfill in the UI: the job's partition set over DATES.
+                    "selector": {
+                        "partitionSetName": f"{DAILY_PIPELINE_JOB}_partition_set",
+                        "repositorySelector": {"repositoryLocationName": "quimbi_pipeline", "repositoryName": "__repository__"},
+                    },
+                    "partitionNames": DATES,
+                }},
+            )
+            launched = result.data["launchPartitionBackfill"]
+            assert launched["__typename"] == "LaunchBackfillSuccess", launched
+            backfill_id = launched["backfillId"]
+            logger = logging.getLogger("backfill-test")
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                list(execute_backfill_iteration(process_context, logger))
+                wait_for_runs_to_finish(instance, timeout=300)
+                backfill = instance.get_backfill(backfill_id)
+                print(f"backfill iteration: {time.monotonic() - started:.1f}s, status {backfill.status}, runs {len(instance.get_runs())}")
+                if backfill.status not in (BulkActionStatus.REQUESTED,):
+                    break
+            assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS, backfill.status
+            runs = instance.get_runs()
+            assert len(runs) >= len(DATES) and all(r.is_success for r in runs)
+
+
+@pytest.mark.slow
+def test_ui_backfill_equals_daily_schedule(warehouse_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("ENABLE_TEMPORAL_SNAPSHOTS", "1")
+    if warehouse_url.startswith("sqlite"):
+        schedule_url, backfill_url = warehouse_url, f"sqlite:///{tmp_path / 'backfill.sqlite'}"
+    else:  # two schemas are not available: use a SQLite copy of the schedule's rows, then reset PostgreSQL
+        schedule_url, backfill_url = f"sqlite:///{tmp_path / 'schedule.sqlite'}", warehouse_url
+    run_schedule(schedule_url, monkeypatch)
+    expected = tables(schedule_url)
+    assert len(expected["snapshots"]) > 0 and set(expected["snapshots"]["snapshot_type"]) == {"daily", "weekly"}
+    run_ui_backfill(backfill_url, monkeypatch, tmp_path)
+    produced = tables(backfill_url)
+    for name, frame in expected.items():
+        got = produced[name]
+        if name != "profiles":  # dates come back as date objects from PostgreSQL, as text from SQLite
+            for col in ("snapshot_date", "fitted_on"):
+                if col in frame:
+                    frame[col], got[col] = pd.to_datetime(frame[col]), pd.to_datetime(got[col])
+            for col in ("dominant_segments", "fuzzy_memberships", "behavioral_features", "segment_names", "centroids", "scaler"):
+                if col in frame:
+                    import json
+
+                    def canon(v):
+                        return json.dumps(v if not isinstance(v, str) else json.loads(v), sort_keys=True)
+
+                    frame[col], got[col] = frame[col].map(canon), got[col].map(canon)
+        pd.testing.assert_frame_equal(frame.reset_index(drop=True), got.reset_index(drop=True), check_dtype=False, obj=name)

@@ -55,17 +55,24 @@ def floor_baseline(orders: pd.DataFrame) -> int:
     return len(agg)
 
 
-def run_partition(label: str, url: str, validated, date: str, table: Table) -> None:
+def run_partition(label: str, url: str, validated, date: str, table: Table, snapshots: bool) -> None:
     wh = Warehouse(url)
-    report, secs = timed(lambda: run_profiles_partition(validated, date, wh, PipelineSettings()))
+    settings = PipelineSettings(enable_temporal_snapshots=snapshots)
+    report, secs = timed(lambda: run_profiles_partition(validated, date, wh, settings))
     for o in report.outcomes:
         if not o.ok:
             print(f"  store {o.store_id} FAILED: {o.error}")
             continue
         for key, value in o.metrics.items():
             if key.startswith("seconds/"):
-                table.row(f"{label} {o.store_id} {key[8:]}", value, o.n_profiles)
+                rows = sum(o.snapshot_rows.values()) if key == "seconds/write_snapshots" else o.n_profiles
+                table.row(f"{label} {o.store_id} {key[8:]}", value, rows)
     table.row(f"{label} partition total", secs, report.n_profiles)
+    for name in ("customer_profile_snapshots", "customer_profiles"):
+        size = wh.table_bytes(name)
+        if size:
+            n = wh.read_sql(f"SELECT count(*) AS n FROM {wh.qualified(name)}")["n"].iloc[0]
+            print(f"  {name}: {n:,} rows, {size / 2**20:,.1f} MiB with indexes, {size / max(n, 1):,.0f} bytes/row")
     wh.dispose()
 
 
@@ -77,6 +84,7 @@ def main() -> None:
     parser.add_argument("--postgres", help="PostgreSQL SQLAlchemy URL (tables in schema platform are replaced)")
     parser.add_argument("--sqlite", help="SQLite file (default: a temporary file)")
     parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument("--snapshots", action="store_true", help="write the date's snapshots too (ENABLE_TEMPORAL_SNAPSHOTS)")
     args = parser.parse_args()
 
     print(f"# quimbi benchmark: {args.customers:,} customers, {args.stores} store(s), date {args.date}")
@@ -95,7 +103,7 @@ def main() -> None:
     if not args.skip_sqlite:
         with tempfile.TemporaryDirectory() as tmp:
             path = args.sqlite or os.path.join(tmp, "bench.sqlite")
-            run_partition("sqlite", f"sqlite:///{path}", validated, args.date, table)
+            run_partition("sqlite", f"sqlite:///{path}", validated, args.date, table, args.snapshots)
     if args.postgres:
         import sqlalchemy as sa
 
@@ -103,7 +111,7 @@ def main() -> None:
         with engine.begin() as conn:
             conn.execute(sa.text("DROP SCHEMA IF EXISTS platform CASCADE"))
         engine.dispose()
-        run_partition("postgres", args.postgres, validated, args.date, table)
+        run_partition("postgres", args.postgres, validated, args.date, table, args.snapshots)
 
 
 if __name__ == "__main__":

@@ -114,8 +114,10 @@ def run_profiles_partition(
 def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_types) -> StoreOutcome:
     result = build_store_profiles(orders, store, as_of, settings, validated.optional_columns)
     started = time.perf_counter()
-    warehouse.write_profiles_partition(store, as_of, result.profiles, segment_model_rows(result), snapshot_types)
+    written = warehouse.write_profiles_partition(store, as_of, result.profiles, segment_model_rows(result), snapshot_types)
     result.seconds["write"] = time.perf_counter() - started
+    if snapshot_types:
+        result.seconds["write_snapshots"] = written["snapshot_seconds"]  # part of "write"
     started = time.perf_counter()
     expected = pd.Index(result.profiles["customer_id"].astype(str))
     # A backfill leaves newer profiles in place: an active customer is covered by a row dated D or later.

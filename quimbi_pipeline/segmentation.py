@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
 
 from quimbi_pipeline.features import AxisSpec
 from quimbi_pipeline.settings import PipelineSettings
@@ -88,6 +87,60 @@ def fuzzy_memberships(scaled: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return inv / inv.sum(axis=1, keepdims=True)
 
 
+SILHOUETTE_CHUNK_ROWS = 1024
+
+
+def silhouette_scores(x: np.ndarray, labelings: dict[int, np.ndarray], sample_size: int | None, random_state: int) -> dict[int, float]:
+    """Silhouette coefficient of several labelings of the same points, as sklearn's silhouette_score.
+
+    Same sample as sklearn (RandomState(random_state).permutation(n)[:sample_size]) and the same
+    definition, but the sample's pairwise distances are computed once, in chunks, for all labelings:
+    per chunk, distance sums to every cluster of every labeling are one matrix product.
+    Labelings with fewer than 2 or more than n - 1 distinct labels in the sample are left out.
+    """
+    n = x.shape[0]
+    if sample_size is not None and n > sample_size:
+        idx = np.random.RandomState(random_state).permutation(n)[:sample_size]
+        x = x[idx]
+        labelings = {k: labels[idx] for k, labels in labelings.items()}
+    m = x.shape[0]
+    blocks = []  # (k, codes, counts, column offset)
+    offset = 0
+    for k, labels in labelings.items():
+        uniques, codes = np.unique(labels, return_inverse=True)
+        if 2 <= uniques.size <= m - 1:
+            blocks.append((k, codes, np.bincount(codes).astype("float64"), offset))
+            offset += uniques.size
+    if not blocks:
+        return {}
+    onehot = np.zeros((m, offset))
+    for _, codes, _, start in blocks:
+        onehot[np.arange(m), start + codes] = 1.0
+    sq = np.einsum("ij,ij->i", x, x)
+    sums = np.empty((m, offset))
+    for start in range(0, m, SILHOUETTE_CHUNK_ROWS):
+        stop = min(start + SILHOUETTE_CHUNK_ROWS, m)
+        d2 = sq[start:stop, None] + sq[None, :] - 2.0 * (x[start:stop] @ x.T)
+        dist = np.sqrt(np.maximum(d2, 0.0))
+        dist[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        sums[start:stop] = dist @ onehot
+    scores = {}
+    rows = np.arange(m)
+    for k, codes, counts, start in blocks:
+        cluster_sums = sums[:, start:start + counts.size]
+        own = counts[codes]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = cluster_sums[rows, codes] / (own - 1)
+            mean_to = cluster_sums / counts
+        mean_to[rows, codes] = np.inf
+        b = mean_to.min(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sil = (b - a) / np.maximum(a, b)
+        sil = np.where(own > 1, np.nan_to_num(sil), 0.0)
+        scores[k] = float(sil.mean())
+    return scores
+
+
 def axis_matrix(features: pd.DataFrame, axis: AxisSpec) -> np.ndarray:
     """The raw feature matrix of an axis; missing values take the column median (logged)."""
     frame = features[axis.feature_names].astype("float64")
@@ -124,16 +177,14 @@ def fit_axis_model(raw: np.ndarray, axis: AxisSpec, settings: PipelineSettings) 
     k_min = min(settings.min_k, k_max)
     sample = settings.silhouette_sample_size if n > settings.silhouette_sample_size else None
     fits: dict[int, KMeans] = {}
-    scores: dict[int, float] = {}
+    labelings: dict[int, np.ndarray] = {}
     for k in range(k_min, k_max + 1):
         km = KMeans(n_clusters=k, random_state=settings.random_state, n_init=settings.kmeans_n_init)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)  # duplicate points: handled by n_distinct
-            labels = km.fit_predict(scaled)
+            labelings[k] = km.fit_predict(scaled)
         fits[k] = km
-        n_labels = np.unique(labels).size
-        if 2 <= n_labels <= (sample or n) - 1:
-            scores[k] = float(silhouette_score(scaled, labels, sample_size=sample, random_state=settings.random_state))
+    scores = silhouette_scores(scaled, labelings, sample, settings.random_state)
     if scores:
         best_k = max(scores, key=lambda k: (scores[k], -k))  # ties: the smaller k
         note = ""

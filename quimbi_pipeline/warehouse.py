@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import time
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -209,6 +210,7 @@ class Warehouse:
                     f"WHERE {target}.profile_date <= excluded.profile_date"
                 )).rowcount
             snapshots = 0
+            snapshot_started = time.perf_counter()
             if snapshot_types:
                 snap = customer_profile_snapshots
                 conn.execute(sa.delete(snap).where(snap.c.store_id == store_id, snap.c.snapshot_date == as_of_date))
@@ -225,7 +227,9 @@ class Warehouse:
                 conn.execute(sa.delete(segment_models).where(
                     segment_models.c.store_id == store_id, segment_models.c.model_version.in_(models["model_version"].unique().tolist())))
                 conn.execute(sa.insert(segment_models), _model_records(models))
-        return {"deleted": int(deleted or 0), "written": int(written or 0), "snapshots": int(snapshots or 0)}
+            snapshot_seconds = time.perf_counter() - snapshot_started
+        return {"deleted": int(deleted or 0), "written": int(written or 0), "snapshots": int(snapshots or 0),
+                "snapshot_seconds": snapshot_seconds}
 
     # ---- reads ----------------------------------------------------------------------------------
     def read_sql(self, sql: str, params: dict | None = None) -> pd.DataFrame:
@@ -354,6 +358,13 @@ class Warehouse:
         return self.read_sql(
             f"SELECT * FROM {source} WHERE store_id = :s AND customer_id = :c AND snapshot_date BETWEEN :start AND :end{type_clause} "
             "ORDER BY snapshot_date, snapshot_type", params)
+
+    def table_bytes(self, table: str) -> int | None:
+        """Bytes of a table with its indexes (PostgreSQL only; None elsewhere)."""
+        if not self.is_postgres:
+            return None
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT pg_total_relation_size(:t)"), {"t": self.qualified(table)}).scalar_one())
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -94,3 +94,21 @@ def test_recovers_planted_segments(demo_small, settings):
             planted = truth.loc[f.index, f"planted_{axis}"].to_numpy()[keep]
             means = [seg.dominant[keep][planted == c].mean() for c in np.unique(planted)]
             assert means == sorted(means), (store, axis, means)
+
+
+@pytest.mark.parametrize("sample_size", [None, 700])
+def test_silhouette_scores_equal_sklearn(sample_size):
+    from sklearn.metrics import silhouette_score
+
+    from quimbi_pipeline.segmentation import silhouette_scores
+
+    rng = np.random.default_rng(5)
+    x = np.vstack([rng.normal(c, 1.0, (400, 2)) for c in (0, 3, 7)])
+    labelings = {k: rng.integers(0, k, x.shape[0]) if k == 5 else np.repeat(np.arange(k), -(-x.shape[0] // k))[: x.shape[0]] for k in (2, 3, 5)}
+    labelings[4] = np.r_[np.zeros(x.shape[0] - 1, dtype=int), 1]  # a singleton cluster
+    ours = silhouette_scores(x, labelings, sample_size, 42)
+    for k, labels in labelings.items():
+        if sample_size and k == 4:
+            continue  # the singleton may fall outside the sample
+        expected = silhouette_score(x, labels, sample_size=sample_size, random_state=42)
+        assert ours[k] == pytest.approx(expected, abs=1e-9), k

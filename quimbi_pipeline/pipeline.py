@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from quimbi_pipeline.memberships import membership_shift, memberships_frame, parse_memberships
 from quimbi_pipeline.orders import ValidatedOrders, as_of_day, orders_as_of
 from quimbi_pipeline.profiles import StoreProfiles, build_store_profiles, segment_model_rows
 from quimbi_pipeline.settings import PipelineSettings
@@ -111,10 +112,24 @@ def run_profiles_partition(
     return PartitionReport(as_of, outcomes, seconds)
 
 
+def profile_changes(result: StoreProfiles, last_memberships: pd.Series, threshold: float) -> pd.Index:
+    """Customers whose memberships moved more than `threshold` on some axis since their last snapshot.
+
+    Customers without an earlier snapshot are not "changed" (their calendar snapshots cover them).
+    """
+    now = memberships_frame(result.segmentations, pd.Index(result.profiles["customer_id"].astype(str)))
+    before = parse_memberships(last_memberships)
+    shift = membership_shift(before, now)
+    return shift.index[(shift.max(axis=1) > threshold).to_numpy()]
+
+
 def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_types) -> StoreOutcome:
     result = build_store_profiles(orders, store, as_of, settings, validated.optional_columns)
     started = time.perf_counter()
-    written = warehouse.write_profiles_partition(store, as_of, result.profiles, segment_model_rows(result), snapshot_types)
+    changed = None
+    if snapshot_types and settings.snapshot_on_profile_change and len(result.profiles):
+        changed = profile_changes(result, warehouse.last_snapshot_memberships(store, as_of), settings.profile_change_threshold)
+    written = warehouse.write_profiles_partition(store, as_of, result.profiles, segment_model_rows(result), snapshot_types, changed)
     result.seconds["write"] = time.perf_counter() - started
     if snapshot_types:
         result.seconds["write_snapshots"] = written["snapshot_seconds"]  # part of "write"

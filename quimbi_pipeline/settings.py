@@ -50,6 +50,11 @@ class PipelineSettings(BaseModel):
     bad_rows: str = Field("reject_store", pattern="^(reject_store|quarantine)$")
     # Feature flag (environment variable ENABLE_TEMPORAL_SNAPSHOTS): write customer_profile_snapshots.
     enable_temporal_snapshots: bool = False
+    # The seed's snapshot_on_profile_change: an extra "profile_change" snapshot for a customer whose
+    # memberships moved more than the threshold (max over axes of ||m_now - m_last||_2 / sqrt(2))
+    # since their last snapshot.
+    snapshot_on_profile_change: bool = False
+    profile_change_threshold: float = Field(0.3, gt=0, le=1)
 
     @model_validator(mode="after")
     def _k_range(self) -> "PipelineSettings":

@@ -15,6 +15,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 SNAPSHOT_TYPES = ("daily", "weekly", "monthly", "quarterly", "yearly")
+PROFILE_CHANGE = "profile_change"  # extra snapshot of a customer whose memberships moved (option)
+RETAINED_TYPES = SNAPSHOT_TYPES + (PROFILE_CHANGE,)
 
 
 def snapshot_types_for(day) -> list[str]:
@@ -40,6 +42,7 @@ class RetentionPolicy(BaseModel):
     monthly: int = Field(365, ge=1)
     quarterly: int = Field(730, ge=1)
     yearly: int = Field(1825, ge=1)
+    profile_change: int = Field(60, ge=1)
 
     def days(self, snapshot_type: str) -> int:
         return getattr(self, snapshot_type)
@@ -51,5 +54,5 @@ class RetentionPolicy(BaseModel):
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "RetentionPolicy":
         env = os.environ if environ is None else environ
-        values = {t: env[f"QUIMBI_RETENTION_{t.upper()}_DAYS"] for t in SNAPSHOT_TYPES if f"QUIMBI_RETENTION_{t.upper()}_DAYS" in env}
+        values = {t: env[f"QUIMBI_RETENTION_{t.upper()}_DAYS"] for t in RETAINED_TYPES if f"QUIMBI_RETENTION_{t.upper()}_DAYS" in env}
         return cls.model_validate(values)

@@ -20,7 +20,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-from quimbi_pipeline.snapshots import SNAPSHOT_TYPES
+from quimbi_pipeline.snapshots import PROFILE_CHANGE, RETAINED_TYPES
 
 PG_SCHEMA = "platform"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +105,11 @@ WHERE rank_in_date = 1
 """
 
 
+# Staging-only tables (temporary, never created in the warehouse).
+staging_metadata = sa.MetaData()
+changed_customers = sa.Table("changed_customers", staging_metadata, sa.Column("customer_id", sa.Text, primary_key=True))
+
+
 def default_warehouse_url() -> str:
     data_dir = Path(os.environ.get("QUIMBI_DATA_DIR", PROJECT_ROOT / "data"))
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -159,13 +164,15 @@ class Warehouse:
 
     # ---- bulk load ------------------------------------------------------------------------------
     def _stage(self, conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> str:
-        """Load `frame` into a temporary copy of `table` on this connection; returns its name."""
+        """Load `frame` into a temporary copy of `table` on this connection; returns its name (as referenced)."""
         stage = f"stage_{table.name}"
         cols = list(frame.columns)
         col_list = ", ".join(cols)
+        like = f"LIKE {self.qualified(table.name)} INCLUDING DEFAULTS" if table.metadata is metadata else \
+            ", ".join(f"{c.name} {c.type.compile(dialect=conn.dialect)}" for c in table.columns)
         if self.is_postgres:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {stage}"))
-            conn.execute(sa.text(f"CREATE TEMP TABLE {stage} (LIKE {self.qualified(table.name)} INCLUDING DEFAULTS) ON COMMIT DROP"))
+            conn.execute(sa.text(f"CREATE TEMP TABLE {stage} ({like}) ON COMMIT DROP"))
             raw = conn.connection.driver_connection
             with raw.cursor() as cur, cur.copy(f"COPY {stage} ({col_list}) FROM STDIN WITH (FORMAT csv)") as copy:
                 for start in range(0, len(frame), COPY_CHUNK_ROWS):
@@ -174,15 +181,20 @@ class Warehouse:
                     copy.write(buf.getvalue())
         else:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS temp.{stage}"))
-            conn.execute(sa.text(f"CREATE TEMP TABLE {stage} AS SELECT * FROM {table.name} WHERE 0"))
+            if table.metadata is metadata:
+                conn.execute(sa.text(f"CREATE TEMP TABLE {stage} AS SELECT * FROM {table.name} WHERE 0"))
+            else:
+                conn.execute(sa.text(f"CREATE TEMP TABLE {stage} ({like})"))
             placeholders = ", ".join("?" for _ in cols)
             raw = conn.connection.driver_connection
             raw.executemany(f"INSERT INTO temp.{stage} ({col_list}) VALUES ({placeholders})", _python_rows(frame))
+            stage = f"temp.{stage}"
         return stage
 
     # ---- writes ---------------------------------------------------------------------------------
     def write_profiles_partition(
-        self, store_id: str, as_of, profiles: pd.DataFrame, models: pd.DataFrame, snapshot_types: list[str] | tuple = ()
+        self, store_id: str, as_of, profiles: pd.DataFrame, models: pd.DataFrame, snapshot_types: list[str] | tuple = (),
+        changed: pd.Index | None = None,
     ) -> dict:
         """Replace store S's rows of partition D in one transaction.
 
@@ -191,6 +203,7 @@ class Warehouse:
         date never overwrites a newer profile). segment_models rows of D's model_version are replaced.
         With snapshot_types, the store's snapshots dated D are replaced by one copy of D's profiles per
         type; without, snapshots are not touched (snapshots off = the original outputs only).
+        `changed` customers also get a "profile_change" snapshot of D.
         """
         as_of_date = pd.Timestamp(as_of).date()
         cols = [c.name for c in customer_profiles.columns]
@@ -202,8 +215,7 @@ class Warehouse:
             ).rowcount
             written = 0
             if len(profiles):
-                stage = self._stage(conn, customer_profiles, profiles[cols])
-                stage_ref = stage if self.is_postgres else f"temp.{stage}"
+                stage_ref = self._stage(conn, customer_profiles, profiles[cols])
                 written = conn.execute(sa.text(
                     f"INSERT INTO {target} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {stage_ref} WHERE true "
                     f"ON CONFLICT (store_id, customer_id) DO UPDATE SET {updates} "
@@ -216,20 +228,26 @@ class Warehouse:
                 conn.execute(sa.delete(snap).where(snap.c.store_id == store_id, snap.c.snapshot_date == as_of_date))
                 if len(profiles):
                     types_sql = " UNION ALL ".join(f"SELECT '{t}' AS snapshot_type" for t in snapshot_types)
-                    copied = ", ".join(SNAPSHOT_COPIED_COLUMNS)
-                    snapshots = conn.execute(sa.text(
-                        f"INSERT INTO {self.qualified('customer_profile_snapshots')} "
-                        f"(store_id, customer_id, snapshot_date, snapshot_type, {copied}) "
-                        f"SELECT p.store_id, p.customer_id, p.profile_date, t.snapshot_type, {', '.join('p.' + c for c in SNAPSHOT_COPIED_COLUMNS)} "
-                        f"FROM {stage_ref} p CROSS JOIN ({types_sql}) t"
-                    )).rowcount
+                    snapshots = self._insert_snapshots(conn, "t.snapshot_type", f"{stage_ref} p CROSS JOIN ({types_sql}) t")
+                if changed is not None and len(changed) and len(profiles):
+                    changed_ref = self._stage(conn, changed_customers, pd.DataFrame({"customer_id": pd.Series(changed, dtype="string")}))
+                    snapshots += self._insert_snapshots(conn, f"'{PROFILE_CHANGE}'", f"{stage_ref} p JOIN {changed_ref} c ON c.customer_id = p.customer_id")
+            snapshot_seconds = time.perf_counter() - snapshot_started
             if len(models):
                 conn.execute(sa.delete(segment_models).where(
                     segment_models.c.store_id == store_id, segment_models.c.model_version.in_(models["model_version"].unique().tolist())))
                 conn.execute(sa.insert(segment_models), _model_records(models))
-            snapshot_seconds = time.perf_counter() - snapshot_started
         return {"deleted": int(deleted or 0), "written": int(written or 0), "snapshots": int(snapshots or 0),
                 "snapshot_seconds": snapshot_seconds}
+
+    def _insert_snapshots(self, conn: sa.Connection, snapshot_type_sql: str, from_sql: str) -> int:
+        """Copy staged profiles (aliased p in from_sql) into customer_profile_snapshots."""
+        copied = ", ".join(SNAPSHOT_COPIED_COLUMNS)
+        return conn.execute(sa.text(
+            f"INSERT INTO {self.qualified('customer_profile_snapshots')} (store_id, customer_id, snapshot_date, snapshot_type, {copied}) "
+            f"SELECT p.store_id, p.customer_id, p.profile_date, {snapshot_type_sql}, {', '.join('p.' + c for c in SNAPSHOT_COPIED_COLUMNS)} "
+            f"FROM {from_sql}"
+        )).rowcount
 
     # ---- reads ----------------------------------------------------------------------------------
     def read_sql(self, sql: str, params: dict | None = None) -> pd.DataFrame:
@@ -308,6 +326,18 @@ class Warehouse:
             "GROUP BY customer_id, snapshot_type HAVING count(*) > 1) d", params)
         return {"rows_by_type": dict(zip(per_type["snapshot_type"], per_type["n"].astype(int))), "duplicate_keys": int(dupes["n"].iloc[0])}
 
+    def last_snapshot_memberships(self, store_id: str, before) -> pd.Series:
+        """Each customer's fuzzy_memberships (JSON text) from their newest snapshot dated before D."""
+        frame = self.read_sql(
+            "SELECT customer_id, memberships FROM ("
+            " SELECT customer_id, CAST(fuzzy_memberships AS TEXT) AS memberships,"
+            "  ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY snapshot_date DESC) AS newest_first"
+            f" FROM {self.qualified('customer_profile_snapshots')} WHERE store_id = :s AND snapshot_date < :d"
+            ") ranked WHERE newest_first = 1",
+            {"s": store_id, "d": pd.Timestamp(before).date()},
+        )
+        return pd.Series(frame["memberships"].to_numpy(), index=pd.Index(frame["customer_id"].astype(str), name="customer_id"))
+
     def snapshot_expiry(self, policy) -> pd.DataFrame:
         """Per store and type: newest snapshot date of the store, cutoff, and the number of expired rows."""
         table = self.qualified("customer_profile_snapshots")
@@ -315,7 +345,7 @@ class Warehouse:
         rows = []
         with self.engine.connect() as conn:
             for store, date in zip(newest["store_id"], pd.to_datetime(newest["newest"])):
-                for snapshot_type in SNAPSHOT_TYPES:
+                for snapshot_type in RETAINED_TYPES:
                     cutoff = policy.cutoff(snapshot_type, date).date()
                     n = conn.execute(sa.text(
                         f"SELECT count(*) FROM {table} WHERE store_id = :s AND snapshot_type = :t AND snapshot_date < :c"),
@@ -330,7 +360,7 @@ class Warehouse:
         rows = []
         with self.engine.begin() as conn:
             for store, date in zip(newest["store_id"], pd.to_datetime(newest["newest"])):
-                for snapshot_type in SNAPSHOT_TYPES:
+                for snapshot_type in RETAINED_TYPES:
                     cutoff = policy.cutoff(snapshot_type, date).date()
                     deleted = conn.execute(sa.delete(table).where(
                         table.c.store_id == store, table.c.snapshot_type == snapshot_type, table.c.snapshot_date < cutoff)).rowcount

@@ -114,3 +114,58 @@ def test_schedule_yields_one_run_per_store_batch_for_the_previous_day(sqlite_url
     assert [r.run_config["ops"]["daily_profiles"]["config"]["stores"] for r in requests] == [
         ["store_a", "store_b"], ["store_c", "store_d"], ["store_e"]]
     assert len({r.run_key for r in requests}) == 3
+
+
+def test_membership_shift_is_the_design_distance():
+    import json
+    import math
+
+    from quimbi_pipeline.memberships import membership_shift, parse_memberships
+
+    before = parse_memberships(pd.Series(['{"f": {"rare": 1.0, "regular": 0.0}, "v": {"low": 0.5, "high": 0.5}}'], index=["c1"]))
+    after = parse_memberships(pd.Series([json.dumps({"f": {"rare": 0.0, "frequent": 1.0}, "v": {"low": 0.5, "high": 0.5}})], index=["c1"]))
+    shift = membership_shift(before, after)
+    # f: segments {rare, regular, frequent}: (1,0,0) -> (0,0,1): sqrt(2)/sqrt(2) = 1; v unchanged.
+    assert shift.loc["c1", "f"] == pytest.approx(1.0) and shift.loc["c1", "v"] == 0.0
+    half = parse_memberships(pd.Series(['{"f": {"rare": 0.5, "frequent": 0.5}, "v": {"low": 0.5, "high": 0.5}}'], index=["c1"]))
+    assert membership_shift(before, half).loc["c1", "f"] == pytest.approx(math.sqrt(0.25 + 0.25) / math.sqrt(2))
+
+
+def test_snapshot_on_profile_change(sqlite_url, monkeypatch):
+    import json
+    import math
+
+    monkeypatch.setenv("QUIMBI_SNAPSHOT_ON_PROFILE_CHANGE", "1")
+    monkeypatch.setenv("QUIMBI_PROFILE_CHANGE_THRESHOLD", "0.02")
+    run(sqlite_url, "2026-01-05", "2026-01-06", monkeypatch)
+    table = snapshot_table(sqlite_url)
+    changes = table[table.snapshot_type == "profile_change"]
+    assert set(pd.to_datetime(changes["snapshot_date"]).dt.strftime("%Y-%m-%d")) == {"2026-01-06"}  # day 1 has no earlier snapshot
+    daily = table[table.snapshot_type == "daily"].set_index(["store_id", "customer_id", "snapshot_date"])["fuzzy_memberships"]
+    # An independent per-customer computation of the same rule on the stored JSON.
+    expected = set()
+    for (store, customer, date), now_json in daily.items():
+        if date != "2026-01-06" or (store, customer, "2026-01-05") not in daily.index:
+            continue
+        before, now = json.loads(daily[(store, customer, "2026-01-05")]), json.loads(now_json)
+        shifts = []
+        for axis in now:
+            keys = set(now[axis]) | set(before.get(axis, {}))
+            shifts.append(math.sqrt(sum((now[axis].get(k, 0) - before.get(axis, {}).get(k, 0)) ** 2 for k in keys)) / math.sqrt(2))
+        if max(shifts) > 0.02:
+            expected.add((store, customer))
+    assert expected and set(zip(changes["store_id"], changes["customer_id"])) == expected
+
+
+@pytest.mark.slow
+def test_issue_range_2026_01_01_to_02_10(sqlite_url, monkeypatch):
+    """The acceptance range: daily every date, weekly exactly on Mondays, monthly on the 1st; a re-run changes nothing."""
+    run(sqlite_url, "2026-01-01", "2026-02-10", monkeypatch)
+    first = snapshot_table(sqlite_url)
+    dates = pd.to_datetime(first["snapshot_date"])
+    days = pd.date_range("2026-01-01", "2026-02-10")
+    assert set(dates[first.snapshot_type == "daily"]) == set(days)
+    assert set(dates[first.snapshot_type == "weekly"]) == {d for d in days if d.day_of_week == 0}
+    assert set(dates[first.snapshot_type == "monthly"]) == {pd.Timestamp("2026-01-01"), pd.Timestamp("2026-02-01")}
+    run(sqlite_url, "2026-01-01", "2026-02-10", monkeypatch)
+    pd.testing.assert_frame_equal(first, snapshot_table(sqlite_url))

@@ -96,9 +96,10 @@ def main() -> None:
     table.row("validate orders", secs, len(demo.orders))
     cut, secs = timed(lambda: orders_as_of(validated.orders, args.date))
     table.row("point-in-time cut", secs, len(cut))
-    n, secs = timed(lambda: floor_baseline(cut))
-    table.row("baseline: one group-by (floor)", secs, n)
-    del cut
+    started = time.perf_counter()
+    n = floor_baseline(cut)
+    table.row("baseline: one group-by (floor)", time.perf_counter() - started, n)
+    del cut  # the partition run cuts the orders itself
 
     if not args.skip_sqlite:
         with tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
 from quimbi_pipeline.memberships import membership_shift, memberships_frame, parse_memberships

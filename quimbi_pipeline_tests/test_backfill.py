@@ -8,7 +8,7 @@ real schedule for each date and executes its run requests (per store batch) in d
 
 from __future__ import annotations
 
-import io
+import contextvars
 import logging
 import time
 from pathlib import Path
@@ -25,7 +25,6 @@ from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
 from dagster_graphql.test.utils import execute_dagster_graphql
 
 from quimbi_pipeline.definitions import defs
-from quimbi_pipeline.defs.profiles.assets import PROFILES_KEY, SNAPSHOT_KEYS
 from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
 from quimbi_pipeline.defs.profiles.schedules import daily_pipeline_schedule
 from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
@@ -112,10 +111,12 @@ def test_ui_backfill_equals_daily_schedule(warehouse_url, tmp_path, monkeypatch)
         schedule_url, backfill_url = warehouse_url, f"sqlite:///{tmp_path / 'backfill.sqlite'}"
     else:  # two schemas are not available: use a SQLite copy of the schedule's rows, then reset PostgreSQL
         schedule_url, backfill_url = f"sqlite:///{tmp_path / 'schedule.sqlite'}", warehouse_url
-    run_schedule(schedule_url, monkeypatch)
+    # Each in a copied context: Dagster test instances set context variables (the defs-state storage)
+    # that would otherwise outlive them and break later tests' instances.
+    contextvars.copy_context().run(run_schedule, schedule_url, monkeypatch)
     expected = tables(schedule_url)
     assert len(expected["snapshots"]) > 0 and set(expected["snapshots"]["snapshot_type"]) == {"daily", "weekly"}
-    run_ui_backfill(backfill_url, monkeypatch, tmp_path)
+    contextvars.copy_context().run(run_ui_backfill, backfill_url, monkeypatch, tmp_path)
     produced = tables(backfill_url)
     for name, frame in expected.items():
         got = produced[name]

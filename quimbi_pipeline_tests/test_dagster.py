@@ -1,7 +1,6 @@
 """The Dagster layer: definitions load, the asset materializes with metadata and checks, bad stores are isolated."""
 
 import dagster as dg
-import pandas as pd
 
 from quimbi_pipeline.definitions import defs
 from quimbi_pipeline.defs.profiles.assets import COVERAGE_CHECK, MEMBERSHIPS_CHECK, PROFILES_KEY, daily_profiles

@@ -86,7 +86,12 @@ customer_profile_snapshots = sa.Table(
     sa.Column("snapshot_type", sa.Text, primary_key=True),
     *[sa.Column(c.name, c.type, nullable=c.nullable) for c in customer_profiles.columns if c.name in SNAPSHOT_COPIED_COLUMNS],
     sa.Index("ix_snapshots_store_date_type", "store_id", "snapshot_date", "snapshot_type"),
+    # PostgreSQL: one partition per snapshot date (created on first write). Measured: writes 1.75x
+    # faster (smaller per-partition indexes) and pruning a fully expired date is a DROP, 5x faster
+    # than DELETE (benchmarks/snapshot_partitioning.py, docs/snapshots.md).
+    postgresql_partition_by="RANGE (snapshot_date)",
 )
+SNAPSHOT_PARTITION_PREFIX = "customer_profile_snapshots_p"
 
 # One row per (store, customer, date): the finest cadence of that date (all types hold the same profile).
 HISTORY_VIEW = "customer_snapshot_history"
@@ -149,6 +154,7 @@ class Warehouse:
         self.engine = engine
         if create:
             self.create_tables()
+        self.snapshots_partitioned = self._snapshots_partitioned()
 
     # ---- schema -------------------------------------------------------------------------------
     def create_tables(self) -> None:
@@ -158,6 +164,35 @@ class Warehouse:
             metadata.create_all(conn, checkfirst=True)
             if HISTORY_VIEW not in sa.inspect(conn).get_view_names(schema=PG_SCHEMA if self.is_postgres else None):
                 conn.execute(sa.text(HISTORY_VIEW_SQL.format(view=self.qualified(HISTORY_VIEW), table=self.qualified("customer_profile_snapshots"))))
+
+    def _snapshots_partitioned(self) -> bool:
+        """True for a PostgreSQL snapshot table created partitioned (older unpartitioned tables keep working)."""
+        if not self.is_postgres:
+            return False
+        with self.engine.connect() as conn:
+            kind = conn.execute(sa.text(
+                "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = :schema AND c.relname = 'customer_profile_snapshots'"), {"schema": PG_SCHEMA}).scalar()
+        return kind == "p"
+
+    def _ensure_snapshot_partition(self, conn: sa.Connection, day) -> None:
+        if not self.snapshots_partitioned:
+            return
+        day = pd.Timestamp(day)
+        # Concurrent store batches of one date would race on CREATE TABLE: serialize them.
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('quimbi.snapshot_partitions'))"))
+        conn.execute(sa.text(
+            f"CREATE TABLE IF NOT EXISTS {PG_SCHEMA}.{SNAPSHOT_PARTITION_PREFIX}{day:%Y%m%d} PARTITION OF {self.qualified('customer_profile_snapshots')} "
+            f"FOR VALUES FROM ('{day:%Y-%m-%d}') TO ('{day + pd.Timedelta(days=1):%Y-%m-%d}')"))
+
+    def snapshot_partitions(self) -> list[str]:
+        if not self.snapshots_partitioned:
+            return []
+        frame = self.read_sql(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent "
+            "JOIN pg_namespace n ON n.oid = p.relnamespace WHERE n.nspname = :schema AND p.relname = 'customer_profile_snapshots' ORDER BY 1",
+            {"schema": PG_SCHEMA})
+        return frame["relname"].tolist()
 
     def qualified(self, table: str) -> str:
         return f"{PG_SCHEMA}.{table}" if self.is_postgres else table
@@ -224,6 +259,7 @@ class Warehouse:
             snapshots = 0
             snapshot_started = time.perf_counter()
             if snapshot_types:
+                self._ensure_snapshot_partition(conn, as_of_date)
                 snap = customer_profile_snapshots
                 conn.execute(sa.delete(snap).where(snap.c.store_id == store_id, snap.c.snapshot_date == as_of_date))
                 if len(profiles):
@@ -354,17 +390,30 @@ class Warehouse:
         return pd.DataFrame(rows, columns=["store_id", "snapshot_type", "newest", "cutoff", "expired"])
 
     def prune_snapshots(self, policy) -> pd.DataFrame:
-        """Delete expired snapshots in bulk, per store and type, in one transaction; returns the counts."""
+        """Delete expired snapshots in bulk, per store and type, in one transaction; returns the counts.
+
+        On a partitioned PostgreSQL table, a date partition whose every row is expired is dropped
+        whole (its rows are counted first); the rest is deleted per store and type.
+        """
         table = customer_profile_snapshots
         newest = self.read_sql(f"SELECT store_id, max(snapshot_date) AS newest FROM {self.qualified(table.name)} GROUP BY store_id")
-        rows = []
+        cutoffs = {(store, t): policy.cutoff(t, date).date()
+                   for store, date in zip(newest["store_id"], pd.to_datetime(newest["newest"])) for t in RETAINED_TYPES}
+        counts = {key: 0 for key in cutoffs}
         with self.engine.begin() as conn:
-            for store, date in zip(newest["store_id"], pd.to_datetime(newest["newest"])):
-                for snapshot_type in RETAINED_TYPES:
-                    cutoff = policy.cutoff(snapshot_type, date).date()
-                    deleted = conn.execute(sa.delete(table).where(
-                        table.c.store_id == store, table.c.snapshot_type == snapshot_type, table.c.snapshot_date < cutoff)).rowcount
-                    rows.append({"store_id": store, "snapshot_type": snapshot_type, "cutoff": cutoff, "deleted": int(deleted or 0)})
+            for partition in self.snapshot_partitions():
+                day = pd.Timestamp(partition[len(SNAPSHOT_PARTITION_PREFIX):]).date()
+                held = conn.execute(sa.text(
+                    f"SELECT store_id, snapshot_type, count(*) FROM {PG_SCHEMA}.{partition} GROUP BY store_id, snapshot_type")).all()
+                if all(day < cutoffs.get((store, t), day) for store, t, _ in held):
+                    conn.execute(sa.text(f"DROP TABLE {PG_SCHEMA}.{partition}"))
+                    for store, t, n in held:
+                        counts[(store, t)] += int(n)
+            for (store, snapshot_type), cutoff in cutoffs.items():
+                deleted = conn.execute(sa.delete(table).where(
+                    table.c.store_id == store, table.c.snapshot_type == snapshot_type, table.c.snapshot_date < cutoff)).rowcount
+                counts[(store, snapshot_type)] += int(deleted or 0)
+        rows = [{"store_id": s, "snapshot_type": t, "cutoff": cutoffs[(s, t)], "deleted": n} for (s, t), n in counts.items()]
         return pd.DataFrame(rows, columns=["store_id", "snapshot_type", "cutoff", "deleted"])
 
     def customer_history(self, store_id: str, customer_id: str, days: int, as_of=None, snapshot_type: str | None = None) -> pd.DataFrame:

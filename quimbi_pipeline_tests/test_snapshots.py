@@ -169,3 +169,22 @@ def test_issue_range_2026_01_01_to_02_10(sqlite_url, monkeypatch):
     assert set(dates[first.snapshot_type == "monthly"]) == {pd.Timestamp("2026-01-01"), pd.Timestamp("2026-02-01")}
     run(sqlite_url, "2026-01-01", "2026-02-10", monkeypatch)
     pd.testing.assert_frame_equal(first, snapshot_table(sqlite_url))
+
+
+@pytest.mark.postgres
+def test_postgres_snapshots_are_partitioned_by_date_and_prune_drops_expired_dates(pg_url, monkeypatch):
+    monkeypatch.setenv("QUIMBI_RETENTION_DAILY_DAYS", "2")
+    run(pg_url, "2026-01-04", "2026-01-07", monkeypatch)  # Sunday .. Wednesday, Monday has a weekly snapshot
+    wh = Warehouse(pg_url)
+    assert wh.snapshots_partitioned
+    assert wh.snapshot_partitions() == [f"customer_profile_snapshots_p2026010{d}" for d in (4, 5, 6, 7)]
+    before = snapshot_table(pg_url)
+    counts = wh.prune_snapshots(RetentionPolicy.from_env())
+    after = snapshot_table(pg_url)
+    # Jan 4 held only daily rows: dropped whole. Jan 5 keeps its weekly rows: its daily rows are deleted.
+    assert wh.snapshot_partitions() == [f"customer_profile_snapshots_p2026010{d}" for d in (5, 6, 7)]
+    dates = pd.to_datetime(before["snapshot_date"])
+    expired = (before["snapshot_type"] == "daily") & (dates < pd.Timestamp("2026-01-06"))
+    pd.testing.assert_frame_equal(before.loc[~expired].reset_index(drop=True), after)
+    assert int(counts["deleted"].sum()) == int(expired.sum())
+    wh.dispose()

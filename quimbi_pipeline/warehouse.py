@@ -131,7 +131,7 @@ def _python_rows(frame: pd.DataFrame) -> list[tuple]:
     for name in frame.columns:
         values = frame[name]
         if values.dtype == object and len(values) and hasattr(values.iloc[0], "isoformat"):
-            values = values.map(lambda d: d.isoformat())  # one date per row: profile_date is constant per partition
+            values = pd.to_datetime(values).dt.strftime("%Y-%m-%d")  # dates as ISO text, vectorized
         arr = values.to_numpy(dtype=object)
         if values.dtype.kind == "f":
             arr[pd.isna(values).to_numpy()] = None
@@ -443,7 +443,10 @@ class Warehouse:
         if not self.is_postgres:
             return None
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.text("SELECT pg_total_relation_size(:t)"), {"t": self.qualified(table)}).scalar_one())
+            # A partitioned table's own size is 0: add its partitions.
+            return int(conn.execute(sa.text(
+                "SELECT pg_total_relation_size(CAST(:t AS regclass)) + coalesce((SELECT sum(pg_total_relation_size(inhrelid)) "
+                "FROM pg_inherits WHERE inhparent = CAST(:t AS regclass)), 0)"), {"t": self.qualified(table)}).scalar_one())
 
     def dispose(self) -> None:
         self.engine.dispose()

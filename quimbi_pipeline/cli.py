@@ -92,7 +92,8 @@ def demo_summary(warehouse_url: str, as_of: pd.Timestamp, out=None) -> None:
         for name, n in top.items():
             print(f"      {n:5d}  {name}", file=out)
     print(f"\nWarehouse: {warehouse_url}", file=out)
-    print("Tables: customer_profiles, segment_models. Open the UI with `dagster dev` (see README).", file=out)
+    print("Tables: customer_profiles, segment_models, customer_profile_snapshots (with ENABLE_TEMPORAL_SNAPSHOTS=1). "
+          "Open the UI with `make dev` (see README).", file=out)
     wh.dispose()
 
 

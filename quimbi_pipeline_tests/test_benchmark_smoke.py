@@ -1,0 +1,22 @@
+"""The benchmark script runs end to end at 10k customers (a smoke run: it checks it works, not its times)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_benchmark_runs_at_10k_on_sqlite_and_postgres(pg_url):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--customers", "10000", "--snapshots", "--postgres", pg_url],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    for line in ("baseline: one group-by (floor)", "sqlite partition total", "postgres partition total",
+                 "postgres store_a write_snapshots", "seed-style snapshot writes (sample)", "history lookups: 1000 customers"):
+        assert line in out, line
+    assert "FAILED" not in out

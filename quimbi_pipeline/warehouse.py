@@ -374,19 +374,22 @@ class Warehouse:
         )
         return pd.Series(frame["memberships"].to_numpy(), index=pd.Index(frame["customer_id"].astype(str), name="customer_id"))
 
+    def _snapshot_cutoffs(self, policy) -> dict[tuple[str, str], tuple]:
+        """{(store, type): (the store's newest snapshot date, the type's cutoff)}: rows dated before the cutoff are expired."""
+        newest = self.read_sql(f"SELECT store_id, max(snapshot_date) AS newest FROM {self.qualified('customer_profile_snapshots')} GROUP BY store_id")
+        return {(store, t): (date.date(), policy.cutoff(t, date).date())
+                for store, date in zip(newest["store_id"], pd.to_datetime(newest["newest"])) for t in RETAINED_TYPES}
+
     def snapshot_expiry(self, policy) -> pd.DataFrame:
         """Per store and type: newest snapshot date of the store, cutoff, and the number of expired rows."""
         table = self.qualified("customer_profile_snapshots")
-        newest = self.read_sql(f"SELECT store_id, max(snapshot_date) AS newest FROM {table} GROUP BY store_id")
         rows = []
         with self.engine.connect() as conn:
-            for store, date in zip(newest["store_id"], pd.to_datetime(newest["newest"])):
-                for snapshot_type in RETAINED_TYPES:
-                    cutoff = policy.cutoff(snapshot_type, date).date()
-                    n = conn.execute(sa.text(
-                        f"SELECT count(*) FROM {table} WHERE store_id = :s AND snapshot_type = :t AND snapshot_date < :c"),
-                        {"s": store, "t": snapshot_type, "c": cutoff}).scalar_one()
-                    rows.append({"store_id": store, "snapshot_type": snapshot_type, "newest": date.date(), "cutoff": cutoff, "expired": int(n)})
+            for (store, snapshot_type), (newest, cutoff) in self._snapshot_cutoffs(policy).items():
+                n = conn.execute(sa.text(
+                    f"SELECT count(*) FROM {table} WHERE store_id = :s AND snapshot_type = :t AND snapshot_date < :c"),
+                    {"s": store, "t": snapshot_type, "c": cutoff}).scalar_one()
+                rows.append({"store_id": store, "snapshot_type": snapshot_type, "newest": newest, "cutoff": cutoff, "expired": int(n)})
         return pd.DataFrame(rows, columns=["store_id", "snapshot_type", "newest", "cutoff", "expired"])
 
     def prune_snapshots(self, policy) -> pd.DataFrame:
@@ -396,9 +399,7 @@ class Warehouse:
         whole (its rows are counted first); the rest is deleted per store and type.
         """
         table = customer_profile_snapshots
-        newest = self.read_sql(f"SELECT store_id, max(snapshot_date) AS newest FROM {self.qualified(table.name)} GROUP BY store_id")
-        cutoffs = {(store, t): policy.cutoff(t, date).date()
-                   for store, date in zip(newest["store_id"], pd.to_datetime(newest["newest"])) for t in RETAINED_TYPES}
+        cutoffs = {key: cutoff for key, (_, cutoff) in self._snapshot_cutoffs(policy).items()}
         counts = {key: 0 for key in cutoffs}
         with self.engine.begin() as conn:
             for partition in self.snapshot_partitions():

@@ -85,9 +85,9 @@ def run_profiles_partition(
     Snapshots of D are written for the calendar's types (or `snapshot_types`, a subset of them) when
     settings.enable_temporal_snapshots is on.
     """
+    as_of = as_of_day(as_of)
     types = snapshot_types_for(as_of) if snapshot_types is None else list(snapshot_types)
     types = types if settings.enable_temporal_snapshots else []
-    as_of = as_of_day(as_of)
     started = time.perf_counter()
     cut = orders_as_of(validated.orders, as_of)
     by_store = {s: g for s, g in cut.groupby("store_id", sort=True)}

@@ -203,11 +203,11 @@ class Warehouse:
         stage = f"stage_{table.name}"
         cols = list(frame.columns)
         col_list = ", ".join(cols)
-        like = f"LIKE {self.qualified(table.name)} INCLUDING DEFAULTS" if table.metadata is metadata else \
-            ", ".join(f"{c.name} {c.type.compile(dialect=conn.dialect)}" for c in table.columns)
+        # The temporary table is declared from the SQLAlchemy table, on both databases.
+        columns_ddl = ", ".join(f"{c.name} {c.type.compile(dialect=conn.dialect)}" for c in table.columns)
         if self.is_postgres:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {stage}"))
-            conn.execute(sa.text(f"CREATE TEMP TABLE {stage} ({like}) ON COMMIT DROP"))
+            conn.execute(sa.text(f"CREATE TEMP TABLE {stage} ({columns_ddl}) ON COMMIT DROP"))
             raw = conn.connection.driver_connection
             with raw.cursor() as cur, cur.copy(f"COPY {stage} ({col_list}) FROM STDIN WITH (FORMAT csv)") as copy:
                 for start in range(0, len(frame), COPY_CHUNK_ROWS):
@@ -216,10 +216,7 @@ class Warehouse:
                     copy.write(buf.getvalue())
         else:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS temp.{stage}"))
-            if table.metadata is metadata:
-                conn.execute(sa.text(f"CREATE TEMP TABLE {stage} AS SELECT * FROM {table.name} WHERE 0"))
-            else:
-                conn.execute(sa.text(f"CREATE TEMP TABLE {stage} ({like})"))
+            conn.execute(sa.text(f"CREATE TEMP TABLE {stage} ({columns_ddl})"))
             placeholders = ", ".join("?" for _ in cols)
             raw = conn.connection.driver_connection
             raw.executemany(f"INSERT INTO temp.{stage} ({col_list}) VALUES ({placeholders})", _python_rows(frame))
@@ -290,10 +287,14 @@ class Warehouse:
         with self.engine.connect() as conn:
             return pd.read_sql(sa.text(sql), conn, params=params or {})
 
-    def read_table(self, name: str) -> pd.DataFrame:
+    def _source_ref(self, name: str) -> str:
+        """A user-named table (`table` or `schema.table`) as SQL; unqualified names live in the warehouse schema."""
         if not _IDENT.match(name):
             raise ValueError(f"not a table name: {name!r}")
-        ref = name if "." in name or not self.is_postgres else self.qualified(name)
+        return name if "." in name or not self.is_postgres else self.qualified(name)
+
+    def read_table(self, name: str) -> pd.DataFrame:
+        ref = self._source_ref(name)
         try:
             return self.read_sql(f"SELECT * FROM {ref}")
         except (sa.exc.SQLAlchemyError, pd.errors.DatabaseError) as exc:
@@ -301,9 +302,7 @@ class Warehouse:
 
     def distinct_values(self, table: str, column: str, default: str) -> list[str]:
         """Distinct values of a source table's column; [default] when the column does not exist."""
-        if not _IDENT.match(table):
-            raise ValueError(f"not a table name: {table!r}")
-        ref = table if "." in table or not self.is_postgres else self.qualified(table)
+        ref = self._source_ref(table)
         columns = self.read_sql(f"SELECT * FROM {ref} WHERE 1 = 0").columns
         if column not in columns:
             return [default]

@@ -30,6 +30,7 @@ def run_dates(
     import dagster as dg
 
     from quimbi_pipeline.definitions import defs
+    from quimbi_pipeline.defs.drift.assets import DRIFT_KEYS, DRIFT_STEP
     from quimbi_pipeline.defs.profiles.assets import DAILY_STEP, PROFILES_KEY, SNAPSHOT_KEYS
     from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
 
@@ -42,7 +43,7 @@ def run_dates(
     if orders:
         run_config["resources"]["orders_source"] = {"config": {"uri": orders}}
     if stores:
-        run_config["ops"] = {DAILY_STEP: {"config": {"stores": stores}}}
+        run_config["ops"] = {step: {"config": {"stores": stores}} for step in (DAILY_STEP, DRIFT_STEP)}
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     failed = 0
     dates = pd.date_range(start, end, freq="D")
@@ -60,8 +61,11 @@ def run_dates(
             else:
                 kind = next(t for t, k in SNAPSHOT_KEYS.items() if k == materialization.asset_key)
                 snapshots.append(f"{kind} {materialization.metadata['rows'].value:,}")
+        drift_rows = {m.asset_key.path[-1]: m.metadata["rows"].value for m in result.asset_materializations_for_node(DRIFT_STEP)}
         status = "ok" if result.success else "FAILED"
         snap_text = f"  snapshots: {', '.join(snapshots)}" if snapshots else ""
+        if drift_rows:
+            snap_text += "  drift: " + ", ".join(f"{name} {drift_rows[name]:,}" for name in DRIFT_KEYS if name in drift_rows)
         print(f"[{i}/{len(dates)}] {key}  {status:6}  stores ok {stores_ok}  profiles {rows:>9,}  {secs:6.1f}s{snap_text}", file=out, flush=True)
         if not result.success:
             failed += 1

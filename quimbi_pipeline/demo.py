@@ -50,9 +50,13 @@ def generate_demo(
     death_share: float = 0.2,
     return_share: float = 0.02,
     one_time_share: float = 0.15,
+    rate_scale: float = 1.0,
 ) -> DemoData:
+    """`rate_scale` multiplies every purchase rate (1.0 = 0.25, 1 and 3 orders a month by frequency class)."""
     if n_customers < 1 or n_stores < 1:
         raise ValueError("demo needs at least one customer and one store")
+    if not rate_scale > 0:
+        raise ValueError(f"demo rate_scale must be > 0, got {rate_scale}")
     rng = np.random.default_rng(seed)
     t0 = pd.Timestamp(start).value / 1e9
     t_end = (pd.Timestamp(end) + pd.Timedelta(days=1)).value / 1e9
@@ -98,8 +102,8 @@ def generate_demo(
     # with the rate switching at change_ts for frequency changes.
     stop = np.minimum(death, t_end)
     freq_after = np.where(changed & (change_axis_idx == 0), class_after, classes["purchase_frequency"])
-    rate_before = FREQUENCY_PER_MONTH[classes["purchase_frequency"]] / (30.4375 * DAY_S)
-    rate_after = FREQUENCY_PER_MONTH[freq_after] / (30.4375 * DAY_S)
+    rate_before = FREQUENCY_PER_MONTH[classes["purchase_frequency"]] * rate_scale / (30.4375 * DAY_S)
+    rate_after = FREQUENCY_PER_MONTH[freq_after] * rate_scale / (30.4375 * DAY_S)
     seg1_end = np.minimum(stop, change_ts)
     len1 = np.maximum(seg1_end - join, 0)
     len2 = np.maximum(stop - np.maximum(change_ts, join), 0)
@@ -209,10 +213,10 @@ def parse_demo_uri(uri: str) -> dict:
                 params[{"customers": "n_customers", "stores": "n_stores"}.get(key, key)] = int(value)
             elif key in ("start", "end"):
                 params[key] = str(pd.Timestamp(value).date())
-            elif key in ("change_share", "death_share", "return_share", "one_time_share"):
+            elif key in ("change_share", "death_share", "return_share", "one_time_share", "rate_scale"):
                 params[key] = float(value)
             else:
-                raise ValueError(f"demo source {uri!r}: unknown parameter {key!r} (customers, stores, seed, start, end, change_share, death_share, return_share, one_time_share)")
+                raise ValueError(f"demo source {uri!r}: unknown parameter {key!r} (customers, stores, seed, start, end, change_share, death_share, return_share, one_time_share, rate_scale)")
     return params
 
 

@@ -102,6 +102,7 @@ def compute_customer_features(
     *,
     optional_columns: tuple[str, ...] | list[str] = (),
     window_days: int = 365,
+    adaptive: AdaptiveWindow | None = None,
 ) -> pd.DataFrame:
     """One row per customer with at least one purchase, indexed by customer_id (sorted).
 
@@ -110,6 +111,9 @@ def compute_customer_features(
     repeat days' spend), and every available axis feature.
     Frequency uses the last `window_days` before D; value, basket, discount and category features use
     the customer's own last `window_days` of purchases, so a lapsed customer keeps their profile of taste.
+    With `adaptive` (the responsive option, off by default) each axis' features are computed over the
+    customer's purchases after a detected change of that axis' per-order signal (adaptive_cut), so a
+    change shows within a few orders while an unchanged customer keeps the full, low-noise window.
     """
     as_of_day = orders_mod.as_of_day(as_of)
     end_ns = (as_of_day + pd.Timedelta(days=1)).value
@@ -180,25 +184,50 @@ def compute_customer_features(
 
     # Taste features over the customer's own last window of purchases.
     in_rel = ts >= last_ts[codes] - window_ns
+    pur_orders = orders.loc[purchase]
+    rank = _rank_from_newest(codes, ts) if adaptive is not None else None
+
+    def window_for(x: np.ndarray) -> np.ndarray:
+        """The purchases an axis' features are computed over: the window, cut after a detected change (adaptive)."""
+        if adaptive is None:
+            return in_rel
+        cut = adaptive_cut(codes, rank, in_rel & np.isfinite(x), x, n_all, adaptive)
+        return np.where(cut[codes] > 0, rank < cut[codes], in_rel)
+
+    if adaptive is not None:
+        recent_days, recent_n = adaptive_rate_cut(codes, ts, end_ns, days_since_first, n_all, adaptive, window_days, days_since_last)
+        cut = recent_days > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["orders_per_month"] = np.where(cut, recent_n / np.maximum(recent_days, 1) * DAYS_PER_MONTH, out["orders_per_month"].to_numpy())
+            out["avg_days_between_orders"] = np.where(
+                cut, np.where(recent_n > 0, recent_days / np.maximum(recent_n, 1), np.maximum(recent_days, days_since_last)),
+                out["avg_days_between_orders"].to_numpy())
+
+    use = window_for(np.log1p(np.maximum(total, 0.0)))
+    rel_total = total[use]
+    rel_n = _group_sum(codes[use], n_all)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["avg_order_value"] = _group_sum(codes[use], n_all, rel_total) / rel_n
+    out["median_order_value"] = pd.Series(rel_total).groupby(codes[use]).median().reindex(range(n_all)).to_numpy()
+
+    if "discount_total" in optional_columns:
+        disc_all = pur_orders["discount_total"].to_numpy("float64")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            use = window_for(np.where(total + disc_all > 0, disc_all / (total + disc_all), 0.0))
+        dc, disc, n_use = codes[use], disc_all[use], _group_sum(codes[use], n_all)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["discounted_order_share"] = _group_sum(dc, n_all, (disc > 0).astype("float64")) / n_use
+            gross = _group_sum(dc, n_all, total[use] + disc)
+            out["avg_discount_rate"] = np.where(gross > 0, _group_sum(dc, n_all, disc) / gross, 0.0)
+    if "item_count" in optional_columns:
+        items_all = pur_orders["item_count"].to_numpy("float64")
+        use = window_for(np.log1p(np.maximum(items_all, 0.0)))
+        ic, items, n_use = codes[use], items_all[use], _group_sum(codes[use], n_all)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["avg_items_per_order"] = _group_sum(ic, n_all, items) / n_use
+            out["multi_item_order_share"] = _group_sum(ic, n_all, (items >= 2).astype("float64")) / n_use
     rc = codes[in_rel]
     rel_n = _group_sum(rc, n_all)
-    rel_total = total[in_rel]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["avg_order_value"] = _group_sum(rc, n_all, rel_total) / rel_n
-    out["median_order_value"] = pd.Series(rel_total).groupby(rc).median().reindex(range(n_all)).to_numpy()
-
-    pur_orders = orders.loc[purchase]
-    if "discount_total" in optional_columns:
-        disc = pur_orders["discount_total"].to_numpy("float64")[in_rel]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out["discounted_order_share"] = _group_sum(rc, n_all, (disc > 0).astype("float64")) / rel_n
-            gross = _group_sum(rc, n_all, rel_total + disc)
-            out["avg_discount_rate"] = np.where(gross > 0, _group_sum(rc, n_all, disc) / gross, 0.0)
-    if "item_count" in optional_columns:
-        items = pur_orders["item_count"].to_numpy("float64")[in_rel]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out["avg_items_per_order"] = _group_sum(rc, n_all, items) / rel_n
-            out["multi_item_order_share"] = _group_sum(rc, n_all, (items >= 2).astype("float64")) / rel_n
     if "category" in optional_columns:
         cat_codes, cats = pd.factorize(pur_orders["category"].to_numpy()[in_rel])
         pair = pd.DataFrame({"c": rc, "k": cat_codes}).groupby(["c", "k"], sort=False).size()
@@ -214,6 +243,117 @@ def compute_customer_features(
         out["category_entropy"] = np.clip(entropy / norm, 0.0, 1.0)
 
     return out.loc[has_purchase]
+
+
+@dataclass(frozen=True)
+class AdaptiveWindow:
+    """ADWIN-style cut (Bifet & Gavaldà 2007, simplified to one cut): the newest m purchases form the
+    window when their mean differs from the older purchases' by at least `z` standard errors; the
+    purchase rate is cut the same way with Poisson tests (adaptive_rate_cut)."""
+
+    z: float = 4.0
+    min_recent: int = 2
+    max_recent: int = 10
+    min_older: int = 3
+    # Purchase rate (frequency axis): a burst of the newest purchases, or a silence, against a Poisson of the older rate.
+    rate_p: float = 3e-5  # about z = 4, one-sided
+    min_older_days: int = 28
+
+
+def adaptive_cut(codes: np.ndarray, rank: np.ndarray, eligible: np.ndarray, x: np.ndarray, n_all: int, rule: AdaptiveWindow) -> np.ndarray:
+    """Per customer, the number m of newest eligible purchases after a change of x's mean (0: no change).
+
+    z_m = (mean of the newest m - mean of the older ones) / (sigma * sqrt(1/m + 1/n_older)), sigma the
+    store's pooled within-customer standard deviation of x; m is the one of largest |z| >= rule.z with
+    rule.min_recent <= m <= rule.max_recent and at least rule.min_older older purchases. Vectorized:
+    one bincount per m over the purchases of rank m - 1, nothing per customer.
+    """
+    c, r, v = codes[eligible], rank[eligible], x[eligible]
+    n = _group_sum(c, n_all)
+    total = _group_sum(c, n_all, v)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, total / np.maximum(n, 1), 0.0)
+    dof = max(v.size - int((n > 0).sum()), 1)
+    sigma = max(float(np.sqrt(np.sum((v - mean[c]) ** 2) / dof)), 1e-9)
+    # Ranks among eligible purchases (an ineligible newest purchase, e.g. a first order without a gap, is skipped).
+    order = np.lexsort((r, c))
+    starts = np.flatnonzero(np.r_[True, c[order][1:] != c[order][:-1]]) if c.size else np.zeros(0, dtype="int64")
+    eligible_rank = np.empty(c.size, dtype="int64")
+    eligible_rank[order] = np.arange(c.size) - np.repeat(starts, np.diff(np.r_[starts, c.size]))
+    n_recent = np.zeros(n_all)
+    s_recent = np.zeros(n_all)
+    best_z = np.zeros(n_all)
+    best_m = np.zeros(n_all, dtype="int64")
+    for m in range(1, rule.max_recent + 1):
+        at = eligible_rank == m - 1
+        n_recent += _group_sum(c[at], n_all)
+        s_recent += _group_sum(c[at], n_all, v[at])
+        if m < rule.min_recent:
+            continue
+        n_older = n - n_recent
+        ok = (n_recent == m) & (n_older >= rule.min_older)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.abs(s_recent / n_recent - (total - s_recent) / n_older) / (sigma * np.sqrt(1.0 / n_recent + 1.0 / n_older))
+        better = ok & (z >= rule.z) & (z > best_z)
+        best_z[better] = z[better]
+        best_m[better] = m
+    # best_m counts eligible purchases; the caller cuts by rank among all purchases: map m to that rank.
+    cut = np.zeros(n_all, dtype="int64")
+    has = best_m > 0
+    if has.any():
+        at_cut = eligible_rank == (best_m[c] - 1)
+        pick = at_cut & has[c]
+        cut[c[pick]] = r[pick] + 1
+    return cut
+
+
+def adaptive_rate_cut(codes: np.ndarray, ts: np.ndarray, end_ns: int, days_since_first: np.ndarray, n_all: int,
+                      rule: AdaptiveWindow, window_days: int, days_since_last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per customer, (L days, purchases in them) when the recent purchase rate is implausible under
+    the customer's older rate, else (0, 0).
+
+    Faster: the newest m purchases (m in [min_recent, max_recent]) fell within the last L days, with
+    P(N(L) >= m) under Poisson(older rate * L) below rule.rate_p; slower: no purchase for the last L
+    days (L = days since the last one), P = exp(-rate * L). The most significant wins. Older rate =
+    the window's other purchases over its other days (at least min_older_days). Vectorized.
+    """
+    from scipy.stats import poisson
+
+    history = np.clip(days_since_first + 1, 0, window_days)
+    in_window = ts >= end_ns - window_days * NS_PER_DAY
+    total_n = _group_sum(codes[in_window], n_all)
+    rank = _rank_from_newest(codes, ts)
+    best_p = np.full(n_all, rule.rate_p)
+    best_days = np.zeros(n_all)
+    best_n = np.zeros(n_all)
+    for m in range(rule.min_recent, rule.max_recent + 1):
+        at = in_window & (rank == m - 1)
+        span = np.zeros(n_all)
+        span[codes[at]] = np.maximum((end_ns - ts[at]) / NS_PER_DAY, 1.0)
+        older_days = history - span
+        ok = (span > 0) & (older_days >= rule.min_older_days)
+        rate = np.maximum(total_n - m, 1.0) / np.maximum(older_days, 1.0)  # at least one purchase: no zero rate
+        p = poisson.sf(m - 1, rate * span)
+        better = ok & (p < best_p)
+        best_p[better], best_days[better], best_n[better] = p[better], span[better], m
+    silence = np.maximum(days_since_last, 1.0)
+    older_days = history - silence
+    rate = np.maximum(total_n, 1.0) / np.maximum(older_days, 1.0)
+    p = np.exp(-rate * silence)
+    better = (older_days >= rule.min_older_days) & (p < best_p)
+    best_p[better], best_days[better], best_n[better] = p[better], silence[better], 0.0
+    return best_days, best_n
+
+
+def _rank_from_newest(codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """0 for each customer's newest purchase, 1 for the one before, ... (vectorized, ties by position)."""
+    order = np.lexsort((-ts, codes))
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    group_start = np.repeat(starts, np.diff(np.r_[starts, sorted_codes.size]))
+    rank = np.empty(codes.size, dtype="int64")
+    rank[order] = np.arange(codes.size) - group_start
+    return rank
 
 
 def active_mask(features: pd.DataFrame, active_days: int) -> np.ndarray:

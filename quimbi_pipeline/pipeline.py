@@ -12,9 +12,25 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from quimbi_pipeline.memberships import membership_shift, memberships_frame, parse_memberships
+from quimbi_pipeline import drift
+from quimbi_pipeline.memberships import (
+    membership_shift,
+    memberships_frame,
+    parse_memberships,
+)
 from quimbi_pipeline.orders import ValidatedOrders, as_of_day, orders_as_of
-from quimbi_pipeline.profiles import StoreProfiles, build_store_profiles, segment_model_rows
+from quimbi_pipeline.profiles import (
+    StoreProfiles,
+    build_store_profiles,
+    model_rows,
+    segment_model_rows,
+    stable_model_version,
+)
+from quimbi_pipeline.segment_identity import (
+    fit_period_models,
+    refit_anchor,
+)
+from quimbi_pipeline.segmentation import AxisModel
 from quimbi_pipeline.settings import PipelineSettings
 from quimbi_pipeline.snapshots import snapshot_types_for
 from quimbi_pipeline.warehouse import Warehouse
@@ -122,13 +138,49 @@ def profile_changes(result: StoreProfiles, last_memberships: pd.Series, threshol
     return shift.index[(shift.max(axis=1) > threshold).to_numpy()]
 
 
+STABLE_PREFIX = stable_model_version("kmeans", pd.Timestamp("2000-01-01"))[: -len("2000-01-01")]
+
+
+def resolve_stable_models(store, orders, as_of, optional_columns, warehouse: Warehouse, settings: PipelineSettings):
+    """The models in force at D (stable segment identity): (models, version, new segment_models rows, transitions).
+
+    The period's model is read from segment_models; if it is not there yet it is fitted on the
+    customers active at the period's anchor date (on D's if none were), named after the previous
+    period's model, and returned to be written with D's profiles.
+    """
+    anchor = refit_anchor(as_of, settings.segment_refit_days)
+    version = stable_model_version("kmeans", anchor)
+    records = warehouse.segment_model_records(store, version)
+    if records:
+        return {r["axis"]: AxisModel.from_record(r) for r in records}, version, pd.DataFrame(), None
+    previous_version = warehouse.previous_model_version(store, STABLE_PREFIX, version)
+    previous = {r["axis"]: AxisModel.from_record(r) for r in warehouse.segment_model_records(store, previous_version)} if previous_version else {}
+    fit_day = anchor
+    models, transitions = fit_period_models(orders, store, anchor, version, settings, optional_columns, previous, previous_version)
+    if not models:
+        log.info("store %s: no customer active at the refit anchor %s: model %s fitted on %s", store, anchor.date(), version, as_of.date())
+        fit_day = as_of
+        models, transitions = fit_period_models(orders, store, as_of, version, settings, optional_columns, previous, previous_version)
+    log.info("store %s: fitted stable segment model %s (previous %s)", store, version, previous_version)
+    return models, version, model_rows(store, version, fit_day, list(models.values())) if models else pd.DataFrame(), transitions
+
+
 def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_types) -> StoreOutcome:
-    result = build_store_profiles(orders, store, as_of, settings, validated.optional_columns)
+    models = version = transitions = None
+    new_models = pd.DataFrame()
+    if settings.enable_stable_segments and not orders.empty:
+        started = time.perf_counter()
+        models, version, new_models, transitions = resolve_stable_models(store, orders, as_of, validated.optional_columns, warehouse, settings)
+        model_seconds = time.perf_counter() - started
+    result = build_store_profiles(orders, store, as_of, settings, validated.optional_columns, models=models, model_version=version)
+    if models is not None:
+        result.seconds["stable_models"] = model_seconds
     started = time.perf_counter()
     changed = None
     if snapshot_types and settings.snapshot_on_profile_change and len(result.profiles):
         changed = profile_changes(result, warehouse.last_snapshot_memberships(store, as_of), settings.profile_change_threshold)
-    written = warehouse.write_profiles_partition(store, as_of, result.profiles, segment_model_rows(result), snapshot_types, changed)
+    model_frame = segment_model_rows(result) if result.fresh_fit else new_models
+    written = warehouse.write_profiles_partition(store, as_of, result.profiles, model_frame, snapshot_types, changed, transitions)
     result.seconds["write"] = time.perf_counter() - started
     if snapshot_types:
         result.seconds["write_snapshots"] = written["snapshot_seconds"]  # part of "write"
@@ -151,3 +203,94 @@ def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_ty
         snapshot_rows=snapshot_stats["rows_by_type"],
         snapshot_duplicate_keys=snapshot_stats["duplicate_keys"],
     )
+
+
+# ---- drift --------------------------------------------------------------------------------------
+
+@dataclass
+class DriftOutcome:
+    store_id: str
+    ok: bool
+    rows: dict[str, int] = field(default_factory=dict)  # by table
+    anomalies_by_type: dict[str, int] = field(default_factory=dict)
+    population: pd.DataFrame | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    note: str = ""
+
+
+def history_from_snapshots(frame: pd.DataFrame) -> drift.MembershipHistory:
+    """A MembershipHistory from snapshot rows with fuzzy_memberships as JSON text."""
+    flat = parse_memberships(frame["fuzzy_memberships"].reset_index(drop=True))
+    columns = sorted(flat.columns)
+    base = frame[["customer_id", "snapshot_date", "churn_risk_score", "archetype_name"]].reset_index(drop=True)
+    return drift.MembershipHistory.from_frame(pd.concat([base, flat[columns]], axis=1), columns)
+
+
+def _population_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    members = parse_memberships(frame["fuzzy_memberships"].reset_index(drop=True))
+    features = parse_memberships(frame["behavioral_features"].reset_index(drop=True)).add_prefix("f:")
+    return pd.concat([members, features], axis=1)
+
+
+def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings, stores: list[str] | None = None) -> list[DriftOutcome]:
+    """customer_drift, customer_axis_drift, customer_drift_anomalies and population_drift of D, per store.
+
+    Stores default to those with snapshots dated D. Each store is written in its own transaction; a
+    failing store is reported and the others go on.
+    """
+    as_of = as_of_day(as_of)
+    if stores is None:
+        stores = warehouse.read_sql(
+            f"SELECT DISTINCT store_id FROM {warehouse.qualified('customer_profile_snapshots')} WHERE snapshot_date = :d ORDER BY 1",
+            {"d": as_of.date()})["store_id"].tolist()
+    outcomes = []
+    for store in sorted(stores):
+        try:
+            outcomes.append(_drift_store(warehouse, store, as_of, settings))
+        except Exception as exc:  # one store's failure is recorded and the others go on
+            log.exception("drift of store %s failed for %s", store, as_of.date())
+            outcomes.append(DriftOutcome(store, False, error=f"{type(exc).__name__}: {exc}"))
+    return outcomes
+
+
+def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings) -> DriftOutcome:
+    started = time.perf_counter()
+    longest = max(drift.WINDOWS)
+    dates = warehouse.snapshot_dates(store, as_of - pd.Timedelta(days=longest), as_of)
+    if not dates or dates[-1] != as_of:
+        note = f"no snapshots dated {as_of.date()}: drift not computed (run the date's profiles with ENABLE_TEMPORAL_SNAPSHOTS first)"
+        log.warning("store %s: %s", store, note)
+        return DriftOutcome(store, True, note=note)
+    bounds = warehouse.snapshot_customer_bounds(store, as_of, settings.drift_chunk_customers)
+    ranges = list(zip([None, *bounds], [*bounds, None]))
+    seconds = {"read": 0.0, "compute": 0.0}
+    anomaly_counts: dict[str, int] = {}
+
+    def chunks():
+        for lo, hi in ranges:
+            t0 = time.perf_counter()
+            frame = warehouse.snapshot_history(store, as_of - pd.Timedelta(days=longest), as_of, customer_range=(lo, hi))
+            history = history_from_snapshots(frame)
+            t1 = time.perf_counter()
+            tables = drift.compute_drift(history, as_of)
+            for kind, n in tables.anomalies["anomaly_type"].value_counts().items():
+                anomaly_counts[kind] = anomaly_counts.get(kind, 0) + int(n)
+            seconds["read"] += t1 - t0
+            seconds["compute"] += time.perf_counter() - t1
+            yield tables.customers, tables.axes, tables.anomalies
+
+    t0 = time.perf_counter()
+    reference_date = next(d for d in dates if d >= as_of - pd.Timedelta(days=drift.POPULATION_REFERENCE_DAYS))
+    population = pd.DataFrame(columns=drift.POPULATION_COLUMNS)
+    if reference_date < as_of:
+        reference = _population_frame(warehouse.snapshot_history(store, reference_date, reference_date, with_features=True))
+        current = _population_frame(warehouse.snapshot_history(store, as_of, as_of, with_features=True))
+        population = drift.population_drift(reference, current, reference_date, as_of)
+    seconds["population"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rows = warehouse.write_drift_partition(store, as_of, chunks(), population)
+    seconds["write"] = time.perf_counter() - t0 - seconds["read"] - seconds["compute"]
+    seconds["total"] = time.perf_counter() - started
+    log.info("store %s %s drift: %s rows (%s)", store, as_of.date(), rows, ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
+    return DriftOutcome(store, True, rows, anomaly_counts, population, seconds)

@@ -15,9 +15,14 @@ import numpy as np
 import pandas as pd
 
 from quimbi_pipeline import btyd
+from quimbi_pipeline.features import AdaptiveWindow, AxisSpec, active_mask, available_axes, compute_customer_features
 from quimbi_pipeline.orders import as_of_day
-from quimbi_pipeline.features import AxisSpec, active_mask, available_axes, compute_customer_features
-from quimbi_pipeline.segmentation import AxisSegmentation, segment_axis
+from quimbi_pipeline.segmentation import (
+    AxisModel,
+    AxisSegmentation,
+    score_axis,
+    segment_axis,
+)
 from quimbi_pipeline.settings import ChurnBands, PipelineSettings
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,18 @@ DECIMALS = 6
 
 def model_version_for(algorithm: str, as_of: pd.Timestamp) -> str:
     return f"{algorithm}-{pd.Timestamp(as_of):%Y-%m-%d}"
+
+
+def stable_model_version(algorithm: str, fitted_on: pd.Timestamp) -> str:
+    """Versions of models kept in force over a refit period (distinct from the daily fresh fits)."""
+    return f"{algorithm}-stable-{pd.Timestamp(fitted_on):%Y-%m-%d}"
+
+
+def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp, settings: PipelineSettings, optional_columns) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(features of every customer with a purchase, the active ones) at D, as the settings define them."""
+    features = compute_customer_features(orders, as_of, optional_columns=optional_columns, window_days=settings.feature_window_days,
+                                         adaptive=AdaptiveWindow(z=settings.adaptive_window_z) if settings.enable_adaptive_windows else None)
+    return features, features.loc[active_mask(features, settings.active_days)]
 
 
 def churn_risk_level(score: np.ndarray, bands: ChurnBands) -> np.ndarray:
@@ -154,6 +171,7 @@ class StoreProfiles:
     model_version: str
     n_customers_seen: int
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
+    fresh_fit: bool = True  # False when scored against models in force (stable segment identity)
 
     @property
     def axes(self) -> list[str]:
@@ -170,17 +188,22 @@ def build_store_profiles(
     as_of: pd.Timestamp,
     settings: PipelineSettings,
     optional_columns: tuple[str, ...] | list[str] = (),
+    models: dict[str, AxisModel] | None = None,
+    model_version: str | None = None,
 ) -> StoreProfiles:
-    """Profiles of the store's active customers at D. `orders` must already be cut at D + 1 day."""
+    """Profiles of the store's active customers at D. `orders` must already be cut at D + 1 day.
+
+    Without `models` each axis is fitted afresh (the original engine); with them (the models in force,
+    stable segment identity) today's customers are scored against them and `model_version` is theirs.
+    """
     as_of = as_of_day(as_of)
-    version = model_version_for("kmeans", as_of)
+    version = model_version or model_version_for("kmeans", as_of)
     if orders.empty:
         log.info("store %s: no orders up to %s: no profiles", store_id, as_of.date())
         return StoreProfiles(store_id, as_of, _empty_profiles(), {}, None, version, 0)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    features = compute_customer_features(orders, as_of, optional_columns=optional_columns, window_days=settings.feature_window_days)
-    active = features.loc[active_mask(features, settings.active_days)]
+    features, active = customer_features(orders, as_of, settings, optional_columns)
     seconds["features"] = time.perf_counter() - started
     if active.empty:
         log.info("store %s: no customer active in the %d days up to %s: no profiles", store_id, settings.active_days, as_of.date())
@@ -188,7 +211,13 @@ def build_store_profiles(
 
     axes: list[AxisSpec] = available_axes(optional_columns)
     started = time.perf_counter()
-    segmentations = {axis.name: segment_axis(active, axis, settings) for axis in axes}
+    if models is None:
+        segmentations = {axis.name: segment_axis(active, axis, settings) for axis in axes}
+    else:
+        missing = [axis.name for axis in axes if axis.name not in models]
+        if missing:
+            raise ValueError(f"store {store_id}: model {version} has no segments for axes {missing}")
+        segmentations = {axis.name: score_axis(active, axis, models[axis.name]) for axis in axes}
     seconds["segments"] = time.perf_counter() - started
     started = time.perf_counter()
     churn = fit_churn_model(features, settings)
@@ -226,27 +255,17 @@ def build_store_profiles(
         "model_version": pd.Series([version] * n, dtype="string"),
     })
     seconds["assemble"] = time.perf_counter() - started
-    return StoreProfiles(store_id, as_of, profiles[PROFILE_COLUMNS], segmentations, churn, version, len(features), seconds)
+    return StoreProfiles(store_id, as_of, profiles[PROFILE_COLUMNS], segmentations, churn, version, len(features), seconds,
+                         fresh_fit=models is None)
 
 
 def segment_model_rows(result: StoreProfiles) -> pd.DataFrame:
-    """segment_models rows (one per axis) of a store's fit."""
-    rows = []
-    for axis, seg in result.segmentations.items():
-        m = seg.model
-        rows.append({
-            "store_id": result.store_id,
-            "model_version": result.model_version,
-            "axis": axis,
-            "algorithm": m.algorithm,
-            "k": m.k,
-            "silhouette": None if m.silhouette is None else round(m.silhouette, DECIMALS),
-            "segment_names": list(m.segment_names),
-            "centroids": np.round(m.centroids, DECIMALS).tolist(),
-            "scaler": {"features": m.feature_names, "log1p": m.log_scale.tolist(),
-                       "mean": np.round(m.scaler_mean, 9).tolist(), "scale": np.round(m.scaler_scale, 9).tolist()},
-            "n_customers": m.n_fit,
-            "note": m.note,
-            "fitted_on": result.as_of.date(),
-        })
-    return pd.DataFrame(rows)
+    """segment_models rows (one per axis) of a store's fresh fit; none when it scored models in force."""
+    if not result.fresh_fit:
+        return pd.DataFrame()
+    return model_rows(result.store_id, result.model_version, result.as_of, [s.model for s in result.segmentations.values()])
+
+
+def model_rows(store_id: str, version: str, fitted_on: pd.Timestamp, models: list[AxisModel]) -> pd.DataFrame:
+    return pd.DataFrame([{"store_id": store_id, "model_version": version, **m.to_record(), "fitted_on": pd.Timestamp(fitted_on).date()}
+                         for m in models])

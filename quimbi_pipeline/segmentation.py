@@ -16,19 +16,27 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 
-from quimbi_pipeline.features import AxisSpec
+from quimbi_pipeline.features import AXIS_BY_NAME, AxisSpec
 from quimbi_pipeline.settings import PipelineSettings
 
 log = logging.getLogger(__name__)
 
 SINGLE_SEGMENT_NAME = "all_customers"
 MIN_SQUARED_DISTANCE = 1e-12
+CENTROID_DECIMALS = 6
+SCALER_DECIMALS = 9
+# MONIC (Spiliopoulou et al. 2006): an old segment survives in (or is absorbed by) a new one holding
+# more than MONIC_MATCH of its customers; it splits when parts of at least MONIC_SPLIT_PART each hold
+# at least MONIC_MATCH together; otherwise it disappears. A new segment nobody went to has emerged.
+MONIC_MATCH = 0.5
+MONIC_SPLIT_PART = 0.25
 
 
 def segment_names_for(axis: AxisSpec, k: int) -> list[str]:
@@ -75,6 +83,41 @@ class AxisModel:
 
     def memberships(self, raw: np.ndarray) -> np.ndarray:
         return fuzzy_memberships(self.transform(raw), self.centroids)
+
+    def rounded(self) -> AxisModel:
+        """The model as segment_models stores it (centroids to 6 decimals, scaler to 9): scoring with
+        the rounded model gives the same memberships whether it was just fitted or read back."""
+        return replace(self, centroids=np.round(self.centroids, CENTROID_DECIMALS), scaler_mean=np.round(self.scaler_mean, SCALER_DECIMALS),
+                       scaler_scale=np.round(self.scaler_scale, SCALER_DECIMALS))
+
+    def to_record(self) -> dict:
+        """The axis' segment_models columns (without store, version and dates)."""
+        return {
+            "axis": self.axis,
+            "algorithm": self.algorithm,
+            "k": self.k,
+            "silhouette": None if self.silhouette is None else round(self.silhouette, CENTROID_DECIMALS),
+            "segment_names": list(self.segment_names),
+            "centroids": np.round(self.centroids, CENTROID_DECIMALS).tolist(),
+            "scaler": {"features": list(self.feature_names), "log1p": self.log_scale.tolist(),
+                       "mean": np.round(self.scaler_mean, SCALER_DECIMALS).tolist(), "scale": np.round(self.scaler_scale, SCALER_DECIMALS).tolist()},
+            "n_customers": self.n_fit,
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict) -> AxisModel:
+        """A model read back from a segment_models row (JSON columns already parsed)."""
+        scaler = record["scaler"]
+        silhouette = record.get("silhouette")
+        return cls(
+            axis=record["axis"], algorithm=record["algorithm"], feature_names=list(scaler["features"]),
+            log_scale=np.asarray(scaler["log1p"], dtype=bool), scaler_mean=np.asarray(scaler["mean"], dtype="float64"),
+            scaler_scale=np.asarray(scaler["scale"], dtype="float64"),
+            centroids=np.asarray(record["centroids"], dtype="float64").reshape(int(record["k"]), -1),
+            segment_names=list(record["segment_names"]), silhouette=None if silhouette is None or pd.isna(silhouette) else float(silhouette),
+            n_fit=int(record["n_customers"]), note=record.get("note") or "",
+        )
 
 
 def fuzzy_memberships(scaled: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -215,3 +258,85 @@ def segment_axis(features: pd.DataFrame, axis: AxisSpec, settings: PipelineSetti
     model = fit_axis_model(raw, axis, settings)
     memberships = model.memberships(raw)
     return AxisSegmentation(model, memberships, memberships.argmax(axis=1))
+
+
+def score_axis(features: pd.DataFrame, axis: AxisSpec, model: AxisModel) -> AxisSegmentation:
+    """Memberships of today's customers in a model fitted earlier (stable segment identity)."""
+    if model.feature_names != axis.feature_names:
+        raise ValueError(f"axis {axis.name}: stored model has features {model.feature_names}, expected {axis.feature_names}")
+    memberships = model.memberships(axis_matrix(features, axis))
+    return AxisSegmentation(model, memberships, memberships.argmax(axis=1))
+
+
+@dataclass(frozen=True)
+class SegmentTransition:
+    """One MONIC transition between an old model's segments and a new model's."""
+
+    transition: str  # survival | absorption | split | disappearance | emergence
+    old_segments: tuple[str, ...]
+    new_segments: tuple[str, ...]
+    overlap: float  # survival/absorption/split: share of the old segment(s)' customers that went there
+
+
+def match_segments(previous: AxisModel, fitted: AxisModel, raw: np.ndarray) -> tuple[AxisModel, list[SegmentTransition]]:
+    """Name a refitted model's segments after the previous model's, and report MONIC transitions.
+
+    Names: Hungarian matching (scipy linear_sum_assignment) of centroids, both expressed in the new
+    model's scaled space; a new segment left unmatched (k grew) takes the ladder name of its rank,
+    suffixed if that name is held. Transitions: from the overlap of today's customers' dominant
+    segments under the previous and the new model (`raw` = today's axis features).
+    """
+    axis = AXIS_BY_NAME[fitted.axis]
+    names = list(segment_names_for(axis, fitted.k))
+    if previous.k > 1 and fitted.k > 1:
+        old_in_new = (previous.centroids * previous.scaler_scale + previous.scaler_mean - fitted.scaler_mean) / fitted.scaler_scale
+        cost = np.sqrt(((fitted.centroids[:, None, :] - old_in_new[None, :, :]) ** 2).sum(axis=2))
+        rows, cols = linear_sum_assignment(cost)
+        matched = {int(r): previous.segment_names[c] for r, c in zip(rows, cols)}
+        taken = set(matched.values())
+        for j in range(fitted.k):
+            if j in matched:
+                names[j] = matched[j]
+                continue
+            name, n = names[j], 1
+            while name in taken:
+                n += 1
+                name = f"{names[j]}_{n}"
+            names[j] = name
+            taken.add(name)
+    renamed = replace(fitted, segment_names=names)
+    return renamed, monic_transitions(previous, renamed, raw)
+
+
+def monic_transitions(previous: AxisModel, fitted: AxisModel, raw: np.ndarray) -> list[SegmentTransition]:
+    old_labels = previous.memberships(raw).argmax(axis=1)
+    new_labels = fitted.memberships(raw).argmax(axis=1)
+    counts = np.zeros((previous.k, fitted.k))
+    np.add.at(counts, (old_labels, new_labels), 1.0)
+    size = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, size, out=np.zeros_like(counts), where=size > 0)
+    old_names, new_names = previous.segment_names, fitted.segment_names
+    transitions: list[SegmentTransition] = []
+    target: dict[int, list[int]] = {}
+    reached: set[int] = set()
+    for i in range(previous.k):
+        j = int(share[i].argmax())
+        if share[i, j] > MONIC_MATCH:
+            target.setdefault(j, []).append(i)
+            continue
+        parts = np.flatnonzero(share[i] >= MONIC_SPLIT_PART)
+        if parts.size >= 2 and share[i, parts].sum() >= MONIC_MATCH:
+            transitions.append(SegmentTransition("split", (old_names[i],), tuple(new_names[p] for p in parts), round(float(share[i, parts].sum()), 6)))
+            reached.update(int(p) for p in parts)
+        else:
+            transitions.append(SegmentTransition("disappearance", (old_names[i],), (), round(float(share[i].max(initial=0.0)), 6)))
+    for j, olds in sorted(target.items()):
+        kind = "survival" if len(olds) == 1 else "absorption"
+        overlap = counts[olds, j].sum() / max(size[olds].sum(), 1.0)
+        transitions.append(SegmentTransition(kind, tuple(old_names[i] for i in olds), (new_names[j],), round(float(overlap), 6)))
+        reached.add(j)
+    for j in range(fitted.k):
+        if j not in reached:
+            col = counts[:, j].sum()
+            transitions.append(SegmentTransition("emergence", (), (new_names[j],), round(float(counts[:, j].max() / col) if col else 0.0, 6)))
+    return transitions

@@ -21,7 +21,7 @@ class ChurnBands(BaseModel):
     critical_from: float = Field(0.8, gt=0, lt=1)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "ChurnBands":
+    def _ordered(self) -> ChurnBands:
         if not self.medium_from < self.high_from < self.critical_from:
             raise ValueError("churn bands must satisfy medium_from < high_from < critical_from")
         return self
@@ -55,15 +55,32 @@ class PipelineSettings(BaseModel):
     # since their last snapshot.
     snapshot_on_profile_change: bool = False
     profile_change_threshold: float = Field(0.3, gt=0, le=1)
+    # Flag ENABLE_STABLE_SEGMENTS: score each day against a segment model refitted every
+    # segment_refit_days (anchored on a fixed calendar), whose segments keep their names across
+    # refits (Hungarian matching). Off = the original fresh fit per run.
+    enable_stable_segments: bool = False
+    segment_refit_days: int = Field(28, ge=1, le=3660)
+    # Flag ENABLE_DRIFT_ANALYSIS: customer_drift, customer_axis_drift, customer_drift_anomalies and
+    # population_drift from the snapshots (needs ENABLE_TEMPORAL_SNAPSHOTS).
+    enable_drift_analysis: bool = False
+    # Drift is computed and written per slice of this many customers (bounded memory at millions).
+    drift_chunk_customers: int = Field(250_000, ge=1000)
+    # Flag ENABLE_ADAPTIVE_WINDOWS (off = the original 365-day windows): frequency, value, discount and
+    # basket features over the purchases after a detected change of the customer's behavior
+    # (features.AdaptiveWindow), so drift shows a change within a few orders.
+    enable_adaptive_windows: bool = False
+    adaptive_window_z: float = Field(4.0, gt=0)
 
     @model_validator(mode="after")
-    def _k_range(self) -> "PipelineSettings":
+    def _k_range(self) -> PipelineSettings:
         if self.min_k > self.max_k:
             raise ValueError(f"min_k ({self.min_k}) must be <= max_k ({self.max_k})")
+        if self.enable_drift_analysis and not self.enable_temporal_snapshots:
+            raise ValueError("enable_drift_analysis needs enable_temporal_snapshots: drift is measured between snapshots")
         return self
 
     @classmethod
-    def from_env(cls, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> "PipelineSettings":
+    def from_env(cls, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> PipelineSettings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name in cls.model_fields:

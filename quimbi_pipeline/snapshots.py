@@ -52,7 +52,7 @@ class RetentionPolicy(BaseModel):
         return pd.Timestamp(newest).normalize() - pd.Timedelta(days=self.days(snapshot_type) - 1)
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "RetentionPolicy":
+    def from_env(cls, environ: dict[str, str] | None = None) -> RetentionPolicy:
         env = os.environ if environ is None else environ
         values = {t: env[f"QUIMBI_RETENTION_{t.upper()}_DAYS"] for t in RETAINED_TYPES if f"QUIMBI_RETENTION_{t.upper()}_DAYS" in env}
         return cls.model_validate(values)

@@ -15,6 +15,7 @@ import os
 import re
 import time
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
@@ -93,6 +94,83 @@ customer_profile_snapshots = sa.Table(
 )
 SNAPSHOT_PARTITION_PREFIX = "customer_profile_snapshots_p"
 
+# MONIC transitions recorded at each refit of a stable segment model (ENABLE_STABLE_SEGMENTS).
+segment_transitions = sa.Table(
+    "segment_transitions", metadata,
+    sa.Column("store_id", sa.Text, primary_key=True),
+    sa.Column("model_version", sa.Text, primary_key=True),
+    sa.Column("axis", sa.Text, primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("previous_version", sa.Text),
+    sa.Column("transition", sa.Text, nullable=False),
+    sa.Column("old_segments", Json, nullable=False),
+    sa.Column("new_segments", Json, nullable=False),
+    sa.Column("overlap", sa.Float, nullable=False),
+)
+
+# Drift tables (ENABLE_DRIFT_ANALYSIS). PostgreSQL: one partition per as_of_date, like the snapshots.
+customer_drift = sa.Table(
+    "customer_drift", metadata,
+    sa.Column("store_id", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("as_of_date", sa.Date, primary_key=True),
+    sa.Column("window_days", sa.Integer, primary_key=True),
+    sa.Column("overall_drift", sa.Float, nullable=False),
+    sa.Column("drift_velocity", sa.Float, nullable=False),
+    sa.Column("predicted_30d_drift", sa.Float, nullable=False),
+    sa.Column("churn_risk_trend", sa.Float, nullable=False),
+    sa.Column("start_date", sa.Date, nullable=False),
+    sa.Column("end_date", sa.Date, nullable=False),
+    sa.Column("n_snapshots", sa.Integer, nullable=False),
+    sa.Column("archetype_journey", Json, nullable=False),
+    sa.Column("recommendations", Json, nullable=False),
+    sa.Index("ix_customer_drift_store_date_window", "store_id", "as_of_date", "window_days"),
+    postgresql_partition_by="RANGE (as_of_date)",
+)
+customer_axis_drift = sa.Table(
+    "customer_axis_drift", metadata,
+    sa.Column("store_id", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("as_of_date", sa.Date, primary_key=True),
+    sa.Column("window_days", sa.Integer, primary_key=True),
+    sa.Column("axis", sa.Text, primary_key=True),
+    sa.Column("drift_score", sa.Float, nullable=False),
+    sa.Column("direction", sa.Text, nullable=False),
+    sa.Column("velocity", sa.Float, nullable=False),
+    sa.Column("n_transitions", sa.Integer, nullable=False),
+    sa.Column("transitions", Json, nullable=False),
+    sa.Index("ix_customer_axis_drift_query", "store_id", "as_of_date", "window_days", "axis", "direction"),
+    postgresql_partition_by="RANGE (as_of_date)",
+)
+customer_drift_anomalies = sa.Table(
+    "customer_drift_anomalies", metadata,
+    sa.Column("store_id", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("as_of_date", sa.Date, primary_key=True),
+    sa.Column("anomaly_type", sa.Text, primary_key=True),
+    sa.Column("axis", sa.Text, primary_key=True),
+    sa.Column("anomaly_date", sa.Date, primary_key=True),
+    sa.Column("severity", sa.Float, nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Index("ix_customer_drift_anomalies_store_date_type", "store_id", "as_of_date", "anomaly_type"),
+)
+population_drift = sa.Table(
+    "population_drift", metadata,
+    sa.Column("store_id", sa.Text, primary_key=True),
+    sa.Column("as_of_date", sa.Date, primary_key=True),
+    sa.Column("axis", sa.Text, primary_key=True),
+    sa.Column("reference_date", sa.Date, nullable=False),
+    sa.Column("n_reference", sa.Integer, nullable=False),
+    sa.Column("n_current", sa.Integer, nullable=False),
+    sa.Column("segment_share_shift", sa.Float, nullable=False),
+    sa.Column("feature_psi", sa.Float),
+    sa.Column("segment_shares", Json, nullable=False),
+    sa.Column("feature_psi_by_feature", Json, nullable=False),
+)
+# Tables partitioned by a date column on PostgreSQL (a partition per date, created on first write).
+DATE_PARTITIONED = {"customer_profile_snapshots": "snapshot_date", "customer_drift": "as_of_date", "customer_axis_drift": "as_of_date"}
+DRIFT_TABLES = (customer_drift, customer_axis_drift, customer_drift_anomalies, population_drift)
+
 # One row per (store, customer, date): the finest cadence of that date (all types hold the same profile).
 HISTORY_VIEW = "customer_snapshot_history"
 HISTORY_VIEW_SQL = """
@@ -154,7 +232,7 @@ class Warehouse:
         self.engine = engine
         if create:
             self.create_tables()
-        self.snapshots_partitioned = self._snapshots_partitioned()
+        self.partitioned = self._partitioned_tables()
 
     # ---- schema -------------------------------------------------------------------------------
     def create_tables(self) -> None:
@@ -165,34 +243,40 @@ class Warehouse:
             if HISTORY_VIEW not in sa.inspect(conn).get_view_names(schema=PG_SCHEMA if self.is_postgres else None):
                 conn.execute(sa.text(HISTORY_VIEW_SQL.format(view=self.qualified(HISTORY_VIEW), table=self.qualified("customer_profile_snapshots"))))
 
-    def _snapshots_partitioned(self) -> bool:
-        """True for a PostgreSQL snapshot table created partitioned (older unpartitioned tables keep working)."""
+    def _partitioned_tables(self) -> set[str]:
+        """PostgreSQL tables created partitioned (older unpartitioned tables keep working)."""
         if not self.is_postgres:
-            return False
-        with self.engine.connect() as conn:
-            kind = conn.execute(sa.text(
-                "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = :schema AND c.relname = 'customer_profile_snapshots'"), {"schema": PG_SCHEMA}).scalar()
-        return kind == "p"
+            return set()
+        frame = self.read_sql(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = :schema AND c.relkind = 'p'", {"schema": PG_SCHEMA})
+        return set(frame["relname"]) & set(DATE_PARTITIONED)
 
-    def _ensure_snapshot_partition(self, conn: sa.Connection, day) -> None:
-        if not self.snapshots_partitioned:
+    @property
+    def snapshots_partitioned(self) -> bool:
+        return "customer_profile_snapshots" in self.partitioned
+
+    def _ensure_date_partition(self, conn: sa.Connection, table: str, day) -> None:
+        if table not in self.partitioned:
             return
         day = pd.Timestamp(day)
         # Concurrent store batches of one date would race on CREATE TABLE: serialize them.
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('quimbi.snapshot_partitions'))"))
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('quimbi.date_partitions'))"))
         conn.execute(sa.text(
-            f"CREATE TABLE IF NOT EXISTS {PG_SCHEMA}.{SNAPSHOT_PARTITION_PREFIX}{day:%Y%m%d} PARTITION OF {self.qualified('customer_profile_snapshots')} "
+            f"CREATE TABLE IF NOT EXISTS {PG_SCHEMA}.{table}_p{day:%Y%m%d} PARTITION OF {self.qualified(table)} "
             f"FOR VALUES FROM ('{day:%Y-%m-%d}') TO ('{day + pd.Timedelta(days=1):%Y-%m-%d}')"))
 
-    def snapshot_partitions(self) -> list[str]:
-        if not self.snapshots_partitioned:
+    def date_partitions(self, table: str) -> list[str]:
+        if table not in self.partitioned:
             return []
         frame = self.read_sql(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent "
-            "JOIN pg_namespace n ON n.oid = p.relnamespace WHERE n.nspname = :schema AND p.relname = 'customer_profile_snapshots' ORDER BY 1",
-            {"schema": PG_SCHEMA})
+            "JOIN pg_namespace n ON n.oid = p.relnamespace WHERE n.nspname = :schema AND p.relname = :table ORDER BY 1",
+            {"schema": PG_SCHEMA, "table": table})
         return frame["relname"].tolist()
+
+    def snapshot_partitions(self) -> list[str]:
+        return self.date_partitions("customer_profile_snapshots")
 
     def qualified(self, table: str) -> str:
         return f"{PG_SCHEMA}.{table}" if self.is_postgres else table
@@ -201,32 +285,37 @@ class Warehouse:
     def _stage(self, conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> str:
         """Load `frame` into a temporary copy of `table` on this connection; returns its name (as referenced)."""
         stage = f"stage_{table.name}"
-        cols = list(frame.columns)
-        col_list = ", ".join(cols)
         # The temporary table is declared from the SQLAlchemy table, on both databases.
         columns_ddl = ", ".join(f"{c.name} {c.type.compile(dialect=conn.dialect)}" for c in table.columns)
         if self.is_postgres:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {stage}"))
             conn.execute(sa.text(f"CREATE TEMP TABLE {stage} ({columns_ddl}) ON COMMIT DROP"))
-            raw = conn.connection.driver_connection
-            with raw.cursor() as cur, cur.copy(f"COPY {stage} ({col_list}) FROM STDIN WITH (FORMAT csv)") as copy:
+        else:
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS temp.{stage}"))
+            conn.execute(sa.text(f"CREATE TEMP TABLE {stage} ({columns_ddl})"))
+            stage = f"temp.{stage}"
+        self._bulk_load(conn, stage, frame)
+        return stage
+
+    def _bulk_load(self, conn: sa.Connection, target: str, frame: pd.DataFrame) -> None:
+        """Append `frame` to the table `target` (as referenced in SQL): COPY on PostgreSQL, executemany on SQLite."""
+        cols = list(frame.columns)
+        col_list = ", ".join(cols)
+        raw = conn.connection.driver_connection
+        if self.is_postgres:
+            with raw.cursor() as cur, cur.copy(f"COPY {target} ({col_list}) FROM STDIN WITH (FORMAT csv)") as copy:
                 for start in range(0, len(frame), COPY_CHUNK_ROWS):
                     buf = io.StringIO()
                     frame.iloc[start:start + COPY_CHUNK_ROWS].to_csv(buf, header=False, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
                     copy.write(buf.getvalue())
         else:
-            conn.execute(sa.text(f"DROP TABLE IF EXISTS temp.{stage}"))
-            conn.execute(sa.text(f"CREATE TEMP TABLE {stage} ({columns_ddl})"))
             placeholders = ", ".join("?" for _ in cols)
-            raw = conn.connection.driver_connection
-            raw.executemany(f"INSERT INTO temp.{stage} ({col_list}) VALUES ({placeholders})", _python_rows(frame))
-            stage = f"temp.{stage}"
-        return stage
+            raw.executemany(f"INSERT INTO {target} ({col_list}) VALUES ({placeholders})", _python_rows(frame))
 
     # ---- writes ---------------------------------------------------------------------------------
     def write_profiles_partition(
         self, store_id: str, as_of, profiles: pd.DataFrame, models: pd.DataFrame, snapshot_types: list[str] | tuple = (),
-        changed: pd.Index | None = None,
+        changed: pd.Index | None = None, transitions: pd.DataFrame | None = None,
     ) -> dict:
         """Replace store S's rows of partition D in one transaction.
 
@@ -235,7 +324,8 @@ class Warehouse:
         date never overwrites a newer profile). segment_models rows of D's model_version are replaced.
         With snapshot_types, the store's snapshots dated D are replaced by one copy of D's profiles per
         type; without, snapshots are not touched (snapshots off = the original outputs only).
-        `changed` customers also get a "profile_change" snapshot of D.
+        `changed` customers also get a "profile_change" snapshot of D. `transitions` (MONIC, of a refit
+        written in `models`) replace the rows of their model versions.
         """
         as_of_date = pd.Timestamp(as_of).date()
         cols = [c.name for c in customer_profiles.columns]
@@ -256,7 +346,7 @@ class Warehouse:
             snapshots = 0
             snapshot_started = time.perf_counter()
             if snapshot_types:
-                self._ensure_snapshot_partition(conn, as_of_date)
+                self._ensure_date_partition(conn, "customer_profile_snapshots", as_of_date)
                 snap = customer_profile_snapshots
                 conn.execute(sa.delete(snap).where(snap.c.store_id == store_id, snap.c.snapshot_date == as_of_date))
                 if len(profiles):
@@ -270,6 +360,10 @@ class Warehouse:
                 conn.execute(sa.delete(segment_models).where(
                     segment_models.c.store_id == store_id, segment_models.c.model_version.in_(models["model_version"].unique().tolist())))
                 conn.execute(sa.insert(segment_models), _model_records(models))
+            if transitions is not None and len(transitions):
+                conn.execute(sa.delete(segment_transitions).where(
+                    segment_transitions.c.store_id == store_id, segment_transitions.c.model_version.in_(transitions["model_version"].unique().tolist())))
+                conn.execute(sa.insert(segment_transitions), _model_records(transitions))
         return {"deleted": int(deleted or 0), "written": int(written or 0), "snapshots": int(snapshots or 0),
                 "snapshot_seconds": snapshot_seconds}
 
@@ -281,6 +375,35 @@ class Warehouse:
             f"SELECT p.store_id, p.customer_id, p.profile_date, {snapshot_type_sql}, {', '.join('p.' + c for c in SNAPSHOT_COPIED_COLUMNS)} "
             f"FROM {from_sql}"
         )).rowcount
+
+    def write_drift_partition(self, store_id: str, as_of, chunks, population: pd.DataFrame) -> dict[str, int]:
+        """Replace store S's drift rows of as_of D in one transaction.
+
+        `chunks` yields (customer_drift, customer_axis_drift, customer_drift_anomalies) frames, one per
+        slice of customers, so a store of millions is never held in memory at once.
+        """
+        day = pd.Timestamp(as_of).date()
+        tables = (customer_drift, customer_axis_drift, customer_drift_anomalies)
+        written = {t.name: 0 for t in (*tables, population_drift)}
+        with self.engine.begin() as conn:
+            for table in tables:
+                self._ensure_date_partition(conn, table.name, day)
+                conn.execute(sa.delete(table).where(table.c.store_id == store_id, table.c.as_of_date == day))
+            for frames in chunks:
+                for table, frame in zip(tables, frames):
+                    if len(frame):
+                        cols = [c.name for c in table.columns]
+                        self._bulk_load(conn, self.qualified(table.name), frame.assign(store_id=store_id)[cols])
+                    written[table.name] += len(frame)
+            conn.execute(sa.delete(population_drift).where(population_drift.c.store_id == store_id, population_drift.c.as_of_date == day))
+            if len(population):
+                records = population.assign(store_id=store_id).to_dict(orient="records")
+                for r in records:
+                    for key in ("as_of_date", "reference_date"):
+                        r[key] = pd.Timestamp(r[key]).date()
+                conn.execute(sa.insert(population_drift), _model_records(pd.DataFrame(records)))
+            written[population_drift.name] = len(population)
+        return written
 
     # ---- reads ----------------------------------------------------------------------------------
     def read_sql(self, sql: str, params: dict | None = None) -> pd.DataFrame:
@@ -349,7 +472,99 @@ class Warehouse:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.text(sql), {"s": store_id, "d": pd.Timestamp(profile_date).date(), "tol": tolerance}).scalar_one())
 
+    def drift_violations(self, store_id: str, as_of) -> int:
+        """customer_drift / customer_axis_drift rows of (store, D) with fewer than 2 snapshots or a score outside [0, 1]."""
+        params = {"s": store_id, "d": pd.Timestamp(as_of).date()}
+        with self.engine.connect() as conn:
+            bad = conn.execute(sa.text(
+                f"SELECT count(*) FROM {self.qualified('customer_drift')} WHERE store_id = :s AND as_of_date = :d "
+                "AND (n_snapshots < 2 OR overall_drift < 0 OR overall_drift > 1 OR predicted_30d_drift < 0 OR predicted_30d_drift > 1)"), params).scalar_one()
+            bad += conn.execute(sa.text(
+                f"SELECT count(*) FROM {self.qualified('customer_axis_drift')} WHERE store_id = :s AND as_of_date = :d "
+                "AND (drift_score < 0 OR drift_score > 1)"), params).scalar_one()
+        return int(bad)
+
+    # ---- segment models -------------------------------------------------------------------------
+    def segment_model_records(self, store_id: str, model_version: str) -> list[dict]:
+        """segment_models rows of one version, JSON columns parsed."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(segment_models).where(
+                segment_models.c.store_id == store_id, segment_models.c.model_version == model_version)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def previous_model_version(self, store_id: str, prefix: str, before_version: str) -> str | None:
+        """The newest version `prefix...` older than `before_version` (versions end in a date: text order is date order)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(segment_models.c.model_version)).where(
+                segment_models.c.store_id == store_id, segment_models.c.model_version.like(prefix + "%"),
+                segment_models.c.model_version < before_version)).scalar()
+
+    def segment_transition_rows(self, store_id: str) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(segment_transitions).where(segment_transitions.c.store_id == store_id)
+                                .order_by(segment_transitions.c.model_version, segment_transitions.c.axis, segment_transitions.c.seq)).mappings().all()
+        return pd.DataFrame([dict(r) for r in rows], columns=[c.name for c in segment_transitions.columns])
+
     # ---- snapshots ------------------------------------------------------------------------------
+    def snapshot_history(self, store_id: str, start, end, with_features: bool = False, customer_range: tuple[str | None, str | None] = (None, None)) -> pd.DataFrame:
+        """The store's snapshots dated in [start, end], one row per customer and date (any type: all types
+        of a date hold the same profile), JSON as text. Optionally only customers in [lo, hi)."""
+        table = self.qualified("customer_profile_snapshots")
+        params = {"s": store_id, "a": pd.Timestamp(start).date(), "b": pd.Timestamp(end).date()}
+        kinds = self.read_sql(f"SELECT DISTINCT snapshot_date, snapshot_type FROM {table} WHERE store_id = :s AND snapshot_date BETWEEN :a AND :b", params)
+        columns = ["customer_id", "snapshot_date", "archetype_name", "churn_risk_score", "fuzzy_memberships"] + (["behavioral_features"] if with_features else [])
+        if kinds.empty:
+            return pd.DataFrame(columns=columns)
+        # One type per date: the finest calendar type present (every customer of the date has it), else profile_change.
+        rank = {t: i for i, t in enumerate(RETAINED_TYPES)}
+        kinds["rank"] = kinds["snapshot_type"].map(rank).fillna(len(rank))
+        chosen = kinds.sort_values(["snapshot_date", "rank"]).drop_duplicates("snapshot_date")
+        pairs = []
+        for i, (day, kind) in enumerate(zip(pd.to_datetime(chosen["snapshot_date"]), chosen["snapshot_type"])):
+            params[f"d{i}"], params[f"t{i}"] = day.date(), kind
+            pairs.append(f"(snapshot_date = :d{i} AND snapshot_type = :t{i})")
+        lo, hi = customer_range
+        bounds = ""
+        if lo is not None:
+            bounds += " AND customer_id >= :lo"
+            params["lo"] = lo
+        if hi is not None:
+            bounds += " AND customer_id < :hi"
+            params["hi"] = hi
+        select = ", ".join(f"CAST({c} AS TEXT) AS {c}" if c in JSON_COLUMNS else c for c in columns)
+        frame = self.read_sql(f"SELECT {select} FROM {table} WHERE store_id = :s AND ({' OR '.join(pairs)}){bounds}", params)
+        frame["customer_id"] = frame["customer_id"].astype(str)
+        frame["snapshot_date"] = pd.to_datetime(frame["snapshot_date"])
+        # profile_change rows on a date that also has a calendar type are not read: one row per customer and date.
+        return frame.drop_duplicates(["customer_id", "snapshot_date"])
+
+    def snapshot_customer_bounds(self, store_id: str, day, chunk_customers: int) -> list[str]:
+        """Customer ids that cut the store's snapshot customers of D into chunks of about chunk_customers (sorted)."""
+        ids = self.read_sql(
+            f"SELECT DISTINCT customer_id FROM {self.qualified('customer_profile_snapshots')} WHERE store_id = :s AND snapshot_date = :d",
+            {"s": store_id, "d": pd.Timestamp(day).date()})["customer_id"].astype(str).sort_values(kind="stable").to_numpy()
+        return [str(v) for v in ids[chunk_customers::chunk_customers]]
+
+    def snapshot_dates(self, store_id: str, start, end) -> list[pd.Timestamp]:
+        frame = self.read_sql(
+            f"SELECT DISTINCT snapshot_date FROM {self.qualified('customer_profile_snapshots')} WHERE store_id = :s AND snapshot_date BETWEEN :a AND :b ORDER BY 1",
+            {"s": store_id, "a": pd.Timestamp(start).date(), "b": pd.Timestamp(end).date()})
+        return list(pd.to_datetime(frame["snapshot_date"]))
+
+    def customer_drift(self, store_id: str, customer_id: str, window_days: int = 28, as_of=None) -> pd.DataFrame:
+        """One customer's drift row for a window (newest as_of unless given) and its axis rows (one query each)."""
+        params: dict = {"s": store_id, "c": customer_id, "w": window_days}
+        date_clause = "as_of_date = :d" if as_of is not None else (
+            f"as_of_date = (SELECT max(as_of_date) FROM {self.qualified('customer_drift')} WHERE store_id = :s AND customer_id = :c AND window_days = :w)")
+        if as_of is not None:
+            params["d"] = pd.Timestamp(as_of).date()
+        return self.read_sql(
+            f"SELECT d.*, a.axis, a.drift_score, a.direction, a.velocity, a.n_transitions FROM {self.qualified('customer_drift')} d "
+            f"JOIN {self.qualified('customer_axis_drift')} a ON a.store_id = d.store_id AND a.customer_id = d.customer_id "
+            "AND a.as_of_date = d.as_of_date AND a.window_days = d.window_days "
+            f"WHERE d.store_id = :s AND d.customer_id = :c AND d.window_days = :w AND d.{date_clause} ORDER BY a.axis", params)
+
+
     def snapshot_stats(self, store_id: str, snapshot_date) -> dict:
         """Rows per type and duplicate keys of a store's snapshots dated D (the checks' inputs)."""
         params = {"s": store_id, "d": pd.Timestamp(snapshot_date).date()}

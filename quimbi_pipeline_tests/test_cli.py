@@ -3,6 +3,7 @@
 import io
 
 import pandas as pd
+import pytest
 
 from quimbi_pipeline.cli import main, run_dates
 from quimbi_pipeline.demo import generate_demo
@@ -39,3 +40,25 @@ def test_quimbi_run_rejects_a_reversed_range(sqlite_url):
 
     with pytest.raises(SystemExit, match="before --from"):
         main(["run", "--from", "2026-01-02", "--to", "2026-01-01", "--warehouse", sqlite_url])
+
+
+@pytest.mark.slow
+def test_quimbi_run_over_60_demo_days_fills_the_drift_tables(tmp_path, monkeypatch, capsys):
+    for flag in ("ENABLE_TEMPORAL_SNAPSHOTS", "ENABLE_DRIFT_ANALYSIS", "ENABLE_STABLE_SEGMENTS"):
+        monkeypatch.setenv(flag, "1")
+    url = f"sqlite:///{tmp_path / 'w.sqlite'}"
+    assert main(["run", "--from", "2026-09-02", "--to", "2026-10-31", "--orders", "demo:customers=300,stores=1,seed=5", "--warehouse", url]) == 0
+    out = capsys.readouterr().out
+    assert "[60/60] 2026-10-31  ok" in out and "drift: customer_drift" in out
+    wh = Warehouse(url)
+    for table in ("customer_drift", "customer_axis_drift"):
+        windows = wh.read_sql(f"SELECT as_of_date, window_days FROM {table} GROUP BY as_of_date, window_days")
+        last = windows[windows["as_of_date"].astype(str) == "2026-10-31"]
+        assert sorted(last["window_days"]) == [7, 28, 90, 180, 365], table
+        # The first date has one snapshot per customer: no drift rows; every later date has all five windows.
+        assert windows.groupby("as_of_date").size().to_dict() == {d: 5 for d in windows["as_of_date"]}
+        assert str(windows["as_of_date"].min()) == "2026-09-03"
+    anomalies = wh.read_sql("SELECT anomaly_type, count(*) AS n FROM customer_drift_anomalies GROUP BY anomaly_type")
+    assert set(anomalies["anomaly_type"]) >= {"sudden_drift", "reversal"}
+    assert not wh.read_sql("SELECT * FROM population_drift WHERE as_of_date = '2026-10-31'").empty
+    wh.dispose()

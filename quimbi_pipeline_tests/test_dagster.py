@@ -74,3 +74,42 @@ def test_bad_config_value_fails_before_any_work(sqlite_url):
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "min_k (5) must be <= max_k (3)" in str(failure.step_failure_data.error.cause)
     assert Warehouse(sqlite_url).profiles().empty
+
+
+def materialize_day_with_drift(orders_uri, warehouse_url, partition, run_config=None):
+    from quimbi_pipeline.defs.drift.assets import daily_drift
+
+    return dg.materialize(
+        [daily_profiles, daily_drift],
+        partition_key=partition,
+        resources={"warehouse": WarehouseResource(url=warehouse_url), "orders_source": OrdersResource(uri=orders_uri)},
+        instance=dg.DagsterInstance.ephemeral(),
+        run_config=run_config,
+        raise_on_error=False,
+    )
+
+
+def test_drift_step_materializes_with_the_flag_and_nothing_without(sqlite_url, monkeypatch):
+    from quimbi_pipeline.defs.drift.assets import DRIFT_KEYS, DRIFT_RANGE_CHECK, DRIFT_STEP
+
+    uri = "demo:customers=300,stores=2,seed=4"
+    monkeypatch.setenv("ENABLE_TEMPORAL_SNAPSHOTS", "1")
+    off = materialize_day_with_drift(uri, sqlite_url, "2026-10-30")
+    assert off.success and off.asset_materializations_for_node(DRIFT_STEP) == []
+    monkeypatch.setenv("ENABLE_DRIFT_ANALYSIS", "1")
+    on = materialize_day_with_drift(uri, sqlite_url, "2026-10-31")
+    assert on.success
+    by_key = {m.asset_key: m.metadata for m in on.asset_materializations_for_node(DRIFT_STEP)}
+    assert set(by_key) == set(DRIFT_KEYS.values())
+    assert by_key[DRIFT_KEYS["customer_drift"]]["rows"].value > 0
+    assert any(k.startswith("segment_share_shift/store_a/") for k in by_key[DRIFT_KEYS["population_drift"]])
+    assert {e.check_name: e.passed for e in on.get_asset_check_evaluations()}[DRIFT_RANGE_CHECK]
+
+
+def test_drift_without_snapshots_fails_at_config_time(sqlite_url, monkeypatch):
+    monkeypatch.setenv("ENABLE_DRIFT_ANALYSIS", "1")
+    result = materialize_day_with_drift("demo:customers=100", sqlite_url, "2026-10-31")
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "enable_drift_analysis needs enable_temporal_snapshots" in str(failure.step_failure_data.error.cause)
+    assert Warehouse(sqlite_url).profiles().empty

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import dagster as dg
 
+from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
 from quimbi_pipeline.partitions import daily_partitions
 from quimbi_pipeline.pipeline import PartitionReport, run_profiles_partition
 from quimbi_pipeline.settings import PipelineSettings
 from quimbi_pipeline.snapshots import SNAPSHOT_TYPES, snapshot_types_for
-from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
 
 orders = dg.AssetSpec(
     "orders",
@@ -34,10 +34,14 @@ class ProfilesConfig(dg.Config):
     min_k: int | None = None
     max_k: int | None = None
     enable_temporal_snapshots: bool | None = None
+    enable_stable_segments: bool | None = None
+    segment_refit_days: int | None = None
+    enable_adaptive_windows: bool | None = None
 
     def settings(self) -> PipelineSettings:
         values = {"active_days": self.active_days, "min_k": self.min_k, "max_k": self.max_k,
-                  "enable_temporal_snapshots": self.enable_temporal_snapshots}
+                  "enable_temporal_snapshots": self.enable_temporal_snapshots, "enable_stable_segments": self.enable_stable_segments,
+                  "segment_refit_days": self.segment_refit_days, "enable_adaptive_windows": self.enable_adaptive_windows}
         return PipelineSettings.from_env({k: v for k, v in values.items() if v is not None})
 
 

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import dagster as dg
 
+from quimbi_pipeline.defs.drift.assets import DRIFT_STEP
 from quimbi_pipeline.defs.profiles.assets import DAILY_STEP
 from quimbi_pipeline.defs.profiles.jobs import daily_pipeline_job
 from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
@@ -24,7 +25,7 @@ def run_requests_for(partition_key: str, stores: list[str], batch_size: int) -> 
         dg.RunRequest(
             run_key=f"{partition_key}:batch-{i + 1}-of-{len(batches)}",
             partition_key=partition_key,
-            run_config={"ops": {DAILY_STEP: {"config": {"stores": batch}}}},
+            run_config={"ops": {step: {"config": {"stores": batch}} for step in (DAILY_STEP, DRIFT_STEP)}},
             tags={"quimbi/store_batch": f"{i + 1}/{len(batches)}", "quimbi/stores": ",".join(batch)[:200]},
         )
         for i, batch in enumerate(batches)

@@ -1,0 +1,135 @@
+"""Drift semantics on hand-built histories: scores, direction, transitions, windows, anomalies, forecast, population."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from quimbi_pipeline.drift import (
+    MembershipHistory,
+    anomalies_at,
+    compute_drift,
+    population_drift,
+    psi,
+    segment_position,
+    window_drift,
+)
+
+AXIS = "purchase_value"
+COLS = [f"{AXIS}.minimal_spender", f"{AXIS}.mid_spender", f"{AXIS}.premium_spender"]
+
+
+def history(rows) -> MembershipHistory:
+    """rows: (customer, date, churn, archetype, (u_min, u_mid, u_premium))."""
+    frame = pd.DataFrame([{"customer_id": c, "snapshot_date": pd.Timestamp(d), "churn_risk_score": churn, "archetype_name": arch,
+                           **dict(zip(COLS, u))} for c, d, churn, arch, u in rows])
+    return MembershipHistory.from_frame(frame, COLS)
+
+
+def test_segment_positions_follow_the_ladder():
+    assert segment_position(AXIS, "minimal_spender") == 0.0
+    assert segment_position(AXIS, "premium_spender") == 1.0
+    assert segment_position(AXIS, "mid_spender_2") == segment_position(AXIS, "mid_spender") == 0.6
+    assert segment_position(AXIS, "all_customers") == 0.5
+    with pytest.raises(ValueError, match="not on the ladder"):
+        segment_position(AXIS, "nonsense")
+
+
+def test_axis_drift_direction_velocity_and_transitions():
+    h = history([
+        ("a", "2026-10-01", 0.2, "x", (0.8, 0.1, 0.1)),
+        ("a", "2026-10-11", 0.3, "x", (0.2, 0.7, 0.1)),
+        ("a", "2026-10-21", 0.5, "y", (0.1, 0.1, 0.8)),
+        ("b", "2026-10-21", 0.1, "x", (0.1, 0.1, 0.8)),  # one snapshot: no row
+        ("c", "2026-10-20", 0.4, "z", (0.1, 0.1, 0.8)),
+        ("c", "2026-10-21", 0.4, "z", (0.1, 0.1, 0.8)),  # no change
+    ])
+    customers, axes = window_drift(h, pd.Timestamp("2026-10-21"), 28)
+    assert list(customers["customer_id"]) == ["a", "c"]
+    a = axes.set_index("customer_id").loc["a"]
+    expected = np.linalg.norm(np.array([0.1, 0.1, 0.8]) - np.array([0.8, 0.1, 0.1])) / np.sqrt(2)
+    assert a["drift_score"] == pytest.approx(expected, abs=1e-6)
+    assert a["velocity"] == pytest.approx(expected / 20, abs=1e-6)
+    assert a["direction"] == "improving" and a["n_transitions"] == 2
+    assert json.loads(a["transitions"]) == [
+        {"date": "2026-10-11", "from": "minimal_spender", "to": "mid_spender"},
+        {"date": "2026-10-21", "from": "mid_spender", "to": "premium_spender"},
+    ]
+    c = axes.set_index("customer_id").loc["c"]
+    assert c["drift_score"] == 0 and c["direction"] == "stable" and json.loads(c["transitions"]) == []
+    row = customers.set_index("customer_id").loc["a"]
+    assert row["overall_drift"] == pytest.approx(expected, abs=1e-6)  # one axis: the mean is the axis
+    assert row["churn_risk_trend"] == pytest.approx(0.3) and row["n_snapshots"] == 3
+    assert (row["start_date"], row["end_date"]) == ("2026-10-01", "2026-10-21")
+    assert json.loads(row["archetype_journey"]) == [{"date": "2026-10-01", "archetype": "x"}, {"date": "2026-10-21", "archetype": "y"}]
+    assert [r["code"] for r in json.loads(row["recommendations"])] == ["upsell", "review_profile"]
+    # The 7-day window of the same date only sees a's last snapshot: no row for a.
+    customers7, _ = window_drift(h, pd.Timestamp("2026-10-21"), 7)
+    assert list(customers7["customer_id"]) == ["c"]
+
+
+def test_degrading_frequency_and_rising_churn_recommendations():
+    cols = ["purchase_frequency.rare", "purchase_frequency.very_frequent"]
+    frame = pd.DataFrame({"customer_id": ["a", "a"], "snapshot_date": pd.to_datetime(["2026-10-01", "2026-10-20"]),
+                          "churn_risk_score": [0.5, 0.7], "archetype_name": ["x", "x"], cols[0]: [0.1, 0.9], cols[1]: [0.9, 0.1]})
+    customers, axes = window_drift(MembershipHistory.from_frame(frame, cols), pd.Timestamp("2026-10-20"), 28)
+    assert axes["direction"].tolist() == ["degrading"]
+    assert [r["code"] for r in json.loads(customers["recommendations"].iloc[0])] == ["win_back", "re_engage", "review_profile"]
+
+
+def test_forecast_extrapolates_a_linear_trend():
+    # Memberships move 0.01 a day from minimal to premium: in 30 days they move 0.3 more.
+    days = pd.date_range("2026-10-01", "2026-10-11")
+    rows = [("a", d, 0.1, "x", (0.6 - 0.01 * i, 0.2, 0.2 + 0.01 * i)) for i, d in enumerate(days)]
+    customers, _ = window_drift(history(rows), days[-1], 28)
+    gap = np.array([-0.3, 0.0, 0.3])
+    assert customers["predicted_30d_drift"].iloc[0] == pytest.approx(np.linalg.norm(gap) / np.sqrt(2), abs=1e-6)
+    # A constant history forecasts no drift.
+    flat = [("b", d, 0.1, "x", (0.6, 0.2, 0.2)) for d in days]
+    assert window_drift(history(flat), days[-1], 28)[0]["predicted_30d_drift"].iloc[0] == 0
+
+
+def test_anomalies_sudden_drift_reversal_and_velocity_spike():
+    rows = [
+        # sudden: minimal -> premium in 2 days at D
+        ("s", "2026-10-19", 0.1, "x", (0.9, 0.05, 0.05)), ("s", "2026-10-21", 0.1, "x", (0.05, 0.05, 0.9)),
+        # reversal: minimal -> mid (10-05) -> minimal at D, 16 days in mid
+        ("r", "2026-10-01", 0.1, "x", (0.7, 0.2, 0.1)), ("r", "2026-10-05", 0.1, "x", (0.3, 0.6, 0.1)),
+        ("r", "2026-10-21", 0.1, "x", (0.6, 0.3, 0.1)),
+    ]
+    # spike: 80 days of a slow move (0.001 a day), then 0.3 in the last 7 days
+    slow = pd.date_range("2026-07-30", "2026-10-14", freq="7D")
+    rows += [("v", d, 0.1, "x", (0.8 - 0.007 * i, 0.1, 0.1 + 0.007 * i)) for i, d in enumerate(slow)]
+    last = 0.8 - 0.007 * (len(slow) - 1)
+    rows += [("v", "2026-10-21", 0.1, "x", (last - 0.3, 0.1, 1 - 0.1 - last + 0.3))]
+    found = anomalies_at(history(rows), pd.Timestamp("2026-10-21"))
+    kinds = set(zip(found["customer_id"], found["anomaly_type"]))
+    assert ("s", "sudden_drift") in kinds
+    assert ("r", "reversal") in kinds and ("s", "reversal") not in kinds
+    assert ("v", "velocity_spike") in kinds and ("v", "sudden_drift") not in kinds
+    assert set(found["anomaly_date"]) == {"2026-10-21"} and found["severity"].between(0, 1).all()
+    # The same history seen a day later reports nothing new (events are reported on their date).
+    assert anomalies_at(history(rows), pd.Timestamp("2026-10-22")).empty
+
+
+def test_compute_drift_covers_all_windows_where_history_allows():
+    days = pd.date_range("2025-11-01", "2026-10-31", freq="14D")  # every 14 days, ending on 2026-10-31
+    assert days[-1] == pd.Timestamp("2026-10-31")
+    tables = compute_drift(history([("a", d, 0.1, "x", (0.5, 0.3, 0.2)) for d in days]), "2026-10-31")
+    # The 7-day window holds one snapshot: no row; the others hold 3, 7, 13 and 27.
+    assert tables.customers.set_index("window_days")["n_snapshots"].to_dict() == {28: 3, 90: 7, 180: 13, 365: 27}
+
+
+def test_population_drift_share_shift_and_psi():
+    rng = np.random.default_rng(1)
+    ref = pd.DataFrame({COLS[0]: np.r_[np.ones(80), np.zeros(20)], COLS[2]: np.r_[np.zeros(80), np.ones(20)],
+                        f"f:{AXIS}.avg_order_value": rng.normal(50, 5, 100)})
+    cur = pd.DataFrame({COLS[0]: np.r_[np.ones(50), np.zeros(50)], COLS[2]: np.r_[np.zeros(50), np.ones(50)],
+                        f"f:{AXIS}.avg_order_value": rng.normal(80, 5, 100)})
+    out = population_drift(ref, cur, "2026-10-01", "2026-10-28").set_index("axis").loc[AXIS]
+    assert out["segment_share_shift"] == pytest.approx(0.3)
+    assert out["feature_psi"] > 1.0  # the whole distribution moved
+    same = population_drift(ref, ref, "2026-10-01", "2026-10-28").set_index("axis").loc[AXIS]
+    assert same["segment_share_shift"] == 0 and same["feature_psi"] == pytest.approx(0.0, abs=1e-9)
+    assert psi(np.arange(100.0), np.arange(100.0)) == pytest.approx(0.0, abs=1e-12)

@@ -18,9 +18,9 @@ def test_definitions_load_with_job_and_checks():
     assert {MEMBERSHIPS_CHECK, COVERAGE_CHECK} <= checks
 
 
-def materialize(orders_uri, warehouse_url, partition, run_config=None):
+def materialize(orders_uri, warehouse_url, partition, run_config=None, assets=(daily_profiles,)):
     return dg.materialize(
-        [daily_profiles],
+        list(assets),
         partition_key=partition,
         resources={"warehouse": WarehouseResource(url=warehouse_url), "orders_source": OrdersResource(uri=orders_uri)},
         instance=dg.DagsterInstance.ephemeral(),
@@ -76,17 +76,10 @@ def test_bad_config_value_fails_before_any_work(sqlite_url):
     assert Warehouse(sqlite_url).profiles().empty
 
 
-def materialize_day_with_drift(orders_uri, warehouse_url, partition, run_config=None):
+def materialize_day_with_drift(orders_uri, warehouse_url, partition):
     from quimbi_pipeline.defs.drift.assets import daily_drift
 
-    return dg.materialize(
-        [daily_profiles, daily_drift],
-        partition_key=partition,
-        resources={"warehouse": WarehouseResource(url=warehouse_url), "orders_source": OrdersResource(uri=orders_uri)},
-        instance=dg.DagsterInstance.ephemeral(),
-        run_config=run_config,
-        raise_on_error=False,
-    )
+    return materialize(orders_uri, warehouse_url, partition, assets=(daily_profiles, daily_drift))
 
 
 def test_drift_step_materializes_with_the_flag_and_nothing_without(sqlite_url, monkeypatch):

@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--dates", type=int, default=12)
     parser.add_argument("--date", default="2026-10-31")
+    parser.add_argument("--chunk", type=int, default=None, help="customers per drift slice (default: the setting's)")
     parser.add_argument("--postgres", help="SQLAlchemy URL of an empty PostgreSQL database (schema platform is dropped)")
     args = parser.parse_args()
     as_of = pd.Timestamp(args.date)
@@ -101,7 +102,8 @@ def main() -> None:
             wh._bulk_load(conn, wh.qualified("customer_profile_snapshots"), frame[cols])
         rows += len(frame)
     table.row("load synthetic snapshots", time.perf_counter() - started, rows)
-    settings = PipelineSettings(enable_temporal_snapshots=True, enable_drift_analysis=True)
+    chunk = {"drift_chunk_customers": args.chunk} if args.chunk else {}
+    settings = PipelineSettings(enable_temporal_snapshots=True, enable_drift_analysis=True, **chunk)
     started = time.perf_counter()
     (outcome,) = run_drift_partition(wh, as_of, settings, [STORE])
     total = time.perf_counter() - started

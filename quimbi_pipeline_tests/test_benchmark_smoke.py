@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPT = BENCHMARKS / "run.py"
 
 
 @pytest.mark.slow
@@ -17,6 +18,15 @@ def test_benchmark_runs_at_10k_on_sqlite_and_postgres(pg_url):
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     for line in ("baseline: one group-by (floor)", "sqlite partition total", "postgres partition total",
-                 "postgres store_a write_snapshots", "seed-style snapshot writes (sample)", "history lookups: 1000 customers"):
+                 "postgres store_a write_snapshots", "seed-style snapshot writes (sample)", "history lookups (28 days): 1000 customers"):
         assert line in out, line
     assert "FAILED" not in out
+
+
+@pytest.mark.slow
+def test_drift_scale_benchmark_runs_at_10k_on_sqlite():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "drift_scale.py"), "--customers", "10000"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for line in ("load synthetic snapshots", "drift: compute", "drift: total (5 windows + anomalies)",
+                 "drift lookups (28 days, with axes): 1000 customers", "history lookups (28 days): 1000 customers"):
+        assert line in done.stdout, line

@@ -31,7 +31,7 @@ from quimbi_pipeline.segment_identity import (
     refit_anchor,
 )
 from quimbi_pipeline.segmentation import AxisModel
-from quimbi_pipeline.settings import PipelineSettings
+from quimbi_pipeline.settings import PipelineSettings, StoreSettings
 from quimbi_pipeline.snapshots import snapshot_types_for
 from quimbi_pipeline.warehouse import Warehouse
 
@@ -92,18 +92,18 @@ def run_profiles_partition(
     validated: ValidatedOrders,
     as_of,
     warehouse: Warehouse,
-    settings: PipelineSettings,
+    settings: PipelineSettings | StoreSettings,
     stores: list[str] | None = None,
     snapshot_types: list[str] | None = None,
 ) -> PartitionReport:
     """Compute, write and verify customer_profiles of partition D for `stores` (default: all stores).
 
     Snapshots of D are written for the calendar's types (or `snapshot_types`, a subset of them) when
-    settings.enable_temporal_snapshots is on.
+    settings.enable_temporal_snapshots is on. `settings` may differ per store (StoreSettings: the flags file).
     """
+    settings_for = settings.for_store if isinstance(settings, StoreSettings) else (lambda _store: settings)
     as_of = as_of_day(as_of)
     types = snapshot_types_for(as_of) if snapshot_types is None else list(snapshot_types)
-    types = types if settings.enable_temporal_snapshots else []
     started = time.perf_counter()
     cut = orders_as_of(validated.orders, as_of)
     by_store = {s: g for s, g in cut.groupby("store_id", sort=True)}
@@ -119,7 +119,9 @@ def run_profiles_partition(
         if store not in known:
             log.warning("store %s: no orders in the source", store)
         try:
-            outcomes.append(_run_store(store, by_store.get(store, cut.iloc[:0]), as_of, validated, warehouse, settings, types))
+            store_settings = settings_for(store)
+            store_types = types if store_settings.enable_temporal_snapshots else []
+            outcomes.append(_run_store(store, by_store.get(store, cut.iloc[:0]), as_of, validated, warehouse, store_settings, store_types))
         except Exception as exc:  # one store's failure is recorded and the others go on
             log.exception("store %s failed for %s", store, as_of.date())
             outcomes.append(StoreOutcome(store, False, error=f"{type(exc).__name__}: {exc}"))
@@ -138,9 +140,6 @@ def profile_changes(result: StoreProfiles, last_memberships: pd.Series, threshol
     return shift.index[(shift.max(axis=1) > threshold).to_numpy()]
 
 
-STABLE_PREFIX = stable_model_version("kmeans", pd.Timestamp("2000-01-01"))[: -len("2000-01-01")]
-
-
 def resolve_stable_models(store, orders, as_of, optional_columns, warehouse: Warehouse, settings: PipelineSettings):
     """The models in force at D (stable segment identity): (models, version, new segment_models rows, transitions).
 
@@ -149,11 +148,12 @@ def resolve_stable_models(store, orders, as_of, optional_columns, warehouse: War
     period's model, and returned to be written with D's profiles.
     """
     anchor = refit_anchor(as_of, settings.segment_refit_days)
-    version = stable_model_version("kmeans", anchor)
+    algorithm = settings.clustering_algorithm.value
+    version = stable_model_version(algorithm, anchor)
     records = warehouse.segment_model_records(store, version)
     if records:
         return {r["axis"]: AxisModel.from_record(r) for r in records}, version, pd.DataFrame(), None
-    previous_version = warehouse.previous_model_version(store, STABLE_PREFIX, version)
+    previous_version = warehouse.previous_model_version(store, stable_model_version(algorithm, anchor)[: -len("YYYY-MM-DD")], version)
     previous = {r["axis"]: AxisModel.from_record(r) for r in warehouse.segment_model_records(store, previous_version)} if previous_version else {}
     fit_day = anchor
     models, transitions = fit_period_models(orders, store, anchor, version, settings, optional_columns, previous, previous_version)
@@ -233,12 +233,13 @@ def _population_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([members, features], axis=1)
 
 
-def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings, stores: list[str] | None = None) -> list[DriftOutcome]:
+def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings | StoreSettings, stores: list[str] | None = None) -> list[DriftOutcome]:
     """customer_drift, customer_axis_drift, customer_drift_anomalies and population_drift of D, per store.
 
-    Stores default to those with snapshots dated D. Each store is written in its own transaction; a
-    failing store is reported and the others go on.
+    Stores default to those with snapshots dated D; stores whose settings have drift off are skipped.
+    Each store is written in its own transaction; a failing store is reported and the others go on.
     """
+    settings_for = settings.for_store if isinstance(settings, StoreSettings) else (lambda _store: settings)
     as_of = as_of_day(as_of)
     if stores is None:
         stores = warehouse.read_sql(
@@ -246,8 +247,11 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings,
             {"d": as_of.date()})["store_id"].tolist()
     outcomes = []
     for store in sorted(stores):
+        store_settings = settings_for(store)
+        if not store_settings.enable_drift_analysis:
+            continue
         try:
-            outcomes.append(_drift_store(warehouse, store, as_of, settings))
+            outcomes.append(_drift_store(warehouse, store, as_of, store_settings))
         except Exception as exc:  # one store's failure is recorded and the others go on
             log.exception("drift of store %s failed for %s", store, as_of.date())
             outcomes.append(DriftOutcome(store, False, error=f"{type(exc).__name__}: {exc}"))

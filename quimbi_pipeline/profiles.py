@@ -197,7 +197,7 @@ def build_store_profiles(
     stable segment identity) today's customers are scored against them and `model_version` is theirs.
     """
     as_of = as_of_day(as_of)
-    version = model_version or model_version_for("kmeans", as_of)
+    version = model_version or model_version_for(settings.clustering_algorithm.value, as_of)
     if orders.empty:
         log.info("store %s: no orders up to %s: no profiles", store_id, as_of.date())
         return StoreProfiles(store_id, as_of, _empty_profiles(), {}, None, version, 0)

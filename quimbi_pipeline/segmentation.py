@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
+from sklearn.mixture import GaussianMixture
 
 from quimbi_pipeline.features import AXIS_BY_NAME, AxisSpec
-from quimbi_pipeline.settings import PipelineSettings
+from quimbi_pipeline.settings import ClusteringAlgorithm, PipelineSettings
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class AxisModel:
     n_fit: int
     silhouette_by_k: dict[int, float] = field(default_factory=dict)
     note: str = ""
+    weights: np.ndarray | None = None  # gmm: mixture weights and full covariances (scaled space)
+    covariances: np.ndarray | None = None
 
     @property
     def k(self) -> int:
@@ -82,13 +85,17 @@ class AxisModel:
         return (x - self.scaler_mean) / self.scaler_scale
 
     def memberships(self, raw: np.ndarray) -> np.ndarray:
+        if self.covariances is not None:
+            return gaussian_posteriors(self.transform(raw), self.centroids, self.covariances, self.weights)
         return fuzzy_memberships(self.transform(raw), self.centroids)
 
     def rounded(self) -> AxisModel:
         """The model as segment_models stores it (centroids to 6 decimals, scaler to 9): scoring with
         the rounded model gives the same memberships whether it was just fitted or read back."""
+        mixture = {} if self.covariances is None else {"weights": np.round(self.weights, SCALER_DECIMALS),
+                                                       "covariances": np.round(self.covariances, SCALER_DECIMALS)}
         return replace(self, centroids=np.round(self.centroids, CENTROID_DECIMALS), scaler_mean=np.round(self.scaler_mean, SCALER_DECIMALS),
-                       scaler_scale=np.round(self.scaler_scale, SCALER_DECIMALS))
+                       scaler_scale=np.round(self.scaler_scale, SCALER_DECIMALS), **mixture)
 
     def to_record(self) -> dict:
         """The axis' segment_models columns (without store, version and dates)."""
@@ -99,8 +106,11 @@ class AxisModel:
             "silhouette": None if self.silhouette is None else round(self.silhouette, CENTROID_DECIMALS),
             "segment_names": list(self.segment_names),
             "centroids": np.round(self.centroids, CENTROID_DECIMALS).tolist(),
+            # The scaler; for gmm also the mixture (weights, covariances), needed to score later dates.
             "scaler": {"features": list(self.feature_names), "log1p": self.log_scale.tolist(),
-                       "mean": np.round(self.scaler_mean, SCALER_DECIMALS).tolist(), "scale": np.round(self.scaler_scale, SCALER_DECIMALS).tolist()},
+                       "mean": np.round(self.scaler_mean, SCALER_DECIMALS).tolist(), "scale": np.round(self.scaler_scale, SCALER_DECIMALS).tolist(),
+                       **({} if self.covariances is None else {"gmm_weights": np.round(self.weights, SCALER_DECIMALS).tolist(),
+                                                               "gmm_covariances": np.round(self.covariances, SCALER_DECIMALS).tolist()})},
             "n_customers": self.n_fit,
             "note": self.note,
         }
@@ -117,6 +127,8 @@ class AxisModel:
             centroids=np.asarray(record["centroids"], dtype="float64").reshape(int(record["k"]), -1),
             segment_names=list(record["segment_names"]), silhouette=None if silhouette is None or pd.isna(silhouette) else float(silhouette),
             n_fit=int(record["n_customers"]), note=record.get("note") or "",
+            weights=np.asarray(scaler["gmm_weights"], dtype="float64") if "gmm_weights" in scaler else None,
+            covariances=np.asarray(scaler["gmm_covariances"], dtype="float64") if "gmm_covariances" in scaler else None,
         )
 
 
@@ -128,6 +140,19 @@ def fuzzy_memberships(scaled: np.ndarray, centroids: np.ndarray) -> np.ndarray:
         d2[:, j] = np.einsum("ij,ij->i", diff, diff)
     inv = 1.0 / np.maximum(d2, MIN_SQUARED_DISTANCE)
     return inv / inv.sum(axis=1, keepdims=True)
+
+
+def gaussian_posteriors(scaled: np.ndarray, means: np.ndarray, covariances: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """GMM memberships: P(component j | x) with full covariances (what GaussianMixture.predict_proba gives)."""
+    d = scaled.shape[1]
+    log_p = np.empty((scaled.shape[0], means.shape[0]))
+    for j in range(means.shape[0]):  # loop over components, not customers
+        chol = np.linalg.cholesky(covariances[j])
+        z = np.linalg.solve(chol, (scaled - means[j]).T)
+        log_p[:, j] = np.log(weights[j]) - 0.5 * np.einsum("ij,ij->j", z, z) - np.log(np.diag(chol)).sum() - 0.5 * d * np.log(2 * np.pi)
+    log_p -= log_p.max(axis=1, keepdims=True)
+    p = np.exp(log_p)
+    return p / p.sum(axis=1, keepdims=True)
 
 
 SILHOUETTE_CHUNK_ROWS = 1024
@@ -216,9 +241,42 @@ def fit_axis_model(raw: np.ndarray, axis: AxisSpec, settings: PipelineSettings) 
         log.info("axis %s: %s -> one segment", axis.name, note)
         return AxisModel(centroids=centroid.copy(), segment_names=[SINGLE_SEGMENT_NAME], silhouette=None, note=note, **common)
 
-    k_max = min(settings.max_k, n_distinct)
-    k_min = min(settings.min_k, k_max)
+    k_min, k_max = k_bounds(n, n_distinct, settings)
+    algorithm = ClusteringAlgorithm(settings.clustering_algorithm)
+    if algorithm == ClusteringAlgorithm.kmeans:
+        return _fit_kmeans(scaled, axis, settings, k_min, k_max, common)
+    if algorithm == ClusteringAlgorithm.gmm:
+        return _fit_gmm(scaled, axis, settings, k_min, k_max, common)
+    return _fit_density(scaled, axis, settings, algorithm, common)
+
+
+def k_bounds(n: int, n_distinct: int, settings: PipelineSettings) -> tuple[int, int]:
+    """[min_k, max_k] for n customers; DYNAMIC_K_RANGE: max_k = max(min(floor(sqrt(n) / 2), 20, n - 1), min_k + 1)."""
+    max_k = settings.max_k
+    if settings.dynamic_k_range:
+        max_k = max(min(int(np.floor(np.sqrt(n) / 2)), 20, n - 1), settings.min_k + 1)
+    k_max = min(max_k, n_distinct)
+    return min(settings.min_k, k_max), k_max
+
+
+def _best_k(scaled, labelings, settings, k_min, n) -> tuple[int, dict[int, float], str]:
     sample = settings.silhouette_sample_size if n > settings.silhouette_sample_size else None
+    scores = silhouette_scores(scaled, labelings, sample, settings.random_state)
+    if scores:
+        return max(scores, key=lambda k: (scores[k], -k)), scores, ""  # ties: the smaller k
+    return k_min, scores, f"{n} customers: too few for a silhouette"
+
+
+def _named_model(axis, centroids, scores, best_k, note, common, **extra) -> AxisModel:
+    order = _order_by_quality(centroids, axis)
+    if "weights" in extra:
+        extra = {"weights": extra["weights"][order], "covariances": extra["covariances"][order]}
+    return AxisModel(centroids=centroids[order], segment_names=segment_names_for(axis, centroids.shape[0]), silhouette=scores.get(best_k),
+                     silhouette_by_k=scores, note=note, **common, **extra)
+
+
+def _fit_kmeans(scaled, axis, settings, k_min, k_max, common) -> AxisModel:
+    """The original engine: KMeans for every k, the k of the best silhouette."""
     fits: dict[int, KMeans] = {}
     labelings: dict[int, np.ndarray] = {}
     for k in range(k_min, k_max + 1):
@@ -227,23 +285,56 @@ def fit_axis_model(raw: np.ndarray, axis: AxisSpec, settings: PipelineSettings) 
             warnings.simplefilter("ignore", category=UserWarning)  # duplicate points: handled by n_distinct
             labelings[k] = km.fit_predict(scaled)
         fits[k] = km
-    scores = silhouette_scores(scaled, labelings, sample, settings.random_state)
-    if scores:
-        best_k = max(scores, key=lambda k: (scores[k], -k))  # ties: the smaller k
-        note = ""
+    best_k, scores, note = _best_k(scaled, labelings, settings, k_min, scaled.shape[0])
+    return _named_model(axis, fits[best_k].cluster_centers_, scores, best_k, note, common)
+
+
+def _fit_sample(scaled: np.ndarray, settings: PipelineSettings) -> np.ndarray:
+    n = scaled.shape[0]
+    if n <= settings.cluster_fit_sample_size:
+        return scaled
+    return scaled[np.random.RandomState(settings.random_state).permutation(n)[: settings.cluster_fit_sample_size]]
+
+
+def _fit_gmm(scaled, axis, settings, k_min, k_max, common) -> AxisModel:
+    """GaussianMixture (full covariances) for every k on a fixed-seed sample; memberships = posteriors."""
+    sample = _fit_sample(scaled, settings)
+    fits: dict[int, GaussianMixture] = {}
+    labelings: dict[int, np.ndarray] = {}
+    for k in range(k_min, min(k_max, sample.shape[0]) + 1):
+        gm = GaussianMixture(n_components=k, covariance_type="full", random_state=settings.random_state, reg_covar=1e-4)
+        gm.fit(sample)
+        fits[k] = gm
+        labelings[k] = gm.predict(scaled)
+    best_k, scores, note = _best_k(scaled, labelings, settings, k_min, scaled.shape[0])
+    gm = fits[best_k]
+    return _named_model(axis, gm.means_, scores, best_k, note, {**common, "algorithm": "gmm"}, weights=gm.weights_, covariances=gm.covariances_)
+
+
+def _fit_density(scaled, axis, settings, algorithm, common) -> AxisModel:
+    """HDBSCAN (the hdbscan package) or DBSCAN on a fixed-seed sample: k = the clusters found, centroids =
+    their means, memberships = fuzzy c-means to them. Noise points of the sample are counted in the note;
+    fewer than 2 clusters falls back to the original kmeans, with a note."""
+    import hdbscan
+    from sklearn.cluster import DBSCAN
+
+    sample = _fit_sample(scaled, settings)
+    if algorithm == ClusteringAlgorithm.hdbscan:
+        labels = hdbscan.HDBSCAN(min_cluster_size=settings.hdbscan_min_cluster_size).fit_predict(sample)
     else:
-        best_k = k_min
-        note = f"{n} customers: too few for a silhouette"
-    centroids = fits[best_k].cluster_centers_
-    order = _order_by_quality(centroids, axis)
-    return AxisModel(
-        centroids=centroids[order],
-        segment_names=segment_names_for(axis, best_k),
-        silhouette=scores.get(best_k),
-        silhouette_by_k=scores,
-        note=note,
-        **common,
-    )
+        labels = DBSCAN(eps=settings.dbscan_eps, min_samples=settings.dbscan_min_samples).fit_predict(sample)
+    clusters = np.unique(labels[labels >= 0])
+    noise = float((labels < 0).mean())
+    if clusters.size < 2:
+        log.warning("axis %s: %s found %d cluster(s): the original kmeans is used", axis.name, algorithm.value, clusters.size)
+        k_min, k_max = k_bounds(scaled.shape[0], scaled.shape[0], settings)
+        model = _fit_kmeans(scaled, axis, settings, min(k_min, k_max), k_max, common)
+        return replace(model, note=f"{algorithm.value} found {clusters.size} cluster(s) (noise {noise:.1%}): kmeans used")
+    centroids = np.stack([sample[labels == c].mean(axis=0) for c in clusters])  # a few clusters, not customers
+    dominant = fuzzy_memberships(scaled, centroids).argmax(axis=1)
+    _, scores, _ = _best_k(scaled, {clusters.size: dominant}, settings, clusters.size, scaled.shape[0])
+    return _named_model(axis, centroids, scores, clusters.size, f"{algorithm.value}: noise {noise:.1%} of the fit sample",
+                        {**common, "algorithm": algorithm.value})
 
 
 @dataclass

@@ -7,9 +7,21 @@ Values come from defaults, then environment variables (QUIMBI_*), then explicit 
 from __future__ import annotations
 
 import os
+from enum import Enum
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ClusteringAlgorithm(str, Enum):
+    """CLUSTERING_ALGORITHM: kmeans is the original engine; the others need ENABLE_ADVANCED_CLUSTERING."""
+
+    kmeans = "kmeans"
+    hdbscan = "hdbscan"
+    gmm = "gmm"
+    dbscan = "dbscan"
 
 
 class ChurnBands(BaseModel):
@@ -72,24 +84,100 @@ class PipelineSettings(BaseModel):
     enable_adaptive_windows: bool = False
     adaptive_window_z: float = Field(4.0, gt=0)
 
+    # Flag ENABLE_ADVANCED_CLUSTERING and CLUSTERING_ALGORITHM: another algorithm than the original
+    # kmeans (docs/algorithms.md); DYNAMIC_K_RANGE: max_k = max(min(floor(sqrt(n) / 2), 20, n - 1), min_k + 1).
+    enable_advanced_clustering: bool = False
+    clustering_algorithm: ClusteringAlgorithm = ClusteringAlgorithm.kmeans
+    dynamic_k_range: bool = False
+    hdbscan_min_cluster_size: int = Field(50, ge=2)
+    dbscan_eps: float = Field(0.3, gt=0)
+    dbscan_min_samples: int = Field(10, ge=1)
+    # HDBSCAN, DBSCAN and GMM fits run on a fixed-seed sample of at most this many customers.
+    cluster_fit_sample_size: int = Field(20_000, ge=100)
+
     @model_validator(mode="after")
     def _k_range(self) -> PipelineSettings:
         if self.min_k > self.max_k:
             raise ValueError(f"min_k ({self.min_k}) must be <= max_k ({self.max_k})")
+        if self.clustering_algorithm != ClusteringAlgorithm.kmeans and not self.enable_advanced_clustering:
+            raise ValueError(f"CLUSTERING_ALGORITHM={self.clustering_algorithm.value} needs ENABLE_ADVANCED_CLUSTERING "
+                             "(kmeans, the original engine, does not)")
         if self.enable_drift_analysis and not self.enable_temporal_snapshots:
             raise ValueError("enable_drift_analysis needs enable_temporal_snapshots: drift is measured between snapshots")
         return self
 
+    @staticmethod
+    def env_name(field: str) -> str:
+        """The environment (and flags-file) name of a field: DESIGN's flag names, QUIMBI_* for tuning knobs."""
+        return field.upper() if field in DESIGN_FLAGS else f"QUIMBI_{field.upper()}"
+
+    @classmethod
+    def env_values(cls, environ: dict[str, str] | None = None) -> dict[str, Any]:
+        env = os.environ if environ is None else environ
+        names = {cls.env_name(f): f for f in cls.model_fields if f != "churn_bands"}
+        return {field: env[name] for name, field in names.items() if name in env}
+
     @classmethod
     def from_env(cls, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> PipelineSettings:
+        return cls.model_validate({**cls.env_values(environ), **(overrides or {})})
+
+
+# Fields whose environment name is DESIGN's flag name without a prefix.
+DESIGN_FLAGS = ("enable_temporal_snapshots", "enable_stable_segments", "enable_drift_analysis", "enable_adaptive_windows",
+                "enable_advanced_clustering", "clustering_algorithm", "dynamic_k_range")
+
+
+class StoreSettings:
+    """Effective settings per store: defaults < environment < flags file `defaults` < flags file
+    `stores.<id>` < run config (docs/flags.md). Every store's settings are validated on creation."""
+
+    def __init__(self, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None, flags_file: str | Path | None = None):
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name in cls.model_fields:
-            if name == "churn_bands":
-                continue
-            # Feature flags keep DESIGN's names (ENABLE_*); tuning knobs are QUIMBI_*.
-            raw = env.get(name.upper() if name.startswith("enable_") else f"QUIMBI_{name.upper()}")
-            if raw is not None:
-                values[name] = raw
-        values.update(overrides or {})
-        return cls.model_validate(values)
+        self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        self.env = PipelineSettings.env_values(env)
+        path = flags_file if flags_file is not None else env.get("QUIMBI_FLAGS_FILE")
+        self.file_defaults, self.file_stores = read_flags_file(path) if path else ({}, {})
+        self.default = self._build(None)
+        self.by_store = {store: self._build(store) for store in self.file_stores}
+
+    def _build(self, store: str | None) -> PipelineSettings:
+        values = {**self.env, **self.file_defaults, **(self.file_stores.get(store, {}) if store else {}), **self.overrides}
+        try:
+            return PipelineSettings.model_validate(values)
+        except ValidationError as exc:
+            where = f"store {store}" if store else "defaults"
+            raise ValueError(f"invalid settings for {where}: {exc}") from exc
+
+    def for_store(self, store: str) -> PipelineSettings:
+        return self.by_store.get(store, self.default)
+
+    def flags(self, store: str) -> dict[str, Any]:
+        """The effective feature flags of a store, by DESIGN name (logged and recorded as run metadata)."""
+        settings = self.for_store(store)
+        return {PipelineSettings.env_name(f): (v.value if isinstance(v, Enum) else v)
+                for f, v in settings.model_dump().items() if f in DESIGN_FLAGS}
+
+
+def read_flags_file(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A YAML flags file: `defaults: {NAME: value}` and `stores: {store_id: {NAME: value}}`, NAME as in the environment."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"flags file {path}: cannot read: {exc}") from exc
+    if not isinstance(doc, dict) or set(doc) - {"defaults", "stores"}:
+        raise ValueError(f"flags file {path}: top-level keys must be 'defaults' and 'stores', got {sorted(doc) if isinstance(doc, dict) else type(doc).__name__}")
+    names = {PipelineSettings.env_name(f): f for f in PipelineSettings.model_fields if f != "churn_bands"}
+
+    def section(values, where: str) -> dict[str, Any]:
+        if not isinstance(values, dict):
+            raise ValueError(f"flags file {path}: {where} must be a mapping of NAME: value")
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"flags file {path}: {where}: unknown name(s) {unknown}; valid: {sorted(names)}")
+        return {names[k]: v for k, v in values.items()}
+
+    stores = doc.get("stores") or {}
+    if not isinstance(stores, dict):
+        raise ValueError(f"flags file {path}: 'stores' must map store ids to settings")
+    return section(doc.get("defaults") or {}, "defaults"), {str(k): section(v or {}, f"stores.{k}") for k, v in stores.items()}

@@ -11,7 +11,7 @@ import dagster as dg
 from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
 from quimbi_pipeline.partitions import daily_partitions
 from quimbi_pipeline.pipeline import PartitionReport, run_profiles_partition
-from quimbi_pipeline.settings import PipelineSettings
+from quimbi_pipeline.settings import ClusteringAlgorithm, StoreSettings
 from quimbi_pipeline.snapshots import SNAPSHOT_TYPES, snapshot_types_for
 
 orders = dg.AssetSpec(
@@ -37,12 +37,13 @@ class ProfilesConfig(dg.Config):
     enable_stable_segments: bool | None = None
     segment_refit_days: int | None = None
     enable_adaptive_windows: bool | None = None
+    enable_advanced_clustering: bool | None = None
+    clustering_algorithm: ClusteringAlgorithm | None = None
+    dynamic_k_range: bool | None = None
 
-    def settings(self) -> PipelineSettings:
-        values = {"active_days": self.active_days, "min_k": self.min_k, "max_k": self.max_k,
-                  "enable_temporal_snapshots": self.enable_temporal_snapshots, "enable_stable_segments": self.enable_stable_segments,
-                  "segment_refit_days": self.segment_refit_days, "enable_adaptive_windows": self.enable_adaptive_windows}
-        return PipelineSettings.from_env({k: v for k, v in values.items() if v is not None})
+    def settings(self) -> StoreSettings:
+        """Per-store settings: environment < flags file (QUIMBI_FLAGS_FILE) < this run config; validated here, before any work."""
+        return StoreSettings(self.model_dump(exclude={"stores"}))
 
 
 def report_metadata(report: PartitionReport) -> dict:
@@ -112,13 +113,18 @@ def daily_profiles(
     snapshot_types = [t for t in snapshot_types_for(as_of) if SNAPSHOT_KEYS[t] in selected]
     wh = warehouse.open()
     try:
-        validated = orders_source.load(wh.url, settings.bad_rows)
+        validated = orders_source.load(wh.url, settings.default.bad_rows)
         report = run_profiles_partition(validated, as_of, wh, settings, config.stores or None, snapshot_types=snapshot_types)
+        flags = {o.store_id: settings.flags(o.store_id) for o in report.outcomes}
+        for store, store_flags in flags.items():
+            context.log.info(f"store {store}: effective flags {store_flags}")
     finally:
         wh.dispose()
     ok = [o for o in report.outcomes if o.ok]
     if PROFILES_KEY in selected:  # the date's profiles are always written: snapshots freeze them
-        yield dg.MaterializeResult(asset_key=PROFILES_KEY, metadata=report_metadata(report))
+        metadata = report_metadata(report)
+        metadata.update({f"flags/{store}": dg.MetadataValue.json(store_flags) for store, store_flags in flags.items()})
+        yield dg.MaterializeResult(asset_key=PROFILES_KEY, metadata=metadata)
         violations = sum(o.membership_sum_violations for o in ok)
         missing = sum(o.missing_profiles for o in ok)
         unexpected = sum(o.unexpected_profiles for o in ok)

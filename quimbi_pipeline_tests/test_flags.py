@@ -1,0 +1,123 @@
+"""Per-store flags: precedence, validation before any work, run metadata, and exact rollback to the golden rows."""
+
+import io
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from quimbi_pipeline.cli import run_dates
+from quimbi_pipeline.defs.profiles.assets import PROFILES_KEY, ProfilesConfig, daily_profiles
+from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
+from quimbi_pipeline.settings import ClusteringAlgorithm, StoreSettings
+from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline_tests.golden import GOLDEN_FROM, GOLDEN_ORDERS, GOLDEN_PROFILES, GOLDEN_TO, export_sqlite_profiles_csv
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_precedence_env_then_file_defaults_then_store_then_run_config(tmp_path):
+    flags = write(tmp_path / "flags.yaml", """
+defaults:
+  QUIMBI_MAX_K: 5
+  ENABLE_TEMPORAL_SNAPSHOTS: true
+stores:
+  store_b:
+    QUIMBI_MAX_K: 4
+    ENABLE_ADVANCED_CLUSTERING: true
+    CLUSTERING_ALGORITHM: gmm
+""")
+    env = {"QUIMBI_MAX_K": "3", "QUIMBI_MIN_K": "3", "ENABLE_TEMPORAL_SNAPSHOTS": "0"}
+    resolved = StoreSettings(environ=env, flags_file=flags)
+    a, b = resolved.for_store("store_a"), resolved.for_store("store_b")
+    assert (a.min_k, a.max_k, a.enable_temporal_snapshots, a.clustering_algorithm) == (3, 5, True, ClusteringAlgorithm.kmeans)
+    assert (b.min_k, b.max_k, b.clustering_algorithm) == (3, 4, ClusteringAlgorithm.gmm)
+    run = StoreSettings({"max_k": 6, "enable_temporal_snapshots": False}, environ=env, flags_file=flags)
+    assert run.for_store("store_b").max_k == 6 and not run.for_store("store_a").enable_temporal_snapshots
+    assert resolved.flags("store_b") == {
+        "ENABLE_TEMPORAL_SNAPSHOTS": True, "ENABLE_STABLE_SEGMENTS": False, "ENABLE_DRIFT_ANALYSIS": False, "ENABLE_ADAPTIVE_WINDOWS": False,
+        "ENABLE_ADVANCED_CLUSTERING": True, "CLUSTERING_ALGORITHM": "gmm", "DYNAMIC_K_RANGE": False}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("stores:\n  store_a:\n    CLUSTERING_ALGORITHM: kmeanz\n    ENABLE_ADVANCED_CLUSTERING: true\n", "'kmeans', 'hdbscan', 'gmm' or 'dbscan'"),
+    ("stores:\n  store_a:\n    CLUSTERING_ALGORITHM: hdbscan\n", "CLUSTERING_ALGORITHM=hdbscan needs ENABLE_ADVANCED_CLUSTERING"),
+    ("defaults:\n  ENABLE_DRIFT: true\n", "unknown name(s) ['ENABLE_DRIFT']; valid:"),
+    ("defaults:\n  QUIMBI_DBSCAN_EPS: -1\n", "dbscan_eps"),
+    ("other: 1\n", "top-level keys must be 'defaults' and 'stores'"),
+    ("defaults: [1, 2\n", "cannot read"),
+])
+def test_bad_flags_files_fail_with_a_message_naming_the_problem(tmp_path, text, message):
+    with pytest.raises(ValueError) as err:
+        StoreSettings(environ={}, flags_file=write(tmp_path / "flags.yaml", text))
+    assert message in str(err.value)
+
+
+def materialize(warehouse_url, run_config=None):
+    return dg.materialize(
+        [daily_profiles], partition_key="2026-10-31", run_config=run_config, raise_on_error=False,
+        resources={"warehouse": WarehouseResource(url=warehouse_url), "orders_source": OrdersResource(uri="demo:customers=300,stores=2,seed=4")},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+
+
+def test_unknown_algorithm_in_run_config_fails_config_validation_before_any_work(sqlite_url):
+    with pytest.raises(dg.DagsterInvalidConfigError) as err:
+        materialize(sqlite_url, {"ops": {"daily_profiles": {"config": {"clustering_algorithm": "kmeanz"}}}})
+    assert "clustering_algorithm not in enum type ClusteringAlgorithm got kmeanz" in str(err.value)
+    assert Warehouse(sqlite_url).profiles().empty
+    # Dagster's message names the enum; the launchpad lists its values (the config schema's enum):
+    field = ProfilesConfig.to_fields_dict()["clustering_algorithm"].config_type.inner_type
+    assert [v.config_value for v in field.enum_values] == ["kmeans", "hdbscan", "gmm", "dbscan"]
+
+
+def test_bad_parameter_in_run_config_fails_before_any_work_naming_it(sqlite_url):
+    result = materialize(sqlite_url, {"ops": {"daily_profiles": {"config": {"clustering_algorithm": "gmm"}}}})
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "CLUSTERING_ALGORITHM=gmm needs ENABLE_ADVANCED_CLUSTERING" in str(failure.step_failure_data.error.cause)
+    assert Warehouse(sqlite_url).profiles().empty
+
+
+def test_effective_flags_per_store_are_recorded_as_metadata(sqlite_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("QUIMBI_FLAGS_FILE", str(write(tmp_path / "f.yaml", "stores:\n  store_b:\n    DYNAMIC_K_RANGE: true\n")))
+    result = materialize(sqlite_url)
+    assert result.success
+    md = next(m for m in result.asset_materializations_for_node("daily_profiles") if m.asset_key == PROFILES_KEY).metadata
+    assert md["flags/store_b"].value["DYNAMIC_K_RANGE"] is True and md["flags/store_a"].value["DYNAMIC_K_RANGE"] is False
+
+
+ON = {
+    "snapshots": "ENABLE_TEMPORAL_SNAPSHOTS: true",
+    "drift": "ENABLE_TEMPORAL_SNAPSHOTS: true\n    ENABLE_DRIFT_ANALYSIS: true",
+    "stable_segments": "ENABLE_STABLE_SEGMENTS: true",
+    "adaptive_windows": "ENABLE_ADAPTIVE_WINDOWS: true",
+    "dynamic_k": "DYNAMIC_K_RANGE: true",
+    "gmm": "ENABLE_ADVANCED_CLUSTERING: true\n    CLUSTERING_ALGORITHM: gmm",
+    "hdbscan": "ENABLE_ADVANCED_CLUSTERING: true\n    CLUSTERING_ALGORITHM: hdbscan\n    QUIMBI_HDBSCAN_MIN_CLUSTER_SIZE: 10",
+    "dbscan": "ENABLE_ADVANCED_CLUSTERING: true\n    CLUSTERING_ALGORITHM: dbscan",
+}
+CHANGES_PROFILES = {"stable_segments", "adaptive_windows", "gmm", "hdbscan", "dbscan"}
+# dynamic_k only widens the k range (max_k 7 for store_a's ~250 customers): the silhouette may keep the same k.
+
+
+@pytest.mark.parametrize("flag", sorted(ON))
+def test_turning_a_flag_on_then_off_returns_to_the_golden_rows(tmp_path, monkeypatch, flag):
+    db = tmp_path / "w.sqlite"
+    url = f"sqlite:///{db}"
+    flags = write(tmp_path / "flags.yaml", f"stores:\n  store_a:\n    {ON[flag]}\n")
+    monkeypatch.setenv("QUIMBI_FLAGS_FILE", str(flags))
+    assert run_dates(pd.Timestamp(GOLDEN_FROM), pd.Timestamp(GOLDEN_TO), orders=str(GOLDEN_ORDERS), warehouse=url, stores=None, out=io.StringIO()) == 0
+    on = pd.read_csv(io.StringIO(export_sqlite_profiles_csv(db)))
+    golden = pd.read_csv(GOLDEN_PROFILES)
+    # Only store_a has the flag: store_b's rows are the golden rows even while it is on.
+    assert on[on.store_id == "store_b"].reset_index(drop=True).equals(golden[golden.store_id == "store_b"].reset_index(drop=True))
+    changed = not on[on.store_id == "store_a"].reset_index(drop=True).equals(golden[golden.store_id == "store_a"].reset_index(drop=True))
+    if flag != "dynamic_k":
+        assert changed == (flag in CHANGES_PROFILES)
+    monkeypatch.delenv("QUIMBI_FLAGS_FILE")
+    assert run_dates(pd.Timestamp(GOLDEN_FROM), pd.Timestamp(GOLDEN_TO), orders=str(GOLDEN_ORDERS), warehouse=url, stores=None, out=io.StringIO()) == 0
+    assert export_sqlite_profiles_csv(db) == GOLDEN_PROFILES.read_text()

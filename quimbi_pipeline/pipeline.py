@@ -19,6 +19,7 @@ from quimbi_pipeline.memberships import (
     parse_memberships,
 )
 from quimbi_pipeline.orders import ValidatedOrders, as_of_day, orders_as_of
+from quimbi_pipeline.outliers import outlier_rates
 from quimbi_pipeline.profiles import (
     StoreProfiles,
     build_store_profiles,
@@ -52,6 +53,8 @@ class StoreOutcome:
     unexpected_profiles: int = 0
     snapshot_rows: dict[str, int] = field(default_factory=dict)  # by type, as stored
     snapshot_duplicate_keys: int = 0
+    outlier_rates: dict[str, float] = field(default_factory=dict)  # by method (ENABLE_OUTLIER_DETECTION)
+    outlier_rows: int = 0
 
 
 @dataclass
@@ -180,7 +183,7 @@ def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_ty
     if snapshot_types and settings.snapshot_on_profile_change and len(result.profiles):
         changed = profile_changes(result, warehouse.last_snapshot_memberships(store, as_of), settings.profile_change_threshold)
     model_frame = segment_model_rows(result) if result.fresh_fit else new_models
-    written = warehouse.write_profiles_partition(store, as_of, result.profiles, model_frame, snapshot_types, changed, transitions)
+    written = warehouse.write_profiles_partition(store, as_of, result.profiles, model_frame, snapshot_types, changed, transitions, result.outliers)
     result.seconds["write"] = time.perf_counter() - started
     if snapshot_types:
         result.seconds["write_snapshots"] = written["snapshot_seconds"]  # part of "write"
@@ -202,6 +205,8 @@ def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_ty
         unexpected_profiles=int((~dated_d.isin(expected)).sum()),
         snapshot_rows=snapshot_stats["rows_by_type"],
         snapshot_duplicate_keys=snapshot_stats["duplicate_keys"],
+        outlier_rates=outlier_rates(result.outliers) if result.outliers is not None else {},
+        outlier_rows=0 if result.outliers is None else len(result.outliers),
     )
 
 

@@ -17,12 +17,8 @@ import pandas as pd
 from quimbi_pipeline import btyd
 from quimbi_pipeline.features import AdaptiveWindow, AxisSpec, active_mask, available_axes, compute_customer_features
 from quimbi_pipeline.orders import as_of_day
-from quimbi_pipeline.segmentation import (
-    AxisModel,
-    AxisSegmentation,
-    score_axis,
-    segment_axis,
-)
+from quimbi_pipeline.outliers import outlier_flags
+from quimbi_pipeline.segmentation import AxisModel, AxisSegmentation, axis_matrix, score_axis, segment_axis
 from quimbi_pipeline.settings import ChurnBands, PipelineSettings
 
 log = logging.getLogger(__name__)
@@ -172,6 +168,7 @@ class StoreProfiles:
     n_customers_seen: int
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
     fresh_fit: bool = True  # False when scored against models in force (stable segment identity)
+    outliers: pd.DataFrame | None = None  # customer_outlier_flags rows (ENABLE_OUTLIER_DETECTION)
 
     @property
     def axes(self) -> list[str]:
@@ -255,8 +252,14 @@ def build_store_profiles(
         "model_version": pd.Series([version] * n, dtype="string"),
     })
     seconds["assemble"] = time.perf_counter() - started
+    flags = None
+    if settings.enable_outlier_detection:
+        started = time.perf_counter()
+        scaled = {axis.name: segmentations[axis.name].model.transform(axis_matrix(active, axis)) for axis in axes}
+        flags = outlier_flags(segmentations, scaled, profiles["customer_id"].to_numpy(object), f"{as_of:%Y-%m-%d}")
+        seconds["outliers"] = time.perf_counter() - started
     return StoreProfiles(store_id, as_of, profiles[PROFILE_COLUMNS], segmentations, churn, version, len(features), seconds,
-                         fresh_fit=models is None)
+                         fresh_fit=models is None, outliers=flags)
 
 
 def segment_model_rows(result: StoreProfiles) -> pd.DataFrame:

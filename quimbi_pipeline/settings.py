@@ -87,6 +87,8 @@ class PipelineSettings(BaseModel):
     # Flag ENABLE_ADVANCED_CLUSTERING and CLUSTERING_ALGORITHM: another algorithm than the original
     # kmeans (docs/algorithms.md); DYNAMIC_K_RANGE: max_k = max(min(floor(sqrt(n) / 2), 20, n - 1), min_k + 1).
     enable_advanced_clustering: bool = False
+    # Flag ENABLE_OUTLIER_DETECTION: customer_outlier_flags (three methods, quimbi_pipeline/outliers.py).
+    enable_outlier_detection: bool = False
     clustering_algorithm: ClusteringAlgorithm = ClusteringAlgorithm.kmeans
     dynamic_k_range: bool = False
     hdbscan_min_cluster_size: int = Field(50, ge=2)
@@ -124,7 +126,7 @@ class PipelineSettings(BaseModel):
 
 # Fields whose environment name is DESIGN's flag name without a prefix.
 DESIGN_FLAGS = ("enable_temporal_snapshots", "enable_stable_segments", "enable_drift_analysis", "enable_adaptive_windows",
-                "enable_advanced_clustering", "clustering_algorithm", "dynamic_k_range")
+                "enable_outlier_detection", "enable_advanced_clustering", "clustering_algorithm", "dynamic_k_range")
 
 
 class StoreSettings:

@@ -167,8 +167,23 @@ population_drift = sa.Table(
     sa.Column("segment_shares", Json, nullable=False),
     sa.Column("feature_psi_by_feature", Json, nullable=False),
 )
+# Outlier flags (ENABLE_OUTLIER_DETECTION): one row per customer, date and method.
+customer_outlier_flags = sa.Table(
+    "customer_outlier_flags", metadata,
+    sa.Column("store_id", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("flag_date", sa.Date, primary_key=True),
+    sa.Column("method", sa.Text, primary_key=True),
+    sa.Column("is_outlier", sa.Boolean, nullable=False),
+    sa.Column("outlier_score", sa.Float, nullable=False),
+    sa.Column("outlier_axes", Json, nullable=False),
+    sa.Column("explanation", sa.Text),  # NULL when not an outlier
+    sa.Index("ix_customer_outlier_flags_store_date_method", "store_id", "flag_date", "method", "is_outlier"),
+    postgresql_partition_by="RANGE (flag_date)",
+)
 # Tables partitioned by a date column on PostgreSQL (a partition per date, created on first write).
-DATE_PARTITIONED = {"customer_profile_snapshots": "snapshot_date", "customer_drift": "as_of_date", "customer_axis_drift": "as_of_date"}
+DATE_PARTITIONED = {"customer_profile_snapshots": "snapshot_date", "customer_drift": "as_of_date", "customer_axis_drift": "as_of_date",
+                    "customer_outlier_flags": "flag_date"}
 DRIFT_TABLES = (customer_drift, customer_axis_drift, customer_drift_anomalies, population_drift)
 
 # One row per (store, customer, date): the finest cadence of that date (all types hold the same profile).
@@ -315,7 +330,7 @@ class Warehouse:
     # ---- writes ---------------------------------------------------------------------------------
     def write_profiles_partition(
         self, store_id: str, as_of, profiles: pd.DataFrame, models: pd.DataFrame, snapshot_types: list[str] | tuple = (),
-        changed: pd.Index | None = None, transitions: pd.DataFrame | None = None,
+        changed: pd.Index | None = None, transitions: pd.DataFrame | None = None, outliers: pd.DataFrame | None = None,
     ) -> dict:
         """Replace store S's rows of partition D in one transaction.
 
@@ -325,7 +340,8 @@ class Warehouse:
         With snapshot_types, the store's snapshots dated D are replaced by one copy of D's profiles per
         type; without, snapshots are not touched (snapshots off = the original outputs only).
         `changed` customers also get a "profile_change" snapshot of D. `transitions` (MONIC, of a refit
-        written in `models`) replace the rows of their model versions.
+        written in `models`) replace the rows of their model versions; `outliers` (ENABLE_OUTLIER_DETECTION)
+        replace the store's customer_outlier_flags of D.
         """
         as_of_date = pd.Timestamp(as_of).date()
         cols = [c.name for c in customer_profiles.columns]
@@ -360,6 +376,12 @@ class Warehouse:
                 conn.execute(sa.delete(segment_models).where(
                     segment_models.c.store_id == store_id, segment_models.c.model_version.in_(models["model_version"].unique().tolist())))
                 conn.execute(sa.insert(segment_models), _model_records(models))
+            if outliers is not None:
+                self._ensure_date_partition(conn, "customer_outlier_flags", as_of_date)
+                flags = customer_outlier_flags
+                conn.execute(sa.delete(flags).where(flags.c.store_id == store_id, flags.c.flag_date == as_of_date))
+                if len(outliers):
+                    self._bulk_load(conn, self.qualified(flags.name), outliers.assign(store_id=store_id)[[c.name for c in flags.columns]])
             if transitions is not None and len(transitions):
                 conn.execute(sa.delete(segment_transitions).where(
                     segment_transitions.c.store_id == store_id, segment_transitions.c.model_version.in_(transitions["model_version"].unique().tolist())))

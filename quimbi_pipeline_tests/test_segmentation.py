@@ -112,3 +112,53 @@ def test_silhouette_scores_equal_sklearn(sample_size):
             continue  # the singleton may fall outside the sample
         expected = silhouette_score(x, labels, sample_size=sample_size, random_state=42)
         assert ours[k] == pytest.approx(expected, abs=1e-9), k
+
+
+def test_dynamic_k_range_follows_design():
+    from quimbi_pipeline.segmentation import k_bounds
+
+    dyn = PipelineSettings(dynamic_k_range=True)
+    assert k_bounds(10_000, 10_000, dyn) == (2, 20)  # floor(100 / 2) = 50, capped at 20
+    assert k_bounds(100, 100, dyn) == (2, 5)
+    assert k_bounds(9, 9, dyn) == (2, 3)  # floor(3 / 2) = 1 -> min_k + 1
+    assert k_bounds(100, 100, PipelineSettings()) == (2, 6)
+
+
+def test_gmm_memberships_are_the_mixture_posteriors_and_survive_the_record():
+    from sklearn.mixture import GaussianMixture
+
+    from quimbi_pipeline.segmentation import AxisModel
+
+    rng = np.random.default_rng(3)
+    values = np.vstack([np.column_stack([rng.normal(m, 0.1 * m, 300), rng.normal(m, 0.1 * m, 300)]) for m in (20.0, 60.0, 180.0)])
+    raw = pd.DataFrame(values, columns=["avg_order_value", "median_order_value"])
+    settings = PipelineSettings(enable_advanced_clustering=True, clustering_algorithm="gmm")
+    seg = segment_axis(raw, AXIS_BY_NAME["purchase_value"], settings)
+    model = seg.model
+    assert model.algorithm == "gmm" and model.k == 3
+    assert model.segment_names == ["minimal_spender", "mid_spender", "premium_spender"]
+    gm = GaussianMixture(3, covariance_type="full", random_state=42, reg_covar=1e-4).fit(model.transform(values))
+    order = np.argsort(gm.means_[:, 0])
+    np.testing.assert_allclose(seg.memberships, gm.predict_proba(model.transform(values))[:, order], atol=1e-6)
+    back = AxisModel.from_record(model.rounded().to_record())
+    np.testing.assert_allclose(back.memberships(values), model.rounded().memberships(values))
+
+
+@pytest.mark.parametrize("algorithm", ["hdbscan", "dbscan"])
+def test_density_algorithms_find_the_clusters_and_report_noise(algorithm):
+    rng = np.random.default_rng(4)
+    values = np.vstack([np.column_stack([rng.normal(m, 0.05 * m, 400), rng.normal(m, 0.05 * m, 400)]) for m in (20.0, 180.0)]
+                       + [np.array([[2000.0, 2000.0]])])
+    raw = pd.DataFrame(values, columns=["avg_order_value", "median_order_value"])
+    settings = PipelineSettings(enable_advanced_clustering=True, clustering_algorithm=algorithm, hdbscan_min_cluster_size=20)
+    seg = segment_axis(raw, AXIS_BY_NAME["purchase_value"], settings)
+    assert seg.model.algorithm == algorithm and seg.model.k == 2 and "noise" in seg.model.note
+    np.testing.assert_allclose(seg.memberships.sum(axis=1), 1.0)
+    assert (seg.dominant[:400] == 0).all() and (seg.dominant[400:800] == 1).all()
+
+
+def test_density_algorithm_finding_one_cluster_falls_back_to_kmeans():
+    values = np.random.default_rng(5).normal(50, 1, (300, 2))
+    settings = PipelineSettings(enable_advanced_clustering=True, clustering_algorithm="dbscan", dbscan_eps=50)
+    seg = segment_axis(pd.DataFrame(values, columns=["avg_order_value", "median_order_value"]), AXIS_BY_NAME["purchase_value"], settings)
+    assert seg.model.algorithm == "kmeans" and "dbscan found 1 cluster(s)" in seg.model.note

@@ -70,6 +70,7 @@ MIN_SNAPSHOT_COVERAGE = 0.95  # the seed's success metric
 
 PROFILES_KEY = dg.AssetKey("customer_profiles")
 SNAPSHOT_KEYS = {t: dg.AssetKey(f"{t}_snapshots") for t in SNAPSHOT_TYPES}
+OUTLIERS_KEY = dg.AssetKey("customer_outlier_flags")
 
 # Specs live inside a tuple: module-level AssetSpec objects would be loaded as assets of their own.
 _SPECS = (
@@ -84,6 +85,11 @@ _SPECS = (
                     "materialized on the dates the calendar gives, for stores with ENABLE_TEMPORAL_SNAPSHOTS on.",
     )
     for t, key in SNAPSHOT_KEYS.items()
+  ),
+  dg.AssetSpec(
+    OUTLIERS_KEY, deps=[PROFILES_KEY], group_name="outliers", kinds={"sql"}, skippable=True,
+    description="Outlier flags of the partition's customers, one row per method (membership: the seed's rule; membership_normalized; "
+                "density: distance to the nearest segment or a segment of its own), for stores with ENABLE_OUTLIER_DETECTION.",
   ),
 )
 
@@ -133,6 +139,12 @@ def daily_profiles(
             asset_key=PROFILES_KEY, check_name=COVERAGE_CHECK, passed=missing == 0 and unexpected == 0,
             metadata={"active_without_profile": missing, "inactive_with_profile_dated_d": unexpected, "profiles": report.n_profiles},
         )
+    flagged = [o for o in ok if o.outlier_rates]
+    if flagged and OUTLIERS_KEY in selected:
+        metadata = {"rows": sum(o.outlier_rows for o in flagged), "stores": len(flagged)}
+        for o in flagged:  # numeric: the outlier rate per method plots across partitions
+            metadata.update({f"outlier_rate/{o.store_id}/{method}": rate for method, rate in o.outlier_rates.items()})
+        yield dg.MaterializeResult(asset_key=OUTLIERS_KEY, metadata=metadata)
     snapshotted = [o for o in ok if o.snapshot_rows]
     for snapshot_type in snapshot_types if snapshotted else []:
         rows = {o.store_id: o.snapshot_rows.get(snapshot_type, 0) for o in snapshotted}

@@ -31,7 +31,7 @@ def run_dates(
 
     from quimbi_pipeline.definitions import defs
     from quimbi_pipeline.defs.drift.assets import DRIFT_KEYS, DRIFT_STEP
-    from quimbi_pipeline.defs.profiles.assets import DAILY_STEP, PROFILES_KEY, SNAPSHOT_KEYS
+    from quimbi_pipeline.defs.profiles.assets import DAILY_STEP, OUTLIERS_KEY, PROFILES_KEY, SNAPSHOT_KEYS
     from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
 
     if end < start:
@@ -54,16 +54,21 @@ def run_dates(
         secs = time.perf_counter() - started
         rows = stores_ok = 0
         snapshots = []
+        outlier_rows = None
+        snapshot_kinds = {k: t for t, k in SNAPSHOT_KEYS.items()}
         for materialization in result.asset_materializations_for_node(DAILY_STEP):
             if materialization.asset_key == PROFILES_KEY:
                 rows = materialization.metadata["rows"].value
                 stores_ok = materialization.metadata["stores_ok"].value
+            elif materialization.asset_key == OUTLIERS_KEY:
+                outlier_rows = materialization.metadata["rows"].value
             else:
-                kind = next(t for t, k in SNAPSHOT_KEYS.items() if k == materialization.asset_key)
-                snapshots.append(f"{kind} {materialization.metadata['rows'].value:,}")
+                snapshots.append(f"{snapshot_kinds[materialization.asset_key]} {materialization.metadata['rows'].value:,}")
         drift_rows = {m.asset_key.path[-1]: m.metadata["rows"].value for m in result.asset_materializations_for_node(DRIFT_STEP)}
         status = "ok" if result.success else "FAILED"
         snap_text = f"  snapshots: {', '.join(snapshots)}" if snapshots else ""
+        if outlier_rows is not None:
+            snap_text += f"  outlier flags: {outlier_rows:,}"
         if drift_rows:
             snap_text += "  drift: " + ", ".join(f"{name} {drift_rows[name]:,}" for name in DRIFT_KEYS if name in drift_rows)
         print(f"[{i}/{len(dates)}] {key}  {status:6}  stores ok {stores_ok}  profiles {rows:>9,}  {secs:6.1f}s{snap_text}", file=out, flush=True)

@@ -39,7 +39,7 @@ stores:
     assert run.for_store("store_b").max_k == 6 and not run.for_store("store_a").enable_temporal_snapshots
     assert resolved.flags("store_b") == {
         "ENABLE_TEMPORAL_SNAPSHOTS": True, "ENABLE_STABLE_SEGMENTS": False, "ENABLE_DRIFT_ANALYSIS": False, "ENABLE_ADAPTIVE_WINDOWS": False,
-        "ENABLE_ADVANCED_CLUSTERING": True, "CLUSTERING_ALGORITHM": "gmm", "DYNAMIC_K_RANGE": False}
+        "ENABLE_OUTLIER_DETECTION": False, "ENABLE_ADVANCED_CLUSTERING": True, "CLUSTERING_ALGORITHM": "gmm", "DYNAMIC_K_RANGE": False}
 
 
 @pytest.mark.parametrize("text, message", [
@@ -95,6 +95,7 @@ ON = {
     "drift": "ENABLE_TEMPORAL_SNAPSHOTS: true\n    ENABLE_DRIFT_ANALYSIS: true",
     "stable_segments": "ENABLE_STABLE_SEGMENTS: true",
     "adaptive_windows": "ENABLE_ADAPTIVE_WINDOWS: true",
+    "outliers": "ENABLE_OUTLIER_DETECTION: true",
     "dynamic_k": "DYNAMIC_K_RANGE: true",
     "gmm": "ENABLE_ADVANCED_CLUSTERING: true\n    CLUSTERING_ALGORITHM: gmm",
     "hdbscan": "ENABLE_ADVANCED_CLUSTERING: true\n    CLUSTERING_ALGORITHM: hdbscan\n    QUIMBI_HDBSCAN_MIN_CLUSTER_SIZE: 10",

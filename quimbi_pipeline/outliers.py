@@ -55,21 +55,15 @@ def outlier_flags(segmentations: dict, scaled: dict[str, np.ndarray], customers:
     k = np.array([segmentations[a].model.k for a in axes], dtype="float64")
     frames = []
 
-    seed_axes = u_max < SEED_AXIS_MAX
-    seed_score = 1.0 - u_max.mean(axis=1)
-    seed_flag = seed_score >= SEED_FLAG_SCORE
-    frames.append(_rows(customers, flag_date, "membership", seed_flag, seed_score, seed_axes, axes,
-                        _explain(seed_flag, seed_score, "fits no segment well (mean largest membership "
-                                 + pd.Series(np.round(1 - seed_score, 3)).astype(str) + ")")))
-
     with np.errstate(invalid="ignore", divide="ignore"):
         normalized = np.where(k > 1, (u_max - 1.0 / k) / (1.0 - 1.0 / np.maximum(k, 2)), 1.0)
-    norm_axes = normalized < SEED_AXIS_MAX
-    norm_score = 1.0 - normalized.mean(axis=1)
-    norm_flag = norm_score >= SEED_FLAG_SCORE
-    frames.append(_rows(customers, flag_date, "membership_normalized", norm_flag, norm_score, norm_axes, axes,
-                        _explain(norm_flag, norm_score, "memberships close to uniform over the segments (mean certainty "
-                                 + pd.Series(np.round(1 - norm_score, 3)).astype(str) + ")")))
+    # The seed's rule on the largest membership, and the same rule on it rescaled by k.
+    for method, certainty, text in (("membership", u_max, "fits no segment well (mean largest membership "),
+                                    ("membership_normalized", normalized, "memberships close to uniform over the segments (mean certainty ")):
+        score = 1.0 - certainty.mean(axis=1)
+        flagged = score >= SEED_FLAG_SCORE
+        frames.append(_rows(customers, flag_date, method, flagged, score, certainty < SEED_AXIS_MAX, axes,
+                            _explain(flagged, text + pd.Series(np.round(1 - score, 3)).astype(str) + ")")))
 
     z = np.column_stack([_nearest_distance(scaled[a], segmentations[a].model.centroids) for a in axes])
     n = len(customers)
@@ -80,11 +74,11 @@ def outlier_flags(segmentations: dict, scaled: dict[str, np.ndarray], customers:
     reason = np.where(micro.any(axis=1), "in a segment of its own (at most 0.5% of the store's customers)",
                       "far from every segment: " + pd.Series(np.round(z.max(axis=1), 1)).astype(str).to_numpy(object)
                       + " standard deviations from the nearest segment")
-    frames.append(_rows(customers, flag_date, "density", dens_flag, dens_score, dens_axes, axes, _explain(dens_flag, dens_score, pd.Series(reason))))
+    frames.append(_rows(customers, flag_date, "density", dens_flag, dens_score, dens_axes, axes, _explain(dens_flag, pd.Series(reason))))
     return pd.concat(frames, ignore_index=True)[OUTLIER_COLUMNS]
 
 
-def _explain(flagged: np.ndarray, score: np.ndarray, text: pd.Series) -> pd.Series:
+def _explain(flagged: np.ndarray, text: pd.Series) -> pd.Series:
     return pd.Series(np.where(flagged, text.to_numpy(object), None), dtype="object")  # NULL when not an outlier
 
 

@@ -20,6 +20,7 @@ from quimbi_pipeline.memberships import (
 )
 from quimbi_pipeline.orders import ValidatedOrders, as_of_day, orders_as_of
 from quimbi_pipeline.outliers import outlier_rates
+from quimbi_pipeline.rollout import in_rollout
 from quimbi_pipeline.profiles import (
     StoreProfiles,
     build_store_profiles,
@@ -53,6 +54,7 @@ class StoreOutcome:
     unexpected_profiles: int = 0
     snapshot_rows: dict[str, int] = field(default_factory=dict)  # by type, as stored
     snapshot_duplicate_keys: int = 0
+    snapshot_expected: int = 0  # customers the date's snapshots must cover (all, or the rollout share)
     outlier_rates: dict[str, float] = field(default_factory=dict)  # by method (ENABLE_OUTLIER_DETECTION)
     outlier_rows: int = 0
 
@@ -179,11 +181,16 @@ def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_ty
     if models is not None:
         result.seconds["stable_models"] = model_seconds
     started = time.perf_counter()
-    changed = None
+    changed = snapshot_customers = None
+    customer_ids = result.profiles["customer_id"].astype(str)
+    if snapshot_types and settings.share("enable_temporal_snapshots") < 1.0:
+        snapshot_customers = pd.Index(customer_ids[in_rollout(customer_ids, "enable_temporal_snapshots", settings.share("enable_temporal_snapshots"))])
     if snapshot_types and settings.snapshot_on_profile_change and len(result.profiles):
         changed = profile_changes(result, warehouse.last_snapshot_memberships(store, as_of), settings.profile_change_threshold)
+        changed = changed if snapshot_customers is None else changed.intersection(snapshot_customers)
     model_frame = segment_model_rows(result) if result.fresh_fit else new_models
-    written = warehouse.write_profiles_partition(store, as_of, result.profiles, model_frame, snapshot_types, changed, transitions, result.outliers)
+    written = warehouse.write_profiles_partition(store, as_of, result.profiles, model_frame, snapshot_types, changed, transitions, result.outliers,
+                                                 snapshot_customers)
     result.seconds["write"] = time.perf_counter() - started
     if snapshot_types:
         result.seconds["write_snapshots"] = written["snapshot_seconds"]  # part of "write"
@@ -204,6 +211,7 @@ def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_ty
         missing_profiles=int((~expected.isin(covered)).sum()),
         unexpected_profiles=int((~dated_d.isin(expected)).sum()),
         snapshot_rows=snapshot_stats["rows_by_type"],
+        snapshot_expected=len(expected) if snapshot_customers is None else len(snapshot_customers),
         snapshot_duplicate_keys=snapshot_stats["duplicate_keys"],
         outlier_rates=outlier_rates(result.outliers) if result.outliers is not None else {},
         outlier_rows=0 if result.outliers is None else len(result.outliers),
@@ -280,6 +288,8 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
         for lo, hi in ranges:
             t0 = time.perf_counter()
             frame = warehouse.snapshot_history(store, as_of - pd.Timedelta(days=longest), as_of, customer_range=(lo, hi))
+            if settings.share("enable_drift_analysis") < 1.0:  # a rollout: drift for its share of customers only
+                frame = frame[in_rollout(frame["customer_id"], "enable_drift_analysis", settings.share("enable_drift_analysis"))]
             history = history_from_snapshots(frame)
             t1 = time.perf_counter()
             tables = drift.compute_drift(history, as_of)

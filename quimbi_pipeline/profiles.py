@@ -18,6 +18,7 @@ from quimbi_pipeline import btyd
 from quimbi_pipeline.features import AdaptiveWindow, AxisSpec, active_mask, available_axes, compute_customer_features
 from quimbi_pipeline.orders import as_of_day
 from quimbi_pipeline.outliers import outlier_flags
+from quimbi_pipeline.rollout import in_rollout
 from quimbi_pipeline.segmentation import AxisModel, AxisSegmentation, axis_matrix, score_axis, segment_axis
 from quimbi_pipeline.settings import ChurnBands, PipelineSettings
 
@@ -257,6 +258,9 @@ def build_store_profiles(
         started = time.perf_counter()
         scaled = {axis.name: segmentations[axis.name].model.transform(axis_matrix(active, axis)) for axis in axes}
         flags = outlier_flags(segmentations, scaled, profiles["customer_id"].to_numpy(object), f"{as_of:%Y-%m-%d}")
+        share = settings.share("enable_outlier_detection")
+        if share < 1.0:  # a rollout: scores use the whole store, rows are kept for its share of customers
+            flags = flags[in_rollout(flags["customer_id"], "enable_outlier_detection", share)].reset_index(drop=True)
         seconds["outliers"] = time.perf_counter() - started
     return StoreProfiles(store_id, as_of, profiles[PROFILE_COLUMNS], segmentations, churn, version, len(features), seconds,
                          fresh_fit=models is None, outliers=flags)

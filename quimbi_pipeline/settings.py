@@ -97,6 +97,38 @@ class PipelineSettings(BaseModel):
     # HDBSCAN, DBSCAN and GMM fits run on a fixed-seed sample of at most this many customers.
     cluster_fit_sample_size: int = Field(20_000, ge=100)
 
+    # Rollout: a customer-level flag given as "N%" applies to a stable, hash-chosen N% of a store's
+    # customers (rollout.py); filled from such values, {flag field: percent}.
+    rollout_percent: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _percent_flags(cls, values: Any) -> Any:
+        """ENABLE_X: "10%" -> enable_x on for 10% of the customers (customer-level flags only)."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        rollout = dict(values.get("rollout_percent") or {})
+        for name, value in list(values.items()):
+            if isinstance(value, str) and value.strip().endswith("%"):
+                if name not in ROLLOUT_FLAGS:
+                    raise ValueError(f"{name}={value}: a percentage applies only to {', '.join(f.upper() for f in ROLLOUT_FLAGS)} "
+                                     "(customer-level features); this one is store-level: use true or false")
+                try:
+                    percent = float(value.strip()[:-1])
+                except ValueError as exc:
+                    raise ValueError(f"{name}={value}: not a percentage") from exc
+                if not 0 < percent <= 100:
+                    raise ValueError(f"{name}={value}: a rollout percentage must be in (0, 100]")
+                values[name] = True
+                rollout[name] = percent
+        values["rollout_percent"] = rollout
+        return values
+
+    def share(self, flag: str) -> float:
+        """Share of a store's customers a customer-level flag applies to (1.0 = all)."""
+        return self.rollout_percent.get(flag, 100.0) / 100.0
+
     @model_validator(mode="after")
     def _k_range(self) -> PipelineSettings:
         if self.min_k > self.max_k:
@@ -116,7 +148,7 @@ class PipelineSettings(BaseModel):
     @classmethod
     def env_values(cls, environ: dict[str, str] | None = None) -> dict[str, Any]:
         env = os.environ if environ is None else environ
-        names = {cls.env_name(f): f for f in cls.model_fields if f != "churn_bands"}
+        names = {cls.env_name(f): f for f in cls.model_fields if f not in ("churn_bands", "rollout_percent")}
         return {field: env[name] for name, field in names.items() if name in env}
 
     @classmethod
@@ -124,6 +156,8 @@ class PipelineSettings(BaseModel):
         return cls.model_validate({**cls.env_values(environ), **(overrides or {})})
 
 
+# Flags a rollout percentage can apply to: features that work per customer.
+ROLLOUT_FLAGS = ("enable_temporal_snapshots", "enable_drift_analysis", "enable_outlier_detection")
 # Fields whose environment name is DESIGN's flag name without a prefix.
 DESIGN_FLAGS = ("enable_temporal_snapshots", "enable_stable_segments", "enable_drift_analysis", "enable_adaptive_windows",
                 "enable_outlier_detection", "enable_advanced_clustering", "clustering_algorithm", "dynamic_k_range")
@@ -156,7 +190,7 @@ class StoreSettings:
     def flags(self, store: str) -> dict[str, Any]:
         """The effective feature flags of a store, by DESIGN name (logged and recorded as run metadata)."""
         settings = self.for_store(store)
-        return {PipelineSettings.env_name(f): (v.value if isinstance(v, Enum) else v)
+        return {PipelineSettings.env_name(f): (f"{settings.rollout_percent[f]:g}%" if f in settings.rollout_percent else v.value if isinstance(v, Enum) else v)
                 for f, v in settings.model_dump().items() if f in DESIGN_FLAGS}
 
 
@@ -169,7 +203,7 @@ def read_flags_file(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[st
         raise ValueError(f"flags file {path}: cannot read: {exc}") from exc
     if not isinstance(doc, dict) or set(doc) - {"defaults", "stores"}:
         raise ValueError(f"flags file {path}: top-level keys must be 'defaults' and 'stores', got {sorted(doc) if isinstance(doc, dict) else type(doc).__name__}")
-    names = {PipelineSettings.env_name(f): f for f in PipelineSettings.model_fields if f != "churn_bands"}
+    names = {PipelineSettings.env_name(f): f for f in PipelineSettings.model_fields if f not in ("churn_bands", "rollout_percent")}
 
     def section(values, where: str) -> dict[str, Any]:
         if not isinstance(values, dict):

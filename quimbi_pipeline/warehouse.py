@@ -206,6 +206,7 @@ WHERE rank_in_date = 1
 # Staging-only tables (temporary, never created in the warehouse).
 staging_metadata = sa.MetaData()
 changed_customers = sa.Table("changed_customers", staging_metadata, sa.Column("customer_id", sa.Text, primary_key=True))
+rollout_customers = sa.Table("rollout_customers", staging_metadata, sa.Column("customer_id", sa.Text, primary_key=True))
 
 
 def default_warehouse_url() -> str:
@@ -331,6 +332,7 @@ class Warehouse:
     def write_profiles_partition(
         self, store_id: str, as_of, profiles: pd.DataFrame, models: pd.DataFrame, snapshot_types: list[str] | tuple = (),
         changed: pd.Index | None = None, transitions: pd.DataFrame | None = None, outliers: pd.DataFrame | None = None,
+        snapshot_customers: pd.Index | None = None,
     ) -> dict:
         """Replace store S's rows of partition D in one transaction.
 
@@ -341,7 +343,8 @@ class Warehouse:
         type; without, snapshots are not touched (snapshots off = the original outputs only).
         `changed` customers also get a "profile_change" snapshot of D. `transitions` (MONIC, of a refit
         written in `models`) replace the rows of their model versions; `outliers` (ENABLE_OUTLIER_DETECTION)
-        replace the store's customer_outlier_flags of D.
+        replace the store's customer_outlier_flags of D. `snapshot_customers` (a rollout share) limits
+        the snapshots to those customers.
         """
         as_of_date = pd.Timestamp(as_of).date()
         cols = [c.name for c in customer_profiles.columns]
@@ -367,7 +370,11 @@ class Warehouse:
                 conn.execute(sa.delete(snap).where(snap.c.store_id == store_id, snap.c.snapshot_date == as_of_date))
                 if len(profiles):
                     types_sql = " UNION ALL ".join(f"SELECT '{t}' AS snapshot_type" for t in snapshot_types)
-                    snapshots = self._insert_snapshots(conn, "t.snapshot_type", f"{stage_ref} p CROSS JOIN ({types_sql}) t")
+                    source = f"{stage_ref} p"
+                    if snapshot_customers is not None:
+                        rollout_ref = self._stage(conn, rollout_customers, pd.DataFrame({"customer_id": pd.Series(snapshot_customers, dtype="string")}))
+                        source += f" JOIN {rollout_ref} r ON r.customer_id = p.customer_id"
+                    snapshots = self._insert_snapshots(conn, "t.snapshot_type", f"{source} CROSS JOIN ({types_sql}) t")
                 if changed is not None and len(changed) and len(profiles):
                     changed_ref = self._stage(conn, changed_customers, pd.DataFrame({"customer_id": pd.Series(changed, dtype="string")}))
                     snapshots += self._insert_snapshots(conn, f"'{PROFILE_CHANGE}'", f"{stage_ref} p JOIN {changed_ref} c ON c.customer_id = p.customer_id")

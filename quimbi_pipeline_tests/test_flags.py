@@ -122,3 +122,63 @@ def test_turning_a_flag_on_then_off_returns_to_the_golden_rows(tmp_path, monkeyp
     monkeypatch.delenv("QUIMBI_FLAGS_FILE")
     assert run_dates(pd.Timestamp(GOLDEN_FROM), pd.Timestamp(GOLDEN_TO), orders=str(GOLDEN_ORDERS), warehouse=url, stores=None, out=io.StringIO()) == 0
     assert export_sqlite_profiles_csv(db) == GOLDEN_PROFILES.read_text()
+
+
+def test_rollout_share_is_stable_independent_and_grows_by_adding():
+    from quimbi_pipeline.rollout import in_rollout
+
+    ids = [f"c{i:06d}" for i in range(50_000)]
+    ten = in_rollout(ids, "enable_drift_analysis", 0.10)
+    assert abs(ten.mean() - 0.10) < 0.01 and (ten == in_rollout(ids, "enable_drift_analysis", 0.10)).all()
+    assert (ten <= in_rollout(ids, "enable_drift_analysis", 0.30)).all()  # 30% contains the 10%
+    other = in_rollout(ids, "enable_outlier_detection", 0.10)
+    assert abs((ten & other).mean() - 0.01) < 0.005  # independent between flags
+
+
+def test_percentages_apply_to_customer_level_flags_only(tmp_path):
+    with pytest.raises(ValueError, match="a percentage applies only to ENABLE_TEMPORAL_SNAPSHOTS"):
+        StoreSettings(environ={}, flags_file=write(tmp_path / "f.yaml", "defaults:\n  ENABLE_STABLE_SEGMENTS: 10%\n"))
+    with pytest.raises(ValueError, match=r"must be in \(0, 100\]"):
+        StoreSettings(environ={"ENABLE_OUTLIER_DETECTION": "150%"})
+    s = StoreSettings(environ={"ENABLE_TEMPORAL_SNAPSHOTS": "true", "ENABLE_DRIFT_ANALYSIS": "10%"})
+    assert s.flags("x")["ENABLE_DRIFT_ANALYSIS"] == "10%" and s.default.enable_drift_analysis
+
+
+def test_rollout_limits_snapshots_drift_and_outliers_to_the_hash_chosen_share(sqlite_url, tmp_path):
+    from quimbi_pipeline.demo import generate_demo
+    from quimbi_pipeline.orders import validate_orders
+    from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition
+    from quimbi_pipeline.rollout import in_rollout
+
+    flags = write(tmp_path / "f.yaml", """
+stores:
+  store_a:
+    ENABLE_TEMPORAL_SNAPSHOTS: 40%
+    ENABLE_DRIFT_ANALYSIS: 50%
+    ENABLE_OUTLIER_DETECTION: 20%
+  store_b:
+    ENABLE_TEMPORAL_SNAPSHOTS: true
+""")
+    settings = StoreSettings(environ={}, flags_file=flags)
+    validated = validate_orders(generate_demo(n_customers=1200, n_stores=2, seed=6).orders)
+    wh = Warehouse(sqlite_url)
+    for day in ("2026-10-30", "2026-10-31"):
+        report = run_profiles_partition(validated, day, wh, settings)
+        assert not report.failed
+        run_drift_partition(wh, day, settings)
+    a = next(o for o in report.outcomes if o.store_id == "store_a")
+    b = next(o for o in report.outcomes if o.store_id == "store_b")
+    profiles = wh.read_sql("SELECT store_id, customer_id FROM customer_profiles WHERE profile_date = '2026-10-31'")
+    active_a = profiles.loc[profiles.store_id == "store_a", "customer_id"]
+    chosen = set(active_a[in_rollout(active_a, "enable_temporal_snapshots", 0.4)])
+    snaps = wh.read_sql("SELECT store_id, customer_id FROM customer_profile_snapshots WHERE snapshot_date = '2026-10-31'")
+    assert set(snaps.loc[snaps.store_id == "store_a", "customer_id"]) == chosen and 0.3 < len(chosen) / len(active_a) < 0.5
+    assert a.snapshot_expected == len(chosen) and a.snapshot_rows["daily"] == len(chosen)
+    assert b.snapshot_rows["daily"] == b.n_profiles  # store_b: everyone
+    drift = wh.read_sql("SELECT DISTINCT store_id, customer_id FROM customer_drift")
+    assert set(drift["store_id"]) == {"store_a"}  # drift is off for store_b
+    drifted = set(drift["customer_id"])
+    assert drifted and all(in_rollout(sorted(drifted), "enable_drift_analysis", 0.5)) and drifted <= chosen
+    outliers = wh.read_sql("SELECT customer_id, count(*) AS n FROM customer_outlier_flags WHERE flag_date = '2026-10-31' GROUP BY customer_id")
+    assert set(outliers["customer_id"]) == set(active_a[in_rollout(active_a, "enable_outlier_detection", 0.2)]) and (outliers["n"] == 3).all()
+    wh.dispose()

@@ -104,7 +104,7 @@ _SPECS = (
     check_specs=[
         dg.AssetCheckSpec(MEMBERSHIPS_CHECK, asset=PROFILES_KEY, description="Every stored profile's fuzzy memberships sum to 1 on every axis."),
         dg.AssetCheckSpec(COVERAGE_CHECK, asset=PROFILES_KEY, description="Every active customer has exactly one current profile dated D or later, and no inactive one is dated D."),
-        dg.AssetCheckSpec(SNAPSHOT_COVERAGE_CHECK, asset=SNAPSHOT_KEYS["daily"], description=f"Daily snapshots of D cover at least {MIN_SNAPSHOT_COVERAGE:.0%} of the customers active at D."),
+        dg.AssetCheckSpec(SNAPSHOT_COVERAGE_CHECK, asset=SNAPSHOT_KEYS["daily"], description=f"Daily snapshots of D cover at least {MIN_SNAPSHOT_COVERAGE:.0%} of the customers active at D (of the rollout share, if one is set)."),
         dg.AssetCheckSpec(SNAPSHOT_UNIQUE_CHECK, asset=SNAPSHOT_KEYS["daily"], description="No (store, customer, date, type) appears twice among D's snapshots."),
     ],
 )
@@ -153,7 +153,7 @@ def daily_profiles(
             metadata={"rows": sum(rows.values()), "stores": len(rows), **{f"rows/{s}": n for s, n in rows.items()}},
         )
     if snapshotted and "daily" in snapshot_types:
-        active = sum(o.n_profiles for o in snapshotted)
+        active = sum(o.snapshot_expected for o in snapshotted)  # the active customers (of the rollout share)
         daily = sum(o.snapshot_rows.get("daily", 0) for o in snapshotted)
         coverage = daily / active if active else 1.0
         duplicates = sum(o.snapshot_duplicate_keys for o in snapshotted)

@@ -187,10 +187,12 @@ def compute_customer_features(
     pur_orders = orders.loc[purchase]
     rank = _rank_from_newest(codes, ts) if adaptive is not None else None
 
-    def window_for(x: np.ndarray) -> np.ndarray:
-        """The purchases an axis' features are computed over: the window, cut after a detected change (adaptive)."""
+    def window_for(signal) -> np.ndarray:
+        """The purchases an axis' features are computed over: the window, cut after a detected change of
+        the per-purchase `signal()` (adaptive; the signal is only computed then)."""
         if adaptive is None:
             return in_rel
+        x = signal()
         cut = adaptive_cut(codes, rank, in_rel & np.isfinite(x), x, n_all, adaptive)
         return np.where(cut[codes] > 0, rank < cut[codes], in_rel)
 
@@ -203,7 +205,7 @@ def compute_customer_features(
                 cut, np.where(recent_n > 0, recent_days / np.maximum(recent_n, 1), np.maximum(recent_days, days_since_last)),
                 out["avg_days_between_orders"].to_numpy())
 
-    use = window_for(np.log1p(np.maximum(total, 0.0)))
+    use = window_for(lambda: np.log1p(np.maximum(total, 0.0)))
     rel_total = total[use]
     rel_n = _group_sum(codes[use], n_all)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -213,7 +215,7 @@ def compute_customer_features(
     if "discount_total" in optional_columns:
         disc_all = pur_orders["discount_total"].to_numpy("float64")
         with np.errstate(invalid="ignore", divide="ignore"):
-            use = window_for(np.where(total + disc_all > 0, disc_all / (total + disc_all), 0.0))
+            use = window_for(lambda: np.where(total + disc_all > 0, disc_all / (total + disc_all), 0.0))
         dc, disc, n_use = codes[use], disc_all[use], _group_sum(codes[use], n_all)
         with np.errstate(invalid="ignore", divide="ignore"):
             out["discounted_order_share"] = _group_sum(dc, n_all, (disc > 0).astype("float64")) / n_use
@@ -221,7 +223,7 @@ def compute_customer_features(
             out["avg_discount_rate"] = np.where(gross > 0, _group_sum(dc, n_all, disc) / gross, 0.0)
     if "item_count" in optional_columns:
         items_all = pur_orders["item_count"].to_numpy("float64")
-        use = window_for(np.log1p(np.maximum(items_all, 0.0)))
+        use = window_for(lambda: np.log1p(np.maximum(items_all, 0.0)))
         ic, items, n_use = codes[use], items_all[use], _group_sum(codes[use], n_all)
         with np.errstate(invalid="ignore", divide="ignore"):
             out["avg_items_per_order"] = _group_sum(ic, n_all, items) / n_use

@@ -74,3 +74,28 @@ def test_every_feature_is_finite_on_demo(demo_small):
     f = compute_customer_features(orders_as_of(v.orders, d), d, optional_columns=v.optional_columns)
     names = [name for axis in AXES for name in axis.feature_names]
     assert np.isfinite(f[names].to_numpy()).all()
+
+
+def test_adaptive_windows_follow_a_change_and_leave_steady_customers_alone():
+    from quimbi_pipeline.features import AdaptiveWindow
+
+    days = pd.date_range("2026-01-05", periods=30, freq="7D")  # weekly orders
+    rng = np.random.default_rng(0)
+    rows = []
+    for customer, values in (("steady", np.full(30, 50.0)), ("changed", np.r_[np.full(27, 20.0), np.full(3, 180.0)])):
+        for i, (day, value) in enumerate(zip(days, values * np.exp(rng.normal(0, 0.1, 30)))):
+            rows.append({"order_id": f"{customer}{i}", "customer_id": customer, "order_ts": day, "order_total": round(value, 2)})
+    # A customer who bought monthly, then 8 times in the last week.
+    burst = [pd.Timestamp("2026-01-03") + pd.Timedelta(days=30 * i) for i in range(7)] + list(pd.date_range("2026-07-22", periods=8, freq="D"))
+    rows += [{"order_id": f"b{i}", "customer_id": "burst", "order_ts": t, "order_total": 40.0} for i, t in enumerate(burst)]
+    orders = pd.DataFrame(rows)
+    day = pd.Timestamp("2026-07-29")
+    plain = compute_customer_features(orders, day)
+    adaptive = compute_customer_features(orders, day, adaptive=AdaptiveWindow())
+    # The changed customer's value features are those of the last 3 orders; the steady customer's are unchanged.
+    assert adaptive.at["changed", "avg_order_value"] == pytest.approx(180, rel=0.15)
+    assert plain.at["changed", "avg_order_value"] < 50
+    assert adaptive.at["steady", "avg_order_value"] == plain.at["steady", "avg_order_value"]
+    # The burst shows as a purchase rate of about 8 a week.
+    assert adaptive.at["burst", "orders_per_month"] > 20 > plain.at["burst", "orders_per_month"]
+    assert adaptive.at["steady", "orders_per_month"] == plain.at["steady", "orders_per_month"]

@@ -301,7 +301,7 @@ def anomalies_at(history: MembershipHistory, as_of: pd.Timestamp) -> pd.DataFram
                                     axis + " moving " + pd.Series(np.where(np.isfinite(ratio), np.round(ratio, 1).astype(str) + "x its usual pace", "after a standstill"))
                                     + " ("
                                     + pd.Series(_num(recent, 4)).astype(str) + "/day over the last " + str(VELOCITY_RECENT_DAYS) + " days)"))
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ANOMALY_COLUMNS)
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[c for c in ANOMALY_COLUMNS if c != "as_of_date"])
     out.insert(1, "as_of_date", as_of_text)
     return out[ANOMALY_COLUMNS].sort_values(["customer_id", "anomaly_type", "axis"], kind="stable").reset_index(drop=True)
 

@@ -133,3 +133,10 @@ def test_population_drift_share_shift_and_psi():
     same = population_drift(ref, ref, "2026-10-01", "2026-10-28").set_index("axis").loc[AXIS]
     assert same["segment_share_shift"] == 0 and same["feature_psi"] == pytest.approx(0.0, abs=1e-9)
     assert psi(np.arange(100.0), np.arange(100.0)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_an_empty_slice_of_customers_gives_empty_tables():
+    empty = MembershipHistory.from_frame(pd.DataFrame(columns=["customer_id", "snapshot_date", "churn_risk_score", "archetype_name"]), [])
+    tables = compute_drift(empty, "2026-10-31")
+    assert tables.customers.empty and tables.axes.empty and tables.anomalies.empty
+    assert list(tables.anomalies.columns)[:3] == ["customer_id", "as_of_date", "anomaly_type"]

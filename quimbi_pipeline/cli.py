@@ -101,8 +101,9 @@ def demo_summary(warehouse_url: str, as_of: pd.Timestamp, out=None) -> None:
         for name, n in top.items():
             print(f"      {n:5d}  {name}", file=out)
     print(f"\nWarehouse: {warehouse_url}", file=out)
-    print("Tables: customer_profiles, segment_models, customer_profile_snapshots (with ENABLE_TEMPORAL_SNAPSHOTS=1). "
-          "Open the UI with `make dev` (see README).", file=out)
+    print("Tables: customer_profiles, segment_models; with flags (docs/flags.md): customer_profile_snapshots "
+          "(ENABLE_TEMPORAL_SNAPSHOTS), customer_drift and friends (ENABLE_DRIFT_ANALYSIS), customer_outlier_flags "
+          "(ENABLE_OUTLIER_DETECTION). Open the UI with `make dev` (see README).", file=out)
     wh.dispose()
 
 

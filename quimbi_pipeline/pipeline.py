@@ -33,7 +33,7 @@ from quimbi_pipeline.segment_identity import (
     refit_anchor,
 )
 from quimbi_pipeline.segmentation import AxisModel
-from quimbi_pipeline.settings import PipelineSettings, StoreSettings
+from quimbi_pipeline.settings import PipelineSettings, StoreSettings, settings_for_store
 from quimbi_pipeline.snapshots import snapshot_types_for
 from quimbi_pipeline.warehouse import Warehouse
 
@@ -106,7 +106,6 @@ def run_profiles_partition(
     Snapshots of D are written for the calendar's types (or `snapshot_types`, a subset of them) when
     settings.enable_temporal_snapshots is on. `settings` may differ per store (StoreSettings: the flags file).
     """
-    settings_for = settings.for_store if isinstance(settings, StoreSettings) else (lambda _store: settings)
     as_of = as_of_day(as_of)
     types = snapshot_types_for(as_of) if snapshot_types is None else list(snapshot_types)
     started = time.perf_counter()
@@ -124,7 +123,7 @@ def run_profiles_partition(
         if store not in known:
             log.warning("store %s: no orders in the source", store)
         try:
-            store_settings = settings_for(store)
+            store_settings = settings_for_store(settings, store)
             store_types = types if store_settings.enable_temporal_snapshots else []
             outcomes.append(_run_store(store, by_store.get(store, cut.iloc[:0]), as_of, validated, warehouse, store_settings, store_types))
         except Exception as exc:  # one store's failure is recorded and the others go on
@@ -182,9 +181,9 @@ def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_ty
         result.seconds["stable_models"] = model_seconds
     started = time.perf_counter()
     changed = snapshot_customers = None
-    customer_ids = result.profiles["customer_id"].astype(str)
+    customer_ids = pd.Index(result.profiles["customer_id"].astype(str))
     if snapshot_types and settings.share("enable_temporal_snapshots") < 1.0:
-        snapshot_customers = pd.Index(customer_ids[in_rollout(customer_ids, "enable_temporal_snapshots", settings.share("enable_temporal_snapshots"))])
+        snapshot_customers = customer_ids[in_rollout(customer_ids, "enable_temporal_snapshots", settings.share("enable_temporal_snapshots"))]
     if snapshot_types and settings.snapshot_on_profile_change and len(result.profiles):
         changed = profile_changes(result, warehouse.last_snapshot_memberships(store, as_of), settings.profile_change_threshold)
         changed = changed if snapshot_customers is None else changed.intersection(snapshot_customers)
@@ -195,7 +194,7 @@ def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_ty
     if snapshot_types:
         result.seconds["write_snapshots"] = written["snapshot_seconds"]  # part of "write"
     started = time.perf_counter()
-    expected = pd.Index(result.profiles["customer_id"].astype(str))
+    expected = customer_ids
     # A backfill leaves newer profiles in place: an active customer is covered by a row dated D or later.
     stored = warehouse.profile_dates_since(store, as_of)
     covered = pd.Index(stored["customer_id"])
@@ -252,7 +251,6 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
     Stores default to those with snapshots dated D; stores whose settings have drift off are skipped.
     Each store is written in its own transaction; a failing store is reported and the others go on.
     """
-    settings_for = settings.for_store if isinstance(settings, StoreSettings) else (lambda _store: settings)
     as_of = as_of_day(as_of)
     if stores is None:
         stores = warehouse.read_sql(
@@ -260,7 +258,7 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
             {"d": as_of.date()})["store_id"].tolist()
     outcomes = []
     for store in sorted(stores):
-        store_settings = settings_for(store)
+        store_settings = settings_for_store(settings, store)
         if not store_settings.enable_drift_analysis:
             continue
         try:

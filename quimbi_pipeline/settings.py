@@ -194,6 +194,11 @@ class StoreSettings:
                 for f, v in settings.model_dump().items() if f in DESIGN_FLAGS}
 
 
+def settings_for_store(settings: PipelineSettings | StoreSettings, store: str) -> PipelineSettings:
+    """The settings of one store, whether one model serves every store or a StoreSettings holds them per store."""
+    return settings.for_store(store) if isinstance(settings, StoreSettings) else settings
+
+
 def read_flags_file(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """A YAML flags file: `defaults: {NAME: value}` and `stores: {store_id: {NAME: value}}`, NAME as in the environment."""
     path = Path(path)

@@ -32,6 +32,7 @@ from quimbi_pipeline.pipeline import run_drift_partition  # noqa: E402
 from quimbi_pipeline.profiles import json_object, json_number  # noqa: E402
 from quimbi_pipeline.segmentation import segment_names_for  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
+from quimbi_pipeline.snapshot_blocks import SnapshotColumns, encode_blocks  # noqa: E402
 from quimbi_pipeline.warehouse import Warehouse, customer_profile_snapshots  # noqa: E402
 
 AXES_K = {"purchase_frequency": 3, "purchase_value": 3, "loyalty_trajectory": 2, "category_exploration": 6,
@@ -46,15 +47,15 @@ def snapshot_dates(as_of: pd.Timestamp, n: int) -> list[pd.Timestamp]:
     return sorted(set(daily + weekly))[-n:]
 
 
-def synthetic_history(n: int, dates: list[pd.Timestamp], seed: int = 1):
-    """Yield one snapshot frame per date (memberships as JSON text), vectorized."""
+def synthetic_history(n: int, dates: list[pd.Timestamp], seed: int = 1, block_customers: int = 50_000):
+    """Yield (date, snapshot rows with memberships as JSON text, the date's snapshot blocks) per date, vectorized."""
     rng = np.random.default_rng(seed)
     customers = id_strings("c", np.arange(n), width=8)
     logits = {axis: rng.normal(0, 1.5, (n, k)) for axis, k in AXES_K.items()}
     changer = rng.random(n) < 0.05
     change_at = rng.integers(0, len(dates), n)
     for i, day in enumerate(dates):
-        parts, dominant = [], {}
+        parts, dominant, numbers = [], {}, {}
         for axis, k in AXES_K.items():
             logits[axis] += rng.normal(0, 0.15, (n, k))
             jump = changer & (change_at == i)
@@ -63,13 +64,18 @@ def synthetic_history(n: int, dates: list[pd.Timestamp], seed: int = 1):
             u /= u.sum(axis=1, keepdims=True)
             names = segment_names_for(AXIS_BY_NAME[axis], k)
             parts.append((axis, json_object([(name, json_number(u[:, j])) for j, name in enumerate(names)])))
+            numbers.update({f"{axis}.{name}": np.round(u[:, j], 6) + 0.0 for j, name in enumerate(names)})
             dominant[axis] = np.asarray(names, dtype=object)[u.argmax(axis=1)]
         archetype = pd.Series(dominant["purchase_frequency"]) + ", " + pd.Series(dominant["purchase_value"])
-        yield day, pd.DataFrame({
+        churn = np.round(rng.random(n), 6)
+        index = pd.Index(customers, name="customer_id")
+        blocks = encode_blocks(SnapshotColumns(pd.DataFrame({"churn_risk_score": churn, "archetype_name": archetype.to_numpy(object)}, index=index),
+                                               pd.DataFrame(numbers, index=index), pd.DataFrame(index=index)), block_customers)
+        yield day, blocks, pd.DataFrame({
             "store_id": STORE, "customer_id": customers, "snapshot_date": day.date(), "snapshot_type": "daily",
             "archetype_id": "a", "archetype_level": 3, "archetype_name": archetype, "dominant_segments": "{}",
             "fuzzy_memberships": json_object(parts), "behavioral_features": "{}",
-            "churn_risk_score": np.round(rng.random(n), 6), "churn_risk_level": "low", "predicted_ltv": 10.0, "total_orders": 3,
+            "churn_risk_score": churn, "churn_risk_level": "low", "predicted_ltv": 10.0, "total_orders": 3,
             "lifetime_value": 30.0, "days_since_first_order": 100, "tenure_months": 3.3, "model_version": "kmeans-stable-2026-10-05",
         })
 
@@ -80,6 +86,8 @@ def main() -> None:
     parser.add_argument("--dates", type=int, default=12)
     parser.add_argument("--date", default="2026-10-31")
     parser.add_argument("--chunk", type=int, default=None, help="customers per drift slice (default: the setting's)")
+    parser.add_argument("--windows", default="7,28,90,180,365", help="drift windows (days), as QUIMBI_DRIFT_WINDOWS")
+    parser.add_argument("--without-blocks", action="store_true", help="write no snapshot blocks: drift reads the snapshot rows' JSON")
     parser.add_argument("--postgres", help="SQLAlchemy URL of an empty PostgreSQL database (schema platform is dropped)")
     args = parser.parse_args()
     as_of = pd.Timestamp(args.date)
@@ -96,14 +104,16 @@ def main() -> None:
     started = time.perf_counter()
     rows = 0
     cols = [c.name for c in customer_profile_snapshots.columns]
-    for day, frame in synthetic_history(args.customers, dates):
+    for day, blocks, frame in synthetic_history(args.customers, dates):
         with wh.engine.begin() as conn:
             wh._ensure_date_partition(conn, "customer_profile_snapshots", day)
             wh._bulk_load(conn, wh.qualified("customer_profile_snapshots"), frame[cols])
+            if not args.without_blocks:
+                wh.replace_snapshot_blocks(conn, STORE, day, blocks)
         rows += len(frame)
     table.row("load synthetic snapshots", time.perf_counter() - started, rows)
     chunk = {"drift_chunk_customers": args.chunk} if args.chunk else {}
-    settings = PipelineSettings(enable_temporal_snapshots=True, enable_drift_analysis=True, **chunk)
+    settings = PipelineSettings(enable_temporal_snapshots=True, enable_drift_analysis=True, drift_windows=args.windows, **chunk)
     started = time.perf_counter()
     (outcome,) = run_drift_partition(wh, as_of, settings, [STORE])
     total = time.perf_counter() - started
@@ -111,7 +121,7 @@ def main() -> None:
         raise SystemExit(outcome.error)
     for stage in ("read", "compute", "population", "write"):
         table.row(f"drift: {stage}", outcome.seconds[stage], rows if stage == "read" else None)
-    table.row("drift: total (5 windows + anomalies)", total, outcome.rows["customer_drift"] + outcome.rows["customer_axis_drift"])
+    table.row(f"drift: total (windows {args.windows} + anomalies)", total, outcome.rows["customer_drift"] + outcome.rows["customer_axis_drift"])
     print(f"  rows written: {outcome.rows}")
     keys = sample_customers(wh, "customer_drift")
     time_lookups("drift lookups (28 days, with axes)", lambda s, c: wh.customer_drift(s, c, 28), keys)

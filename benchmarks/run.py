@@ -1,10 +1,23 @@
 """Benchmark one daily partition end to end on N demo customers and print one row per stage.
 
-    python benchmarks/run.py --customers 100000 [--postgres URL] [--sqlite PATH] [--date 2026-10-31]
+    python benchmarks/run.py --customers 100000 [--postgres URL] [--skip-sqlite] [--date 2026-10-31]
+                             [--profiles-only] [--windows 28]
 
-Stages: demo generation, validation, the floor baseline (one pandas group-by aggregation per
-customer over the same orders), then per store: features, segments, churn/LTV, assembly, write,
-verify. Each row: wall seconds, rows/s, and the process's peak RSS so far. Figures, not assertions.
+Stages: demo generation (about 20 orders per customer over two years), validation, the floor
+baseline (one pandas group-by aggregation per customer over the same orders); then, per database:
+
+1. history: the profiles of D - 28 days with snapshots, their snapshot rows and blocks copied to the
+   other dates a retention policy keeps in the 28 days before D (7 daily, weekly Mondays): not timed
+   as part of the partition (copies hold the same memberships; drift's work does not depend on it);
+2. the partition of D end to end, as the daily job runs it: features, segments, churn/LTV, outliers,
+   profiles + snapshots + outlier flags written (per-store stages), then drift of D over the
+   snapshot history (read, compute, population, write), and the total;
+3. the seed's snapshot write (existence check + single-row INSERT per customer) on a 10k sample,
+   against the pipeline's snapshot rows/s;
+4. 1,000 single-customer drift lookups and 1,000 history lookups (p50/p95).
+
+--profiles-only runs the original flags-off partition (no snapshots, drift or outliers).
+Each row: wall seconds, rows/s, and the process's peak RSS so far. Figures, not assertions.
 """
 
 from __future__ import annotations
@@ -24,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from quimbi_pipeline.demo import generate_demo  # noqa: E402
 from quimbi_pipeline.orders import orders_as_of, validate_orders  # noqa: E402
-from quimbi_pipeline.pipeline import run_profiles_partition  # noqa: E402
+from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
-from quimbi_pipeline.warehouse import Warehouse  # noqa: E402
+from quimbi_pipeline.warehouse import SNAPSHOT_COPIED_COLUMNS, Warehouse  # noqa: E402
 
 
 def peak_rss_gib() -> float:
@@ -55,10 +68,44 @@ def floor_baseline(orders: pd.DataFrame) -> int:
     return len(agg)
 
 
-def run_partition(label: str, url: str, validated, date: str, table: Table, snapshots: bool) -> None:
+def history_dates(as_of: pd.Timestamp) -> list[pd.Timestamp]:
+    """Snapshot dates the default retention keeps in the 28 days before D: D - 28, the Mondays, the last 7 days."""
+    daily = [as_of - pd.Timedelta(days=i) for i in range(1, 8)]
+    weekly = [d for d in pd.date_range(as_of - pd.Timedelta(days=28), as_of - pd.Timedelta(days=8)) if d.day_of_week == 0]
+    return sorted(set([as_of - pd.Timedelta(days=28), *daily, *weekly]))
+
+
+def seed_history(wh: Warehouse, validated, as_of: pd.Timestamp, settings: PipelineSettings, table: Table) -> None:
+    """Snapshots before D: the real profiles of D - 28, copied in SQL to the other history dates."""
+    import sqlalchemy as sa
+
+    source, *copies = history_dates(as_of)
+    report, secs = timed(lambda: run_profiles_partition(validated, source, wh, settings.model_copy(update={"enable_drift_analysis": False})))
+    table.row(f"  history: profiles of {source.date()}", secs, report.n_profiles)
+    started, rows = time.perf_counter(), 0
+    snap, blocks = wh.qualified("customer_profile_snapshots"), wh.qualified("snapshot_blocks")
+    copied = ", ".join(SNAPSHOT_COPIED_COLUMNS)
+    for day in copies:
+        with wh.engine.begin() as conn:
+            wh._ensure_date_partition(conn, "customer_profile_snapshots", day)
+            params = {"d": day.date(), "src": source.date()}
+            rows += conn.execute(sa.text(
+                f"INSERT INTO {snap} (store_id, customer_id, snapshot_date, snapshot_type, {copied}) "
+                f"SELECT store_id, customer_id, :d, 'daily', {copied} FROM {snap} WHERE snapshot_date = :src AND snapshot_type = 'daily'"), params).rowcount
+            conn.execute(sa.text(
+                f"INSERT INTO {blocks} SELECT store_id, :d, block, first_customer_id, last_customer_id, n_customers, memberships, features "
+                f"FROM {blocks} WHERE snapshot_date = :src"), params)
+        if wh.is_postgres:  # as the daily write does for its own date
+            wh.analyze_date_partition("customer_profile_snapshots", day)
+    table.row(f"  history: copied to {len(copies)} dates", time.perf_counter() - started, rows)
+
+
+def run_partition(label: str, url: str, validated, date: str, table: Table, settings: PipelineSettings) -> None:
     wh = Warehouse(url)
-    settings = PipelineSettings(enable_temporal_snapshots=snapshots)
-    report, secs = timed(lambda: run_profiles_partition(validated, date, wh, settings))
+    as_of = pd.Timestamp(date)
+    if settings.enable_drift_analysis:
+        seed_history(wh, validated, as_of, settings, table)
+    report, profile_secs = timed(lambda: run_profiles_partition(validated, date, wh, settings))
     for o in report.outcomes:
         if not o.ok:
             print(f"  store {o.store_id} FAILED: {o.error}")
@@ -67,15 +114,33 @@ def run_partition(label: str, url: str, validated, date: str, table: Table, snap
             if key.startswith("seconds/"):
                 rows = sum(o.snapshot_rows.values()) if key == "seconds/write_snapshots" else o.n_profiles
                 table.row(f"{label} {o.store_id} {key[8:]}", value, rows)
-    table.row(f"{label} partition total", secs, report.n_profiles)
-    for name in ("customer_profile_snapshots", "customer_profiles"):
+    table.row(f"{label} profiles total", profile_secs, report.n_profiles)
+    drift_secs = 0.0
+    if settings.enable_drift_analysis:
+        outcomes, drift_secs = timed(lambda: run_drift_partition(wh, as_of, settings))
+        for o in outcomes:
+            if not o.ok:
+                print(f"  store {o.store_id} drift FAILED: {o.error}")
+                continue
+            drift_rows = o.rows.get("customer_drift", 0) + o.rows.get("customer_axis_drift", 0)
+            for stage in ("read", "compute", "population", "write"):
+                table.row(f"{label} {o.store_id} drift {stage}", o.seconds.get(stage, 0.0), drift_rows if stage == "write" else None)
+        windows = ",".join(str(w) for w in settings.drift_windows)
+        table.row(f"{label} drift total (windows {windows})", drift_secs, sum(o.rows.get("customer_drift", 0) + o.rows.get("customer_axis_drift", 0) for o in outcomes))
+    table.row(f"{label} partition total", profile_secs + drift_secs, report.n_profiles)
+    for name in ("customer_profile_snapshots", "snapshot_blocks", "customer_profiles", "customer_drift", "customer_axis_drift"):
         size = wh.table_bytes(name)
         if size:
             n = wh.read_sql(f"SELECT count(*) AS n FROM {wh.qualified(name)}")["n"].iloc[0]
             print(f"  {name}: {n:,} rows, {size / 2**20:,.1f} MiB with indexes, {size / max(n, 1):,.0f} bytes/row")
-    if snapshots:
-        seed_style_snapshot_baseline(wh, table)
+    if settings.enable_temporal_snapshots:
+        seed_style_snapshot_baseline(wh, table, report)
         history_lookups(wh)
+    if settings.enable_drift_analysis:
+        keys = sample_customers(wh, "customer_drift")
+        if keys:
+            window = 28 if 28 in settings.drift_windows else settings.drift_windows[0]
+            time_lookups(f"drift lookups ({window} days, with axes)", lambda s, c: wh.customer_drift(s, c, window), keys)
     wh.dispose()
 
 
@@ -83,7 +148,7 @@ SEED_SAMPLE = 10_000
 LOOKUPS = 1_000
 
 
-def seed_style_snapshot_baseline(wh: Warehouse, table: Table) -> None:
+def seed_style_snapshot_baseline(wh: Warehouse, table: Table, report) -> None:
     """The seed's approach on a sample: per customer, an existence check, then a single-row INSERT.
 
     Into a scratch copy of the snapshot table with the same unique key, so the check is an index seek.
@@ -114,7 +179,13 @@ def seed_style_snapshot_baseline(wh: Warehouse, table: Table) -> None:
         for r in records.to_dict(orient="records"):  # deliberately one customer at a time: the baseline measured
             if conn.execute(check, r).first() is None:
                 conn.execute(insert, r)
-    table.row("  seed-style snapshot writes (sample)", time.perf_counter() - started, len(records))
+    seed_secs = time.perf_counter() - started
+    table.row("  seed-style snapshot writes (sample)", seed_secs, len(records))
+    snapshot_rows = sum(sum(o.snapshot_rows.values()) for o in report.outcomes if o.ok)
+    snapshot_secs = sum(o.metrics.get("seconds/write_snapshots", 0.0) for o in report.outcomes if o.ok)
+    if snapshot_rows and snapshot_secs:
+        ratio = (snapshot_rows / snapshot_secs) / (len(records) / seed_secs)
+        print(f"  snapshot writes: {snapshot_rows / snapshot_secs:,.0f} rows/s, {ratio:,.0f}x the seed-style path", flush=True)
     with wh.engine.begin() as conn:
         conn.execute(sa.text(f"DROP TABLE {target}"))
 
@@ -153,16 +224,23 @@ def main() -> None:
     parser.add_argument("--postgres", help="PostgreSQL SQLAlchemy URL (tables in schema platform are replaced)")
     parser.add_argument("--sqlite", help="SQLite file (default: a temporary file)")
     parser.add_argument("--skip-sqlite", action="store_true")
-    parser.add_argument("--snapshots", action="store_true", help="write the date's snapshots too (ENABLE_TEMPORAL_SNAPSHOTS)")
+    parser.add_argument("--profiles-only", action="store_true", help="the original flags-off partition: no snapshots, drift or outliers")
+    parser.add_argument("--windows", default="28", help="drift windows (days) of the partition, as QUIMBI_DRIFT_WINDOWS (default 28)")
     args = parser.parse_args()
+    if args.profiles_only:
+        settings = PipelineSettings()
+    else:
+        settings = PipelineSettings(enable_temporal_snapshots=True, enable_drift_analysis=True, enable_outlier_detection=True, drift_windows=args.windows)
 
-    print(f"# quimbi benchmark: {args.customers:,} customers, {args.stores} store(s), date {args.date}")
+    print(f"# quimbi benchmark: {args.customers:,} customers, {args.stores} store(s), date {args.date}, "
+          f"{'profiles only (flags off)' if args.profiles_only else 'end to end: snapshots, outliers, drift windows ' + args.windows}")
     print(f"# machine: {platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M %Z')}")
     table = Table()
     demo, secs = timed(lambda: generate_demo(n_customers=args.customers, n_stores=args.stores, start="2024-11-01", end=args.date))
     table.row("generate demo orders", secs, len(demo.orders))
     validated, secs = timed(lambda: validate_orders(demo.orders))
     table.row("validate orders", secs, len(demo.orders))
+    del demo  # the pipeline works on the validated copy (as it does after reading an orders file)
     cut, secs = timed(lambda: orders_as_of(validated.orders, args.date))
     table.row("point-in-time cut", secs, len(cut))
     started = time.perf_counter()
@@ -173,7 +251,7 @@ def main() -> None:
     if not args.skip_sqlite:
         with tempfile.TemporaryDirectory() as tmp:
             path = args.sqlite or os.path.join(tmp, "bench.sqlite")
-            run_partition("sqlite", f"sqlite:///{path}", validated, args.date, table, args.snapshots)
+            run_partition("sqlite", f"sqlite:///{path}", validated, args.date, table, settings)
     if args.postgres:
         import sqlalchemy as sa
 
@@ -181,7 +259,7 @@ def main() -> None:
         with engine.begin() as conn:
             conn.execute(sa.text("DROP SCHEMA IF EXISTS platform CASCADE"))
         engine.dispose()
-        run_partition("postgres", args.postgres, validated, args.date, table, args.snapshots)
+        run_partition("postgres", args.postgres, validated, args.date, table, settings)
 
 
 if __name__ == "__main__":

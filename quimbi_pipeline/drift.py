@@ -19,8 +19,9 @@ import pandas as pd
 from quimbi_pipeline.features import AXIS_BY_NAME
 from quimbi_pipeline.memberships import SQRT2
 from quimbi_pipeline.segmentation import SINGLE_SEGMENT_NAME
+from quimbi_pipeline.settings import DRIFT_WINDOWS
 
-WINDOWS = (7, 28, 90, 180, 365)
+WINDOWS = DRIFT_WINDOWS
 NS_PER_DAY = 86_400 * 10**9
 # Direction: the membership-weighted ladder position (0 = worst rung, 1 = best) moved by more than this
 # (more than one rung of a six-segment axis, so flipping between neighbours is not a trend).
@@ -32,6 +33,8 @@ VELOCITY_SPIKE_RATIO = 3.0  # the last 7 days' velocity >= 3x the customer's bas
 VELOCITY_RECENT_DAYS = 7
 VELOCITY_BASELINE_DAYS = 90  # baseline: the 90 days before the recent 7
 VELOCITY_SPIKE_MIN_DRIFT = 0.2  # a spike must also move the memberships this much in the recent 7 days
+# Anomalies look back this far whatever the windows: the velocity baseline, for D and for D - 1.
+ANOMALY_HISTORY_DAYS = VELOCITY_RECENT_DAYS + VELOCITY_BASELINE_DAYS + 1
 FORECAST_DAYS = 30
 POPULATION_REFERENCE_DAYS = 28
 PSI_BINS = 10
@@ -87,6 +90,8 @@ class MembershipHistory:
         return {a: np.flatnonzero(np.array(names) == a) for a in dict.fromkeys(names)}
 
     def select(self, mask: np.ndarray) -> MembershipHistory:
+        if mask.all():  # the common case of a window holding the whole history read: no copy
+            return self
         return MembershipHistory(self.customer_id[mask], self.day[mask], self.churn[mask], self.archetype[mask], self.memberships[mask], self.columns)
 
 
@@ -251,7 +256,7 @@ def recommendations(overall: np.ndarray, churn_trend: np.ndarray, churn_now: np.
 def anomalies_at(history: MembershipHistory, as_of: pd.Timestamp) -> pd.DataFrame:
     """Anomalies completed at the customer's snapshot dated D (each event is reported once, on its date)."""
     d = int(pd.Timestamp(as_of).normalize().value // NS_PER_DAY)
-    h = history.select((history.day >= d - 365) & (history.day <= d))
+    h = history.select((history.day >= d - ANOMALY_HISTORY_DAYS) & (history.day <= d))
     code, first, _ = _groups(h.customer_id)
     same_customer = np.r_[False, code[1:] == code[:-1]] if code.size else np.zeros(0, dtype=bool)
     at_d = np.flatnonzero((h.day == d) & same_customer)  # rows at D with a previous snapshot
@@ -337,6 +342,11 @@ def _anomaly_rows(h: MembershipHistory, rows: np.ndarray, axis: str, kind: str, 
         "customer_id": h.customer_id[rows], "anomaly_type": kind, "axis": axis, "anomaly_date": _date_text(h.day[rows]).to_numpy(object),
         "severity": _num(severity), "description": description.to_numpy(object),
     })
+
+
+def history_days(windows=WINDOWS) -> int:
+    """How many days of snapshots before D the drift of these windows and the anomalies read."""
+    return max(max(windows), ANOMALY_HISTORY_DAYS)
 
 
 def compute_drift(history: MembershipHistory, as_of, windows=WINDOWS) -> DriftTables:

@@ -278,7 +278,10 @@ def as_of_day(value) -> pd.Timestamp:
     return ts.normalize()
 
 
+def seen_at(orders: pd.DataFrame, as_of) -> np.ndarray:
+    """Point in time: partition D sees only orders with order_ts < D + 1 day (a boolean mask)."""
+    return (orders["order_ts"] < as_of_day(as_of) + pd.Timedelta(days=1)).to_numpy()
+
+
 def orders_as_of(orders: pd.DataFrame, as_of) -> pd.DataFrame:
-    """Point in time: partition D sees only orders with order_ts < D + 1 day."""
-    end = as_of_day(as_of) + pd.Timedelta(days=1)
-    return orders.loc[orders["order_ts"] < end]
+    return orders.loc[seen_at(orders, as_of)]

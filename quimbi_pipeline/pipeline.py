@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from quimbi_pipeline import drift
@@ -18,7 +19,7 @@ from quimbi_pipeline.memberships import (
     memberships_frame,
     parse_memberships,
 )
-from quimbi_pipeline.orders import ValidatedOrders, as_of_day, orders_as_of
+from quimbi_pipeline.orders import ValidatedOrders, as_of_day, seen_at
 from quimbi_pipeline.outliers import outlier_rates
 from quimbi_pipeline.rollout import in_rollout
 from quimbi_pipeline.profiles import (
@@ -34,6 +35,8 @@ from quimbi_pipeline.segment_identity import (
 )
 from quimbi_pipeline.segmentation import AxisModel
 from quimbi_pipeline.settings import PipelineSettings, StoreSettings, settings_for_store
+from quimbi_pipeline.history import BASE_COLUMNS, SnapshotHistoryReader
+from quimbi_pipeline.snapshot_blocks import encode_blocks
 from quimbi_pipeline.snapshots import snapshot_types_for
 from quimbi_pipeline.warehouse import Warehouse
 
@@ -109,8 +112,12 @@ def run_profiles_partition(
     as_of = as_of_day(as_of)
     types = snapshot_types_for(as_of) if snapshot_types is None else list(snapshot_types)
     started = time.perf_counter()
-    cut = orders_as_of(validated.orders, as_of)
-    by_store = {s: g for s, g in cut.groupby("store_id", sort=True)}
+    # Row positions per store of the orders before D + 1 day: each store's orders are copied out only
+    # while that store runs (at 1M customers a full copy of the orders is 1.4 GB).
+    orders = validated.orders
+    in_time = seen_at(orders, as_of)
+    store_codes, store_names = pd.factorize(orders["store_id"])
+    rows_of = {name: np.flatnonzero(in_time & (store_codes == k)) for k, name in enumerate(store_names)}
     known = set(validated.orders["store_id"].unique()) | set(validated.rejected_stores)
     wanted = sorted(known) if not stores else sorted(set(stores))
     seconds = {"cut_orders": time.perf_counter() - started}
@@ -125,7 +132,9 @@ def run_profiles_partition(
         try:
             store_settings = settings_for_store(settings, store)
             store_types = types if store_settings.enable_temporal_snapshots else []
-            outcomes.append(_run_store(store, by_store.get(store, cut.iloc[:0]), as_of, validated, warehouse, store_settings, store_types))
+            store_orders = orders.take(rows_of.get(store, np.zeros(0, dtype="int64")))
+            outcomes.append(_run_store(store, store_orders, as_of, validated, warehouse, store_settings, store_types))
+            del store_orders
         except Exception as exc:  # one store's failure is recorded and the others go on
             log.exception("store %s failed for %s", store, as_of.date())
             outcomes.append(StoreOutcome(store, False, error=f"{type(exc).__name__}: {exc}"))
@@ -188,11 +197,18 @@ def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_ty
         changed = profile_changes(result, warehouse.last_snapshot_memberships(store, as_of), settings.profile_change_threshold)
         changed = changed if snapshot_customers is None else changed.intersection(snapshot_customers)
     model_frame = segment_model_rows(result) if result.fresh_fit else new_models
+    blocks = None
+    if snapshot_types and result.snapshot_columns is not None:
+        blocks_started = time.perf_counter()
+        numbers = result.snapshot_columns if snapshot_customers is None else result.snapshot_columns.subset(snapshot_customers)
+        blocks = encode_blocks(numbers, settings.snapshot_block_customers)
+        result.seconds["encode_blocks"] = time.perf_counter() - blocks_started  # part of "write"
     written = warehouse.write_profiles_partition(store, as_of, result.profiles, model_frame, snapshot_types, changed, transitions, result.outliers,
-                                                 snapshot_customers)
+                                                 snapshot_customers, blocks)
     result.seconds["write"] = time.perf_counter() - started
     if snapshot_types:
         result.seconds["write_snapshots"] = written["snapshot_seconds"]  # part of "write"
+        result.seconds["analyze_snapshots"] = written["analyze_seconds"]  # part of "write" (PostgreSQL statistics)
     started = time.perf_counter()
     expected = customer_ids
     # A backfill leaves newer profiles in place: an active customer is covered by a row dated D or later.
@@ -232,17 +248,9 @@ class DriftOutcome:
 
 
 def history_from_snapshots(frame: pd.DataFrame) -> drift.MembershipHistory:
-    """A MembershipHistory from snapshot rows with fuzzy_memberships as JSON text."""
-    flat = parse_memberships(frame["fuzzy_memberships"].reset_index(drop=True))
-    columns = sorted(flat.columns)
-    base = frame[["customer_id", "snapshot_date", "churn_risk_score", "archetype_name"]].reset_index(drop=True)
-    return drift.MembershipHistory.from_frame(pd.concat([base, flat[columns]], axis=1), columns)
-
-
-def _population_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    members = parse_memberships(frame["fuzzy_memberships"].reset_index(drop=True))
-    features = parse_memberships(frame["behavioral_features"].reset_index(drop=True)).add_prefix("f:")
-    return pd.concat([members, features], axis=1)
+    """A MembershipHistory from numeric snapshot history (history.BASE_COLUMNS + "axis.segment" columns)."""
+    columns = sorted(c for c in frame.columns if c not in BASE_COLUMNS)
+    return drift.MembershipHistory.from_frame(frame, columns)
 
 
 def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings | StoreSettings, stores: list[str] | None = None) -> list[DriftOutcome]:
@@ -271,13 +279,16 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
 
 def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings) -> DriftOutcome:
     started = time.perf_counter()
-    longest = max(drift.WINDOWS)
-    dates = warehouse.snapshot_dates(store, as_of - pd.Timedelta(days=longest), as_of)
+    windows = settings.drift_windows
+    reader = SnapshotHistoryReader(warehouse, store, as_of - pd.Timedelta(days=drift.history_days(windows)), as_of)
+    dates = list(reader.sources["snapshot_date"])
     if not dates or dates[-1] != as_of:
         note = f"no snapshots dated {as_of.date()}: drift not computed (run the date's profiles with ENABLE_TEMPORAL_SNAPSHOTS first)"
         log.warning("store %s: %s", store, note)
         return DriftOutcome(store, True, note=note)
-    bounds = warehouse.snapshot_customer_bounds(store, as_of, settings.drift_chunk_customers)
+    bounds = reader.slice_bounds(as_of, settings.drift_chunk_customers)
+    if bounds is None:  # D's snapshots predate the blocks: cut D's customer ids
+        bounds = warehouse.snapshot_customer_bounds(store, as_of, settings.drift_chunk_customers)
     ranges = list(zip([None, *bounds], [*bounds, None]))
     seconds = {"read": 0.0, "compute": 0.0}
     anomaly_counts: dict[str, int] = {}
@@ -285,12 +296,12 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
     def chunks():
         for lo, hi in ranges:
             t0 = time.perf_counter()
-            frame = warehouse.snapshot_history(store, as_of - pd.Timedelta(days=longest), as_of, customer_range=(lo, hi))
+            frame = reader.history(lo, hi)
             if settings.share("enable_drift_analysis") < 1.0:  # a rollout: drift for its share of customers only
                 frame = frame[in_rollout(frame["customer_id"], "enable_drift_analysis", settings.share("enable_drift_analysis"))]
             history = history_from_snapshots(frame)
             t1 = time.perf_counter()
-            tables = drift.compute_drift(history, as_of)
+            tables = drift.compute_drift(history, as_of, windows)
             for kind, n in tables.anomalies["anomaly_type"].value_counts().items():
                 anomaly_counts[kind] = anomaly_counts.get(kind, 0) + int(n)
             seconds["read"] += t1 - t0
@@ -301,13 +312,10 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
     reference_date = next(d for d in dates if d >= as_of - pd.Timedelta(days=drift.POPULATION_REFERENCE_DAYS))
     population = pd.DataFrame(columns=drift.POPULATION_COLUMNS)
     if reference_date < as_of:
-        reference = _population_frame(warehouse.snapshot_history(store, reference_date, reference_date, with_features=True))
-        current = _population_frame(warehouse.snapshot_history(store, as_of, as_of, with_features=True))
-        population = drift.population_drift(reference, current, reference_date, as_of)
+        population = drift.population_drift(reader.population_frame(reference_date), reader.population_frame(as_of), reference_date, as_of)
     seconds["population"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
     rows = warehouse.write_drift_partition(store, as_of, chunks(), population)
-    seconds["write"] = time.perf_counter() - t0 - seconds["read"] - seconds["compute"]
+    seconds["write"] = rows.pop("copy_seconds")  # on PostgreSQL it overlaps read and compute (a background thread)
     seconds["total"] = time.perf_counter() - started
     log.info("store %s %s drift: %s rows (%s)", store, as_of.date(), rows, ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
     return DriftOutcome(store, True, rows, anomaly_counts, population, seconds)

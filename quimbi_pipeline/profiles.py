@@ -21,6 +21,7 @@ from quimbi_pipeline.outliers import outlier_flags
 from quimbi_pipeline.rollout import in_rollout
 from quimbi_pipeline.segmentation import AxisModel, AxisSegmentation, axis_matrix, score_axis, segment_axis
 from quimbi_pipeline.settings import ChurnBands, PipelineSettings
+from quimbi_pipeline.snapshot_blocks import SnapshotColumns
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ class StoreProfiles:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
     fresh_fit: bool = True  # False when scored against models in force (stable segment identity)
     outliers: pd.DataFrame | None = None  # customer_outlier_flags rows (ENABLE_OUTLIER_DETECTION)
+    snapshot_columns: SnapshotColumns | None = None  # the numbers of the snapshot rows (ENABLE_TEMPORAL_SNAPSHOTS)
 
     @property
     def axes(self) -> list[str]:
@@ -262,8 +264,28 @@ def build_store_profiles(
         if share < 1.0:  # a rollout: scores use the whole store, rows are kept for its share of customers
             flags = flags[in_rollout(flags["customer_id"], "enable_outlier_detection", share)].reset_index(drop=True)
         seconds["outliers"] = time.perf_counter() - started
+    numbers = None
+    if settings.enable_temporal_snapshots:
+        numbers = _snapshot_columns(profiles, segmentations, active, axes)
     return StoreProfiles(store_id, as_of, profiles[PROFILE_COLUMNS], segmentations, churn, version, len(features), seconds,
-                         fresh_fit=models is None, outliers=flags)
+                         fresh_fit=models is None, outliers=flags, snapshot_columns=numbers)
+
+
+def _rounded(values: np.ndarray) -> np.ndarray:
+    """The number json_number writes (NaN for its null)."""
+    values = np.asarray(values, dtype="float64")
+    return np.where(np.isfinite(values), np.round(values, DECIMALS) + 0.0, np.nan)
+
+
+def _snapshot_columns(profiles: pd.DataFrame, segmentations: dict[str, AxisSegmentation], active: pd.DataFrame, axes: list[AxisSpec]) -> SnapshotColumns:
+    """The values of the profile rows' JSON as numbers, for the snapshot blocks (snapshot_blocks.py)."""
+    index = pd.Index(profiles["customer_id"].astype(str).to_numpy(object), name="customer_id")
+    base = pd.DataFrame({"churn_risk_score": profiles["churn_risk_score"].to_numpy("float64"),
+                         "archetype_name": profiles["archetype_name"].astype(str).to_numpy(object)}, index=index)
+    memberships = pd.DataFrame({f"{a}.{name}": _rounded(s.memberships[:, j])
+                                for a, s in segmentations.items() for j, name in enumerate(s.model.segment_names)}, index=index)
+    features = pd.DataFrame({f"{axis.name}.{f}": _rounded(active[f].to_numpy()) for axis in axes for f in axis.feature_names}, index=index)
+    return SnapshotColumns(base, memberships, features)
 
 
 def segment_model_rows(result: StoreProfiles) -> pd.DataFrame:

@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+# DESIGN's drift windows (days).
+DRIFT_WINDOWS = (7, 28, 90, 180, 365)
 
 
 class ClusteringAlgorithm(str, Enum):
@@ -77,7 +81,13 @@ class PipelineSettings(BaseModel):
     enable_drift_analysis: bool = False
     # Drift is read, computed and written per slice of this many customers (bounded memory at
     # millions: a slice of 250,000 customers x 11 snapshot dates peaked at 17.4 GiB, docs/drift.md).
-    drift_chunk_customers: int = Field(50_000, ge=1000)
+    drift_chunk_customers: int = Field(50_000, ge=1)
+    # Customers per snapshot block (the columnar copy of a date's snapshots that drift reads, snapshot_blocks.py).
+    snapshot_block_customers: int = Field(50_000, ge=1)
+    # The drift windows the daily step computes and writes (environment: QUIMBI_DRIFT_WINDOWS=7,28). Each
+    # window writes 1 + one-per-axis rows per customer (7M rows a day at 1M customers); anomalies and
+    # population drift do not depend on it.
+    drift_windows: tuple[int, ...] = DRIFT_WINDOWS
     # Flag ENABLE_ADAPTIVE_WINDOWS (off = the original 365-day windows): frequency, value, discount and
     # basket features over the purchases after a detected change of the customer's behavior
     # (features.AdaptiveWindow), so drift shows a change within a few orders.
@@ -124,6 +134,21 @@ class PipelineSettings(BaseModel):
                 rollout[name] = percent
         values["rollout_percent"] = rollout
         return values
+
+    @field_validator("drift_windows", mode="before")
+    @classmethod
+    def _windows(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = [int(v) for v in value.replace(" ", "").split(",") if v]
+            except ValueError as exc:
+                raise ValueError(f"drift_windows={value!r}: a comma-separated list of days from {DRIFT_WINDOWS}") from exc
+        if isinstance(value, int):
+            value = [value]
+        values = sorted(set(value)) if isinstance(value, (list, tuple, set)) else []
+        if not values or set(values) - set(DRIFT_WINDOWS):
+            raise ValueError(f"drift_windows={value!r}: a non-empty subset of {DRIFT_WINDOWS} (days)")
+        return tuple(values)
 
     def share(self, flag: str) -> float:
         """Share of a store's customers a customer-level flag applies to (1.0 = all)."""

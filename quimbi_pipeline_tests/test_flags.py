@@ -9,7 +9,7 @@ import pytest
 from quimbi_pipeline.cli import run_dates
 from quimbi_pipeline.defs.profiles.assets import PROFILES_KEY, ProfilesConfig, daily_profiles
 from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
-from quimbi_pipeline.settings import ClusteringAlgorithm, StoreSettings
+from quimbi_pipeline.settings import ClusteringAlgorithm, PipelineSettings, StoreSettings
 from quimbi_pipeline.warehouse import Warehouse
 from quimbi_pipeline_tests.golden import GOLDEN_FROM, GOLDEN_ORDERS, GOLDEN_PROFILES, GOLDEN_TO, export_sqlite_profiles_csv
 
@@ -182,3 +182,12 @@ stores:
     outliers = wh.read_sql("SELECT customer_id, count(*) AS n FROM customer_outlier_flags WHERE flag_date = '2026-10-31' GROUP BY customer_id")
     assert set(outliers["customer_id"]) == set(active_a[in_rollout(active_a, "enable_outlier_detection", 0.2)]) and (outliers["n"] == 3).all()
     wh.dispose()
+
+
+def test_drift_windows_setting_accepts_a_subset_of_the_design_windows():
+    assert PipelineSettings(drift_windows="28, 7").drift_windows == (7, 28)
+    assert PipelineSettings.from_env(environ={"QUIMBI_DRIFT_WINDOWS": "365"}).drift_windows == (365,)
+    assert PipelineSettings().drift_windows == (7, 28, 90, 180, 365)
+    for bad in ("30", "", "x", [], 3.5):
+        with pytest.raises(ValueError, match="drift_windows"):
+            PipelineSettings(drift_windows=bad)

@@ -1,7 +1,8 @@
 """The daily drift step: customer_drift, customer_axis_drift, customer_drift_anomalies and population_drift of D.
 
-Runs after the date's profiles and snapshots (it reads the snapshots of the 365 days up to D), for
-stores with ENABLE_DRIFT_ANALYSIS on; with the flag off it materializes nothing.
+Runs after the date's profiles and snapshots (it reads the snapshots of the longest configured
+window up to D, at least 98 days for the anomalies), for stores with ENABLE_DRIFT_ANALYSIS on; with
+the flag off it materializes nothing.
 """
 
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ DRIFT_KEYS = {name: dg.AssetKey(name) for name in ("customer_drift", "customer_a
 DRIFT_RANGE_CHECK = "drift_rows_valid"
 
 _DESCRIPTIONS = {
-    "customer_drift": "Per customer and window (7, 28, 90, 180, 365 days): overall drift, velocity, 30-day forecast, churn-risk trend, archetype journey, recommendations.",
+    "customer_drift": "Per customer and window (7, 28, 90, 180, 365 days, or those configured): overall drift, velocity, 30-day forecast, churn-risk trend, archetype journey, recommendations.",
     "customer_axis_drift": "Per customer, window and axis: drift score, direction, velocity and dominant-segment transitions.",
     "customer_drift_anomalies": "Anomalies completed at D: sudden_drift, reversal, velocity_spike.",
     "population_drift": "Per store and axis: dominant-segment share shift (total variation) and feature PSI against the oldest snapshot date of the last 28 days.",
@@ -38,6 +39,8 @@ class DriftConfig(dg.Config):
     stores: list[str] = []
     enable_drift_analysis: bool | None = None
     enable_temporal_snapshots: bool | None = None
+    # Windows (days) to compute, a subset of 7, 28, 90, 180, 365; unset = QUIMBI_DRIFT_WINDOWS or all five.
+    drift_windows: list[int] | None = None
 
     def settings(self) -> StoreSettings:
         return StoreSettings(self.model_dump(exclude={"stores"}))

@@ -1,0 +1,101 @@
+"""A store's snapshot history as numbers, for the drift step: per date from its snapshot blocks
+(snapshot_blocks.py), else from the snapshot rows' JSON (dates written before the blocks existed, or
+whose calendar snapshots were pruned and only profile_change rows remain). Both give the same values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from quimbi_pipeline.memberships import parse_memberships
+from quimbi_pipeline.snapshot_blocks import decode_features, decode_memberships
+from quimbi_pipeline.warehouse import Warehouse
+
+BASE_COLUMNS = ["customer_id", "snapshot_date", "churn_risk_score", "archetype_name"]
+
+
+def numeric_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """Snapshot rows with JSON text -> BASE_COLUMNS + "axis.segment" membership columns."""
+    rows = rows.reset_index(drop=True)
+    return pd.concat([rows[BASE_COLUMNS], parse_memberships(rows["fuzzy_memberships"])], axis=1)
+
+
+def _id_slice(frame: pd.DataFrame, lo: str | None, hi: str | None) -> pd.DataFrame:
+    """Rows of a frame sorted by customer_id with lo <= id < hi."""
+    ids = frame["customer_id"].to_numpy(object)
+    start = 0 if lo is None else int(np.searchsorted(ids, lo, side="left"))
+    stop = len(ids) if hi is None else int(np.searchsorted(ids, hi, side="left"))
+    return frame.iloc[start:stop]
+
+
+class SnapshotHistoryReader:
+    """Reads a store's snapshot history in [start, end] slice by slice of customers, in ascending id order.
+
+    Each block is fetched and decoded once: a slice keeps, per date, the block it ended in for the next.
+    """
+
+    def __init__(self, warehouse: Warehouse, store_id: str, start, end):
+        self.warehouse, self.store_id = warehouse, store_id
+        self.sources = warehouse.snapshot_sources(store_id, start, end)
+        index = warehouse.snapshot_block_index(store_id, start, end)
+        calendar_days = set(self.sources.loc[self.sources["snapshot_type"] != "profile_change", "snapshot_date"])
+        self.blocks = {day: group.reset_index(drop=True) for day, group in index.groupby("snapshot_date") if day in calendar_days}
+        self.row_sources = self.sources[~self.sources["snapshot_date"].isin(list(self.blocks))]
+        self._held: dict[pd.Timestamp, tuple[int, pd.DataFrame]] = {}  # date -> (block, decoded frame)
+
+    def slice_bounds(self, day, every_customers: int) -> list[str] | None:
+        """Customer ids cutting the customers of `day` into slices of whole blocks of about every_customers;
+        None when the date has no blocks."""
+        blocks = self.blocks.get(pd.Timestamp(day))
+        if blocks is None:
+            return None
+        step = max(1, round(every_customers / max(int(blocks["n_customers"].max()), 1)))
+        return blocks["first_customer_id"].iloc[step::step].tolist()
+
+    def _block_rows(self, day: pd.Timestamp, lo: str | None, hi: str | None) -> pd.DataFrame:
+        blocks = self.blocks[day]
+        overlaps = np.ones(len(blocks), dtype=bool)
+        if hi is not None:
+            overlaps &= (blocks["first_customer_id"] < hi).to_numpy(bool)
+        if lo is not None:
+            overlaps &= (blocks["last_customer_id"] >= lo).to_numpy(bool)
+        wanted = blocks.loc[overlaps, "block"].astype(int).tolist()
+        held_block, held = self._held.get(day, (None, None))
+        missing = [b for b in wanted if b != held_block]
+        data = self.warehouse.snapshot_block_data(self.store_id, day, missing, "memberships") if missing else {}
+        frames = {b: decode_memberships(data[b]) for b in missing}
+        if held_block in wanted:
+            frames[held_block] = held
+        if wanted:
+            self._held[day] = (wanted[-1], frames[wanted[-1]])
+        if not frames:
+            return pd.DataFrame(columns=["customer_id", "churn_risk_score", "archetype_name"])
+        frame = _id_slice(pd.concat([frames[b] for b in wanted], ignore_index=True), lo, hi)
+        return frame.assign(snapshot_date=day)
+
+    def history(self, lo: str | None = None, hi: str | None = None) -> pd.DataFrame:
+        """BASE_COLUMNS + "axis.segment" memberships of customers with lo <= id < hi, one row per customer and date."""
+        frames = [self._block_rows(day, lo, hi) for day in self.blocks]
+        if not self.row_sources.empty:
+            frames.append(numeric_rows(self.warehouse.snapshot_rows(self.store_id, self.row_sources, customer_range=(lo, hi))))
+        frames = [f for f in frames if len(f)]
+        if not frames:
+            return pd.DataFrame(columns=BASE_COLUMNS)
+        frame = pd.concat(frames, ignore_index=True)
+        return frame[BASE_COLUMNS + sorted(c for c in frame.columns if c not in BASE_COLUMNS)]
+
+    def population_frame(self, day) -> pd.DataFrame:
+        """Every snapshot customer of `day`: "axis.segment" memberships and "f:axis.feature" features (population drift)."""
+        day = pd.Timestamp(day)
+        if day in self.blocks:
+            numbers = self.blocks[day]["block"].tolist()
+            members = self.warehouse.snapshot_block_data(self.store_id, day, numbers, "memberships")
+            features = self.warehouse.snapshot_block_data(self.store_id, day, numbers, "features")
+            m = pd.concat([decode_memberships(members[b]) for b in numbers], ignore_index=True)
+            f = pd.concat([decode_features(features[b]) for b in numbers], ignore_index=True)
+            return pd.concat([m.drop(columns=["customer_id", "churn_risk_score", "archetype_name"]),
+                              f.drop(columns=["customer_id"]).add_prefix("f:")], axis=1)
+        sources = self.sources[self.sources["snapshot_date"] == day]
+        rows = self.warehouse.snapshot_rows(self.store_id, sources, with_features=True).reset_index(drop=True)
+        return pd.concat([parse_memberships(rows["fuzzy_memberships"]), parse_memberships(rows["behavioral_features"]).add_prefix("f:")], axis=1)

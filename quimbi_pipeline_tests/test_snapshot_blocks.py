@@ -1,0 +1,91 @@
+"""Snapshot blocks: the columnar copy drift reads gives exactly the snapshot rows' values and the same drift."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from quimbi_pipeline.demo import generate_demo
+from quimbi_pipeline.history import SnapshotHistoryReader, numeric_rows
+from quimbi_pipeline.memberships import parse_memberships
+from quimbi_pipeline.orders import validate_orders
+from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition
+from quimbi_pipeline.profiles import json_number, json_object
+from quimbi_pipeline.settings import PipelineSettings
+from quimbi_pipeline.snapshot_blocks import SnapshotColumns, decode_memberships, encode_blocks
+from quimbi_pipeline.snapshots import RetentionPolicy
+from quimbi_pipeline.warehouse import Warehouse
+
+DAY = pd.Timestamp("2026-10-20")
+START = pd.Timestamp("2026-10-05")  # a Monday: its weekly snapshot outlives the daily ones
+
+
+def test_blocks_hold_exactly_the_numbers_the_json_parses_to():
+    rng = np.random.default_rng(3)
+    u = rng.dirichlet(np.ones(4), 1000)
+    rounded = np.round(u, 6) + 0.0
+    ids = pd.Index([f"c{i:05d}" for i in rng.permutation(1000)], name="customer_id")
+    members = pd.DataFrame({f"value.s{j}": rounded[:, j] for j in range(4)}, index=ids)
+    columns = SnapshotColumns(pd.DataFrame({"churn_risk_score": rng.random(1000), "archetype_name": "a, b"}, index=ids), members,
+                              pd.DataFrame({"value.x": rng.random(1000)}, index=ids))
+    blocks = encode_blocks(columns, 300)
+    assert [b["n_customers"] for b in blocks] == [300, 300, 300, 100]
+    decoded = pd.concat([decode_memberships(b["memberships"]) for b in blocks], ignore_index=True)
+    assert decoded["customer_id"].tolist() == sorted(ids)  # sorted by id across blocks
+    text = json_object([("value", json_object([(f"s{j}", json_number(u[:, j])) for j in range(4)]))])
+    parsed = parse_memberships(text).set_axis(ids).loc[decoded["customer_id"]]
+    assert np.array_equal(decoded[list(parsed.columns)].to_numpy(), parsed.to_numpy())  # bit for bit
+    with pytest.raises(ValueError, match="rounded to 6 decimals"):
+        encode_blocks(SnapshotColumns(columns.base, members + 1e-9, columns.features), 300)
+
+
+def _drift_tables(wh: Warehouse) -> dict[str, pd.DataFrame]:
+    out = {}
+    for table, key in (("customer_drift", ["customer_id", "window_days"]), ("customer_axis_drift", ["customer_id", "window_days", "axis"]),
+                       ("customer_drift_anomalies", ["customer_id", "anomaly_type", "axis", "anomaly_date"])):
+        frame = wh.read_sql(f"SELECT * FROM {wh.qualified(table)} WHERE store_id = 'store_a' AND as_of_date = :d", {"d": DAY.date()})
+        out[table] = frame.astype(str).sort_values(key).reset_index(drop=True)
+    return out
+
+
+def test_drift_from_blocks_equals_drift_from_the_rows_and_prune_keeps_them_in_step(warehouse_url):
+    demo = generate_demo(n_customers=400, n_stores=1, seed=21, change_share=0.3)
+    validated = validate_orders(demo.orders)
+    # Small blocks and slices: every slice boundary cuts through blocks of other dates.
+    settings = PipelineSettings(enable_temporal_snapshots=True, enable_drift_analysis=True, snapshot_block_customers=37,
+                                drift_chunk_customers=90, drift_windows=(7, 28))
+    wh = Warehouse(warehouse_url)
+    for day in pd.date_range(START, DAY, freq="3D"):
+        assert not run_profiles_partition(validated, day, wh, settings).failed
+    index = wh.snapshot_block_index("store_a", START, DAY)
+    daily = wh.read_sql(f"SELECT snapshot_date, count(*) AS n FROM {wh.qualified('customer_profile_snapshots')} "
+                        "WHERE snapshot_type = 'daily' GROUP BY snapshot_date ORDER BY 1")
+    assert index.groupby("snapshot_date")["n_customers"].sum().tolist() == daily["n"].tolist()
+
+    reader = SnapshotHistoryReader(wh, "store_a", START, DAY)
+    assert reader.row_sources.empty and len(reader.slice_bounds(DAY, 90)) > 2
+    from_blocks = pd.concat([reader.history(lo, hi) for lo, hi in zip([None, "c0000100", "c0000250"], ["c0000100", "c0000250", None])],
+                            ignore_index=True)
+    from_rows = numeric_rows(wh.snapshot_history("store_a", START, DAY))
+    key = ["customer_id", "snapshot_date"]
+    from_blocks, from_rows = (f.sort_values(key).reset_index(drop=True) for f in (from_blocks, from_rows))
+    pd.testing.assert_frame_equal(from_blocks, from_rows[from_blocks.columns], check_dtype=False)
+
+    (outcome,) = run_drift_partition(wh, DAY, settings, ["store_a"])
+    assert outcome.ok and outcome.rows["customer_axis_drift"] > 0
+    assert set(wh.read_sql(f"SELECT DISTINCT window_days FROM {wh.qualified('customer_drift')}")["window_days"]) == {7, 28}
+    with_blocks = _drift_tables(wh)
+    with wh.engine.begin() as conn:
+        conn.exec_driver_sql(f"DELETE FROM {wh.qualified('snapshot_blocks')}")
+    (outcome,) = run_drift_partition(wh, DAY, settings.model_copy(update={"drift_chunk_customers": 1000}), ["store_a"])
+    assert outcome.ok
+    for table, frame in _drift_tables(wh).items():
+        pd.testing.assert_frame_equal(with_blocks[table], frame, obj=table)
+
+    # Prune: a date's blocks go with its last calendar snapshot (the Monday keeps its weekly one).
+    for day in pd.date_range(START, DAY, freq="3D"):
+        assert not run_profiles_partition(validated, day, wh, settings).failed
+    wh.prune_snapshots(RetentionPolicy(daily=7))
+    kept = set(wh.snapshot_block_index("store_a", START, DAY)["snapshot_date"])
+    calendar = set(pd.to_datetime(wh.read_sql(f"SELECT DISTINCT snapshot_date FROM {wh.qualified('customer_profile_snapshots')}")["snapshot_date"]))
+    assert kept == calendar and START in kept and pd.Timestamp("2026-10-08") not in kept
+    wh.dispose()

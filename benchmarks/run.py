@@ -224,6 +224,8 @@ def main() -> None:
     parser.add_argument("--postgres", help="PostgreSQL SQLAlchemy URL (tables in schema platform are replaced)")
     parser.add_argument("--sqlite", help="SQLite file (default: a temporary file)")
     parser.add_argument("--skip-sqlite", action="store_true")
+    # 1.33: about 20 orders per customer over the two years (1.0 gives about 15).
+    parser.add_argument("--rate-scale", type=float, default=1.33, help="demo purchase rates x this (default 1.33: ~20 orders a customer)")
     parser.add_argument("--profiles-only", action="store_true", help="the original flags-off partition: no snapshots, drift or outliers")
     parser.add_argument("--windows", default="28", help="drift windows (days) of the partition, as QUIMBI_DRIFT_WINDOWS (default 28)")
     args = parser.parse_args()
@@ -236,7 +238,8 @@ def main() -> None:
           f"{'profiles only (flags off)' if args.profiles_only else 'end to end: snapshots, outliers, drift windows ' + args.windows}")
     print(f"# machine: {platform.platform()}, {os.cpu_count()} cores, python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M %Z')}")
     table = Table()
-    demo, secs = timed(lambda: generate_demo(n_customers=args.customers, n_stores=args.stores, start="2024-11-01", end=args.date))
+    demo, secs = timed(lambda: generate_demo(n_customers=args.customers, n_stores=args.stores, start="2024-11-01", end=args.date,
+                                             rate_scale=args.rate_scale))
     table.row("generate demo orders", secs, len(demo.orders))
     validated, secs = timed(lambda: validate_orders(demo.orders))
     table.row("validate orders", secs, len(demo.orders))

@@ -208,6 +208,7 @@ def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_ty
     result.seconds["write"] = time.perf_counter() - started
     if snapshot_types:
         result.seconds["write_snapshots"] = written["snapshot_seconds"]  # part of "write"
+        result.seconds["write_snapshot_blocks"] = written["block_seconds"]  # part of "write"
         result.seconds["analyze_snapshots"] = written["analyze_seconds"]  # part of "write" (PostgreSQL statistics)
     started = time.perf_counter()
     expected = customer_ids

@@ -60,7 +60,8 @@ def encode_blocks(columns: SnapshotColumns, rows_per_block: int) -> list[dict]:
         rows = order[start:start + rows_per_block]
         member_frame = pd.DataFrame({"customer_id": ids[rows],
                                      "churn_risk_score": columns.base["churn_risk_score"].to_numpy("float64")[rows],
-                                     "archetype_name": columns.base["archetype_name"].astype(str).to_numpy(object)[rows]})
+                                     # A few dozen distinct names: dictionary-encoded.
+                                     "archetype_name": pd.Categorical(columns.base["archetype_name"].astype(str).to_numpy(object)[rows])})
         member_frame = pd.concat([member_frame, pd.DataFrame(micro[rows].astype("int32"), columns=columns.memberships.columns)], axis=1)
         feature_frame = pd.concat([pd.DataFrame({"customer_id": ids[rows]}),
                                    pd.DataFrame(columns.features.to_numpy("float64")[rows], columns=columns.features.columns)], axis=1)

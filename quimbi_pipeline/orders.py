@@ -235,7 +235,7 @@ def validate_orders(raw: pd.DataFrame, *, now: pd.Timestamp | None = None, bad_r
             log.warning("quarantined %d invalid order row(s)", int(bad_mask.sum()))
             rejected = {}
     keep = ~(bad_mask | exact_dup)
-    clean = out.loc[keep].reset_index(drop=True)
+    clean = out if keep.all() else out.loc[keep].reset_index(drop=True)  # no copy of millions of rows when all are kept
 
     now = pd.Timestamp.now(tz="UTC").tz_localize(None) if now is None else now
     n_future = int((clean["order_ts"] > now).sum())

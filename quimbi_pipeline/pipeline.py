@@ -132,7 +132,8 @@ def run_profiles_partition(
         try:
             store_settings = settings_for_store(settings, store)
             store_types = types if store_settings.enable_temporal_snapshots else []
-            store_orders = orders.take(rows_of.get(store, np.zeros(0, dtype="int64")))
+            rows = rows_of.get(store, np.zeros(0, dtype="int64"))
+            store_orders = orders if len(rows) == len(orders) else orders.take(rows)  # one store, nothing after D: no copy
             outcomes.append(_run_store(store, store_orders, as_of, validated, warehouse, store_settings, store_types))
             del store_orders
         except Exception as exc:  # one store's failure is recorded and the others go on

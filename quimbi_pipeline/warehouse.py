@@ -157,9 +157,13 @@ customer_axis_drift = sa.Table(
     sa.Column("velocity", sa.Float, nullable=False),
     sa.Column("n_transitions", sa.Integer, nullable=False),
     sa.Column("transitions", Json, nullable=False),
-    sa.Index("ix_customer_axis_drift_query", "store_id", "as_of_date", "window_days", "axis", "direction"),
     postgresql_partition_by="RANGE (as_of_date)",
 )
+# Analysts look for the customers who moved (README: degraded frequency); "stable" is most rows (99.6%
+# in the 1M benchmark): a partial index costs the daily COPY almost nothing to maintain.
+sa.Index("ix_customer_axis_drift_moved", customer_axis_drift.c.store_id, customer_axis_drift.c.as_of_date, customer_axis_drift.c.window_days,
+         customer_axis_drift.c.axis, customer_axis_drift.c.direction,
+         postgresql_where=customer_axis_drift.c.direction != "stable", sqlite_where=customer_axis_drift.c.direction != "stable")
 customer_drift_anomalies = sa.Table(
     "customer_drift_anomalies", metadata,
     sa.Column("store_id", sa.Text, primary_key=True),

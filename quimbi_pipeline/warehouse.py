@@ -618,10 +618,17 @@ class Warehouse:
 
         All types of a date hold the same profile: the finest calendar type present (every snapshot
         customer of the date has it), else profile_change (a date whose calendar rows were pruned)."""
-        kinds = self.read_sql(
-            f"SELECT DISTINCT snapshot_date, snapshot_type FROM {self.qualified('customer_profile_snapshots')} "
-            "WHERE store_id = :s AND snapshot_date BETWEEN :a AND :b",
-            {"s": store_id, "a": pd.Timestamp(start).date(), "b": pd.Timestamp(end).date()})
+        params = {"s": store_id, "a": pd.Timestamp(start).date(), "b": pd.Timestamp(end).date()}
+        table = self.qualified("customer_profile_snapshots")
+        if self.snapshots_partitioned:
+            days = [d for d in (pd.Timestamp(p[len(SNAPSHOT_PARTITION_PREFIX):]) for p in self.snapshot_partitions()) if params["a"] <= d.date() <= params["b"]]
+            # One index probe per (date, type) with literals, instead of a DISTINCT over every row of the range
+            # (11M rows at 1M customers: 3.5-6 s right after a daily write, before autovacuum has run).
+            probes = [f"SELECT DATE '{d:%Y-%m-%d}' AS snapshot_date, '{t}' AS snapshot_type WHERE EXISTS (SELECT 1 FROM {PG_SCHEMA}.{SNAPSHOT_PARTITION_PREFIX}{d:%Y%m%d} "
+                      f"WHERE store_id = :s AND snapshot_date = DATE '{d:%Y-%m-%d}' AND snapshot_type = '{t}')" for d in days for t in RETAINED_TYPES]
+            kinds = self.read_sql(" UNION ALL ".join(probes), params) if probes else pd.DataFrame(columns=["snapshot_date", "snapshot_type"])
+        else:
+            kinds = self.read_sql(f"SELECT DISTINCT snapshot_date, snapshot_type FROM {table} WHERE store_id = :s AND snapshot_date BETWEEN :a AND :b", params)
         rank = {t: i for i, t in enumerate(RETAINED_TYPES)}
         kinds["rank"] = kinds["snapshot_type"].map(rank).fillna(len(rank))
         kinds["snapshot_date"] = pd.to_datetime(kinds["snapshot_date"])

@@ -247,9 +247,10 @@ def compute_customer_features(
         category_codes, _ = pd.factorize(orders["category"])
         cat_codes = category_codes[purchase][in_rel]
         n_categories = np.unique(cat_codes).size
-        pair_key = rc.astype("int64") * (int(cat_codes.max()) + 1 if cat_codes.size else 1) + cat_codes
+        code_span = int(cat_codes.max()) + 1 if cat_codes.size else 1
+        pair_key = rc.astype("int64") * code_span + cat_codes
         pair = pd.Series(pair_key).groupby(pair_key, sort=False).size()
-        pc = pair.index.to_numpy() // (int(cat_codes.max()) + 1 if cat_codes.size else 1)
+        pc = pair.index.to_numpy() // code_span
         cnt = pair.to_numpy().astype("float64")
         top = pd.Series(cnt).groupby(pc).max().reindex(range(n_all), fill_value=0.0).to_numpy()
         nlogn = _group_sum(pc, n_all, cnt * np.log(cnt))

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from quimbi_pipeline.memberships import parse_memberships
-from quimbi_pipeline.snapshot_blocks import decode_features, decode_memberships
+from quimbi_pipeline.snapshot_blocks import ID_COLUMNS, decode_features, decode_memberships
 from quimbi_pipeline.warehouse import Warehouse
 
 BASE_COLUMNS = ["customer_id", "snapshot_date", "churn_risk_score", "archetype_name"]
@@ -70,7 +70,7 @@ class SnapshotHistoryReader:
         if wanted:
             self._held[day] = (wanted[-1], frames[wanted[-1]])
         if not frames:
-            return pd.DataFrame(columns=["customer_id", "churn_risk_score", "archetype_name"])
+            return pd.DataFrame(columns=ID_COLUMNS)
         frame = _id_slice(pd.concat([frames[b] for b in wanted], ignore_index=True), lo, hi)
         return frame.assign(snapshot_date=day)
 
@@ -94,7 +94,7 @@ class SnapshotHistoryReader:
             features = self.warehouse.snapshot_block_data(self.store_id, day, numbers, "features")
             m = pd.concat([decode_memberships(members[b]) for b in numbers], ignore_index=True)
             f = pd.concat([decode_features(features[b]) for b in numbers], ignore_index=True)
-            return pd.concat([m.drop(columns=["customer_id", "churn_risk_score", "archetype_name"]),
+            return pd.concat([m.drop(columns=ID_COLUMNS),
                               f.drop(columns=["customer_id"]).add_prefix("f:")], axis=1)
         sources = self.sources[self.sources["snapshot_date"] == day]
         rows = self.warehouse.snapshot_rows(self.store_id, sources, with_features=True).reset_index(drop=True)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from quimbi_pipeline import drift
+from quimbi_pipeline.history import BASE_COLUMNS, SnapshotHistoryReader
 from quimbi_pipeline.memberships import (
     membership_shift,
     memberships_frame,
@@ -35,7 +36,6 @@ from quimbi_pipeline.segment_identity import (
 )
 from quimbi_pipeline.segmentation import AxisModel
 from quimbi_pipeline.settings import PipelineSettings, StoreSettings, settings_for_store
-from quimbi_pipeline.history import BASE_COLUMNS, SnapshotHistoryReader
 from quimbi_pipeline.snapshot_blocks import encode_blocks
 from quimbi_pipeline.snapshots import snapshot_types_for
 from quimbi_pipeline.warehouse import Warehouse
@@ -118,7 +118,7 @@ def run_profiles_partition(
     in_time = seen_at(orders, as_of)
     store_codes, store_names = pd.factorize(orders["store_id"])
     rows_of = {name: np.flatnonzero(in_time & (store_codes == k)) for k, name in enumerate(store_names)}
-    known = set(validated.orders["store_id"].unique()) | set(validated.rejected_stores)
+    known = set(store_names) | set(validated.rejected_stores)
     wanted = sorted(known) if not stores else sorted(set(stores))
     seconds = {"cut_orders": time.perf_counter() - started}
     outcomes: list[StoreOutcome] = []
@@ -316,8 +316,7 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
     if reference_date < as_of:
         population = drift.population_drift(reader.population_frame(reference_date), reader.population_frame(as_of), reference_date, as_of)
     seconds["population"] = time.perf_counter() - t0
-    rows = warehouse.write_drift_partition(store, as_of, chunks(), population)
-    seconds["write"] = rows.pop("copy_seconds")  # on PostgreSQL it overlaps read and compute (a background thread)
+    rows, seconds["write"] = warehouse.write_drift_partition(store, as_of, chunks(), population)  # on PostgreSQL the write overlaps read and compute
     seconds["total"] = time.perf_counter() - started
     log.info("store %s %s drift: %s rows (%s)", store, as_of.date(), rows, ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
     return DriftOutcome(store, True, rows, anomaly_counts, population, seconds)

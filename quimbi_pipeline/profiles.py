@@ -62,12 +62,16 @@ def churn_risk_level(score: np.ndarray, bands: ChurnBands) -> np.ndarray:
     )
 
 
+def rounded_number(values: np.ndarray) -> np.ndarray:
+    """The number json_number writes: rounded to 6 decimals, NaN for its null (NaN and inf)."""
+    values = np.asarray(values, dtype="float64")
+    return np.where(np.isfinite(values), np.round(values, DECIMALS) + 0.0, np.nan)  # + 0.0 turns -0.0 into 0.0
+
+
 def json_number(values: np.ndarray) -> pd.Series:
     """Numbers as JSON text, rounded to 6 decimals; NaN and inf become null."""
-    values = np.asarray(values, dtype="float64")
-    rounded = np.round(values, DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
-    text = pd.Series(rounded).astype(str)
-    return text.where(np.isfinite(values), "null")
+    rounded = rounded_number(values)
+    return pd.Series(rounded).astype(str).where(np.isfinite(rounded), "null")
 
 
 def json_object(items: list[tuple[str, pd.Series]]) -> pd.Series:
@@ -271,20 +275,14 @@ def build_store_profiles(
                          fresh_fit=models is None, outliers=flags, snapshot_columns=numbers)
 
 
-def _rounded(values: np.ndarray) -> np.ndarray:
-    """The number json_number writes (NaN for its null)."""
-    values = np.asarray(values, dtype="float64")
-    return np.where(np.isfinite(values), np.round(values, DECIMALS) + 0.0, np.nan)
-
-
 def _snapshot_columns(profiles: pd.DataFrame, segmentations: dict[str, AxisSegmentation], active: pd.DataFrame, axes: list[AxisSpec]) -> SnapshotColumns:
     """The values of the profile rows' JSON as numbers, for the snapshot blocks (snapshot_blocks.py)."""
     index = pd.Index(profiles["customer_id"].astype(str).to_numpy(object), name="customer_id")
     base = pd.DataFrame({"churn_risk_score": profiles["churn_risk_score"].to_numpy("float64"),
                          "archetype_name": profiles["archetype_name"].astype(str).to_numpy(object)}, index=index)
-    memberships = pd.DataFrame({f"{a}.{name}": _rounded(s.memberships[:, j])
+    memberships = pd.DataFrame({f"{a}.{name}": rounded_number(s.memberships[:, j])
                                 for a, s in segmentations.items() for j, name in enumerate(s.model.segment_names)}, index=index)
-    features = pd.DataFrame({f"{axis.name}.{f}": _rounded(active[f].to_numpy()) for axis in axes for f in axis.feature_names}, index=index)
+    features = pd.DataFrame({f"{axis.name}.{f}": rounded_number(active[f].to_numpy()) for axis in axes for f in axis.feature_names}, index=index)
     return SnapshotColumns(base, memberships, features)
 
 

@@ -466,18 +466,18 @@ class Warehouse:
             f"FROM {from_sql}"
         )).rowcount
 
-    def write_drift_partition(self, store_id: str, as_of, chunks, population: pd.DataFrame) -> dict:
+    def write_drift_partition(self, store_id: str, as_of, chunks, population: pd.DataFrame) -> tuple[dict[str, int], float]:
         """Replace store S's drift rows of as_of D in one transaction.
 
         `chunks` yields (customer_drift, customer_axis_drift, customer_drift_anomalies) frames, one per
         slice of customers, so a store of millions is never held in memory at once. On PostgreSQL the
         slices are computed and serialized in a background thread while the server ingests the previous
-        slice's COPY (two cores: the client's work and the server's overlap). Returns rows written per
-        table and "copy_seconds", the time spent waiting on the loads.
+        slice's COPY (two cores: the client's work and the server's overlap). Returns (rows written per
+        table, seconds spent waiting on the loads and the statistics update).
         """
         day = pd.Timestamp(as_of).date()
         tables = (customer_drift, customer_axis_drift, customer_drift_anomalies)
-        written: dict = {t.name: 0 for t in (*tables, population_drift)}
+        written = {t.name: 0 for t in (*tables, population_drift)}
         columns = {t.name: [c.name for c in t.columns] for t in tables}
 
         def serialized():
@@ -509,8 +509,7 @@ class Warehouse:
         for table in tables:
             self.analyze_date_partition(table.name, day)
         copy_seconds += time.perf_counter() - started
-        written["copy_seconds"] = copy_seconds
-        return written
+        return written, copy_seconds
 
     # ---- reads ----------------------------------------------------------------------------------
     def read_sql(self, sql: str, params: dict | None = None) -> pd.DataFrame:
@@ -697,12 +696,6 @@ class Warehouse:
             f"SELECT DISTINCT customer_id FROM {self.qualified('customer_profile_snapshots')} WHERE store_id = :s AND snapshot_date = :d",
             {"s": store_id, "d": pd.Timestamp(day).date()})["customer_id"].astype(str).sort_values(kind="stable").to_numpy()
         return [str(v) for v in ids[chunk_customers::chunk_customers]]
-
-    def snapshot_dates(self, store_id: str, start, end) -> list[pd.Timestamp]:
-        frame = self.read_sql(
-            f"SELECT DISTINCT snapshot_date FROM {self.qualified('customer_profile_snapshots')} WHERE store_id = :s AND snapshot_date BETWEEN :a AND :b ORDER BY 1",
-            {"s": store_id, "a": pd.Timestamp(start).date(), "b": pd.Timestamp(end).date()})
-        return list(pd.to_datetime(frame["snapshot_date"]))
 
     def customer_drift(self, store_id: str, customer_id: str, window_days: int = 28, as_of=None) -> pd.DataFrame:
         """One customer's drift row for a window (newest as_of unless given) and its axis rows (one query each)."""

@@ -3,8 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+PORT ?= 3000
+# One Dagster instance folder for the demo's runs and the UI (make dev shows what make demo ran).
+DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# Dagster's notices about its own APIs (beta parameters, `dagster dev` superseded) are not for operators.
+QUIET_DAGSTER := ignore::dagster_shared.utils.warnings.SupersessionWarning,ignore::dagster_shared.utils.warnings.BetaWarning
 
-.PHONY: demo test install install-dev dev clean bench
+.PHONY: demo test test-all install install-dev dev clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,17 +21,30 @@ install: $(BIN)/python
 install-dev: $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev]"
 
-demo: install
-	$(BIN)/quimbi demo
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
-# PostgreSQL tests use QUIMBI_TEST_POSTGRES_URL when set, else a throwaway server started by the
-# test session where PostgreSQL's binaries exist; they skip (with a message) where neither is
-# possible, unless QUIMBI_REQUIRE_POSTGRES=1 (as in .ci/run) makes that an error.
+demo: install $(DAGSTER_HOME)/dagster.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME) PYTHONWARNINGS=$(QUIET_DAGSTER) $(BIN)/quimbi demo
+
+# The default suite (no `slow` tests): about 4 minutes on 2 cores. PostgreSQL tests use
+# QUIMBI_TEST_POSTGRES_URL when set, else a throwaway server started by the test session where
+# PostgreSQL's binaries exist; they skip (with a message) where neither is possible, unless
+# QUIMBI_REQUIRE_POSTGRES=1 (as in .ci/run) makes that an error.
 test: install-dev
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Everything, the slow comparisons included: what CI runs (.ci/run).
+test-all: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-dev: install
-	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.dagster_home} sh -c 'mkdir -p "$$DAGSTER_HOME" && cp -n dagster.yaml "$$DAGSTER_HOME/dagster.yaml"; $(BIN)/dagster dev -w workspace.yaml'
+# The UI on http://localhost:$(PORT) (make dev PORT=3001). Runs launched from it use the demo's flags
+# (data/demo_flags.yaml, written by make demo) unless QUIMBI_FLAGS_FILE is set.
+dev: install $(DAGSTER_HOME)/dagster.yaml
+	cd $(DAGSTER_HOME) && DAGSTER_HOME=$(DAGSTER_HOME) PYTHONWARNINGS=$(QUIET_DAGSTER) \
+	  QUIMBI_FLAGS_FILE=$${QUIMBI_FLAGS_FILE:-$$(test -f $(CURDIR)/data/demo_flags.yaml && echo $(CURDIR)/data/demo_flags.yaml)} \
+	  $(CURDIR)/$(BIN)/dagster dev -w $(CURDIR)/workspace.yaml -p $(PORT)
 
 bench: install
 	$(BIN)/python benchmarks/run.py --customers 100000

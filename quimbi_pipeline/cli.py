@@ -1,4 +1,9 @@
-"""`quimbi`: run the daily pipeline for a date range, in process, through the Dagster job."""
+"""`quimbi`: run the daily pipeline for a date range, in process, through the Dagster job; the demo.
+
+Errors a person made (a missing file, a bad URL or password, a bad setting, an unknown store) end
+the command with one or two lines naming the problem and the fix, exit code 1, and no traceback
+(`-v` shows it). Settings come from the environment and a flags file: `quimbi --help` lists them.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,19 @@ import logging
 import os
 import sys
 import time
+import warnings
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 DEMO_END = "2026-10-31"  # the demo's history ends here (fixed, so the demo is reproducible)
-DEMO_DAYS = 14
+DEMO_DAYS = 35  # enough snapshots for the 7- and 28-day drift windows
+DEMO_FLAGS = {"ENABLE_TEMPORAL_SNAPSHOTS": True, "ENABLE_DRIFT_ANALYSIS": True, "ENABLE_OUTLIER_DETECTION": True}
+DOCS = "README.md and docs/ in the project"
+
+
+class UserError(Exception):
+    """A problem with what the person asked for: printed as its message, exit code 1."""
 
 
 def _date(text: str) -> pd.Timestamp:
@@ -21,123 +34,262 @@ def _date(text: str) -> pd.Timestamp:
         raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from exc
 
 
-def run_dates(
-    start: pd.Timestamp, end: pd.Timestamp, *, orders: str | None, warehouse: str | None, stores: list[str] | None,
-    log_level: str = "WARNING", out=None,
-) -> int:
-    """Materialize the daily_pipeline job for each date in [start, end], in order. Returns the number of failed dates."""
-    out = out or sys.stdout
+@dataclass
+class RunSummary:
+    dates_ok: list[str] = field(default_factory=list)
+    dates_failed: list[str] = field(default_factory=list)
+    profiles: int = 0
+    drift_rows: int = 0
+    seconds: float = 0.0
+
+
+def quiet_dagster_warnings() -> None:
+    """Dagster's beta/preview/supersession notices are for the project's developers, not for people running it."""
     import dagster as dg
 
-    from quimbi_pipeline.definitions import defs
-    from quimbi_pipeline.defs.drift.assets import DRIFT_KEYS, DRIFT_STEP
-    from quimbi_pipeline.defs.profiles.assets import DAILY_STEP, OUTLIERS_KEY, PROFILES_KEY, SNAPSHOT_KEYS
-    from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
+    for category in (dg.BetaWarning, dg.PreviewWarning, dg.SupersessionWarning):
+        warnings.filterwarnings("ignore", category=category)
 
+
+def cover_partitions(start: pd.Timestamp) -> None:
+    """Make the daily partitions start no later than `start` (QUIMBI_PARTITIONS_START), before the
+    definitions are loaded; if they are already loaded with a later start, say which setting to change."""
+    configured = pd.Timestamp(os.environ.get("QUIMBI_PARTITIONS_START", "2024-01-01"))
+    if "quimbi_pipeline.partitions" in sys.modules:
+        from quimbi_pipeline.partitions import daily_partitions
+
+        first = pd.Timestamp(daily_partitions.start).tz_localize(None).normalize()
+        if start < first:
+            raise UserError(f"{start.date()} is before the first daily partition {first.date()}: "
+                            f"set QUIMBI_PARTITIONS_START={start.date()} (or earlier) before starting the process")
+    elif start < configured:
+        os.environ["QUIMBI_PARTITIONS_START"] = f"{start:%Y-%m-%d}"
+
+
+def preflight(orders: str | None, warehouse: str | None, stores: list[str] | None) -> tuple[str, str]:
+    """Check settings, the warehouse and the orders before any date runs; returns (warehouse URL, orders URI)."""
+    import sqlalchemy as sa
+
+    from quimbi_pipeline.orders import OrdersSourceError, load_orders_cached
+    from quimbi_pipeline.settings import StoreSettings
+    from quimbi_pipeline.warehouse import Warehouse, masked_url, resolve_warehouse_url
+
+    try:
+        settings = StoreSettings()
+    except ValueError as exc:
+        raise UserError(f"{exc}\nFix the environment variable or the flags file (QUIMBI_FLAGS_FILE) named above; `quimbi --help` lists the settings.") from exc
+    url = resolve_warehouse_url(warehouse)
+    try:
+        Warehouse(url).dispose()
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise UserError(f"cannot open the warehouse {masked_url(url)}: {reason}\n"
+                        "Check --warehouse / QUIMBI_WAREHOUSE_URL (a SQLAlchemy URL, e.g. postgresql+psycopg://user:password@host:5432/db).") from exc
+    uri = orders or os.environ.get("QUIMBI_ORDERS") or "demo"
+    try:
+        validated = load_orders_cached(uri, warehouse_url=url, bad_rows=settings.default.bad_rows)
+    except OrdersSourceError as exc:
+        raise UserError(f"{exc}\nCheck --orders / QUIMBI_ORDERS (a CSV or Parquet path, sql:<table>, or demo).") from exc
+    known = set(validated.stores) | set(validated.rejected_stores)
+    unknown = sorted(set(stores or []) - known)
+    if unknown:
+        raise UserError(f"no orders for store(s) {', '.join(unknown)} in {uri}; its stores: {', '.join(sorted(known)) or 'none'}")
+    if not known:
+        raise UserError(f"the orders source {uri} has no order rows")
+    return url, uri
+
+
+class ProgressLine(logging.Handler):
+    """The pipeline's stage-and-store progress as one line rewritten in place (on a terminal)."""
+
+    def __init__(self, stream):
+        super().__init__(logging.INFO)
+        self.stream = stream
+        self.prefix = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = f"{self.prefix}{record.getMessage()}"[:118]
+        self.stream.write("\r\033[K" + text)
+        self.stream.flush()
+
+    def clear(self) -> None:
+        self.stream.write("\r\033[K")
+        self.stream.flush()
+
+
+def run_dates(
+    start: pd.Timestamp, end: pd.Timestamp, *, orders: str | None, warehouse: str | None, stores: list[str] | None,
+    log_level: str = "WARNING", out=None, progress: bool = False,
+) -> int:
+    """Materialize the daily_pipeline job for each date in [start, end], in order. Returns the number of failed dates.
+
+    The warehouse URL reaches the job through the environment (QUIMBI_WAREHOUSE_URL), never through
+    run config, which Dagster stores with the run: a password never lands in the run storage.
+    """
+    summary = execute_dates(start, end, orders=orders, warehouse=warehouse, stores=stores, log_level=log_level, out=out, progress=progress)
+    return len(summary.dates_failed)
+
+
+def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING", out=None, progress=False) -> RunSummary:
+    out = out or sys.stdout
     if end < start:
         raise SystemExit(f"--to {end.date()} is before --from {start.date()}")
+    cover_partitions(start)
+    import dagster as dg
+
+    quiet_dagster_warnings()
+    from quimbi_pipeline.definitions import defs
+    from quimbi_pipeline.defs.drift.assets import DRIFT_KEYS, DRIFT_STEP
+    from quimbi_pipeline.defs.profiles.assets import DAILY_STEP, OUTLIERS_KEY, PROFILES_KEY, SNAPSHOTS_KEY
+    from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
+
     job = defs.resolve_job_def(DAILY_PIPELINE_JOB)
-    run_config: dict = {"resources": {}, "loggers": {"console": {"config": {"log_level": log_level}}}}
-    if warehouse:
-        run_config["resources"]["warehouse"] = {"config": {"url": warehouse}}
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     if orders:
-        run_config["resources"]["orders_source"] = {"config": {"uri": orders}}
+        run_config["resources"] = {"orders_source": {"config": {"uri": orders}}}
     if stores:
         run_config["ops"] = {step: {"config": {"stores": stores}} for step in (DAILY_STEP, DRIFT_STEP)}
+    saved_url = os.environ.get("QUIMBI_WAREHOUSE_URL")
+    if warehouse:
+        os.environ["QUIMBI_WAREHOUSE_URL"] = warehouse
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-    failed = 0
+    line = ProgressLine(sys.stderr) if progress else None
+    progress_log = logging.getLogger("quimbi_pipeline.progress")
+    if line:
+        progress_log.addHandler(line)
+        progress_log.setLevel(logging.INFO)
+        progress_log.propagate = False
+    summary = RunSummary()
     dates = pd.date_range(start, end, freq="D")
-    for i, day in enumerate(dates, 1):
-        key = f"{day:%Y-%m-%d}"
-        started = time.perf_counter()
-        result = job.execute_in_process(run_config=run_config, instance=instance, partition_key=key, raise_on_error=False)
-        secs = time.perf_counter() - started
-        rows = stores_ok = 0
-        snapshots = []
-        outlier_rows = None
-        snapshot_kinds = {k: t for t, k in SNAPSHOT_KEYS.items()}
-        for materialization in result.asset_materializations_for_node(DAILY_STEP):
-            if materialization.asset_key == PROFILES_KEY:
-                rows = materialization.metadata["rows"].value
-                stores_ok = materialization.metadata["stores_ok"].value
-            elif materialization.asset_key == OUTLIERS_KEY:
-                outlier_rows = materialization.metadata["rows"].value
+    started_all = time.perf_counter()
+    try:
+        for i, day in enumerate(dates, 1):
+            key = f"{day:%Y-%m-%d}"
+            if line:
+                line.prefix = f"[{i}/{len(dates)}] {key} "
+            started = time.perf_counter()
+            result = job.execute_in_process(run_config=run_config, instance=instance, partition_key=key, raise_on_error=False)
+            secs = time.perf_counter() - started
+            if line:
+                line.clear()
+            rows = stores_ok = 0
+            text = ""
+            for m in result.asset_materializations_for_node(DAILY_STEP):
+                if m.asset_key == PROFILES_KEY:
+                    rows, stores_ok = m.metadata["rows"].value, m.metadata["stores_ok"].value
+                elif m.asset_key == SNAPSHOTS_KEY and m.metadata["rows"].value:
+                    text += f"  snapshots ({m.metadata['types'].value}): {m.metadata['rows'].value:,}"
+                elif m.asset_key == OUTLIERS_KEY and m.metadata["rows"].value:
+                    text += f"  outlier flags: {m.metadata['rows'].value:,}"
+            drift_rows = {m.asset_key.path[-1]: m.metadata["rows"].value for m in result.asset_materializations_for_node(DRIFT_STEP)}
+            if any(drift_rows.values()):
+                text += "  drift: " + ", ".join(f"{name} {drift_rows[name]:,}" for name in DRIFT_KEYS if name in drift_rows)
+            status = "ok" if result.success else "FAILED"
+            print(f"[{i}/{len(dates)}] {key}  {status:6}  stores ok {stores_ok}  profiles {rows:>9,}  {secs:6.1f}s{text}", file=out, flush=True)
+            summary.profiles += rows
+            summary.drift_rows += sum(drift_rows.values())
+            (summary.dates_ok if result.success else summary.dates_failed).append(key)
+            if not result.success:
+                _print_failures(result, out)
+    finally:
+        if line:
+            progress_log.removeHandler(line)
+            progress_log.propagate = True
+        if warehouse:
+            if saved_url is None:
+                os.environ.pop("QUIMBI_WAREHOUSE_URL", None)
             else:
-                snapshots.append(f"{snapshot_kinds[materialization.asset_key]} {materialization.metadata['rows'].value:,}")
-        drift_rows = {m.asset_key.path[-1]: m.metadata["rows"].value for m in result.asset_materializations_for_node(DRIFT_STEP)}
-        status = "ok" if result.success else "FAILED"
-        snap_text = f"  snapshots: {', '.join(snapshots)}" if snapshots else ""
-        if outlier_rows is not None:
-            snap_text += f"  outlier flags: {outlier_rows:,}"
-        if drift_rows:
-            snap_text += "  drift: " + ", ".join(f"{name} {drift_rows[name]:,}" for name in DRIFT_KEYS if name in drift_rows)
-        print(f"[{i}/{len(dates)}] {key}  {status:6}  stores ok {stores_ok}  profiles {rows:>9,}  {secs:6.1f}s{snap_text}", file=out, flush=True)
-        if not result.success:
-            failed += 1
-            for event in result.all_events:
-                if event.is_step_failure and event.step_failure_data.error:
-                    print(f"    {event.step_key}: {event.step_failure_data.error.message.strip()}", file=out)
-                    user = event.step_failure_data.user_failure_data
-                    for k, v in (user.metadata if user else {}).items():
-                        print(f"    {k}: {v.value}", file=out)
-    return failed
+                os.environ["QUIMBI_WAREHOUSE_URL"] = saved_url
+    summary.seconds = time.perf_counter() - started_all
+    return summary
 
 
-def demo_summary(warehouse_url: str, as_of: pd.Timestamp, out=None) -> None:
+def _print_failures(result, out) -> None:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.error:
+            error = event.step_failure_data.error
+            cause = error.cause.message.strip() if error.cause else ""
+            print(f"    {event.step_key}: {cause or error.message.strip()}".splitlines()[0], file=out)
+            user = event.step_failure_data.user_failure_data
+            for k, v in (user.metadata if user else {}).items():
+                print(f"    {k}: {v.value}", file=out)
+
+
+def print_summary(summary: RunSummary, warehouse_url: str, out=None) -> None:
+    from quimbi_pipeline.warehouse import masked_url
+
     out = out or sys.stdout
-    from quimbi_pipeline.warehouse import Warehouse
+    n = len(summary.dates_ok) + len(summary.dates_failed)
+    failed = f", failed {len(summary.dates_failed)} ({', '.join(summary.dates_failed[:5])}{' …' if len(summary.dates_failed) > 5 else ''})" if summary.dates_failed else ""
+    print(f"\n{n} date(s): ok {len(summary.dates_ok)}{failed}; {summary.profiles:,} profiles and {summary.drift_rows:,} drift rows written "
+          f"in {summary.seconds:.1f}s; warehouse {masked_url(warehouse_url)}", file=out)
 
-    wh = Warehouse(warehouse_url)
-    prof = wh.read_sql(
-        f"SELECT store_id, archetype_name, churn_risk_level, predicted_ltv FROM {wh.qualified('customer_profiles')} WHERE profile_date = :d",
-        {"d": as_of.date()},
-    )
-    print(f"\nProfiles dated {as_of.date()}: {len(prof):,}", file=out)
-    for store, g in prof.groupby("store_id"):
-        churn = g["churn_risk_level"].value_counts(normalize=True)
-        top = g["archetype_name"].value_counts().head(3)
-        print(f"  {store}: {len(g):,} customers, mean predicted 12-month LTV {g['predicted_ltv'].mean():.2f}, "
-              f"churn risk " + ", ".join(f"{k} {v:.0%}" for k, v in churn.items()), file=out)
-        for name, n in top.items():
-            print(f"      {n:5d}  {name}", file=out)
-    print(f"\nWarehouse: {warehouse_url}", file=out)
-    print("Tables: customer_profiles, segment_models; with flags (docs/flags.md): customer_profile_snapshots "
-          "(ENABLE_TEMPORAL_SNAPSHOTS), customer_drift and friends (ENABLE_DRIFT_ANALYSIS), customer_outlier_flags "
-          "(ENABLE_OUTLIER_DETECTION). Open the UI with `make dev` (see README).", file=out)
-    wh.dispose()
+
+def settings_help() -> str:
+    from quimbi_pipeline.settings import DESIGN_FLAGS, OTHER_ENVIRONMENT, PipelineSettings, environment_names
+
+    flags = [PipelineSettings.env_name(f) for f in DESIGN_FLAGS]
+    knobs = sorted(n for n in environment_names() if n not in flags)
+    return ("settings (environment variables; per store in a YAML flags file named by QUIMBI_FLAGS_FILE):\n"
+            f"  flags: {', '.join(flags)}\n"
+            f"  tuning: {', '.join(knobs)}\n"
+            f"  sources and places: {', '.join(OTHER_ENVIRONMENT)}\n"
+            f"Every flag is off by default (the original outputs). Details: {DOCS} (docs/flags.md lists every setting).")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="quimbi", description=__doc__)
+    parser = argparse.ArgumentParser(prog="quimbi", description="Daily customer behavioral profiles (Dagster): run dates, or the demo.",
+                                     epilog=settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each stage; show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="materialize the daily pipeline for each date from --from to --to")
     run.add_argument("--from", dest="start", type=_date, required=True)
     run.add_argument("--to", dest="end", type=_date, required=True)
     run.add_argument("--orders", help="orders source (default: QUIMBI_ORDERS, else demo)")
     run.add_argument("--warehouse", help="SQLAlchemy URL (default: QUIMBI_WAREHOUSE_URL, else the project's SQLite file)")
-    run.add_argument("--stores", help="comma-separated store ids (default: all)")
-    demo = sub.add_parser("demo", help=f"run the last {DEMO_DAYS} days of the demo orders into the default SQLite warehouse")
+    run.add_argument("--stores", help="comma-separated store ids (default: all); each must have orders in the source")
+    demo = sub.add_parser("demo", help=f"the last {DEMO_DAYS} days of the demo orders with snapshots, drift and outliers on, then what was found")
     demo.add_argument("--days", type=int, default=DEMO_DAYS)
     demo.add_argument("--warehouse", help="SQLAlchemy URL (default: the project's SQLite file)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log each stage")
     args = parser.parse_args(argv)
-    level = "INFO" if args.verbose else "WARNING"
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _command(args)
+    except UserError as exc:
+        if args.verbose:
+            logging.exception("quimbi failed")
+        print(f"quimbi: error: {exc}", file=sys.stderr)
+        if not args.verbose:
+            print("(run with -v for details)", file=sys.stderr)
+        return 1
 
+
+def _command(args) -> int:
+    level = "INFO" if args.verbose else "WARNING"
+    progress = sys.stderr.isatty() and not args.verbose
     if args.command == "run":
         stores = [s.strip() for s in args.stores.split(",") if s.strip()] if args.stores else None
-        failed = run_dates(args.start, args.end, orders=args.orders, warehouse=args.warehouse, stores=stores, log_level=level)
-        return 1 if failed else 0
+        if args.end < args.start:
+            raise SystemExit(f"--to {args.end.date()} is before --from {args.start.date()}")
+        url, _ = preflight(args.orders, args.warehouse, stores)
+        summary = execute_dates(args.start, args.end, orders=args.orders, warehouse=url, stores=stores, log_level=level, progress=progress)
+        print_summary(summary, url)
+        return 1 if summary.dates_failed else 0
 
-    from quimbi_pipeline.warehouse import default_warehouse_url
+    from quimbi_pipeline.demo_report import demo_report, write_demo_flags
+    from quimbi_pipeline.warehouse import default_warehouse_url, masked_url
 
     url = args.warehouse or default_warehouse_url()
+    flags_file = write_demo_flags(DEMO_FLAGS)
+    os.environ["QUIMBI_FLAGS_FILE"] = str(flags_file)
     end = pd.Timestamp(DEMO_END)
     start = end - pd.Timedelta(days=max(args.days, 1) - 1)
-    print(f"quimbi demo: demo orders, {start.date()} .. {end.date()}, warehouse {url}")
-    failed = run_dates(start, end, orders="demo", warehouse=url, stores=None, log_level=level)
-    demo_summary(url, end)
-    return 1 if failed else 0
+    print(f"quimbi demo: demo orders {start.date()} .. {end.date()}, flags {', '.join(DEMO_FLAGS)} (file {flags_file}), warehouse {masked_url(url)}")
+    preflight("demo", url, None)
+    summary = execute_dates(start, end, orders="demo", warehouse=url, stores=None, log_level=level, progress=progress)
+    print_summary(summary, url)
+    demo_report(url, end)
+    return 1 if summary.dates_failed else 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
 """The one Definitions object: everything under defs/, loaded by Dagster's defs-folder loader."""
 
+import warnings
 from pathlib import Path
 
 import dagster as dg
+
+# Dagster's notices about its own APIs (its sensor decorator passes a beta parameter) are not for operators.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 
 def load_definitions() -> dg.Definitions:

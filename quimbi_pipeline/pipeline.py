@@ -38,9 +38,11 @@ from quimbi_pipeline.segmentation import AxisModel
 from quimbi_pipeline.settings import PipelineSettings, StoreSettings, settings_for_store
 from quimbi_pipeline.snapshot_blocks import encode_blocks
 from quimbi_pipeline.snapshots import snapshot_types_for
+from quimbi_pipeline.threads import limited_threads, run_threads
 from quimbi_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger("quimbi_pipeline.progress")  # stage and store, shown by `quimbi run` while a date runs
 TOP_ARCHETYPES = 10
 
 
@@ -60,6 +62,7 @@ class StoreOutcome:
     snapshot_expected: int = 0  # customers the date's snapshots must cover (all, or the rollout share)
     outlier_rates: dict[str, float] = field(default_factory=dict)  # by method (ENABLE_OUTLIER_DETECTION)
     outlier_rows: int = 0
+    notes: list[str] = field(default_factory=list)  # degradations taken for this store (logged as warnings too)
 
 
 @dataclass
@@ -134,7 +137,8 @@ def run_profiles_partition(
             store_types = types if store_settings.enable_temporal_snapshots else []
             rows = rows_of.get(store, np.zeros(0, dtype="int64"))
             store_orders = orders if len(rows) == len(orders) else orders.take(rows)  # one store, nothing after D: no copy
-            outcomes.append(_run_store(store, store_orders, as_of, validated, warehouse, store_settings, store_types))
+            with limited_threads(len(store_orders), run_threads(store_settings.threads)):
+                outcomes.append(_run_store(store, store_orders, as_of, validated, warehouse, store_settings, store_types))
             del store_orders
         except Exception as exc:  # one store's failure is recorded and the others go on
             log.exception("store %s failed for %s", store, as_of.date())
@@ -204,6 +208,7 @@ def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_ty
         numbers = result.snapshot_columns if snapshot_customers is None else result.snapshot_columns.subset(snapshot_customers)
         blocks = encode_blocks(numbers, settings.snapshot_block_customers)
         result.seconds["encode_blocks"] = time.perf_counter() - blocks_started  # part of "write"
+    progress.info("%s: writing %s profiles", store, f"{len(result.profiles):,}")
     written = warehouse.write_profiles_partition(store, as_of, result.profiles, model_frame, snapshot_types, changed, transitions, result.outliers,
                                                  snapshot_customers, blocks)
     result.seconds["write"] = time.perf_counter() - started
@@ -212,6 +217,7 @@ def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_ty
         result.seconds["write_snapshot_blocks"] = written["block_seconds"]  # part of "write"
         result.seconds["analyze_snapshots"] = written["analyze_seconds"]  # part of "write" (PostgreSQL statistics)
     started = time.perf_counter()
+    progress.info("%s: verifying", store)
     expected = customer_ids
     # A backfill leaves newer profiles in place: an active customer is covered by a row dated D or later.
     stored = warehouse.profile_dates_since(store, as_of)
@@ -232,6 +238,7 @@ def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_ty
         snapshot_duplicate_keys=snapshot_stats["duplicate_keys"],
         outlier_rates=outlier_rates(result.outliers) if result.outliers is not None else {},
         outlier_rows=0 if result.outliers is None else len(result.outliers),
+        notes=list(result.churn.notes) if result.churn else [],
     )
 
 
@@ -269,10 +276,11 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
     outcomes = []
     for store in sorted(stores):
         store_settings = settings_for_store(settings, store)
-        if not store_settings.enable_drift_analysis:
+        if not store_settings.drift_active:
             continue
         try:
-            outcomes.append(_drift_store(warehouse, store, as_of, store_settings))
+            with limited_threads(0, run_threads(store_settings.threads)):  # array arithmetic, no large BLAS work
+                outcomes.append(_drift_store(warehouse, store, as_of, store_settings))
         except Exception as exc:  # one store's failure is recorded and the others go on
             log.exception("drift of store %s failed for %s", store, as_of.date())
             outcomes.append(DriftOutcome(store, False, error=f"{type(exc).__name__}: {exc}"))
@@ -281,6 +289,7 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
 
 def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings) -> DriftOutcome:
     started = time.perf_counter()
+    progress.info("%s: drift", store)
     windows = settings.drift_windows
     reader = SnapshotHistoryReader(warehouse, store, as_of - pd.Timedelta(days=drift.history_days(windows)), as_of)
     dates = list(reader.sources["snapshot_date"])

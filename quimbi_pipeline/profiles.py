@@ -24,6 +24,7 @@ from quimbi_pipeline.settings import ChurnBands, PipelineSettings
 from quimbi_pipeline.snapshot_blocks import SnapshotColumns
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger("quimbi_pipeline.progress")  # stage and store, shown by `quimbi run` while a date runs
 
 PROFILE_COLUMNS = [
     "store_id", "customer_id", "archetype_id", "archetype_level", "archetype_name", "dominant_segments",
@@ -207,6 +208,7 @@ def build_store_profiles(
         return StoreProfiles(store_id, as_of, _empty_profiles(), {}, None, version, 0)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
+    progress.info("%s: features of %s orders", store_id, f"{len(orders):,}")
     features, active = customer_features(orders, as_of, settings, optional_columns)
     seconds["features"] = time.perf_counter() - started
     if active.empty:
@@ -215,6 +217,7 @@ def build_store_profiles(
 
     axes: list[AxisSpec] = available_axes(optional_columns)
     started = time.perf_counter()
+    progress.info("%s: segments of %s customers", store_id, f"{len(active):,}")
     if models is None:
         segmentations = {axis.name: segment_axis(active, axis, settings) for axis in axes}
     else:
@@ -224,6 +227,7 @@ def build_store_profiles(
         segmentations = {axis.name: score_axis(active, axis, models[axis.name]) for axis in axes}
     seconds["segments"] = time.perf_counter() - started
     started = time.perf_counter()
+    progress.info("%s: churn risk and LTV", store_id)
     churn = fit_churn_model(features, settings)
     churn_score, predicted_ltv = score_churn(churn, active, settings)
     seconds["churn_ltv"] = time.perf_counter() - started

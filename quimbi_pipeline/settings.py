@@ -6,6 +6,7 @@ Values come from defaults, then environment variables (QUIMBI_*), then explicit 
 
 from __future__ import annotations
 
+import logging
 import os
 from enum import Enum
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+
+log = logging.getLogger(__name__)
 
 # DESIGN's drift windows (days).
 DRIFT_WINDOWS = (7, 28, 90, 180, 365)
@@ -77,7 +80,8 @@ class PipelineSettings(BaseModel):
     enable_stable_segments: bool = False
     segment_refit_days: int = Field(28, ge=1, le=3660)
     # Flag ENABLE_DRIFT_ANALYSIS: customer_drift, customer_axis_drift, customer_drift_anomalies and
-    # population_drift from the snapshots (needs ENABLE_TEMPORAL_SNAPSHOTS).
+    # population_drift from the snapshots. It brings what drift needs (IMPLIED_BY_DRIFT) unless a part
+    # is set explicitly; with ENABLE_TEMPORAL_SNAPSHOTS explicitly off, drift is skipped with a warning.
     enable_drift_analysis: bool = False
     # Drift is read, computed and written per slice of this many customers (bounded memory at
     # millions: a slice of 250,000 customers x 11 snapshot dates peaked at 17.4 GiB, docs/drift.md).
@@ -107,14 +111,22 @@ class PipelineSettings(BaseModel):
     # HDBSCAN, DBSCAN and GMM fits run on a fixed-seed sample of at most this many customers.
     cluster_fit_sample_size: int = Field(20_000, ge=100)
 
+    # BLAS/OpenMP threads of a run (threads.py): 0 = the usable cores divided by the concurrent runs.
+    # Small stores always run single-threaded.
+    threads: int = Field(0, ge=0, le=512)
+
     # Rollout: a customer-level flag given as "N%" applies to a stable, hash-chosen N% of a store's
     # customers (rollout.py); filled from such values, {flag field: percent}.
     rollout_percent: dict[str, float] = Field(default_factory=dict)
 
+    # Flags turned on by ENABLE_DRIFT_ANALYSIS because the drift step asked for them, not the operator.
+    implied_flags: tuple[str, ...] = ()
+
     @model_validator(mode="before")
     @classmethod
-    def _percent_flags(cls, values: Any) -> Any:
-        """ENABLE_X: "10%" -> enable_x on for 10% of the customers (customer-level flags only)."""
+    def _percent_and_implied_flags(cls, values: Any) -> Any:
+        """ENABLE_X: "10%" -> enable_x on for 10% of the customers (customer-level flags only); then
+        ENABLE_DRIFT_ANALYSIS turns on IMPLIED_BY_DRIFT flags that are not set explicitly."""
         if not isinstance(values, dict):
             return values
         values = dict(values)
@@ -133,6 +145,10 @@ class PipelineSettings(BaseModel):
                 values[name] = True
                 rollout[name] = percent
         values["rollout_percent"] = rollout
+        if _truthy(values.get("enable_drift_analysis")) and "implied_flags" not in values:
+            implied = tuple(f for f in IMPLIED_BY_DRIFT if f not in values)
+            values.update({f: True for f in implied})
+            values["implied_flags"] = implied
         return values
 
     @field_validator("drift_windows", mode="before")
@@ -150,6 +166,11 @@ class PipelineSettings(BaseModel):
             raise ValueError(f"drift_windows={value!r}: a non-empty subset of {DRIFT_WINDOWS} (days)")
         return tuple(values)
 
+    @property
+    def drift_active(self) -> bool:
+        """Drift is computed: the flag is on and snapshots exist to measure it between."""
+        return self.enable_drift_analysis and self.enable_temporal_snapshots
+
     def share(self, flag: str) -> float:
         """Share of a store's customers a customer-level flag applies to (1.0 = all)."""
         return self.rollout_percent.get(flag, 100.0) / 100.0
@@ -161,8 +182,6 @@ class PipelineSettings(BaseModel):
         if self.clustering_algorithm != ClusteringAlgorithm.kmeans and not self.enable_advanced_clustering:
             raise ValueError(f"CLUSTERING_ALGORITHM={self.clustering_algorithm.value} needs ENABLE_ADVANCED_CLUSTERING "
                              "(kmeans, the original engine, does not)")
-        if self.enable_drift_analysis and not self.enable_temporal_snapshots:
-            raise ValueError("enable_drift_analysis needs enable_temporal_snapshots: drift is measured between snapshots")
         return self
 
     @staticmethod
@@ -173,12 +192,61 @@ class PipelineSettings(BaseModel):
     @classmethod
     def env_values(cls, environ: dict[str, str] | None = None) -> dict[str, Any]:
         env = os.environ if environ is None else environ
-        names = {cls.env_name(f): f for f in cls.model_fields if f not in ("churn_bands", "rollout_percent")}
-        return {field: env[name] for name, field in names.items() if name in env}
+        return {field: env[name] for name, field in environment_names().items() if name in env}
 
     @classmethod
     def from_env(cls, overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> PipelineSettings:
         return cls.model_validate({**cls.env_values(environ), **(overrides or {})})
+
+
+# What meaningful drift needs (issue 11): the same segments across dates, and features that follow a
+# customer's change within a few orders. Set explicitly (true or false) they are left alone.
+IMPLIED_BY_DRIFT = ("enable_temporal_snapshots", "enable_stable_segments", "enable_adaptive_windows")
+# Settings that are not PipelineSettings fields but are read from the environment elsewhere.
+OTHER_ENVIRONMENT = (
+    "QUIMBI_ORDERS", "QUIMBI_WAREHOUSE_URL", "QUIMBI_DATA_DIR", "QUIMBI_FLAGS_FILE", "QUIMBI_PARTITIONS_START",
+    "QUIMBI_STORE_BATCH_SIZE", "QUIMBI_CONCURRENT_RUNS", "QUIMBI_TEST_POSTGRES_URL", "QUIMBI_REQUIRE_POSTGRES",
+    *(f"QUIMBI_RETENTION_{t.upper()}_DAYS" for t in ("daily", "weekly", "monthly", "quarterly", "yearly", "profile_change")),
+)
+NOT_FROM_ENVIRONMENT = ("churn_bands", "rollout_percent", "implied_flags")
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "t", "yes", "y", "on")
+    return bool(value)
+
+
+def environment_names() -> dict[str, str]:
+    """{environment name: field} of every setting read from the environment or a flags file."""
+    return {PipelineSettings.env_name(f): f for f in PipelineSettings.model_fields if f not in NOT_FROM_ENVIRONMENT}
+
+
+def unknown_environment(environ: dict[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """ENABLE_* / QUIMBI_* / CLUSTERING_* / DYNAMIC_* variables this project does not read, each with the
+    closest known name (a typo such as ENABLE_TEMPORAL_SNAPSHOT would otherwise be silently ignored)."""
+    import difflib
+
+    env = os.environ if environ is None else environ
+    known = set(environment_names()) | set(OTHER_ENVIRONMENT)
+    prefixes = ("ENABLE_", "QUIMBI_", "CLUSTERING_", "DYNAMIC_K")
+    unknown = sorted(n for n in env if n.startswith(prefixes) and n not in known)
+    return [(n, next(iter(difflib.get_close_matches(n, sorted(known), n=1, cutoff=0.75)), None)) for n in unknown]
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """One warning line per process for a setting problem (steps and dates build settings many times)."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+def warn_unknown_environment(environ: dict[str, str] | None = None) -> None:
+    for name, closest in unknown_environment(environ):
+        _warn_once(f"environment variable {name} is not a quimbi setting and is ignored" + (f" (did you mean {closest}?)" if closest else ""))
 
 
 # Flags a rollout percentage can apply to: features that work per customer.
@@ -200,6 +268,12 @@ class StoreSettings:
         self.file_defaults, self.file_stores = read_flags_file(path) if path else ({}, {})
         self.default = self._build(None)
         self.by_store = {store: self._build(store) for store in self.file_stores}
+        if environ is None:
+            warn_unknown_environment()
+        for store, settings in [("all stores", self.default), *self.by_store.items()]:
+            if settings.enable_drift_analysis and not settings.enable_temporal_snapshots:
+                _warn_once(f"{store}: ENABLE_DRIFT_ANALYSIS is on but ENABLE_TEMPORAL_SNAPSHOTS is off: drift is skipped "
+                           "(it is measured between snapshots)")
 
     def _build(self, store: str | None) -> PipelineSettings:
         values = {**self.env, **self.file_defaults, **(self.file_stores.get(store, {}) if store else {}), **self.overrides}
@@ -207,7 +281,7 @@ class StoreSettings:
             return PipelineSettings.model_validate(values)
         except ValidationError as exc:
             where = f"store {store}" if store else "defaults"
-            raise ValueError(f"invalid settings for {where}: {exc}") from exc
+            raise ValueError(f"invalid settings for {where}: {describe_errors(exc)}") from exc
 
     def for_store(self, store: str) -> PipelineSettings:
         return self.by_store.get(store, self.default)
@@ -217,6 +291,17 @@ class StoreSettings:
         settings = self.for_store(store)
         return {PipelineSettings.env_name(f): (f"{settings.rollout_percent[f]:g}%" if f in settings.rollout_percent else v.value if isinstance(v, Enum) else v)
                 for f, v in settings.model_dump().items() if f in DESIGN_FLAGS}
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """pydantic's errors as `NAME=value: problem`, NAME as the person sets it (environment or flags file)."""
+    parts = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = PipelineSettings.env_name(field) if field in PipelineSettings.model_fields else field or "settings"
+        value = f"={error['input']!r}" if field and not isinstance(error.get("input"), dict) else ""
+        parts.append(f"{name}{value}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
 
 
 def settings_for_store(settings: PipelineSettings | StoreSettings, store: str) -> PipelineSettings:
@@ -233,7 +318,7 @@ def read_flags_file(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[st
         raise ValueError(f"flags file {path}: cannot read: {exc}") from exc
     if not isinstance(doc, dict) or set(doc) - {"defaults", "stores"}:
         raise ValueError(f"flags file {path}: top-level keys must be 'defaults' and 'stores', got {sorted(doc) if isinstance(doc, dict) else type(doc).__name__}")
-    names = {PipelineSettings.env_name(f): f for f in PipelineSettings.model_fields if f not in ("churn_bands", "rollout_percent")}
+    names = environment_names()
 
     def section(values, where: str) -> dict[str, Any]:
         if not isinstance(values, dict):

@@ -231,14 +231,27 @@ changed_customers = sa.Table("changed_customers", staging_metadata, sa.Column("c
 rollout_customers = sa.Table("rollout_customers", staging_metadata, sa.Column("customer_id", sa.Text, primary_key=True))
 
 
+def data_dir() -> Path:
+    """The project's data folder (QUIMBI_DATA_DIR moves it), created if missing."""
+    path = Path(os.environ.get("QUIMBI_DATA_DIR", PROJECT_ROOT / "data"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def default_warehouse_url() -> str:
-    data_dir = Path(os.environ.get("QUIMBI_DATA_DIR", PROJECT_ROOT / "data"))
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{data_dir / 'quimbi.sqlite'}"
+    return f"sqlite:///{data_dir() / 'quimbi.sqlite'}"
 
 
 def resolve_warehouse_url(url: str | None = None) -> str:
     return url or os.environ.get("QUIMBI_WAREHOUSE_URL") or default_warehouse_url()
+
+
+def masked_url(url: str) -> str:
+    """A warehouse URL fit for output and logs: the password replaced by ***."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<not a SQLAlchemy URL>"
 
 
 def _python_rows(frame: pd.DataFrame) -> list[tuple]:

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from quimbi_pipeline.definitions import defs
-from quimbi_pipeline.defs.profiles.assets import COVERAGE_CHECK, MEMBERSHIPS_CHECK, PROFILES_KEY, daily_profiles
+from quimbi_pipeline.defs.profiles.assets import COVERAGE_CHECK, MEMBERSHIPS_CHECK, PROFILES_KEY, STORES_CHECK, daily_profiles
 from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
 from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
 from quimbi_pipeline.warehouse import Warehouse
@@ -37,7 +37,8 @@ def test_materialize_partition_records_metadata_and_passing_checks(tmp_path, war
     assert {"customers/store_a", "k/purchase_frequency/store_a", "silhouette/purchase_value/store_b"} <= set(md)
     assert any(k.startswith("archetype_share/store_a/") for k in md)
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {MEMBERSHIPS_CHECK: True, COVERAGE_CHECK: True}
+    assert checks == {MEMBERSHIPS_CHECK: True, COVERAGE_CHECK: True, STORES_CHECK: True, "snapshots_cover_active_customers": True,
+                      "snapshot_keys_unique": True}
     assert len(Warehouse(warehouse_url).profiles(profile_date="2026-10-31")) == md["rows"].value
 
 
@@ -53,7 +54,8 @@ def test_one_bad_store_fails_the_run_but_not_the_other_stores(tmp_path, sqlite_u
     result = materialize(str(path), sqlite_url, "2026-10-31")
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
-    assert "1 store(s) failed" in failure.step_failure_data.error.message
+    assert "1 store(s) failed: store_b" in failure.step_failure_data.error.message
+    assert "quimbi run --stores store_b" in failure.step_failure_data.error.message
     assert "store_b" in failure.step_failure_data.user_failure_data.metadata
     assert "unparseable timestamp" in failure.step_failure_data.user_failure_data.metadata["store_b"].value
     written = Warehouse(sqlite_url).profiles()
@@ -82,13 +84,16 @@ def materialize_day_with_drift(orders_uri, warehouse_url, partition):
     return materialize(orders_uri, warehouse_url, partition, assets=(daily_profiles, daily_drift))
 
 
-def test_drift_step_materializes_with_the_flag_and_nothing_without(sqlite_url, monkeypatch):
+def test_drift_step_materializes_with_the_flag_and_zero_rows_without(sqlite_url, monkeypatch):
     from quimbi_pipeline.defs.drift.assets import DRIFT_KEYS, DRIFT_RANGE_CHECK, DRIFT_STEP
 
     uri = "demo:customers=300,stores=2,seed=4"
     monkeypatch.setenv("ENABLE_TEMPORAL_SNAPSHOTS", "1")
     off = materialize_day_with_drift(uri, sqlite_url, "2026-10-30")
-    assert off.success and off.asset_materializations_for_node(DRIFT_STEP) == []
+    # Every output materializes when the step succeeds (a UI backfill of all assets ends successful), with 0 rows and a note.
+    assert off.success
+    assert {m.asset_key: m.metadata["rows"].value for m in off.asset_materializations_for_node(DRIFT_STEP)} == {k: 0 for k in DRIFT_KEYS.values()}
+    assert "ENABLE_DRIFT_ANALYSIS is off" in off.asset_materializations_for_node(DRIFT_STEP)[0].metadata["note"].value
     monkeypatch.setenv("ENABLE_DRIFT_ANALYSIS", "1")
     on = materialize_day_with_drift(uri, sqlite_url, "2026-10-31")
     assert on.success
@@ -99,10 +104,18 @@ def test_drift_step_materializes_with_the_flag_and_nothing_without(sqlite_url, m
     assert {e.check_name: e.passed for e in on.get_asset_check_evaluations()}[DRIFT_RANGE_CHECK]
 
 
-def test_drift_without_snapshots_fails_at_config_time(sqlite_url, monkeypatch):
+def test_drift_brings_snapshots_and_an_explicit_snapshots_off_skips_drift_with_one_warning(sqlite_url, monkeypatch, caplog):
+    from quimbi_pipeline.defs.drift.assets import DRIFT_STEP
+
     monkeypatch.setenv("ENABLE_DRIFT_ANALYSIS", "1")
-    result = materialize_day_with_drift("demo:customers=100", sqlite_url, "2026-10-31")
-    assert not result.success
-    failure = next(e for e in result.all_events if e.is_step_failure)
-    assert "enable_drift_analysis needs enable_temporal_snapshots" in str(failure.step_failure_data.error.cause)
-    assert Warehouse(sqlite_url).profiles().empty
+    on = materialize_day_with_drift("demo:customers=100", sqlite_url, "2026-10-31")
+    assert on.success
+    wh = Warehouse(sqlite_url)
+    assert len(wh.read_sql("SELECT * FROM customer_profile_snapshots")) > 0  # snapshots came with drift
+    monkeypatch.setenv("ENABLE_TEMPORAL_SNAPSHOTS", "false")  # the operator's rollback of one flag
+    off = materialize_day_with_drift("demo:customers=100", sqlite_url, "2026-10-30")
+    assert off.success
+    assert all(m.metadata["rows"].value == 0 for m in off.asset_materializations_for_node(DRIFT_STEP))
+    assert wh.read_sql("SELECT count(*) AS n FROM customer_profile_snapshots WHERE snapshot_date = '2026-10-30'")["n"].iloc[0] == 0
+    warnings = [r.getMessage() for r in caplog.records if "ENABLE_TEMPORAL_SNAPSHOTS is off" in r.getMessage()]
+    assert len(warnings) == 1 and "drift is skipped" in warnings[0]

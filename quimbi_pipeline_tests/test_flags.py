@@ -92,7 +92,7 @@ def test_effective_flags_per_store_are_recorded_as_metadata(sqlite_url, tmp_path
 
 ON = {
     "snapshots": "ENABLE_TEMPORAL_SNAPSHOTS: true",
-    "drift": "ENABLE_TEMPORAL_SNAPSHOTS: true\n    ENABLE_DRIFT_ANALYSIS: true",
+    "drift": "ENABLE_DRIFT_ANALYSIS: true",  # brings snapshots, stable segments and adaptive windows
     "stable_segments": "ENABLE_STABLE_SEGMENTS: true",
     "adaptive_windows": "ENABLE_ADAPTIVE_WINDOWS: true",
     "outliers": "ENABLE_OUTLIER_DETECTION: true",
@@ -101,7 +101,7 @@ ON = {
     "hdbscan": "ENABLE_ADVANCED_CLUSTERING: true\n    CLUSTERING_ALGORITHM: hdbscan\n    QUIMBI_HDBSCAN_MIN_CLUSTER_SIZE: 10",
     "dbscan": "ENABLE_ADVANCED_CLUSTERING: true\n    CLUSTERING_ALGORITHM: dbscan",
 }
-CHANGES_PROFILES = {"stable_segments", "adaptive_windows", "gmm", "hdbscan", "dbscan"}
+CHANGES_PROFILES = {"stable_segments", "adaptive_windows", "drift", "gmm", "hdbscan", "dbscan"}
 # dynamic_k only widens the k range (max_k 7 for store_a's ~250 customers): the silhouette may keep the same k.
 
 

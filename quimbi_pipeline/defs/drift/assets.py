@@ -2,20 +2,20 @@
 
 Runs after the date's profiles and snapshots (it reads the snapshots of the longest configured
 window up to D, at least 98 days for the anomalies), for stores with ENABLE_DRIFT_ANALYSIS on; with
-the flag off it materializes nothing.
+the flag off its outputs materialize with 0 rows. It runs for every store whose profiles were written
+even when another store failed, and then fails the run naming every failed store.
 """
 
 from collections.abc import Iterator
 
 import dagster as dg
 
-from quimbi_pipeline.defs.profiles.assets import PROFILES_KEY, SNAPSHOT_KEYS
-from quimbi_pipeline.defs.resources import WarehouseResource
+from quimbi_pipeline.defs.profiles.assets import DRIFT_STEP, PROFILES_KEY, SNAPSHOTS_KEY
+from quimbi_pipeline.defs.resources import WarehouseResource, size_thread_pools
 from quimbi_pipeline.partitions import daily_partitions
 from quimbi_pipeline.pipeline import run_drift_partition
 from quimbi_pipeline.settings import StoreSettings
 
-DRIFT_STEP = "daily_drift"
 DRIFT_KEYS = {name: dg.AssetKey(name) for name in ("customer_drift", "customer_axis_drift", "customer_drift_anomalies", "population_drift")}
 DRIFT_RANGE_CHECK = "drift_rows_valid"
 
@@ -27,8 +27,7 @@ _DESCRIPTIONS = {
 }
 # Specs live inside a tuple: module-level AssetSpec objects would be loaded as assets of their own.
 _SPECS = tuple(
-    dg.AssetSpec(key, deps=[PROFILES_KEY, SNAPSHOT_KEYS["daily"]], group_name="drift", kinds={"python", "sql"}, skippable=True,
-                 description=_DESCRIPTIONS[name])
+    dg.AssetSpec(key, deps=[PROFILES_KEY, SNAPSHOTS_KEY], group_name="drift", kinds={"python", "sql"}, description=_DESCRIPTIONS[name])
     for name, key in DRIFT_KEYS.items()
 )
 
@@ -46,6 +45,16 @@ class DriftConfig(dg.Config):
         return StoreSettings(self.model_dump(exclude={"stores"}))
 
 
+def profile_failures_of_run(context: dg.AssetExecutionContext) -> dict[str, str]:
+    """{store: error} of the stores the profiles step of this run reported failed (its materialization metadata)."""
+    records = context.instance.get_records_for_run(context.run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    for record in records:
+        materialization = record.event_log_entry.asset_materialization
+        if materialization is not None and materialization.asset_key == PROFILES_KEY:
+            return {k.split("/", 1)[1]: v.value for k, v in materialization.metadata.items() if k.startswith("error/")}
+    return {}
+
+
 @dg.multi_asset(
     name=DRIFT_STEP,
     specs=list(_SPECS),
@@ -55,6 +64,7 @@ class DriftConfig(dg.Config):
                                    description="Every drift row of D has at least two snapshots and scores within [0, 1].")],
 )
 def daily_drift(context: dg.AssetExecutionContext, config: DriftConfig, warehouse: WarehouseResource) -> Iterator:
+    size_thread_pools(context)
     settings = config.settings()  # per store: a store with ENABLE_DRIFT_ANALYSIS off is skipped
     wh = warehouse.open()
     try:
@@ -63,32 +73,36 @@ def daily_drift(context: dg.AssetExecutionContext, config: DriftConfig, warehous
         violations = sum(wh.drift_violations(o.store_id, context.partition_key) for o in ok)
     finally:
         wh.dispose()
-    if not outcomes:
-        context.log.info("ENABLE_DRIFT_ANALYSIS is off for every store of the run: no drift computed")
     for o in outcomes:
         if o.note:
             context.log.warning(f"store {o.store_id}: {o.note}")
-    if ok:
-        for name, key in DRIFT_KEYS.items():
-            if key not in context.selected_asset_keys:
-                continue
-            metadata: dict = {"rows": sum(o.rows.get(name, 0) for o in ok), "stores": len(ok)}
-            for o in ok:
-                metadata[f"rows/{o.store_id}"] = o.rows.get(name, 0)
-                if name == "customer_drift":
-                    metadata.update({f"seconds/{stage}/{o.store_id}": round(v, 3) for stage, v in o.seconds.items()})
-                if name == "customer_drift_anomalies":
-                    metadata.update({f"{kind}/{o.store_id}": n for kind, n in o.anomalies_by_type.items()})
-                if name == "population_drift" and o.population is not None:
-                    for row in o.population.itertuples():  # numeric: plotted across partitions in the UI
-                        metadata[f"segment_share_shift/{o.store_id}/{row.axis}"] = float(row.segment_share_shift)
-                        if row.feature_psi is not None:
-                            metadata[f"feature_psi/{o.store_id}/{row.axis}"] = float(row.feature_psi)
-            yield dg.MaterializeResult(asset_key=key, metadata=metadata)
-        if DRIFT_KEYS["customer_drift"] in context.selected_asset_keys:
-            yield dg.AssetCheckResult(asset_key=DRIFT_KEYS["customer_drift"], check_name=DRIFT_RANGE_CHECK, passed=violations == 0,
-                                      metadata={"rows_violating": violations})
-    failed = [o for o in outcomes if not o.ok]
+    note = None if ok else ("ENABLE_DRIFT_ANALYSIS is off (or has no snapshots dated D) for every store of the run: no rows" if not outcomes
+                            else "no store had drift rows for this date")
+    for name, key in DRIFT_KEYS.items():
+        if key not in context.selected_asset_keys:
+            continue
+        metadata: dict = {"rows": sum(o.rows.get(name, 0) for o in ok), "stores": len(ok)}
+        if note:
+            metadata["note"] = note
+        for o in ok:
+            metadata[f"rows/{o.store_id}"] = o.rows.get(name, 0)
+            if name == "customer_drift":
+                metadata.update({f"seconds/{stage}/{o.store_id}": round(v, 3) for stage, v in o.seconds.items()})
+            if name == "customer_drift_anomalies":
+                metadata.update({f"{kind}/{o.store_id}": n for kind, n in o.anomalies_by_type.items()})
+            if name == "population_drift" and o.population is not None:
+                for row in o.population.itertuples():  # numeric: plotted across partitions in the UI
+                    metadata[f"segment_share_shift/{o.store_id}/{row.axis}"] = float(row.segment_share_shift)
+                    if row.feature_psi is not None:
+                        metadata[f"feature_psi/{o.store_id}/{row.axis}"] = float(row.feature_psi)
+        yield dg.MaterializeResult(asset_key=key, metadata=metadata)
+    if DRIFT_KEYS["customer_drift"] in context.selected_asset_keys:
+        yield dg.AssetCheckResult(asset_key=DRIFT_KEYS["customer_drift"], check_name=DRIFT_RANGE_CHECK, passed=violations == 0,
+                                  metadata={"rows_violating": violations})
+    failed = {**{s: f"profiles: {e}" for s, e in profile_failures_of_run(context).items()},
+              **{o.store_id: f"drift: {o.error}" for o in outcomes if not o.ok}}
     if failed:
-        raise dg.Failure(description=f"drift failed for {len(failed)} store(s); the other stores were written",
-                         metadata={o.store_id: dg.MetadataValue.text(o.error or "") for o in failed})
+        names = ",".join(failed)
+        raise dg.Failure(description=f"{len(failed)} store(s) failed: {names}; every other store got its profiles, snapshots and drift "
+                                     f"(re-run only those: quimbi run --stores {names})",
+                         metadata={s: dg.MetadataValue.text(e) for s, e in failed.items()})

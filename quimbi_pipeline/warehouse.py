@@ -8,7 +8,6 @@ exactly that partition's rows and a failure leaves the previous rows intact.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -287,16 +286,50 @@ class Warehouse:
 
     # ---- schema -------------------------------------------------------------------------------
     def create_tables(self) -> None:
-        with self.engine.begin() as conn:
+        """Create missing tables, views and columns; safe when several runs start at once on an empty
+        warehouse (PostgreSQL: under an advisory lock; SQLite: under a lock file beside the database)."""
+        with self._schema_lock(), self.engine.begin() as conn:
             if self.is_postgres:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('quimbi.schema'))"))
                 conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}"))
             metadata.create_all(conn, checkfirst=True)
+            self._add_missing_columns(conn)
             if self.is_postgres:
                 # The blocks are lz4-compressed already: TOAST out of line without compressing again.
                 for column in ("memberships", "features"):
                     conn.execute(sa.text(f"ALTER TABLE {self.qualified('snapshot_blocks')} ALTER COLUMN {column} SET STORAGE EXTERNAL"))
             if HISTORY_VIEW not in sa.inspect(conn).get_view_names(schema=PG_SCHEMA if self.is_postgres else None):
                 conn.execute(sa.text(HISTORY_VIEW_SQL.format(view=self.qualified(HISTORY_VIEW), table=self.qualified("customer_profile_snapshots"))))
+
+    def _schema_lock(self):
+        """A process-exclusive lock for schema changes on SQLite (PostgreSQL locks inside the transaction)."""
+        import contextlib
+        import fcntl
+
+        database = sa.engine.make_url(self.url).database if not self.is_postgres else None
+        if not database or database == ":memory:":
+            return contextlib.nullcontext()
+
+        @contextlib.contextmanager
+        def locked():
+            with open(f"{database}.schema-lock", "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        return locked()
+
+    def _add_missing_columns(self, conn: sa.Connection) -> None:
+        """Upgrade in place: columns added to a table since the warehouse was created (nullable ones only)."""
+        inspector = sa.inspect(conn)
+        schema = PG_SCHEMA if self.is_postgres else None
+        for table in metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name, schema=schema)}
+            for column in table.columns:
+                if column.name not in present and column.nullable:
+                    conn.execute(sa.text(f"ALTER TABLE {self.qualified(table.name)} ADD COLUMN {column.name} "
+                                         f"{column.type.compile(dialect=conn.dialect)}"))
 
     def _partitioned_tables(self) -> set[str]:
         """PostgreSQL tables created partitioned (older unpartitioned tables keep working)."""

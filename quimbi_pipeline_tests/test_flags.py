@@ -46,7 +46,7 @@ stores:
     ("stores:\n  store_a:\n    CLUSTERING_ALGORITHM: kmeanz\n    ENABLE_ADVANCED_CLUSTERING: true\n", "'kmeans', 'hdbscan', 'gmm' or 'dbscan'"),
     ("stores:\n  store_a:\n    CLUSTERING_ALGORITHM: hdbscan\n", "CLUSTERING_ALGORITHM=hdbscan needs ENABLE_ADVANCED_CLUSTERING"),
     ("defaults:\n  ENABLE_DRIFT: true\n", "unknown name(s) ['ENABLE_DRIFT']; valid:"),
-    ("defaults:\n  QUIMBI_DBSCAN_EPS: -1\n", "dbscan_eps"),
+    ("defaults:\n  QUIMBI_DBSCAN_EPS: -1\n", "QUIMBI_DBSCAN_EPS=-1: Input should be greater than 0"),
     ("other: 1\n", "top-level keys must be 'defaults' and 'stores'"),
     ("defaults: [1, 2\n", "cannot read"),
 ])

@@ -28,7 +28,7 @@ progress = logging.getLogger("quimbi_pipeline.progress")  # stage and store, sho
 
 PROFILE_COLUMNS = [
     "store_id", "customer_id", "archetype_id", "archetype_level", "archetype_name", "dominant_segments",
-    "fuzzy_memberships", "behavioral_features", "churn_risk_score", "churn_risk_level", "predicted_ltv",
+    "fuzzy_memberships", "behavioral_features", "churn_risk_score", "churn_risk_level", "predicted_ltv", "expected_purchases",
     "total_orders", "lifetime_value", "days_since_first_order", "tenure_months", "profile_date", "model_version",
 ]
 ARCHETYPE_NAMESPACE = uuid.UUID("8f7c1a52-3f0e-4c59-9a43-2f1d7d0c9b11")
@@ -99,7 +99,7 @@ class ChurnModel:
     notes: list[str] = field(default_factory=list)
 
 
-def fit_churn_model(features: pd.DataFrame, settings: PipelineSettings) -> ChurnModel:
+def fit_churn_model(features: pd.DataFrame, settings: PipelineSettings, store_id: str = "") -> ChurnModel:
     """Modified BG/NBD on every customer with a purchase (the dead inform the dropout rate), and Gamma-Gamma on repeat buyers."""
     notes = []
     x, t_x, T = features["btyd_x"].to_numpy(), features["btyd_t_x"].to_numpy(), features["btyd_T"].to_numpy()
@@ -109,7 +109,9 @@ def fit_churn_model(features: pd.DataFrame, settings: PipelineSettings) -> Churn
     else:
         bg = btyd.fit_mbgnbd(x, t_x, T, sample_size=settings.btyd_fit_sample_size, random_state=settings.random_state)
         if not bg.converged:
-            notes.append("modified BG/NBD fit did not report convergence")
+            notes.append(f"modified BG/NBD fit did not converge (r={bg.r:.4g}, alpha={bg.alpha:.4g}, a={bg.a:.4g}, b={bg.b:.4g}): "
+                         "default parameters (CDNOW's fit) used instead")
+            bg = DEFAULT_MBGNBD
     try:
         gg = btyd.fit_gamma_gamma(x, features["btyd_monetary"].to_numpy(), sample_size=settings.btyd_fit_sample_size, random_state=settings.random_state)
         if gg.q <= 1:
@@ -119,24 +121,31 @@ def fit_churn_model(features: pd.DataFrame, settings: PipelineSettings) -> Churn
         notes.append(f"Gamma-Gamma not fitted ({exc}): customers' own average order value used for LTV")
         gg = None
     for note in notes:
-        log.warning("churn model: %s", note)
+        log.warning("store %s churn model: %s", store_id, note)
     return ChurnModel(bg, gg, notes)
 
 
-def score_churn(model: ChurnModel, features: pd.DataFrame, settings: PipelineSettings) -> tuple[np.ndarray, np.ndarray]:
-    """(churn_risk_score = 1 - P(alive), predicted_ltv = expected spend over the LTV horizon)."""
-    x, t_x, T = features["btyd_x"].to_numpy(), features["btyd_t_x"].to_numpy(), features["btyd_T"].to_numpy()
-    p_alive = btyd.mbgnbd_p_alive(model.bg, x, t_x, T)
-    expected = btyd.mbgnbd_expected_purchases(model.bg, settings.ltv_horizon_days * WEEKS_PER_DAY, x, t_x, T)
+def _finite_purchases(expected: np.ndarray) -> np.ndarray:
     bad = ~np.isfinite(expected) | (expected < 0)
     if bad.any():
         log.warning("expected purchases not finite for %d customer(s): set to 0", int(bad.sum()))
         expected = np.where(bad, 0.0, expected)
+    return expected
+
+
+def score_churn(model: ChurnModel, features: pd.DataFrame, settings: PipelineSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(churn_risk_score = P(no purchase in the next churn_horizon_days), predicted_ltv = expected spend over
+    the LTV horizon, expected_purchases over the churn horizon), all from the modified BG/NBD, closed form."""
+    x, t_x, T = features["btyd_x"].to_numpy(), features["btyd_t_x"].to_numpy(), features["btyd_T"].to_numpy()
+    horizon = settings.churn_horizon_days * WEEKS_PER_DAY
+    no_purchase = btyd.mbgnbd_p_no_purchase(model.bg, horizon, x, t_x, T)
+    expected_h = _finite_purchases(btyd.mbgnbd_expected_purchases(model.bg, horizon, x, t_x, T))
+    expected = _finite_purchases(btyd.mbgnbd_expected_purchases(model.bg, settings.ltv_horizon_days * WEEKS_PER_DAY, x, t_x, T))
     if model.gg is not None:
         spend = btyd.gamma_gamma_expected_spend(model.gg, x, features["btyd_monetary"].to_numpy())
     else:
         spend = features["avg_order_value"].to_numpy()
-    return 1.0 - p_alive, expected * np.nan_to_num(spend, nan=0.0)
+    return no_purchase, expected * np.nan_to_num(spend, nan=0.0), expected_h
 
 
 def archetypes(segmentations: dict[str, AxisSegmentation]) -> tuple[pd.Series, np.ndarray, pd.Series]:
@@ -228,8 +237,8 @@ def build_store_profiles(
     seconds["segments"] = time.perf_counter() - started
     started = time.perf_counter()
     progress.info("%s: churn risk and LTV", store_id)
-    churn = fit_churn_model(features, settings)
-    churn_score, predicted_ltv = score_churn(churn, active, settings)
+    churn = fit_churn_model(features, settings, store_id)
+    churn_score, predicted_ltv, expected_purchases = score_churn(churn, active, settings)
     seconds["churn_ltv"] = time.perf_counter() - started
     started = time.perf_counter()
     archetype_id, archetype_level, archetype_name = archetypes(segmentations)
@@ -255,6 +264,7 @@ def build_store_profiles(
         "churn_risk_score": np.round(churn_score, DECIMALS) + 0.0,
         "churn_risk_level": churn_risk_level(churn_score, settings.churn_bands),
         "predicted_ltv": np.round(predicted_ltv, 2) + 0.0,
+        "expected_purchases": np.round(expected_purchases, DECIMALS) + 0.0,
         "total_orders": active["total_orders"].to_numpy("int64"),
         "lifetime_value": np.round(active["lifetime_value"].to_numpy(), 2) + 0.0,
         "days_since_first_order": active["days_since_first_order"].to_numpy().astype("int64"),

@@ -64,6 +64,8 @@ class PipelineSettings(BaseModel):
     # Below this many customers a store's BTYD fit is unreliable: documented default parameters are used.
     btyd_min_customers: int = Field(30, ge=2)
     ltv_horizon_days: int = Field(365, ge=1)
+    # churn_risk_score = P(no purchase in the next churn_horizon_days); expected_purchases over the same days.
+    churn_horizon_days: int = Field(90, ge=1, le=3650)
     churn_bands: ChurnBands = ChurnBands()
     # What to do with rows that fail validation: reject the whole store, or drop the rows.
     bad_rows: str = Field("reject_store", pattern="^(reject_store|quarantine)$")

@@ -47,6 +47,8 @@ customer_profiles = sa.Table(
     sa.Column("churn_risk_score", sa.Float, nullable=False),
     sa.Column("churn_risk_level", sa.Text, nullable=False),
     sa.Column("predicted_ltv", sa.Float, nullable=False),
+    # Expected purchases over the churn horizon (added with the P(no purchase) churn score; NULL in rows written before).
+    sa.Column("expected_purchases", sa.Float),
     sa.Column("total_orders", sa.Integer, nullable=False),
     sa.Column("lifetime_value", sa.Float, nullable=False),
     sa.Column("days_since_first_order", sa.Integer, nullable=False),
@@ -76,7 +78,7 @@ segment_models = sa.Table(
 
 SNAPSHOT_COPIED_COLUMNS = [
     "archetype_id", "archetype_level", "archetype_name", "dominant_segments", "fuzzy_memberships", "behavioral_features",
-    "churn_risk_score", "churn_risk_level", "predicted_ltv", "total_orders", "lifetime_value", "days_since_first_order",
+    "churn_risk_score", "churn_risk_level", "predicted_ltv", "expected_purchases", "total_orders", "lifetime_value", "days_since_first_order",
     "tenure_months", "model_version",
 ]
 

@@ -11,7 +11,14 @@ from quimbi_pipeline.defs.profiles.assets import PROFILES_KEY, ProfilesConfig, d
 from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
 from quimbi_pipeline.settings import ClusteringAlgorithm, PipelineSettings, StoreSettings
 from quimbi_pipeline.warehouse import Warehouse
-from quimbi_pipeline_tests.golden import GOLDEN_FROM, GOLDEN_ORDERS, GOLDEN_PROFILES, GOLDEN_TO, export_sqlite_profiles_csv
+from quimbi_pipeline_tests.golden import (
+    GOLDEN_FROM,
+    GOLDEN_ORDERS,
+    GOLDEN_TO,
+    assert_matches_golden,
+    export_sqlite_profiles_csv,
+    run_golden,
+)
 
 
 def write(path, text):
@@ -107,21 +114,23 @@ CHANGES_PROFILES = {"stable_segments", "adaptive_windows", "drift", "gmm", "hdbs
 
 @pytest.mark.parametrize("flag", sorted(ON))
 def test_turning_a_flag_on_then_off_returns_to_the_golden_rows(tmp_path, monkeypatch, flag):
+    baseline_text = run_golden(tmp_path / "flags_off.sqlite")  # every flag off, this machine
+    assert_matches_golden(baseline_text)
+    baseline = pd.read_csv(io.StringIO(baseline_text))
     db = tmp_path / "w.sqlite"
     url = f"sqlite:///{db}"
     flags = write(tmp_path / "flags.yaml", f"stores:\n  store_a:\n    {ON[flag]}\n")
     monkeypatch.setenv("QUIMBI_FLAGS_FILE", str(flags))
     assert run_dates(pd.Timestamp(GOLDEN_FROM), pd.Timestamp(GOLDEN_TO), orders=str(GOLDEN_ORDERS), warehouse=url, stores=None, out=io.StringIO()) == 0
     on = pd.read_csv(io.StringIO(export_sqlite_profiles_csv(db)))
-    golden = pd.read_csv(GOLDEN_PROFILES)
-    # Only store_a has the flag: store_b's rows are the golden rows even while it is on.
-    assert on[on.store_id == "store_b"].reset_index(drop=True).equals(golden[golden.store_id == "store_b"].reset_index(drop=True))
-    changed = not on[on.store_id == "store_a"].reset_index(drop=True).equals(golden[golden.store_id == "store_a"].reset_index(drop=True))
+    # Only store_a has the flag: store_b's rows are the flags-off rows even while it is on.
+    assert on[on.store_id == "store_b"].reset_index(drop=True).equals(baseline[baseline.store_id == "store_b"].reset_index(drop=True))
+    changed = not on[on.store_id == "store_a"].reset_index(drop=True).equals(baseline[baseline.store_id == "store_a"].reset_index(drop=True))
     if flag != "dynamic_k":
         assert changed == (flag in CHANGES_PROFILES)
     monkeypatch.delenv("QUIMBI_FLAGS_FILE")
     assert run_dates(pd.Timestamp(GOLDEN_FROM), pd.Timestamp(GOLDEN_TO), orders=str(GOLDEN_ORDERS), warehouse=url, stores=None, out=io.StringIO()) == 0
-    assert export_sqlite_profiles_csv(db) == GOLDEN_PROFILES.read_text()
+    assert export_sqlite_profiles_csv(db) == baseline_text  # off again: byte for byte
 
 
 def test_rollout_share_is_stable_independent_and_grows_by_adding():

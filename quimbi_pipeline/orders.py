@@ -8,6 +8,7 @@ so that one store's bad rows never stop the others.
 from __future__ import annotations
 
 import functools
+import gzip
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ REQUIRED_COLUMNS = ("order_id", "customer_id", "order_ts", "order_total")
 OPTIONAL_COLUMNS = ("store_id", "discount_total", "item_count", "category")
 DEFAULT_STORE = "default"
 MAX_ROWS_NAMED = 10
+# Larger values are bad rows, not data: a total of 1e308 overflowed lifetime_value to Infinity.
+MAX_AMOUNT = {"order_total": 1e12, "discount_total": 1e12, "item_count": 1e9}
 
 
 class OrdersSourceError(ValueError):
@@ -70,15 +73,82 @@ def read_orders_source(uri: str, warehouse_url: str | None = None) -> pd.DataFra
     if not path.exists():
         raise OrdersSourceError(f"orders source {uri!r}: file not found (expected a CSV/Parquet path, sql:<table> or demo)")
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
+    if suffix in (".csv", ".csv.gz", ".txt"):
+        return read_orders_csv(path)
     try:
         if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        if suffix in (".csv", ".csv.gz", ".txt"):
-            # Everything as text: validation parses each column and names the rows it cannot parse.
-            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
+            frame = pd.read_parquet(path)
+            duplicated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
+            if duplicated:
+                raise OrdersSourceError(f"orders file {uri!r}: column(s) {', '.join(duplicated)} appear more than once")
+            return frame
+    except (ValueError, OSError) as exc:
+        if isinstance(exc, OrdersSourceError):
+            raise
         raise OrdersSourceError(f"orders source {uri!r} could not be read: {exc}") from exc
     raise OrdersSourceError(f"orders source {uri!r}: unsupported file type {suffix!r} (use .csv, .csv.gz or .parquet)")
+
+
+UNDECODABLE = "\ufffd"  # what undecodable bytes become: their rows are bad rows of their store
+
+
+def read_orders_csv(path: Path) -> pd.DataFrame:
+    """A CSV as text columns (validation parses them), read by Arrow, or an OrdersSourceError naming the
+    line when the file is structurally broken: a row with another number of fields than the header (a
+    truncated last line), an unterminated quoted field (an odd number of quote characters), duplicated
+    header names, or a header without rows. Bytes that are not UTF-8 do not fail the file: their cells
+    become U+FFFD and validate_orders reports those rows, with their store, as undecodable."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise OrdersSourceError(f"orders file {str(path)!r} could not be read: {exc}") from exc
+    text_start = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    first_line = text_start.split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")
+    header = next(csv.reader([first_line]), [])
+    if not header or all(not h.strip() for h in header):
+        raise OrdersSourceError(f"orders file {str(path)!r} is empty (no header line)")
+    duplicated = sorted({h for h in header if header.count(h) > 1})
+    if duplicated:
+        raise OrdersSourceError(f"orders file {str(path)!r}: column(s) {', '.join(duplicated)} appear more than once in the header (line 1)")
+    if text_start.count(b'"') % 2:
+        line = text_start.count(b"\n", 0, text_start.rfind(b'"')) + 1
+        raise OrdersSourceError(f"orders file {str(path)!r}: a quoted field opened on line {line} is never closed: "
+                                "the file is truncated or broken; nothing was read")
+    broken: list[str] = []
+
+    def wrong_width(row) -> str:
+        broken.append(row.text)
+        return "skip"
+
+    def parse(payload: bytes) -> pa.Table:
+        return pa_csv.read_csv(pa.py_buffer(payload), read_options=pa_csv.ReadOptions(use_threads=False),
+                               parse_options=pa_csv.ParseOptions(newlines_in_values=True, invalid_row_handler=wrong_width),
+                               convert_options=pa_csv.ConvertOptions(column_types={h: pa.string() for h in header}, strings_can_be_null=True,
+                                                                     null_values=[""], quoted_strings_can_be_null=True))
+    try:
+        try:
+            table = parse(text_start)
+        except pa.ArrowInvalid as exc:
+            if "UTF8" not in str(exc):
+                raise
+            broken.clear()
+            table = parse(text_start.decode("utf-8", "replace").encode("utf-8"))
+    except pa.ArrowInvalid as exc:
+        raise OrdersSourceError(f"orders file {str(path)!r} could not be parsed: {exc}") from exc
+    if broken:
+        lines = [str(text_start.count(b"\n", 0, max(text_start.find(row.encode("utf-8", "replace")), 0)) + 1) for row in broken[:5]]
+        raise OrdersSourceError(f"orders file {str(path)!r}: line(s) {', '.join(lines)} have another number of fields than the header's "
+                                f"{len(header)} ({broken[0][:60]!r}): the file is truncated or broken; nothing was read")
+    if table.num_rows == 0:
+        raise OrdersSourceError(f"orders file {str(path)!r} has a header but no order rows")
+    return table.to_pandas()
 
 
 def _problem(store_ids: pd.Series, mask: np.ndarray, column: str, message: str) -> list[OrderProblem]:
@@ -177,28 +247,41 @@ def validate_orders(raw: pd.DataFrame, *, now: pd.Timestamp | None = None, bad_r
         store = pd.Series(DEFAULT_STORE, index=raw.index, dtype="string")
     out["store_id"] = store
     problems: list[OrderProblem] = []
+    bad_rows_mask = np.zeros(len(raw), dtype=bool)  # exactly the rows problems report: what quarantine drops
+
+    def flag(mask, column: str, message: str) -> None:
+        nonlocal bad_rows_mask
+        mask = np.asarray(mask, dtype=bool)
+        problems.extend(_problem(store, mask, column, message))
+        bad_rows_mask |= mask
+
+    for col in raw.columns:
+        if pd.api.types.is_string_dtype(raw[col]) or raw[col].dtype == object:
+            undecodable = raw[col].astype("string").str.contains(UNDECODABLE, regex=False).fillna(False).to_numpy(bool)
+            if undecodable.any():
+                flag(undecodable, str(col), "bytes that are not UTF-8")
 
     for col in ("order_id", "customer_id"):
         text = raw[col].astype("string").str.strip()
-        bad = (text.isna() | (text == "")).to_numpy()
-        problems += _problem(store, bad, col, "null or blank value")
+        flag((text.isna() | (text == "")).to_numpy(), col, "null or blank value")
         out[col] = text
 
     out["order_ts"] = _to_utc_naive(raw["order_ts"])
-    problems += _problem(store, (out["order_ts"].isna() & raw["order_ts"].notna()).to_numpy(), "order_ts", "unparseable timestamp")
-    problems += _problem(store, raw["order_ts"].isna().to_numpy(), "order_ts", "missing timestamp")
+    flag((out["order_ts"].isna() & raw["order_ts"].notna()).to_numpy(), "order_ts", "unparseable timestamp")
+    flag(raw["order_ts"].isna().to_numpy(), "order_ts", "missing timestamp")
 
     for col in ("order_total",) + tuple(c for c in ("discount_total", "item_count") if c in present_optional):
         values = _numeric(raw[col])
-        non_numeric = values.isna() & raw[col].notna()
+        non_numeric = (values.isna() & raw[col].notna()).to_numpy().copy()
         if col == "order_total":
-            non_numeric |= raw[col].isna()
-        non_numeric |= ~np.isfinite(values.fillna(0.0))
-        problems += _problem(store, non_numeric.to_numpy(), col, "non-numeric or non-finite value")
+            non_numeric |= raw[col].isna().to_numpy()
+        non_numeric |= ~np.isfinite(values.fillna(0.0).to_numpy())
+        flag(non_numeric, col, "non-numeric or non-finite value")
+        finite = values.where(~non_numeric)
+        flag((finite.abs() > MAX_AMOUNT[col]).fillna(False).to_numpy(bool), col, f"out of range (more than {MAX_AMOUNT[col]:g} in absolute value)")
+        if col != "order_total":
+            flag((finite < 0).fillna(False).to_numpy(bool), col, "negative value")
         out[col] = values
-    if "item_count" in present_optional:
-        neg = (out["item_count"] < 0).to_numpy()
-        problems += _problem(store, neg, "item_count", "negative item count")
     if "category" in present_optional:
         out["category"] = raw["category"].astype("string").str.strip().fillna("unknown")
 
@@ -214,27 +297,20 @@ def validate_orders(raw: pd.DataFrame, *, now: pd.Timestamp | None = None, bad_r
     n_exact = int(exact_dup.sum())
     if n_exact:
         log.warning("dropping %d exact duplicate order row(s)", n_exact)
-    problems += _problem(store, key_dup, "order_id", "duplicate order_id with conflicting values")
+    flag(key_dup, "order_id", "duplicate order_id with conflicting values")
 
-    bad_mask = np.zeros(len(out), dtype=bool)
     rejected: dict[str, list[OrderProblem]] = {}
     for p in problems:
         log.error("invalid orders: %s", p.describe())
         rejected.setdefault(p.store_id, []).append(p)
-    if problems:
-        if bad_rows == "reject_store":
-            bad_mask |= out["store_id"].isin(list(rejected)).to_numpy()
-        else:
-            bad_mask |= out[["order_id", "customer_id", "order_ts", "order_total"]].isna().any(axis=1).to_numpy()
-            bad_mask |= key_dup
-            for col in ("discount_total", "item_count"):
-                if col in out:
-                    bad_mask |= ~np.isfinite(out[col].fillna(0.0).to_numpy()) | (raw[col].notna() & out[col].isna()).to_numpy()
-            if "item_count" in out:
-                bad_mask |= (out["item_count"] < 0).to_numpy()
-            log.warning("quarantined %d invalid order row(s)", int(bad_mask.sum()))
-            rejected = {}
-    keep = ~(bad_mask | exact_dup)
+    if bad_rows == "reject_store":
+        drop = out["store_id"].isin(list(rejected)).to_numpy() if rejected else np.zeros(len(out), dtype=bool)
+    else:
+        drop = bad_rows_mask
+        if problems:
+            log.warning("quarantined %d invalid order row(s)", int(drop.sum()))
+        rejected = {}
+    keep = ~(drop | exact_dup)
     clean = out if keep.all() else out.loc[keep].reset_index(drop=True)  # no copy of millions of rows when all are kept
 
     now = pd.Timestamp.now(tz="UTC").tz_localize(None) if now is None else now

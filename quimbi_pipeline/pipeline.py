@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
 
 from quimbi_pipeline import drift
 from quimbi_pipeline.history import BASE_COLUMNS, SnapshotHistoryReader
@@ -23,6 +24,7 @@ from quimbi_pipeline.memberships import (
 from quimbi_pipeline.orders import ValidatedOrders, as_of_day, seen_at
 from quimbi_pipeline.outliers import outlier_rates
 from quimbi_pipeline.rollout import in_rollout
+from quimbi_pipeline.row_checks import check_rows
 from quimbi_pipeline.profiles import (
     StoreProfiles,
     build_store_profiles,
@@ -63,6 +65,7 @@ class StoreOutcome:
     outlier_rates: dict[str, float] = field(default_factory=dict)  # by method (ENABLE_OUTLIER_DETECTION)
     outlier_rows: int = 0
     notes: list[str] = field(default_factory=list)  # degradations taken for this store (logged as warnings too)
+    verified: bool = True  # False: written, but the checks could not read it back (their results do not cover it)
 
 
 @dataclass
@@ -208,6 +211,8 @@ def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_ty
         numbers = result.snapshot_columns if snapshot_customers is None else result.snapshot_columns.subset(snapshot_customers)
         blocks = encode_blocks(numbers, settings.snapshot_block_customers)
         result.seconds["encode_blocks"] = time.perf_counter() - blocks_started  # part of "write"
+    check_rows("customer_profiles", result.profiles)
+    check_rows("customer_outlier_flags", result.outliers)
     progress.info("%s: writing %s profiles", store, f"{len(result.profiles):,}")
     written = warehouse.write_profiles_partition(store, as_of, result.profiles, model_frame, snapshot_types, changed, transitions, result.outliers,
                                                  snapshot_customers, blocks)
@@ -218,28 +223,41 @@ def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_ty
         result.seconds["analyze_snapshots"] = written["analyze_seconds"]  # part of "write" (PostgreSQL statistics)
     started = time.perf_counter()
     progress.info("%s: verifying", store)
-    expected = customer_ids
-    # A backfill leaves newer profiles in place: an active customer is covered by a row dated D or later.
-    stored = warehouse.profile_dates_since(store, as_of)
-    covered = pd.Index(stored["customer_id"])
-    dated_d = pd.Index(stored.loc[stored["profile_date"] == as_of, "customer_id"])
-    violations = warehouse.membership_sum_violations(store, as_of)
-    snapshot_stats = warehouse.snapshot_stats(store, as_of) if snapshot_types else {"rows_by_type": {}, "duplicate_keys": 0}
+    notes = list(result.churn.notes) if result.churn else []
+    try:
+        checks = _verify(warehouse, store, as_of, customer_ids, bool(snapshot_types))
+    except sa.exc.SQLAlchemyError as exc:  # the store is committed: a failed check after it cannot undo that
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        log.warning("store %s %s: written, but verifying it failed: %s", store, as_of.date(), reason)
+        notes.append(f"written; verification after the commit failed: {reason}")
+        checks = None
     result.seconds["verify"] = time.perf_counter() - started
     metrics, shares = _store_metrics(result)
     log.info("store %s %s: %d profiles (%s)", store, as_of.date(), len(result.profiles),
              ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
+    checks = checks or {"verified": False}
     return StoreOutcome(
-        store, True, len(result.profiles), None, metrics, shares, violations,
-        missing_profiles=int((~expected.isin(covered)).sum()),
-        unexpected_profiles=int((~dated_d.isin(expected)).sum()),
-        snapshot_rows=snapshot_stats["rows_by_type"],
-        snapshot_expected=len(expected) if snapshot_customers is None else len(snapshot_customers),
-        snapshot_duplicate_keys=snapshot_stats["duplicate_keys"],
+        store, True, len(result.profiles), None, metrics, shares, checks.get("violations", 0),
+        missing_profiles=checks.get("missing", 0), unexpected_profiles=checks.get("unexpected", 0),
+        snapshot_rows=checks.get("snapshot_rows", {}),
+        snapshot_expected=len(customer_ids) if snapshot_customers is None else len(snapshot_customers),
+        snapshot_duplicate_keys=checks.get("duplicate_keys", 0),
         outlier_rates=outlier_rates(result.outliers) if result.outliers is not None else {},
         outlier_rows=0 if result.outliers is None else len(result.outliers),
-        notes=list(result.churn.notes) if result.churn else [],
+        notes=notes, verified=checks["verified"],
     )
+
+
+def _verify(warehouse: Warehouse, store: str, as_of: pd.Timestamp, expected: pd.Index, snapshots: bool) -> dict:
+    """The checks' inputs, read back from the warehouse after the store's commit."""
+    # A backfill leaves newer profiles in place: an active customer is covered by a row dated D or later.
+    stored = warehouse.profile_dates_since(store, as_of)
+    covered = pd.Index(stored["customer_id"])
+    dated_d = pd.Index(stored.loc[stored["profile_date"] == as_of, "customer_id"])
+    stats = warehouse.snapshot_stats(store, as_of) if snapshots else {"rows_by_type": {}, "duplicate_keys": 0}
+    return {"verified": True, "violations": warehouse.membership_sum_violations(store, as_of),
+            "missing": int((~expected.isin(covered)).sum()), "unexpected": int((~dated_d.isin(expected)).sum()),
+            "snapshot_rows": stats["rows_by_type"], "duplicate_keys": stats["duplicate_keys"]}
 
 
 # ---- drift --------------------------------------------------------------------------------------
@@ -313,6 +331,9 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
             history = history_from_snapshots(frame)
             t1 = time.perf_counter()
             tables = drift.compute_drift(history, as_of, windows)
+            check_rows("customer_drift", tables.customers)
+            check_rows("customer_axis_drift", tables.axes)
+            check_rows("customer_drift_anomalies", tables.anomalies)
             for kind, n in tables.anomalies["anomaly_type"].value_counts().items():
                 anomaly_counts[kind] = anomaly_counts.get(kind, 0) + int(n)
             seconds["read"] += t1 - t0

@@ -94,8 +94,10 @@ class AxisModel:
         the rounded model gives the same memberships whether it was just fitted or read back."""
         mixture = {} if self.covariances is None else {"weights": np.round(self.weights, SCALER_DECIMALS),
                                                        "covariances": np.round(self.covariances, SCALER_DECIMALS)}
+        scale = np.round(self.scaler_scale, SCALER_DECIMALS)
+        scale = np.where(scale > 0, scale, 1.0)  # a spread of float noise (identical customers) rounds to 0: scale 1 instead
         return replace(self, centroids=np.round(self.centroids, CENTROID_DECIMALS), scaler_mean=np.round(self.scaler_mean, SCALER_DECIMALS),
-                       scaler_scale=np.round(self.scaler_scale, SCALER_DECIMALS), **mixture)
+                       scaler_scale=scale, **mixture)
 
     def to_record(self) -> dict:
         """The axis' segment_models columns (without store, version and dates)."""

@@ -148,10 +148,13 @@ def daily_profiles(
         violations = sum(o.membership_sum_violations for o in ok)
         missing = sum(o.missing_profiles for o in ok)
         unexpected = sum(o.unexpected_profiles for o in ok)
-        yield dg.AssetCheckResult(asset_key=PROFILES_KEY, check_name=MEMBERSHIPS_CHECK, passed=violations == 0, metadata={"rows_violating": violations})
+        unverified = ", ".join(o.store_id for o in ok if not o.verified) or "none"  # written, but not read back
+        yield dg.AssetCheckResult(asset_key=PROFILES_KEY, check_name=MEMBERSHIPS_CHECK, passed=violations == 0 and unverified == "none",
+                                  metadata={"rows_violating": violations, "stores_not_verified": unverified})
         yield dg.AssetCheckResult(
-            asset_key=PROFILES_KEY, check_name=COVERAGE_CHECK, passed=missing == 0 and unexpected == 0,
-            metadata={"active_without_profile": missing, "inactive_with_profile_dated_d": unexpected, "profiles": report.n_profiles},
+            asset_key=PROFILES_KEY, check_name=COVERAGE_CHECK, passed=missing == 0 and unexpected == 0 and unverified == "none",
+            metadata={"active_without_profile": missing, "inactive_with_profile_dated_d": unexpected, "profiles": report.n_profiles,
+                      "stores_not_verified": unverified},
         )
         yield dg.AssetCheckResult(asset_key=PROFILES_KEY, check_name=STORES_CHECK, passed=not report.failed, severity=dg.AssetCheckSeverity.ERROR,
                                   metadata={"failed_stores": ", ".join(o.store_id for o in report.failed) or "none"})

@@ -11,11 +11,12 @@ of a store (group boundaries, bincount, shifted rows); nothing loops over custom
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from quimbi_pipeline.drift_evidence import describe, evidence_arrays, evidence_sign
 from quimbi_pipeline.features import AXIS_BY_NAME
 from quimbi_pipeline.memberships import SQRT2
 from quimbi_pipeline.segmentation import SINGLE_SEGMENT_NAME
@@ -71,6 +72,9 @@ class MembershipHistory:
     archetype: np.ndarray  # object/str
     memberships: np.ndarray  # (rows, columns) float64, 0 where a row lacks a segment
     columns: list[str]  # "axis.segment"
+    # {axis: {"since", "before", "after"}} per row: the evidence of a detected change (drift_evidence.py);
+    # empty when change detection was off, and then directions, anomalies and recommendations need none.
+    evidence: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, membership_columns: list[str]) -> MembershipHistory:
@@ -82,6 +86,7 @@ class MembershipHistory:
             customer_id=ordered["customer_id"].astype(str).to_numpy(object), day=days,
             churn=ordered["churn_risk_score"].to_numpy("float64"), archetype=ordered["archetype_name"].astype(str).to_numpy(object),
             memberships=ordered[membership_columns].fillna(0.0).to_numpy("float64"), columns=list(membership_columns),
+            evidence=evidence_arrays(ordered),
         )
 
     @property
@@ -92,7 +97,26 @@ class MembershipHistory:
     def select(self, mask: np.ndarray) -> MembershipHistory:
         if mask.all():  # the common case of a window holding the whole history read: no copy
             return self
-        return MembershipHistory(self.customer_id[mask], self.day[mask], self.churn[mask], self.archetype[mask], self.memberships[mask], self.columns)
+        return MembershipHistory(self.customer_id[mask], self.day[mask], self.churn[mask], self.archetype[mask], self.memberships[mask], self.columns,
+                                 {a: {k: v[mask] for k, v in e.items()} for a, e in self.evidence.items()})
+
+    def new_change(self, axis: str, rows: np.ndarray, earlier: np.ndarray) -> np.ndarray:
+        """Whether each row in `rows` holds a change on `axis` that the row in `earlier` did not hold yet
+        (no evidence there, or a change since another date). True everywhere without change detection."""
+        if not self.evidence:
+            return np.ones(rows.shape, dtype=bool)
+        if axis not in self.evidence:
+            return np.zeros(rows.shape, dtype=bool)
+        since = self.evidence[axis]["since"]
+        now, then = since[rows], since[earlier]
+        return np.isfinite(now) & ~(np.isfinite(then) & (then == now))
+
+    def change_sign(self, axis: str, rows: np.ndarray) -> np.ndarray:
+        """+1 / -1 for a change improving / degrading the customer on the axis at those rows, 0 without one."""
+        if axis not in self.evidence:
+            return np.zeros(rows.shape, dtype="int64")
+        e = self.evidence[axis]
+        return np.where(np.isfinite(e["since"][rows]), evidence_sign(axis, e["before"][rows], e["after"][rows]), 0)
 
 
 @dataclass
@@ -113,6 +137,12 @@ def _json_str(values) -> pd.Series:
 
 def _num(values: np.ndarray, decimals: int = 6) -> np.ndarray:
     return np.round(np.asarray(values, dtype="float64"), decimals) + 0.0
+
+
+def _number_text(values: np.ndarray) -> np.ndarray:
+    """Finite numbers as JSON number text (object array); non-finite ones as 0 (callers only show rows that have a value)."""
+    values = np.asarray(values, dtype="float64")
+    return np.where(np.isfinite(values), values, 0.0).astype(str).astype(object)
 
 
 def _groups(customer_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -176,6 +206,10 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
         pos = m[:, cols] @ positions
         moved = pos[last] - pos[first]
         direction = np.select([moved > DIRECTION_THRESHOLD, moved < -DIRECTION_THRESHOLD], ["improving", "degrading"], "stable")
+        if h.evidence:  # change detection on: a direction needs a change of this axis, detected within the window, the same way
+            source = EVIDENCE_AXIS.get(axis, axis)
+            backed = h.new_change(source, last, first) & (h.change_sign(source, last) == np.where(moved > 0, 1, -1))
+            direction = np.where(backed, direction, "stable")
         dom = _dominant(m, cols)
         changed = same_customer & (dom != np.r_[-2, dom[:-1]]) & (dom >= 0) & (np.r_[-1, dom[:-1]] >= 0)
         n_trans = np.bincount(code[changed], minlength=n_cust)
@@ -216,7 +250,7 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
         "end_date": _date_text(h.day[last]).to_numpy(object),
         "n_snapshots": n_snap,
         "archetype_journey": archetype_journey(h, code, same_customer, n_cust),
-        "recommendations": recommendations(overall, churn_trend, h.churn[last], directions),
+        "recommendations": recommendations(overall, churn_trend, h.churn[first], h.churn[last], directions, evidence_items(h, last)),
     })
     axes = pd.concat(axis_frames, ignore_index=True)
     axes.insert(1, "as_of_date", as_of_text)
@@ -231,24 +265,60 @@ def archetype_journey(h: MembershipHistory, code: np.ndarray, same_customer: np.
     return _join_per_group(code[starts], item, n_cust)
 
 
-# Recommendations (the seed's rules as we read them; docs/drift.md): (code, condition, text).
-def recommendations(overall: np.ndarray, churn_trend: np.ndarray, churn_now: np.ndarray, directions: dict[str, np.ndarray]) -> np.ndarray:
+# An axis without a detector of its own is backed by the one that drives it (activity_trend is the recent purchase rate).
+EVIDENCE_AXIS = {"loyalty_trajectory": "purchase_frequency"}
+
+
+def evidence_items(h: MembershipHistory, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """{axis: '"evidence": {...}' JSON text per row} of the change held at those rows ('' without one)."""
+    out = {}
+    for axis, e in h.evidence.items():
+        since, before, after = e["since"][rows], e["before"][rows], e["after"][rows]
+        feature, b, a, date = describe(axis, since, before, after)
+        text = ('"evidence": {"axis": "' + axis + '", "feature": "' + feature.astype(object) + '", "before": ' + _number_text(b)
+                + ', "after": ' + _number_text(a) + ', "since": "' + date + '"}')
+        out[axis] = np.where(np.isfinite(since), text, "")
+    return out
+
+
+# Recommendations (the seed's rules as we read them; docs/drift.md): (code, condition, text, evidence axis).
+def recommendations(overall: np.ndarray, churn_trend: np.ndarray, churn_then: np.ndarray, churn_now: np.ndarray,
+                    directions: dict[str, np.ndarray], evidence: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """With change detection on (`evidence`), every rule needs a detected change on its axis (directions are
+    already gated by it) and names it: axis, feature, before -> after, since when."""
     def on(axis: str, direction: str) -> np.ndarray:
         return directions[axis] == direction if axis in directions else np.zeros(overall.shape, dtype=bool)
 
+    evidence = evidence or {}
+    any_backed = np.zeros(overall.shape, dtype=bool)
+    for axis, d in directions.items():
+        any_backed |= d != "stable"
+    churn = '"evidence": {"feature": "churn_risk_score", "before": ' + _number_text(np.round(churn_then, 3)) + ', "after": ' + _number_text(np.round(churn_now, 3)) + "}"
     rules = [
-        ("win_back", (churn_trend >= 0.1) & (churn_now >= 0.6), "churn risk rose to high: send a win-back offer"),
-        ("re_engage", on("purchase_frequency", "degrading"), "buying less often: re-engagement campaign"),
-        ("protect_value", on("purchase_value", "degrading"), "spending less per order: review price sensitivity, bundle offers"),
-        ("upsell", on("purchase_value", "improving"), "spending more per order: premium and upsell offers"),
-        ("cross_sell", on("basket_size", "improving"), "buying bigger baskets: cross-sell complementary items"),
-        ("limit_discounts", on("discount_sensitivity", "degrading"), "relying more on discounts: avoid training discount dependence"),
-        ("reward_loyalty", on("loyalty_trajectory", "improving"), "growing loyalty: loyalty-programme rewards"),
-        ("review_profile", overall >= 0.5, "behavior changed a lot: review this customer's segment-based treatment"),
+        ("win_back", (churn_trend >= 0.1) & (churn_now >= 0.6) & (on("purchase_frequency", "degrading") | (not evidence)),
+         "churn risk rose to high: send a win-back offer", "purchase_frequency"),
+        ("re_engage", on("purchase_frequency", "degrading"), "buying less often: re-engagement campaign", "purchase_frequency"),
+        ("protect_value", on("purchase_value", "degrading"), "spending less per order: review price sensitivity, bundle offers", "purchase_value"),
+        ("upsell", on("purchase_value", "improving"), "spending more per order: premium and upsell offers", "purchase_value"),
+        ("cross_sell", on("basket_size", "improving"), "buying bigger baskets: cross-sell complementary items", "basket_size"),
+        ("limit_discounts", on("discount_sensitivity", "degrading"), "relying more on discounts: avoid training discount dependence", "discount_sensitivity"),
+        ("reward_loyalty", on("loyalty_trajectory", "improving"), "growing loyalty: loyalty-programme rewards", "purchase_frequency"),
+        ("review_profile", (overall >= 0.5) & (any_backed | (not evidence)), "behavior changed a lot: review this customer's segment-based treatment", None),
     ]
     out = pd.Series([""] * overall.size, dtype="object")
-    for code, mask, text in rules:
-        item = f'{{"code": "{code}", "text": "{text}"}}'
+    first_backed = pd.Series([""] * overall.size, dtype="object").to_numpy(object)  # review_profile names the first backed axis
+    for axis, d in directions.items():
+        named = evidence.get(EVIDENCE_AXIS.get(axis, axis))
+        if named is not None:
+            first_backed = np.where((first_backed == "") & (d != "stable"), named, first_backed)
+    for code, mask, text, axis in rules:
+        item = pd.Series([f'{{"code": "{code}", "text": "{text}"'] * overall.size, dtype="object")
+        named = evidence.get(axis) if axis else (first_backed if evidence else None)
+        if code == "win_back" and named is not None:
+            named = np.where(named != "", named, churn)
+        if named is not None:
+            item = item + np.where(named != "", ", " + pd.Series(named, dtype="object"), "")
+        item = item + "}"
         out = out + np.where(mask, np.where(out == "", item, ", " + item), "")
     return ("[" + out + "]").to_numpy(object)
 
@@ -273,7 +343,10 @@ def anomalies_at(history: MembershipHistory, as_of: pd.Timestamp) -> pd.DataFram
         names = np.array([h.columns[c].split(".", 1)[1] for c in cols], dtype=object)
         dom = _dominant(h.memberships, cols)
 
-        sudden = at_d[(step[at_d] > SUDDEN_DRIFT) & (gap_days[at_d] <= SUDDEN_DRIFT_DAYS)]
+        source = EVIDENCE_AXIS.get(axis, axis)
+        # With change detection on, an anomaly needs the change it reports: new at D (sudden drift, velocity
+        # spike) or gone at D (a reversal); a model's movement or a customer's noise is not one.
+        sudden = at_d[(step[at_d] > SUDDEN_DRIFT) & (gap_days[at_d] <= SUDDEN_DRIFT_DAYS) & h.new_change(source, at_d, at_d - 1)]
         frames.append(_anomaly_rows(h, sudden, axis, "sudden_drift", step[sudden],
                                     axis + " memberships moved " + pd.Series(_num(step[sudden], 3)).astype(str)
                                     + " in " + pd.Series(gap_days[sudden].astype(int)).astype(str) + " days"))
@@ -290,17 +363,19 @@ def anomalies_at(history: MembershipHistory, as_of: pd.Timestamp) -> pd.DataFram
         a_start, b_start = run_start[r - 2], run_start[r - 1]
         is_rev = ((code[a_start] == code[rows]) & (dom[a_start] == dom[rows]) & (dom[rows] >= 0) & (dom[b_start] >= 0)
                   & (h.day[rows] - h.day[b_start] <= REVERSAL_DAYS))
+        if h.evidence:  # the stay in B began with a new change, which D no longer holds
+            is_rev &= h.new_change(source, b_start, np.maximum(b_start - 1, 0)) & h.new_change(source, b_start, rows)
         rows, b_start = rows[is_rev], b_start[is_rev]
-        frames.append(_anomaly_rows(h, rows, axis, "reversal", step[rows],
+        frames.append(_anomaly_rows(h, rows, axis, "reversal", step[rows], evidence_rows=b_start, description=
                                     axis + ": " + pd.Series(names[dom[rows]]).astype(str) + " -> " + pd.Series(names[dom[b_start]]).astype(str)
                                     + " -> " + pd.Series(names[dom[rows]]).astype(str) + " within "
                                     + pd.Series((h.day[rows] - h.day[b_start]).astype(int)).astype(str) + " days"))
 
         # Velocity spike: the pace of the last 7 days against the customer's pace over the 90 days before.
-        rows, ratio, recent = _velocity_spikes(h, code, first, cols, d)
+        rows, ratio, recent, reference = _velocity_spikes(h, code, first, cols, d)
         if rows.size:
-            yesterday, _, _ = _velocity_spikes(h, code, first, cols, d - 1)
-            new = ~np.isin(code[rows], code[yesterday])  # report a spike once, on the day it starts
+            yesterday = _velocity_spikes(h, code, first, cols, d - 1)[0]
+            new = ~np.isin(code[rows], code[yesterday]) & h.new_change(source, rows, reference)  # once, on the day it starts
             rows, ratio, recent = rows[new], ratio[new], recent[new]
         frames.append(_anomaly_rows(h, rows, axis, "velocity_spike", np.minimum(1.0, ratio / (2 * VELOCITY_SPIKE_RATIO)),
                                     axis + " moving " + pd.Series(np.where(np.isfinite(ratio), np.round(ratio, 1).astype(str) + "x its usual pace", "after a standstill"))
@@ -312,14 +387,15 @@ def anomalies_at(history: MembershipHistory, as_of: pd.Timestamp) -> pd.DataFram
 
 
 def _velocity_spikes(h: MembershipHistory, code: np.ndarray, first: np.ndarray, cols: np.ndarray, d: int):
-    """Rows (the customer's snapshot at day d) whose recent velocity is a spike: (rows, ratio, recent velocity).
+    """Rows (the customer's snapshot at day d) whose recent velocity is a spike: (rows, ratio, recent velocity, the
+    snapshot the recent velocity is measured from).
 
     recent = drift from the last snapshot at least 7 days before d, per day; baseline = drift over
     the snapshots of the 90 days before that one (at least 14 days apart), per day.
     """
     empty = np.zeros(0, dtype="int64")
     if not h.day.size:
-        return empty, np.zeros(0), np.zeros(0)
+        return empty, np.zeros(0), np.zeros(0), empty
     span = int(h.day.max() - h.day.min()) + 2
     key = code.astype("int64") * span + (h.day - h.day.min())
     at_d = np.flatnonzero(h.day == d)
@@ -334,13 +410,23 @@ def _velocity_spikes(h: MembershipHistory, code: np.ndarray, first: np.ndarray, 
     baseline = _axis_drift(h.memberships, p_base, p_recent, cols) / (h.day[p_recent] - h.day[p_base])
     ratio = np.divide(recent, baseline, out=np.full(recent.size, np.inf), where=baseline > 0)
     spike = (recent_drift >= VELOCITY_SPIKE_MIN_DRIFT) & (ratio >= VELOCITY_SPIKE_RATIO)
-    return at_d[spike], ratio[spike], recent[spike]
+    return at_d[spike], ratio[spike], recent[spike], p_recent[spike]
 
 
-def _anomaly_rows(h: MembershipHistory, rows: np.ndarray, axis: str, kind: str, severity: np.ndarray, description: pd.Series) -> pd.DataFrame:
+def _anomaly_rows(h: MembershipHistory, rows: np.ndarray, axis: str, kind: str, severity: np.ndarray, description: pd.Series,
+                  evidence_rows: np.ndarray | None = None) -> pd.DataFrame:
+    """Rows of customer_drift_anomalies; the description names the change at `evidence_rows` (default: rows) when there is one."""
+    source = EVIDENCE_AXIS.get(axis, axis)
+    text = description.to_numpy(object)
+    if source in h.evidence and rows.size:
+        at = rows if evidence_rows is None else evidence_rows
+        e = h.evidence[source]
+        feature, before, after, since = describe(source, e["since"][at], e["before"][at], e["after"][at])
+        suffix = "; evidence: " + feature.astype(object) + " " + _number_text(before) + " -> " + _number_text(after) + " since " + since
+        text = np.where(np.isfinite(e["since"][at]), text + suffix, text)
     return pd.DataFrame({
         "customer_id": h.customer_id[rows], "anomaly_type": kind, "axis": axis, "anomaly_date": _date_text(h.day[rows]).to_numpy(object),
-        "severity": _num(severity), "description": description.to_numpy(object),
+        "severity": _num(severity), "description": text,
     })
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from quimbi_pipeline import orders as orders_mod
+from quimbi_pipeline.change_points import AxisChange, ChangeRule, binary_shift_change, mean_shift_change, rate_change
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def compute_customer_features(
     *,
     optional_columns: tuple[str, ...] | list[str] = (),
     window_days: int = 365,
-    adaptive: AdaptiveWindow | None = None,
+    adaptive: ChangeRule | None = None,
 ) -> pd.DataFrame:
     """One row per customer with at least one purchase, indexed by customer_id (sorted).
 
@@ -111,9 +112,11 @@ def compute_customer_features(
     repeat days' spend), and every available axis feature.
     Frequency uses the last `window_days` before D; value, basket, discount and category features use
     the customer's own last `window_days` of purchases, so a lapsed customer keeps their profile of taste.
-    With `adaptive` (the responsive option, off by default) each axis' features are computed over the
-    customer's purchases after a detected change of that axis' per-order signal (adaptive_cut), so a
-    change shows within a few orders while an unchanged customer keeps the full, low-noise window.
+    With `adaptive` (ENABLE_ADAPTIVE_WINDOWS, off by default) each axis' features are computed over the
+    customer's purchases after a change of that axis' behavior detected in their own order stream
+    (change_points.py), so a change shows within a few orders and stays shown while it lasts, while an
+    unchanged customer keeps the full, low-noise window; the evidence of each change is returned in
+    CHANGE_COLUMNS columns (`change:<axis>.since|before|after|evidence`).
     """
     as_of_day = orders_mod.as_of_day(as_of)
     end_ns = (as_of_day + pd.Timedelta(days=1)).value
@@ -196,27 +199,28 @@ def compute_customer_features(
         # One column of the purchases (a copy of the whole orders frame is 1.8 GB at 20M orders).
         return orders[name].to_numpy()[purchase]
 
-    rank = _rank_from_newest(codes, ts) if adaptive is not None else None
+    changes: dict[str, AxisChange] = {}
 
-    def window_for(signal) -> np.ndarray:
-        """The purchases an axis' features are computed over: the window, cut after a detected change of
-        the per-purchase `signal()` (adaptive; the signal is only computed then)."""
+    def window_for(axis: str, detect) -> np.ndarray:
+        """The purchases an axis' features are computed over: the customer's window, or (adaptive) the
+        purchases after a detected change of that axis (`detect(purchases in the window)` -> AxisChange)."""
         if adaptive is None:
             return in_rel
-        x = signal()
-        cut = adaptive_cut(codes, rank, in_rel & np.isfinite(x), x, n_all, adaptive)
-        return np.where(cut[codes] > 0, rank < cut[codes], in_rel)
+        change = detect(in_rel)
+        changes[axis] = change
+        after = change.changed[codes] & (ts > change.since_ns[codes])
+        return np.where(change.changed[codes], after, in_rel)
 
     if adaptive is not None:
-        recent_days, recent_n = adaptive_rate_cut(codes, ts, end_ns, days_since_first, n_all, adaptive, window_days, days_since_last)
-        cut = recent_days > 0
+        rate = rate_change(codes[in_abs_window], ts[in_abs_window], end_ns, n_all, adaptive)
+        changes["purchase_frequency"] = rate
+        cut = rate.changed
+        days_after = (end_ns - rate.since_ns) / NS_PER_DAY
         with np.errstate(invalid="ignore", divide="ignore"):
-            out["orders_per_month"] = np.where(cut, recent_n / np.maximum(recent_days, 1) * DAYS_PER_MONTH, out["orders_per_month"].to_numpy())
-            out["avg_days_between_orders"] = np.where(
-                cut, np.where(recent_n > 0, recent_days / np.maximum(recent_n, 1), np.maximum(recent_days, days_since_last)),
-                out["avg_days_between_orders"].to_numpy())
+            out["orders_per_month"] = np.where(cut, rate.after_n / np.maximum(days_after, 1.0) * DAYS_PER_MONTH, out["orders_per_month"].to_numpy())
+            out["avg_days_between_orders"] = np.where(cut, days_after / np.maximum(rate.after_n, 1), out["avg_days_between_orders"].to_numpy())
 
-    use = window_for(lambda: np.log1p(np.maximum(total, 0.0)))
+    use = window_for("purchase_value", lambda w: mean_shift_change(codes[w], ts[w], np.log1p(np.maximum(total[w], 0.0)), n_all, adaptive))
     rel_total = total[use]
     rel_n = _group_sum(codes[use], n_all)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -225,8 +229,7 @@ def compute_customer_features(
 
     if "discount_total" in optional_columns:
         disc_all = purchase_column("discount_total").astype("float64")
-        with np.errstate(invalid="ignore", divide="ignore"):
-            use = window_for(lambda: np.where(total + disc_all > 0, disc_all / (total + disc_all), 0.0))
+        use = window_for("discount_sensitivity", lambda w: binary_shift_change(codes[w], ts[w], (disc_all[w] > 0).astype("float64"), n_all, adaptive))
         dc, disc, n_use = codes[use], disc_all[use], _group_sum(codes[use], n_all)
         with np.errstate(invalid="ignore", divide="ignore"):
             out["discounted_order_share"] = _group_sum(dc, n_all, (disc > 0).astype("float64")) / n_use
@@ -234,18 +237,21 @@ def compute_customer_features(
             out["avg_discount_rate"] = np.where(gross > 0, _group_sum(dc, n_all, disc) / gross, 0.0)
     if "item_count" in optional_columns:
         items_all = purchase_column("item_count").astype("float64")
-        use = window_for(lambda: np.log1p(np.maximum(items_all, 0.0)))
+        use = window_for("basket_size", lambda w: mean_shift_change(codes[w], ts[w], np.log1p(np.maximum(items_all[w], 0.0)), n_all, adaptive))
         ic, items, n_use = codes[use], items_all[use], _group_sum(codes[use], n_all)
         with np.errstate(invalid="ignore", divide="ignore"):
             out["avg_items_per_order"] = _group_sum(ic, n_all, items) / n_use
             out["multi_item_order_share"] = _group_sum(ic, n_all, (items >= 2).astype("float64")) / n_use
-    rc = codes[in_rel]
-    rel_n = _group_sum(rc, n_all)
     if "category" in optional_columns:
         # Codes from the Arrow strings (no Python string per order); pairs (customer, category) as one int64
         # key, grouped in order of first appearance as a two-column group-by would.
         category_codes, _ = pd.factorize(orders["category"])
-        cat_codes = category_codes[purchase][in_rel]
+        cat_all = category_codes[purchase]
+        use = window_for("category_exploration", lambda w: binary_shift_change(
+            codes[w], ts[w], (cat_all[w] == _modal(codes[w], cat_all[w], n_all)[codes[w]]).astype("float64"), n_all, adaptive))
+        rc = codes[use]
+        rel_n = _group_sum(rc, n_all)
+        cat_codes = cat_all[use]
         n_categories = np.unique(cat_codes).size
         code_span = int(cat_codes.max()) + 1 if cat_codes.size else 1
         pair_key = rc.astype("int64") * code_span + cat_codes
@@ -261,118 +267,31 @@ def compute_customer_features(
             out["top_category_share"] = np.where(rel_n > 0, top / rel_n, 1.0)
         out["category_entropy"] = np.clip(entropy / norm, 0.0, 1.0)
 
+    for axis, change in changes.items():  # the evidence of each detected change (adaptive only)
+        on = change.changed
+        out[f"{CHANGE_PREFIX}{axis}.since"] = np.where(on, change.since_ns / NS_PER_DAY, np.nan)  # days since 1970-01-01
+        out[f"{CHANGE_PREFIX}{axis}.before"] = np.where(on, change.before, np.nan)
+        out[f"{CHANGE_PREFIX}{axis}.after"] = np.where(on, change.after, np.nan)
+        out[f"{CHANGE_PREFIX}{axis}.evidence"] = np.where(on, change.evidence, np.nan)
     return out.loc[has_purchase]
 
 
-@dataclass(frozen=True)
-class AdaptiveWindow:
-    """ADWIN-style cut (Bifet & Gavaldà 2007, simplified to one cut): the newest m purchases form the
-    window when their mean differs from the older purchases' by at least `z` standard errors; the
-    purchase rate is cut the same way with Poisson tests (adaptive_rate_cut)."""
-
-    z: float = 4.0
-    min_recent: int = 2
-    max_recent: int = 10
-    min_older: int = 3
-    # Purchase rate (frequency axis): a burst of the newest purchases, or a silence, against a Poisson of the older rate.
-    rate_p: float = 3e-5  # about z = 4, one-sided
-    min_older_days: int = 28
+def _modal(codes: np.ndarray, values: np.ndarray, n_all: int) -> np.ndarray:
+    """Each customer's most frequent value (ties: the smallest code); -1 for customers without one."""
+    out = np.full(n_all, -1, dtype="int64")
+    if codes.size:
+        span = int(values.max()) + 1
+        keys, counts = np.unique(codes.astype("int64") * span + values, return_counts=True)
+        cust, val = keys // span, keys % span
+        order = np.lexsort((val, -counts, cust))
+        first = np.r_[True, cust[order][1:] != cust[order][:-1]]
+        out[cust[order][first]] = val[order][first]
+    return out
 
 
-def adaptive_cut(codes: np.ndarray, rank: np.ndarray, eligible: np.ndarray, x: np.ndarray, n_all: int, rule: AdaptiveWindow) -> np.ndarray:
-    """Per customer, the number m of newest eligible purchases after a change of x's mean (0: no change).
-
-    z_m = (mean of the newest m - mean of the older ones) / (sigma * sqrt(1/m + 1/n_older)), sigma the
-    store's pooled within-customer standard deviation of x; m is the one of largest |z| >= rule.z with
-    rule.min_recent <= m <= rule.max_recent and at least rule.min_older older purchases. Vectorized:
-    one bincount per m over the purchases of rank m - 1, nothing per customer.
-    """
-    c, r, v = codes[eligible], rank[eligible], x[eligible]
-    n = _group_sum(c, n_all)
-    total = _group_sum(c, n_all, v)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, total / np.maximum(n, 1), 0.0)
-    dof = max(v.size - int((n > 0).sum()), 1)
-    sigma = max(float(np.sqrt(np.sum((v - mean[c]) ** 2) / dof)), 1e-9)
-    # Ranks among eligible purchases (an ineligible newest purchase, e.g. a first order without a gap, is skipped).
-    order = np.lexsort((r, c))
-    starts = np.flatnonzero(np.r_[True, c[order][1:] != c[order][:-1]]) if c.size else np.zeros(0, dtype="int64")
-    eligible_rank = np.empty(c.size, dtype="int64")
-    eligible_rank[order] = np.arange(c.size) - np.repeat(starts, np.diff(np.r_[starts, c.size]))
-    n_recent = np.zeros(n_all)
-    s_recent = np.zeros(n_all)
-    best_z = np.zeros(n_all)
-    best_m = np.zeros(n_all, dtype="int64")
-    for m in range(1, rule.max_recent + 1):
-        at = eligible_rank == m - 1
-        n_recent += _group_sum(c[at], n_all)
-        s_recent += _group_sum(c[at], n_all, v[at])
-        if m < rule.min_recent:
-            continue
-        n_older = n - n_recent
-        ok = (n_recent == m) & (n_older >= rule.min_older)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = np.abs(s_recent / n_recent - (total - s_recent) / n_older) / (sigma * np.sqrt(1.0 / n_recent + 1.0 / n_older))
-        better = ok & (z >= rule.z) & (z > best_z)
-        best_z[better] = z[better]
-        best_m[better] = m
-    # best_m counts eligible purchases; the caller cuts by rank among all purchases: map m to that rank.
-    cut = np.zeros(n_all, dtype="int64")
-    has = best_m > 0
-    if has.any():
-        at_cut = eligible_rank == (best_m[c] - 1)
-        pick = at_cut & has[c]
-        cut[c[pick]] = r[pick] + 1
-    return cut
-
-
-def adaptive_rate_cut(codes: np.ndarray, ts: np.ndarray, end_ns: int, days_since_first: np.ndarray, n_all: int,
-                      rule: AdaptiveWindow, window_days: int, days_since_last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per customer, (L days, purchases in them) when the recent purchase rate is implausible under
-    the customer's older rate, else (0, 0).
-
-    Faster: the newest m purchases (m in [min_recent, max_recent]) fell within the last L days, with
-    P(N(L) >= m) under Poisson(older rate * L) below rule.rate_p; slower: no purchase for the last L
-    days (L = days since the last one), P = exp(-rate * L). The most significant wins. Older rate =
-    the window's other purchases over its other days (at least min_older_days). Vectorized.
-    """
-    from scipy.stats import poisson
-
-    history = np.clip(days_since_first + 1, 0, window_days)
-    in_window = ts >= end_ns - window_days * NS_PER_DAY
-    total_n = _group_sum(codes[in_window], n_all)
-    rank = _rank_from_newest(codes, ts)
-    best_p = np.full(n_all, rule.rate_p)
-    best_days = np.zeros(n_all)
-    best_n = np.zeros(n_all)
-    for m in range(rule.min_recent, rule.max_recent + 1):
-        at = in_window & (rank == m - 1)
-        span = np.zeros(n_all)
-        span[codes[at]] = np.maximum((end_ns - ts[at]) / NS_PER_DAY, 1.0)
-        older_days = history - span
-        ok = (span > 0) & (older_days >= rule.min_older_days)
-        rate = np.maximum(total_n - m, 1.0) / np.maximum(older_days, 1.0)  # at least one purchase: no zero rate
-        p = poisson.sf(m - 1, rate * span)
-        better = ok & (p < best_p)
-        best_p[better], best_days[better], best_n[better] = p[better], span[better], m
-    silence = np.maximum(days_since_last, 1.0)
-    older_days = history - silence
-    rate = np.maximum(total_n, 1.0) / np.maximum(older_days, 1.0)
-    p = np.exp(-rate * silence)
-    better = (older_days >= rule.min_older_days) & (p < best_p)
-    best_p[better], best_days[better], best_n[better] = p[better], silence[better], 0.0
-    return best_days, best_n
-
-
-def _rank_from_newest(codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """0 for each customer's newest purchase, 1 for the one before, ... (vectorized, ties by position)."""
-    order = np.lexsort((-ts, codes))
-    sorted_codes = codes[order]
-    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
-    group_start = np.repeat(starts, np.diff(np.r_[starts, sorted_codes.size]))
-    rank = np.empty(codes.size, dtype="int64")
-    rank[order] = np.arange(codes.size) - group_start
-    return rank
+CHANGE_PREFIX = "change:"  # evidence columns: change:<axis>.<field>
+FEATURE_PREFIX = "f:"  # features beside memberships in a snapshot history frame: f:<axis>.<feature>
+CHANGE_FIELDS = ("since", "before", "after", "evidence")
 
 
 def active_mask(features: pd.DataFrame, active_days: int) -> np.ndarray:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from quimbi_pipeline.features import CHANGE_PREFIX, FEATURE_PREFIX
 from quimbi_pipeline.memberships import parse_memberships
 from quimbi_pipeline.snapshot_blocks import ID_COLUMNS, decode_features, decode_memberships
 from quimbi_pipeline.warehouse import Warehouse
@@ -53,7 +54,7 @@ class SnapshotHistoryReader:
         step = max(1, round(every_customers / max(int(blocks["n_customers"].max()), 1)))
         return blocks["first_customer_id"].iloc[step::step].tolist()
 
-    def _block_rows(self, day: pd.Timestamp, lo: str | None, hi: str | None) -> pd.DataFrame:
+    def _block_rows(self, day: pd.Timestamp, lo: str | None, hi: str | None, with_features: bool) -> pd.DataFrame:
         blocks = self.blocks[day]
         overlaps = np.ones(len(blocks), dtype=bool)
         if hi is not None:
@@ -63,8 +64,15 @@ class SnapshotHistoryReader:
         wanted = blocks.loc[overlaps, "block"].astype(int).tolist()
         held_block, held = self._held.get(day, (None, None))
         missing = [b for b in wanted if b != held_block]
-        data = self.warehouse.snapshot_block_data(self.store_id, day, missing, "memberships") if missing else {}
-        frames = {b: decode_memberships(data[b]) for b in missing}
+        frames = {}
+        if missing:
+            data = self.warehouse.snapshot_block_data(self.store_id, day, missing, "memberships")
+            features = self.warehouse.snapshot_block_data(self.store_id, day, missing, "features") if with_features else {}
+            for b in missing:
+                frame = decode_memberships(data[b])
+                if with_features:  # the same customers in the same order: side by side
+                    frame = pd.concat([frame, decode_features(features[b]).drop(columns=["customer_id"]).add_prefix(FEATURE_PREFIX)], axis=1)
+                frames[b] = frame
         if held_block in wanted:
             frames[held_block] = held
         if wanted:
@@ -74,11 +82,16 @@ class SnapshotHistoryReader:
         frame = _id_slice(pd.concat([frames[b] for b in wanted], ignore_index=True), lo, hi)
         return frame.assign(snapshot_date=day)
 
-    def history(self, lo: str | None = None, hi: str | None = None) -> pd.DataFrame:
-        """BASE_COLUMNS + "axis.segment" memberships of customers with lo <= id < hi, one row per customer and date."""
-        frames = [self._block_rows(day, lo, hi) for day in self.blocks]
+    def history(self, lo: str | None = None, hi: str | None = None, with_features: bool = False) -> pd.DataFrame:
+        """BASE_COLUMNS + "axis.segment" memberships of customers with lo <= id < hi, one row per customer and date;
+        with_features also "f:axis.feature" features and "f:change:axis.field" change evidence (blocks only)."""
+        frames = [self._block_rows(day, lo, hi, with_features) for day in self.blocks]
         if not self.row_sources.empty:
-            frames.append(numeric_rows(self.warehouse.snapshot_rows(self.store_id, self.row_sources, customer_range=(lo, hi))))
+            rows = self.warehouse.snapshot_rows(self.store_id, self.row_sources, with_features=with_features, customer_range=(lo, hi))
+            frame = numeric_rows(rows)
+            if with_features and len(rows):
+                frame = pd.concat([frame, parse_memberships(rows["behavioral_features"].reset_index(drop=True)).add_prefix(FEATURE_PREFIX)], axis=1)
+            frames.append(frame)
         frames = [f for f in frames if len(f)]
         if not frames:
             return pd.DataFrame(columns=BASE_COLUMNS)
@@ -94,8 +107,8 @@ class SnapshotHistoryReader:
             features = self.warehouse.snapshot_block_data(self.store_id, day, numbers, "features")
             m = pd.concat([decode_memberships(members[b]) for b in numbers], ignore_index=True)
             f = pd.concat([decode_features(features[b]) for b in numbers], ignore_index=True)
-            return pd.concat([m.drop(columns=ID_COLUMNS),
-                              f.drop(columns=["customer_id"]).add_prefix("f:")], axis=1)
+            f = f[[c for c in f.columns if c != "customer_id" and not c.startswith(CHANGE_PREFIX)]]
+            return pd.concat([m.drop(columns=ID_COLUMNS), f.add_prefix(FEATURE_PREFIX)], axis=1)
         sources = self.sources[self.sources["snapshot_date"] == day]
         rows = self.warehouse.snapshot_rows(self.store_id, sources, with_features=True).reset_index(drop=True)
         return pd.concat([parse_memberships(rows["fuzzy_memberships"]), parse_memberships(rows["behavioral_features"]).add_prefix("f:")], axis=1)

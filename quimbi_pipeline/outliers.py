@@ -78,6 +78,16 @@ def outlier_flags(segmentations: dict, scaled: dict[str, np.ndarray], customers:
     return pd.concat(frames, ignore_index=True)[OUTLIER_COLUMNS]
 
 
+def density_outliers(segmentations: dict, scaled: dict[str, np.ndarray]) -> np.ndarray:
+    """The default method's verdict per customer (density: far from every segment, or in a segment of its own):
+    the customers left out of the fits when ENABLE_OUTLIER_DETECTION is on (profiles.build_store_profiles)."""
+    axes = list(segmentations)
+    n = next(iter(segmentations.values())).memberships.shape[0] if axes else 0
+    far = np.column_stack([_nearest_distance(scaled[a], segmentations[a].model.centroids) >= DENSITY_DISTANCE for a in axes])
+    micro = np.column_stack([_in_micro_segment(segmentations[a].dominant, segmentations[a].model.k, n) for a in axes])
+    return (far | micro).any(axis=1)
+
+
 def _explain(flagged: np.ndarray, text: pd.Series) -> pd.Series:
     return pd.Series(np.where(flagged, text.to_numpy(object), None), dtype="object")  # NULL when not an outlier
 

@@ -15,6 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from quimbi_pipeline import drift
+from quimbi_pipeline.drift_evidence import rescore
 from quimbi_pipeline.history import BASE_COLUMNS, SnapshotHistoryReader
 from quimbi_pipeline.memberships import (
     membership_shift,
@@ -29,6 +30,7 @@ from quimbi_pipeline.profiles import (
     StoreProfiles,
     build_store_profiles,
     model_rows,
+    model_version_for,
     segment_model_rows,
     stable_model_version,
 )
@@ -275,9 +277,29 @@ class DriftOutcome:
 
 
 def history_from_snapshots(frame: pd.DataFrame) -> drift.MembershipHistory:
-    """A MembershipHistory from numeric snapshot history (history.BASE_COLUMNS + "axis.segment" columns)."""
-    columns = sorted(c for c in frame.columns if c not in BASE_COLUMNS)
+    """A MembershipHistory from numeric snapshot history (history.BASE_COLUMNS + "axis.segment" columns, and
+    optionally "f:..." features and change evidence)."""
+    columns = sorted(c for c in frame.columns if c not in BASE_COLUMNS and ":" not in c)
     return drift.MembershipHistory.from_frame(frame, columns)
+
+
+def models_in_force(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings) -> dict[str, AxisModel]:
+    """The segment models the store's profiles of D were scored with (segment_models), by axis; {} if none are stored."""
+    algorithm = settings.clustering_algorithm.value
+    version = (stable_model_version(algorithm, refit_anchor(as_of, settings.segment_refit_days)) if settings.enable_stable_segments
+               else model_version_for(algorithm, as_of))
+    return {r["axis"]: AxisModel.from_record(r) for r in warehouse.segment_model_records(store, version)}
+
+
+def _scored_with(models: dict[str, AxisModel], frame: pd.DataFrame, store: str) -> pd.DataFrame:
+    """The history scored with D's models (drift_evidence.rescore), or as stored when its features cannot be."""
+    if not models:
+        return frame
+    try:
+        return rescore(frame, models)
+    except ValueError as exc:
+        log.warning("store %s: drift uses the memberships as stored: %s", store, exc)
+        return frame
 
 
 def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings | StoreSettings, stores: list[str] | None = None) -> list[DriftOutcome]:
@@ -321,11 +343,12 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
     ranges = list(zip([None, *bounds], [*bounds, None]))
     seconds = {"read": 0.0, "compute": 0.0}
     anomaly_counts: dict[str, int] = {}
+    models = models_in_force(warehouse, store, as_of, settings)  # every snapshot of the window is scored with D's models
 
     def chunks():
         for lo, hi in ranges:
             t0 = time.perf_counter()
-            frame = reader.history(lo, hi)
+            frame = _scored_with(models, reader.history(lo, hi, with_features=bool(models)), store)
             if settings.share("enable_drift_analysis") < 1.0:  # a rollout: drift for its share of customers only
                 frame = frame[in_rollout(frame["customer_id"], "enable_drift_analysis", settings.share("enable_drift_analysis"))]
             history = history_from_snapshots(frame)
@@ -344,7 +367,8 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
     reference_date = next(d for d in dates if d >= as_of - pd.Timedelta(days=drift.POPULATION_REFERENCE_DAYS))
     population = pd.DataFrame(columns=drift.POPULATION_COLUMNS)
     if reference_date < as_of:
-        population = drift.population_drift(reader.population_frame(reference_date), reader.population_frame(as_of), reference_date, as_of)
+        population = drift.population_drift(_scored_with(models, reader.population_frame(reference_date), store),
+                                            _scored_with(models, reader.population_frame(as_of), store), reference_date, as_of)
     seconds["population"] = time.perf_counter() - t0
     rows, seconds["write"] = warehouse.write_drift_partition(store, as_of, chunks(), population)  # on PostgreSQL the write overlaps read and compute
     seconds["total"] = time.perf_counter() - started

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 
 from quimbi_pipeline import btyd
-from quimbi_pipeline.features import AdaptiveWindow, AxisSpec, active_mask, available_axes, compute_customer_features
+from quimbi_pipeline.features import CHANGE_PREFIX, AxisSpec, active_mask, available_axes, compute_customer_features
 from quimbi_pipeline.orders import as_of_day
-from quimbi_pipeline.outliers import outlier_flags
+from quimbi_pipeline.outliers import density_outliers, outlier_flags
 from quimbi_pipeline.rollout import in_rollout
-from quimbi_pipeline.segmentation import AxisModel, AxisSegmentation, axis_matrix, score_axis, segment_axis
+from quimbi_pipeline.segmentation import AxisModel, AxisSegmentation, axis_matrix, fit_axis_model, score_axis, segment_axis
 from quimbi_pipeline.settings import ChurnBands, PipelineSettings
 from quimbi_pipeline.snapshot_blocks import SnapshotColumns
 
@@ -36,6 +36,8 @@ ARCHETYPE_LEVELS = 5
 # Modified BG/NBD fitted on CDNOW (weeks): used for stores too small for their own fit (documented).
 DEFAULT_MBGNBD = btyd.BGParams(r=0.5248, alpha=6.1831, a=0.8914, b=1.6140)
 WEEKS_PER_DAY = 1.0 / 7.0
+# An outlier's predicted_ltv is capped at this quantile of the other customers' (ENABLE_OUTLIER_DETECTION).
+OUTLIER_LTV_CAP_QUANTILE = 0.95
 DECIMALS = 6
 
 
@@ -51,7 +53,7 @@ def stable_model_version(algorithm: str, fitted_on: pd.Timestamp) -> str:
 def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp, settings: PipelineSettings, optional_columns) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(features of every customer with a purchase, the active ones) at D, as the settings define them."""
     features = compute_customer_features(orders, as_of, optional_columns=optional_columns, window_days=settings.feature_window_days,
-                                         adaptive=AdaptiveWindow(z=settings.adaptive_window_z) if settings.enable_adaptive_windows else None)
+                                         adaptive=settings.change_rule() if settings.enable_adaptive_windows else None)
     return features, features.loc[active_mask(features, settings.active_days)]
 
 
@@ -227,18 +229,26 @@ def build_store_profiles(
     axes: list[AxisSpec] = available_axes(optional_columns)
     started = time.perf_counter()
     progress.info("%s: segments of %s customers", store_id, f"{len(active):,}")
+    contain = settings.enable_outlier_detection and settings.share("enable_outlier_detection") >= 1.0
     if models is None:
-        segmentations = {axis.name: segment_axis(active, axis, settings) for axis in axes}
+        segmentations = fit_segments(active, axes, settings, contain)
     else:
         missing = [axis.name for axis in axes if axis.name not in models]
         if missing:
             raise ValueError(f"store {store_id}: model {version} has no segments for axes {missing}")
         segmentations = {axis.name: score_axis(active, axis, models[axis.name]) for axis in axes}
+    # Outlier containment (ENABLE_OUTLIER_DETECTION): the default method's outliers stay out of the BTYD fits
+    # and their predicted_ltv is capped, so a bot or a $50k order cannot bend the models for everyone else.
+    outside = outliers_of(segmentations, active, axes) if contain else np.zeros(len(active), dtype=bool)
     seconds["segments"] = time.perf_counter() - started
     started = time.perf_counter()
     progress.info("%s: churn risk and LTV", store_id)
-    churn = fit_churn_model(features, settings, store_id)
+    churn = fit_churn_model(features.drop(index=active.index[outside]) if outside.any() else features, settings, store_id)
     churn_score, predicted_ltv, expected_purchases = score_churn(churn, active, settings)
+    ltv_cap = None
+    if outside.any() and (~outside).any():
+        ltv_cap = float(np.quantile(predicted_ltv[~outside], OUTLIER_LTV_CAP_QUANTILE))
+        predicted_ltv = np.where(outside, np.minimum(predicted_ltv, ltv_cap), predicted_ltv)
     seconds["churn_ltv"] = time.perf_counter() - started
     started = time.perf_counter()
     archetype_id, archetype_level, archetype_name = archetypes(segmentations)
@@ -278,6 +288,9 @@ def build_store_profiles(
         started = time.perf_counter()
         scaled = {axis.name: segmentations[axis.name].model.transform(axis_matrix(active, axis)) for axis in axes}
         flags = outlier_flags(segmentations, scaled, profiles["customer_id"].to_numpy(object), f"{as_of:%Y-%m-%d}")
+        if ltv_cap is not None:
+            capped = (flags["method"] == "density").to_numpy() & np.tile(outside, len(flags) // len(outside))
+            flags.loc[capped, "explanation"] = flags.loc[capped, "explanation"] + f"; left out of the model fits, predicted_ltv capped at {ltv_cap:.2f}"
         share = settings.share("enable_outlier_detection")
         if share < 1.0:  # a rollout: scores use the whole store, rows are kept for its share of customers
             flags = flags[in_rollout(flags["customer_id"], "enable_outlier_detection", share)].reset_index(drop=True)
@@ -289,6 +302,25 @@ def build_store_profiles(
                          fresh_fit=models is None, outliers=flags, snapshot_columns=numbers)
 
 
+def fit_segments(active: pd.DataFrame, axes: list[AxisSpec], settings: PipelineSettings, contain: bool) -> dict[str, AxisSegmentation]:
+    """Each axis fitted on the active customers (the original engine); with `contain`, fitted again without the
+    customers the default outlier method flags against the first fit, and everyone scored with that fit."""
+    segmentations = {axis.name: segment_axis(active, axis, settings) for axis in axes}
+    if not contain:
+        return segmentations
+    outside = outliers_of(segmentations, active, axes)
+    if not outside.any() or (~outside).sum() < 2:
+        return segmentations
+    log.info("%d outlier(s) left out of the segment fits", int(outside.sum()))
+    inside = active.loc[~outside]
+    return {axis.name: score_axis(active, axis, fit_axis_model(axis_matrix(inside, axis), axis, settings)) for axis in axes}
+
+
+def outliers_of(segmentations: dict[str, AxisSegmentation], active: pd.DataFrame, axes: list[AxisSpec]) -> np.ndarray:
+    scaled = {axis.name: segmentations[axis.name].model.transform(axis_matrix(active, axis)) for axis in axes}
+    return density_outliers(segmentations, scaled)
+
+
 def _snapshot_columns(profiles: pd.DataFrame, segmentations: dict[str, AxisSegmentation], active: pd.DataFrame, axes: list[AxisSpec]) -> SnapshotColumns:
     """The values of the profile rows' JSON as numbers, for the snapshot blocks (snapshot_blocks.py)."""
     index = pd.Index(profiles["customer_id"].astype(str).to_numpy(object), name="customer_id")
@@ -297,6 +329,10 @@ def _snapshot_columns(profiles: pd.DataFrame, segmentations: dict[str, AxisSegme
     memberships = pd.DataFrame({f"{a}.{name}": rounded_number(s.memberships[:, j])
                                 for a, s in segmentations.items() for j, name in enumerate(s.model.segment_names)}, index=index)
     features = pd.DataFrame({f"{axis.name}.{f}": rounded_number(active[f].to_numpy()) for axis in axes for f in axis.feature_names}, index=index)
+    # The evidence of detected behavior changes (ENABLE_ADAPTIVE_WINDOWS), for the drift step: blocks only.
+    evidence = [c for c in active.columns if c.startswith(CHANGE_PREFIX)]
+    if evidence:
+        features = pd.concat([features, pd.DataFrame({c: active[c].to_numpy("float64") for c in evidence}, index=index)], axis=1)
     return SnapshotColumns(base, memberships, features)
 
 

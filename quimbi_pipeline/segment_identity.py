@@ -15,12 +15,12 @@ import pandas as pd
 
 from quimbi_pipeline.features import available_axes
 from quimbi_pipeline.orders import as_of_day, orders_as_of
-from quimbi_pipeline.profiles import customer_features
+from quimbi_pipeline.profiles import customer_features, fit_segments
 from quimbi_pipeline.segmentation import (
     AxisModel,
     axis_matrix,
-    fit_axis_model,
     match_segments,
+    monic_transitions,
 )
 from quimbi_pipeline.settings import PipelineSettings
 
@@ -51,11 +51,16 @@ def fit_period_models(
         return {}, pd.DataFrame(columns=TRANSITION_COLUMNS)
     models: dict[str, AxisModel] = {}
     rows = []
-    for axis in available_axes(optional_columns):
+    axes = available_axes(optional_columns)
+    contain = settings.enable_outlier_detection and settings.share("enable_outlier_detection") >= 1.0
+    fits = fit_segments(active, axes, settings, contain)  # with outlier containment: fitted without the outliers
+    for axis in axes:
         raw = axis_matrix(active, axis)
-        fitted = fit_axis_model(raw, axis, settings).rounded()
+        fitted = fits[axis.name].model.rounded()
         if axis.name in previous:
-            fitted, transitions = match_segments(previous[axis.name], fitted, raw)
+            # Honest segments are named by fixed bands: no renaming after the previous model, only its transitions.
+            fitted, transitions = ((fitted, monic_transitions(previous[axis.name], fitted, raw)) if settings.enable_honest_segments
+                                   else match_segments(previous[axis.name], fitted, raw))
             for seq, t in enumerate(transitions):
                 rows.append({"store_id": store_id, "model_version": version, "axis": axis.name, "seq": seq,
                              "previous_version": previous_version, "transition": t.transition, "old_segments": list(t.old_segments),

@@ -25,6 +25,7 @@ from sklearn.cluster import KMeans
 from sklearn.mixture import GaussianMixture
 
 from quimbi_pipeline.features import AXIS_BY_NAME, AxisSpec
+from quimbi_pipeline.segment_bands import band_names, floor_scale
 from quimbi_pipeline.settings import ClusteringAlgorithm, PipelineSettings
 
 log = logging.getLogger(__name__)
@@ -231,6 +232,8 @@ def fit_axis_model(raw: np.ndarray, axis: AxisSpec, settings: PipelineSettings) 
     mean = x.mean(axis=0)
     std = x.std(axis=0)
     scale = np.where(std > 0, std, 1.0)  # as StandardScaler: a constant feature keeps scale 1
+    if settings.enable_honest_segments:  # a spread that means nothing cannot dominate the axis
+        scale = floor_scale(axis.feature_names, std)
     scaled = (x - mean) / scale
     n = scaled.shape[0]
     n_distinct = int(pd.DataFrame(scaled).drop_duplicates().shape[0]) if n else 0
@@ -246,10 +249,22 @@ def fit_axis_model(raw: np.ndarray, axis: AxisSpec, settings: PipelineSettings) 
     k_min, k_max = k_bounds(n, n_distinct, settings)
     algorithm = ClusteringAlgorithm(settings.clustering_algorithm)
     if algorithm == ClusteringAlgorithm.kmeans:
-        return _fit_kmeans(scaled, axis, settings, k_min, k_max, common)
-    if algorithm == ClusteringAlgorithm.gmm:
-        return _fit_gmm(scaled, axis, settings, k_min, k_max, common)
-    return _fit_density(scaled, axis, settings, algorithm, common)
+        model = _fit_kmeans(scaled, axis, settings, k_min, k_max, common)
+    elif algorithm == ClusteringAlgorithm.gmm:
+        model = _fit_gmm(scaled, axis, settings, k_min, k_max, common)
+    else:
+        model = _fit_density(scaled, axis, settings, algorithm, common)
+    if settings.enable_honest_segments:
+        model = replace(model, segment_names=honest_names(model, axis, np.median(raw, axis=0)))
+    return model
+
+
+def honest_names(model: AxisModel, axis: AxisSpec, raw_median: np.ndarray) -> list[str]:
+    """Names from the bands of segment_bands.py: each centroid back in raw units, money against the store's median."""
+    x = model.centroids * model.scaler_scale + model.scaler_mean
+    raw = np.where(model.log_scale, np.expm1(x), x)
+    values = {f: raw[:, j] for j, f in enumerate(model.feature_names)}
+    return band_names(axis.name, axis.ladder, values, dict(zip(model.feature_names, raw_median)))
 
 
 def k_bounds(n: int, n_distinct: int, settings: PipelineSettings) -> tuple[int, int]:

@@ -94,15 +94,21 @@ class PipelineSettings(BaseModel):
     # window writes 1 + one-per-axis rows per customer (7M rows a day at 1M customers); anomalies and
     # population drift do not depend on it.
     drift_windows: tuple[int, ...] = DRIFT_WINDOWS
-    # Flag ENABLE_ADAPTIVE_WINDOWS (off = the original 365-day windows): frequency, value, discount and
-    # basket features over the purchases after a detected change of the customer's behavior
-    # (features.AdaptiveWindow), so drift shows a change within a few orders.
+    # Flag ENABLE_ADAPTIVE_WINDOWS (off = the original 365-day windows): each axis' features over the
+    # purchases after a change detected in the customer's own order stream (change_points.py), so drift
+    # shows a change within a few orders and keeps showing it; the evidence goes to the drift step.
     enable_adaptive_windows: bool = False
-    adaptive_window_z: float = Field(4.0, gt=0)
+    # Evidence (log-likelihood ratio) a change needs: mean shifts and rate changes; 0/1 signals; silences.
+    change_evidence: float = Field(13.0, gt=0)
+    change_binary_evidence: float = Field(8.0, gt=0)
+    change_silence_evidence: float = Field(10.0, gt=0)
 
     # Flag ENABLE_ADVANCED_CLUSTERING and CLUSTERING_ALGORITHM: another algorithm than the original
     # kmeans (docs/algorithms.md); DYNAMIC_K_RANGE: max_k = max(min(floor(sqrt(n) / 2), 20, n - 1), min_k + 1).
     enable_advanced_clustering: bool = False
+    # Flag ENABLE_HONEST_SEGMENTS: segment names from fixed bands of each axis' feature (the same meaning in
+    # every store and for every k) and floor spreads in the standardization (segment_bands.py).
+    enable_honest_segments: bool = False
     # Flag ENABLE_OUTLIER_DETECTION: customer_outlier_flags (three methods, quimbi_pipeline/outliers.py).
     enable_outlier_detection: bool = False
     clustering_algorithm: ClusteringAlgorithm = ClusteringAlgorithm.kmeans
@@ -167,6 +173,11 @@ class PipelineSettings(BaseModel):
         if not values or set(values) - set(DRIFT_WINDOWS):
             raise ValueError(f"drift_windows={value!r}: a non-empty subset of {DRIFT_WINDOWS} (days)")
         return tuple(values)
+
+    def change_rule(self):
+        from quimbi_pipeline.change_points import ChangeRule
+
+        return ChangeRule(evidence=self.change_evidence, binary_evidence=self.change_binary_evidence, silence_evidence=self.change_silence_evidence)
 
     @property
     def drift_active(self) -> bool:
@@ -254,7 +265,7 @@ def warn_unknown_environment(environ: dict[str, str] | None = None) -> None:
 # Flags a rollout percentage can apply to: features that work per customer.
 ROLLOUT_FLAGS = ("enable_temporal_snapshots", "enable_drift_analysis", "enable_outlier_detection")
 # Fields whose environment name is DESIGN's flag name without a prefix.
-DESIGN_FLAGS = ("enable_temporal_snapshots", "enable_stable_segments", "enable_drift_analysis", "enable_adaptive_windows",
+DESIGN_FLAGS = ("enable_temporal_snapshots", "enable_stable_segments", "enable_drift_analysis", "enable_adaptive_windows", "enable_honest_segments",
                 "enable_outlier_detection", "enable_advanced_clustering", "clustering_algorithm", "dynamic_k_range")
 
 

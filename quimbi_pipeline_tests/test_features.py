@@ -77,7 +77,7 @@ def test_every_feature_is_finite_on_demo(demo_small):
 
 
 def test_adaptive_windows_follow_a_change_and_leave_steady_customers_alone():
-    from quimbi_pipeline.features import AdaptiveWindow
+    from quimbi_pipeline.change_points import ChangeRule
 
     days = pd.date_range("2026-01-05", periods=30, freq="7D")  # weekly orders
     rng = np.random.default_rng(0)
@@ -88,10 +88,13 @@ def test_adaptive_windows_follow_a_change_and_leave_steady_customers_alone():
     # A customer who bought monthly, then 8 times in the last week.
     burst = [pd.Timestamp("2026-01-03") + pd.Timedelta(days=30 * i) for i in range(7)] + list(pd.date_range("2026-07-22", periods=8, freq="D"))
     rows += [{"order_id": f"b{i}", "customer_id": "burst", "order_ts": t, "order_total": 40.0} for i, t in enumerate(burst)]
+    # A customer who bought every 7 days like clockwork until 6 weeks ago.
+    quiet = list(pd.date_range("2025-12-01", "2026-06-15", freq="7D"))
+    rows += [{"order_id": f"q{i}", "customer_id": "quiet", "order_ts": t, "order_total": 40.0} for i, t in enumerate(quiet)]
     orders = pd.DataFrame(rows)
     day = pd.Timestamp("2026-07-29")
     plain = compute_customer_features(orders, day)
-    adaptive = compute_customer_features(orders, day, adaptive=AdaptiveWindow())
+    adaptive = compute_customer_features(orders, day, adaptive=ChangeRule())
     # The changed customer's value features are those of the last 3 orders; the steady customer's are unchanged.
     assert adaptive.at["changed", "avg_order_value"] == pytest.approx(180, rel=0.15)
     assert plain.at["changed", "avg_order_value"] < 50
@@ -99,3 +102,10 @@ def test_adaptive_windows_follow_a_change_and_leave_steady_customers_alone():
     # The burst shows as a purchase rate of about 8 a week.
     assert adaptive.at["burst", "orders_per_month"] > 20 > plain.at["burst", "orders_per_month"]
     assert adaptive.at["steady", "orders_per_month"] == plain.at["steady", "orders_per_month"]
+    # A silence far beyond a regular customer's gaps: no purchase since the change.
+    assert adaptive.at["quiet", "orders_per_month"] == 0 < plain.at["quiet", "orders_per_month"]
+    # The evidence: since when, from what to what, how strong; nothing for the steady customer.
+    since = pd.Timestamp(adaptive.at["quiet", "change:purchase_frequency.since"] * 86_400, unit="s")
+    assert since == quiet[-1] and adaptive.at["quiet", "change:purchase_frequency.before"] == pytest.approx(30.4375 / 7, rel=0.01)
+    assert adaptive.at["changed", "change:purchase_value.after"] > adaptive.at["changed", "change:purchase_value.before"]
+    assert adaptive.loc["steady", [c for c in adaptive.columns if c.startswith("change:")]].isna().all()

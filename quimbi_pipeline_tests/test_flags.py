@@ -46,7 +46,7 @@ stores:
     assert run.for_store("store_b").max_k == 6 and not run.for_store("store_a").enable_temporal_snapshots
     assert resolved.flags("store_b") == {
         "ENABLE_TEMPORAL_SNAPSHOTS": True, "ENABLE_STABLE_SEGMENTS": False, "ENABLE_DRIFT_ANALYSIS": False, "ENABLE_ADAPTIVE_WINDOWS": False,
-        "ENABLE_OUTLIER_DETECTION": False, "ENABLE_ADVANCED_CLUSTERING": True, "CLUSTERING_ALGORITHM": "gmm", "DYNAMIC_K_RANGE": False}
+        "ENABLE_HONEST_SEGMENTS": False, "ENABLE_OUTLIER_DETECTION": False, "ENABLE_ADVANCED_CLUSTERING": True, "CLUSTERING_ALGORITHM": "gmm", "DYNAMIC_K_RANGE": False}
 
 
 @pytest.mark.parametrize("text, message", [
@@ -103,12 +103,14 @@ ON = {
     "stable_segments": "ENABLE_STABLE_SEGMENTS: true",
     "adaptive_windows": "ENABLE_ADAPTIVE_WINDOWS: true",
     "outliers": "ENABLE_OUTLIER_DETECTION: true",
+    "honest_segments": "ENABLE_HONEST_SEGMENTS: true",
     "dynamic_k": "DYNAMIC_K_RANGE: true",
     "gmm": "ENABLE_ADVANCED_CLUSTERING: true\n    CLUSTERING_ALGORITHM: gmm",
     "hdbscan": "ENABLE_ADVANCED_CLUSTERING: true\n    CLUSTERING_ALGORITHM: hdbscan\n    QUIMBI_HDBSCAN_MIN_CLUSTER_SIZE: 10",
     "dbscan": "ENABLE_ADVANCED_CLUSTERING: true\n    CLUSTERING_ALGORITHM: dbscan",
 }
-CHANGES_PROFILES = {"stable_segments", "adaptive_windows", "drift", "gmm", "hdbscan", "dbscan"}
+CHANGES_PROFILES = {"stable_segments", "adaptive_windows", "drift", "honest_segments", "gmm", "hdbscan", "dbscan"}
+# outliers: containment refits without the default method's outliers; the golden store_a has none, so its rows stay.
 # dynamic_k only widens the k range (max_k 7 for store_a's ~250 customers): the silhouette may keep the same k.
 
 

@@ -320,7 +320,15 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
             continue
         try:
             with limited_threads(0, run_threads(store_settings.threads)):  # array arithmetic, no large BLAS work
-                outcomes.append(_drift_store(warehouse, store, as_of, store_settings))
+                outcome = _drift_store(warehouse, store, as_of, store_settings)
+                # An earlier date arriving late changes the inputs of later dates' drift: recompute those, so that
+                # any order of dates leaves the warehouse a date-ordered run leaves.
+                later = warehouse.stale_drift_dates(store, as_of) if outcome.rows else []
+                for day in later:
+                    _drift_store(warehouse, store, day, store_settings)
+                if later:
+                    outcome.note = f"recomputed the drift of {len(later)} later date(s) whose snapshots changed: {', '.join(f'{d:%Y-%m-%d}' for d in later)}"
+                outcomes.append(outcome)
         except Exception as exc:  # one store's failure is recorded and the others go on
             log.exception("drift of store %s failed for %s", store, as_of.date())
             outcomes.append(DriftOutcome(store, False, error=f"{type(exc).__name__}: {exc}"))
@@ -371,6 +379,7 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
                                             _scored_with(models, reader.population_frame(as_of), store), reference_date, as_of)
     seconds["population"] = time.perf_counter() - t0
     rows, seconds["write"] = warehouse.write_drift_partition(store, as_of, chunks(), population)  # on PostgreSQL the write overlaps read and compute
+    warehouse.record_drift_inputs(store, as_of, drift.history_days(windows))
     seconds["total"] = time.perf_counter() - started
     log.info("store %s %s drift: %s rows (%s)", store, as_of.date(), rows, ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
     return DriftOutcome(store, True, rows, anomaly_counts, population, seconds)

@@ -178,3 +178,48 @@ def _still_shown(changers: pd.DataFrame, segments: pd.DataFrame, flags: pd.DataF
 def evaluate(data: PlantedData, days: pd.DatetimeIndex, scored_from, scored_to, warehouse_url: str, settings: PipelineSettings) -> SignalScores:
     segments = run_days(validate_orders(data.orders), days, warehouse_url, settings)
     return score(data, warehouse_url, scored_from, scored_to, settings, segments)
+
+
+def analyst_baseline(data: PlantedData, scored_from, scored_to) -> dict[str, float]:
+    """The rules a skeptical analyst writes on the orders themselves, run on every day of the range:
+    frequency dropped = no order for twice the customer's average gap of the year before; value dropped =
+    the mean of the last two orders below half the year's average. Scored as the pipeline's flags are."""
+    start, end = pd.Timestamp(scored_from), pd.Timestamp(scored_to)
+    o = validate_orders(data.orders).orders
+    o = o[o["order_total"] >= 0].sort_values(["customer_id", "order_ts"], kind="stable")
+    codes, customers = pd.factorize(o["customer_id"], sort=True)
+    ts = o["order_ts"].to_numpy("datetime64[ns]").view("int64") // (86_400 * 10**9)
+    value = o["order_total"].to_numpy("float64")
+    n = customers.size
+    flagged = {"frequency_drop": {}, "value_drop": {}}
+    for day in pd.date_range(start, end):
+        d = int(day.value // (86_400 * 10**9))
+        seen = (ts <= d) & (ts > d - 365)
+        c, t, v = codes[seen], ts[seen], value[seen]
+        count = np.bincount(c, minlength=n).astype("float64")
+        first = pd.Series(t).groupby(c).min().reindex(range(n)).to_numpy("float64")
+        last = pd.Series(t).groupby(c).max().reindex(range(n)).to_numpy("float64")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gap = (last - first) / (count - 1)
+            freq = (count >= 4) & ((d - last) > 2 * gap)
+        mean = np.bincount(c, v, n) / np.maximum(count, 1)
+        newest = pd.DataFrame({"c": c, "v": v}).groupby("c").tail(2).groupby("c")["v"].mean().reindex(range(n)).to_numpy("float64")
+        val = (count >= 4) & (newest < 0.5 * mean)
+        for kind, mask in (("frequency_drop", freq), ("value_drop", val)):
+            for i in np.flatnonzero(mask):
+                flagged[kind].setdefault(customers[i], day)
+    truth = data.customers.set_index("customer_id")
+    out = {}
+    unchanged = truth.index[truth["change_kind"].isna()]
+    for kind, first_flag in flagged.items():
+        target = truth[(truth["change_kind"] == kind) & truth["change_ts"].dt.normalize().between(start, end - pd.Timedelta(days=60))]
+        when = pd.Series(first_flag)
+        hit = [(c, (when.get(c) - t.normalize()).days) for c, t in target["change_ts"].items()
+               if c in when.index and when[c] >= t.normalize()]
+        delays = pd.Series(dict(hit), dtype="float64")
+        false = len(set(when.index) & set(unchanged))
+        out[f"{kind}_recall_60d"] = float((delays <= 60).sum() / max(len(target), 1))
+        out[f"{kind}_median_delay_days"] = float(delays.median()) if len(delays) else float("nan")
+        out[f"{kind}_unchanged_flagged"] = false / max(len(unchanged), 1)
+        out[f"{kind}_precision"] = len(delays) / (len(delays) + false) if len(delays) + false else float("nan")
+    return out

@@ -192,6 +192,22 @@ population_drift = sa.Table(
     sa.Column("segment_shares", Json, nullable=False),
     sa.Column("feature_psi_by_feature", Json, nullable=False),
 )
+# Bookkeeping for dates that arrive out of order: when each store's snapshots of a date were written, and
+# which snapshot writes each drift date read. A backfill of an earlier date changes a later date's inputs;
+# the drift step then recomputes that later date (pipeline.run_drift_partition).
+snapshot_writes = sa.Table(
+    "snapshot_writes", metadata,
+    sa.Column("store_id", sa.Text, primary_key=True),
+    sa.Column("snapshot_date", sa.Date, primary_key=True),
+    sa.Column("written_at", sa.Text, nullable=False),  # a time with microseconds, as text (same on both databases)
+)
+drift_inputs = sa.Table(
+    "drift_inputs", metadata,
+    sa.Column("store_id", sa.Text, primary_key=True),
+    sa.Column("as_of_date", sa.Date, primary_key=True),
+    sa.Column("history_days", sa.Integer, nullable=False),
+    sa.Column("signature", sa.Text, nullable=False),  # sha1 of the (snapshot_date, written_at) pairs read
+)
 # Outlier flags (ENABLE_OUTLIER_DETECTION): one row per customer, date and method.
 customer_outlier_flags = sa.Table(
     "customer_outlier_flags", metadata,
@@ -484,6 +500,9 @@ class Warehouse:
             blocks_started = time.perf_counter()
             if snapshot_types:
                 self.replace_snapshot_blocks(conn, store_id, as_of_date, blocks if len(profiles) else None)
+                conn.execute(sa.delete(snapshot_writes).where(snapshot_writes.c.store_id == store_id, snapshot_writes.c.snapshot_date == as_of_date))
+                conn.execute(sa.insert(snapshot_writes), [{"store_id": store_id, "snapshot_date": as_of_date,
+                                                           "written_at": pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%dT%H:%M:%S.%f")}])
             block_seconds = time.perf_counter() - blocks_started
             if len(models):
                 conn.execute(sa.delete(segment_models).where(
@@ -565,6 +584,36 @@ class Warehouse:
             self.analyze_date_partition(table.name, day)
         copy_seconds += time.perf_counter() - started
         return written, copy_seconds
+
+    # ---- dates that arrive out of order ---------------------------------------------------------
+    def snapshot_signature(self, store_id: str, start, end) -> str:
+        """A digest of when each of the store's snapshot dates in [start, end] was written."""
+        import hashlib
+
+        rows = self.read_sql(f"SELECT snapshot_date, written_at FROM {self.qualified('snapshot_writes')} "
+                             "WHERE store_id = :s AND snapshot_date BETWEEN :a AND :b ORDER BY snapshot_date",
+                             {"s": store_id, "a": pd.Timestamp(start).date(), "b": pd.Timestamp(end).date()})
+        text = ";".join(f"{pd.Timestamp(d):%Y-%m-%d}@{w}" for d, w in zip(rows["snapshot_date"], rows["written_at"]))
+        return hashlib.sha1(text.encode()).hexdigest()
+
+    def record_drift_inputs(self, store_id: str, as_of, history_days: int) -> None:
+        day = pd.Timestamp(as_of)
+        signature = self.snapshot_signature(store_id, day - pd.Timedelta(days=history_days), day)
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(drift_inputs).where(drift_inputs.c.store_id == store_id, drift_inputs.c.as_of_date == day.date()))
+            conn.execute(sa.insert(drift_inputs), [{"store_id": store_id, "as_of_date": day.date(), "history_days": history_days, "signature": signature}])
+
+    def stale_drift_dates(self, store_id: str, after) -> list[pd.Timestamp]:
+        """Later drift dates of the store whose snapshot inputs changed since their drift was computed (an earlier
+        date was backfilled or re-run after them), oldest first."""
+        rows = self.read_sql(f"SELECT as_of_date, history_days, signature FROM {self.qualified('drift_inputs')} "
+                             "WHERE store_id = :s AND as_of_date > :d ORDER BY as_of_date",
+                             {"s": store_id, "d": pd.Timestamp(after).date()})
+        stale = []
+        for day, days, signature in zip(pd.to_datetime(rows["as_of_date"]), rows["history_days"], rows["signature"]):
+            if day - pd.Timedelta(days=int(days)) <= pd.Timestamp(after) and self.snapshot_signature(store_id, day - pd.Timedelta(days=int(days)), day) != signature:
+                stale.append(day)
+        return stale
 
     # ---- reads ----------------------------------------------------------------------------------
     def read_sql(self, sql: str, params: dict | None = None) -> pd.DataFrame:

@@ -1,0 +1,151 @@
+"""How good are the signals? Every figure of issue 11 in one run, each beside the simplest baseline.
+
+    .venv/bin/python benchmarks/truth.py [--customers 800] [--skip-planted] [--skip-cdnow-drift]
+
+1. churn_risk_score on the real CDNOW holdout (calibrate to 1997-09-30): ROC AUC for lapsing beside
+   recency and RFM quintiles, levels against observed lapse, one-time buyers, aggregate forecast.
+2. Drift, anomalies, recommendations on planted changes (planted.py), the real pipeline every day:
+   this project's flags (ENABLE_DRIFT_ANALYSIS, which brings stable segments and change detection)
+   beside the plan's flags alone (snapshots + drift over the original yearly features) and beside an
+   analyst's rules on the orders (no order for twice the usual gap; the last two orders at half the average).
+3. Anomalies and recommendations on real customers: CDNOW, every day of 1997-10-01 .. 1998-03-31
+   (no truth: how many customers each configuration alarms).
+4. Outliers: four fakes injected into CDNOW, with and without containment.
+5. Honest segments on CDNOW at 1998-06-30: does loyalty still split by the month customers joined?
+Prints tables; writes nothing but scratch warehouses in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from quimbi_pipeline.cdnow import read_cdnow_orders  # noqa: E402
+from quimbi_pipeline.churn_evaluation import evaluate_churn  # noqa: E402
+from quimbi_pipeline.orders import orders_as_of, validate_orders  # noqa: E402
+from quimbi_pipeline.outlier_evaluation import evaluate_containment  # noqa: E402
+from quimbi_pipeline.planted import generate_planted  # noqa: E402
+from quimbi_pipeline.profiles import build_store_profiles, customer_features  # noqa: E402
+from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
+from quimbi_pipeline.signal_evaluation import analyst_baseline, evaluate, run_days  # noqa: E402
+
+CDNOW = Path(__file__).resolve().parent.parent / "quimbi_pipeline_tests" / "data" / "CDNOW_sample.txt"
+OURS = PipelineSettings(enable_drift_analysis=True, drift_windows=(28, 90))
+PLAN = PipelineSettings(enable_temporal_snapshots=True, enable_drift_analysis=True, enable_stable_segments=False,
+                        enable_adaptive_windows=False, drift_windows=(28, 90))
+
+
+def section(title: str) -> None:
+    print(f"\n## {title}\n", flush=True)
+
+
+def churn() -> None:
+    section("1. churn_risk_score, CDNOW holdout (calibrate to 1997-09-30)")
+    orders = validate_orders(read_cdnow_orders(CDNOW)).orders
+    for horizon in (90, 273):
+        e = evaluate_churn(orders, "1997-09-30", horizon)
+        print(f"H = {horizon} days ({e.customers} customers, {e.lapse_rate:.1%} lapse): AUC " +
+              ", ".join(f"{k} {v:.4f}" for k, v in e.auc.items()))
+        print(f"  levels (customers, one-time buyers, observed lapse): " + "; ".join(
+            f"{lv} {int(r.customers)}/{int(r.one_time_buyers)}/{r.lapse_rate:.1%}" for lv, r in e.bands.iterrows()))
+        print(f"  one-time buyers' scores {e.one_time_score_range[0]:.3f}..{e.one_time_score_range[1]:.3f}; repeat buyers above their median: "
+              f"{e.repeat_buyers_above_median_one_time}; forecast {e.forecast:.0f} vs actual {e.actual} purchase days ({e.forecast_bias:+.1%})")
+
+
+def planted(customers: int, workdir: Path) -> None:
+    section(f"2. planted changes ({customers} customers, planted.py), daily 2026-04-01 .. 2026-10-31, scored from 2026-05-01")
+    data = generate_planted(n_customers=customers, seed=1, start="2025-06-01", end="2026-10-31", changes_from="2026-05-01")
+    days = pd.date_range("2026-04-01", "2026-10-31")
+    results = {}
+    for name, settings in (("this project (ENABLE_DRIFT_ANALYSIS)", OURS), ("plan's flags, yearly features", PLAN)):
+        started = time.perf_counter()
+        results[name] = evaluate(data, days, "2026-05-01", "2026-10-31", f"sqlite:///{workdir / (name[:4] + '.sqlite')}", settings)
+        print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
+    table = pd.DataFrame({name: r.summary for name, r in results.items()})
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    print("\nanalyst's rules on the orders:", json.dumps({k: round(v, 3) for k, v in analyst_baseline(data, "2026-05-01", "2026-10-31").items()}))
+    print("\nthis project, per kind of change and buyer:")
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        print(results["this project (ENABLE_DRIFT_ANALYSIS)"].by_kind.round(2).to_string())
+
+
+def cdnow_drift(workdir: Path) -> None:
+    section("3. anomalies and recommendations on real customers: CDNOW, daily 1997-10-01 .. 1998-03-31")
+    validated = validate_orders(read_cdnow_orders(CDNOW))
+    days = pd.date_range("1997-09-01", "1998-03-31")
+    for name, settings in (("this project", OURS), ("plan's flags", PLAN)):
+        url = f"sqlite:///{workdir / ('cdnow-' + name[:4] + '.sqlite')}"
+        run_days(validated, days, url, settings)
+        from quimbi_pipeline.warehouse import Warehouse
+
+        wh = Warehouse(url)
+        p = {"a": "1997-10-01", "b": "1998-03-31"}
+        seen = wh.read_sql("SELECT count(DISTINCT customer_id) AS n FROM customer_drift WHERE as_of_date BETWEEN :a AND :b", p)["n"].iloc[0]
+        anomalous = wh.read_sql("SELECT count(DISTINCT customer_id) AS n FROM customer_drift_anomalies WHERE as_of_date BETWEEN :a AND :b", p)["n"].iloc[0]
+        told = wh.read_sql("SELECT count(DISTINCT customer_id) AS n FROM customer_drift WHERE as_of_date BETWEEN :a AND :b AND window_days = 28 "
+                           "AND CAST(recommendations AS TEXT) <> '[]'", p)["n"].iloc[0]
+        moved = wh.read_sql("SELECT count(DISTINCT customer_id) AS n FROM customer_axis_drift WHERE as_of_date BETWEEN :a AND :b AND window_days = 28 "
+                            "AND direction <> 'stable'", p)["n"].iloc[0]
+        wh.dispose()
+        print(f"{name}: {seen} customers with drift rows; with any anomaly {anomalous / seen:.1%}, any recommendation {told / seen:.1%}, "
+              f"any axis improving/degrading in 28 days {moved / seen:.1%}")
+
+
+def outliers() -> None:
+    section("4. outliers: four fakes injected into CDNOW at 1998-06-30")
+    r = evaluate_containment(read_cdnow_orders(CDNOW), "1998-06-30", "cdnow")
+    print("caught by method:\n" + r.caught.to_string())
+    print("false positive rate by method (real customers flagged):", {k: round(v, 4) for k, v in r.false_positive_rate.items()})
+    for run in r.kept_segments:
+        print(f"{run}: real customers keeping their dominant segment on every axis {r.kept_segments[run]:.1%}; moved by axis {r.moved_by_axis[run]}; "
+              f"fakes' predicted_ltv percentile {({k: round(v, 3) for k, v in r.fake_ltv_percentile[run].items()})}")
+
+
+def honest() -> None:
+    section("5. segments on real data: CDNOW at 1998-06-30")
+    v = validate_orders(read_cdnow_orders(CDNOW))
+    day = pd.Timestamp("1998-06-30")
+    for flag in (False, True):
+        settings = PipelineSettings(enable_honest_segments=flag)
+        result = build_store_profiles(orders_as_of(v.orders, day), "cdnow", day, settings, v.optional_columns)
+        _, active = customer_features(orders_as_of(v.orders, day), day, settings, v.optional_columns)
+        print(f"ENABLE_HONEST_SEGMENTS={flag}:")
+        for axis, feature in (("purchase_frequency", "orders_per_month"), ("loyalty_trajectory", "activity_trend")):
+            seg = result.segmentations[axis]
+            names = np.asarray(seg.model.segment_names)[seg.dominant]
+            g = pd.DataFrame({"segment": names, "value": active[feature].to_numpy(), "joined": active["first_order_ts"].dt.month.to_numpy()}).groupby("segment")
+            summary = g.agg(customers=("value", "size"), median=("value", "median"), mean_join_month=("joined", "mean")).round(2)
+            print(f"  {axis} (median {feature}; join month 1-3):\n" + "\n".join("    " + line for line in summary.to_string().splitlines()))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=800)
+    parser.add_argument("--skip-planted", action="store_true")
+    parser.add_argument("--skip-cdnow-drift", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    print(f"# benchmarks/truth.py, {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    churn()
+    outliers()
+    honest()
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_planted:
+            planted(args.customers, Path(tmp))
+        if not args.skip_cdnow_drift:
+            cdnow_drift(Path(tmp))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

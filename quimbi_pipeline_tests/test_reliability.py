@@ -1,0 +1,351 @@
+"""The reliability suite: each case of docs/reliability.md, on SQLite and PostgreSQL where the database matters.
+
+Stores are isolated end to end; bad values never reach a table; broken files are errors before anything
+is written; the order dates arrive in does not matter; degenerate stores work with every flag on;
+concurrent first runs all succeed; work after a commit cannot fail a written store; a failed write leaves
+the previous rows and a re-run equals a clean run; the warehouse password never lands anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from quimbi_pipeline.demo import generate_demo
+from quimbi_pipeline.orders import OrdersSourceError, read_orders_source, validate_orders
+from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition
+from quimbi_pipeline.settings import PipelineSettings
+from quimbi_pipeline.warehouse import Warehouse
+
+ALL_ON = PipelineSettings(enable_drift_analysis=True, enable_outlier_detection=True, drift_windows=(7, 28))
+ANALYST_TABLES = {
+    "customer_profiles": ["store_id", "customer_id"],
+    "customer_profile_snapshots": ["store_id", "customer_id", "snapshot_date", "snapshot_type"],
+    "customer_drift": ["store_id", "customer_id", "as_of_date", "window_days"],
+    "customer_axis_drift": ["store_id", "customer_id", "as_of_date", "window_days", "axis"],
+    "customer_drift_anomalies": ["store_id", "customer_id", "as_of_date", "anomaly_type", "axis", "anomaly_date"],
+    "population_drift": ["store_id", "as_of_date", "axis"],
+    "customer_outlier_flags": ["store_id", "customer_id", "flag_date", "method"],
+}
+
+
+def _canonical(value) -> str:
+    """One text per value on both databases: JSON (text on SQLite, parsed on PostgreSQL) with sorted keys, dates as ISO."""
+    if isinstance(value, str) and value[:1] in "{[":
+        value = json.loads(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()[:10]
+    if isinstance(value, (bool, np.bool_)):  # SQLite keeps booleans as 0/1
+        return str(int(value))
+    return str(value)
+
+
+def tables(wh: Warehouse) -> dict[str, pd.DataFrame]:
+    out = {}
+    for table, key in ANALYST_TABLES.items():
+        frame = wh.read_sql(f"SELECT * FROM {wh.qualified(table)}")
+        out[table] = frame.map(_canonical).sort_values(key).reset_index(drop=True)
+    return out
+
+
+def assert_same_tables(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> None:
+    for table in ANALYST_TABLES:
+        assert a[table].shape == b[table].shape, f"{table}: {a[table].shape} rows x columns vs {b[table].shape}"
+        differ = (a[table] != b[table]).any()
+        assert not differ.any(), f"{table}: columns {list(differ[differ].index)} differ"
+
+
+def run(validated, days, wh, settings=ALL_ON):
+    for day in days:
+        report = run_profiles_partition(validated, day, wh, settings)
+        assert not report.failed, [o.error for o in report.failed]
+        assert all(o.ok for o in run_drift_partition(wh, day, settings))
+
+
+@pytest.fixture(scope="module")
+def small_orders():
+    return validate_orders(generate_demo(n_customers=400, n_stores=2, seed=5).orders)
+
+
+# ---- stores are isolated end to end ----------------------------------------------------------------
+
+def test_a_failing_store_costs_the_others_nothing_not_even_their_drift(tmp_path, warehouse_url, monkeypatch):
+    """Case 1: one bad row in store_b; the daily job still writes store_a's profiles, snapshots and drift, then fails naming store_b."""
+    from quimbi_pipeline.definitions import defs
+    from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
+
+    orders = generate_demo(n_customers=300, n_stores=2, seed=4).orders
+    orders["order_ts"] = orders["order_ts"].astype(str)
+    orders.loc[orders.index[orders["store_id"] == "store_b"][3], "order_ts"] = "not a time"
+    path = tmp_path / "orders.csv"
+    orders.to_csv(path, index=False)
+    monkeypatch.setenv("ENABLE_DRIFT_ANALYSIS", "1")
+    monkeypatch.setenv("QUIMBI_WAREHOUSE_URL", warehouse_url)
+    job = defs.resolve_job_def(DAILY_PIPELINE_JOB)
+    instance = dg.DagsterInstance.ephemeral()
+    for day in ("2026-10-30", "2026-10-31"):
+        result = job.execute_in_process(run_config={"resources": {"orders_source": {"config": {"uri": str(path)}}}}, instance=instance,
+                                        partition_key=day, raise_on_error=False)
+        assert not result.success
+        failure = next(e for e in result.all_events if e.is_step_failure)
+        assert failure.step_key == "daily_drift" and "1 store(s) failed: store_b" in failure.step_failure_data.error.message
+        assert "unparseable timestamp" in failure.step_failure_data.user_failure_data.metadata["store_b"].value
+    wh = Warehouse(warehouse_url)
+    drift = wh.read_sql(f"SELECT store_id, count(*) AS n FROM {wh.qualified('customer_drift')} GROUP BY store_id")
+    assert drift["store_id"].tolist() == ["store_a"] and drift["n"].iloc[0] > 0
+    assert set(wh.read_sql(f"SELECT DISTINCT store_id FROM {wh.qualified('customer_profiles')}")["store_id"]) == {"store_a"}
+    wh.dispose()
+
+
+# ---- nothing non-finite or impossible is stored ------------------------------------------------------
+
+def good(store="s1", n=6):
+    return [{"order_id": f"{store}-{i}", "customer_id": f"c{i % 3}", "store_id": store, "order_ts": f"2026-01-{i + 1:02d}", "order_total": "10"}
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("customer_id", "   ", "null or blank"),  # case 2
+    ("order_total", "inf", "non-finite"),  # case 3
+    ("order_total", "-inf", "non-finite"),
+    ("order_total", "1e308", "out of range"),  # case 4
+])
+def test_quarantine_drops_exactly_the_rows_it_reports(column, value, message):
+    rows = good()
+    rows[2][column] = value
+    rows[4][column] = value
+    result = validate_orders(pd.DataFrame(rows), bad_rows="quarantine")
+    (problem,) = result.problems
+    assert message in problem.message and problem.rows == (2, 4)
+    assert sorted(result.orders["order_id"]) == ["s1-0", "s1-1", "s1-3", "s1-5"]
+    rejected = validate_orders(pd.DataFrame(rows))  # the default rejects the store, naming the rows
+    assert list(rejected.rejected_stores) == ["s1"] and rejected.orders.empty
+
+
+def test_values_outside_their_range_are_refused_before_the_write(sqlite_url, small_orders, monkeypatch):
+    from quimbi_pipeline import profiles
+
+    real = profiles.score_churn
+
+    def broken(model, features, settings):
+        churn, ltv, expected = real(model, features, settings)
+        return churn, np.where(np.arange(ltv.size) == 0, np.inf, ltv), expected
+
+    monkeypatch.setattr(profiles, "score_churn", broken)
+    wh = Warehouse(sqlite_url)
+    report = run_profiles_partition(small_orders, "2026-10-31", wh, PipelineSettings())
+    assert {o.store_id for o in report.failed} == {"store_a", "store_b"}
+    assert all("customer_profiles.predicted_ltv: 1 value(s) not finite" in o.error for o in report.failed)
+    assert wh.profiles().empty
+    wh.dispose()
+
+
+# ---- malformed files are errors, not partial data -----------------------------------------------------
+
+def write_csv(path: Path, text: bytes) -> str:
+    path.write_bytes(text)
+    return str(path)
+
+
+HEADER = b"order_id,customer_id,store_id,order_ts,order_total,category\n"
+
+
+@pytest.mark.parametrize("body, message", [
+    (HEADER + b'1,c1,store_a,2026-01-01,10,"books"\n2,c2,store_a,2026-01-02,12,"bo', "quoted field opened on line 3 is never closed"),  # case 5
+    (HEADER + b"1,c1,store_a,2026-01-01,10,books\n2,c2,store_a,2026-01-0", "line(s) 3 have another number of fields"),
+    (HEADER, "has a header but no order rows"),  # case 12
+    (b"order_id,customer_id,order_ts,order_total,order_total\n1,c1,2026-01-01,3,4\n", "order_total appear more than once"),
+    (b"", "is empty"),
+])
+def test_broken_files_fail_before_anything_is_read_naming_the_line(tmp_path, body, message):
+    with pytest.raises(OrdersSourceError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_orders_source(write_csv(tmp_path / "orders.csv", body))
+
+
+def test_undecodable_bytes_are_bad_rows_of_their_own_store(tmp_path):
+    """Case 11: non-UTF-8 bytes in store_b's rows reject store_b with row numbers; store_a is read."""
+    body = HEADER + b"1,c1,store_a,2026-01-01,10,books\n2,c\xe92,store_b,2026-01-02,3,toys\n3,c3,store_b,2026-01-03,5,to\xffys\n4,c4,store_a,2026-01-04,7,books\n"
+    result = validate_orders(read_orders_source(write_csv(tmp_path / "orders.csv", body)))
+    assert list(result.rejected_stores) == ["store_b"] and result.stores == ["store_a"]
+    described = "; ".join(p.describe() for p in result.rejected_stores["store_b"])
+    assert "not UTF-8" in described and "1" in described and "2" in described
+
+
+def test_unknown_store_and_empty_source_are_errors(tmp_path, sqlite_url, capsys):
+    from quimbi_pipeline.cli import main
+
+    assert main(["run", "--from", "2026-10-31", "--to", "2026-10-31", "--orders", "demo:customers=50", "--warehouse", sqlite_url, "--stores", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert "no orders for store(s) nope" in err and "Traceback" not in err
+
+
+# ---- the order dates arrive in does not matter -------------------------------------------------------
+
+@pytest.mark.parametrize("order", [["2026-10-09", "2026-10-07", "2026-10-11", "2026-10-06", "2026-10-08", "2026-10-10"]])
+def test_any_order_of_dates_leaves_the_warehouse_of_a_date_ordered_run(tmp_path, warehouse_url, small_orders, order):
+    """Case 6: an earlier date arriving later recomputes the drift of the later dates it feeds."""
+    in_order = f"sqlite:///{tmp_path / 'in_order.sqlite'}"
+    wh = Warehouse(in_order)
+    run(small_orders, sorted(order), wh)
+    expected = tables(wh)
+    wh.dispose()
+    assert len(expected["customer_drift"]) > 0
+    wh = Warehouse(warehouse_url)
+    run(small_orders, order, wh)
+    assert_same_tables(expected, tables(wh))
+    wh.dispose()
+
+
+# ---- degenerate stores work with every flag on -------------------------------------------------------
+
+def test_degenerate_stores_work_with_every_flag_on(warehouse_url):
+    """Case 7: identical customers, one customer, one order, only returns (and a normal store beside them)."""
+    def rows(store, spec):
+        return [{"order_id": f"{store}-{i}", "customer_id": c, "store_id": store, "order_ts": ts, "order_total": total,
+                 "discount_total": 0, "item_count": 1, "category": "books"} for i, (c, ts, total) in enumerate(spec)]
+
+    raw = (rows("identical", [(f"c{i}", f"2026-0{m}-01", 10.0) for i in range(30) for m in (1, 2, 3)])
+           + rows("one_customer", [("c1", "2026-01-01", 10), ("c1", "2026-02-01", 12)])
+           + rows("one_order", [("c1", "2026-01-01", 10)])
+           + rows("all_returns", [("c1", "2026-01-01", -10), ("c2", "2026-02-01", -5)]))
+    validated = validate_orders(pd.DataFrame(raw))
+    wh = Warehouse(warehouse_url)
+    run(validated, ["2026-03-30", "2026-03-31"], wh)
+    profiles = wh.profiles()
+    assert profiles.groupby("store_id").size().to_dict() == {"identical": 30, "one_customer": 1, "one_order": 1}
+    assert set(wh.read_sql(f"SELECT DISTINCT store_id FROM {wh.qualified('customer_drift')}")["store_id"]) == {"identical", "one_customer", "one_order"}
+    wh.dispose()
+
+
+# ---- concurrent first runs ---------------------------------------------------------------------------
+
+CONCURRENT_RUN = """
+import sys
+from quimbi_pipeline.demo import generate_demo
+from quimbi_pipeline.orders import validate_orders
+from quimbi_pipeline.pipeline import run_profiles_partition
+from quimbi_pipeline.settings import PipelineSettings
+from quimbi_pipeline.warehouse import Warehouse
+store = sys.argv[2]
+v = validate_orders(generate_demo(n_customers=120, n_stores=8, seed=3).orders)
+report = run_profiles_partition(v, "2026-10-31", Warehouse(sys.argv[1]), PipelineSettings(enable_temporal_snapshots=True), [store])
+sys.exit(1 if report.failed else 0)
+"""
+
+
+def test_eight_first_runs_at_once_on_an_empty_warehouse_all_succeed(warehouse_url):
+    """Case 8: schema creation under a lock (PostgreSQL advisory lock; SQLite lock file)."""
+    from quimbi_pipeline.demo import demo_store_names
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    processes = [subprocess.Popen([sys.executable, "-c", CONCURRENT_RUN, warehouse_url, store], env=env, stderr=subprocess.PIPE, text=True)
+                 for store in demo_store_names(8)]
+    errors = [p.communicate(timeout=300)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0] * 8, "\n".join(e[-800:] for e in errors if e)
+    wh = Warehouse(warehouse_url)
+    assert wh.read_sql(f"SELECT count(DISTINCT store_id) AS n FROM {wh.qualified('customer_profiles')}")["n"].iloc[0] == 8
+    wh.dispose()
+
+
+# ---- a committed store is a successful store; a failed write leaves the previous rows -------------------
+
+def test_a_failure_after_the_commit_cannot_fail_a_written_store(sqlite_url, small_orders, monkeypatch):
+    """Case 9: checks that read the store back fail (a statement timeout): the store is written and reported ok."""
+    def timeout(self, *args, **kwargs):
+        raise sa.exc.OperationalError("SELECT ...", {}, Exception("canceling statement due to statement timeout"))
+
+    monkeypatch.setattr(Warehouse, "membership_sum_violations", timeout)
+    wh = Warehouse(sqlite_url)
+    report = run_profiles_partition(small_orders, "2026-10-31", wh, PipelineSettings())
+    assert not report.failed and all(not o.verified for o in report.outcomes)
+    assert all("verification after the commit failed: canceling statement due to statement timeout" in o.notes[-1] for o in report.outcomes)
+    assert len(wh.profiles()) == report.n_profiles
+    wh.dispose()
+
+
+@pytest.mark.parametrize("write_point", ["_insert_snapshots", "replace_snapshot_blocks", "_load_serialized"])
+def test_a_write_failing_midway_leaves_the_previous_rows_and_a_rerun_equals_a_clean_run(tmp_path, warehouse_url, small_orders, monkeypatch, write_point):
+    clean_url = f"sqlite:///{tmp_path / 'clean.sqlite'}"
+    clean = Warehouse(clean_url)
+    run(small_orders, ["2026-10-30", "2026-10-31"], clean)
+    expected = tables(clean)
+    clean.dispose()
+    wh = Warehouse(warehouse_url)
+    run(small_orders, ["2026-10-30"], wh)
+    before = tables(wh)
+    calls = {"n": 0}
+    real = getattr(Warehouse, write_point)
+
+    def crash(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("disk full")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Warehouse, write_point, crash)
+    report = run_profiles_partition(small_orders, "2026-10-31", wh, ALL_ON)
+    drift = run_drift_partition(wh, "2026-10-31", ALL_ON)
+    assert report.failed or not all(o.ok for o in drift)
+    after_crash = tables(wh)
+    for table in ("customer_profile_snapshots", "customer_drift"):  # the failed store's previous rows are intact
+        kept = after_crash[table][after_crash[table]["snapshot_date" if "snapshot" in table else "as_of_date"] != "2026-10-31"]
+        assert kept.reset_index(drop=True).astype(str).equals(before[table].reset_index(drop=True).astype(str)), table
+    monkeypatch.setattr(Warehouse, write_point, real)
+    run(small_orders, ["2026-10-31"], wh)
+    assert_same_tables(expected, tables(wh))
+    wh.dispose()
+
+
+# ---- secrets stay secret ---------------------------------------------------------------------------
+
+@pytest.mark.postgres
+def test_the_warehouse_password_lands_in_no_output_log_run_storage_or_table(tmp_path, pg_url):
+    """Case 10: a run recorded in a Dagster instance, and a failing one; grep every artifact for the password."""
+    password = "s3cret-Pa55word-for-the-test"
+    drop_role = ("DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'quimbi_secret_test') THEN "
+                 "EXECUTE 'DROP OWNED BY quimbi_secret_test CASCADE'; EXECUTE 'DROP ROLE quimbi_secret_test'; END IF; END $$")
+    with sa.create_engine(pg_url).begin() as conn:
+        conn.exec_driver_sql(drop_role)
+        conn.exec_driver_sql(f"CREATE ROLE quimbi_secret_test LOGIN SUPERUSER PASSWORD '{password}'")
+    url = sa.engine.make_url(pg_url).set(username="quimbi_secret_test", password=password).render_as_string(hide_password=False)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONWARNINGS": "ignore"}
+    outputs = []
+    missing_db = sa.engine.make_url(url).set(database="quimbi_no_such_database").render_as_string(hide_password=False)
+    for target in (url, missing_db):  # a run that works, and one whose connection fails (its error is printed)
+        done = subprocess.run([sys.executable, "-m", "quimbi_pipeline.cli", "run", "--from", "2026-10-31", "--to", "2026-10-31",
+                               "--orders", "demo:customers=80,stores=1", "--warehouse", target], env=env, capture_output=True, text=True, timeout=600)
+        outputs.append(done.stdout + done.stderr)
+    assert "  ok  " in outputs[0] and "quimbi_no_such_database" in outputs[1] and "cannot open the warehouse" in outputs[1]
+    leaks = [str(p) for p in home.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    assert leaks == [] and all(password not in text for text in outputs)
+    wh = Warehouse(pg_url)
+    for table in ANALYST_TABLES:
+        assert password not in wh.read_sql(f"SELECT * FROM {wh.qualified(table)}").to_csv()
+    wh.dispose()
+    with sa.create_engine(pg_url).begin() as conn:
+        conn.exec_driver_sql(drop_role)
+
+
+def test_urls_are_masked_wherever_they_are_shown(sqlite_url, capsys):
+    from quimbi_pipeline.cli import main
+    from quimbi_pipeline.warehouse import masked_url
+
+    assert masked_url("postgresql+psycopg://u:hunter2@h:5432/db") == "postgresql+psycopg://u:***@h:5432/db"
+    assert main(["run", "--from", "2026-10-31", "--to", "2026-10-31", "--orders", "demo:customers=30,stores=1",
+                 "--warehouse", "postgresql+psycopg://u:hunter2@127.0.0.1:1/db"]) == 1
+    text = capsys.readouterr()
+    assert "hunter2" not in text.out + text.err and "u:***@127.0.0.1:1/db" in text.err

@@ -86,43 +86,70 @@ def _best_per_customer(c: np.ndarray, score: np.ndarray, valid: np.ndarray, n_al
     return best
 
 
+@dataclass
+class _Splits:
+    """Each customer's values newest first: per row, the split after its m = position + 1 newest values."""
+
+    c: np.ndarray  # customer code per row
+    t: np.ndarray  # time per row
+    m: np.ndarray  # values after the split (float)
+    n: np.ndarray  # the row's customer's count of values (float)
+    group_start: np.ndarray
+
+    @classmethod
+    def of(cls, codes: np.ndarray, ts: np.ndarray, n_all: int) -> tuple[_Splits, np.ndarray]:
+        order, group_start, pos = _newest_first(codes, ts)
+        c = codes[order]
+        return cls(c, ts[order], (pos + 1).astype("float64"), np.bincount(c, minlength=n_all).astype("float64")[c], group_start), order
+
+    def newest(self, values: np.ndarray) -> np.ndarray:
+        """Per row, the sum of `values` (sorted as the rows) over the row's customer's m newest."""
+        cum = np.cumsum(values)
+        before = np.where(self.group_start > 0, self.group_start - 1, -1)
+        return cum - np.where(before >= 0, cum[np.maximum(before, 0)], 0.0)
+
+    def before_split(self) -> np.ndarray:
+        """Per row, the time of the newest value before the split (the change happened after it)."""
+        return self.t[np.minimum(np.arange(self.t.size) + 1, self.t.size - 1)]
+
+
+def _finite(codes: np.ndarray, ts: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    keep = np.isfinite(x)
+    return codes[keep], ts[keep], x[keep].astype("float64")
+
+
 def mean_shift_change(codes: np.ndarray, ts: np.ndarray, x: np.ndarray, n_all: int, rule: ChangeRule) -> AxisChange:
     """The newest-m split of each customer's per-purchase signal `x` (finite values only) with the largest t^2/2."""
-    keep = np.isfinite(x)
-    codes, ts, x = codes[keep], ts[keep], x[keep].astype("float64")
+    codes, ts, x = _finite(codes, ts, x)
     out = AxisChange.none(n_all)
     if x.size == 0:
         return out
-    order, group_start, pos = _newest_first(codes, ts)
-    c, v, t = codes[order], x[order], ts[order]
-    n = np.bincount(c, minlength=n_all).astype("float64")
-    total, total2 = np.bincount(c, v, n_all), np.bincount(c, v * v, n_all)
+    split, order = _Splits.of(codes, ts, n_all)
+    c, v, m, n = split.c, x[order], split.m, split.n
+    total, total2 = np.bincount(c, v, n_all)[c], np.bincount(c, v * v, n_all)[c]
     # Store spread: pooled within-customer variance.
-    mean_c = np.divide(total, n, out=np.zeros(n_all), where=n > 0)
-    dof = max(float((n - 1).clip(min=0).sum()), 1.0)
-    store_var = max(float(((v - mean_c[c]) ** 2).sum()) / dof, 1e-12)
-    cum = np.cumsum(v)
-    cum2 = np.cumsum(v * v)
-    before_start = np.where(group_start > 0, group_start - 1, -1)
-    s_after = cum - np.where(before_start >= 0, cum[np.maximum(before_start, 0)], 0.0)  # newest m = pos + 1 values
-    q_after = cum2 - np.where(before_start >= 0, cum2[np.maximum(before_start, 0)], 0.0)
-    m = (pos + 1).astype("float64")
-    n_before = n[c] - m
+    count = np.bincount(c, minlength=n_all).astype("float64")
+    mean_c = np.divide(np.bincount(c, v, n_all), count, out=np.zeros(n_all), where=count > 0)
+    store_var = max(float(((v - mean_c[c]) ** 2).sum()) / max(float((count - 1).clip(min=0).sum()), 1.0), 1e-12)
+    s_after, q_after = split.newest(v), split.newest(v * v)
+    n_before = n - m
     valid = (m >= rule.min_after) & (m <= rule.max_after) & (n_before >= rule.min_before)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_after = s_after / m
-        mean_before = (total[c] - s_after) / n_before
-        ss = (q_after - s_after * mean_after) + ((total2[c] - q_after) - (total[c] - s_after) * mean_before)
-        var = (np.maximum(ss, 0.0) + rule.prior_weight * store_var) / (n[c] - 2 + rule.prior_weight)
+        mean_before = (total - s_after) / n_before
+        ss = (q_after - s_after * mean_after) + ((total2 - q_after) - (total - s_after) * mean_before)
+        var = (np.maximum(ss, 0.0) + rule.prior_weight * store_var) / (n - 2 + rule.prior_weight)
         tstat = (mean_after - mean_before) / np.sqrt(var * (1.0 / m + 1.0 / n_before))
     score = np.where(valid, 0.5 * tstat * tstat, 0.0)
-    best = _best_per_customer(c, score, valid & (score >= rule.evidence), n_all)
+    return _report(out, split, _best_per_customer(c, score, valid & (score >= rule.evidence), n_all), mean_before, mean_after, score)
+
+
+def _report(out: AxisChange, split: _Splits, best: np.ndarray, before: np.ndarray, after: np.ndarray, evidence: np.ndarray) -> AxisChange:
     has = best >= 0
     rows = best[has]
-    out.after_n[has] = m[rows].astype("int64")
-    # The change happened after the newest purchase before it: the purchase at position m.
-    out.since_ns[has] = t[np.minimum(rows + 1, t.size - 1)]
-    out.before[has], out.after[has], out.evidence[has] = mean_before[rows], mean_after[rows], score[rows]
+    out.after_n[has] = split.m[rows].astype("int64")
+    out.since_ns[has] = split.before_split()[rows]
+    out.before[has], out.after[has], out.evidence[has] = before[rows], after[rows], evidence[rows]
     return out
 
 
@@ -191,32 +218,22 @@ def rate_change(codes: np.ndarray, ts: np.ndarray, end_ns: int, n_all: int, rule
 
 
 def binary_shift_change(codes: np.ndarray, ts: np.ndarray, y: np.ndarray, n_all: int, rule: ChangeRule) -> AxisChange:
-    """As mean_shift_change for a 0/1 signal (a discounted order, an order in the previous order's category),
+    """As mean_shift_change for a 0/1 signal (a discounted order, an order in the customer's favourite category),
     with the Bernoulli log-likelihood ratio of two rates (rates smoothed by half a pseudo-count each way)."""
-    keep = np.isfinite(y)
-    codes, ts, y = codes[keep], ts[keep], y[keep].astype("float64")
+    codes, ts, y = _finite(codes, ts, y)
     out = AxisChange.none(n_all)
     if y.size == 0:
         return out
-    order, group_start, pos = _newest_first(codes, ts)
-    c, v, t = codes[order], y[order], ts[order]
-    n = np.bincount(c, minlength=n_all).astype("float64")
-    total = np.bincount(c, v, n_all)
-    cum = np.cumsum(v)
-    before_start = np.where(group_start > 0, group_start - 1, -1)
-    k_after = cum - np.where(before_start >= 0, cum[np.maximum(before_start, 0)], 0.0)
-    m = (pos + 1).astype("float64")
-    n_before = n[c] - m
-    k_before = total[c] - k_after
+    split, order = _Splits.of(codes, ts, n_all)
+    c, v, m, n = split.c, y[order], split.m, split.n
+    total = np.bincount(c, v, n_all)[c]
+    k_after = split.newest(v)
+    n_before, k_before = n - m, total - k_after
     valid = (m >= rule.min_after) & (m <= rule.max_after) & (n_before >= rule.min_before)
-    score = np.where(valid, _bernoulli_ll(k_after, m) + _bernoulli_ll(k_before, n_before) - _bernoulli_ll(total[c], n[c]), 0.0)
-    best = _best_per_customer(c, score, valid & (score >= rule.binary_evidence), n_all)
-    has = best >= 0
-    rows = best[has]
-    out.after_n[has] = m[rows].astype("int64")
-    out.since_ns[has] = t[np.minimum(rows + 1, t.size - 1)]
-    out.before[has], out.after[has], out.evidence[has] = k_before[rows] / n_before[rows], k_after[rows] / m[rows], score[rows]
-    return out
+    score = np.where(valid, _bernoulli_ll(k_after, m) + _bernoulli_ll(k_before, n_before) - _bernoulli_ll(total, n), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        before, after = k_before / n_before, k_after / m
+    return _report(out, split, _best_per_customer(c, score, valid & (score >= rule.binary_evidence), n_all), before, after, score)
 
 
 def _bernoulli_ll(k: np.ndarray, n: np.ndarray) -> np.ndarray:

@@ -137,6 +137,9 @@ def score(data: PlantedData, warehouse_url: str, scored_from, scored_to, setting
         "changers_with_anomaly_28d": float(changers["anomaly_28d"].mean()),
         "anomalies_per_refit_day": float(on_refit.mean()) if len(on_refit) else float("nan"),
         "anomalies_per_other_day_median": float(other.median()),
+        "anomalies_per_other_day_mean": float(other.mean()),
+        "refit_days_share_of_anomalies": float(on_refit.sum() / max(per_day.sum(), 1)) if len(on_refit) else float("nan"),
+        "refit_days_share_of_days": len(on_refit) / max(len(per_day), 1),
         "unchanged_with_recommendation": float(pd.Index(unchanged).isin(recs["customer_id"]).mean()),
         "recommendations_with_evidence": float(np.mean(["evidence" in item for item in rec_items])) if rec_items else float("nan"),
     }

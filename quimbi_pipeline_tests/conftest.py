@@ -8,11 +8,14 @@ message. QUIMBI_REQUIRE_POSTGRES=1 (set by .ci/run) turns that skip into a failu
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -52,6 +55,30 @@ def _pg_bin(name: str) -> str | None:
     return candidates[-1] if candidates else None
 
 
+WATCHDOG = """
+import json, os, shutil, subprocess, sys, time
+parent, stop, folder = int(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+while True:
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        break
+    if not os.path.isdir(folder):  # stopped by the test session itself
+        sys.exit(0)
+    time.sleep(1)
+subprocess.run(stop, capture_output=True, timeout=60)
+shutil.rmtree(folder, ignore_errors=True)
+"""
+
+
+def pytest_configure(config):
+    # TERM (a CI timeout, `kill`) stops the run the way Ctrl-C does: fixtures are torn down, servers stopped.
+    def terminate(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
 class ThrowawayPostgres:
     def __init__(self):
         self.dir = None
@@ -74,6 +101,10 @@ class ThrowawayPostgres:
         self._run([self.pg_ctl, "-D", data, "-o", opts, "-l", os.path.join(self.dir, "log"), "-w", "start"])
         self.data = data
         self.url = f"postgresql+psycopg://postgres@/postgres?host={self.dir}&port={self.port}"
+        # If this test process dies without its teardown (kill -9, a CI timeout), a watchdog in its own
+        # session (so Ctrl-C on the terminal does not reach it first) stops the server and removes its folder.
+        subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), json.dumps(self.as_user + [self.pg_ctl, "-D", data, "-m", "immediate", "stop"]),
+                          self.dir], start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def _run(self, cmd: list[str]) -> None:
         subprocess.run(self.as_user + cmd, check=True, capture_output=True, timeout=120)

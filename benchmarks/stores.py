@@ -1,0 +1,82 @@
+"""Many small stores against one large one: the per-store fixed cost of the daily profiles partition.
+
+    .venv/bin/python benchmarks/stores.py --stores 100 --customers-per-store 1000 [--postgres URL]
+
+Runs the daily partition of D (profiles with every flag off, as pipeline.run_profiles_partition runs it for
+the daily job) once for N stores x C customers and once for one store of N x C customers, with the same
+demo behavior and order count, into fresh warehouses; prints wall time, the ratio, and the mean seconds
+per store of each stage (features, segments, churn_ltv, assemble, write, verify) for both runs, so the
+fixed cost of a store and where it goes can be read off. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from quimbi_pipeline.demo import generate_demo  # noqa: E402
+from quimbi_pipeline.orders import validate_orders  # noqa: E402
+from quimbi_pipeline.pipeline import run_profiles_partition  # noqa: E402
+from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
+from quimbi_pipeline.warehouse import Warehouse  # noqa: E402
+
+DAY = "2026-10-31"
+STAGES = ("features", "segments", "churn_ltv", "assemble", "write", "verify")
+
+
+def run(orders: pd.DataFrame, url: str) -> tuple[float, pd.DataFrame, int]:
+    validated = validate_orders(orders)
+    wh = Warehouse(url)
+    started = time.perf_counter()
+    report = run_profiles_partition(validated, DAY, wh, PipelineSettings())
+    seconds = time.perf_counter() - started
+    wh.dispose()
+    if report.failed:
+        raise RuntimeError([o.error for o in report.failed])
+    stages = pd.DataFrame([{s: o.metrics.get(f"seconds/{s}", 0.0) for s in STAGES} for o in report.outcomes])
+    return seconds, stages, report.n_profiles
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stores", type=int, default=100)
+    parser.add_argument("--customers-per-store", type=int, default=1000)
+    parser.add_argument("--postgres", help="a PostgreSQL URL (its schema `platform` is dropped first); default: SQLite files")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    total = args.stores * args.customers_per_store
+    many = generate_demo(n_customers=total, n_stores=1, seed=11, start="2024-11-01", end=DAY).orders
+    # The same orders, customers dealt round-robin into stores of equal size.
+    codes, _ = pd.factorize(many["customer_id"], sort=True)
+    split = many.assign(store_id=pd.Series(codes % args.stores).map(lambda i: f"store_{i:05d}").to_numpy())
+    print(f"# {args.stores} stores x {args.customers_per_store} customers vs 1 store x {total} customers, {len(many):,} orders, {DAY}")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, orders in ((f"{args.stores} stores", split), ("1 store", many)):
+            if args.postgres:
+                import sqlalchemy as sa
+
+                with sa.create_engine(args.postgres).begin() as conn:
+                    conn.exec_driver_sql("DROP SCHEMA IF EXISTS platform CASCADE")
+                url = args.postgres
+            else:
+                url = f"sqlite:///{Path(tmp) / (name.replace(' ', '_') + '.sqlite')}"
+            results[name] = run(orders, url)
+            seconds, stages, profiles = results[name]
+            print(f"{name:>12}: {seconds:8.1f} s, {profiles:,} profiles, {profiles / seconds:,.0f} profiles/s; "
+                  f"mean per store: " + ", ".join(f"{s} {stages[s].mean():.3f}s" for s in STAGES), flush=True)
+    many_s, one_s = results[f"{args.stores} stores"][0], results["1 store"][0]
+    print(f"ratio: {many_s / one_s:.2f}x; fixed cost per store (many - one) / stores = {(many_s - one_s) / args.stores:.3f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

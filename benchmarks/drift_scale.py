@@ -75,7 +75,7 @@ def synthetic_history(n: int, dates: list[pd.Timestamp], seed: int = 1, block_cu
             "store_id": STORE, "customer_id": customers, "snapshot_date": day.date(), "snapshot_type": "daily",
             "archetype_id": "a", "archetype_level": 3, "archetype_name": archetype, "dominant_segments": "{}",
             "fuzzy_memberships": json_object(parts), "behavioral_features": "{}",
-            "churn_risk_score": churn, "churn_risk_level": "low", "predicted_ltv": 10.0, "total_orders": 3,
+            "churn_risk_score": churn, "churn_risk_level": "low", "predicted_ltv": 10.0, "expected_purchases": 1.0, "total_orders": 3,
             "lifetime_value": 30.0, "days_since_first_order": 100, "tenure_months": 3.3, "model_version": "kmeans-stable-2026-10-05",
         })
 

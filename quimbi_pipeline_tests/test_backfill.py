@@ -64,28 +64,30 @@ def run_schedule(url: str, monkeypatch) -> None:
                 assert result.success
 
 
-def run_ui_backfill(url: str, monkeypatch, tmp_path) -> None:
+ALL_ASSETS = ["customer_profiles", "customer_profile_snapshots", "customer_outlier_flags",
+              "customer_drift", "customer_axis_drift", "customer_drift_anomalies", "population_drift"]
+
+
+def run_ui_backfill(url: str, monkeypatch, tmp_path, assets: bool = False) -> None:
+    """Jobs > daily_pipeline > Backfill (assets=False), or the asset graph's "Materialize all" over the dates (assets=True)."""
     # The code server and the run subprocesses read the source and warehouse from the environment.
     monkeypatch.setenv("QUIMBI_ORDERS", ORDERS)
     monkeypatch.setenv("QUIMBI_WAREHOUSE_URL", url)
-    (tmp_path / "dagster_home").mkdir()
+    (tmp_path / "dagster_home").mkdir(parents=True)
     # DefaultRunCoordinator: runs the daemon submits start at once (no queue daemon in a test).
     overrides = {"run_coordinator": {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}}
     with instance_for_test(temp_dir=str(tmp_path / "dagster_home"), overrides=overrides) as instance:
         with WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(WORKSPACE)])) as process_context:
             request_context = process_context.create_request_context()
-            result = execute_dagster_graphql(
-                request_context,
-                LAUNCH_PARTITION_BACKFILL_MUTATION,
-                variables={"backfillParams": {
-                    # Jobs > daily_pipeline > Backfill in the UI: the job's partition set over DATES.
-                    "selector": {
-                        "partitionSetName": f"{DAILY_PIPELINE_JOB}_partition_set",
-                        "repositorySelector": {"repositoryLocationName": "quimbi_pipeline", "repositoryName": "__repository__"},
-                    },
-                    "partitionNames": DATES,
-                }},
-            )
+            params = ({"assetSelection": [{"path": [key]} for key in ALL_ASSETS], "partitionNames": DATES} if assets else {
+                # Jobs > daily_pipeline > Backfill in the UI: the job's partition set over DATES.
+                "selector": {
+                    "partitionSetName": f"{DAILY_PIPELINE_JOB}_partition_set",
+                    "repositorySelector": {"repositoryLocationName": "quimbi_pipeline", "repositoryName": "__repository__"},
+                },
+                "partitionNames": DATES,
+            })
+            result = execute_dagster_graphql(request_context, LAUNCH_PARTITION_BACKFILL_MUTATION, variables={"backfillParams": params})
             launched = result.data["launchPartitionBackfill"]
             assert launched["__typename"] == "LaunchBackfillSuccess", launched
             backfill_id = launched["backfillId"]
@@ -102,6 +104,17 @@ def run_ui_backfill(url: str, monkeypatch, tmp_path) -> None:
             assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS, backfill.status
             runs = instance.get_runs()
             assert len(runs) >= len(DATES) and all(r.is_success for r in runs)
+
+
+@pytest.mark.slow
+def test_materialize_all_over_off_calendar_dates_ends_successful(tmp_path, monkeypatch):
+    """Every asset over dates without weekly/monthly snapshots, flags off: the backfill ends COMPLETED_SUCCESS
+    (each output materializes, with 0 rows where its flag is off) and the rows equal the job backfill's."""
+    job_url, assets_url = f"sqlite:///{tmp_path / 'job.sqlite'}", f"sqlite:///{tmp_path / 'assets.sqlite'}"
+    contextvars.copy_context().run(run_ui_backfill, job_url, monkeypatch, tmp_path / "job")
+    contextvars.copy_context().run(run_ui_backfill, assets_url, monkeypatch, tmp_path / "assets", True)
+    for name, frame in tables(job_url).items():
+        pd.testing.assert_frame_equal(frame.reset_index(drop=True), tables(assets_url)[name].reset_index(drop=True), obj=name)
 
 
 @pytest.mark.slow

@@ -6,8 +6,9 @@ PYTEST_ARGS ?=
 PORT ?= 3000
 # One Dagster instance folder for the demo's runs and the UI (make dev shows what make demo ran).
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
-# Dagster's notices about its own APIs (beta parameters, `dagster dev` superseded) are not for operators.
-QUIET_DAGSTER := ignore::dagster_shared.utils.warnings.SupersessionWarning,ignore::dagster_shared.utils.warnings.BetaWarning
+# `dagster dev` with Dagster's notices about its own APIs (`dagster dev` superseded, beta parameters) silenced:
+# they are not for operators.
+DAGSTER_DEV := import sys, warnings, dagster; [warnings.filterwarnings("ignore", category=c) for c in (dagster.SupersessionWarning, dagster.BetaWarning)]; from dagster._cli import main; sys.argv[0] = "dagster"; sys.exit(main())
 
 .PHONY: demo test test-all install install-dev dev clean bench
 
@@ -26,7 +27,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
-	DAGSTER_HOME=$(DAGSTER_HOME) PYTHONWARNINGS=$(QUIET_DAGSTER) $(BIN)/quimbi demo
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/quimbi demo
 
 # The default suite (no `slow` tests): about 4 minutes on 2 cores. PostgreSQL tests use
 # QUIMBI_TEST_POSTGRES_URL when set, else a throwaway server started by the test session where
@@ -42,9 +43,9 @@ test-all: install-dev
 # The UI on http://localhost:$(PORT) (make dev PORT=3001). Runs launched from it use the demo's flags
 # (data/demo_flags.yaml, written by make demo) unless QUIMBI_FLAGS_FILE is set.
 dev: install $(DAGSTER_HOME)/dagster.yaml
-	cd $(DAGSTER_HOME) && DAGSTER_HOME=$(DAGSTER_HOME) PYTHONWARNINGS=$(QUIET_DAGSTER) \
+	cd $(DAGSTER_HOME) && DAGSTER_HOME=$(DAGSTER_HOME) \
 	  QUIMBI_FLAGS_FILE=$${QUIMBI_FLAGS_FILE:-$$(test -f $(CURDIR)/data/demo_flags.yaml && echo $(CURDIR)/data/demo_flags.yaml)} \
-	  $(CURDIR)/$(BIN)/dagster dev -w $(CURDIR)/workspace.yaml -p $(PORT)
+	  $(CURDIR)/$(BIN)/python -c '$(DAGSTER_DEV)' dev -w $(CURDIR)/workspace.yaml -p $(PORT)
 
 bench: install
 	$(BIN)/python benchmarks/run.py --customers 100000

@@ -56,7 +56,7 @@ def churn() -> None:
         e = evaluate_churn(orders, "1997-09-30", horizon)
         print(f"H = {horizon} days ({e.customers} customers, {e.lapse_rate:.1%} lapse): AUC " +
               ", ".join(f"{k} {v:.4f}" for k, v in e.auc.items()))
-        print(f"  levels (customers, one-time buyers, observed lapse): " + "; ".join(
+        print("  levels (customers, one-time buyers, observed lapse): " + "; ".join(
             f"{lv} {int(r.customers)}/{int(r.one_time_buyers)}/{r.lapse_rate:.1%}" for lv, r in e.bands.iterrows()))
         print(f"  one-time buyers' scores {e.one_time_score_range[0]:.3f}..{e.one_time_score_range[1]:.3f}; repeat buyers above their median: "
               f"{e.repeat_buyers_above_median_one_time}; forecast {e.forecast:.0f} vs actual {e.actual} purchase days ({e.forecast_bias:+.1%})")

@@ -26,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 from scipy.special import gammaincc
 
 NS_PER_DAY = 86_400 * 10**9

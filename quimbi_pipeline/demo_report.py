@@ -44,12 +44,13 @@ def demo_report(warehouse_url: str, as_of: pd.Timestamp, out=None) -> None:
             print(f"  {r.store_id} {r.customer_id}  {r.axis} {r.direction} (drift {r.drift_score:.2f})", file=out)
         if moved.empty:
             print("  none", file=out)
+        week = {"a": (as_of - pd.Timedelta(days=6)).date(), "d": as_of.date()}
         anomalies = wh.read_sql(
-            f"SELECT anomaly_type, axis, count(*) AS customers FROM {wh.qualified('customer_drift_anomalies')} WHERE as_of_date = :d "
-            "GROUP BY anomaly_type, axis ORDER BY customers DESC, anomaly_type, axis", day)
-        print(f"\nToday's anomalies (customer_drift_anomalies): {int(anomalies['customers'].sum()) if len(anomalies) else 0}", file=out)
-        for r in anomalies.itertuples():
-            print(f"  {r.customers:5d}  {r.anomaly_type} on {r.axis}", file=out)
+            f"SELECT as_of_date, store_id, customer_id, anomaly_type, axis, description FROM {wh.qualified('customer_drift_anomalies')} "
+            "WHERE as_of_date BETWEEN :a AND :d ORDER BY as_of_date DESC, store_id, customer_id, anomaly_type, axis", week)
+        print(f"\nAnomalies of the last 7 days (customer_drift_anomalies): {len(anomalies)}", file=out)
+        for r in anomalies.head(5).itertuples():
+            print(f"  {r.as_of_date} {r.store_id} {r.customer_id}  {r.anomaly_type}: {r.description}", file=out)
         outliers = wh.read_sql(
             f"SELECT store_id, method, sum(CASE WHEN is_outlier THEN 1 ELSE 0 END) AS outliers, count(*) AS customers "
             f"FROM {wh.qualified('customer_outlier_flags')} WHERE flag_date = :d GROUP BY store_id, method ORDER BY store_id, method", day)
@@ -61,6 +62,6 @@ def demo_report(warehouse_url: str, as_of: pd.Timestamp, out=None) -> None:
     print(f"\nWarehouse: {masked_url(warehouse_url)}. First queries to try (sqlite3 {warehouse_url.removeprefix('sqlite:///')}):\n"
           f"  SELECT customer_id, axis, direction, drift_score FROM customer_axis_drift WHERE as_of_date = '{as_of.date()}'\n"
           "    AND window_days = 28 AND direction <> 'stable' ORDER BY drift_score DESC LIMIT 20;\n"
-          f"  SELECT anomaly_type, axis, description FROM customer_drift_anomalies WHERE as_of_date = '{as_of.date()}' LIMIT 20;\n"
+          "  SELECT as_of_date, customer_id, anomaly_type, axis, description FROM customer_drift_anomalies ORDER BY as_of_date DESC LIMIT 20;\n"
           "  SELECT customer_id, churn_risk_score, predicted_ltv FROM customer_profiles ORDER BY churn_risk_score DESC LIMIT 20;\n"
           "More in README.md (Tables for analysts). Open the UI with `make dev`: the demo's runs are in it.", file=out)

@@ -96,10 +96,15 @@ class _Splits:
     group_start: np.ndarray
 
     @classmethod
-    def of(cls, codes: np.ndarray, ts: np.ndarray, n_all: int) -> tuple[_Splits, np.ndarray]:
+    def of(cls, codes: np.ndarray, ts: np.ndarray, x: np.ndarray, n_all: int) -> tuple[_Splits, np.ndarray] | None:
+        """The splits of the finite values of `x`, and those values in the rows' order; None when there are none."""
+        keep = np.isfinite(x)
+        if not keep.any():
+            return None
+        codes, ts, x = codes[keep], ts[keep], x[keep].astype("float64")
         order, group_start, pos = _newest_first(codes, ts)
         c = codes[order]
-        return cls(c, ts[order], (pos + 1).astype("float64"), np.bincount(c, minlength=n_all).astype("float64")[c], group_start), order
+        return cls(c, ts[order], (pos + 1).astype("float64"), np.bincount(c, minlength=n_all).astype("float64")[c], group_start), x[order]
 
     def newest(self, values: np.ndarray) -> np.ndarray:
         """Per row, the sum of `values` (sorted as the rows) over the row's customer's m newest."""
@@ -112,19 +117,13 @@ class _Splits:
         return self.t[np.minimum(np.arange(self.t.size) + 1, self.t.size - 1)]
 
 
-def _finite(codes: np.ndarray, ts: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    keep = np.isfinite(x)
-    return codes[keep], ts[keep], x[keep].astype("float64")
-
-
 def mean_shift_change(codes: np.ndarray, ts: np.ndarray, x: np.ndarray, n_all: int, rule: ChangeRule) -> AxisChange:
     """The newest-m split of each customer's per-purchase signal `x` (finite values only) with the largest t^2/2."""
-    codes, ts, x = _finite(codes, ts, x)
-    out = AxisChange.none(n_all)
-    if x.size == 0:
-        return out
-    split, order = _Splits.of(codes, ts, n_all)
-    c, v, m, n = split.c, x[order], split.m, split.n
+    prepared = _Splits.of(codes, ts, x, n_all)
+    if prepared is None:
+        return AxisChange.none(n_all)
+    split, v = prepared
+    c, m, n = split.c, split.m, split.n
     total, total2 = np.bincount(c, v, n_all)[c], np.bincount(c, v * v, n_all)[c]
     # Store spread: pooled within-customer variance.
     count = np.bincount(c, minlength=n_all).astype("float64")
@@ -140,10 +139,11 @@ def mean_shift_change(codes: np.ndarray, ts: np.ndarray, x: np.ndarray, n_all: i
         var = (np.maximum(ss, 0.0) + rule.prior_weight * store_var) / (n - 2 + rule.prior_weight)
         tstat = (mean_after - mean_before) / np.sqrt(var * (1.0 / m + 1.0 / n_before))
     score = np.where(valid, 0.5 * tstat * tstat, 0.0)
-    return _report(out, split, _best_per_customer(c, score, valid & (score >= rule.evidence), n_all), mean_before, mean_after, score)
+    return _report(n_all, split, _best_per_customer(c, score, valid & (score >= rule.evidence), n_all), mean_before, mean_after, score)
 
 
-def _report(out: AxisChange, split: _Splits, best: np.ndarray, before: np.ndarray, after: np.ndarray, evidence: np.ndarray) -> AxisChange:
+def _report(n_all: int, split: _Splits, best: np.ndarray, before: np.ndarray, after: np.ndarray, evidence: np.ndarray) -> AxisChange:
+    out = AxisChange.none(n_all)
     has = best >= 0
     rows = best[has]
     out.after_n[has] = split.m[rows].astype("int64")
@@ -219,12 +219,11 @@ def rate_change(codes: np.ndarray, ts: np.ndarray, end_ns: int, n_all: int, rule
 def binary_shift_change(codes: np.ndarray, ts: np.ndarray, y: np.ndarray, n_all: int, rule: ChangeRule) -> AxisChange:
     """As mean_shift_change for a 0/1 signal (a discounted order, an order in the customer's favourite category),
     with the Bernoulli log-likelihood ratio of two rates (rates smoothed by half a pseudo-count each way)."""
-    codes, ts, y = _finite(codes, ts, y)
-    out = AxisChange.none(n_all)
-    if y.size == 0:
-        return out
-    split, order = _Splits.of(codes, ts, n_all)
-    c, v, m, n = split.c, y[order], split.m, split.n
+    prepared = _Splits.of(codes, ts, y, n_all)
+    if prepared is None:
+        return AxisChange.none(n_all)
+    split, v = prepared
+    c, m, n = split.c, split.m, split.n
     total = np.bincount(c, v, n_all)[c]
     k_after = split.newest(v)
     n_before, k_before = n - m, total - k_after
@@ -232,7 +231,7 @@ def binary_shift_change(codes: np.ndarray, ts: np.ndarray, y: np.ndarray, n_all:
     score = np.where(valid, _bernoulli_ll(k_after, m) + _bernoulli_ll(k_before, n_before) - _bernoulli_ll(total, n), 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         before, after = k_before / n_before, k_after / m
-    return _report(out, split, _best_per_customer(c, score, valid & (score >= rule.binary_evidence), n_all), before, after, score)
+    return _report(n_all, split, _best_per_customer(c, score, valid & (score >= rule.binary_evidence), n_all), before, after, score)
 
 
 def _bernoulli_ll(k: np.ndarray, n: np.ndarray) -> np.ndarray:

@@ -65,9 +65,7 @@ def outlier_flags(segmentations: dict, scaled: dict[str, np.ndarray], customers:
         frames.append(_rows(customers, flag_date, method, flagged, score, certainty < SEED_AXIS_MAX, axes,
                             _explain(flagged, text + pd.Series(np.round(1 - score, 3)).astype(str) + ")")))
 
-    z = np.column_stack([_nearest_distance(scaled[a], segmentations[a].model.centroids) for a in axes])
-    n = len(customers)
-    micro = np.column_stack([_in_micro_segment(segmentations[a].dominant, segmentations[a].model.k, n) for a in axes])
+    z, micro = _density(segmentations, scaled)
     dens_axes = (z >= DENSITY_DISTANCE) | micro
     dens_score = np.where(micro.any(axis=1), 1.0, np.clip(z.max(axis=1) / (2 * DENSITY_DISTANCE), 0.0, 1.0))
     dens_flag = dens_axes.any(axis=1)
@@ -81,11 +79,17 @@ def outlier_flags(segmentations: dict, scaled: dict[str, np.ndarray], customers:
 def density_outliers(segmentations: dict, scaled: dict[str, np.ndarray]) -> np.ndarray:
     """The default method's verdict per customer (density: far from every segment, or in a segment of its own):
     the customers left out of the fits when ENABLE_OUTLIER_DETECTION is on (profiles.build_store_profiles)."""
+    z, micro = _density(segmentations, scaled)
+    return ((z >= DENSITY_DISTANCE) | micro).any(axis=1)
+
+
+def _density(segmentations: dict, scaled: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(distance to the nearest centroid, in a segment of its own) per customer and axis."""
     axes = list(segmentations)
     n = next(iter(segmentations.values())).memberships.shape[0] if axes else 0
-    far = np.column_stack([_nearest_distance(scaled[a], segmentations[a].model.centroids) >= DENSITY_DISTANCE for a in axes])
+    z = np.column_stack([_nearest_distance(scaled[a], segmentations[a].model.centroids) for a in axes])
     micro = np.column_stack([_in_micro_segment(segmentations[a].dominant, segmentations[a].model.k, n) for a in axes])
-    return (far | micro).any(axis=1)
+    return z, micro
 
 
 def _explain(flagged: np.ndarray, text: pd.Series) -> pd.Series:

@@ -237,9 +237,12 @@ def build_store_profiles(
         if missing:
             raise ValueError(f"store {store_id}: model {version} has no segments for axes {missing}")
         segmentations = {axis.name: score_axis(active, axis, models[axis.name]) for axis in axes}
+    # The customers in each axis' scaled space, for the outlier flags and (containment) the BTYD fits.
+    scaled = ({axis.name: segmentations[axis.name].model.transform(axis_matrix(active, axis)) for axis in axes}
+              if settings.enable_outlier_detection else None)
     # Outlier containment (ENABLE_OUTLIER_DETECTION): the default method's outliers stay out of the BTYD fits
     # and their predicted_ltv is capped, so a bot or a $50k order cannot bend the models for everyone else.
-    outside = outliers_of(segmentations, active, axes) if contain else np.zeros(len(active), dtype=bool)
+    outside = density_outliers(segmentations, scaled) if contain else np.zeros(len(active), dtype=bool)
     seconds["segments"] = time.perf_counter() - started
     started = time.perf_counter()
     progress.info("%s: churn risk and LTV", store_id)
@@ -286,7 +289,6 @@ def build_store_profiles(
     flags = None
     if settings.enable_outlier_detection:
         started = time.perf_counter()
-        scaled = {axis.name: segmentations[axis.name].model.transform(axis_matrix(active, axis)) for axis in axes}
         flags = outlier_flags(segmentations, scaled, profiles["customer_id"].to_numpy(object), f"{as_of:%Y-%m-%d}")
         if ltv_cap is not None:
             capped = (flags["method"] == "density").to_numpy() & np.tile(outside, len(flags) // len(outside))

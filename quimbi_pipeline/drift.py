@@ -306,7 +306,7 @@ def recommendations(overall: np.ndarray, churn_trend: np.ndarray, churn_then: np
         ("review_profile", (overall >= 0.5) & (any_backed | (not evidence)), "behavior changed a lot: review this customer's segment-based treatment", None),
     ]
     out = pd.Series([""] * overall.size, dtype="object")
-    first_backed = pd.Series([""] * overall.size, dtype="object").to_numpy(object)  # review_profile names the first backed axis
+    first_backed = np.full(overall.size, "", dtype=object)  # review_profile names the first backed axis
     for axis, d in directions.items():
         named = evidence.get(EVIDENCE_AXIS.get(axis, axis))
         if named is not None:

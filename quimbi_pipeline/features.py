@@ -116,7 +116,7 @@ def compute_customer_features(
     customer's purchases after a change of that axis' behavior detected in their own order stream
     (change_points.py), so a change shows within a few orders and stays shown while it lasts, while an
     unchanged customer keeps the full, low-noise window; the evidence of each change is returned in
-    CHANGE_COLUMNS columns (`change:<axis>.since|before|after|evidence`).
+    CHANGE_PREFIX columns (`change:<axis>.since|before|after|evidence`).
     """
     as_of_day = orders_mod.as_of_day(as_of)
     end_ns = (as_of_day + pd.Timedelta(days=1)).value
@@ -291,7 +291,6 @@ def _modal(codes: np.ndarray, values: np.ndarray, n_all: int) -> np.ndarray:
 
 CHANGE_PREFIX = "change:"  # evidence columns: change:<axis>.<field>
 FEATURE_PREFIX = "f:"  # features beside memberships in a snapshot history frame: f:<axis>.<feature>
-CHANGE_FIELDS = ("since", "before", "after", "evidence")
 
 
 def active_mask(features: pd.DataFrame, active_days: int) -> np.ndarray:

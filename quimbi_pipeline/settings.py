@@ -127,9 +127,6 @@ class PipelineSettings(BaseModel):
     # customers (rollout.py); filled from such values, {flag field: percent}.
     rollout_percent: dict[str, float] = Field(default_factory=dict)
 
-    # Flags turned on by ENABLE_DRIFT_ANALYSIS because the drift step asked for them, not the operator.
-    implied_flags: tuple[str, ...] = ()
-
     @model_validator(mode="before")
     @classmethod
     def _percent_and_implied_flags(cls, values: Any) -> Any:
@@ -153,10 +150,8 @@ class PipelineSettings(BaseModel):
                 values[name] = True
                 rollout[name] = percent
         values["rollout_percent"] = rollout
-        if _truthy(values.get("enable_drift_analysis")) and "implied_flags" not in values:
-            implied = tuple(f for f in IMPLIED_BY_DRIFT if f not in values)
-            values.update({f: True for f in implied})
-            values["implied_flags"] = implied
+        if _truthy(values.get("enable_drift_analysis")):
+            values.update({f: True for f in IMPLIED_BY_DRIFT if f not in values})
         return values
 
     @field_validator("drift_windows", mode="before")
@@ -221,7 +216,7 @@ OTHER_ENVIRONMENT = (
     "QUIMBI_STORE_BATCH_SIZE", "QUIMBI_CONCURRENT_RUNS", "QUIMBI_TEST_POSTGRES_URL", "QUIMBI_REQUIRE_POSTGRES",
     *(f"QUIMBI_RETENTION_{t.upper()}_DAYS" for t in ("daily", "weekly", "monthly", "quarterly", "yearly", "profile_change")),
 )
-NOT_FROM_ENVIRONMENT = ("churn_bands", "rollout_percent", "implied_flags")
+NOT_FROM_ENVIRONMENT = ("churn_bands", "rollout_percent")
 
 
 def _truthy(value: Any) -> bool:

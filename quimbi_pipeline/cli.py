@@ -66,25 +66,59 @@ def cover_partitions(start: pd.Timestamp) -> None:
         os.environ["QUIMBI_PARTITIONS_START"] = f"{start:%Y-%m-%d}"
 
 
-def preflight(orders: str | None, warehouse: str | None, stores: list[str] | None) -> tuple[str, str]:
-    """Check settings, the warehouse and the orders before any date runs; returns (warehouse URL, orders URI)."""
+def open_warehouse(warehouse: str | None):
+    """The warehouse (created if missing), or a UserError naming the URL (masked) and why it cannot be opened."""
     import sqlalchemy as sa
 
-    from quimbi_pipeline.orders import OrdersSourceError, load_orders_cached
-    from quimbi_pipeline.settings import StoreSettings
     from quimbi_pipeline.warehouse import Warehouse, masked_url, resolve_warehouse_url
 
-    try:
-        settings = StoreSettings()
-    except ValueError as exc:
-        raise UserError(f"{exc}\nFix the environment variable or the flags file (QUIMBI_FLAGS_FILE) named above; `quimbi --help` lists the settings.") from exc
     url = resolve_warehouse_url(warehouse)
     try:
-        Warehouse(url).dispose()
+        return Warehouse(url)
     except (sa.exc.SQLAlchemyError, OSError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise UserError(f"cannot open the warehouse {masked_url(url)}: {reason}\n"
                         "Check --warehouse / QUIMBI_WAREHOUSE_URL (a SQLAlchemy URL, e.g. postgresql+psycopg://user:password@host:5432/db).") from exc
+
+
+def prune_warehouse(warehouse: str | None, dry_run: bool, out=None) -> int:
+    """`quimbi prune`: the retention policy (QUIMBI_RETENTION_*_DAYS) applied to every table; prints rows per table."""
+    from quimbi_pipeline.prune import expiry, prune
+    from quimbi_pipeline.snapshots import RetentionPolicy
+    from quimbi_pipeline.warehouse import masked_url
+
+    out = out or sys.stdout
+    try:
+        policy = RetentionPolicy.from_env()
+    except ValueError as exc:
+        raise UserError(f"{exc}\nFix the QUIMBI_RETENTION_*_DAYS variable named above (a whole number of days >= 1).") from exc
+    wh = open_warehouse(warehouse)
+    try:
+        if dry_run:
+            counts = expiry(wh, policy).rename(columns={"expired": "rows"})
+        else:
+            counts = prune(wh, policy).rename(columns={"deleted": "rows"})
+    finally:
+        wh.dispose()
+    by_table = counts.groupby("table")["rows"].sum() if len(counts) else pd.Series(dtype="int64")
+    verb = "would delete" if dry_run else "deleted"
+    print(f"quimbi prune: {masked_url(wh.url)}, policy (days) {policy.model_dump()}", file=out)
+    for table, n in by_table.items():
+        print(f"  {table}: {verb} {int(n):,} rows", file=out)
+    print(f"  total: {verb} {int(by_table.sum()) if len(by_table) else 0:,} rows", file=out)
+    return 0
+
+
+def preflight(orders: str | None, warehouse: str | None, stores: list[str] | None) -> tuple[str, str]:
+    """Check settings, the warehouse and the orders before any date runs; returns (warehouse URL, orders URI)."""
+
+    from quimbi_pipeline.orders import OrdersSourceError, load_orders_cached
+    from quimbi_pipeline.settings import StoreSettings
+    try:
+        settings = StoreSettings()
+    except ValueError as exc:
+        raise UserError(f"{exc}\nFix the environment variable or the flags file (QUIMBI_FLAGS_FILE) named above; `quimbi --help` lists the settings.") from exc
+    url = open_warehouse(warehouse).url
     uri = orders or os.environ.get("QUIMBI_ORDERS") or "demo"
     try:
         validated = load_orders_cached(uri, warehouse_url=url, bad_rows=settings.default.bad_rows)
@@ -140,7 +174,12 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
     quiet_dagster_warnings()
     from quimbi_pipeline.definitions import defs
     from quimbi_pipeline.defs.drift.assets import DRIFT_KEYS, DRIFT_STEP
-    from quimbi_pipeline.defs.profiles.assets import DAILY_STEP, OUTLIERS_KEY, PROFILES_KEY, SNAPSHOTS_KEY
+    from quimbi_pipeline.defs.profiles.assets import (
+        DAILY_STEP,
+        OUTLIERS_KEY,
+        PROFILES_KEY,
+        SNAPSHOTS_KEY,
+    )
     from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
 
     job = defs.resolve_job_def(DAILY_PIPELINE_JOB)
@@ -226,7 +265,12 @@ def print_summary(summary: RunSummary, warehouse_url: str, out=None) -> None:
 
 
 def settings_help() -> str:
-    from quimbi_pipeline.settings import DESIGN_FLAGS, OTHER_ENVIRONMENT, PipelineSettings, environment_names
+    from quimbi_pipeline.settings import (
+        DESIGN_FLAGS,
+        OTHER_ENVIRONMENT,
+        PipelineSettings,
+        environment_names,
+    )
 
     flags = [PipelineSettings.env_name(f) for f in DESIGN_FLAGS]
     knobs = sorted(n for n in environment_names() if n not in flags)
@@ -248,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--orders", help="orders source (default: QUIMBI_ORDERS, else demo)")
     run.add_argument("--warehouse", help="SQLAlchemy URL (default: QUIMBI_WAREHOUSE_URL, else the project's SQLite file)")
     run.add_argument("--stores", help="comma-separated store ids (default: all); each must have orders in the source")
+    prune = sub.add_parser("prune", help="delete what the retention policy (QUIMBI_RETENTION_*_DAYS) expires, in every table")
+    prune.add_argument("--warehouse", help="SQLAlchemy URL (default: QUIMBI_WAREHOUSE_URL, else the project's SQLite file)")
+    prune.add_argument("--dry-run", action="store_true", help="count the expired rows per table, delete nothing")
     demo = sub.add_parser("demo", help=f"the last {DEMO_DAYS} days of the demo orders with snapshots, drift and outliers on, then what was found")
     demo.add_argument("--days", type=int, default=DEMO_DAYS)
     demo.add_argument("--warehouse", help="SQLAlchemy URL (default: the project's SQLite file)")
@@ -275,6 +322,9 @@ def _command(args) -> int:
         summary = execute_dates(args.start, args.end, orders=args.orders, warehouse=url, stores=stores, log_level=level, progress=progress)
         print_summary(summary, url)
         return 1 if summary.dates_failed else 0
+
+    if args.command == "prune":
+        return prune_warehouse(args.warehouse, args.dry_run)
 
     from quimbi_pipeline.demo_report import demo_report, write_demo_flags
     from quimbi_pipeline.warehouse import default_warehouse_url, masked_url

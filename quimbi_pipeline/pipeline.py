@@ -1,6 +1,6 @@
 """One daily partition of the profile pipeline for a set of stores, without Dagster.
 
-Stores are processed one at a time and each is written in its own transaction, so one bad store
+Each store is written in its own transaction (many small stores by parallel workers: store_pool.py), so one bad store
 (invalid rows, a failing fit) is reported and never stops or half-writes the others.
 """
 
@@ -24,8 +24,6 @@ from quimbi_pipeline.memberships import (
 )
 from quimbi_pipeline.orders import ValidatedOrders, as_of_day, seen_at
 from quimbi_pipeline.outliers import outlier_rates
-from quimbi_pipeline.rollout import in_rollout
-from quimbi_pipeline.row_checks import check_rows
 from quimbi_pipeline.profiles import (
     StoreProfiles,
     build_store_profiles,
@@ -34,6 +32,9 @@ from quimbi_pipeline.profiles import (
     segment_model_rows,
     stable_model_version,
 )
+from quimbi_pipeline.prune import drift_state_cutoff, keep_drift_state
+from quimbi_pipeline.rollout import in_rollout
+from quimbi_pipeline.row_checks import check_rows
 from quimbi_pipeline.segment_identity import (
     fit_period_models,
     refit_anchor,
@@ -41,8 +42,9 @@ from quimbi_pipeline.segment_identity import (
 from quimbi_pipeline.segmentation import AxisModel
 from quimbi_pipeline.settings import PipelineSettings, StoreSettings, settings_for_store
 from quimbi_pipeline.snapshot_blocks import encode_blocks
-from quimbi_pipeline.snapshots import snapshot_types_for
-from quimbi_pipeline.threads import limited_threads, run_threads
+from quimbi_pipeline.snapshots import RetentionPolicy, snapshot_types_for
+from quimbi_pipeline.store_pool import pool_workers, run_in_pool
+from quimbi_pipeline.threads import SMALL_ROWS, limited_threads, run_threads
 from quimbi_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,7 @@ def run_profiles_partition(
     wanted = sorted(known) if not stores else sorted(set(stores))
     seconds = {"cut_orders": time.perf_counter() - started}
     outcomes: list[StoreOutcome] = []
+    small: list[tuple[str, PipelineSettings, np.ndarray]] = []
     for store in wanted:
         if store in validated.rejected_stores:
             problems = "; ".join(p.describe() for p in validated.rejected_stores[store])
@@ -139,17 +142,52 @@ def run_profiles_partition(
             log.warning("store %s: no orders in the source", store)
         try:
             store_settings = settings_for_store(settings, store)
-            store_types = types if store_settings.enable_temporal_snapshots else []
-            rows = rows_of.get(store, np.zeros(0, dtype="int64"))
-            store_orders = orders if len(rows) == len(orders) else orders.take(rows)  # one store, nothing after D: no copy
-            with limited_threads(len(store_orders), run_threads(store_settings.threads)):
-                outcomes.append(_run_store(store, store_orders, as_of, validated, warehouse, store_settings, store_types))
-            del store_orders
         except Exception as exc:  # one store's failure is recorded and the others go on
-            log.exception("store %s failed for %s", store, as_of.date())
-            outcomes.append(StoreOutcome(store, False, error=f"{type(exc).__name__}: {exc}"))
+            outcomes.append(_failed(store, as_of, exc))
+            continue
+        rows = rows_of.get(store, np.zeros(0, dtype="int64"))
+        if len(rows) < SMALL_ROWS:
+            small.append((store, store_settings, rows))
+        else:
+            outcomes.append(run_one_store(warehouse, store, _store_orders(orders, rows), as_of, validated.optional_columns,
+                                          store_settings, types if store_settings.enable_temporal_snapshots else []))
+
+    def small_jobs():
+        for store, store_settings, rows in small:
+            yield (store, _store_orders(orders, rows), as_of, validated.optional_columns, store_settings,
+                   types if store_settings.enable_temporal_snapshots else [])
+
+    threads = min((run_threads(store_settings.threads) for _, store_settings, _ in small), default=1)
+    workers = pool_workers(len(small), threads, warehouse.url)
+    if workers:
+        log.info("%d small stores in %d worker processes", len(small), workers)
+        outcomes += run_in_pool(small_jobs(), warehouse.url, workers, lambda store, message: StoreOutcome(store, False, error=message))
+    else:
+        outcomes += [run_one_store(warehouse, *job) for job in small_jobs()]
+    position = {store: i for i, store in enumerate(wanted)}
+    outcomes.sort(key=lambda o: position[o.store_id])
     seconds["total"] = time.perf_counter() - started
     return PartitionReport(as_of, outcomes, seconds)
+
+
+def _store_orders(orders: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
+    return orders if len(rows) == len(orders) else orders.take(rows)  # one store, nothing after D: no copy
+
+
+def _failed(store: str, as_of: pd.Timestamp, exc: Exception) -> StoreOutcome:
+    log.exception("store %s failed for %s", store, as_of.date())
+    return StoreOutcome(store, False, error=f"{type(exc).__name__}: {exc}")
+
+
+def run_one_store(warehouse: Warehouse, store: str, orders: pd.DataFrame, as_of: pd.Timestamp, optional_columns,
+                  settings: PipelineSettings, snapshot_types: list[str]) -> StoreOutcome:
+    """One store's profiles of D computed, written and verified (in the main process or a store_pool worker);
+    a failure is recorded in the outcome, never raised."""
+    try:
+        with limited_threads(len(orders), run_threads(settings.threads)):
+            return _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types)
+    except Exception as exc:  # one store's failure is recorded and the others go on
+        return _failed(store, as_of, exc)
 
 
 def profile_changes(result: StoreProfiles, last_memberships: pd.Series, threshold: float) -> pd.Index:
@@ -188,14 +226,14 @@ def resolve_stable_models(store, orders, as_of, optional_columns, warehouse: War
     return models, version, model_rows(store, version, fit_day, list(models.values())) if models else pd.DataFrame(), transitions
 
 
-def _run_store(store, orders, as_of, validated, warehouse, settings, snapshot_types) -> StoreOutcome:
+def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types) -> StoreOutcome:
     models = version = transitions = None
     new_models = pd.DataFrame()
     if settings.enable_stable_segments and not orders.empty:
         started = time.perf_counter()
-        models, version, new_models, transitions = resolve_stable_models(store, orders, as_of, validated.optional_columns, warehouse, settings)
+        models, version, new_models, transitions = resolve_stable_models(store, orders, as_of, optional_columns, warehouse, settings)
         model_seconds = time.perf_counter() - started
-    result = build_store_profiles(orders, store, as_of, settings, validated.optional_columns, models=models, model_version=version)
+    result = build_store_profiles(orders, store, as_of, settings, optional_columns, models=models, model_version=version)
     if models is not None:
         result.seconds["stable_models"] = model_seconds
     started = time.perf_counter()
@@ -302,13 +340,19 @@ def _scored_with(models: dict[str, AxisModel], frame: pd.DataFrame, store: str) 
         return frame
 
 
-def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings | StoreSettings, stores: list[str] | None = None) -> list[DriftOutcome]:
+def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings | StoreSettings, stores: list[str] | None = None,
+                        retention: RetentionPolicy | None = None) -> list[DriftOutcome]:
     """customer_drift, customer_axis_drift, customer_drift_anomalies and population_drift of D, per store.
+
+    customer_drift and customer_axis_drift keep `retention.drift` dates per store (default: the
+    environment's policy; 1 = the newest date only, the current state): older ones are removed after each
+    write, and a date older than those kept writes its anomalies and population drift only.
 
     Stores default to those with snapshots dated D; stores whose settings have drift off are skipped.
     Each store is written in its own transaction; a failing store is reported and the others go on.
     """
     as_of = as_of_day(as_of)
+    retention = retention or RetentionPolicy.from_env()
     if stores is None:
         stores = warehouse.read_sql(
             f"SELECT DISTINCT store_id FROM {warehouse.qualified('customer_profile_snapshots')} WHERE snapshot_date = :d ORDER BY 1",
@@ -320,12 +364,12 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
             continue
         try:
             with limited_threads(0, run_threads(store_settings.threads)):  # array arithmetic, no large BLAS work
-                outcome = _drift_store(warehouse, store, as_of, store_settings)
+                outcome = _drift_store(warehouse, store, as_of, store_settings, retention)
                 # An earlier date arriving late changes the inputs of later dates' drift: recompute those, so that
                 # any order of dates leaves the warehouse a date-ordered run leaves.
                 later = warehouse.stale_drift_dates(store, as_of) if outcome.rows else []
                 for day in later:
-                    _drift_store(warehouse, store, day, store_settings)
+                    _drift_store(warehouse, store, day, store_settings, retention)
                 if later:
                     outcome.note = f"recomputed the drift of {len(later)} later date(s) whose snapshots changed: {', '.join(f'{d:%Y-%m-%d}' for d in later)}"
                 outcomes.append(outcome)
@@ -335,31 +379,63 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
     return outcomes
 
 
-def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings) -> DriftOutcome:
+def _drift_reader(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings):
+    """(reader of D's window of snapshots, their dates, D's models) or None when no snapshot is dated D."""
+    reader = SnapshotHistoryReader(warehouse, store, as_of - pd.Timedelta(days=drift.history_days(settings.drift_windows)), as_of)
+    dates = list(reader.sources["snapshot_date"])
+    if not dates or dates[-1] != as_of:
+        return None
+    return reader, dates, models_in_force(warehouse, store, as_of, settings)  # every snapshot of the window is scored with D's models
+
+
+def _drift_history(reader, models, store: str, settings: PipelineSettings, lo, hi) -> drift.MembershipHistory:
+    """The snapshot history of the customers with lo <= id < hi (None: unbounded), scored with D's models."""
+    frame = _scored_with(models, reader.history(lo, hi, with_features=bool(models)), store)
+    if settings.share("enable_drift_analysis") < 1.0:  # a rollout: drift for its share of customers only
+        frame = frame[in_rollout(frame["customer_id"], "enable_drift_analysis", settings.share("enable_drift_analysis"))]
+    return history_from_snapshots(frame)
+
+
+def drift_on_demand(warehouse: Warehouse, store: str, as_of, settings: PipelineSettings | StoreSettings,
+                    customer_id: str | None = None) -> drift.DriftTables | None:
+    """The drift of any date D (one customer's, or the store's) computed from the snapshots as the daily step
+    computes it, nothing written: customer_drift and customer_axis_drift keep only the current state
+    (RetentionPolicy.drift). The same numbers the step wrote on D while D's window of snapshots is kept;
+    None when no snapshot is dated D."""
+    as_of = as_of_day(as_of)
+    settings = settings_for_store(settings, store)
+    found = _drift_reader(warehouse, store, as_of, settings)
+    if found is None:
+        return None
+    reader, _, models = found
+    lo, hi = (None, None) if customer_id is None else (customer_id, customer_id + "\x00")
+    return drift.compute_drift(_drift_history(reader, models, store, settings, lo, hi), as_of, settings.drift_windows)
+
+
+def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings,
+                 retention: RetentionPolicy) -> DriftOutcome:
     started = time.perf_counter()
     progress.info("%s: drift", store)
     windows = settings.drift_windows
-    reader = SnapshotHistoryReader(warehouse, store, as_of - pd.Timedelta(days=drift.history_days(windows)), as_of)
-    dates = list(reader.sources["snapshot_date"])
-    if not dates or dates[-1] != as_of:
+    found = _drift_reader(warehouse, store, as_of, settings)
+    if found is None:
         note = f"no snapshots dated {as_of.date()}: drift not computed (run the date's profiles with ENABLE_TEMPORAL_SNAPSHOTS first)"
         log.warning("store %s: %s", store, note)
         return DriftOutcome(store, True, note=note)
+    reader, dates, models = found
     bounds = reader.slice_bounds(as_of, settings.drift_chunk_customers)
     if bounds is None:  # D's snapshots predate the blocks: cut D's customer ids
         bounds = warehouse.snapshot_customer_bounds(store, as_of, settings.drift_chunk_customers)
     ranges = list(zip([None, *bounds], [*bounds, None]))
     seconds = {"read": 0.0, "compute": 0.0}
     anomaly_counts: dict[str, int] = {}
-    models = models_in_force(warehouse, store, as_of, settings)  # every snapshot of the window is scored with D's models
+    # A date older than the kept drift state (a backfill) writes its events only; its state is computed on demand.
+    state_kept = as_of >= drift_state_cutoff(warehouse, store, retention, as_of)
 
     def chunks():
         for lo, hi in ranges:
             t0 = time.perf_counter()
-            frame = _scored_with(models, reader.history(lo, hi, with_features=bool(models)), store)
-            if settings.share("enable_drift_analysis") < 1.0:  # a rollout: drift for its share of customers only
-                frame = frame[in_rollout(frame["customer_id"], "enable_drift_analysis", settings.share("enable_drift_analysis"))]
-            history = history_from_snapshots(frame)
+            history = _drift_history(reader, models, store, settings, lo, hi)
             t1 = time.perf_counter()
             tables = drift.compute_drift(history, as_of, windows)
             check_rows("customer_drift", tables.customers)
@@ -369,7 +445,10 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
                 anomaly_counts[kind] = anomaly_counts.get(kind, 0) + int(n)
             seconds["read"] += t1 - t0
             seconds["compute"] += time.perf_counter() - t1
-            yield tables.customers, tables.axes, tables.anomalies
+            if state_kept:
+                yield tables.customers, tables.axes, tables.anomalies
+            else:
+                yield tables.customers.iloc[:0], tables.axes.iloc[:0], tables.anomalies
 
     t0 = time.perf_counter()
     reference_date = next(d for d in dates if d >= as_of - pd.Timedelta(days=drift.POPULATION_REFERENCE_DAYS))
@@ -380,6 +459,9 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
     seconds["population"] = time.perf_counter() - t0
     rows, seconds["write"] = warehouse.write_drift_partition(store, as_of, chunks(), population)  # on PostgreSQL the write overlaps read and compute
     warehouse.record_drift_inputs(store, as_of, drift.history_days(windows))
+    t0 = time.perf_counter()
+    rows["expired_drift_state"] = keep_drift_state(warehouse, store, retention)
+    seconds["expire"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
     log.info("store %s %s drift: %s rows (%s)", store, as_of.date(), rows, ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
     return DriftOutcome(store, True, rows, anomaly_counts, population, seconds)

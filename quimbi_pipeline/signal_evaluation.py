@@ -40,6 +40,7 @@ from quimbi_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 DIRECTIONS = {"improving": 1, "degrading": -1}
+EVERY_DRIFT_DATE = RetentionPolicy(drift=36500)
 
 
 @dataclass
@@ -50,15 +51,16 @@ class SignalScores:
 
 
 def run_days(validated: ValidatedOrders, days: pd.DatetimeIndex, warehouse_url: str, settings: PipelineSettings) -> pd.DataFrame:
-    """Each day as the daily schedule runs it, the default retention applied after it (so drift reads the
-    history production keeps). Returns each day's dominant segments (customer_id, snapshot_date, dominant),
+    """Each day as the daily schedule runs it, the default snapshot retention applied after it (so drift reads
+    the history production keeps); every date's drift rows are kept for scoring (production keeps the newest:
+    drift is computed from the snapshots alone, so keeping its past changes no figure). Returns each day's dominant segments (customer_id, snapshot_date, dominant),
     kept aside because retention prunes the daily snapshots."""
     wh = Warehouse(warehouse_url)
     segments = []
     try:
         for day in days:
             report = run_profiles_partition(validated, day, wh, settings)
-            failed = [o.error for o in report.failed] + [o.error for o in run_drift_partition(wh, day, settings) if not o.ok]
+            failed = [o.error for o in report.failed] + [o.error for o in run_drift_partition(wh, day, settings, retention=EVERY_DRIFT_DATE) if not o.ok]
             if failed:
                 raise RuntimeError(f"{day.date()}: {failed}")
             segments.append(_read(wh, f"SELECT customer_id, snapshot_date, CAST(dominant_segments AS TEXT) AS dominant "

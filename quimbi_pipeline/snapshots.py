@@ -4,7 +4,9 @@ Snapshot date D gets: daily always; weekly when D is a Monday; monthly on the 1s
 Jan/Apr/Jul/Oct 1st; yearly on Jan 1st. A snapshot freezes the profiles of the customers active at D.
 
 Retention is counted per store and type from the store's newest snapshot date N: a snapshot of type
-t dated d is kept while N - d < retention_days[t], so "daily 7 days" keeps the 7 newest dates.
+t dated d is kept while N - d < retention_days[t], so "daily 7 days" keeps the 7 newest dates. The other
+tables the pipeline writes have a retention of their own, counted the same way from the store's newest
+date in that table (TABLE_RETENTION; segment models and bookkeeping: prune.py).
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ class RetentionPolicy(BaseModel):
     quarterly: int = Field(730, ge=1)
     yearly: int = Field(1825, ge=1)
     profile_change: int = Field(60, ge=1)
+    # customer_drift, customer_axis_drift: 1 = the current state (the newest as_of per store); a past
+    # date's drift is computed on demand from the snapshots (pipeline.drift_on_demand).
+    drift: int = Field(1, ge=1)
+    anomalies: int = Field(180, ge=1)  # customer_drift_anomalies (and drift_inputs, which recomputes them)
+    population: int = Field(1825, ge=1)  # population_drift: a few rows per store and date
+    outliers: int = Field(28, ge=1)  # customer_outlier_flags
+    models: int = Field(1825, ge=1)  # segment_models, segment_transitions: by fitted_on; a model a kept row names stays
 
     def days(self, snapshot_type: str) -> int:
         return getattr(self, snapshot_type)
@@ -54,5 +63,16 @@ class RetentionPolicy(BaseModel):
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> RetentionPolicy:
         env = os.environ if environ is None else environ
-        values = {t: env[f"QUIMBI_RETENTION_{t.upper()}_DAYS"] for t in RETAINED_TYPES if f"QUIMBI_RETENTION_{t.upper()}_DAYS" in env}
+        values = {t: env[f"QUIMBI_RETENTION_{t.upper()}_DAYS"] for t in cls.model_fields if f"QUIMBI_RETENTION_{t.upper()}_DAYS" in env}
         return cls.model_validate(values)
+
+
+# Tables pruned by date like the snapshots: table -> (date column, RetentionPolicy field).
+TABLE_RETENTION = {
+    "customer_drift": ("as_of_date", "drift"),
+    "customer_axis_drift": ("as_of_date", "drift"),
+    "customer_drift_anomalies": ("as_of_date", "anomalies"),
+    "drift_inputs": ("as_of_date", "anomalies"),
+    "population_drift": ("as_of_date", "population"),
+    "customer_outlier_flags": ("flag_date", "outliers"),
+}

@@ -393,14 +393,18 @@ class Warehouse:
             log.warning("ANALYZE of %s for %s failed after the rows were committed: %s", table, pd.Timestamp(day).date(),
                         str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
 
-    def date_partitions(self, table: str) -> list[str]:
+    def date_partitions(self, table: str, conn: sa.Connection | None = None) -> list[str]:
+        """The table's date partitions (PostgreSQL), as `conn`'s transaction sees them when given (it may have dropped some)."""
         if table not in self.partitioned:
             return []
-        frame = self.read_sql(
+        query = sa.text(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent "
-            "JOIN pg_namespace n ON n.oid = p.relnamespace WHERE n.nspname = :schema AND p.relname = :table ORDER BY 1",
-            {"schema": PG_SCHEMA, "table": table})
-        return frame["relname"].tolist()
+            "JOIN pg_namespace n ON n.oid = p.relnamespace WHERE n.nspname = :schema AND p.relname = :table ORDER BY 1")
+        params = {"schema": PG_SCHEMA, "table": table}
+        if conn is not None:
+            return list(conn.execute(query, params).scalars())
+        with self.engine.connect() as own:
+            return list(own.execute(query, params).scalars())
 
     def snapshot_partitions(self) -> list[str]:
         return self.date_partitions("customer_profile_snapshots")

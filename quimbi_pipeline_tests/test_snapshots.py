@@ -83,7 +83,7 @@ def test_retention_sensor_requests_one_prune_and_prune_removes_exactly_the_expir
     assert set(pd.to_datetime(after.loc[after.snapshot_type == "daily", "snapshot_date"]).dt.strftime("%Y-%m-%d")) == {"2026-01-04", "2026-01-05", "2026-01-06"}
     output = next(e for e in result.all_events if e.is_successful_output)
     assert output.event_specific_data.metadata["deleted"].value == int(expired.sum())
-    assert output.event_specific_data.metadata["deleted/store_a/weekly"].value == 0
+    assert output.event_specific_data.metadata["deleted/customer_profile_snapshots/weekly"].value == 0
     skip = snapshot_retention_sensor(dg.build_sensor_context(resources=resources))
     assert isinstance(skip, dg.SkipReason)
 

@@ -1,0 +1,120 @@
+"""Many small stores of one date in parallel worker processes.
+
+A store's work is mostly fixed cost at small sizes (about 300 KMeans fits of 1,000 points each, on one
+thread: threads.py), so a run of many small stores used one core where one large store of the same
+customers uses all of the run's threads. Small stores are therefore dealt to `workers` processes (the
+run's thread budget, threads.run_threads), each computing and writing whole stores through its own
+connection, one transaction per store as in the main process; large stores stay in the main process
+with all the run's threads.
+
+Workers are spawned (never forked: the parent may hold threads and open connections), so starting them
+costs a few seconds of imports; the pool is used only from MIN_POOL_STORES small stores on, where the
+stores' own work is larger than that. The results are the same as one store after the other: every
+small store is single-threaded either way. Log records of a worker are sent back with its store's
+outcome and emitted in the parent, so a run's log reads the same either way. A worker that dies (out
+of memory, killed) fails its stores with an error saying so; the other stores go on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+MIN_POOL_STORES = 16
+WORKER_DIED = "its worker process ended unexpectedly (killed, or out of memory?)"
+
+log = logging.getLogger(__name__)
+
+
+def pool_workers(n_small_stores: int, threads: int, warehouse_url: str) -> int:
+    """Worker processes for the small stores of a run: 0 (in the main process) unless there are enough of
+    them, more than one thread to use, and a warehouse other processes can open (not in-memory SQLite)."""
+    if n_small_stores < MIN_POOL_STORES or threads < 2 or warehouse_url in ("sqlite://", "sqlite:///:memory:"):
+        return 0
+    return min(threads, n_small_stores)
+
+
+class _Captured(logging.Handler):
+    """Keeps a worker's log records of one store to be emitted again in the parent."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[tuple[str, int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + logging.Formatter().formatException(record.exc_info)
+        self.records.append((record.name, record.levelno, message))
+
+
+def _store_in_worker(warehouse_url: str, job: tuple) -> tuple:
+    from quimbi_pipeline.pipeline import run_one_store
+    from quimbi_pipeline.warehouse import Warehouse
+
+    captured = _Captured()
+    package = logging.getLogger("quimbi_pipeline")
+    package.addHandler(captured)
+    package.setLevel(logging.INFO)
+    warehouse = Warehouse(warehouse_url, create=False)
+    try:
+        outcome = run_one_store(warehouse, *job)
+    finally:
+        warehouse.dispose()
+        package.removeHandler(captured)
+    return outcome, captured.records
+
+
+def run_in_pool(jobs: Iterator[tuple], warehouse_url: str, workers: int, failed_outcome, work=None) -> list:
+    """Each job's outcome (pipeline.run_one_store's; a job is its arguments after the warehouse, the store
+    first), run by `workers` spawned processes. Jobs are taken from the iterator as workers free up, so
+    only a few stores' orders are copied out at once. When a worker dies, the stores the pool was running
+    get failed_outcome(store, WORKER_DIED) and the rest go on in a new pool.
+    `work` (default: run_one_store in a worker, with its log records) is a module-level function(url, job)."""
+    work = work or _store_in_worker
+    pending: Iterator[tuple] | None = iter(jobs)
+    outcomes: list = []
+    context = multiprocessing.get_context("spawn")
+    while pending is not None:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            pending = _run_until_done_or_broken(pool, pending, warehouse_url, workers, work, failed_outcome, outcomes)
+    return outcomes
+
+
+def _run_until_done_or_broken(pool, jobs, warehouse_url, workers, work, failed_outcome, outcomes) -> Iterator[tuple] | None:
+    """Runs jobs until there are none (returns None) or the pool breaks (returns the jobs not yet started)."""
+    running: dict = {}
+    broken = False
+    while True:
+        if not broken:
+            for job in itertools.islice(jobs, 2 * workers - len(running)):
+                try:
+                    running[pool.submit(work, warehouse_url, job)] = job[0]
+                except BrokenProcessPool:
+                    jobs, broken = itertools.chain([job], jobs), True
+                    break
+        if not running:
+            return jobs if broken else None
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            store = running.pop(future)
+            outcome = _finished(future, store)
+            if outcome is None:
+                broken, outcome = True, failed_outcome(store, WORKER_DIED)
+            outcomes.append(outcome)
+
+
+def _finished(future, store: str):
+    """The store's outcome, its worker's log records emitted here; None when its worker died."""
+    try:
+        outcome, records = future.result()
+    except BrokenProcessPool:
+        log.error("store %s: %s", store, WORKER_DIED)
+        return None
+    for name, level, message in records:
+        logging.getLogger(name).log(level, "%s", message)
+    return outcome

@@ -1,0 +1,83 @@
+"""Many small stores run in worker processes (store_pool.py): the same tables as one store after the other,
+their log lines in the parent's log, and a worker that dies fails its store only."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from quimbi_pipeline.demo import generate_demo
+from quimbi_pipeline.orders import validate_orders
+from quimbi_pipeline.pipeline import (
+    StoreOutcome,
+    run_drift_partition,
+    run_profiles_partition,
+)
+from quimbi_pipeline.store_pool import (
+    MIN_POOL_STORES,
+    WORKER_DIED,
+    pool_workers,
+    run_in_pool,
+)
+from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline_tests.conftest import _reset_pg
+from quimbi_pipeline_tests.test_reliability import ALL_ON, assert_same_tables, tables
+
+DAYS = ["2026-10-30", "2026-10-31"]
+
+
+def _run(validated, url: str, threads: int) -> dict:
+    settings = ALL_ON.model_copy(update={"threads": threads})
+    wh = Warehouse(url)
+    for day in DAYS:
+        report = run_profiles_partition(validated, day, wh, settings)
+        assert not report.failed, [o.error for o in report.failed]
+        assert [o.store_id for o in report.outcomes] == sorted(o.store_id for o in report.outcomes)
+        assert all(o.ok for o in run_drift_partition(wh, day, settings))
+    out = tables(wh)
+    wh.dispose()
+    return out
+
+
+def test_pooled_small_stores_write_the_tables_of_one_store_after_the_other(warehouse_url, tmp_path, caplog):
+    validated = validate_orders(generate_demo(n_customers=MIN_POOL_STORES * 40, n_stores=MIN_POOL_STORES, seed=13).orders)
+    assert pool_workers(MIN_POOL_STORES, 2, warehouse_url) == 2
+    with caplog.at_level(logging.INFO, logger="quimbi_pipeline"):
+        pooled = _run(validated, warehouse_url, threads=2)
+    assert f"{MIN_POOL_STORES} small stores in 2 worker processes" in caplog.text
+    assert "store store_p 2026-10-31:" in caplog.text  # a worker's own line, emitted in the parent
+    if warehouse_url.startswith("postgresql"):
+        _reset_pg(warehouse_url)
+        sequential_url = warehouse_url
+    else:
+        sequential_url = f"sqlite:///{tmp_path / 'sequential.sqlite'}"
+    assert pool_workers(MIN_POOL_STORES, 1, sequential_url) == 0
+    assert_same_tables(pooled, _run(validated, sequential_url, threads=1))
+
+
+def test_no_pool_for_few_stores_one_thread_or_an_in_memory_warehouse():
+    assert pool_workers(MIN_POOL_STORES - 1, 2, "sqlite:///w.sqlite") == 0
+    assert pool_workers(MIN_POOL_STORES, 1, "sqlite:///w.sqlite") == 0
+    assert pool_workers(MIN_POOL_STORES, 2, "sqlite://") == 0
+    assert pool_workers(MIN_POOL_STORES, 8, "sqlite:///w.sqlite") == 8
+
+
+def dies_on_store_b(_url: str, job: tuple):
+    """A worker's work that kills its process on store_b (as the kernel's OOM killer would)."""
+    if job[0] == "store_b":
+        os._exit(9)
+    return StoreOutcome(job[0], True, n_profiles=1), [("quimbi_pipeline.pipeline", logging.INFO, f"done {job[0]}")]
+
+
+def test_a_worker_that_dies_fails_its_store_with_a_reason_and_the_run_goes_on():
+    jobs = [(store,) for store in ("store_a", "store_b", "store_c", "store_d", "store_e")]
+    outcomes = run_in_pool(iter(jobs), "sqlite:///unused.sqlite", 2, lambda store, message: StoreOutcome(store, False, error=message),
+                           work=dies_on_store_b)
+    by_store = {o.store_id: o for o in outcomes}
+    assert sorted(by_store) == ["store_a", "store_b", "store_c", "store_d", "store_e"]
+    assert by_store["store_b"].ok is False and by_store["store_b"].error == WORKER_DIED
+    # Stores running beside store_b in the pool it broke fail with it; those after it run in a new pool.
+    assert by_store["store_e"].ok and by_store["store_e"].n_profiles == 1
+    assert len(outcomes) == 5
+
+

@@ -1,0 +1,80 @@
+"""The one package that reads and writes warehouse tables (SQLAlchemy 2 Core), a module per table family.
+
+QUIMBI_WAREHOUSE_URL chooses the database: SQLite by default (a file under the project's data
+folder), PostgreSQL in production (tables in schema `platform`, JSON as JSONB, bulk loads by COPY).
+A partition's write for one store is one transaction: staged rows are merged, so a re-run replaces
+exactly that partition's rows and a failure leaves the previous rows intact.
+
+- connection.py: URLs, engine, schema creation and in-place upgrade, date partitions, bulk loads, reads;
+- profile_tables.py: customer_profiles, and the write of a store's partition (one transaction over the families);
+- snapshot_tables.py: customer_profile_snapshots, snapshot_blocks, snapshot_writes, the history view;
+- drift_tables.py: customer_drift, customer_axis_drift, customer_drift_anomalies, population_drift, drift_inputs;
+- outlier_tables.py: customer_outlier_flags;
+- model_tables.py: segment_models, segment_transitions.
+
+Retention of every table is prune.py's.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from quimbi_pipeline.warehouse.connection import (
+    DATE_PARTITIONED,
+    PG_SCHEMA,
+    Connection,
+    data_dir,
+    default_warehouse_url,
+    masked_url,
+    metadata,
+    prefetched,
+    resolve_warehouse_url,
+)
+from quimbi_pipeline.warehouse.drift_tables import (
+    DRIFT_TABLES,
+    DriftStore,
+    customer_axis_drift,
+    customer_drift,
+    customer_drift_anomalies,
+    drift_inputs,
+    population_drift,
+)
+from quimbi_pipeline.warehouse.model_tables import (
+    ModelStore,
+    segment_models,
+    segment_transitions,
+)
+from quimbi_pipeline.warehouse.outlier_tables import (
+    OutlierStore,
+    customer_outlier_flags,
+)
+from quimbi_pipeline.warehouse.profile_tables import (
+    JSON_COLUMNS,
+    ProfileStore,
+    customer_profiles,
+    normalize_profiles,
+)
+from quimbi_pipeline.warehouse.snapshot_tables import (
+    HISTORY_VIEW,
+    SNAPSHOT_COPIED_COLUMNS,
+    SNAPSHOT_PARTITION_PREFIX,
+    SnapshotStore,
+    customer_profile_snapshots,
+    snapshot_blocks,
+    snapshot_writes,
+)
+
+
+class Warehouse(ProfileStore, SnapshotStore, DriftStore, OutlierStore, ModelStore, Connection):
+    """One warehouse: every table family's writes and reads over one connection layer."""
+
+    def _finish_schema(self, conn: sa.Connection) -> None:
+        self._finish_snapshot_schema(conn)
+
+
+__all__ = [
+    "DATE_PARTITIONED", "DRIFT_TABLES", "HISTORY_VIEW", "JSON_COLUMNS", "PG_SCHEMA", "SNAPSHOT_COPIED_COLUMNS", "SNAPSHOT_PARTITION_PREFIX",
+    "Warehouse", "customer_axis_drift", "customer_drift", "customer_drift_anomalies", "customer_outlier_flags", "customer_profile_snapshots",
+    "customer_profiles", "data_dir", "default_warehouse_url", "drift_inputs", "masked_url", "metadata", "normalize_profiles",
+    "population_drift", "prefetched", "resolve_warehouse_url", "segment_models", "segment_transitions", "snapshot_blocks", "snapshot_writes",
+]

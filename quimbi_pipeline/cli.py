@@ -109,6 +109,42 @@ def prune_warehouse(warehouse: str | None, dry_run: bool, out=None) -> int:
     return 0
 
 
+def serve(warehouse: str | None, host: str | None, port: int, out=None) -> int:
+    """`quimbi serve`: the read API over an existing warehouse (uvicorn), localhost only without API keys."""
+    import sqlalchemy as sa
+    import uvicorn
+
+    from quimbi_pipeline.api.access import Access, AccessConfigError
+    from quimbi_pipeline.api.app import create_app
+    from quimbi_pipeline.warehouse import masked_url, resolve_warehouse_url
+
+    out = out or sys.stdout
+    url = resolve_warehouse_url(warehouse)
+    database = sa.engine.make_url(url).database if url.startswith("sqlite") else None
+    if database and database != ":memory:" and not os.path.exists(database):
+        raise UserError(f"no warehouse at {masked_url(url)}: run `quimbi demo` or `quimbi run` first, or give --warehouse")
+    try:
+        access = Access.from_env()
+    except AccessConfigError as exc:
+        raise UserError(str(exc)) from exc
+    if access.open:
+        if host not in (None, "127.0.0.1", "localhost"):
+            raise UserError(f"--host {host}: without API keys the server listens on localhost only; set QUIMBI_API_KEYS to a keys file")
+        host, how = "127.0.0.1", "no API keys (QUIMBI_API_KEYS unset): localhost only, every store"
+    else:
+        host, how = host or "0.0.0.0", f"{len(access.keys)} API key(s) from {os.environ['QUIMBI_API_KEYS']}"
+    try:
+        app = create_app(url, access)
+        app.state.warehouse.read_sql("SELECT 1 AS ok")
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise UserError(f"cannot open the warehouse {masked_url(url)}: {reason}") from exc
+    print(f"quimbi serve: http://{host}:{port} (API docs /docs), warehouse {masked_url(url)}, {how}", file=out, flush=True)
+    logging.getLogger("quimbi_pipeline.api").setLevel(logging.INFO)
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")  # requests are logged without their query (keys)
+    return 0
+
+
 def preflight(orders: str | None, warehouse: str | None, stores: list[str] | None) -> tuple[str, str]:
     """Check settings, the warehouse and the orders before any date runs; returns (warehouse URL, orders URI)."""
 
@@ -295,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     prune = sub.add_parser("prune", help="delete what the retention policy (QUIMBI_RETENTION_*_DAYS) expires, in every table")
     prune.add_argument("--warehouse", help="SQLAlchemy URL (default: QUIMBI_WAREHOUSE_URL, else the project's SQLite file)")
     prune.add_argument("--dry-run", action="store_true", help="count the expired rows per table, delete nothing")
+    serve_cmd = sub.add_parser("serve", help="the read API over the warehouse (FastAPI; docs at /docs)")
+    serve_cmd.add_argument("--warehouse", help="SQLAlchemy URL (default: QUIMBI_WAREHOUSE_URL, else the project's SQLite file)")
+    serve_cmd.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 with QUIMBI_API_KEYS)")
+    serve_cmd.add_argument("--port", type=int, default=8000)
     demo = sub.add_parser("demo", help=f"the last {DEMO_DAYS} days of the demo orders with snapshots, drift and outliers on, then what was found")
     demo.add_argument("--days", type=int, default=DEMO_DAYS)
     demo.add_argument("--warehouse", help="SQLAlchemy URL (default: the project's SQLite file)")
@@ -323,6 +363,8 @@ def _command(args) -> int:
         print_summary(summary, url)
         return 1 if summary.dates_failed else 0
 
+    if args.command == "serve":
+        return serve(args.warehouse, args.host, args.port)
     if args.command == "prune":
         return prune_warehouse(args.warehouse, args.dry_run)
 

@@ -1,0 +1,138 @@
+"""The read API (FastAPI): profiles, drift, history and a store's population drift, per store, read-only.
+
+`create_app(url)` builds the application over one warehouse; `quimbi serve` runs it with uvicorn. Paths
+are scoped by store (`/stores/{store}/customers/{id}...`); the plan's unscoped paths (`/customers/{id}...`)
+answer when the warehouse holds exactly one store. Errors are JSON `{"detail": ...}`: 401 without a valid
+key, 403 for a store the key does not grant (checked before the store is looked up, so a key learns
+nothing of other stores), 404 for an unknown store or customer or no drift, 422 for a bad window, days,
+date or snapshot type. The log has one line per request: method, path without its query, status, time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from datetime import date
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
+
+from quimbi_pipeline.api import reads
+from quimbi_pipeline.api.access import Access
+from quimbi_pipeline.api.models import Drift, Health, History, Population, Profile
+from quimbi_pipeline.warehouse import Warehouse
+
+log = logging.getLogger("quimbi_pipeline.api")
+Window = Annotated[str, Query(pattern="^(7d|28d|90d|180d|365d)$", description="7d, 28d, 90d, 180d or 365d")]
+Days = Annotated[int, Query(ge=1, le=3650, description="days back from the customer's newest snapshot")]
+SnapshotType = Annotated[str | None, Query(pattern="^(daily|weekly|monthly|quarterly|yearly|profile_change)$")]
+StoreId = Annotated[str, Path(min_length=1, max_length=200)]
+CustomerId = Annotated[str, Path(min_length=1, max_length=200)]
+
+
+def request_key(request: Request) -> str | None:
+    """The request's API key: X-API-Key, Authorization: Bearer, or ?api_key= (pages opened in a browser)."""
+    key = request.headers.get("x-api-key")
+    if not key:
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+    return key or request.query_params.get("api_key")
+
+
+def create_app(warehouse_url: str | None = None, access: Access | None = None) -> FastAPI:
+    warehouse = Warehouse(warehouse_url, create=False)
+    access = access or Access.from_env()
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        warehouse.dispose()
+
+    app = FastAPI(title="quimbi_pipeline read API", version="1", description=__doc__.split("\n\n")[1], lifespan=lifespan)
+    app.state.warehouse = warehouse
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        log.info("%s %s %d %.1f ms", request.method, request.url.path, response.status_code, (time.perf_counter() - started) * 1e3)
+        return response
+
+    def allowed(request: Request, store: StoreId) -> str:
+        key = request_key(request)
+        if access.stores_of(key) is None:
+            raise HTTPException(401, "a valid API key is required (X-API-Key, Authorization: Bearer, or ?api_key=)")
+        if not access.grants(key, store):
+            raise HTTPException(403, f"this API key does not grant store {store!r}")
+        if not reads.store_exists(warehouse, store):
+            raise HTTPException(404, f"unknown store {store!r}")
+        return store
+
+    def only_store(request: Request) -> str:
+        stores = reads.stores(warehouse)
+        if len(stores) != 1:
+            raise HTTPException(404, f"the warehouse holds {len(stores)} stores: use /stores/{{store}}/customers/{{id}}")
+        return allowed(request, stores[0])
+
+    def profile(store: str, customer: str) -> dict:
+        found = reads.profile(warehouse, store, customer)
+        if found is None:
+            raise HTTPException(404, f"unknown customer {customer!r} in store {store!r}")
+        return found
+
+    def drift(store: str, customer: str, window: str, as_of: date | None) -> dict:
+        if not reads.drift_is_on(store):
+            raise HTTPException(404, f"drift analysis is off for store {store!r} (ENABLE_DRIFT_ANALYSIS)")
+        found = reads.drift(warehouse, store, customer, window, as_of)
+        if found is None:
+            profile(store, customer)  # an unknown customer says so
+            raise HTTPException(404, "Insufficient data for drift analysis")
+        return found
+
+    def history(store: str, customer: str, days: int, snapshot_type: str | None) -> dict:
+        snapshots = reads.history(warehouse, store, customer, days, snapshot_type)
+        if not snapshots:
+            profile(store, customer)
+            if not reads.snapshots_are_on(store):
+                raise HTTPException(404, f"snapshots are off for store {store!r} (ENABLE_TEMPORAL_SNAPSHOTS)")
+        return {"customer_id": customer, "snapshots": snapshots}
+
+    @app.get("/health", response_model=Health, summary="Liveness (no key needed)")
+    def health() -> dict:
+        return {"status": "ok", "stores": len(reads.stores(warehouse))}
+
+    @app.get("/stores/{store}/customers/{customer}", response_model=Profile, summary="A customer's newest profile")
+    def store_profile(customer: CustomerId, store: str = Depends(allowed)) -> dict:
+        return profile(store, customer)
+
+    @app.get("/stores/{store}/customers/{customer}/drift", response_model=Drift, summary="A customer's drift over a window")
+    def store_drift(customer: CustomerId, window: Window = "28d", as_of: date | None = None, store: str = Depends(allowed)) -> dict:
+        return drift(store, customer, window, as_of)
+
+    @app.get("/stores/{store}/customers/{customer}/history", response_model=History, summary="A customer's snapshots")
+    def store_history(customer: CustomerId, days: Days = 28, snapshot_type: SnapshotType = None, store: str = Depends(allowed)) -> dict:
+        return history(store, customer, days, snapshot_type)
+
+    @app.get("/stores/{store}/population", response_model=Population, summary="Segment shares and population drift over time")
+    def store_population(days: Days = 90, store: str = Depends(allowed)) -> dict:
+        return {"store_id": store, "series": reads.population(warehouse, store, days)}
+
+    @app.get("/customers/{customer}", response_model=Profile, summary="Profile (a warehouse of one store)")
+    def one_store_profile(customer: CustomerId, store: str = Depends(only_store)) -> dict:
+        return profile(store, customer)
+
+    @app.get("/customers/{customer}/drift", response_model=Drift, summary="Drift (a warehouse of one store)")
+    def one_store_drift(customer: CustomerId, window: Window = "28d", as_of: date | None = None, store: str = Depends(only_store)) -> dict:
+        return drift(store, customer, window, as_of)
+
+    @app.get("/customers/{customer}/history", response_model=History, summary="History (a warehouse of one store)")
+    def one_store_history(customer: CustomerId, days: Days = 28, snapshot_type: SnapshotType = None, store: str = Depends(only_store)) -> dict:
+        return history(store, customer, days, snapshot_type)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return JSONResponse({"detail": "internal error (logged on the server)"}, status_code=500)
+
+    return app

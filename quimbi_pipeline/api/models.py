@@ -1,0 +1,118 @@
+"""The read API's response models (they are the OpenAPI schema at /docs)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Archetype(BaseModel):
+    id: str
+    name: str
+    level: int = Field(description="1 (worst on every axis) .. 5 (best)")
+
+
+class Profile(BaseModel):
+    store_id: str
+    customer_id: str
+    profile_date: str
+    model_version: str
+    archetype: Archetype
+    dominant_segments: dict[str, str]
+    fuzzy_memberships: dict[str, dict[str, float]] = Field(description="{axis: {segment: membership}}, each axis sums to 1")
+    behavioral_features: dict[str, dict[str, float | None]]
+    churn_risk_score: float = Field(description="P(no purchase in the next churn horizon, 90 days by default)")
+    churn_risk_level: str
+    predicted_ltv: float = Field(description="expected spend over the next 365 days")
+    expected_purchases: float | None
+    total_orders: int
+    lifetime_value: float
+    days_since_first_order: int
+    tenure_months: float
+
+
+class Transition(BaseModel):
+    model_config = {"populate_by_name": True}
+    from_: str = Field(alias="from")
+    to: str
+    date: str
+
+
+class AxisDrift(BaseModel):
+    drift_score: float = Field(description="||m_last - m_first|| / sqrt(2), 0..1")
+    direction: str = Field(description="improving, degrading or stable (a direction needs evidence in the customer's own orders)")
+    velocity: float
+    transitions: list[Transition]
+
+
+class JourneyStep(BaseModel):
+    archetype: str
+    date: str
+
+
+class Anomaly(BaseModel):
+    anomaly_type: str
+    axis: str
+    date: str
+    severity: float
+    description: str
+
+
+class Recommendation(BaseModel):
+    code: str
+    text: str
+    evidence: dict | None = None
+
+
+class Drift(BaseModel):
+    customer_id: str
+    analysis_window: str
+    as_of_date: str
+    computed_on_demand: bool = Field(description="true: a past date computed from the snapshots; false: the stored current state")
+    overall_drift: float
+    drift_velocity: float
+    predicted_30d_drift: float
+    churn_risk_trend: float = Field(description="last - first churn_risk_score in the window")
+    start_date: str
+    end_date: str
+    n_snapshots: int
+    axis_drift: dict[str, AxisDrift]
+    archetype_journey: list[JourneyStep]
+    anomalies: list[Anomaly]
+    recommendations: list[Recommendation]
+
+
+class Snapshot(BaseModel):
+    snapshot_date: str
+    snapshot_type: str
+    archetype: Archetype
+    dominant_segments: dict[str, str]
+    fuzzy_memberships: dict[str, dict[str, float]]
+    churn_risk_score: float
+    churn_risk_level: str
+    predicted_ltv: float
+    model_version: str
+
+
+class History(BaseModel):
+    customer_id: str
+    snapshots: list[Snapshot]
+
+
+class PopulationPoint(BaseModel):
+    as_of_date: str
+    axis: str
+    reference_date: str
+    segment_share_shift: float
+    feature_psi: float | None
+    segment_shares: dict[str, dict[str, float]] = Field(description="{segment: {reference, current}} dominant-segment shares")
+    n_current: int
+
+
+class Population(BaseModel):
+    store_id: str
+    series: list[PopulationPoint]
+
+
+class Health(BaseModel):
+    status: str
+    stores: int

@@ -1,0 +1,147 @@
+"""What the read API serves, read from the warehouse as the pipeline wrote it (no model fitting here).
+
+Every query is a bound-parameter statement over fixed table names: no SQL text is built from request
+values. Functions return plain dicts shaped like the API's response models, or None when there is
+nothing for the customer (the caller answers 404).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import pandas as pd
+import sqlalchemy as sa
+
+from quimbi_pipeline.drift import DriftTables
+from quimbi_pipeline.pipeline import drift_on_demand
+from quimbi_pipeline.settings import StoreSettings
+from quimbi_pipeline.snapshots import RETAINED_TYPES
+from quimbi_pipeline.warehouse import Warehouse
+
+WINDOWS = {"7d": 7, "28d": 28, "90d": 90, "180d": 180, "365d": 365}
+SNAPSHOT_TYPES = RETAINED_TYPES
+
+
+def _json(value):
+    """A JSON column as Python (SQLite gives text, PostgreSQL parsed JSONB; on-demand drift gives text)."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _day(value) -> str | None:
+    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(pd.Timestamp(value).date())
+
+
+def _rows(wh: Warehouse, sql: str, params: dict) -> list[dict]:
+    with wh.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
+
+
+def stores(wh: Warehouse) -> list[str]:
+    return [r["store_id"] for r in _rows(wh, f"SELECT DISTINCT store_id FROM {wh.qualified('customer_profiles')} ORDER BY store_id", {})]
+
+
+def store_exists(wh: Warehouse, store: str) -> bool:
+    return bool(_rows(wh, f"SELECT 1 AS x FROM {wh.qualified('customer_profiles')} WHERE store_id = :s LIMIT 1", {"s": store}))
+
+
+def profile(wh: Warehouse, store: str, customer: str) -> dict | None:
+    rows = _rows(wh, f"SELECT * FROM {wh.qualified('customer_profiles')} WHERE store_id = :s AND customer_id = :c", {"s": store, "c": customer})
+    if not rows:
+        return None
+    r = rows[0]
+    return {
+        "store_id": r["store_id"], "customer_id": r["customer_id"], "profile_date": _day(r["profile_date"]), "model_version": r["model_version"],
+        "archetype": {"id": r["archetype_id"], "name": r["archetype_name"], "level": int(r["archetype_level"])},
+        "dominant_segments": _json(r["dominant_segments"]), "fuzzy_memberships": _json(r["fuzzy_memberships"]),
+        "behavioral_features": _json(r["behavioral_features"]),
+        "churn_risk_score": float(r["churn_risk_score"]), "churn_risk_level": r["churn_risk_level"],
+        "predicted_ltv": float(r["predicted_ltv"]),
+        "expected_purchases": None if r["expected_purchases"] is None else float(r["expected_purchases"]),
+        "total_orders": int(r["total_orders"]), "lifetime_value": float(r["lifetime_value"]),
+        "days_since_first_order": int(r["days_since_first_order"]), "tenure_months": float(r["tenure_months"]),
+    }
+
+
+def drift_is_on(store: str) -> bool:
+    """Whether the store's settings (the server's environment and flags file, as the pipeline reads them) have drift on."""
+    return StoreSettings().for_store(store).drift_active
+
+
+def snapshots_are_on(store: str) -> bool:
+    return StoreSettings().for_store(store).enable_temporal_snapshots
+
+
+def _drift_response(window: str, customer: dict, axes: list[dict], anomalies: list[dict], as_of: str, computed: bool) -> dict:
+    return {
+        "customer_id": customer["customer_id"], "analysis_window": window, "as_of_date": as_of, "computed_on_demand": computed,
+        "overall_drift": float(customer["overall_drift"]), "drift_velocity": float(customer["drift_velocity"]),
+        "predicted_30d_drift": float(customer["predicted_30d_drift"]), "churn_risk_trend": float(customer["churn_risk_trend"]),
+        "start_date": _day(customer["start_date"]), "end_date": _day(customer["end_date"]), "n_snapshots": int(customer["n_snapshots"]),
+        "axis_drift": {a["axis"]: {"drift_score": float(a["drift_score"]), "direction": a["direction"], "velocity": float(a["velocity"]),
+                                   "transitions": _json(a["transitions"])} for a in axes},
+        "archetype_journey": _json(customer["archetype_journey"]),
+        "anomalies": [{"anomaly_type": a["anomaly_type"], "axis": a["axis"], "date": _day(a["anomaly_date"]), "severity": float(a["severity"]),
+                       "description": a["description"]} for a in anomalies],
+        "recommendations": _json(customer["recommendations"]),
+    }
+
+
+def drift(wh: Warehouse, store: str, customer: str, window: str, as_of: date | None = None) -> dict | None:
+    """The customer's drift over the window: the stored current state (newest as_of), or for an older as_of
+    computed on demand from the snapshots (pipeline.drift_on_demand). Anomalies: those reported in the
+    window up to that date. None when there is no drift for the customer (fewer than 2 snapshots)."""
+    days = WINDOWS[window]
+    params = {"s": store, "c": customer, "w": days}
+    current = _rows(wh, f"SELECT * FROM {wh.qualified('customer_drift')} WHERE store_id = :s AND customer_id = :c AND window_days = :w "
+                        "ORDER BY as_of_date DESC LIMIT 1", params)
+    if current and (as_of is None or pd.Timestamp(current[0]["as_of_date"]).date() == as_of):
+        row, computed = current[0], False
+        params["d"] = pd.Timestamp(row["as_of_date"]).date()
+        axes = _rows(wh, f"SELECT * FROM {wh.qualified('customer_axis_drift')} WHERE store_id = :s AND customer_id = :c AND window_days = :w "
+                         "AND as_of_date = :d ORDER BY axis", params)
+    elif as_of is not None:
+        tables: DriftTables | None = drift_on_demand(wh, store, as_of, StoreSettings(), customer_id=customer)
+        if tables is None:
+            return None
+        found = tables.customers[tables.customers["window_days"] == days]
+        if found.empty:
+            return None
+        row, computed = found.iloc[0].to_dict(), True
+        axes = tables.axes[tables.axes["window_days"] == days].sort_values("axis").to_dict(orient="records")
+        params["d"] = as_of
+    else:
+        return None
+    day = pd.Timestamp(params["d"])
+    anomalies = _rows(wh, f"SELECT * FROM {wh.qualified('customer_drift_anomalies')} WHERE store_id = :s AND customer_id = :c "
+                          "AND as_of_date > :start AND as_of_date <= :d ORDER BY as_of_date, anomaly_type, axis",
+                      {"s": store, "c": customer, "d": day.date(), "start": (day - pd.Timedelta(days=days)).date()})
+    return _drift_response(window, row, axes, anomalies, str(day.date()), computed)
+
+
+def history(wh: Warehouse, store: str, customer: str, days: int, snapshot_type: str | None) -> list[dict]:
+    """The customer's snapshots over the `days` days up to their newest, oldest first (one per date without a type)."""
+    frame = wh.customer_history(store, customer, days, snapshot_type=snapshot_type)
+    out = []
+    for r in frame.to_dict(orient="records"):
+        out.append({
+            "snapshot_date": _day(r["snapshot_date"]), "snapshot_type": r["snapshot_type"],
+            "archetype": {"id": r["archetype_id"], "name": r["archetype_name"], "level": int(r["archetype_level"])},
+            "dominant_segments": _json(r["dominant_segments"]), "fuzzy_memberships": _json(r["fuzzy_memberships"]),
+            "churn_risk_score": float(r["churn_risk_score"]), "churn_risk_level": r["churn_risk_level"],
+            "predicted_ltv": float(r["predicted_ltv"]), "model_version": r["model_version"],
+        })
+    return out
+
+
+def population(wh: Warehouse, store: str, days: int) -> list[dict]:
+    """The store's population drift and segment shares per axis over the `days` days up to its newest date."""
+    table = wh.qualified("population_drift")
+    newest = _rows(wh, f"SELECT max(as_of_date) AS d FROM {table} WHERE store_id = :s", {"s": store})[0]["d"]
+    if newest is None:
+        return []
+    start = (pd.Timestamp(newest) - pd.Timedelta(days=days)).date()
+    rows = _rows(wh, f"SELECT * FROM {table} WHERE store_id = :s AND as_of_date > :start ORDER BY as_of_date, axis", {"s": store, "start": start})
+    return [{"as_of_date": _day(r["as_of_date"]), "axis": r["axis"], "reference_date": _day(r["reference_date"]),
+             "segment_share_shift": float(r["segment_share_shift"]), "feature_psi": None if r["feature_psi"] is None else float(r["feature_psi"]),
+             "segment_shares": _json(r["segment_shares"]), "n_current": int(r["n_current"])} for r in rows]

@@ -1,0 +1,256 @@
+"""The read API (`quimbi serve`) on SQLite and PostgreSQL: response shapes and values as the pipeline wrote
+them, errors as JSON with a clear detail, per-store keys on every endpoint, the features-off answers, and a
+real uvicorn server started by the CLI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from quimbi_pipeline.api.access import Access, load_keys
+from quimbi_pipeline.api.app import create_app
+from quimbi_pipeline.cli import main as quimbi
+from quimbi_pipeline.demo import generate_demo
+from quimbi_pipeline.orders import validate_orders
+from quimbi_pipeline.pipeline import (
+    drift_on_demand,
+    run_drift_partition,
+    run_profiles_partition,
+)
+from quimbi_pipeline.settings import StoreSettings
+from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline_tests.conftest import _reset_pg
+
+DAYS = [f"2026-10-{d}" for d in range(20, 32)]
+FLAGS = {"ENABLE_DRIFT_ANALYSIS": "1", "ENABLE_OUTLIER_DETECTION": "1"}
+NEWCOMER = "c-newcomer"
+KEY_A, KEY_B = "key-for-store-a-0123456789", "key-for-store-b-0123456789"
+ENDPOINTS = ["/stores/{store}/customers/{customer}", "/stores/{store}/customers/{customer}/drift?window=28d",
+             "/stores/{store}/customers/{customer}/history?days=28", "/stores/{store}/population?days=30"]
+
+
+@pytest.fixture(autouse=True)
+def drift_flags(monkeypatch):
+    for name, value in FLAGS.items():
+        monkeypatch.setenv(name, value)
+
+
+def build(url: str, n_stores: int = 2, days=DAYS) -> None:
+    old = {k: os.environ.get(k) for k in FLAGS}
+    os.environ.update(FLAGS)
+    try:
+        settings = StoreSettings()
+        demo = generate_demo(n_customers=200 * n_stores, n_stores=n_stores, seed=31, change_share=0.3).orders
+        # A newcomer whose one order is on the last day: one snapshot, so no drift.
+        newcomer = demo.iloc[[0]].assign(order_id="o-newcomer", customer_id=NEWCOMER, store_id="store_a",
+                                         order_ts=pd.Timestamp(days[-1]) + pd.Timedelta(hours=12))
+        orders = validate_orders(pd.concat([demo, newcomer], ignore_index=True))
+        wh = Warehouse(url)
+        for day in days:
+            assert not run_profiles_partition(orders, day, wh, settings).failed
+            assert all(o.ok for o in run_drift_partition(wh, day, settings))
+        wh.dispose()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="module")
+def sqlite_served(tmp_path_factory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('api') / 'warehouse.sqlite'}"
+    build(url)
+    return url
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def served(request) -> str:
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_served")
+    url = request.getfixturevalue("postgres_url")
+    _reset_pg(url)
+    build(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def keys_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keys") / "keys.yaml"
+    path.write_text(f"{KEY_A}: [store_a]\n{KEY_B}: [store_b]\n")
+    return path
+
+
+def client(url: str, access: Access | None = None) -> TestClient:
+    return TestClient(create_app(url, access or Access(None)))
+
+
+def a_customer_with_drift(url: str, store: str = "store_a") -> str:
+    wh = Warehouse(url, create=False)
+    frame = wh.read_sql(f"SELECT customer_id FROM {wh.qualified('customer_drift')} WHERE store_id = :s AND window_days = 28 "
+                        "ORDER BY overall_drift DESC, customer_id LIMIT 1", {"s": store})
+    wh.dispose()
+    return frame["customer_id"].iloc[0]
+
+
+def test_profile_drift_history_and_population_answer_what_the_pipeline_wrote(served):
+    api = client(served)
+    customer = a_customer_with_drift(served)
+    assert api.get("/health").json()["status"] == "ok"
+
+    profile = api.get(f"/stores/store_a/customers/{customer}").json()
+    wh = Warehouse(served, create=False)
+    row = wh.profiles("store_a").set_index("customer_id").loc[customer]
+    assert (profile["customer_id"], profile["archetype"]["name"], profile["churn_risk_level"]) == (customer, row["archetype_name"], row["churn_risk_level"])
+    assert profile["churn_risk_score"] == pytest.approx(row["churn_risk_score"], abs=0)
+    assert set(profile["fuzzy_memberships"]) == set(profile["dominant_segments"]) and len(profile["dominant_segments"]) >= 5
+
+    drift = api.get(f"/stores/store_a/customers/{customer}/drift", params={"window": "28d"}).json()
+    stored = wh.customer_drift("store_a", customer, 28)
+    assert drift["as_of_date"] == DAYS[-1] and drift["computed_on_demand"] is False and drift["analysis_window"] == "28d"
+    assert drift["overall_drift"] == pytest.approx(float(stored["overall_drift"].iloc[0]), abs=0)
+    assert {a: d["drift_score"] for a, d in drift["axis_drift"].items()} == pytest.approx(dict(zip(stored["axis"], stored["drift_score"])), abs=0)
+    assert drift["archetype_journey"] and {"archetype", "date"} <= set(drift["archetype_journey"][0])
+
+    past = DAYS[-4]
+    then = api.get(f"/stores/store_a/customers/{customer}/drift", params={"window": "28d", "as_of": past}).json()
+    computed = drift_on_demand(wh, "store_a", past, StoreSettings(), customer_id=customer).customers
+    assert then["computed_on_demand"] is True and then["as_of_date"] == past
+    assert then["overall_drift"] == pytest.approx(float(computed.loc[computed["window_days"] == 28, "overall_drift"].iloc[0]), abs=0)
+
+    history = api.get(f"/stores/store_a/customers/{customer}/history", params={"days": 5}).json()
+    dates = [s["snapshot_date"] for s in history["snapshots"]]
+    assert history["customer_id"] == customer and dates == sorted(dates) and dates[-1] == DAYS[-1] and len(dates) == len(set(dates)) == 6
+    daily = api.get(f"/stores/store_a/customers/{customer}/history", params={"days": 28, "snapshot_type": "daily"}).json()["snapshots"]
+    assert {s["snapshot_type"] for s in daily} == {"daily"}
+
+    series = api.get("/stores/store_a/population", params={"days": 30}).json()["series"]
+    assert {p["as_of_date"] for p in series} == set(DAYS[1:]) and all(p["segment_shares"] for p in series)
+    wh.dispose()
+
+
+@pytest.mark.parametrize("path, status, detail", [
+    ("/stores/store_a/customers/nobody", 404, "unknown customer 'nobody' in store 'store_a'"),
+    ("/stores/store_x/customers/c0000001", 404, "unknown store 'store_x'"),
+    ("/stores/store_a/customers/nobody/drift", 404, "unknown customer 'nobody' in store 'store_a'"),
+    ("/customers/c0000001", 404, "the warehouse holds 2 stores: use /stores/{store}/customers/{id}"),
+])
+def test_errors_are_json_with_a_clear_detail(served, path, status, detail):
+    response = client(served).get(path)
+    assert (response.status_code, response.json()) == (status, {"detail": detail})
+
+
+@pytest.mark.parametrize("query", ["window=13d", "window=28", "as_of=yesterday", "days=0", "days=99999", "snapshot_type=hourly"])
+def test_a_bad_window_days_date_or_type_is_422(served, query):
+    customer = a_customer_with_drift(served)
+    path = "drift" if query.startswith(("window", "as_of")) else "history"
+    response = client(served).get(f"/stores/store_a/customers/{customer}/{path}?{query}")
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][0] == "query"
+
+
+def test_a_customer_without_two_snapshots_has_insufficient_data(served):
+    api = client(served)
+    assert api.get(f"/stores/store_a/customers/{NEWCOMER}").json()["total_orders"] == 1
+    response = api.get(f"/stores/store_a/customers/{NEWCOMER}/drift")
+    assert (response.status_code, response.json()) == (404, {"detail": "Insufficient data for drift analysis"})
+    assert len(api.get(f"/stores/store_a/customers/{NEWCOMER}/history").json()["snapshots"]) == 1
+
+
+def test_a_key_for_one_store_never_reads_another_on_any_endpoint(served, keys_file, caplog):
+    api = client(served, Access(load_keys(keys_file)))
+    customer_a, customer_b = a_customer_with_drift(served, "store_a"), a_customer_with_drift(served, "store_b")
+    for template in ENDPOINTS:
+        own, other = template.format(store="store_a", customer=customer_a), template.format(store="store_b", customer=customer_b)
+        assert api.get(own).status_code == 401 and api.get(own, headers={"X-API-Key": "not-a-key-0123456789"}).status_code == 401
+        assert api.get(own, headers={"X-API-Key": KEY_A}).status_code == 200
+        assert api.get(own, headers={"Authorization": f"Bearer {KEY_A}"}).status_code == 200
+        assert api.get(own + ("&" if "?" in own else "?") + f"api_key={KEY_A}").status_code == 200
+        refused = api.get(other, headers={"X-API-Key": KEY_A})
+        assert (refused.status_code, refused.json()) == (403, {"detail": "this API key does not grant store 'store_b'"})
+        assert api.get(template.format(store="store_zz", customer="c1"), headers={"X-API-Key": KEY_A}).status_code == 403
+        assert KEY_A not in refused.text
+    assert api.get("/health").status_code == 200  # no key needed
+    assert KEY_A not in caplog.text and "api_key" not in caplog.text
+
+
+def test_with_drift_and_snapshots_off_the_profile_answers_and_the_others_say_off(served, monkeypatch):
+    for name in FLAGS:
+        monkeypatch.delenv(name)
+    api = client(served)
+    customer = a_customer_with_drift(served)
+    assert api.get(f"/stores/store_a/customers/{customer}").status_code == 200
+    drift = api.get(f"/stores/store_a/customers/{customer}/drift")
+    assert (drift.status_code, drift.json()) == (404, {"detail": "drift analysis is off for store 'store_a' (ENABLE_DRIFT_ANALYSIS)"})
+
+
+def test_unscoped_paths_answer_for_a_warehouse_of_one_store(tmp_path):
+    url = f"sqlite:///{tmp_path / 'one.sqlite'}"
+    build(url, n_stores=1, days=DAYS[-3:])
+    api = client(url)
+    customer = a_customer_with_drift(url)
+    assert api.get(f"/customers/{customer}").json()["customer_id"] == customer
+    assert api.get(f"/customers/{customer}/drift?window=7d").json()["analysis_window"] == "7d"
+    assert len(api.get(f"/customers/{customer}/history?days=7").json()["snapshots"]) == 3
+    assert "/stores/{store}/customers/{customer}/drift" in api.get("/openapi.json").json()["paths"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_quimbi_serve_starts_a_real_server_on_localhost_without_keys(sqlite_served, tmp_path, capsys):
+    served = sqlite_served
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "QUIMBI_API_KEYS"}
+    server = subprocess.Popen([sys.executable, "-m", "quimbi_pipeline.cli", "serve", "--warehouse", served, "--port", str(port)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert health.json() == {"status": "ok", "stores": 2}
+        assert httpx.get(f"http://127.0.0.1:{port}/docs", timeout=5).status_code == 200
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port} (API docs /docs)" in out and "localhost only" in out
+    assert "GET /health 200" in err  # the request log: path and status, never a query
+
+    assert quimbi(["serve", "--warehouse", f"sqlite:///{tmp_path / 'missing.sqlite'}"]) == 1
+    assert "no warehouse at" in capsys.readouterr().err
+    assert quimbi(["serve", "--warehouse", served, "--host", "0.0.0.0"]) == 1
+    assert "localhost only" in capsys.readouterr().err
+
+
+def test_bad_keys_files_are_refused_before_the_server_starts(sqlite_served, tmp_path, monkeypatch, capsys):
+    served = sqlite_served
+    for text, message in [("key: [store_a]\n", "at least 16 characters"), (f"{KEY_A}: store_a\n", "non-empty list"),
+                          ("[unclosed\n", "is not YAML"), ("", "must map each key")]:
+        path = tmp_path / "keys.yaml"
+        path.write_text(text)
+        monkeypatch.setenv("QUIMBI_API_KEYS", str(path))
+        assert quimbi(["serve", "--warehouse", served]) == 1
+        assert message in capsys.readouterr().err
+    monkeypatch.setenv("QUIMBI_API_KEYS", str(tmp_path / "absent.yaml"))
+    assert quimbi(["serve", "--warehouse", served]) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_the_history_endpoint_reads_one_row_per_date(served):
+    customer = a_customer_with_drift(served)
+    wh = Warehouse(served, create=False)
+    rows = wh.customer_history("store_a", customer, 28)
+    wh.dispose()
+    snapshots = client(served).get(f"/stores/store_a/customers/{customer}/history?days=28").json()["snapshots"]
+    assert [s["snapshot_date"] for s in snapshots] == [str(pd.Timestamp(d).date()) for d in rows["snapshot_date"]]

@@ -10,7 +10,7 @@ DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 # they are not for operators.
 DAGSTER_DEV := import sys, warnings, dagster; [warnings.filterwarnings("ignore", category=c) for c in (dagster.SupersessionWarning, dagster.BetaWarning)]; from dagster._cli import main; sys.argv[0] = "dagster"; sys.exit(main())
 
-.PHONY: demo test test-all install install-dev dev clean bench
+.PHONY: demo test test-all install install-dev dev serve clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ dev: install $(DAGSTER_HOME)/dagster.yaml
 	cd $(DAGSTER_HOME) && DAGSTER_HOME=$(DAGSTER_HOME) \
 	  QUIMBI_FLAGS_FILE=$${QUIMBI_FLAGS_FILE:-$$(test -f $(CURDIR)/data/demo_flags.yaml && echo $(CURDIR)/data/demo_flags.yaml)} \
 	  $(CURDIR)/$(BIN)/python -c '$(DAGSTER_DEV)' dev -w $(CURDIR)/workspace.yaml -p $(PORT)
+
+# The read API and pages on http://localhost:$(API_PORT) over the demo's warehouse, with the demo's flags.
+API_PORT ?= 8000
+serve: install
+	QUIMBI_FLAGS_FILE=$${QUIMBI_FLAGS_FILE:-$$(test -f $(CURDIR)/data/demo_flags.yaml && echo $(CURDIR)/data/demo_flags.yaml)} \
+	  $(BIN)/quimbi serve --port $(API_PORT)
 
 bench: install
 	$(BIN)/python benchmarks/run.py --customers 100000

@@ -214,6 +214,7 @@ IMPLIED_BY_DRIFT = ("enable_temporal_snapshots", "enable_stable_segments", "enab
 OTHER_ENVIRONMENT = (
     "QUIMBI_ORDERS", "QUIMBI_WAREHOUSE_URL", "QUIMBI_DATA_DIR", "QUIMBI_FLAGS_FILE", "QUIMBI_PARTITIONS_START",
     "QUIMBI_STORE_BATCH_SIZE", "QUIMBI_CONCURRENT_RUNS", "QUIMBI_TEST_POSTGRES_URL", "QUIMBI_REQUIRE_POSTGRES",
+    "QUIMBI_REQUIRE_BROWSER", "QUIMBI_CHROMIUM", "QUIMBI_API_KEYS",
     *(f"QUIMBI_RETENTION_{t.upper()}_DAYS" for t in ("daily", "weekly", "monthly", "quarterly", "yearly", "profile_change", "drift", "anomalies", "population", "outliers", "models")),
 )
 NOT_FROM_ENVIRONMENT = ("churn_bands", "rollout_percent")

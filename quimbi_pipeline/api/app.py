@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from quimbi_pipeline.api import reads
 from quimbi_pipeline.api.access import Access
 from quimbi_pipeline.api.models import Drift, Health, History, Population, Profile
+from quimbi_pipeline.api.pages import add_pages
 from quimbi_pipeline.warehouse import Warehouse
 
 log = logging.getLogger("quimbi_pipeline.api")
@@ -97,6 +98,8 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None) -
             if not reads.snapshots_are_on(store):
                 raise HTTPException(404, f"snapshots are off for store {store!r} (ENABLE_TEMPORAL_SNAPSHOTS)")
         return {"customer_id": customer, "snapshots": snapshots}
+
+    add_pages(app, warehouse, allowed)
 
     @app.get("/health", response_model=Health, summary="Liveness (no key needed)")
     def health() -> dict:

@@ -145,3 +145,29 @@ def population(wh: Warehouse, store: str, days: int) -> list[dict]:
     return [{"as_of_date": _day(r["as_of_date"]), "axis": r["axis"], "reference_date": _day(r["reference_date"]),
              "segment_share_shift": float(r["segment_share_shift"]), "feature_psi": None if r["feature_psi"] is None else float(r["feature_psi"]),
              "segment_shares": _json(r["segment_shares"]), "n_current": int(r["n_current"])} for r in rows]
+
+
+def outlier_rates(wh: Warehouse, store: str) -> list[dict]:
+    """Share of the store's flagged customers per date and method (customer_outlier_flags, as retained)."""
+    rows = _rows(wh, f"SELECT flag_date, method, count(*) AS n, sum(CASE WHEN is_outlier THEN 1 ELSE 0 END) AS flagged "
+                     f"FROM {wh.qualified('customer_outlier_flags')} WHERE store_id = :s GROUP BY flag_date, method ORDER BY flag_date, method",
+                 {"s": store})
+    return [{"date": _day(r["flag_date"]), "method": r["method"], "rate": float(r["flagged"]) / max(int(r["n"]), 1)} for r in rows]
+
+
+def newest_drift_date(wh: Warehouse, store: str) -> str | None:
+    return _day(_rows(wh, f"SELECT max(as_of_date) AS d FROM {wh.qualified('customer_drift')} WHERE store_id = :s", {"s": store})[0]["d"])
+
+
+def anomalies_of(wh: Warehouse, store: str, day: str) -> list[dict]:
+    rows = _rows(wh, f"SELECT customer_id, anomaly_type, axis, severity, description FROM {wh.qualified('customer_drift_anomalies')} "
+                     "WHERE store_id = :s AND as_of_date = :d ORDER BY severity DESC, customer_id LIMIT 100",
+                 {"s": store, "d": pd.Timestamp(day).date()})
+    return [{**r, "severity": float(r["severity"])} for r in rows]
+
+
+def most_drifted(wh: Warehouse, store: str, window: str = "28d", limit: int = 20) -> list[dict]:
+    rows = _rows(wh, f"SELECT customer_id, as_of_date, overall_drift, churn_risk_trend FROM {wh.qualified('customer_drift')} "
+                     "WHERE store_id = :s AND window_days = :w ORDER BY as_of_date DESC, overall_drift DESC, customer_id LIMIT :n",
+                 {"s": store, "w": WINDOWS[window], "n": limit})
+    return [{"customer_id": r["customer_id"], "overall_drift": float(r["overall_drift"]), "churn_risk_trend": float(r["churn_risk_trend"])} for r in rows]

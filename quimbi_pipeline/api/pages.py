@@ -1,0 +1,81 @@
+"""The pages: a customer page and a store page (HTML, Jinja2 with autoescape), charts rendered in the page by
+the vendored vega-embed (/ui/static), so nothing is fetched from the network at view time.
+
+Pages take the same store access as the API (a key may come as ?api_key= and is then carried by the
+page's links). Every score shown comes with a plain-language explanation of what it measures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlencode
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from quimbi_pipeline.api import charts, reads
+from quimbi_pipeline.warehouse import Warehouse
+
+HERE = Path(__file__).resolve().parent
+HISTORY_DAYS = 365
+EXPLAIN = {
+    "churn_risk_score": "The probability that this customer makes no purchase in the next 90 days (the churn horizon), from a "
+                        "modified BG/NBD model of the store's customers: their purchase rate and how long they have been silent.",
+    "predicted_ltv": "Expected spend over the next 365 days: the expected number of purchases times the expected spend per "
+                     "purchase (Gamma-Gamma model).",
+    "expected_purchases": "Expected purchases over the churn horizon, from the same model as the churn risk.",
+    "drift": "How far the customer's segment memberships moved over the window: 0 = the same memberships at its start and "
+             "end, 1 = moved entirely from one segment to another. A direction (improving, degrading) needs a change detected in "
+             "the customer's own orders on that axis, which the anomalies and recommendations name as their evidence.",
+    "overall_drift": "The mean of the axes' drift scores over the window.",
+    "archetype": "The combination of the customer's dominant segments on every axis; level 1 is the worst rung on every axis, 5 the best.",
+    "population_drift": "Total variation between the store's dominant-segment shares now and on the reference date: 0 = the same "
+                        "mix of customers, 1 = an entirely different one.",
+    "outlier_rate": "The share of the store's customers each method flags as an outlier that day (ENABLE_OUTLIER_DETECTION).",
+}
+
+_templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
+
+
+def _link(request: Request):
+    """A function making page links that carry the request's ?api_key= (when it came that way)."""
+    key = request.query_params.get("api_key")
+
+    def link(path: str) -> str:
+        return path + ("?" + urlencode({"api_key": key}) if key else "")
+    return link
+
+
+def add_pages(app: FastAPI, warehouse: Warehouse, allowed) -> None:
+    app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.get("/ui/stores/{store}/customers/{customer}", response_class=HTMLResponse, summary="Customer page")
+    def customer_page(request: Request, customer: str, store: str = Depends(allowed)) -> HTMLResponse:
+        profile = reads.profile(warehouse, store, customer)
+        if profile is None:
+            raise HTTPException(404, f"unknown customer {customer!r} in store {store!r}")
+        snapshots = reads.history(warehouse, store, customer, HISTORY_DAYS, None)
+        drift = reads.drift(warehouse, store, customer, "28d") if reads.drift_is_on(store) else None
+        specs = {"memberships": charts.memberships(profile["fuzzy_memberships"], profile["dominant_segments"])}
+        if len(snapshots) >= 2:
+            specs |= {"drift": charts.drift_over_time(snapshots), "churn": charts.churn_trend(snapshots), "journey": charts.archetype_journey(snapshots)}
+        html = _templates.get_template("customer.html").render(
+            store=store, profile=profile, drift=drift, snapshots=snapshots, specs=specs, explain=EXPLAIN, link=_link(request))
+        return HTMLResponse(html)
+
+    @app.get("/ui/stores/{store}", response_class=HTMLResponse, summary="Store page")
+    def store_page(request: Request, store: str = Depends(allowed)) -> HTMLResponse:
+        series = reads.population(warehouse, store, HISTORY_DAYS)
+        day = reads.newest_drift_date(warehouse, store)
+        rates = reads.outlier_rates(warehouse, store)
+        specs = {}
+        if series:
+            specs |= {"shares": charts.segment_shares(series), "population": charts.population_drift(series)}
+        if rates:
+            specs["outliers"] = charts.outlier_rate(rates)
+        html = _templates.get_template("store.html").render(
+            store=store, day=day, specs=specs, anomalies=reads.anomalies_of(warehouse, store, day) if day else [],
+            drifted=reads.most_drifted(warehouse, store) if day else [], explain=EXPLAIN, link=_link(request))
+        return HTMLResponse(html)

@@ -1,0 +1,130 @@
+"""The customer and store pages in a real headless browser (Chromium from the Debian packages): the pages load
+from a real `quimbi serve`, every chart renders with its data points, the links work and carry the key.
+
+Chromium: QUIMBI_CHROMIUM, else `chromium` on the PATH. Without it these tests skip with a message, unless
+QUIMBI_REQUIRE_BROWSER=1 (.ci/run sets it and installs Chromium) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline_tests.test_api import FLAGS, KEY_A, KEY_B, build
+
+GUIDES = ("title", "axis", "legend")  # Vega's SVG renderer marks guides as graphics-symbol too
+
+
+def data_points(chart: str) -> int:
+    """Data marks (bars, points, lines, areas) in a rendered chart: its data drawn, guides left out."""
+    return sum(1 for kind in re.findall(r'role="graphics-symbol" aria-roledescription="([^"]+)"', chart) if kind not in GUIDES)
+
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = os.environ.get("QUIMBI_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        message = "page tests need Chromium (apt-get install chromium, or QUIMBI_CHROMIUM=/path)"
+        if os.environ.get("QUIMBI_REQUIRE_BROWSER") == "1":
+            pytest.fail(message + " (QUIMBI_REQUIRE_BROWSER=1)")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real `quimbi serve` with keys over a two-store warehouse; yields its base URL."""
+    folder = tmp_path_factory.mktemp("pages")
+    url = f"sqlite:///{folder / 'warehouse.sqlite'}"
+    build(url)
+    keys = folder / "keys.yaml"
+    keys.write_text(f"{KEY_A}: [store_a]\n{KEY_B}: [store_b]\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, **FLAGS, "QUIMBI_API_KEYS": str(keys)}
+    process = subprocess.Popen([sys.executable, "-m", "quimbi_pipeline.cli", "serve", "--warehouse", url, "--host", "127.0.0.1",
+                                "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(150):
+        try:
+            httpx.get(base + "/health", timeout=1)
+            break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    yield base, url
+    process.terminate()
+    process.communicate(timeout=30)
+
+
+def dom(chromium: str, page_url: str) -> str:
+    """The page's DOM after its scripts ran (charts drawn), as Chromium renders it headless."""
+    result = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000", "--dump-dom", page_url],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def charts(page: str) -> dict[str, str]:
+    """{chart name: its rendered DOM} of the page's chart containers."""
+    starts = [(m.start(), m.group(1)) for m in re.finditer(r'<div[^>]*id="chart-([a-z]+)"', page)]
+    return {name: page[start:(starts[i + 1][0] if i + 1 < len(starts) else len(page))] for i, (start, name) in enumerate(starts)}
+
+
+def drifted_customer(url: str) -> str:
+    wh = Warehouse(url, create=False)
+    frame = wh.read_sql("SELECT customer_id FROM customer_drift WHERE store_id = 'store_a' AND window_days = 28 ORDER BY overall_drift DESC LIMIT 1")
+    wh.dispose()
+    return frame["customer_id"].iloc[0]
+
+
+def test_the_customer_page_draws_every_chart_with_its_data_points(chromium, server):
+    base, url = server
+    customer = drifted_customer(url)
+    page = dom(chromium, f"{base}/ui/stores/store_a/customers/{customer}?api_key={KEY_A}")
+    assert f"Customer {customer}" in page and "The probability that this customer makes no purchase" in page
+    drawn = charts(page)
+    assert set(drawn) == {"memberships", "drift", "churn", "journey"}
+    for name, chart in drawn.items():
+        assert 'data-rendered="true"' in chart and data_points(chart) >= 1, name
+    profile = httpx.get(f"{base}/stores/store_a/customers/{customer}", headers={"X-API-Key": KEY_A}).json()
+    assert data_points(drawn["memberships"]) == sum(len(s) for s in profile["fuzzy_memberships"].values())  # one bar per segment
+    assert data_points(drawn["churn"]) >= 12  # a point per snapshot date (and the line)
+    assert "Anomalies" in page and "Recommendations" in page
+
+
+def test_the_store_page_draws_its_charts_and_its_links_open_customer_pages(chromium, server):
+    base, _ = server
+    page = dom(chromium, f"{base}/ui/stores/store_a?api_key={KEY_A}")
+    drawn = charts(page)
+    assert set(drawn) == {"shares", "population", "outliers"}
+    for name, chart in drawn.items():
+        assert 'data-rendered="true"' in chart and data_points(chart) >= 1, name
+    links = re.findall(r'href="(/ui/stores/store_a/customers/[^"]+)"', page)
+    assert len(links) >= 5 and all(f"api_key={KEY_A}" in link for link in links)  # the key travels with the links
+    for link in links[:2]:
+        customer = re.search(r"/customers/([^?]+)", link).group(1)
+        followed = dom(chromium, base + link.replace("&amp;", "&"))
+        assert f"Customer {customer}" in followed and 'data-rendered="true"' in followed
+    assert '<a href="/ui/stores/store_a?api_key=' in followed  # and back to the store
+
+
+def test_pages_keep_to_the_keys_store_and_need_no_network(chromium, server):
+    base, url = server
+    customer = drifted_customer(url)
+    assert httpx.get(f"{base}/ui/stores/store_b?api_key={KEY_A}").status_code == 403
+    assert httpx.get(f"{base}/ui/stores/store_a").status_code == 401
+    page = httpx.get(f"{base}/ui/stores/store_a/customers/{customer}?api_key={KEY_A}").text
+    scripts = re.findall(r'<script src="([^"]+)"', page)
+    assert scripts and all(src.startswith("/ui/static/") for src in scripts)  # every asset served by the app
+    assert all(httpx.get(base + src).status_code == 200 for src in scripts)

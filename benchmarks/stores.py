@@ -4,15 +4,17 @@
 
 Runs the daily partition of D (profiles with every flag off, as pipeline.run_profiles_partition runs it for
 the daily job) once for N stores x C customers and once for one store of N x C customers, with the same
-demo behavior and order count, into fresh warehouses; prints wall time, the ratio, and the mean seconds
-per store of each stage (features, segments, churn_ltv, assemble, write, verify) for both runs, so the
-fixed cost of a store and where it goes can be read off. Prints figures; asserts nothing.
+demo behavior and order count, into fresh warehouses; prints wall time, the ratio, the mean seconds per
+store of each stage (features, segments, churn_ltv, assemble, write, verify) for both runs, so the fixed
+cost of a store and where it goes can be read off, and the peak memory of the run and of its store workers
+(store_pool.py; `--stores 50` is one schedule batch). Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import sys
 import tempfile
 import time
@@ -30,6 +32,10 @@ from quimbi_pipeline.warehouse import Warehouse  # noqa: E402
 
 DAY = "2026-10-31"
 STAGES = ("features", "segments", "churn_ltv", "assemble", "write", "verify")
+
+
+def peak_gib(who: int) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024**2  # KiB on Linux; RUSAGE_CHILDREN: the largest finished child
 
 
 def run(orders: pd.DataFrame, url: str) -> tuple[float, pd.DataFrame, int]:
@@ -73,6 +79,8 @@ def main() -> int:
             seconds, stages, profiles = results[name]
             print(f"{name:>12}: {seconds:8.1f} s, {profiles:,} profiles, {profiles / seconds:,.0f} profiles/s; "
                   f"mean per store: " + ", ".join(f"{s} {stages[s].mean():.3f}s" for s in STAGES), flush=True)
+            print(f"{'':>12}  peak RSS so far: this process {peak_gib(resource.RUSAGE_SELF):.2f} GiB, "
+                  f"largest store worker {peak_gib(resource.RUSAGE_CHILDREN):.2f} GiB", flush=True)
     many_s, one_s = results[f"{args.stores} stores"][0], results["1 store"][0]
     print(f"ratio: {many_s / one_s:.2f}x; fixed cost per store (many - one) / stores = {(many_s - one_s) / args.stores:.3f} s")
     return 0

@@ -109,7 +109,7 @@ def prune_warehouse(warehouse: str | None, dry_run: bool, out=None) -> int:
     return 0
 
 
-def serve(warehouse: str | None, host: str | None, port: int, out=None) -> int:
+def serve(warehouse: str | None, host: str | None, port: int, workers: int = 1, out=None) -> int:
     """`quimbi serve`: the read API over an existing warehouse (uvicorn), localhost only without API keys."""
     import sqlalchemy as sa
     import uvicorn
@@ -139,9 +139,16 @@ def serve(warehouse: str | None, host: str | None, port: int, out=None) -> int:
     except (sa.exc.SQLAlchemyError, OSError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise UserError(f"cannot open the warehouse {masked_url(url)}: {reason}") from exc
-    print(f"quimbi serve: http://{host}:{port} (API docs /docs), warehouse {masked_url(url)}, {how}", file=out, flush=True)
+    print(f"quimbi serve: http://{host}:{port} (API docs /docs), warehouse {masked_url(url)}, {how}"
+          + (f", {workers} worker processes" if workers > 1 else ""), file=out, flush=True)
     logging.getLogger("quimbi_pipeline.api").setLevel(logging.INFO)
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")  # requests are logged without their query (keys)
+    # Requests are logged by the app without their query (keys may travel in it), not by uvicorn.
+    if workers > 1:
+        app.state.warehouse.dispose()
+        os.environ["QUIMBI_WAREHOUSE_URL"] = url  # the workers build the app from the environment
+        uvicorn.run("quimbi_pipeline.api.app:app_from_env", factory=True, workers=workers, host=host, port=port, access_log=False, log_level="warning")
+    else:
+        uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
     return 0
 
 
@@ -335,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--warehouse", help="SQLAlchemy URL (default: QUIMBI_WAREHOUSE_URL, else the project's SQLite file)")
     serve_cmd.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 with QUIMBI_API_KEYS)")
     serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd.add_argument("--workers", type=int, default=1, help="server processes (default 1; the cores for throughput)")
     demo = sub.add_parser("demo", help=f"the last {DEMO_DAYS} days of the demo orders with snapshots, drift and outliers on, then what was found")
     demo.add_argument("--days", type=int, default=DEMO_DAYS)
     demo.add_argument("--warehouse", help="SQLAlchemy URL (default: the project's SQLite file)")
@@ -364,7 +372,7 @@ def _command(args) -> int:
         return 1 if summary.dates_failed else 0
 
     if args.command == "serve":
-        return serve(args.warehouse, args.host, args.port)
+        return serve(args.warehouse, args.host, args.port, args.workers)
     if args.command == "prune":
         return prune_warehouse(args.warehouse, args.dry_run)
 

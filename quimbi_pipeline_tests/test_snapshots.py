@@ -95,6 +95,9 @@ def test_history_query_and_view(warehouse_url, monkeypatch):
     history = wh.customer_history(customer.store_id, customer.customer_id, days=30)
     assert list(pd.to_datetime(history["snapshot_date"]).dt.strftime("%Y-%m-%d")) == [f"{d:%Y-%m-%d}" for d in pd.date_range("2025-12-29", "2026-01-06")]
     assert set(history["snapshot_type"]) == {"daily"}  # one row per date: the finest cadence
+    view = wh.read_sql(f"SELECT snapshot_date, snapshot_type FROM {wh.qualified('customer_snapshot_history')} WHERE store_id = :s "
+                       "AND customer_id = :c ORDER BY snapshot_date", {"s": customer.store_id, "c": customer.customer_id})
+    pd.testing.assert_frame_equal(view, history[["snapshot_date", "snapshot_type"]])  # the view's rows
     weekly = wh.customer_history(customer.store_id, customer.customer_id, days=30, snapshot_type="weekly")
     assert list(pd.to_datetime(weekly["snapshot_date"]).dt.strftime("%Y-%m-%d")) == ["2025-12-29", "2026-01-05"]
     short = wh.customer_history(customer.store_id, customer.customer_id, days=2, as_of="2026-01-03")

@@ -23,6 +23,7 @@ from quimbi_pipeline.api import reads
 from quimbi_pipeline.api.access import Access
 from quimbi_pipeline.api.models import Drift, Health, History, Population, Profile
 from quimbi_pipeline.api.pages import add_pages
+from quimbi_pipeline.settings import StoreSettings
 from quimbi_pipeline.warehouse import Warehouse
 
 log = logging.getLogger("quimbi_pipeline.api")
@@ -42,9 +43,31 @@ def request_key(request: Request) -> str | None:
     return key or request.query_params.get("api_key")
 
 
+class StoreCache:
+    """The warehouse's stores, read again at most every TTL_SECONDS (a new store shows within that time)."""
+
+    TTL_SECONDS = 30.0
+
+    def __init__(self, warehouse: Warehouse):
+        self.warehouse, self.stores, self.read_at = warehouse, [], -float("inf")
+
+    def all(self) -> list[str]:
+        if time.monotonic() - self.read_at > self.TTL_SECONDS:
+            self.stores, self.read_at = reads.stores(self.warehouse), time.monotonic()
+        return self.stores
+
+    def has(self, store: str) -> bool:
+        if store in self.all():
+            return True
+        self.read_at = -float("inf")  # an unknown store: look again before saying so
+        return store in self.all()
+
+
 def create_app(warehouse_url: str | None = None, access: Access | None = None) -> FastAPI:
     warehouse = Warehouse(warehouse_url, create=False)
     access = access or Access.from_env()
+    settings = StoreSettings()  # read once: the flags the pipeline runs with (environment, flags file)
+    known_stores = StoreCache(warehouse)
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         yield
@@ -66,12 +89,12 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None) -
             raise HTTPException(401, "a valid API key is required (X-API-Key, Authorization: Bearer, or ?api_key=)")
         if not access.grants(key, store):
             raise HTTPException(403, f"this API key does not grant store {store!r}")
-        if not reads.store_exists(warehouse, store):
+        if not known_stores.has(store):
             raise HTTPException(404, f"unknown store {store!r}")
         return store
 
     def only_store(request: Request) -> str:
-        stores = reads.stores(warehouse)
+        stores = known_stores.all()
         if len(stores) != 1:
             raise HTTPException(404, f"the warehouse holds {len(stores)} stores: use /stores/{{store}}/customers/{{id}}")
         return allowed(request, stores[0])
@@ -83,9 +106,9 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None) -
         return found
 
     def drift(store: str, customer: str, window: str, as_of: date | None) -> dict:
-        if not reads.drift_is_on(store):
+        if not reads.drift_is_on(settings, store):
             raise HTTPException(404, f"drift analysis is off for store {store!r} (ENABLE_DRIFT_ANALYSIS)")
-        found = reads.drift(warehouse, store, customer, window, as_of)
+        found = reads.drift(warehouse, settings, store, customer, window, as_of)
         if found is None:
             profile(store, customer)  # an unknown customer says so
             raise HTTPException(404, "Insufficient data for drift analysis")
@@ -95,15 +118,15 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None) -
         snapshots = reads.history(warehouse, store, customer, days, snapshot_type)
         if not snapshots:
             profile(store, customer)
-            if not reads.snapshots_are_on(store):
+            if not reads.snapshots_are_on(settings, store):
                 raise HTTPException(404, f"snapshots are off for store {store!r} (ENABLE_TEMPORAL_SNAPSHOTS)")
         return {"customer_id": customer, "snapshots": snapshots}
 
-    add_pages(app, warehouse, allowed)
+    add_pages(app, warehouse, settings, allowed)
 
     @app.get("/health", response_model=Health, summary="Liveness (no key needed)")
     def health() -> dict:
-        return {"status": "ok", "stores": len(reads.stores(warehouse))}
+        return {"status": "ok", "stores": len(known_stores.all())}
 
     @app.get("/stores/{store}/customers/{customer}", response_model=Profile, summary="A customer's newest profile")
     def store_profile(customer: CustomerId, store: str = Depends(allowed)) -> dict:
@@ -139,3 +162,10 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None) -
         return JSONResponse({"detail": "internal error (logged on the server)"}, status_code=500)
 
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app of QUIMBI_WAREHOUSE_URL and QUIMBI_API_KEYS, for uvicorn's worker processes (`quimbi serve --workers N`)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    return create_app()

@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from quimbi_pipeline.api import charts, reads
+from quimbi_pipeline.settings import StoreSettings
 from quimbi_pipeline.warehouse import Warehouse
 
 HERE = Path(__file__).resolve().parent
@@ -48,7 +49,7 @@ def _link(request: Request):
     return link
 
 
-def add_pages(app: FastAPI, warehouse: Warehouse, allowed) -> None:
+def add_pages(app: FastAPI, warehouse: Warehouse, settings: StoreSettings, allowed) -> None:
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @app.get("/ui/stores/{store}/customers/{customer}", response_class=HTMLResponse, summary="Customer page")
@@ -57,7 +58,7 @@ def add_pages(app: FastAPI, warehouse: Warehouse, allowed) -> None:
         if profile is None:
             raise HTTPException(404, f"unknown customer {customer!r} in store {store!r}")
         snapshots = reads.history(warehouse, store, customer, HISTORY_DAYS, None)
-        drift = reads.drift(warehouse, store, customer, "28d") if reads.drift_is_on(store) else None
+        drift = reads.drift(warehouse, settings, store, customer, "28d") if reads.drift_is_on(settings, store) else None
         specs = {"memberships": charts.memberships(profile["fuzzy_memberships"], profile["dominant_segments"])}
         if len(snapshots) >= 2:
             specs |= {"drift": charts.drift_over_time(snapshots), "churn": charts.churn_trend(snapshots), "journey": charts.archetype_journey(snapshots)}

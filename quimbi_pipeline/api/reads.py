@@ -41,10 +41,6 @@ def stores(wh: Warehouse) -> list[str]:
     return [r["store_id"] for r in _rows(wh, f"SELECT DISTINCT store_id FROM {wh.qualified('customer_profiles')} ORDER BY store_id", {})]
 
 
-def store_exists(wh: Warehouse, store: str) -> bool:
-    return bool(_rows(wh, f"SELECT 1 AS x FROM {wh.qualified('customer_profiles')} WHERE store_id = :s LIMIT 1", {"s": store}))
-
-
 def profile(wh: Warehouse, store: str, customer: str) -> dict | None:
     rows = _rows(wh, f"SELECT * FROM {wh.qualified('customer_profiles')} WHERE store_id = :s AND customer_id = :c", {"s": store, "c": customer})
     if not rows:
@@ -63,13 +59,13 @@ def profile(wh: Warehouse, store: str, customer: str) -> dict | None:
     }
 
 
-def drift_is_on(store: str) -> bool:
+def drift_is_on(settings: StoreSettings, store: str) -> bool:
     """Whether the store's settings (the server's environment and flags file, as the pipeline reads them) have drift on."""
-    return StoreSettings().for_store(store).drift_active
+    return settings.for_store(store).drift_active
 
 
-def snapshots_are_on(store: str) -> bool:
-    return StoreSettings().for_store(store).enable_temporal_snapshots
+def snapshots_are_on(settings: StoreSettings, store: str) -> bool:
+    return settings.for_store(store).enable_temporal_snapshots
 
 
 def _drift_response(window: str, customer: dict, axes: list[dict], anomalies: list[dict], as_of: str, computed: bool) -> dict:
@@ -87,7 +83,7 @@ def _drift_response(window: str, customer: dict, axes: list[dict], anomalies: li
     }
 
 
-def drift(wh: Warehouse, store: str, customer: str, window: str, as_of: date | None = None) -> dict | None:
+def drift(wh: Warehouse, settings: StoreSettings, store: str, customer: str, window: str, as_of: date | None = None) -> dict | None:
     """The customer's drift over the window: the stored current state (newest as_of), or for an older as_of
     computed on demand from the snapshots (pipeline.drift_on_demand). Anomalies: those reported in the
     window up to that date. None when there is no drift for the customer (fewer than 2 snapshots)."""
@@ -101,7 +97,7 @@ def drift(wh: Warehouse, store: str, customer: str, window: str, as_of: date | N
         axes = _rows(wh, f"SELECT * FROM {wh.qualified('customer_axis_drift')} WHERE store_id = :s AND customer_id = :c AND window_days = :w "
                          "AND as_of_date = :d ORDER BY axis", params)
     elif as_of is not None:
-        tables: DriftTables | None = drift_on_demand(wh, store, as_of, StoreSettings(), customer_id=customer)
+        tables: DriftTables | None = drift_on_demand(wh, store, as_of, settings, customer_id=customer)
         if tables is None:
             return None
         found = tables.customers[tables.customers["window_days"] == days]
@@ -121,9 +117,8 @@ def drift(wh: Warehouse, store: str, customer: str, window: str, as_of: date | N
 
 def history(wh: Warehouse, store: str, customer: str, days: int, snapshot_type: str | None) -> list[dict]:
     """The customer's snapshots over the `days` days up to their newest, oldest first (one per date without a type)."""
-    frame = wh.customer_history(store, customer, days, snapshot_type=snapshot_type)
     out = []
-    for r in frame.to_dict(orient="records"):
+    for r in wh.customer_history_rows(store, customer, days, snapshot_type=snapshot_type):
         out.append({
             "snapshot_date": _day(r["snapshot_date"]), "snapshot_type": r["snapshot_type"],
             "archetype": {"id": r["archetype_id"], "name": r["archetype_name"], "level": int(r["archetype_level"])},

@@ -1,0 +1,181 @@
+"""Latency and throughput of the read API under concurrent clients, per endpoint.
+
+    .venv/bin/python benchmarks/api.py --build 100000 [--days 3]            # a fresh SQLite warehouse of N demo customers
+    .venv/bin/python benchmarks/api.py --warehouse URL [--store store_a]    # an existing warehouse (e.g. PostgreSQL)
+        [--clients 32] [--seconds 10] [--workers 2]
+
+Starts `quimbi serve --workers W` on a free port (drift on, no keys: localhost), then for each endpoint
+(profile, drift 28d, history 28 days, and the customer page) runs C concurrent clients, first closed-loop (as
+fast as answered: the most the server gives) then at each --rates total (scheduled: the latency at that load), (one asyncio process, minimal
+keep-alive HTTP/1.1 connections) for S seconds over random customers of the store, and prints p50/p95/p99 latency and
+requests/s, and the server's CPU time. The clients share the machine with the server: on 2 cores they take
+part of it. --build generates the demo orders and runs D daily partitions with drift (profiles, snapshots,
+drift) first. Figures, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ENV = {"ENABLE_DRIFT_ANALYSIS": "1", "ENABLE_OUTLIER_DETECTION": "1"}
+ENDPOINTS = {
+    "profile": "/stores/{store}/customers/{customer}",
+    "drift 28d": "/stores/{store}/customers/{customer}/drift?window=28d",
+    "history 28d": "/stores/{store}/customers/{customer}/history?days=28",
+}
+
+
+def build(url: str, customers: int, days: int, end: str) -> None:
+    os.environ.update(ENV)
+    from quimbi_pipeline.demo import generate_demo
+    from quimbi_pipeline.orders import validate_orders
+    from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition
+    from quimbi_pipeline.settings import StoreSettings
+    from quimbi_pipeline.warehouse import Warehouse
+
+    settings = StoreSettings()
+    orders = validate_orders(generate_demo(n_customers=customers, n_stores=1, seed=41, end=end).orders)
+    wh = Warehouse(url)
+    for day in pd.date_range(end=end, periods=days, freq="D"):
+        started = time.perf_counter()
+        report = run_profiles_partition(orders, day, wh, settings)
+        run_drift_partition(wh, day, settings)
+        print(f"  built {day.date()}: {report.n_profiles:,} profiles, {time.perf_counter() - started:.0f} s", flush=True)
+    wh.dispose()
+
+
+def sample_customers(url: str, store: str, n: int) -> list[str]:
+    from quimbi_pipeline.warehouse import Warehouse
+
+    wh = Warehouse(url, create=False)
+    ids = wh.read_sql(f"SELECT customer_id FROM {wh.qualified('customer_drift')} WHERE store_id = :s AND window_days = 28", {"s": store})["customer_id"]
+    wh.dispose()
+    return random.Random(7).sample(list(ids), min(n, len(ids)))
+
+
+async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> int:
+    """One GET on a keep-alive HTTP/1.1 connection; returns the status (the body is read and dropped)."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+    await writer.drain()
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status
+
+
+async def load(port: int, template: str, store: str, customers: list[str], clients: int, seconds: float,
+               rate: float = 0.0) -> tuple[np.ndarray, int]:
+    """`clients` keep-alive connections. rate 0: each sends its next request when the last is answered (the
+    most the server gives); rate R: together they send R requests/s on a fixed schedule, and a latency counts
+    from the scheduled time, so a server falling behind shows in it. A minimal HTTP/1.1 client: a
+    full-featured one (httpx) cost more CPU per request than the server on 2 cores."""
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    stop = start + seconds
+
+    async def one(worker: int) -> None:
+        nonlocal errors
+        rng = random.Random(worker)
+        interval = clients / rate if rate else 0.0
+        due = start + worker * interval / clients
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while due < stop:
+                if rate:
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                sent = due if rate else time.perf_counter()
+                status = await _get(reader, writer, template.format(store=store, customer=rng.choice(customers)))
+                latencies.append(time.perf_counter() - sent)
+                errors += status != 200
+                due = due + interval if rate else time.perf_counter()
+        finally:
+            writer.close()
+    await asyncio.gather(*(one(i) for i in range(clients)))
+    return np.array(latencies), errors
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (the uvicorn workers), from /proc."""
+    total = 0.0
+    for p in [pid, *subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout.split()]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (FileNotFoundError, IndexError):
+            continue
+    return total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--warehouse")
+    parser.add_argument("--build", type=int, help="customers of a fresh SQLite warehouse to build first")
+    parser.add_argument("--days", type=int, default=3)
+    parser.add_argument("--end", default="2026-10-31")
+    parser.add_argument("--store", default="store_a")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rates", type=float, nargs="*", default=[1000.0], help="total requests/s of the scheduled runs (after the closed loop)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        url = args.warehouse
+        if args.build:
+            url = f"sqlite:///{Path(tmp) / 'api.sqlite'}"
+            print(f"# building {args.build:,} customers x {args.days} days into {url}", flush=True)
+            build(url, args.build, args.days, args.end)
+        customers = sample_customers(url, args.store, 10_000)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, **ENV}
+        env.pop("QUIMBI_API_KEYS", None)
+        server = subprocess.Popen([sys.executable, "-m", "quimbi_pipeline.cli", "serve", "--warehouse", url, "--port", str(port),
+                                   "--workers", str(args.workers)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(300):
+                try:
+                    httpx.get(base + "/health", timeout=1)
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            print(f"# {len(customers):,} customers sampled; {args.clients} clients, {args.seconds:.0f} s per endpoint, "
+                  f"{args.workers} server workers, {os.cpu_count()} cores", flush=True)
+            print(f"{'endpoint':<14}{'load':>12}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}{'server CPU s':>14}")
+            for name, template in {**ENDPOINTS, "customer page": "/ui/stores/{store}/customers/{customer}"}.items():
+                asyncio.run(load(port, template, args.store, customers, args.clients, 1.0))  # warm-up
+                for rate in (0.0, *args.rates):
+                    cpu = cpu_seconds(server.pid)
+                    latencies, errors = asyncio.run(load(port, template, args.store, customers, args.clients, args.seconds, rate))
+                    p50, p95, p99 = np.percentile(latencies, [50, 95, 99]) * 1e3
+                    label = "closed loop" if not rate else f"{rate:,.0f}/s"
+                    print(f"{name:<14}{label:>12}{len(latencies):>10,}{len(latencies) / args.seconds:>9,.0f}{p50:>9.1f}{p95:>9.1f}{p99:>9.1f}"
+                          f"{errors:>8}{cpu_seconds(server.pid) - cpu:>14.1f}", flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,7 +17,7 @@ def write_demo_flags(flags: dict[str, bool]) -> Path:
     """The demo's flags file (data/demo_flags.yaml): `make dev` passes it to the UI's runs, so a run launched
     from the UI computes what the demo computed. The project's defaults stay off."""
     path = data_dir() / DEMO_FLAGS_FILE
-    path.write_text("# Written by `quimbi demo`: the flags of the demo warehouse (make dev uses this file).\n"
+    path.write_text("# Written by `quimbi demo`: the flags of the demo warehouse (make dev and make serve use this file).\n"
                     + yaml.safe_dump({"defaults": flags}, sort_keys=False))
     return path
 
@@ -64,4 +64,5 @@ def demo_report(warehouse_url: str, as_of: pd.Timestamp, out=None) -> None:
           "    AND window_days = 28 AND direction <> 'stable' ORDER BY drift_score DESC LIMIT 20;\n"
           "  SELECT as_of_date, customer_id, anomaly_type, axis, description FROM customer_drift_anomalies ORDER BY as_of_date DESC LIMIT 20;\n"
           "  SELECT customer_id, churn_risk_score, predicted_ltv FROM customer_profiles ORDER BY churn_risk_score DESC LIMIT 20;\n"
-          "More in README.md (Tables for analysts). Open the UI with `make dev`: the demo's runs are in it.", file=out)
+          "More in README.md (Tables for analysts). Open the UI with `make dev`: the demo's runs are in it.\n"
+          "The read API and pages: `make serve`, then http://localhost:8000/ui/stores/store_a and http://localhost:8000/docs.", file=out)

@@ -212,7 +212,11 @@ def compute_customer_features(
         return np.where(change.changed[codes], after, in_rel)
 
     if adaptive is not None:
-        rate = rate_change(codes[in_abs_window], ts[in_abs_window], end_ns, n_all, adaptive)
+        # The customer's own window (the 365 days up to their last purchase), not the absolute one: an old order
+        # leaving the absolute window changed the before-rate with no new information and could carry a change
+        # over its threshold on a day the customer did nothing. This window moves only with a new purchase;
+        # the silence still runs to D.
+        rate = rate_change(codes[in_rel], ts[in_rel], end_ns, n_all, adaptive)
         changes["purchase_frequency"] = rate
         cut = rate.changed
         days_after = (end_ns - rate.since_ns) / NS_PER_DAY

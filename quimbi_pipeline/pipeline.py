@@ -133,6 +133,12 @@ def run_profiles_partition(
     seconds = {"cut_orders": time.perf_counter() - started}
     outcomes: list[StoreOutcome] = []
     small: list[tuple[str, PipelineSettings, np.ndarray]] = []
+
+    def job(store: str, store_settings: PipelineSettings, rows: np.ndarray) -> tuple:
+        """run_one_store's arguments after the warehouse (the store's orders copied out now)."""
+        return (store, _store_orders(orders, rows), as_of, validated.optional_columns, store_settings,
+                types if store_settings.enable_temporal_snapshots else [])
+
     for store in wanted:
         if store in validated.rejected_stores:
             problems = "; ".join(p.describe() for p in validated.rejected_stores[store])
@@ -149,21 +155,15 @@ def run_profiles_partition(
         if len(rows) < SMALL_ROWS:
             small.append((store, store_settings, rows))
         else:
-            outcomes.append(run_one_store(warehouse, store, _store_orders(orders, rows), as_of, validated.optional_columns,
-                                          store_settings, types if store_settings.enable_temporal_snapshots else []))
-
-    def small_jobs():
-        for store, store_settings, rows in small:
-            yield (store, _store_orders(orders, rows), as_of, validated.optional_columns, store_settings,
-                   types if store_settings.enable_temporal_snapshots else [])
+            outcomes.append(run_one_store(warehouse, *job(store, store_settings, rows)))
 
     threads = min((run_threads(store_settings.threads) for _, store_settings, _ in small), default=1)
     workers = pool_workers(len(small), threads, warehouse.url)
     if workers:
         log.info("%d small stores in %d worker processes", len(small), workers)
-        outcomes += run_in_pool(small_jobs(), warehouse.url, workers, lambda store, message: StoreOutcome(store, False, error=message))
+        outcomes += run_in_pool((job(*s) for s in small), warehouse.url, workers, lambda store, message: StoreOutcome(store, False, error=message))
     else:
-        outcomes += [run_one_store(warehouse, *job) for job in small_jobs()]
+        outcomes += [run_one_store(warehouse, *job(*s)) for s in small]
     position = {store: i for i, store in enumerate(wanted)}
     outcomes.sort(key=lambda o: position[o.store_id])
     seconds["total"] = time.perf_counter() - started

@@ -19,18 +19,18 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from quimbi_pipeline.api.launch import local_server
 
 ENV = {"ENABLE_DRIFT_ANALYSIS": "1", "ENABLE_OUTLIER_DETECTION": "1"}
 ENDPOINTS = {
@@ -144,21 +144,10 @@ def main() -> int:
             print(f"# building {args.build:,} customers x {args.days} days into {url}", flush=True)
             build(url, args.build, args.days, args.end)
         customers = sample_customers(url, args.store, 10_000)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         env = {**os.environ, **ENV}
         env.pop("QUIMBI_API_KEYS", None)
-        server = subprocess.Popen([sys.executable, "-m", "quimbi_pipeline.cli", "serve", "--warehouse", url, "--port", str(port),
-                                   "--workers", str(args.workers)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(300):
-                try:
-                    httpx.get(base + "/health", timeout=1)
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.2)
+        with local_server(url, env=env, args=("--workers", str(args.workers)), start_timeout_s=120) as running:
+            port, server = running.port, running.process
             print(f"# {len(customers):,} customers sampled; {args.clients} clients, {args.seconds:.0f} s per endpoint, "
                   f"{args.workers} server workers, {os.cpu_count()} cores", flush=True)
             print(f"{'endpoint':<14}{'load':>12}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}{'server CPU s':>14}")
@@ -171,9 +160,6 @@ def main() -> int:
                     label = "closed loop" if not rate else f"{rate:,.0f}/s"
                     print(f"{name:<14}{label:>12}{len(latencies):>10,}{len(latencies) / args.seconds:>9,.0f}{p50:>9.1f}{p95:>9.1f}{p99:>9.1f}"
                           f"{errors:>8}{cpu_seconds(server.pid) - cpu:>14.1f}", flush=True)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     return 0
 
 

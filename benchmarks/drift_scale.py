@@ -33,7 +33,7 @@ from quimbi_pipeline.profiles import json_object, json_number  # noqa: E402
 from quimbi_pipeline.segmentation import segment_names_for  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
 from quimbi_pipeline.snapshot_blocks import SnapshotColumns, encode_blocks  # noqa: E402
-from quimbi_pipeline.warehouse import Warehouse, customer_profile_snapshots  # noqa: E402
+from quimbi_pipeline.warehouse import Warehouse, customer_profile_snapshots, drop_postgres_schema  # noqa: E402
 
 AXES_K = {"purchase_frequency": 3, "purchase_value": 3, "loyalty_trajectory": 2, "category_exploration": 6,
           "discount_sensitivity": 6, "basket_size": 5}
@@ -96,8 +96,8 @@ def main() -> None:
     url = args.postgres or f"sqlite:///{Path(tmp.name) / 'drift.sqlite'}"
     wh = Warehouse(url)
     if wh.is_postgres:
-        with wh.engine.begin() as conn:
-            conn.exec_driver_sql("DROP SCHEMA IF EXISTS platform CASCADE")
+        wh.dispose()
+        drop_postgres_schema(url)
         wh = Warehouse(url)
     print(f"{args.customers:,} customers x {len(dates)} snapshot dates ({dates[0].date()}..{dates[-1].date()}), {'PostgreSQL' if wh.is_postgres else 'SQLite'}")
     table = Table()

@@ -39,7 +39,7 @@ from quimbi_pipeline.demo import generate_demo  # noqa: E402
 from quimbi_pipeline.orders import orders_as_of, validate_orders  # noqa: E402
 from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
-from quimbi_pipeline.warehouse import SNAPSHOT_COPIED_COLUMNS, Warehouse  # noqa: E402
+from quimbi_pipeline.warehouse import SNAPSHOT_COPIED_COLUMNS, Warehouse, drop_postgres_schema  # noqa: E402
 
 
 def peak_rss_gib() -> float:
@@ -256,12 +256,7 @@ def main() -> None:
             path = args.sqlite or os.path.join(tmp, "bench.sqlite")
             run_partition("sqlite", f"sqlite:///{path}", validated, args.date, table, settings)
     if args.postgres:
-        import sqlalchemy as sa
-
-        engine = sa.create_engine(args.postgres)
-        with engine.begin() as conn:
-            conn.execute(sa.text("DROP SCHEMA IF EXISTS platform CASCADE"))
-        engine.dispose()
+        drop_postgres_schema(args.postgres)
         run_partition("postgres", args.postgres, validated, args.date, table, settings)
 
 

@@ -37,7 +37,7 @@ from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition
 from quimbi_pipeline.prune import prune  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
 from quimbi_pipeline.snapshots import RetentionPolicy, snapshot_types_for  # noqa: E402
-from quimbi_pipeline.warehouse import metadata  # noqa: E402
+from quimbi_pipeline.warehouse import drop_postgres_schema, metadata  # noqa: E402
 
 TABLES = [t.name for t in metadata.sorted_tables]
 
@@ -69,10 +69,7 @@ def main() -> int:
     policy = RetentionPolicy()
     with tempfile.TemporaryDirectory() as tmp:
         if args.postgres:
-            import sqlalchemy as sa
-
-            with sa.create_engine(args.postgres).begin() as conn:
-                conn.exec_driver_sql("DROP SCHEMA IF EXISTS platform CASCADE")
+            drop_postgres_schema(args.postgres)
             url = args.postgres
         else:
             url = f"sqlite:///{Path(tmp) / 'storage.sqlite'}"

@@ -28,7 +28,7 @@ from quimbi_pipeline.demo import generate_demo  # noqa: E402
 from quimbi_pipeline.orders import validate_orders  # noqa: E402
 from quimbi_pipeline.pipeline import run_profiles_partition  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
-from quimbi_pipeline.warehouse import Warehouse  # noqa: E402
+from quimbi_pipeline.warehouse import Warehouse, drop_postgres_schema  # noqa: E402
 
 DAY = "2026-10-31"
 STAGES = ("features", "segments", "churn_ltv", "assemble", "write", "verify")
@@ -68,10 +68,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name, orders in ((f"{args.stores} stores", split), ("1 store", many)):
             if args.postgres:
-                import sqlalchemy as sa
-
-                with sa.create_engine(args.postgres).begin() as conn:
-                    conn.exec_driver_sql("DROP SCHEMA IF EXISTS platform CASCADE")
+                drop_postgres_schema(args.postgres)
                 url = args.postgres
             else:
                 url = f"sqlite:///{Path(tmp) / (name.replace(' ', '_') + '.sqlite')}"

@@ -27,8 +27,7 @@ def dated_cutoffs(wh: Warehouse, table: str, policy: RetentionPolicy) -> dict[st
     """{store: (the store's newest date in the table, the cutoff)}: rows dated before the cutoff are expired."""
     column, field = TABLE_RETENTION[table]
     newest = wh.read_sql(f"SELECT store_id, max({column}) AS newest FROM {wh.qualified(table)} GROUP BY store_id")
-    days = pd.Timedelta(days=policy.days(field) - 1)
-    return {store: (d.date(), (d - days).date()) for store, d in zip(newest["store_id"], pd.to_datetime(newest["newest"]))}
+    return {store: (d.date(), policy.cutoff(field, d).date()) for store, d in zip(newest["store_id"], pd.to_datetime(newest["newest"]))}
 
 
 def expiry(wh: Warehouse, policy: RetentionPolicy) -> pd.DataFrame:
@@ -85,7 +84,7 @@ def drift_state_cutoff(wh: Warehouse, store: str, policy: RetentionPolicy, as_of
     dates = [pd.Timestamp(d) for d in (newest, as_of) if d is not None and not pd.isna(d)]
     if not dates:
         return pd.Timestamp.min
-    return max(dates).normalize() - pd.Timedelta(days=policy.drift - 1)
+    return policy.cutoff("drift", max(dates))
 
 
 def keep_drift_state(wh: Warehouse, store: str, policy: RetentionPolicy) -> int:
@@ -102,10 +101,9 @@ def _prune_models(wh: Warehouse, conn: sa.Connection, policy: RetentionPolicy) -
     names; then the transitions of models no longer kept."""
     models, transitions = wh.qualified("segment_models"), wh.qualified("segment_transitions")
     newest = wh.read_sql(f"SELECT store_id, max(fitted_on) AS newest FROM {models} GROUP BY store_id")
-    days = pd.Timedelta(days=policy.models - 1)
     rows = []
     for store, day in zip(newest["store_id"], pd.to_datetime(newest["newest"])):
-        cutoff = (day - days).date()
+        cutoff = policy.cutoff("models", day).date()
         deleted = conn.execute(sa.text(
             f"DELETE FROM {models} WHERE store_id = :s AND fitted_on < :c "
             f"AND model_version NOT IN (SELECT DISTINCT model_version FROM {wh.qualified('customer_profiles')} WHERE store_id = :s) "

@@ -56,9 +56,9 @@ class RetentionPolicy(BaseModel):
     def days(self, snapshot_type: str) -> int:
         return getattr(self, snapshot_type)
 
-    def cutoff(self, snapshot_type: str, newest) -> pd.Timestamp:
-        """Snapshots of this type dated before the cutoff are expired."""
-        return pd.Timestamp(newest).normalize() - pd.Timedelta(days=self.days(snapshot_type) - 1)
+    def cutoff(self, name: str, newest) -> pd.Timestamp:
+        """Rows of this snapshot type or table family (a field name) dated before the cutoff are expired."""
+        return pd.Timestamp(newest).normalize() - pd.Timedelta(days=self.days(name) - 1)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> RetentionPolicy:

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from quimbi_pipeline.demo import generate_demo
 from quimbi_pipeline.settings import PipelineSettings
-from quimbi_pipeline.warehouse import PG_SCHEMA, Warehouse
+from quimbi_pipeline.warehouse import Warehouse, drop_postgres_schema
 
 DATA = Path(__file__).parent / "data"
 REQUIRE_PG = os.environ.get("QUIMBI_REQUIRE_POSTGRES") == "1"
@@ -145,10 +145,7 @@ def postgres_url():
 
 
 def _reset_pg(url: str) -> None:
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE"))
-    engine.dispose()
+    drop_postgres_schema(url)
 
 
 @pytest.fixture

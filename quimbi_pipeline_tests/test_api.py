@@ -5,10 +5,6 @@ real uvicorn server started by the CLI."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pandas as pd
@@ -17,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from quimbi_pipeline.api.access import Access, load_keys
 from quimbi_pipeline.api.app import create_app
+from quimbi_pipeline.api.launch import local_server
 from quimbi_pipeline.cli import main as quimbi
 from quimbi_pipeline.demo import generate_demo
 from quimbi_pipeline.orders import validate_orders
@@ -200,30 +197,13 @@ def test_unscoped_paths_answer_for_a_warehouse_of_one_store(tmp_path):
     assert "/stores/{store}/customers/{customer}/drift" in api.get("/openapi.json").json()["paths"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_quimbi_serve_starts_a_real_server_on_localhost_without_keys(sqlite_served, tmp_path, capsys):
     served = sqlite_served
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "QUIMBI_API_KEYS"}
-    server = subprocess.Popen([sys.executable, "-m", "quimbi_pipeline.cli", "serve", "--warehouse", served, "--port", str(port)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(100):
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        assert health.json() == {"status": "ok", "stores": 2}
-        assert httpx.get(f"http://127.0.0.1:{port}/docs", timeout=5).status_code == 200
-    finally:
-        server.terminate()
-        out, err = server.communicate(timeout=30)
+    with local_server(served, env=env, capture=True) as server:
+        assert httpx.get(server.base + "/health", timeout=5).json() == {"status": "ok", "stores": 2}
+        assert httpx.get(server.base + "/docs", timeout=5).status_code == 200
+    out, err, port = server.stdout, server.stderr, server.port
     assert f"http://127.0.0.1:{port} (API docs /docs)" in out and "localhost only" in out
     assert "GET /health 200" in err  # the request log: path and status, never a query
 

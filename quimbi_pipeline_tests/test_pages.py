@@ -10,14 +10,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 
+from quimbi_pipeline.api.launch import local_server
 from quimbi_pipeline.warehouse import Warehouse
 from quimbi_pipeline_tests.test_api import FLAGS, KEY_A, KEY_B, build
 
@@ -49,22 +47,9 @@ def server(tmp_path_factory):
     build(url)
     keys = folder / "keys.yaml"
     keys.write_text(f"{KEY_A}: [store_a]\n{KEY_B}: [store_b]\n")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {**os.environ, **FLAGS, "QUIMBI_API_KEYS": str(keys)}
-    process = subprocess.Popen([sys.executable, "-m", "quimbi_pipeline.cli", "serve", "--warehouse", url, "--host", "127.0.0.1",
-                                "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(150):
-        try:
-            httpx.get(base + "/health", timeout=1)
-            break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    yield base, url
-    process.terminate()
-    process.communicate(timeout=30)
+    with local_server(url, env=env, args=("--host", "127.0.0.1"), start_timeout_s=90) as running:
+        yield running.base, url
 
 
 def dom(chromium: str, page_url: str) -> str:

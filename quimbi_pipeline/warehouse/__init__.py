@@ -25,6 +25,7 @@ from quimbi_pipeline.warehouse.connection import (
     Connection,
     data_dir,
     default_warehouse_url,
+    drop_postgres_schema,
     masked_url,
     metadata,
     prefetched,
@@ -75,6 +76,6 @@ class Warehouse(ProfileStore, SnapshotStore, DriftStore, OutlierStore, ModelStor
 __all__ = [
     "DATE_PARTITIONED", "DRIFT_TABLES", "HISTORY_VIEW", "JSON_COLUMNS", "PG_SCHEMA", "SNAPSHOT_COPIED_COLUMNS", "SNAPSHOT_PARTITION_PREFIX",
     "Warehouse", "customer_axis_drift", "customer_drift", "customer_drift_anomalies", "customer_outlier_flags", "customer_profile_snapshots",
-    "customer_profiles", "data_dir", "default_warehouse_url", "drift_inputs", "masked_url", "metadata", "normalize_profiles",
+    "customer_profiles", "data_dir", "default_warehouse_url", "drift_inputs", "drop_postgres_schema", "masked_url", "metadata", "normalize_profiles",
     "population_drift", "prefetched", "resolve_warehouse_url", "segment_models", "segment_transitions", "snapshot_blocks", "snapshot_writes",
 ]

@@ -62,6 +62,19 @@ def masked_url(url: str) -> str:
     except sa.exc.ArgumentError:
         return "<not a SQLAlchemy URL>"
 
+def drop_postgres_schema(url: str) -> None:
+    """Remove every table this pipeline keeps in a PostgreSQL database (schema `platform`, cascading): for
+    benchmarks and tests that start from an empty warehouse. Refuses anything but PostgreSQL."""
+    if not url.startswith("postgresql"):
+        raise ValueError("drop_postgres_schema: not a PostgreSQL URL")
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE"))
+    finally:
+        engine.dispose()
+
+
 def _python_rows(frame: pd.DataFrame) -> list[tuple]:
     """Rows as tuples of plain Python values (dates as ISO text, NaN as None) for DBAPI executemany."""
     cols = []

@@ -62,6 +62,21 @@ def churn() -> None:
               f"{e.repeat_buyers_above_median_one_time}; forecast {e.forecast:.0f} vs actual {e.actual} purchase days ({e.forecast_bias:+.1%})")
 
 
+HOLDOUTS = (("1997-06-30", (90, 180, 273)), ("1997-09-30", (90, 180, 273)), ("1997-12-31", (90, 180)), ("1998-03-31", (90,)))
+
+
+def churn_holdouts() -> None:
+    """The same comparison on every calibration date and horizon the sample's 18 months allow."""
+    orders = validate_orders(read_cdnow_orders(CDNOW)).orders
+    print("\nevery holdout (AUC): calibrate to, H | recency | RFM | score over purchase days | score over purchase weeks (the default)")
+    for end, horizons in HOLDOUTS:
+        for horizon in horizons:
+            weeks = evaluate_churn(orders, end, horizon)
+            days = evaluate_churn(orders, end, horizon, PipelineSettings(btyd_occasion_days=1))
+            print(f"  {end}, {horizon:>3} | {weeks.auc['recency']:.4f} | {weeks.auc['rfm_quintiles']:.4f} | "
+                  f"{days.auc['churn_risk_score']:.4f} | {weeks.auc['churn_risk_score']:.4f}")
+
+
 def planted(customers: int, workdir: Path) -> None:
     section(f"2. planted changes ({customers} customers, planted.py), daily 2026-04-01 .. 2026-10-31, scored from 2026-05-01")
     data = generate_planted(n_customers=customers, seed=1, start="2025-06-01", end="2026-10-31", changes_from="2026-05-01")
@@ -137,6 +152,7 @@ def main() -> int:
     logging.basicConfig(level=logging.ERROR)
     print(f"# benchmarks/truth.py, {time.strftime('%Y-%m-%d %H:%M %Z')}")
     churn()
+    churn_holdouts()
     outliers()
     honest()
     with tempfile.TemporaryDirectory() as tmp:

@@ -57,7 +57,7 @@ def evaluate_churn(orders: pd.DataFrame, calibration_end, horizon_days: int, set
     """`orders`: validated orders of one store (all dates); the model sees only those up to calibration_end."""
     end = as_of_day(calibration_end)
     settings = (settings or PipelineSettings()).model_copy(update={"churn_horizon_days": horizon_days})
-    features = compute_customer_features(orders_as_of(orders, end), end)
+    features = compute_customer_features(orders_as_of(orders, end), end, occasion_days=settings.btyd_occasion_days)
     model = fit_churn_model(features, settings)
     score, _, expected = score_churn(model, features, settings)
     after = orders[(orders["order_ts"] >= end + pd.Timedelta(days=1)) & (orders["order_ts"] < end + pd.Timedelta(days=1 + horizon_days))

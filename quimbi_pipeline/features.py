@@ -104,12 +104,14 @@ def compute_customer_features(
     optional_columns: tuple[str, ...] | list[str] = (),
     window_days: int = 365,
     adaptive: ChangeRule | None = None,
+    occasion_days: int = 1,
 ) -> pd.DataFrame:
     """One row per customer with at least one purchase, indexed by customer_id (sorted).
 
     Columns: summary (total_orders, lifetime_value, first/last order, days_since_*, tenure_months),
-    BTYD inputs in weeks (btyd_x repeat purchase days, btyd_t_x, btyd_T, btyd_monetary mean of the
-    repeat days' spend), and every available axis feature.
+    BTYD inputs in weeks over purchase occasions of `occasion_days` (btyd_x repeat occasions, btyd_t_x the
+    start of the last one, btyd_T, btyd_monetary mean spend of the repeat occasions, btyd_days_per_occasion;
+    1 = purchase days, as in CDNOW's published fits), and every available axis feature.
     Frequency uses the last `window_days` before D; value, basket, discount and category features use
     the customer's own last `window_days` of purchases, so a lapsed customer keeps their profile of taste.
     With `adaptive` (ENABLE_ADAPTIVE_WINDOWS, off by default) each axis' features are computed over the
@@ -172,10 +174,15 @@ def compute_customer_features(
     out["days_since_first_order"] = days_since_first
     out["days_since_last_order"] = days_since_last
     out["tenure_months"] = days_since_first / DAYS_PER_MONTH
-    out["btyd_x"] = x
-    out["btyd_t_x"] = t_x_weeks
+    if occasion_days == 1:
+        out["btyd_x"], out["btyd_t_x"], out["btyd_monetary"] = x, t_x_weeks, monetary
+        out["btyd_days_per_occasion"] = 1.0
+    else:
+        occ_x, occ_t_x, occ_monetary = _purchase_occasions(day_codes, spend_per_day.index.to_numpy() % span + first_day_all,
+                                                           day_spend, first_day // NS_PER_DAY, occasion_days, n_all)
+        out["btyd_x"], out["btyd_t_x"], out["btyd_monetary"] = occ_x, occ_t_x, occ_monetary
+        out["btyd_days_per_occasion"] = n_days / np.maximum(occ_x + 1, 1)
     out["btyd_T"] = T_weeks
-    out["btyd_monetary"] = monetary
 
     # Frequency over the absolute window before D (a customer who stops buying slows down).
     window_ns = window_days * NS_PER_DAY
@@ -278,6 +285,30 @@ def compute_customer_features(
         out[f"{CHANGE_PREFIX}{axis}.after"] = np.where(on, change.after, np.nan)
         out[f"{CHANGE_PREFIX}{axis}.evidence"] = np.where(on, change.evidence, np.nan)
     return out.loc[has_purchase]
+
+
+def _purchase_occasions(day_codes: np.ndarray, days: np.ndarray, day_spend: np.ndarray, first_day: np.ndarray, occasion_days: int,
+                        n_all: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(repeat occasions x, start of the last occasion in weeks since the first purchase, mean spend of the repeat
+    occasions) from purchase days sorted by customer then day. An occasion is an `occasion_days` bin counted from
+    the customer's first purchase day: purchases clumped within it (a collection bought over a few days) are one
+    event of the BTYD model, whose purchases while alive are Poisson."""
+    since_first = days - first_day[day_codes]
+    bin_index = since_first // occasion_days
+    new = np.r_[True, (day_codes[1:] != day_codes[:-1]) | (bin_index[1:] != bin_index[:-1])] if days.size else np.zeros(0, dtype=bool)
+    occ_code = day_codes[new]
+    occ_start = since_first[new].astype("float64")
+    occ_spend = np.add.reduceat(day_spend, np.flatnonzero(new)) if days.size else np.zeros(0)
+    n_occ = np.bincount(occ_code, minlength=n_all).astype("float64")
+    x = np.maximum(n_occ - 1, 0)
+    last_start = np.zeros(n_all)
+    last_start[occ_code] = occ_start  # rows ascending per customer: the last assignment is the last occasion
+    first_spend = np.zeros(n_all)
+    is_first = np.r_[True, occ_code[1:] != occ_code[:-1]] if occ_code.size else np.zeros(0, dtype=bool)
+    first_spend[occ_code[is_first]] = occ_spend[is_first]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        monetary = np.where(x > 0, (np.bincount(occ_code, occ_spend, n_all) - first_spend) / x, 0.0)
+    return x, last_start / 7.0, monetary
 
 
 def _modal(codes: np.ndarray, values: np.ndarray, n_all: int) -> np.ndarray:

@@ -53,7 +53,8 @@ def stable_model_version(algorithm: str, fitted_on: pd.Timestamp) -> str:
 def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp, settings: PipelineSettings, optional_columns) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(features of every customer with a purchase, the active ones) at D, as the settings define them."""
     features = compute_customer_features(orders, as_of, optional_columns=optional_columns, window_days=settings.feature_window_days,
-                                         adaptive=settings.change_rule() if settings.enable_adaptive_windows else None)
+                                         adaptive=settings.change_rule() if settings.enable_adaptive_windows else None,
+                                         occasion_days=settings.btyd_occasion_days)
     return features, features.loc[active_mask(features, settings.active_days)]
 
 
@@ -137,11 +138,14 @@ def _finite_purchases(expected: np.ndarray) -> np.ndarray:
 
 def score_churn(model: ChurnModel, features: pd.DataFrame, settings: PipelineSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(churn_risk_score = P(no purchase in the next churn_horizon_days), predicted_ltv = expected spend over
-    the LTV horizon, expected_purchases over the churn horizon), all from the modified BG/NBD, closed form."""
+    the LTV horizon, expected_purchases over the churn horizon), all from the modified BG/NBD over purchase
+    occasions, closed form. expected_purchases counts purchase days: the expected occasions times the
+    customer's own purchase days per occasion; predicted_ltv is expected occasions times spend per occasion."""
     x, t_x, T = features["btyd_x"].to_numpy(), features["btyd_t_x"].to_numpy(), features["btyd_T"].to_numpy()
     horizon = settings.churn_horizon_days * WEEKS_PER_DAY
     no_purchase = btyd.mbgnbd_p_no_purchase(model.bg, horizon, x, t_x, T)
-    expected_h = _finite_purchases(btyd.mbgnbd_expected_purchases(model.bg, horizon, x, t_x, T))
+    days_per_occasion = features["btyd_days_per_occasion"].to_numpy() if "btyd_days_per_occasion" in features else 1.0
+    expected_h = _finite_purchases(btyd.mbgnbd_expected_purchases(model.bg, horizon, x, t_x, T) * days_per_occasion)
     expected = _finite_purchases(btyd.mbgnbd_expected_purchases(model.bg, settings.ltv_horizon_days * WEEKS_PER_DAY, x, t_x, T))
     if model.gg is not None:
         spend = btyd.gamma_gamma_expected_spend(model.gg, x, features["btyd_monetary"].to_numpy())

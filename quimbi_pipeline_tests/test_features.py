@@ -109,3 +109,15 @@ def test_adaptive_windows_follow_a_change_and_leave_steady_customers_alone():
     assert since == quiet[-1] and adaptive.at["quiet", "change:purchase_frequency.before"] == pytest.approx(30.4375 / 7, rel=0.01)
     assert adaptive.at["changed", "change:purchase_value.after"] > adaptive.at["changed", "change:purchase_value.before"]
     assert adaptive.loc["steady", [c for c in adaptive.columns if c.startswith("change:")]].isna().all()
+
+
+def test_purchase_occasions_count_clumped_purchases_once():
+    rows = [("c", f"2026-01-{d:02d}", v) for d, v in ((1, 10.0), (3, 5.0), (8, 20.0), (9, 1.0), (31, 40.0))]
+    frame = pd.DataFrame(rows, columns=["customer_id", "order_ts", "order_total"]).assign(order_ts=lambda f: pd.to_datetime(f["order_ts"]))
+    days = compute_customer_features(frame, pd.Timestamp("2026-02-10"))
+    weeks = compute_customer_features(frame, pd.Timestamp("2026-02-10"), occasion_days=7)
+    assert days.loc["c", ["btyd_x", "btyd_t_x", "btyd_monetary"]].tolist() == [4, 30 / 7, 66 / 4]
+    # Weeks from the first purchase: days 0-6 {1, 3}, 7-13 {8, 9}, 28-34 {31}: two repeat occasions, the last from day 30.
+    assert weeks.loc["c", ["btyd_x", "btyd_t_x", "btyd_monetary", "btyd_days_per_occasion"]].tolist() == [2, 30 / 7, (21 + 40) / 2, 5 / 3]
+    assert weeks.loc["c", "btyd_T"] == days.loc["c", "btyd_T"]
+    assert weeks.loc["c", "avg_days_between_orders"] == days.loc["c", "avg_days_between_orders"]  # a segment feature: days, always

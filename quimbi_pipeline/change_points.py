@@ -40,7 +40,8 @@ class ChangeRule:
     min_before: int = 4  # purchases (or gaps) before the change
     min_after: int = 2  # purchases after the change (mean shifts); a silence needs none
     max_after: int = 60  # the newest purchases a change can hold
-    prior_weight: float = 4.0  # pseudo-observations of the prior spread (the store's; Poisson for gaps) in a customer's
+    prior_weight: float = 4.0  # pseudo-observations of the store's spread in a customer's (mean shifts)
+    shape_prior_gaps: float = 1.0  # pseudo-gaps of a Poisson buyer's spread in a customer's gap shape (rate changes)
     min_before_days: int = 28  # history before a rate change
     max_shape: float = 20.0  # cap of a customer's gap shape (how regular their gaps can be believed to be)
 
@@ -180,7 +181,7 @@ def rate_change(codes: np.ndarray, ts: np.ndarray, end_ns: int, n_all: int, rule
     has_prev = np.r_[c[1:] == c[:-1], False]
     gap = np.where(has_prev, dd - np.r_[dd[1:], 0.0], 0.0)  # the gap before each purchase day (0 for the oldest)
     # The gaps' Gamma shape k from the spread of the gaps before each split (1 / CV^2), shrunk towards
-    # k = 1 (Poisson) with `prior_weight` pseudo-gaps: a customer is believed regular only on evidence.
+    # k = 1 (Poisson) with `shape_prior_gaps` pseudo-gaps: a customer is believed regular only on evidence.
     cum2 = np.cumsum(gap * gap)
     at_start = np.where(group_start > 0, group_start - 1, -1)
     newest_sq = np.where(pos > 0, cum2 - np.where(at_start >= 0, cum2[np.maximum(at_start, 0)], 0.0) - gap * gap, 0.0)
@@ -190,7 +191,7 @@ def rate_change(codes: np.ndarray, ts: np.ndarray, end_ns: int, n_all: int, rule
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_b = (dd - first_day[c]) / n_before_gaps
         cv2 = np.maximum(sq_before / n_before_gaps / (mean_b * mean_b) - 1.0, 0.0) * n_before_gaps / np.maximum(n_before_gaps - 1, 1)
-        cv2 = (rule.prior_weight + np.maximum(n_before_gaps - 1, 0) * np.nan_to_num(cv2, nan=1.0)) / (rule.prior_weight + np.maximum(n_before_gaps - 1, 0))
+        cv2 = (rule.shape_prior_gaps + np.maximum(n_before_gaps - 1, 0) * np.nan_to_num(cv2, nan=1.0)) / (rule.shape_prior_gaps + np.maximum(n_before_gaps - 1, 0))
         k = np.clip(1.0 / np.maximum(cv2, 1e-6), 0.5, rule.max_shape)
 
     n_after, s_after = j, newest_day - dd  # the j newest closed gaps

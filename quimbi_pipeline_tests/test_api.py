@@ -4,6 +4,7 @@ real uvicorn server started by the CLI."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import httpx
@@ -114,6 +115,11 @@ def test_profile_drift_history_and_population_answer_what_the_pipeline_wrote(ser
     assert drift["overall_drift"] == pytest.approx(float(stored["overall_drift"].iloc[0]), abs=0)
     assert {a: d["drift_score"] for a, d in drift["axis_drift"].items()} == pytest.approx(dict(zip(stored["axis"], stored["drift_score"])), abs=0)
     assert drift["archetype_journey"] and {"archetype", "date"} <= set(drift["archetype_journey"][0])
+    moved = wh.read_sql(f"SELECT customer_id, axis, CAST(transitions AS TEXT) AS t FROM {wh.qualified('customer_axis_drift')} "
+                        "WHERE store_id = 'store_a' AND window_days = 28 AND n_transitions > 0 ORDER BY customer_id, axis LIMIT 1")
+    assert len(moved) == 1, "the fixture should hold a segment transition within 28 days"
+    served_axis = api.get(f"/stores/store_a/customers/{moved['customer_id'].iloc[0]}/drift").json()["axis_drift"][moved["axis"].iloc[0]]
+    assert served_axis["transitions"] == json.loads(moved["t"].iloc[0])  # the keys as stored: from, to, date
 
     past = DAYS[-4]
     then = api.get(f"/stores/store_a/customers/{customer}/drift", params={"window": "28d", "as_of": past}).json()

@@ -6,6 +6,11 @@ runs every day of a range into a warehouse; then the tables are read back and sc
 - a changer is flagged when customer_axis_drift shows their changed axis moving the planted way
   (direction improving / degrading) in the 28-day window; delay = first such as_of - change date, also
   counted in orders since the change; recall within 28 and 60 days of the change;
+- the evidence day, whatever the detector: the second order after the change, or for a frequency drop
+  three usual gaps of silence since the last order before it; "evidence within 28 days" is the share of
+  changers whose orders hold it by then (the ceiling of recall within 28 days for a detector that wants
+  it: a monthly buyer has rarely ordered twice), and recall 28 days after the evidence is judged on the
+  changers whose evidence day leaves 28 scored days;
 - it still shows 60 days later when its profile's dominant segment on that axis then differs from the
   one before the change the planted way (ladder position), or the 90-day window still flags it;
 - a false flag is a customer who never changed with any axis moving in the 28-day window on any day;
@@ -109,12 +114,19 @@ def score(data: PlantedData, warehouse_url: str, scored_from, scored_to, setting
     first = hits.groupby("customer_id")["as_of_date"].min()
     changers["delay_days"] = (first.reindex(changers.index) - changers["change_day"]).dt.days
     changers["orders_to_detect"] = _orders_between(data.orders, changers, first)
+    changers["evidence_day"] = _evidence_day(data.orders, changers)
+    changers["delay_after_evidence_days"] = (first.reindex(changers.index) - changers["evidence_day"]).dt.days
+    has_evidence = changers["evidence_day"] <= end - pd.Timedelta(days=28)  # 28 days after it are in the scored range
     changers["still_shown_60d"] = _still_shown(changers, segments, flags)
     changer_anomalies = anomalies.merge(changers[["change_axis", "change_day"]], left_on="customer_id", right_index=True)
     changer_anomalies = changer_anomalies[(changer_anomalies["axis"] == changer_anomalies["change_axis"])
                                           & (changer_anomalies["as_of_date"] >= changer_anomalies["change_day"])
                                           & (changer_anomalies["as_of_date"] <= changer_anomalies["change_day"] + pd.Timedelta(days=28))]
     changers["anomaly_28d"] = changers.index.isin(changer_anomalies["customer_id"])
+    by_evidence = anomalies.merge(changers[["change_axis", "change_day", "evidence_day"]], left_on="customer_id", right_index=True)
+    by_evidence = by_evidence[(by_evidence["axis"] == by_evidence["change_axis"]) & (by_evidence["as_of_date"] >= by_evidence["change_day"])
+                              & (by_evidence["as_of_date"] <= by_evidence["evidence_day"] + pd.Timedelta(days=28))]
+    changers["anomaly_28d_after_evidence"] = changers.index.isin(by_evidence["customer_id"])
 
     false_flagged = set(f28["customer_id"]) & set(unchanged)
     detected = int(changers["delay_days"].notna().sum())
@@ -127,6 +139,9 @@ def score(data: PlantedData, warehouse_url: str, scored_from, scored_to, setting
     summary = {
         "changers": len(changers), "unchanged": len(unchanged), "days": len(per_day),
         "recall_28d": float((changers["delay_days"] <= 28).mean()), "recall_60d": float((changers["delay_days"] <= 60).mean()),
+        "evidence_within_28d": float((changers["evidence_day"] <= changers["change_day"] + pd.Timedelta(days=28)).mean()),
+        "recall_28d_after_evidence": float((changers.loc[has_evidence, "delay_after_evidence_days"] <= 28).mean()),
+        "median_delay_after_evidence_days": float(changers.loc[has_evidence, "delay_after_evidence_days"].median()),
         "precision_28d_window": detected / (detected + len(false_flagged)) if detected + len(false_flagged) else float("nan"),
         "unchanged_falsely_flagged": len(false_flagged) / max(len(unchanged), 1),
         "median_delay_days": float(changers["delay_days"].median()),
@@ -135,8 +150,10 @@ def score(data: PlantedData, warehouse_url: str, scored_from, scored_to, setting
         "weekly_frequency_drop_poisson_median_delay_days": float(weekly.loc[weekly["buyer_type"] == "poisson", "delay_days"].median()),
         "value_drop_median_orders_to_detect": float(changers.loc[changers["change_kind"] == "value_drop", "orders_to_detect"].median()),
         "still_shown_60d": float(changers["still_shown_60d"].mean()),
+        "still_shown_60d_of_detected": float(changers.loc[changers["delay_days"] <= 60, "still_shown_60d"].mean()),
         "unchanged_with_anomaly": float(pd.Index(unchanged).isin(anomalies["customer_id"]).mean()),
         "changers_with_anomaly_28d": float(changers["anomaly_28d"].mean()),
+        "changers_with_anomaly_28d_after_evidence": float(changers.loc[has_evidence, "anomaly_28d_after_evidence"].mean()),
         "anomalies_per_refit_day": float(on_refit.mean()) if len(on_refit) else float("nan"),
         "anomalies_per_other_day_median": float(other.median()),
         "anomalies_per_other_day_mean": float(other.mean()),
@@ -145,9 +162,12 @@ def score(data: PlantedData, warehouse_url: str, scored_from, scored_to, setting
         "unchanged_with_recommendation": float(pd.Index(unchanged).isin(recs["customer_id"]).mean()),
         "recommendations_with_evidence": float(np.mean(["evidence" in item for item in rec_items])) if rec_items else float("nan"),
     }
-    by_kind = (changers.assign(recall_28d=changers["delay_days"] <= 28, recall_60d=changers["delay_days"] <= 60)
+    by_kind = (changers.assign(recall_28d=changers["delay_days"] <= 28, recall_60d=changers["delay_days"] <= 60,
+                               evidence_28d=changers["evidence_day"] <= changers["change_day"] + pd.Timedelta(days=28),
+                               after_evidence_28d=(changers["delay_after_evidence_days"] <= 28).where(has_evidence))
                .groupby(["change_kind", "buyer_type"])
-               .agg(n=("delay_days", "size"), recall_28d=("recall_28d", "mean"), recall_60d=("recall_60d", "mean"),
+               .agg(n=("delay_days", "size"), recall_28d=("recall_28d", "mean"), evidence_28d=("evidence_28d", "mean"),
+                    after_evidence_28d=("after_evidence_28d", "mean"), recall_60d=("recall_60d", "mean"),
                     median_delay_days=("delay_days", "median"), median_orders_to_detect=("orders_to_detect", "median"),
                     still_shown_60d=("still_shown_60d", "mean"), anomaly_28d=("anomaly_28d", "mean")))
     return SignalScores(summary, by_kind, changers)
@@ -160,6 +180,24 @@ def _orders_between(orders: pd.DataFrame, changers: pd.DataFrame, first: pd.Seri
     o = o.assign(change_ts=o["customer_id"].map(changers["change_ts"]), detected=o["customer_id"].map(detected))
     o = o[(pd.to_datetime(o["order_ts"]) >= o["change_ts"]) & (pd.to_datetime(o["order_ts"]) < o["detected"] + pd.Timedelta(days=1))]
     return o.groupby("customer_id").size().reindex(changers.index).fillna(0).where(detected.notna())
+
+
+def _evidence_day(orders: pd.DataFrame, changers: pd.DataFrame) -> pd.Series:
+    """The day the orders first hold the evidence of each planted change, whatever the detector: the second
+    order after the change (one odd order is no change), or for a frequency drop the day the customer has
+    been silent for three of their usual gaps since their last order before it. NaT when not by the data's end."""
+    o = orders.loc[orders["customer_id"].isin(changers.index), ["customer_id", "order_ts"]].copy()
+    o["order_ts"] = pd.to_datetime(o["order_ts"])
+    o = o.sort_values(["customer_id", "order_ts"], kind="stable")
+    change_ts = o["customer_id"].map(changers["change_ts"])
+    after = o[o["order_ts"] >= change_ts]
+    second = after.groupby("customer_id")["order_ts"].nth(1)
+    second = pd.Series(second.to_numpy(), index=after.loc[second.index, "customer_id"]).dt.normalize()
+    last_before = o[o["order_ts"] < change_ts].groupby("customer_id")["order_ts"].max().dt.normalize()
+    silent = last_before + pd.to_timedelta(3 * changers["cadence_days"].reindex(last_before.index), unit="D")
+    drop = changers["change_kind"] == "frequency_drop"
+    return pd.Series(np.where(drop, np.maximum(silent.reindex(changers.index), changers["change_day"]), second.reindex(changers.index)),
+                     index=changers.index, dtype="datetime64[ns]")
 
 
 def _still_shown(changers: pd.DataFrame, segments: pd.DataFrame, flags: pd.DataFrame) -> pd.Series:

@@ -115,10 +115,14 @@ def drift(wh: Warehouse, settings: StoreSettings, store: str, customer: str, win
     return _drift_response(window, row, axes, anomalies, str(day.date()), computed)
 
 
+HISTORY_COLUMNS = ("archetype_id", "archetype_name", "archetype_level", "dominant_segments", "fuzzy_memberships", "churn_risk_score",
+                   "churn_risk_level", "predicted_ltv", "model_version")
+
+
 def history(wh: Warehouse, store: str, customer: str, days: int, snapshot_type: str | None) -> list[dict]:
     """The customer's snapshots over the `days` days up to their newest, oldest first (one per date without a type)."""
     out = []
-    for r in wh.customer_history_rows(store, customer, days, snapshot_type=snapshot_type):
+    for r in wh.customer_history_rows(store, customer, days, snapshot_type=snapshot_type, columns=HISTORY_COLUMNS):
         out.append({
             "snapshot_date": _day(r["snapshot_date"]), "snapshot_type": r["snapshot_type"],
             "archetype": {"id": r["archetype_id"], "name": r["archetype_name"], "level": int(r["archetype_level"])},

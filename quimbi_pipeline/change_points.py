@@ -65,6 +65,16 @@ class AxisChange:
         return cls(np.full(n, -1, dtype="int64"), np.zeros(n, dtype="int64"), np.full(n, np.nan), np.full(n, np.nan), np.zeros(n))
 
 
+def merge_changes(parts: list[AxisChange], n_all: int) -> AxisChange:
+    """One AxisChange from detections over disjoint sets of customers (each holds only its own customers' changes)."""
+    out = AxisChange.none(n_all)
+    for part in parts:
+        has = part.changed
+        out.after_n[has], out.since_ns[has] = part.after_n[has], part.since_ns[has]
+        out.before[has], out.after[has], out.evidence[has] = part.before[has], part.after[has], part.evidence[has]
+    return out
+
+
 def _newest_first(codes: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(order, group start per sorted row, position from newest) for rows sorted by customer then newest first."""
     order = np.lexsort((-ts, codes))
@@ -118,18 +128,27 @@ class _Splits:
         return self.t[np.minimum(np.arange(self.t.size) + 1, self.t.size - 1)]
 
 
-def mean_shift_change(codes: np.ndarray, ts: np.ndarray, x: np.ndarray, n_all: int, rule: ChangeRule) -> AxisChange:
-    """The newest-m split of each customer's per-purchase signal `x` (finite values only) with the largest t^2/2."""
+def pooled_within_variance(codes: np.ndarray, x: np.ndarray, n_all: int) -> float:
+    """The store's spread of a per-purchase signal: the pooled within-customer variance of its finite values."""
+    keep = np.isfinite(x)
+    c, v = codes[keep], x[keep].astype("float64")
+    count = np.bincount(c, minlength=n_all).astype("float64")
+    mean_c = np.divide(np.bincount(c, v, n_all), count, out=np.zeros(n_all), where=count > 0)
+    return max(float(((v - mean_c[c]) ** 2).sum()) / max(float((count - 1).clip(min=0).sum()), 1.0), 1e-12)
+
+
+def mean_shift_change(codes: np.ndarray, ts: np.ndarray, x: np.ndarray, n_all: int, rule: ChangeRule,
+                      store_var: float | None = None) -> AxisChange:
+    """The newest-m split of each customer's per-purchase signal `x` (finite values only) with the largest t^2/2.
+    `store_var`: the store's spread (pooled_within_variance of the whole store; default: of the purchases given)."""
     prepared = _Splits.of(codes, ts, x, n_all)
     if prepared is None:
         return AxisChange.none(n_all)
     split, v = prepared
     c, m, n = split.c, split.m, split.n
     total, total2 = np.bincount(c, v, n_all)[c], np.bincount(c, v * v, n_all)[c]
-    # Store spread: pooled within-customer variance.
-    count = np.bincount(c, minlength=n_all).astype("float64")
-    mean_c = np.divide(np.bincount(c, v, n_all), count, out=np.zeros(n_all), where=count > 0)
-    store_var = max(float(((v - mean_c[c]) ** 2).sum()) / max(float((count - 1).clip(min=0).sum()), 1.0), 1e-12)
+    if store_var is None:
+        store_var = pooled_within_variance(codes, x, n_all)
     s_after, q_after = split.newest(v), split.newest(v * v)
     n_before = n - m
     valid = (m >= rule.min_after) & (m <= rule.max_after) & (n_before >= rule.min_before)

@@ -14,7 +14,15 @@ import numpy as np
 import pandas as pd
 
 from quimbi_pipeline import orders as orders_mod
-from quimbi_pipeline.change_points import AxisChange, ChangeRule, binary_shift_change, mean_shift_change, rate_change
+from quimbi_pipeline.change_points import (
+    AxisChange,
+    ChangeRule,
+    binary_shift_change,
+    mean_shift_change,
+    merge_changes,
+    pooled_within_variance,
+    rate_change,
+)
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +221,7 @@ def compute_customer_features(
         purchases after a detected change of that axis (`detect(purchases in the window)` -> AxisChange)."""
         if adaptive is None:
             return in_rel
-        change = detect(in_rel)
+        change = _detect_by_customer_slices(codes, in_rel, n_all, detect)
         changes[axis] = change
         after = change.changed[codes] & (ts > change.since_ns[codes])
         return np.where(change.changed[codes], after, in_rel)
@@ -223,7 +231,7 @@ def compute_customer_features(
         # leaving the absolute window changed the before-rate with no new information and could carry a change
         # over its threshold on a day the customer did nothing. This window moves only with a new purchase;
         # the silence still runs to D.
-        rate = rate_change(codes[in_rel], ts[in_rel], end_ns, n_all, adaptive)
+        rate = _detect_by_customer_slices(codes, in_rel, n_all, lambda w: rate_change(codes[w], ts[w], end_ns, n_all, adaptive))
         changes["purchase_frequency"] = rate
         cut = rate.changed
         days_after = (end_ns - rate.since_ns) / NS_PER_DAY
@@ -231,7 +239,9 @@ def compute_customer_features(
             out["orders_per_month"] = np.where(cut, rate.after_n / np.maximum(days_after, 1.0) * DAYS_PER_MONTH, out["orders_per_month"].to_numpy())
             out["avg_days_between_orders"] = np.where(cut, days_after / np.maximum(rate.after_n, 1), out["avg_days_between_orders"].to_numpy())
 
-    use = window_for("purchase_value", lambda w: mean_shift_change(codes[w], ts[w], np.log1p(np.maximum(total[w], 0.0)), n_all, adaptive))
+    log_value = np.log1p(np.maximum(total, 0.0)) if adaptive is not None else None
+    value_var = pooled_within_variance(codes[in_rel], log_value[in_rel], n_all) if adaptive is not None else None
+    use = window_for("purchase_value", lambda w: mean_shift_change(codes[w], ts[w], log_value[w], n_all, adaptive, value_var))
     rel_total = total[use]
     rel_n = _group_sum(codes[use], n_all)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -248,7 +258,9 @@ def compute_customer_features(
             out["avg_discount_rate"] = np.where(gross > 0, _group_sum(dc, n_all, disc) / gross, 0.0)
     if "item_count" in optional_columns:
         items_all = purchase_column("item_count").astype("float64")
-        use = window_for("basket_size", lambda w: mean_shift_change(codes[w], ts[w], np.log1p(np.maximum(items_all[w], 0.0)), n_all, adaptive))
+        log_items = np.log1p(np.maximum(items_all, 0.0)) if adaptive is not None else None
+        items_var = pooled_within_variance(codes[in_rel], log_items[in_rel], n_all) if adaptive is not None else None
+        use = window_for("basket_size", lambda w: mean_shift_change(codes[w], ts[w], log_items[w], n_all, adaptive, items_var))
         ic, items, n_use = codes[use], items_all[use], _group_sum(codes[use], n_all)
         with np.errstate(invalid="ignore", divide="ignore"):
             out["avg_items_per_order"] = _group_sum(ic, n_all, items) / n_use
@@ -309,6 +321,23 @@ def _purchase_occasions(day_codes: np.ndarray, days: np.ndarray, day_spend: np.n
     with np.errstate(invalid="ignore", divide="ignore"):
         monetary = np.where(x > 0, (np.bincount(occ_code, occ_spend, n_all) - first_spend) / x, 0.0)
     return x, last_start / 7.0, monetary
+
+
+# Purchases per detector call: the detectors hold a dozen arrays per purchase they read, so a store's purchases are
+# read a slice of customers at a time (at 1M customers, 16M purchases: 32 slices). A fixed size, not a share of
+# memory or threads, so every machine detects the same changes.
+DETECTOR_SLICE_ROWS = 500_000
+
+
+def _detect_by_customer_slices(codes: np.ndarray, mask: np.ndarray, n_all: int, detect) -> AxisChange:
+    """`detect(mask of purchases)` -> AxisChange over the purchases in `mask`, run on successive slices of customers
+    of about DETECTOR_SLICE_ROWS purchases each (a customer's purchases always in one slice), merged."""
+    per_customer = np.bincount(codes[mask], minlength=n_all)
+    if per_customer.sum() <= DETECTOR_SLICE_ROWS:
+        return detect(mask)
+    ends = np.searchsorted(np.cumsum(per_customer), np.arange(DETECTOR_SLICE_ROWS, per_customer.sum(), DETECTOR_SLICE_ROWS), side="right")
+    bounds = np.unique(np.r_[0, ends, n_all])
+    return merge_changes([detect(mask & (codes >= lo) & (codes < hi)) for lo, hi in zip(bounds[:-1], bounds[1:])], n_all)
 
 
 def _modal(codes: np.ndarray, values: np.ndarray, n_all: int) -> np.ndarray:

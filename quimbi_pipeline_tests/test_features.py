@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from quimbi_pipeline.change_points import ChangeRule
 from quimbi_pipeline.features import AXES, available_axes, compute_customer_features
 from quimbi_pipeline.orders import orders_as_of, validate_orders
 
@@ -121,3 +122,21 @@ def test_purchase_occasions_count_clumped_purchases_once():
     assert weeks.loc["c", ["btyd_x", "btyd_t_x", "btyd_monetary", "btyd_days_per_occasion"]].tolist() == [2, 30 / 7, (21 + 40) / 2, 5 / 3]
     assert weeks.loc["c", "btyd_T"] == days.loc["c", "btyd_T"]
     assert weeks.loc["c", "avg_days_between_orders"] == days.loc["c", "avg_days_between_orders"]  # a segment feature: days, always
+
+
+def test_change_detection_by_customer_slices_finds_the_same_changes(monkeypatch):
+    """The detectors read a store's purchases a slice of customers at a time (bounded memory at 1M customers);
+    slices change nothing but the order of floating-point sums."""
+    from quimbi_pipeline import features
+    from quimbi_pipeline.demo import generate_demo
+
+    v = validate_orders(generate_demo(n_customers=1500, n_stores=1, seed=5, start="2025-09-01", end="2026-10-31").orders)
+    day = pd.Timestamp("2026-10-31")
+    whole = compute_customer_features(orders_as_of(v.orders, day), day, optional_columns=v.optional_columns, adaptive=ChangeRule())
+    monkeypatch.setattr(features, "DETECTOR_SLICE_ROWS", 2_000)
+    sliced = compute_customer_features(orders_as_of(v.orders, day), day, optional_columns=v.optional_columns, adaptive=ChangeRule())
+    assert (v.orders["order_ts"] <= day + pd.Timedelta(days=1)).sum() > 5 * 2_000  # several slices
+    since = [c for c in whole.columns if c.endswith(".since")]
+    assert len(since) == 5 and whole[since].notna().sum().sum() > 20  # changes were found on every kind of axis
+    pd.testing.assert_frame_equal(whole[since], sliced[since])  # the same changes, since the same purchase
+    pd.testing.assert_frame_equal(whole, sliced, check_exact=False, rtol=1e-9)

@@ -32,7 +32,8 @@ def run_query(wh: Warehouse, sql: str, params: dict) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def demo():
-    return generate_demo(n_customers=500, n_stores=1, seed=12, change_share=0.3)
+    # Seed 13: on the last day its month holds frequency degraders and anomalies, so no query below is vacuous.
+    return generate_demo(n_customers=500, n_stores=1, seed=13, change_share=0.3)
 
 
 def test_readme_has_the_three_queries():
@@ -65,7 +66,7 @@ def test_readme_queries_on_a_month_of_drift(warehouse_url, demo):
     anomalies = run_query(wh, queries["anomalies_today"], {"store": "store_a", "day": DAY})
     stored = wh.read_sql(f"SELECT count(*) AS n FROM {wh.qualified('customer_drift_anomalies')} WHERE store_id = 'store_a' AND as_of_date = :d",
                          {"d": pd.Timestamp(DAY).date()})["n"].iloc[0]
-    assert anomalies["customers"].sum() == stored
+    assert anomalies["customers"].sum() == stored > 0
     assert set(anomalies["anomaly_type"]) <= {"sudden_drift", "reversal", "velocity_spike"}
     # Every window has rows on the last day (history starts 2026-10-01: the long windows hold the whole month).
     windows = wh.read_sql(f"SELECT DISTINCT window_days FROM {wh.qualified('customer_drift')} WHERE as_of_date = :d", {"d": pd.Timestamp(DAY).date()})

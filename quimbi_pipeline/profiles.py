@@ -144,8 +144,7 @@ def score_churn(model: ChurnModel, features: pd.DataFrame, settings: PipelineSet
     x, t_x, T = features["btyd_x"].to_numpy(), features["btyd_t_x"].to_numpy(), features["btyd_T"].to_numpy()
     horizon = settings.churn_horizon_days * WEEKS_PER_DAY
     no_purchase = btyd.mbgnbd_p_no_purchase(model.bg, horizon, x, t_x, T)
-    days_per_occasion = features["btyd_days_per_occasion"].to_numpy() if "btyd_days_per_occasion" in features else 1.0
-    expected_h = _finite_purchases(btyd.mbgnbd_expected_purchases(model.bg, horizon, x, t_x, T) * days_per_occasion)
+    expected_h = _finite_purchases(btyd.mbgnbd_expected_purchases(model.bg, horizon, x, t_x, T) * features["btyd_days_per_occasion"].to_numpy())
     expected = _finite_purchases(btyd.mbgnbd_expected_purchases(model.bg, settings.ltv_horizon_days * WEEKS_PER_DAY, x, t_x, T))
     if model.gg is not None:
         spend = btyd.gamma_gamma_expected_spend(model.gg, x, features["btyd_monetary"].to_numpy())

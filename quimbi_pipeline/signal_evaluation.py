@@ -118,15 +118,9 @@ def score(data: PlantedData, warehouse_url: str, scored_from, scored_to, setting
     changers["delay_after_evidence_days"] = (first.reindex(changers.index) - changers["evidence_day"]).dt.days
     has_evidence = changers["evidence_day"] <= end - pd.Timedelta(days=28)  # 28 days after it are in the scored range
     changers["still_shown_60d"] = _still_shown(changers, segments, flags)
-    changer_anomalies = anomalies.merge(changers[["change_axis", "change_day"]], left_on="customer_id", right_index=True)
-    changer_anomalies = changer_anomalies[(changer_anomalies["axis"] == changer_anomalies["change_axis"])
-                                          & (changer_anomalies["as_of_date"] >= changer_anomalies["change_day"])
-                                          & (changer_anomalies["as_of_date"] <= changer_anomalies["change_day"] + pd.Timedelta(days=28))]
-    changers["anomaly_28d"] = changers.index.isin(changer_anomalies["customer_id"])
-    by_evidence = anomalies.merge(changers[["change_axis", "change_day", "evidence_day"]], left_on="customer_id", right_index=True)
-    by_evidence = by_evidence[(by_evidence["axis"] == by_evidence["change_axis"]) & (by_evidence["as_of_date"] >= by_evidence["change_day"])
-                              & (by_evidence["as_of_date"] <= by_evidence["evidence_day"] + pd.Timedelta(days=28))]
-    changers["anomaly_28d_after_evidence"] = changers.index.isin(by_evidence["customer_id"])
+    changers["anomaly_28d"] = _anomaly_on_axis_until(anomalies, changers, changers["change_day"] + pd.Timedelta(days=28))
+    changers["anomaly_28d_after_evidence"] = _anomaly_on_axis_until(anomalies, changers, changers["evidence_day"] + pd.Timedelta(days=28))
+    changers["evidence_28d"] = changers["evidence_day"] <= changers["change_day"] + pd.Timedelta(days=28)
 
     false_flagged = set(f28["customer_id"]) & set(unchanged)
     detected = int(changers["delay_days"].notna().sum())
@@ -139,7 +133,7 @@ def score(data: PlantedData, warehouse_url: str, scored_from, scored_to, setting
     summary = {
         "changers": len(changers), "unchanged": len(unchanged), "days": len(per_day),
         "recall_28d": float((changers["delay_days"] <= 28).mean()), "recall_60d": float((changers["delay_days"] <= 60).mean()),
-        "evidence_within_28d": float((changers["evidence_day"] <= changers["change_day"] + pd.Timedelta(days=28)).mean()),
+        "evidence_within_28d": float(changers["evidence_28d"].mean()),
         "recall_28d_after_evidence": float((changers.loc[has_evidence, "delay_after_evidence_days"] <= 28).mean()),
         "median_delay_after_evidence_days": float(changers.loc[has_evidence, "delay_after_evidence_days"].median()),
         "precision_28d_window": detected / (detected + len(false_flagged)) if detected + len(false_flagged) else float("nan"),
@@ -163,7 +157,6 @@ def score(data: PlantedData, warehouse_url: str, scored_from, scored_to, setting
         "recommendations_with_evidence": float(np.mean(["evidence" in item for item in rec_items])) if rec_items else float("nan"),
     }
     by_kind = (changers.assign(recall_28d=changers["delay_days"] <= 28, recall_60d=changers["delay_days"] <= 60,
-                               evidence_28d=changers["evidence_day"] <= changers["change_day"] + pd.Timedelta(days=28),
                                after_evidence_28d=(changers["delay_after_evidence_days"] <= 28).where(has_evidence))
                .groupby(["change_kind", "buyer_type"])
                .agg(n=("delay_days", "size"), recall_28d=("recall_28d", "mean"), evidence_28d=("evidence_28d", "mean"),
@@ -180,6 +173,13 @@ def _orders_between(orders: pd.DataFrame, changers: pd.DataFrame, first: pd.Seri
     o = o.assign(change_ts=o["customer_id"].map(changers["change_ts"]), detected=o["customer_id"].map(detected))
     o = o[(pd.to_datetime(o["order_ts"]) >= o["change_ts"]) & (pd.to_datetime(o["order_ts"]) < o["detected"] + pd.Timedelta(days=1))]
     return o.groupby("customer_id").size().reindex(changers.index).fillna(0).where(detected.notna())
+
+
+def _anomaly_on_axis_until(anomalies: pd.DataFrame, changers: pd.DataFrame, until: pd.Series) -> np.ndarray:
+    """Per changer: an anomaly on their changed axis dated from the change day to `until` (per changer)."""
+    hits = anomalies.merge(changers[["change_axis", "change_day"]].assign(until=until), left_on="customer_id", right_index=True)
+    hits = hits[(hits["axis"] == hits["change_axis"]) & (hits["as_of_date"] >= hits["change_day"]) & (hits["as_of_date"] <= hits["until"])]
+    return changers.index.isin(hits["customer_id"])
 
 
 def _evidence_day(orders: pd.DataFrame, changers: pd.DataFrame) -> pd.Series:

@@ -12,7 +12,8 @@ costs a few seconds of imports; the pool is used only from MIN_POOL_STORES small
 stores' own work is larger than that. The results are the same as one store after the other: every
 small store is single-threaded either way. Log records of a worker are sent back with its store's
 outcome and emitted in the parent, so a run's log reads the same either way. A worker that dies (out
-of memory, killed) fails its stores with an error saying so; the other stores go on.
+of memory, killed) fails its store with an error saying so; the stores beside it are retried and the
+others go on.
 """
 
 from __future__ import annotations
@@ -72,8 +73,12 @@ def _store_in_worker(warehouse_url: str, job: tuple) -> tuple:
 def run_in_pool(jobs: Iterator[tuple], warehouse_url: str, workers: int, failed_outcome, work=None) -> list:
     """Each job's outcome (pipeline.run_one_store's; a job is its arguments after the warehouse, the store
     first), run by `workers` spawned processes. Jobs are taken from the iterator as workers free up, so
-    only a few stores' orders are copied out at once. When a worker dies, the stores the pool was running
-    get failed_outcome(store, WORKER_DIED) and the rest go on in a new pool.
+    only a few stores' orders are copied out at once.
+
+    A dead worker breaks its whole pool, and the pool cannot say whose work killed it. So the stores in
+    flight are retried one at a time in a pool of one worker: the store that dies there gets
+    failed_outcome(store, WORKER_DIED), the others their own outcome (a store's write is one transaction,
+    so a store cut off mid-run left nothing), and the jobs not yet started go on in a new pool.
     `work` (default: run_one_store in a worker, with its log records) is a module-level function(url, job)."""
     work = work or _store_in_worker
     pending: Iterator[tuple] | None = iter(jobs)
@@ -81,39 +86,58 @@ def run_in_pool(jobs: Iterator[tuple], warehouse_url: str, workers: int, failed_
     context = multiprocessing.get_context("spawn")
     while pending is not None:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            pending = _run_until_done_or_broken(pool, pending, warehouse_url, workers, work, failed_outcome, outcomes)
+            pending, suspects = _run_until_done_or_broken(pool, pending, warehouse_url, workers, work, outcomes)
+        _run_alone(suspects, warehouse_url, work, failed_outcome, context, outcomes)
     return outcomes
 
 
-def _run_until_done_or_broken(pool, jobs, warehouse_url, workers, work, failed_outcome, outcomes) -> Iterator[tuple] | None:
-    """Runs jobs until there are none (returns None) or the pool breaks (returns the jobs not yet started)."""
+def _run_until_done_or_broken(pool, jobs, warehouse_url, workers, work, outcomes) -> tuple[Iterator[tuple] | None, list]:
+    """Runs jobs until there are none (returns None, []) or the pool breaks (returns the jobs not yet
+    started and those in flight when it broke)."""
     running: dict = {}
-    broken = False
+    suspects: list = []
     while True:
-        if not broken:
+        if not suspects:
             for job in itertools.islice(jobs, 2 * workers - len(running)):
                 try:
-                    running[pool.submit(work, warehouse_url, job)] = job[0]
+                    running[pool.submit(work, warehouse_url, job)] = job
                 except BrokenProcessPool:
-                    jobs, broken = itertools.chain([job], jobs), True
+                    suspects.append(job)
                     break
         if not running:
-            return jobs if broken else None
+            return (jobs, suspects) if suspects else (None, [])
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         for future in done:
-            store = running.pop(future)
-            outcome = _finished(future, store)
+            job = running.pop(future)
+            outcome = _finished(future)
             if outcome is None:
-                broken, outcome = True, failed_outcome(store, WORKER_DIED)
-            outcomes.append(outcome)
+                suspects.append(job)
+            else:
+                outcomes.append(outcome)
 
 
-def _finished(future, store: str):
+def _run_alone(jobs: list, warehouse_url, work, failed_outcome, context, outcomes) -> None:
+    """Runs each job by itself in a one-worker pool (a new pool after a death), so a death is its job's."""
+    while jobs:
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            while jobs:
+                job = jobs.pop(0)
+                try:
+                    outcome = _finished(pool.submit(work, warehouse_url, job))
+                except BrokenProcessPool:
+                    outcome = None
+                if outcome is None:
+                    log.error("store %s: %s", job[0], WORKER_DIED)
+                    outcomes.append(failed_outcome(job[0], WORKER_DIED))
+                    break
+                outcomes.append(outcome)
+
+
+def _finished(future):
     """The store's outcome, its worker's log records emitted here; None when its worker died."""
     try:
         outcome, records = future.result()
     except BrokenProcessPool:
-        log.error("store %s: %s", store, WORKER_DIED)
         return None
     for name, level, message in records:
         logging.getLogger(name).log(level, "%s", message)

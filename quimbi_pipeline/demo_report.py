@@ -52,9 +52,9 @@ def demo_report(warehouse_url: str, as_of: pd.Timestamp, out=None) -> None:
         for r in anomalies.head(5).itertuples():
             print(f"  {r.as_of_date} {r.store_id} {r.customer_id}  {r.anomaly_type}: {r.description}", file=out)
         outliers = wh.read_sql(
-            f"SELECT store_id, method, sum(CASE WHEN is_outlier THEN 1 ELSE 0 END) AS outliers, count(*) AS customers "
-            f"FROM {wh.qualified('customer_outlier_flags')} WHERE flag_date = :d GROUP BY store_id, method ORDER BY store_id, method", day)
-        print("\nOutliers (customer_outlier_flags):", file=out)
+            f"SELECT store_id, method, flagged AS outliers, customers "
+            f"FROM {wh.qualified('outlier_rates')} WHERE flag_date = :d ORDER BY store_id, method", day)
+        print("\nOutliers (outlier_rates):", file=out)
         for r in outliers.itertuples():
             print(f"  {r.store_id} {r.method}: {int(r.outliers)} of {int(r.customers):,}", file=out)
     finally:

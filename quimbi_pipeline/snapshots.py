@@ -49,8 +49,8 @@ class RetentionPolicy(BaseModel):
     # date's drift is computed on demand from the snapshots (pipeline.drift_on_demand).
     drift: int = Field(1, ge=1)
     anomalies: int = Field(180, ge=1)  # customer_drift_anomalies (and drift_inputs, which recomputes them)
-    population: int = Field(1825, ge=1)  # population_drift: a few rows per store and date
-    outliers: int = Field(28, ge=1)  # customer_outlier_flags
+    population: int = Field(1825, ge=1)  # population_drift, outlier_rates: a few rows per store and date
+    outliers: int = Field(28, ge=1)  # customer_outlier_flags (unflagged rows: the newest date only)
     models: int = Field(1825, ge=1)  # segment_models, segment_transitions: by fitted_on; a model a kept row names stays
 
     def days(self, snapshot_type: str) -> int:
@@ -75,4 +75,5 @@ TABLE_RETENTION = {
     "drift_inputs": ("as_of_date", "anomalies"),
     "population_drift": ("as_of_date", "population"),
     "customer_outlier_flags": ("flag_date", "outliers"),
+    "outlier_rates": ("flag_date", "population"),
 }

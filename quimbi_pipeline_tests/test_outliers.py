@@ -42,6 +42,34 @@ def test_density_catches_the_bot_and_the_whale_the_membership_rules_do_not(wareh
     wh.dispose()
 
 
+def test_older_dates_keep_their_flagged_rows_and_every_date_its_rates(warehouse_url):
+    """Every customer's scores on the store's newest date; the flagged rows of earlier dates, and each
+    date's rates per method, whatever order the dates are run in (a backfill of an earlier date)."""
+    wh = Warehouse(warehouse_url)
+    validated, settings = validate_orders(planted_outliers()), PipelineSettings(enable_outlier_detection=True)
+    table = wh.qualified("customer_outlier_flags")
+    reports = {}
+    for day in ("2026-10-30", "2026-10-31", "2026-10-29"):
+        reports[day] = run_profiles_partition(validated, day, wh, settings)
+        assert not reports[day].failed
+    flags = wh.read_sql(f"SELECT flag_date, customer_id, method, is_outlier FROM {table}")
+    flags["flag_date"] = pd.to_datetime(flags["flag_date"]).dt.strftime("%Y-%m-%d")
+    newest = flags[flags.flag_date == "2026-10-31"]
+    assert len(newest) == 3 * reports["2026-10-31"].n_profiles
+    older = flags[flags.flag_date < "2026-10-31"]
+    assert set(older.flag_date) == {"2026-10-29", "2026-10-30"} and older["is_outlier"].astype(bool).all()
+    assert "bot" in set(older.loc[(older.flag_date == "2026-10-30") & (older.method == "density"), "customer_id"])
+    rates = wh.read_sql(f"SELECT flag_date, method, customers, flagged FROM {wh.qualified('outlier_rates')}")
+    rates["flag_date"] = pd.to_datetime(rates["flag_date"]).dt.strftime("%Y-%m-%d")
+    for day, report in reports.items():
+        of_day = rates[rates.flag_date == day].set_index("method")
+        assert sorted(of_day.index) == ["density", "membership", "membership_normalized"]
+        assert (of_day["customers"] == report.n_profiles).all()
+        for method, rate in report.outcomes[0].outlier_rates.items():
+            assert of_day.loc[method, "flagged"] / report.n_profiles == pytest.approx(rate, abs=1e-6)
+    wh.dispose()
+
+
 def segmentation(memberships, k) -> AxisSegmentation:
     u = np.asarray(memberships, dtype=float)
     model = AxisModel(axis="purchase_value", algorithm="kmeans", feature_names=["a", "b"], log_scale=np.array([False, False]),

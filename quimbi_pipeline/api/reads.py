@@ -147,11 +147,10 @@ def population(wh: Warehouse, store: str, days: int) -> list[dict]:
 
 
 def outlier_rates(wh: Warehouse, store: str) -> list[dict]:
-    """Share of the store's flagged customers per date and method (customer_outlier_flags, as retained)."""
-    rows = _rows(wh, f"SELECT flag_date, method, count(*) AS n, sum(CASE WHEN is_outlier THEN 1 ELSE 0 END) AS flagged "
-                     f"FROM {wh.qualified('customer_outlier_flags')} WHERE store_id = :s GROUP BY flag_date, method ORDER BY flag_date, method",
-                 {"s": store})
-    return [{"date": _day(r["flag_date"]), "method": r["method"], "rate": float(r["flagged"]) / max(int(r["n"]), 1)} for r in rows]
+    """Share of the store's flagged customers per date and method (outlier_rates, as retained)."""
+    rows = _rows(wh, f"SELECT flag_date, method, customers, flagged FROM {wh.qualified('outlier_rates')} "
+                     "WHERE store_id = :s ORDER BY flag_date, method", {"s": store})
+    return [{"date": _day(r["flag_date"]), "method": r["method"], "rate": int(r["flagged"]) / max(int(r["customers"]), 1)} for r in rows]
 
 
 def newest_drift_date(wh: Warehouse, store: str) -> str | None:

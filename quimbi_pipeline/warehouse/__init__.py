@@ -9,7 +9,7 @@ exactly that partition's rows and a failure leaves the previous rows intact.
 - profile_tables.py: customer_profiles, and the write of a store's partition (one transaction over the families);
 - snapshot_tables.py: customer_profile_snapshots, snapshot_blocks, snapshot_writes, the history view;
 - drift_tables.py: customer_drift, customer_axis_drift, customer_drift_anomalies, population_drift, drift_inputs;
-- outlier_tables.py: customer_outlier_flags;
+- outlier_tables.py: customer_outlier_flags, outlier_rates;
 - model_tables.py: segment_models, segment_transitions.
 
 Retention of every table is prune.py's.
@@ -48,6 +48,7 @@ from quimbi_pipeline.warehouse.model_tables import (
 from quimbi_pipeline.warehouse.outlier_tables import (
     OutlierStore,
     customer_outlier_flags,
+    outlier_rates,
 )
 from quimbi_pipeline.warehouse.profile_tables import (
     JSON_COLUMNS,
@@ -77,5 +78,5 @@ __all__ = [
     "DATE_PARTITIONED", "DRIFT_TABLES", "HISTORY_VIEW", "JSON_COLUMNS", "PG_SCHEMA", "SNAPSHOT_COPIED_COLUMNS", "SNAPSHOT_PARTITION_PREFIX",
     "Warehouse", "customer_axis_drift", "customer_drift", "customer_drift_anomalies", "customer_outlier_flags", "customer_profile_snapshots",
     "customer_profiles", "data_dir", "default_warehouse_url", "drift_inputs", "drop_postgres_schema", "masked_url", "metadata", "normalize_profiles",
-    "population_drift", "prefetched", "resolve_warehouse_url", "segment_models", "segment_transitions", "snapshot_blocks", "snapshot_writes",
+    "outlier_rates", "population_drift", "prefetched", "resolve_warehouse_url", "segment_models", "segment_transitions", "snapshot_blocks", "snapshot_writes",
 ]

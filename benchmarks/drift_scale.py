@@ -33,7 +33,8 @@ from quimbi_pipeline.profiles import json_object, json_number  # noqa: E402
 from quimbi_pipeline.segmentation import segment_names_for  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
 from quimbi_pipeline.snapshot_blocks import SnapshotColumns, encode_blocks  # noqa: E402
-from quimbi_pipeline.warehouse import Warehouse, customer_profile_snapshots, drop_postgres_schema  # noqa: E402
+from quimbi_pipeline.snapshots import TYPE_BITS  # noqa: E402
+from quimbi_pipeline.warehouse import Warehouse, drop_postgres_schema, profile_snapshots  # noqa: E402
 
 AXES_K = {"purchase_frequency": 3, "purchase_value": 3, "loyalty_trajectory": 2, "category_exploration": 6,
           "discount_sensitivity": 6, "basket_size": 5}
@@ -72,7 +73,7 @@ def synthetic_history(n: int, dates: list[pd.Timestamp], seed: int = 1, block_cu
         blocks = encode_blocks(SnapshotColumns(pd.DataFrame({"churn_risk_score": churn, "archetype_name": archetype.to_numpy(object)}, index=index),
                                                pd.DataFrame(numbers, index=index), pd.DataFrame(index=index)), block_customers)
         yield day, blocks, pd.DataFrame({
-            "store_id": STORE, "customer_id": customers, "snapshot_date": day.date(), "snapshot_type": "daily",
+            "store_id": STORE, "customer_id": customers, "snapshot_date": day.date(), "snapshot_types": TYPE_BITS["daily"],
             "archetype_id": "a", "archetype_level": 3, "archetype_name": archetype, "dominant_segments": "{}",
             "fuzzy_memberships": json_object(parts), "behavioral_features": "{}",
             "churn_risk_score": churn, "churn_risk_level": "low", "predicted_ltv": 10.0, "expected_purchases": 1.0, "total_orders": 3,
@@ -103,11 +104,11 @@ def main() -> None:
     table = Table()
     started = time.perf_counter()
     rows = 0
-    cols = [c.name for c in customer_profile_snapshots.columns]
+    cols = [c.name for c in profile_snapshots.columns]
     for day, blocks, frame in synthetic_history(args.customers, dates):
         with wh.engine.begin() as conn:
-            wh._ensure_date_partition(conn, "customer_profile_snapshots", day)
-            wh._bulk_load(conn, wh.qualified("customer_profile_snapshots"), frame[cols])
+            wh._ensure_date_partition(conn, "profile_snapshots", day)
+            wh._bulk_load(conn, wh.qualified("profile_snapshots"), frame[cols])
             if not args.without_blocks:
                 wh.replace_snapshot_blocks(conn, STORE, day, blocks)
         rows += len(frame)

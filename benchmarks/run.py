@@ -39,6 +39,7 @@ from quimbi_pipeline.demo import generate_demo  # noqa: E402
 from quimbi_pipeline.orders import orders_as_of, validate_orders  # noqa: E402
 from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
+from quimbi_pipeline.snapshots import TYPE_BITS  # noqa: E402
 from quimbi_pipeline.warehouse import SNAPSHOT_COPIED_COLUMNS, Warehouse, drop_postgres_schema  # noqa: E402
 
 
@@ -83,20 +84,20 @@ def seed_history(wh: Warehouse, validated, as_of: pd.Timestamp, settings: Pipeli
     report, secs = timed(lambda: run_profiles_partition(validated, source, wh, settings.model_copy(update={"enable_drift_analysis": False})))
     table.row(f"  history: profiles of {source.date()}", secs, report.n_profiles)
     started, rows = time.perf_counter(), 0
-    snap, blocks = wh.qualified("customer_profile_snapshots"), wh.qualified("snapshot_blocks")
+    snap, blocks = wh.qualified("profile_snapshots"), wh.qualified("snapshot_blocks")
     copied = ", ".join(SNAPSHOT_COPIED_COLUMNS)
     for day in copies:
         with wh.engine.begin() as conn:
-            wh._ensure_date_partition(conn, "customer_profile_snapshots", day)
+            wh._ensure_date_partition(conn, "profile_snapshots", day)
             params = {"d": day.date(), "src": source.date()}
             rows += conn.execute(sa.text(
-                f"INSERT INTO {snap} (store_id, customer_id, snapshot_date, snapshot_type, {copied}) "
-                f"SELECT store_id, customer_id, :d, 'daily', {copied} FROM {snap} WHERE snapshot_date = :src AND snapshot_type = 'daily'"), params).rowcount
+                f"INSERT INTO {snap} (store_id, customer_id, snapshot_date, snapshot_types, {copied}) "
+                f"SELECT store_id, customer_id, :d, {TYPE_BITS['daily']}, {copied} FROM {snap} WHERE snapshot_date = :src"), params).rowcount
             conn.execute(sa.text(
                 f"INSERT INTO {blocks} SELECT store_id, :d, block, first_customer_id, last_customer_id, n_customers, memberships, features "
                 f"FROM {blocks} WHERE snapshot_date = :src"), params)
         if wh.is_postgres:  # as the daily write does for its own date
-            wh.analyze_date_partition("customer_profile_snapshots", day)
+            wh.analyze_date_partition("profile_snapshots", day)
     table.row(f"  history: copied to {len(copies)} dates", time.perf_counter() - started, rows)
 
 
@@ -128,7 +129,7 @@ def run_partition(label: str, url: str, validated, date: str, table: Table, sett
         windows = ",".join(str(w) for w in settings.drift_windows)
         table.row(f"{label} drift total (windows {windows})", drift_secs, sum(o.rows.get("customer_drift", 0) + o.rows.get("customer_axis_drift", 0) for o in outcomes))
     table.row(f"{label} partition total", profile_secs + drift_secs, report.n_profiles)
-    for name in ("customer_profile_snapshots", "snapshot_blocks", "customer_profiles", "customer_drift", "customer_axis_drift"):
+    for name in ("profile_snapshots", "snapshot_blocks", "customer_profiles", "customer_drift", "customer_axis_drift"):
         size = wh.table_bytes(name)
         if size:
             n = wh.read_sql(f"SELECT count(*) AS n FROM {wh.qualified(name)}")["n"].iloc[0]

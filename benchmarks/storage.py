@@ -9,11 +9,12 @@ the issue 13 figures:
 
 - bytes per active customer per daily run (all tables and indexes / active customers / runs; target <= 400);
 - steady state after a year at 1M customers: each table's rows a customer keeps under the policy after
-  365 daily runs (snapshots: 7 daily, ~9 weekly, 12 monthly, 4 quarterly, 1 yearly, counted from the
-  calendar) times the bytes per row measured here, times 1M (target <= 25 GB on PostgreSQL);
+  365 daily runs (snapshots: a row per retained date, whatever its types: 7 daily, ~9 weekly, 12 monthly,
+  4 quarterly, 1 yearly, counted from the calendar, on ~26 dates) times the bytes per row measured here,
+  times 1M (target <= 25 GB on PostgreSQL);
 - growth per month per 100k customers in that first year (what is added each month and not expired:
-  one monthly, a third of a quarterly and a twelfth of a yearly snapshot per customer, their blocks, and
-  the events; target <= 500 MB).
+  the monthly date's snapshot row per customer (quarterly and yearly dates are monthly dates too) and its
+  blocks; target <= 500 MB).
 
 Prints figures; asserts nothing.
 """
@@ -108,22 +109,21 @@ def main() -> int:
     snap_rows_year, dates_year = retained_snapshot_rows(policy, 365, end)
     per_customer = {
         "customer_profiles": sizes["customer_profiles"][0] / active,
-        "customer_profile_snapshots": per_row("customer_profile_snapshots") * snap_rows_year,
+        "profile_snapshots": per_row("profile_snapshots") * dates_year,
         "snapshot_blocks": sizes["snapshot_blocks"][0] / active / max(dates_now, 1) * dates_year,
         "customer_drift + customer_axis_drift": (sizes["customer_drift"][0] + sizes["customer_axis_drift"][0]) / active,
         "customer_drift_anomalies": sizes["customer_drift_anomalies"][0] / active / max(anomaly_days, 1) * policy.anomalies,
         "customer_outlier_flags": sizes["customer_outlier_flags"][0] / active,  # already at its 28-day steady state
     }
-    small = total - sum(sizes[t][0] for t in ("customer_profiles", "customer_profile_snapshots", "snapshot_blocks", "customer_drift",
+    small = total - sum(sizes[t][0] for t in ("customer_profiles", "profile_snapshots", "snapshot_blocks", "customer_drift",
                                                "customer_axis_drift", "customer_drift_anomalies", "customer_outlier_flags"))
     year = sum(per_customer.values()) * 1_000_000 + small
-    print(f"\nsteady state after a year at 1M customers (snapshot rows per customer {snap_rows_year} on {dates_year} dates; "
-          f"here {snap_rows_now} on {dates_now}):")
+    print(f"\nsteady state after a year at 1M customers (snapshot rows per customer: one per date, {dates_year} dates, "
+          f"{snap_rows_year} types; here {dates_now} dates, {snap_rows_now} types):")
     for name, b in per_customer.items():
         print(f"  {name:<38}{b:>10,.0f} bytes/customer{b * 1e6 / 1e9:>10.2f} GB")
     print(f"  total {year / 1e9:,.2f} GB (target <= 25 GB on PostgreSQL)")
-    monthly = (per_row("customer_profile_snapshots") * (1 + 1 / 3 + 1 / 12)
-               + sizes["snapshot_blocks"][0] / active / max(dates_now, 1) * (1 + 1 / 3 + 1 / 12))
+    monthly = per_row("profile_snapshots") + sizes["snapshot_blocks"][0] / active / max(dates_now, 1)
     print(f"growth per month per 100k customers in the first year: {monthly * 100_000 / 1e6:,.0f} MB (target <= 500 MB)")
     return 0
 

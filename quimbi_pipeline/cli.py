@@ -70,15 +70,41 @@ def open_warehouse(warehouse: str | None):
     """The warehouse (created if missing), or a UserError naming the URL (masked) and why it cannot be opened."""
     import sqlalchemy as sa
 
-    from quimbi_pipeline.warehouse import Warehouse, masked_url, resolve_warehouse_url
+    from quimbi_pipeline.warehouse import NeedsMigration, Warehouse, masked_url, resolve_warehouse_url
 
     url = resolve_warehouse_url(warehouse)
     try:
         return Warehouse(url)
+    except NeedsMigration as exc:
+        raise UserError(f"{masked_url(url)}: {exc}") from exc
     except (sa.exc.SQLAlchemyError, OSError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise UserError(f"cannot open the warehouse {masked_url(url)}: {reason}\n"
                         "Check --warehouse / QUIMBI_WAREHOUSE_URL (a SQLAlchemy URL, e.g. postgresql+psycopg://user:password@host:5432/db).") from exc
+
+
+def migrate_warehouse(warehouse: str | None, out=None) -> int:
+    """`quimbi migrate`: upgrade a warehouse written by an earlier version in place (warehouse/migrate.py)."""
+    import sqlalchemy as sa
+
+    from quimbi_pipeline.warehouse import Warehouse, masked_url, resolve_warehouse_url
+    from quimbi_pipeline.warehouse.migrate import migrate
+
+    out = out or sys.stdout
+    url = resolve_warehouse_url(warehouse)
+    try:
+        wh = Warehouse(url, create=False)
+        try:
+            done = migrate(wh)
+        finally:
+            wh.dispose()
+    except (sa.exc.SQLAlchemyError, OSError, ValueError, RuntimeError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise UserError(f"cannot migrate the warehouse {masked_url(url)}: {reason}\nNothing was changed (one transaction).") from exc
+    print(f"quimbi migrate: {masked_url(url)}", file=out)
+    for line in done:
+        print(f"  {line}", file=out)
+    return 0
 
 
 def prune_warehouse(warehouse: str | None, dry_run: bool, out=None) -> int:
@@ -338,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     prune = sub.add_parser("prune", help="delete what the retention policy (QUIMBI_RETENTION_*_DAYS) expires, in every table")
     prune.add_argument("--warehouse", help="SQLAlchemy URL (default: QUIMBI_WAREHOUSE_URL, else the project's SQLite file)")
     prune.add_argument("--dry-run", action="store_true", help="count the expired rows per table, delete nothing")
+    migrate = sub.add_parser("migrate", help="upgrade a warehouse written by an earlier version in place (one transaction)")
+    migrate.add_argument("--warehouse", help="SQLAlchemy URL (default: QUIMBI_WAREHOUSE_URL, else the project's SQLite file)")
     serve_cmd = sub.add_parser("serve", help="the read API over the warehouse (FastAPI; docs at /docs)")
     serve_cmd.add_argument("--warehouse", help="SQLAlchemy URL (default: QUIMBI_WAREHOUSE_URL, else the project's SQLite file)")
     serve_cmd.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 with QUIMBI_API_KEYS)")
@@ -375,6 +403,8 @@ def _command(args) -> int:
         return serve(args.warehouse, args.host, args.port, args.workers)
     if args.command == "prune":
         return prune_warehouse(args.warehouse, args.dry_run)
+    if args.command == "migrate":
+        return migrate_warehouse(args.warehouse)
 
     from quimbi_pipeline.demo_report import demo_report, write_demo_flags
     from quimbi_pipeline.warehouse import default_warehouse_url, masked_url

@@ -355,7 +355,7 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
     retention = retention or RetentionPolicy.from_env()
     if stores is None:
         stores = warehouse.read_sql(
-            f"SELECT DISTINCT store_id FROM {warehouse.qualified('customer_profile_snapshots')} WHERE snapshot_date = :d ORDER BY 1",
+            f"SELECT DISTINCT store_id FROM {warehouse.qualified('profile_snapshots')} WHERE snapshot_date = :d ORDER BY 1",
             {"d": as_of.date()})["store_id"].tolist()
     outcomes = []
     for store in sorted(stores):

@@ -1,6 +1,6 @@
 """Retention for every table the pipeline writes (RetentionPolicy in snapshots.py), in bulk, per store.
 
-- customer_profile_snapshots by type (Warehouse.prune_snapshots); snapshot_blocks and snapshot_writes go
+- snapshots by type (Warehouse.prune_snapshots: the type's bit cleared, a row without types deleted); snapshot_blocks and snapshot_writes go
   with the last snapshot of their date;
 - the drift tables, anomalies, drift inputs, population drift and outlier flags by date (TABLE_RETENTION),
   counted from the store's newest date in that table, as the snapshots are; customer_drift and
@@ -107,7 +107,7 @@ def _prune_models(wh: Warehouse, conn: sa.Connection, policy: RetentionPolicy) -
         deleted = conn.execute(sa.text(
             f"DELETE FROM {models} WHERE store_id = :s AND fitted_on < :c "
             f"AND model_version NOT IN (SELECT DISTINCT model_version FROM {wh.qualified('customer_profiles')} WHERE store_id = :s) "
-            f"AND model_version NOT IN (SELECT DISTINCT model_version FROM {wh.qualified('customer_profile_snapshots')} WHERE store_id = :s)"),
+            f"AND model_version NOT IN (SELECT DISTINCT model_version FROM {wh.qualified('profile_snapshots')} WHERE store_id = :s)"),
             {"s": store, "c": cutoff}).rowcount
         gone = conn.execute(sa.text(
             f"DELETE FROM {transitions} WHERE store_id = :s AND model_version NOT IN (SELECT model_version FROM {models} WHERE store_id = :s)"),
@@ -130,7 +130,7 @@ def prune(wh: Warehouse, policy: RetentionPolicy) -> pd.DataFrame:
                 rows.append({"table": table, "store_id": store, "cutoff": cutoff, "deleted": expire_dated_rows(wh, conn, table, store, cutoff)})
         rows += _prune_models(wh, conn, policy)
         # Bookkeeping of snapshot dates no snapshot is kept of (a rewrite of such a date starts afresh).
-        writes, snaps = wh.qualified("snapshot_writes"), wh.qualified("customer_profile_snapshots")
+        writes, snaps = wh.qualified("snapshot_writes"), wh.qualified("profile_snapshots")
         conn.execute(sa.text(f"DELETE FROM {writes} WHERE NOT EXISTS (SELECT 1 FROM {snaps} s "
                              f"WHERE s.store_id = {writes}.store_id AND s.snapshot_date = {writes}.snapshot_date)"))
     return pd.DataFrame(rows, columns=["table", "store_id", "cutoff", "deleted"])

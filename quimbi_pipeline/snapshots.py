@@ -19,6 +19,20 @@ from pydantic import BaseModel, ConfigDict, Field
 SNAPSHOT_TYPES = ("daily", "weekly", "monthly", "quarterly", "yearly")
 PROFILE_CHANGE = "profile_change"  # extra snapshot of a customer whose memberships moved (option)
 RETAINED_TYPES = SNAPSHOT_TYPES + (PROFILE_CHANGE,)
+# A stored snapshot row holds its types as a set: one bit per type (finest first), so a date that is
+# daily, weekly and monthly stores the profile once.
+TYPE_BITS = {t: 1 << i for i, t in enumerate(RETAINED_TYPES)}
+CALENDAR_MASK = sum(TYPE_BITS[t] for t in SNAPSHOT_TYPES)
+
+
+def type_mask(types) -> int:
+    """The bit set of snapshot types."""
+    return sum(TYPE_BITS[t] for t in set(types))
+
+
+def finest_type(mask: int) -> str:
+    """The finest type of a non-empty set (the one a date's history row is shown as)."""
+    return next(t for t in RETAINED_TYPES if mask & TYPE_BITS[t])
 
 
 def snapshot_types_for(day) -> list[str]:

@@ -180,12 +180,12 @@ def test_postgres_snapshots_are_partitioned_by_date_and_prune_drops_expired_date
     run(pg_url, "2026-01-04", "2026-01-07", monkeypatch)  # Sunday .. Wednesday, Monday has a weekly snapshot
     wh = Warehouse(pg_url)
     assert wh.snapshots_partitioned
-    assert wh.snapshot_partitions() == [f"customer_profile_snapshots_p2026010{d}" for d in (4, 5, 6, 7)]
+    assert wh.snapshot_partitions() == [f"profile_snapshots_p2026010{d}" for d in (4, 5, 6, 7)]
     before = snapshot_table(pg_url)
     counts = wh.prune_snapshots(RetentionPolicy.from_env())
     after = snapshot_table(pg_url)
     # Jan 4 held only daily rows: dropped whole. Jan 5 keeps its weekly rows: its daily rows are deleted.
-    assert wh.snapshot_partitions() == [f"customer_profile_snapshots_p2026010{d}" for d in (5, 6, 7)]
+    assert wh.snapshot_partitions() == [f"profile_snapshots_p2026010{d}" for d in (5, 6, 7)]
     dates = pd.to_datetime(before["snapshot_date"])
     expired = (before["snapshot_type"] == "daily") & (dates < pd.Timestamp("2026-01-06"))
     pd.testing.assert_frame_equal(before.loc[~expired].reset_index(drop=True), after)

@@ -26,7 +26,7 @@ from quimbi_pipeline.api.access import Access
 from quimbi_pipeline.api.models import Drift, Health, History, Population, Profile
 from quimbi_pipeline.api.pages import add_pages
 from quimbi_pipeline.settings import StoreSettings
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.warehouse import NeedsMigration, Warehouse, pending_migration
 
 log = logging.getLogger("quimbi_pipeline.api")
 Window = Annotated[str, Query(pattern="^(7d|28d|90d|180d|365d)$", description="7d, 28d, 90d, 180d or 365d")]
@@ -103,6 +103,11 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None) -
     per profile request 0.76 -> 0.45 ms, benchmarks/api.py). Pages, the population series and past-date drift run in
     the thread pool. `quimbi serve --workers N` runs N such loops."""
     warehouse = Warehouse(warehouse_url, create=False)
+    with warehouse.engine.connect() as conn:
+        reason = pending_migration(conn)
+    if reason:
+        warehouse.dispose()
+        raise NeedsMigration(reason)
     access = access or Access.from_env()
     settings = StoreSettings()  # read once: the flags the pipeline runs with (environment, flags file)
     known_stores = StoreCache(warehouse)

@@ -7,12 +7,13 @@ exactly that partition's rows and a failure leaves the previous rows intact.
 
 - connection.py: URLs, engine, schema creation and in-place upgrade, date partitions, bulk loads, reads;
 - profile_tables.py: customer_profiles, and the write of a store's partition (one transaction over the families);
-- snapshot_tables.py: customer_profile_snapshots, snapshot_blocks, snapshot_writes, the history view;
+- snapshot_tables.py: profile_snapshots (its views customer_profile_snapshots and the history view), snapshot_blocks,
+  snapshot_writes;
 - drift_tables.py: customer_drift, customer_axis_drift, customer_drift_anomalies, population_drift, drift_inputs;
 - outlier_tables.py: customer_outlier_flags, outlier_rates;
 - model_tables.py: segment_models, segment_transitions.
 
-Retention of every table is prune.py's.
+Retention of every table is prune.py's; upgrading a warehouse written by an earlier version is migrate.py's.
 """
 
 from __future__ import annotations
@@ -60,8 +61,12 @@ from quimbi_pipeline.warehouse.snapshot_tables import (
     HISTORY_VIEW,
     SNAPSHOT_COPIED_COLUMNS,
     SNAPSHOT_PARTITION_PREFIX,
+    SNAPSHOTS,
+    SNAPSHOTS_VIEW,
+    NeedsMigration,
     SnapshotStore,
-    customer_profile_snapshots,
+    pending_migration,
+    profile_snapshots,
     snapshot_blocks,
     snapshot_writes,
 )
@@ -75,8 +80,8 @@ class Warehouse(ProfileStore, SnapshotStore, DriftStore, OutlierStore, ModelStor
 
 
 __all__ = [
-    "DATE_PARTITIONED", "DRIFT_TABLES", "HISTORY_VIEW", "JSON_COLUMNS", "PG_SCHEMA", "SNAPSHOT_COPIED_COLUMNS", "SNAPSHOT_PARTITION_PREFIX",
-    "Warehouse", "customer_axis_drift", "customer_drift", "customer_drift_anomalies", "customer_outlier_flags", "customer_profile_snapshots",
+    "DATE_PARTITIONED", "DRIFT_TABLES", "HISTORY_VIEW", "JSON_COLUMNS", "NeedsMigration", "PG_SCHEMA", "SNAPSHOT_COPIED_COLUMNS", "SNAPSHOT_PARTITION_PREFIX", "SNAPSHOTS", "SNAPSHOTS_VIEW",
+    "Warehouse", "customer_axis_drift", "customer_drift", "customer_drift_anomalies", "customer_outlier_flags",
     "customer_profiles", "data_dir", "default_warehouse_url", "drift_inputs", "drop_postgres_schema", "masked_url", "metadata", "normalize_profiles",
-    "outlier_rates", "population_drift", "prefetched", "resolve_warehouse_url", "segment_models", "segment_transitions", "snapshot_blocks", "snapshot_writes",
+    "outlier_rates", "pending_migration", "population_drift", "prefetched", "profile_snapshots", "resolve_warehouse_url", "segment_models", "segment_transitions", "snapshot_blocks", "snapshot_writes",
 ]

@@ -36,8 +36,8 @@ metadata = sa.MetaData()
 Json = sa.JSON().with_variant(JSONB(), "postgresql")
 
 # Tables partitioned by a date column on PostgreSQL (a partition per date, created on first write).
-DATE_PARTITIONED = {"customer_profile_snapshots": "snapshot_date", "customer_drift": "as_of_date", "customer_axis_drift": "as_of_date",
-                    "customer_outlier_flags": "flag_date"}
+DATE_PARTITIONED = {"profile_snapshots": "snapshot_date", "customer_drift": "as_of_date", "customer_axis_drift": "as_of_date",
+                    "customer_outlier_flags": "flag_date"}  # outlier flags: partitioned only in warehouses created before 2026-11-26
 
 # Staging-only tables (temporary, never created in the warehouse).
 staging_metadata = sa.MetaData()
@@ -150,14 +150,18 @@ class Connection:
                     conn.execute(sa.text(f"ALTER TABLE {self.qualified(table.name)} ADD COLUMN {column.name} "
                                          f"{column.type.compile(dialect=conn.dialect)}"))
 
-    def _partitioned_tables(self) -> set[str]:
-        """PostgreSQL tables created partitioned (older unpartitioned tables keep working)."""
+    def _partitioned_tables(self, conn: sa.Connection | None = None) -> set[str]:
+        """PostgreSQL tables created partitioned (older unpartitioned tables keep working), as `conn` sees them when given."""
         if not self.is_postgres:
             return set()
-        frame = self.read_sql(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = :schema AND c.relkind = 'p'", {"schema": PG_SCHEMA})
-        return set(frame["relname"]) & set(DATE_PARTITIONED)
+        query = sa.text("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = :schema AND c.relkind = 'p'")
+        if conn is None:
+            with self.engine.connect() as own:
+                names = set(own.execute(query, {"schema": PG_SCHEMA}).scalars())
+        else:
+            names = set(conn.execute(query, {"schema": PG_SCHEMA}).scalars())
+        return names & set(DATE_PARTITIONED)
 
     def _ensure_date_partition(self, conn: sa.Connection, table: str, day) -> None:
         if table not in self.partitioned:

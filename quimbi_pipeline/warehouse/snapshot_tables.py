@@ -1,12 +1,15 @@
-"""customer_profile_snapshots (frozen copies of a date's profiles per calendar type), their columnar copy
-snapshot_blocks, the write log snapshot_writes, the one-row-per-date history view; reads, expiry, prune."""
+"""profile_snapshots (a date's frozen profiles, one row per customer and date with its calendar types as a
+set) and the analysts' views over it (customer_profile_snapshots: a row per type; the one-row-per-date
+history view), their columnar copy snapshot_blocks, the write log snapshot_writes; reads, expiry, prune."""
 
 from __future__ import annotations
+
+import contextlib
 
 import pandas as pd
 import sqlalchemy as sa
 
-from quimbi_pipeline.snapshots import PROFILE_CHANGE, RETAINED_TYPES, SNAPSHOT_TYPES
+from quimbi_pipeline.snapshots import CALENDAR_MASK, PROFILE_CHANGE, RETAINED_TYPES, TYPE_BITS, finest_type, type_mask
 from quimbi_pipeline.warehouse.connection import PG_SCHEMA, metadata, staging_metadata
 from quimbi_pipeline.warehouse.profile_tables import JSON_COLUMNS, customer_profiles
 
@@ -16,23 +19,27 @@ SNAPSHOT_COPIED_COLUMNS = [
     "tenure_months", "model_version",
 ]
 
-# The seed's snapshot table, with store_id in the unique key. No surrogate id or created_at: a re-run
+SNAPSHOTS = "profile_snapshots"
+SNAPSHOTS_VIEW = "customer_profile_snapshots"  # the analysts' name: a row per (customer, date, type)
+
+# One row per (store, customer, date): every type of the date holds the same profile, so the types are a
+# bit set (snapshots.TYPE_BITS) and expiring a type clears its bit. No surrogate id or created_at: a re-run
 # of a date must leave byte-identical rows.
-customer_profile_snapshots = sa.Table(
-    "customer_profile_snapshots", metadata,
+profile_snapshots = sa.Table(
+    SNAPSHOTS, metadata,
     sa.Column("store_id", sa.Text, primary_key=True),
     sa.Column("customer_id", sa.Text, primary_key=True),
     sa.Column("snapshot_date", sa.Date, primary_key=True),
-    sa.Column("snapshot_type", sa.Text, primary_key=True),
+    sa.Column("snapshot_types", sa.SmallInteger, nullable=False),
     *[sa.Column(c.name, c.type, nullable=c.nullable) for c in customer_profiles.columns if c.name in SNAPSHOT_COPIED_COLUMNS],
-    sa.Index("ix_snapshots_store_date_type", "store_id", "snapshot_date", "snapshot_type"),
+    sa.Index("ix_profile_snapshots_store_date_types", "store_id", "snapshot_date", "snapshot_types"),
     # PostgreSQL: one partition per snapshot date (created on first write). Measured: writes 1.75x
     # faster (smaller per-partition indexes) and pruning a fully expired date is a DROP, 5x faster
     # than DELETE (benchmarks/snapshot_partitioning.py, docs/snapshots.md).
     postgresql_partition_by="RANGE (snapshot_date)",
 )
 
-SNAPSHOT_PARTITION_PREFIX = "customer_profile_snapshots_p"
+SNAPSHOT_PARTITION_PREFIX = f"{SNAPSHOTS}_p"
 
 # The numbers of each date's calendar snapshots as columnar blocks, for the drift step
 # (snapshot_blocks.py): a derived copy written with the snapshots, pruned with them.
@@ -58,22 +65,44 @@ snapshot_writes = sa.Table(
     sa.Column("written_at", sa.Text, nullable=False),  # a time with microseconds, as text (same on both databases)
 )
 
-# One row per (store, customer, date): the finest cadence of that date (all types hold the same profile).
+_TYPES_SQL = " UNION ALL ".join(f"SELECT '{t}' AS snapshot_type, {bit} AS bit" for t, bit in TYPE_BITS.items())
+_FINEST_SQL = "CASE " + " ".join(f"WHEN (s.snapshot_types & {bit}) <> 0 THEN '{t}'" for t, bit in TYPE_BITS.items()) + " END"
+
+# The seed's shape, a row per (store, customer, date, type), for analysts and the README's queries.
+SNAPSHOTS_VIEW_SQL = f"""
+CREATE VIEW {{view}} AS
+SELECT s.store_id, s.customer_id, s.snapshot_date, t.snapshot_type, {", ".join("s." + c for c in SNAPSHOT_COPIED_COLUMNS)}
+FROM {{table}} s JOIN ({_TYPES_SQL}) t ON (s.snapshot_types & t.bit) <> 0
+"""
+
+# One row per (store, customer, date), shown as the finest type of the date.
 HISTORY_VIEW = "customer_snapshot_history"
 
-HISTORY_VIEW_SQL = """
-CREATE VIEW {view} AS
-SELECT store_id, customer_id, snapshot_date, snapshot_type, archetype_id, archetype_name, archetype_level,
-       dominant_segments, fuzzy_memberships, churn_risk_score, churn_risk_level, predicted_ltv, model_version
-FROM (
-  SELECT s.*, ROW_NUMBER() OVER (
-      PARTITION BY store_id, customer_id, snapshot_date
-      ORDER BY CASE snapshot_type WHEN 'daily' THEN 0 WHEN 'weekly' THEN 1 WHEN 'monthly' THEN 2
-                                  WHEN 'quarterly' THEN 3 WHEN 'yearly' THEN 4 ELSE 5 END) AS rank_in_date
-  FROM {table} s
-) ranked
-WHERE rank_in_date = 1
+HISTORY_VIEW_SQL = f"""
+CREATE VIEW {{view}} AS
+SELECT s.store_id, s.customer_id, s.snapshot_date, {_FINEST_SQL} AS snapshot_type, s.archetype_id, s.archetype_name, s.archetype_level,
+       s.dominant_segments, s.fuzzy_memberships, s.churn_risk_score, s.churn_risk_level, s.predicted_ltv, s.model_version
+FROM {{table}} s
 """
+
+
+class NeedsMigration(RuntimeError):
+    """The warehouse was written by an earlier version in a shape this one does not read (warehouse/migrate.py)."""
+
+
+def pending_migration(conn: sa.Connection) -> str | None:
+    """Why this warehouse must be migrated before use, or None."""
+    schema = PG_SCHEMA if conn.dialect.name == "postgresql" else None
+    if SNAPSHOTS_VIEW in sa.inspect(conn).get_table_names(schema=schema):
+        return (f"this warehouse was written by an older quimbi_pipeline ({SNAPSHOTS_VIEW} is a table with a row per type): "
+                "upgrade it once with `quimbi migrate [--warehouse URL]`")
+    return None
+
+
+def has_type(bit_of: str) -> str:
+    """SQL: the row's type set holds the type (a literal bit: the planner sees a constant)."""
+    return f"(snapshot_types & {TYPE_BITS[bit_of]}) <> 0"
+
 
 changed_customers = sa.Table("changed_customers", staging_metadata, sa.Column("customer_id", sa.Text, primary_key=True))
 
@@ -82,34 +111,49 @@ rollout_customers = sa.Table("rollout_customers", staging_metadata, sa.Column("c
 
 class SnapshotStore:
     def _finish_snapshot_schema(self, conn: sa.Connection) -> None:
-        """Storage settings and the history view (create_tables)."""
+        """Storage settings and the views (create_tables)."""
         if self.is_postgres:
             # The blocks are lz4-compressed already: TOAST out of line without compressing again.
             for column in ("memberships", "features"):
                 conn.execute(sa.text(f"ALTER TABLE {self.qualified('snapshot_blocks')} ALTER COLUMN {column} SET STORAGE EXTERNAL"))
-        if HISTORY_VIEW not in sa.inspect(conn).get_view_names(schema=PG_SCHEMA if self.is_postgres else None):
-            conn.execute(sa.text(HISTORY_VIEW_SQL.format(view=self.qualified(HISTORY_VIEW), table=self.qualified("customer_profile_snapshots"))))
+        reason = pending_migration(conn)
+        if reason:
+            raise NeedsMigration(reason)
+        views = sa.inspect(conn).get_view_names(schema=PG_SCHEMA if self.is_postgres else None)
+        for name, sql in ((SNAPSHOTS_VIEW, SNAPSHOTS_VIEW_SQL), (HISTORY_VIEW, HISTORY_VIEW_SQL)):
+            if name not in views:
+                conn.execute(sa.text(sql.format(view=self.qualified(name), table=self.qualified(SNAPSHOTS))))
 
     def _replace_snapshots(self, conn: sa.Connection, store_id: str, day, stage_ref: str | None, snapshot_types,
                            changed: pd.Index | None, snapshot_customers: pd.Index | None) -> int:
-        """In the caller's transaction: the store's snapshots dated `day` become one copy per type of the staged
-        profiles (`stage_ref`; None: no profiles), limited to `snapshot_customers`, plus a profile_change copy of
-        the `changed` customers. Returns the rows written."""
-        self._ensure_date_partition(conn, "customer_profile_snapshots", day)
-        snap = customer_profile_snapshots
+        """In the caller's transaction: the store's snapshots dated `day` become the staged profiles
+        (`stage_ref`; None: no profiles) with the date's calendar types, limited to `snapshot_customers`,
+        and the profile_change type for the `changed` customers. Returns the rows written per type, summed
+        (the seed's count: a row per type)."""
+        self._ensure_date_partition(conn, SNAPSHOTS, day)
+        snap = profile_snapshots
         conn.execute(sa.delete(snap).where(snap.c.store_id == store_id, snap.c.snapshot_date == day))
         if stage_ref is None:
             return 0
-        types_sql = " UNION ALL ".join(f"SELECT '{t}' AS snapshot_type" for t in snapshot_types)
+        calendar, change = type_mask(snapshot_types), TYPE_BITS[PROFILE_CHANGE]
         source = f"{stage_ref} p"
+        calendar_sql = str(calendar)
         if snapshot_customers is not None:
             rollout_ref = self._stage(conn, rollout_customers, pd.DataFrame({"customer_id": pd.Series(snapshot_customers, dtype="string")}))
-            source += f" JOIN {rollout_ref} r ON r.customer_id = p.customer_id"
-        written = self._insert_snapshots(conn, "t.snapshot_type", f"{source} CROSS JOIN ({types_sql}) t")
+            source += f" LEFT JOIN {rollout_ref} r ON r.customer_id = p.customer_id"
+            calendar_sql = f"CASE WHEN r.customer_id IS NULL THEN 0 ELSE {calendar} END"
+        change_sql = "0"
         if changed is not None and len(changed):
             changed_ref = self._stage(conn, changed_customers, pd.DataFrame({"customer_id": pd.Series(changed, dtype="string")}))
-            written += self._insert_snapshots(conn, f"'{PROFILE_CHANGE}'", f"{stage_ref} p JOIN {changed_ref} c ON c.customer_id = p.customer_id")
-        return written
+            source += f" LEFT JOIN {changed_ref} c ON c.customer_id = p.customer_id"
+            change_sql = f"CASE WHEN c.customer_id IS NULL THEN 0 ELSE {change} END"
+        mask = f"({calendar_sql}) + ({change_sql})"
+        copied = ", ".join(SNAPSHOT_COPIED_COLUMNS)
+        conn.execute(sa.text(
+            f"INSERT INTO {self.qualified(SNAPSHOTS)} (store_id, customer_id, snapshot_date, snapshot_types, {copied}) "
+            f"SELECT p.store_id, p.customer_id, p.profile_date, {mask}, {', '.join('p.' + c for c in SNAPSHOT_COPIED_COLUMNS)} "
+            f"FROM {source} WHERE {mask} <> 0"))
+        return sum(self.snapshot_stats(store_id, day, conn)["rows_by_type"].values())
 
     def _log_snapshot_write(self, conn: sa.Connection, store_id: str, day) -> None:
         """snapshot_writes: when the store's snapshots of the date were written (drift_tables reads it)."""
@@ -119,10 +163,10 @@ class SnapshotStore:
 
     @property
     def snapshots_partitioned(self) -> bool:
-        return "customer_profile_snapshots" in self.partitioned
+        return SNAPSHOTS in self.partitioned
 
     def snapshot_partitions(self) -> list[str]:
-        return self.date_partitions("customer_profile_snapshots")
+        return self.date_partitions(SNAPSHOTS)
 
     def replace_snapshot_blocks(self, conn: sa.Connection, store_id: str, day, blocks: list[dict] | None) -> None:
         """In the caller's transaction: the store's snapshot_blocks of the date become `blocks`."""
@@ -131,32 +175,25 @@ class SnapshotStore:
         if blocks:
             conn.execute(sa.insert(snapshot_blocks), [{**b, "store_id": store_id, "snapshot_date": day} for b in blocks])
 
-    def _insert_snapshots(self, conn: sa.Connection, snapshot_type_sql: str, from_sql: str) -> int:
-        """Copy staged profiles (aliased p in from_sql) into customer_profile_snapshots."""
-        copied = ", ".join(SNAPSHOT_COPIED_COLUMNS)
-        return conn.execute(sa.text(
-            f"INSERT INTO {self.qualified('customer_profile_snapshots')} (store_id, customer_id, snapshot_date, snapshot_type, {copied}) "
-            f"SELECT p.store_id, p.customer_id, p.profile_date, {snapshot_type_sql}, {', '.join('p.' + c for c in SNAPSHOT_COPIED_COLUMNS)} "
-            f"FROM {from_sql}"
-        )).rowcount
-
     # ---- snapshots ------------------------------------------------------------------------------
     def snapshot_sources(self, store_id: str, start, end) -> pd.DataFrame:
         """Per snapshot date of the store in [start, end]: the type drift reads (snapshot_date, snapshot_type).
 
         All types of a date hold the same profile: the finest calendar type present (every snapshot
-        customer of the date has it), else profile_change (a date whose calendar rows were pruned)."""
+        customer of the date has it), else profile_change (a date whose calendar types were pruned)."""
         params = {"s": store_id, "a": pd.Timestamp(start).date(), "b": pd.Timestamp(end).date()}
-        table = self.qualified("customer_profile_snapshots")
         if self.snapshots_partitioned:
             days = [d for d in (pd.Timestamp(p[len(SNAPSHOT_PARTITION_PREFIX):]) for p in self.snapshot_partitions()) if params["a"] <= d.date() <= params["b"]]
             # One index probe per (date, type) with literals, instead of a DISTINCT over every row of the range
             # (11M rows at 1M customers: 3.5-6 s right after a daily write, before autovacuum has run).
             probes = [f"SELECT DATE '{d:%Y-%m-%d}' AS snapshot_date, '{t}' AS snapshot_type WHERE EXISTS (SELECT 1 FROM {PG_SCHEMA}.{SNAPSHOT_PARTITION_PREFIX}{d:%Y%m%d} "
-                      f"WHERE store_id = :s AND snapshot_date = DATE '{d:%Y-%m-%d}' AND snapshot_type = '{t}')" for d in days for t in RETAINED_TYPES]
+                      f"WHERE store_id = :s AND snapshot_date = DATE '{d:%Y-%m-%d}' AND {has_type(t)})" for d in days for t in RETAINED_TYPES]
             kinds = self.read_sql(" UNION ALL ".join(probes), params) if probes else pd.DataFrame(columns=["snapshot_date", "snapshot_type"])
         else:
-            kinds = self.read_sql(f"SELECT DISTINCT snapshot_date, snapshot_type FROM {table} WHERE store_id = :s AND snapshot_date BETWEEN :a AND :b", params)
+            sets = self.read_sql(f"SELECT DISTINCT snapshot_date, snapshot_types FROM {self.qualified(SNAPSHOTS)} "
+                                 "WHERE store_id = :s AND snapshot_date BETWEEN :a AND :b", params)
+            kinds = pd.DataFrame([(day, finest_type(int(mask))) for day, mask in zip(sets["snapshot_date"], sets["snapshot_types"])],
+                                 columns=["snapshot_date", "snapshot_type"])
         rank = {t: i for i, t in enumerate(RETAINED_TYPES)}
         kinds["rank"] = kinds["snapshot_type"].map(rank).fillna(len(rank))
         kinds["snapshot_date"] = pd.to_datetime(kinds["snapshot_date"])
@@ -172,8 +209,8 @@ class SnapshotStore:
         params: dict = {"s": store_id}
         pairs = []
         for i, (day, kind) in enumerate(zip(pd.to_datetime(sources["snapshot_date"]), sources["snapshot_type"])):
-            params[f"d{i}"], params[f"t{i}"] = day.date(), kind
-            pairs.append(f"(snapshot_date = :d{i} AND snapshot_type = :t{i})")
+            params[f"d{i}"] = day.date()
+            pairs.append(f"(snapshot_date = :d{i} AND {has_type(kind)})")
         lo, hi = customer_range
         collate = ' COLLATE "C"' if self.is_postgres else ""  # SQLite compares text by code point already
         bounds = ""
@@ -184,7 +221,7 @@ class SnapshotStore:
             bounds += f" AND customer_id{collate} < :hi"
             params["hi"] = hi
         select = ", ".join(f"CAST({c} AS TEXT) AS {c}" if c in JSON_COLUMNS else c for c in columns)
-        frame = self.read_sql(f"SELECT {select} FROM {self.qualified('customer_profile_snapshots')} WHERE store_id = :s AND ({' OR '.join(pairs)}){bounds}", params)
+        frame = self.read_sql(f"SELECT {select} FROM {self.qualified(SNAPSHOTS)} WHERE store_id = :s AND ({' OR '.join(pairs)}){bounds}", params)
         frame["customer_id"] = frame["customer_id"].astype(str)
         frame["snapshot_date"] = pd.to_datetime(frame["snapshot_date"])
         return frame
@@ -222,20 +259,21 @@ class SnapshotStore:
     def snapshot_customer_bounds(self, store_id: str, day, chunk_customers: int) -> list[str]:
         """Customer ids that cut the store's snapshot customers of D into chunks of about chunk_customers (sorted)."""
         ids = self.read_sql(
-            f"SELECT DISTINCT customer_id FROM {self.qualified('customer_profile_snapshots')} WHERE store_id = :s AND snapshot_date = :d",
+            f"SELECT customer_id FROM {self.qualified(SNAPSHOTS)} WHERE store_id = :s AND snapshot_date = :d",
             {"s": store_id, "d": pd.Timestamp(day).date()})["customer_id"].astype(str).sort_values(kind="stable").to_numpy()
         return [str(v) for v in ids[chunk_customers::chunk_customers]]
 
-    def snapshot_stats(self, store_id: str, snapshot_date) -> dict:
+    def snapshot_stats(self, store_id: str, snapshot_date, conn: sa.Connection | None = None) -> dict:
         """Rows per type and duplicate keys of a store's snapshots dated D (the checks' inputs)."""
         params = {"s": store_id, "d": pd.Timestamp(snapshot_date).date()}
-        table = self.qualified("customer_profile_snapshots")
-        per_type = self.read_sql(
-            f"SELECT snapshot_type, count(*) AS n FROM {table} WHERE store_id = :s AND snapshot_date = :d GROUP BY snapshot_type", params)
-        dupes = self.read_sql(
-            f"SELECT count(*) AS n FROM (SELECT 1 FROM {table} WHERE store_id = :s AND snapshot_date = :d "
-            "GROUP BY customer_id, snapshot_type HAVING count(*) > 1) d", params)
-        return {"rows_by_type": dict(zip(per_type["snapshot_type"], per_type["n"].astype(int))), "duplicate_keys": int(dupes["n"].iloc[0])}
+        table = self.qualified(SNAPSHOTS)
+        counts = ", ".join(f"sum(CASE WHEN {has_type(t)} THEN 1 ELSE 0 END) AS {t}" for t in RETAINED_TYPES)
+        per_type = f"SELECT {counts} FROM {table} WHERE store_id = :s AND snapshot_date = :d"
+        dupes = f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE store_id = :s AND snapshot_date = :d GROUP BY customer_id HAVING count(*) > 1) d"
+        with (contextlib.nullcontext(conn) if conn is not None else self.engine.connect()) as c:
+            row = c.execute(sa.text(per_type), params).mappings().one()
+            duplicates = c.execute(sa.text(dupes), params).scalar_one()
+        return {"rows_by_type": {t: int(row[t]) for t in RETAINED_TYPES if row[t]}, "duplicate_keys": int(duplicates)}
 
     def last_snapshot_memberships(self, store_id: str, before) -> pd.Series:
         """Each customer's fuzzy_memberships (JSON text) from their newest snapshot dated before D."""
@@ -243,7 +281,7 @@ class SnapshotStore:
             "SELECT customer_id, memberships FROM ("
             " SELECT customer_id, CAST(fuzzy_memberships AS TEXT) AS memberships,"
             "  ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY snapshot_date DESC) AS newest_first"
-            f" FROM {self.qualified('customer_profile_snapshots')} WHERE store_id = :s AND snapshot_date < :d"
+            f" FROM {self.qualified(SNAPSHOTS)} WHERE store_id = :s AND snapshot_date < :d"
             ") ranked WHERE newest_first = 1",
             {"s": store_id, "d": pd.Timestamp(before).date()},
         )
@@ -251,50 +289,55 @@ class SnapshotStore:
 
     def _snapshot_cutoffs(self, policy) -> dict[tuple[str, str], tuple]:
         """{(store, type): (the store's newest snapshot date, the type's cutoff)}: rows dated before the cutoff are expired."""
-        newest = self.read_sql(f"SELECT store_id, max(snapshot_date) AS newest FROM {self.qualified('customer_profile_snapshots')} GROUP BY store_id")
+        newest = self.read_sql(f"SELECT store_id, max(snapshot_date) AS newest FROM {self.qualified(SNAPSHOTS)} GROUP BY store_id")
         return {(store, t): (date.date(), policy.cutoff(t, date).date())
                 for store, date in zip(newest["store_id"], pd.to_datetime(newest["newest"])) for t in RETAINED_TYPES}
 
     def snapshot_expiry(self, policy) -> pd.DataFrame:
-        """Per store and type: newest snapshot date of the store, cutoff, and the number of expired rows."""
-        table = self.qualified("customer_profile_snapshots")
+        """Per store and type: newest snapshot date of the store, cutoff, and the number of expired rows (a row per type)."""
+        table = self.qualified(SNAPSHOTS)
         rows = []
         with self.engine.connect() as conn:
             for (store, snapshot_type), (newest, cutoff) in self._snapshot_cutoffs(policy).items():
                 n = conn.execute(sa.text(
-                    f"SELECT count(*) FROM {table} WHERE store_id = :s AND snapshot_type = :t AND snapshot_date < :c"),
-                    {"s": store, "t": snapshot_type, "c": cutoff}).scalar_one()
+                    f"SELECT count(*) FROM {table} WHERE store_id = :s AND {has_type(snapshot_type)} AND snapshot_date < :c"),
+                    {"s": store, "c": cutoff}).scalar_one()
                 rows.append({"store_id": store, "snapshot_type": snapshot_type, "newest": newest, "cutoff": cutoff, "expired": int(n)})
         return pd.DataFrame(rows, columns=["store_id", "snapshot_type", "newest", "cutoff", "expired"])
 
     def prune_snapshots(self, policy) -> pd.DataFrame:
-        """Delete expired snapshots in bulk, per store and type, in one transaction; returns the counts.
+        """Expire snapshots in bulk, per store and type, in one transaction; returns the counts (a row per type).
 
-        On a partitioned PostgreSQL table, a date partition whose every row is expired is dropped
-        whole (its rows are counted first); the rest is deleted per store and type.
+        An expired type's bit is cleared and a row left with no type is deleted. On a partitioned PostgreSQL
+        table, a date partition whose every type is expired is dropped whole (its rows are counted first).
         """
-        table = customer_profile_snapshots
+        table = self.qualified(SNAPSHOTS)
         cutoffs = {key: cutoff for key, (_, cutoff) in self._snapshot_cutoffs(policy).items()}
         counts = {key: 0 for key in cutoffs}
         with self.engine.begin() as conn:
             for partition in self.snapshot_partitions():
                 day = pd.Timestamp(partition[len(SNAPSHOT_PARTITION_PREFIX):]).date()
                 held = conn.execute(sa.text(
-                    f"SELECT store_id, snapshot_type, count(*) FROM {PG_SCHEMA}.{partition} GROUP BY store_id, snapshot_type")).all()
-                if all(day < cutoffs.get((store, t), day) for store, t, _ in held):
+                    f"SELECT store_id, snapshot_types, count(*) FROM {PG_SCHEMA}.{partition} GROUP BY store_id, snapshot_types")).all()
+                per_type = [(store, t, int(n)) for store, mask, n in held for t in RETAINED_TYPES if int(mask) & TYPE_BITS[t]]
+                if all(day < cutoffs.get((store, t), day) for store, t, _ in per_type):
                     conn.execute(sa.text(f"DROP TABLE {PG_SCHEMA}.{partition}"))
-                    for store, t, n in held:
-                        counts[(store, t)] += int(n)
+                    for store, t, n in per_type:
+                        counts[(store, t)] += n
             for (store, snapshot_type), cutoff in cutoffs.items():
-                deleted = conn.execute(sa.delete(table).where(
-                    table.c.store_id == store, table.c.snapshot_type == snapshot_type, table.c.snapshot_date < cutoff)).rowcount
-                counts[(store, snapshot_type)] += int(deleted or 0)
+                cleared = conn.execute(sa.text(
+                    f"UPDATE {table} SET snapshot_types = snapshot_types - {TYPE_BITS[snapshot_type]} "
+                    f"WHERE store_id = :s AND snapshot_date < :c AND {has_type(snapshot_type)}"), {"s": store, "c": cutoff}).rowcount
+                counts[(store, snapshot_type)] += int(cleared or 0)
+            for store in {store for store, _ in cutoffs}:
+                latest_cutoff = max(c for (s, _), c in cutoffs.items() if s == store)  # no bit is cleared from a later date
+                conn.execute(sa.text(f"DELETE FROM {table} WHERE store_id = :s AND snapshot_date < :c AND snapshot_types = 0"),
+                             {"s": store, "c": latest_cutoff})
             # A date's blocks copy its calendar snapshots: they go when the last of those goes.
-            snap = self.qualified("customer_profile_snapshots")
+            blocks = self.qualified("snapshot_blocks")
             conn.execute(sa.text(
-                f"DELETE FROM {self.qualified('snapshot_blocks')} WHERE NOT EXISTS (SELECT 1 FROM {snap} s "
-                f"WHERE s.store_id = {self.qualified('snapshot_blocks')}.store_id AND s.snapshot_date = {self.qualified('snapshot_blocks')}.snapshot_date "
-                f"AND s.snapshot_type IN ({', '.join(repr(t) for t in SNAPSHOT_TYPES)}))"))
+                f"DELETE FROM {blocks} WHERE NOT EXISTS (SELECT 1 FROM {table} s WHERE s.store_id = {blocks}.store_id "
+                f"AND s.snapshot_date = {blocks}.snapshot_date AND (s.snapshot_types & {CALENDAR_MASK}) <> 0)"))
         rows = [{"store_id": s, "snapshot_type": t, "cutoff": cutoffs[(s, t)], "deleted": n} for (s, t), n in counts.items()]
         return pd.DataFrame(rows, columns=["store_id", "snapshot_type", "cutoff", "deleted"])
 
@@ -308,24 +351,22 @@ class SnapshotStore:
     def customer_history_rows(self, store_id: str, customer_id: str, days: int, as_of=None, snapshot_type: str | None = None,
                               columns: tuple[str, ...] | None = None) -> list[dict]:
         """customer_history as row dicts (the read API's path: no DataFrame per request); `columns` (default all) of
-        the snapshot table, snapshot_date and snapshot_type always (the API leaves out behavioral_features, the
-        largest JSON to decode)."""
+        the customer_profile_snapshots view, snapshot_date and snapshot_type always (the API leaves out
+        behavioral_features, the largest JSON to decode). A row's snapshot_type is the one asked for, else the
+        finest type of its date."""
+        view_columns = [c for c in profile_snapshots.c.keys() if c != "snapshot_types"]
         if columns is None:
-            select = "*"
+            wanted = view_columns
         else:
-            unknown = set(columns) - set(customer_profile_snapshots.c.keys())
+            unknown = set(columns) - set(view_columns) - {"snapshot_type"}
             if unknown:
                 raise ValueError(f"not columns of customer_profile_snapshots: {sorted(unknown)}")
-            select = ", ".join(dict.fromkeys(("snapshot_date", "snapshot_type", *columns)))
-        # The table, not the history view: its key (store, customer, date, type) serves both queries on SQLite and
-        # PostgreSQL (SQLite scanned the view's window function: 7 ms per call at 10k customers); the finest type
-        # of each date is kept here, as the view keeps it.
+            wanted = [c for c in dict.fromkeys(("snapshot_date", *columns)) if c != "snapshot_type"]
         params: dict = {"s": store_id, "c": customer_id}
-        source = self.qualified("customer_profile_snapshots")
-        type_clause = ""
-        if snapshot_type is not None:
-            type_clause = " AND snapshot_type = :t"
-            params["t"] = snapshot_type
+        source = self.qualified(SNAPSHOTS)
+        if snapshot_type is not None and snapshot_type not in TYPE_BITS:
+            return []
+        type_clause = f" AND {has_type(snapshot_type)}" if snapshot_type is not None else ""
         with self.engine.connect() as conn:
             if as_of is None:
                 as_of = conn.execute(sa.text(f"SELECT max(snapshot_date) FROM {source} WHERE store_id = :s AND customer_id = :c{type_clause}"),
@@ -334,13 +375,15 @@ class SnapshotStore:
                     return []
             end = pd.Timestamp(as_of).date()
             params.update({"start": (pd.Timestamp(end) - pd.Timedelta(days=days)).date(), "end": end})
-            rows = [dict(r) for r in conn.execute(sa.text(
-                f"SELECT {select} FROM {source} WHERE store_id = :s AND customer_id = :c AND snapshot_date BETWEEN :start AND :end{type_clause} "
-                "ORDER BY snapshot_date"), params).mappings()]
-        rank = {t: i for i, t in enumerate(RETAINED_TYPES)}
-        finest: dict = {}
+            rows = conn.execute(sa.text(
+                f"SELECT snapshot_types, {', '.join(wanted)} FROM {source} WHERE store_id = :s AND customer_id = :c "
+                f"AND snapshot_date BETWEEN :start AND :end{type_clause} ORDER BY snapshot_date"), params).mappings().all()
+        out = []
         for row in rows:
-            kept = finest.get(row["snapshot_date"])
-            if kept is None or rank[row["snapshot_type"]] < rank[kept["snapshot_type"]]:
-                finest[row["snapshot_date"]] = row
-        return list(finest.values()) if snapshot_type is None else rows
+            record = {}
+            for column in wanted:
+                record[column] = row[column]
+                if column == "snapshot_date":
+                    record["snapshot_type"] = snapshot_type or finest_type(int(row["snapshot_types"]))
+            out.append(record)
+        return out

@@ -1,0 +1,111 @@
+"""`quimbi migrate`: a warehouse written by the previous version (snapshots a row per type, every customer's
+outlier scores on every date) upgrades in place to what this version writes, table for table.
+
+The previous version is the real one: its package is taken from git (LEGACY_COMMIT) and run in a
+subprocess on the same orders and days."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from quimbi_pipeline.cli import main as quimbi
+from quimbi_pipeline.demo import generate_demo
+from quimbi_pipeline.orders import validate_orders
+from quimbi_pipeline.warehouse import NeedsMigration, Warehouse
+from quimbi_pipeline_tests.conftest import _reset_pg
+from quimbi_pipeline_tests.test_reliability import ALL_ON, ANALYST_TABLES, _canonical, assert_same_tables, run
+
+LEGACY_COMMIT = "98f60905e6bfd243df189004419c00f968a7dcb0"  # the last version writing customer_profile_snapshots as a table (a row per type)
+REPO = Path(__file__).resolve().parent.parent
+DAYS = ["2026-10-01", "2026-10-04", "2026-10-05"]  # monthly + quarterly, a Sunday, a Monday (weekly)
+SETTINGS = ALL_ON.model_copy(update={"snapshot_on_profile_change": True})
+DEMO = {"n_customers": 300, "n_stores": 2, "seed": 7}
+
+LEGACY_RUN = """
+import sys
+import quimbi_pipeline
+assert quimbi_pipeline.__file__.startswith(sys.argv[2]), quimbi_pipeline.__file__
+from quimbi_pipeline.demo import generate_demo
+from quimbi_pipeline.orders import validate_orders
+from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition
+from quimbi_pipeline.settings import PipelineSettings
+from quimbi_pipeline.warehouse import Warehouse
+settings = PipelineSettings(enable_drift_analysis=True, enable_outlier_detection=True, drift_windows=(7, 28), snapshot_on_profile_change=True)
+validated = validate_orders(generate_demo(**{demo}).orders)
+wh = Warehouse(sys.argv[1])
+for day in {days}:
+    assert not run_profiles_partition(validated, day, wh, settings).failed
+    assert all(o.ok for o in run_drift_partition(wh, day, settings))
+wh.dispose()
+"""
+
+
+def legacy_package(tmp_path: Path) -> Path:
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs git and this project's history (the previous version's package comes from commit " + LEGACY_COMMIT + ")")
+    target = tmp_path / "legacy"
+    target.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", LEGACY_COMMIT, "quimbi_pipeline"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
+
+
+def analyst_tables(wh: Warehouse) -> dict[str, pd.DataFrame]:
+    out = {}
+    for table, key in {**ANALYST_TABLES, "customer_snapshot_history": ["store_id", "customer_id", "snapshot_date"],
+                       "outlier_rates": ["store_id", "flag_date", "method"]}.items():
+        out[table] = wh.read_sql(f"SELECT * FROM {wh.qualified(table)}").map(_canonical).sort_values(key).reset_index(drop=True)
+    return out
+
+
+@pytest.mark.slow
+def test_a_previous_version_warehouse_migrates_to_what_this_version_writes(warehouse_url, tmp_path, capsys):
+    validated = validate_orders(generate_demo(**DEMO).orders)
+    if warehouse_url.startswith("postgresql"):
+        fresh_url = legacy_url = warehouse_url
+    else:
+        fresh_url, legacy_url = f"sqlite:///{tmp_path / 'fresh.sqlite'}", f"sqlite:///{tmp_path / 'legacy.sqlite'}"
+    fresh = Warehouse(fresh_url)
+    run(validated, DAYS, fresh, SETTINGS)
+    expected = analyst_tables(fresh)
+    assert set(expected["customer_profile_snapshots"]["snapshot_type"]) == {"daily", "weekly", "monthly", "quarterly", "profile_change"}
+    fresh.dispose()
+    if legacy_url == fresh_url:
+        _reset_pg(legacy_url)
+
+    package = legacy_package(tmp_path)
+    script = LEGACY_RUN.format(demo=DEMO, days=DAYS)
+    done = subprocess.run([sys.executable, "-c", script, legacy_url, str(package)], cwd=package, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    engine = sa.create_engine(legacy_url)
+    with engine.connect() as conn:
+        schema = "platform" if legacy_url.startswith("postgresql") else None
+        assert "customer_profile_snapshots" in sa.inspect(conn).get_table_names(schema=schema)  # the old shape: a table
+    engine.dispose()
+
+    with pytest.raises(NeedsMigration, match="quimbi migrate"):
+        Warehouse(legacy_url)
+    assert quimbi(["prune", "--dry-run", "--warehouse", legacy_url]) == 1  # refused, with the reason
+    assert "quimbi migrate" in capsys.readouterr().err
+
+    assert quimbi(["migrate", "--warehouse", legacy_url]) == 0
+    printed = capsys.readouterr().out
+    assert "a row per date, types as a set" in printed and "unflagged rows of earlier dates removed" in printed
+    migrated = Warehouse(legacy_url)
+    if migrated.is_postgres:  # the flags' date partitions became one table, as this version creates it
+        assert "its date partitions became one table" in printed
+        assert "customer_outlier_flags" not in migrated.partitioned and not migrated.date_partitions("customer_outlier_flags")
+    assert_same_tables(expected, analyst_tables(migrated))
+    for table in ("customer_snapshot_history", "outlier_rates"):
+        pd.testing.assert_frame_equal(expected[table], analyst_tables(migrated)[table])
+    migrated.dispose()
+
+    assert quimbi(["migrate", "--warehouse", legacy_url]) == 0  # a second run finds nothing to do
+    assert "a row per date" not in capsys.readouterr().out

@@ -44,6 +44,10 @@ class ChangeRule:
     shape_prior_gaps: float = 1.0  # pseudo-gaps of a Poisson buyer's spread in a customer's gap shape (rate changes)
     min_before_days: int = 28  # history before a rate change
     max_shape: float = 20.0  # cap of a customer's gap shape (how regular their gaps can be believed to be)
+    # floor of the gap shape in the silence test (0.5 = the shape's own floor: a bursty buyer's long gaps are
+    # normal for them). benchmarks/silence.py: a floor of 1 cuts bursty buyers' delays by a quarter and
+    # doubles their false silences.
+    silence_min_shape: float = 0.5
 
 
 @dataclass
@@ -221,7 +225,8 @@ def rate_change(codes: np.ndarray, ts: np.ndarray, end_ns: int, n_all: int, rule
         mean_all = (s_before + s_after) / (n_before + n_after)
         gaps_evidence = k * (n_before * np.log(mean_all / mean_before) + _xlogy(n_after, mean_all) - _xlogy(n_after, s_after / np.maximum(n_after, 1)))
         silence_days = end_day - dd
-        silence = -np.log(np.maximum(gammaincc(k, k * silence_days / mean_before), 1e-300))
+        k_silence = np.maximum(k, rule.silence_min_shape)
+        silence = -np.log(np.maximum(gammaincc(k_silence, k_silence * silence_days / mean_before), 1e-300))
     # Each kind of evidence in units of its own threshold, so the best split is the most significant one.
     score = np.where(j == 0, np.where(silence_days > mean_before, silence / rule.silence_evidence, 0.0), gaps_evidence / rule.evidence)
     score = np.where(valid & np.isfinite(score), score, 0.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from quimbi_pipeline.demo import generate_demo
 from quimbi_pipeline.orders import validate_orders
@@ -63,9 +64,11 @@ def test_no_pool_for_few_stores_one_thread_or_an_in_memory_warehouse():
 
 
 def dies_on_store_b(_url: str, job: tuple):
-    """A worker's work that kills its process on store_b (as the kernel's OOM killer would)."""
+    """A worker's work that kills its process on store_b (as the kernel's OOM killer would); the other stores
+    take a moment, so some are in flight when it dies."""
     if job[0] == "store_b":
         os._exit(9)
+    time.sleep(0.5)
     return StoreOutcome(job[0], True, n_profiles=1), [("quimbi_pipeline.pipeline", logging.INFO, f"done {job[0]}")]
 
 

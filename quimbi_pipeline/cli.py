@@ -104,6 +104,8 @@ def migrate_warehouse(warehouse: str | None, out=None) -> int:
     print(f"quimbi migrate: {masked_url(url)}", file=out)
     for line in done:
         print(f"  {line}", file=out)
+    if not done:
+        print("  nothing to do: the warehouse has this version's shape", file=out)
     return 0
 
 

@@ -47,7 +47,9 @@ def migrate(wh) -> list[str]:
         wh._finish_schema(conn)
         if legacy:
             done.append(_snapshots_as_type_sets(wh, conn))
-        done.append(_outlier_flags_as_events(wh, conn))
+        outliers = _outlier_flags_as_events(wh, conn)
+        if outliers:
+            done.append(outliers)
     return done
 
 
@@ -78,7 +80,7 @@ def _snapshots_as_type_sets(wh, conn: sa.Connection) -> str:
     return f"snapshots: {sum(before.values()):,} rows (a row per type) -> {written:,} rows (a row per date, types as a set)"
 
 
-def _outlier_flags_as_events(wh, conn: sa.Connection) -> str:
+def _outlier_flags_as_events(wh, conn: sa.Connection) -> str | None:
     flags, rates = wh.qualified("customer_outlier_flags"), wh.qualified("outlier_rates")
     counted = conn.execute(sa.text(
         f"INSERT INTO {rates} (store_id, flag_date, method, customers, flagged) "
@@ -89,15 +91,15 @@ def _outlier_flags_as_events(wh, conn: sa.Connection) -> str:
     for store, newest in conn.execute(sa.text(f"SELECT store_id, max(flag_date) FROM {flags} GROUP BY store_id")).all():
         cut += wh.cut_unflagged_outliers(conn, store, newest)
     done = f"outlier flags: rates of {int(counted or 0):,} store-date-methods counted; {cut:,} unflagged rows of earlier dates removed"
-    if "customer_outlier_flags" in wh.partitioned:
-        legacy = "legacy_customer_outlier_flags"
-        conn.execute(sa.text(f"ALTER TABLE {flags} RENAME TO {legacy}"))
-        for index in customer_outlier_flags.indexes:  # the old table's index names are taken until it is dropped
-            conn.execute(sa.text(f"ALTER INDEX IF EXISTS {wh.qualified(index.name)} RENAME TO legacy_{index.name}"))
-        conn.execute(sa.text(f"ALTER TABLE {wh.qualified(legacy)} RENAME CONSTRAINT customer_outlier_flags_pkey TO legacy_customer_outlier_flags_pkey"))
-        customer_outlier_flags.create(conn)
-        conn.execute(sa.text(f"INSERT INTO {flags} SELECT {', '.join(c.name for c in customer_outlier_flags.columns)} FROM {wh.qualified(legacy)}"))
-        conn.execute(sa.text(f"DROP TABLE {wh.qualified(legacy)}"))
-        wh.partitioned.discard("customer_outlier_flags")
-        done += "; its date partitions became one table"
-    return done
+    if "customer_outlier_flags" not in wh.partitioned:
+        return done if counted or cut else None
+    legacy = "legacy_customer_outlier_flags"
+    conn.execute(sa.text(f"ALTER TABLE {flags} RENAME TO {legacy}"))
+    for index in customer_outlier_flags.indexes:  # the old table's index names are taken until it is dropped
+        conn.execute(sa.text(f"ALTER INDEX IF EXISTS {wh.qualified(index.name)} RENAME TO legacy_{index.name}"))
+    conn.execute(sa.text(f"ALTER TABLE {wh.qualified(legacy)} RENAME CONSTRAINT customer_outlier_flags_pkey TO legacy_customer_outlier_flags_pkey"))
+    customer_outlier_flags.create(conn)
+    conn.execute(sa.text(f"INSERT INTO {flags} SELECT {', '.join(c.name for c in customer_outlier_flags.columns)} FROM {wh.qualified(legacy)}"))
+    conn.execute(sa.text(f"DROP TABLE {wh.qualified(legacy)}"))
+    wh.partitioned.discard("customer_outlier_flags")
+    return done + "; its date partitions became one table"

@@ -274,8 +274,7 @@ def test_a_failure_after_the_commit_cannot_fail_a_written_store(sqlite_url, smal
     wh.dispose()
 
 
-# _rows_by_type: its first call counts the date's snapshot rows just inserted, inside the write's transaction.
-@pytest.mark.parametrize("write_point", ["_rows_by_type", "replace_snapshot_blocks", "_load_serialized"])
+@pytest.mark.parametrize("write_point", ["_insert_snapshots", "replace_snapshot_blocks", "_load_serialized"])
 def test_a_write_failing_midway_leaves_the_previous_rows_and_a_rerun_equals_a_clean_run(tmp_path, warehouse_url, small_orders, monkeypatch, write_point):
     clean_url = f"sqlite:///{tmp_path / 'clean.sqlite'}"
     clean = Warehouse(clean_url)

@@ -112,13 +112,23 @@ class Connection:
     def create_tables(self) -> None:
         """Create missing tables, views and columns; safe when several runs start at once on an empty
         warehouse (PostgreSQL: under an advisory lock; SQLite: under a lock file beside the database)."""
+        with self._schema_transaction() as conn:
+            self._create_missing(conn)
+
+    @contextlib.contextmanager
+    def _schema_transaction(self) -> Iterator[sa.Connection]:
+        """A transaction no other schema change runs beside (create_tables, migrate.py), in the schema."""
         with self._schema_lock(), self.engine.begin() as conn:
             if self.is_postgres:
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('quimbi.schema'))"))
                 conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}"))
-            metadata.create_all(conn, checkfirst=True)
-            self._add_missing_columns(conn)
-            self._finish_schema(conn)
+            yield conn
+
+    def _create_missing(self, conn: sa.Connection) -> None:
+        """In the caller's transaction: missing tables, nullable columns added since, then views and settings."""
+        metadata.create_all(conn, checkfirst=True)
+        self._add_missing_columns(conn)
+        self._finish_schema(conn)
 
     def _finish_schema(self, conn: sa.Connection) -> None:
         """What the table families add after the tables exist (storage settings, views); see Warehouse."""
@@ -154,13 +164,9 @@ class Connection:
         """PostgreSQL tables created partitioned (older unpartitioned tables keep working), as `conn` sees them when given."""
         if not self.is_postgres:
             return set()
-        query = sa.text("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                        "WHERE n.nspname = :schema AND c.relkind = 'p'")
-        if conn is None:
-            with self.engine.connect() as own:
-                names = set(own.execute(query, {"schema": PG_SCHEMA}).scalars())
-        else:
-            names = set(conn.execute(query, {"schema": PG_SCHEMA}).scalars())
+        with contextlib.nullcontext(conn) if conn is not None else self.engine.connect() as c:
+            names = set(c.execute(sa.text("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                          "WHERE n.nspname = :schema AND c.relkind = 'p'"), {"schema": PG_SCHEMA}).scalars())
         return names & set(DATE_PARTITIONED)
 
     def _ensure_date_partition(self, conn: sa.Connection, table: str, day) -> None:

@@ -20,9 +20,14 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from quimbi_pipeline.snapshots import RETAINED_TYPES, TYPE_BITS
-from quimbi_pipeline.warehouse.connection import metadata
 from quimbi_pipeline.warehouse.outlier_tables import customer_outlier_flags
-from quimbi_pipeline.warehouse.snapshot_tables import SNAPSHOT_COPIED_COLUMNS, SNAPSHOTS, SNAPSHOTS_VIEW, pending_migration
+from quimbi_pipeline.warehouse.snapshot_tables import (
+    HISTORY_VIEW,
+    SNAPSHOT_COPIED_COLUMNS,
+    SNAPSHOTS,
+    SNAPSHOTS_VIEW,
+    pending_migration,
+)
 
 LEGACY_SNAPSHOTS = "legacy_customer_profile_snapshots"  # the old table while it is copied (inside the transaction)
 
@@ -30,21 +35,15 @@ LEGACY_SNAPSHOTS = "legacy_customer_profile_snapshots"  # the old table while it
 def migrate(wh) -> list[str]:
     """Upgrade the warehouse (a Warehouse opened with create=False); returns what was done, one line per step."""
     done: list[str] = []
-    with wh._schema_lock(), wh.engine.begin() as conn:
-        if wh.is_postgres:
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('quimbi.schema'))"))
+    with wh._schema_transaction() as conn:
         legacy = pending_migration(conn) is not None
         if legacy:
             # SQLite runs DDL outside a transaction unless one is open: a no-op DELETE opens it.
             conn.execute(sa.text(f"DELETE FROM {wh.qualified(SNAPSHOTS_VIEW)} WHERE 1 = 0"))
-            for view in ("customer_snapshot_history",):
-                conn.execute(sa.text(f"DROP VIEW IF EXISTS {wh.qualified(view)}"))
+            conn.execute(sa.text(f"DROP VIEW IF EXISTS {wh.qualified(HISTORY_VIEW)}"))  # it reads the old table
             conn.execute(sa.text(f"ALTER TABLE {wh.qualified(SNAPSHOTS_VIEW)} RENAME TO {LEGACY_SNAPSHOTS}"))
-        metadata.create_all(conn, checkfirst=True)
-        wh._add_missing_columns(conn)
-        if wh.is_postgres:
-            wh.partitioned = wh._partitioned_tables(conn)
-        wh._finish_schema(conn)
+        wh._create_missing(conn)
+        wh.partitioned = wh._partitioned_tables(conn)
         if legacy:
             done.append(_snapshots_as_type_sets(wh, conn))
         outliers = _outlier_flags_as_events(wh, conn)
@@ -61,9 +60,9 @@ def _snapshots_as_type_sets(wh, conn: sa.Connection) -> str:
         raise ValueError(f"{SNAPSHOTS_VIEW} holds snapshot types this version does not know: {sorted(unknown)}; nothing was changed")
     for day in conn.execute(sa.text(f"SELECT DISTINCT snapshot_date FROM {old}")).scalars():
         wh._ensure_date_partition(conn, SNAPSHOTS, day)
-    bit = "CASE snapshot_type " + " ".join(f"WHEN '{t}' THEN {b}" for t, b in TYPE_BITS.items()) + " END"
-    rank = "CASE o.snapshot_type " + " ".join(f"WHEN '{t}' THEN {i}" for i, t in enumerate(RETAINED_TYPES)) + " END"
-    finest = "CASE snapshot_type " + " ".join(f"WHEN '{t}' THEN {i}" for i, t in enumerate(RETAINED_TYPES)) + " END"
+    bit = _case("snapshot_type", TYPE_BITS)
+    ranks = {t: i for i, t in enumerate(RETAINED_TYPES)}
+    rank, finest = _case("o.snapshot_type", ranks), _case("snapshot_type", ranks)
     keys = ("store_id", "customer_id", "snapshot_date")
     copied = ", ".join(SNAPSHOT_COPIED_COLUMNS)
     written = conn.execute(sa.text(
@@ -78,6 +77,11 @@ def _snapshots_as_type_sets(wh, conn: sa.Connection) -> str:
         raise RuntimeError(f"snapshot migration check failed (rows per type before {before}, after {after}); nothing was changed")
     conn.execute(sa.text(f"DROP TABLE {old}"))  # PostgreSQL: its date partitions go with it
     return f"snapshots: {sum(before.values()):,} rows (a row per type) -> {written:,} rows (a row per date, types as a set)"
+
+
+def _case(column: str, values: dict[str, int]) -> str:
+    """SQL: the number of each snapshot type named in `column`."""
+    return f"CASE {column} " + " ".join(f"WHEN '{t}' THEN {v}" for t, v in values.items()) + " END"
 
 
 def _outlier_flags_as_events(wh, conn: sa.Connection) -> str | None:

@@ -40,6 +40,7 @@ from quimbi_pipeline.orders import orders_as_of, validate_orders  # noqa: E402
 from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
 from quimbi_pipeline.snapshots import TYPE_BITS  # noqa: E402
+from quimbi_pipeline.snapshot_values import VALUE_COLUMNS  # noqa: E402
 from quimbi_pipeline.warehouse import SNAPSHOT_COPIED_COLUMNS, Warehouse, drop_postgres_schema  # noqa: E402
 
 
@@ -85,7 +86,7 @@ def seed_history(wh: Warehouse, validated, as_of: pd.Timestamp, settings: Pipeli
     table.row(f"  history: profiles of {source.date()}", secs, report.n_profiles)
     started, rows = time.perf_counter(), 0
     snap, blocks = wh.qualified("profile_snapshots"), wh.qualified("snapshot_blocks")
-    copied = ", ".join(SNAPSHOT_COPIED_COLUMNS)
+    copied = ", ".join(["layout_id", *SNAPSHOT_COPIED_COLUMNS, *VALUE_COLUMNS])
     for day in copies:
         with wh.engine.begin() as conn:
             wh._ensure_date_partition(conn, "profile_snapshots", day)
@@ -158,9 +159,10 @@ def seed_style_snapshot_baseline(wh: Warehouse, table: Table, report) -> None:
 
     import sqlalchemy as sa
 
-    from quimbi_pipeline.warehouse import JSON_COLUMNS, SNAPSHOT_COPIED_COLUMNS
+    from quimbi_pipeline.warehouse import JSON_COLUMNS
+    from quimbi_pipeline.warehouse.snapshot_tables import VIEW_COLUMNS
 
-    cols = ["store_id", "customer_id", "snapshot_date", "snapshot_type", *SNAPSHOT_COPIED_COLUMNS]
+    cols = ["store_id", "customer_id", "snapshot_date", "snapshot_type", *VIEW_COLUMNS]  # the seed's row: a row per type, JSON objects
     source = wh.read_sql(f"SELECT * FROM {wh.qualified('customer_profiles')} LIMIT {SEED_SAMPLE}")
     if source.empty:
         return

@@ -24,7 +24,8 @@ from quimbi_pipeline.demo import generate_demo  # noqa: E402
 from quimbi_pipeline.orders import orders_as_of, validate_orders  # noqa: E402
 from quimbi_pipeline.profiles import build_store_profiles  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
-from quimbi_pipeline.warehouse import SNAPSHOT_COPIED_COLUMNS, Warehouse, customer_profiles  # noqa: E402
+from quimbi_pipeline.warehouse import Warehouse, customer_profiles  # noqa: E402
+from quimbi_pipeline.warehouse.snapshot_tables import VIEW_COLUMNS  # noqa: E402
 
 SCHEMA = "bench_partitioning"
 DATE = "2026-10-31"
@@ -44,10 +45,10 @@ def main() -> None:
     wh.write_profiles_partition("store_a", DATE, profiles, pd.DataFrame())  # the source rows: platform.customer_profiles
     source = f"FROM platform.customer_profiles WHERE store_id = 'store_a' AND profile_date = DATE '{DATE}'"
     n = len(profiles)
-    cols = ", ".join(SNAPSHOT_COPIED_COLUMNS)
+    cols = ", ".join(VIEW_COLUMNS)
     body = (
         "store_id text NOT NULL, customer_id text NOT NULL, snapshot_date date NOT NULL, snapshot_type text NOT NULL, "
-        + ", ".join(f"{c.name} {c.type.compile(dialect=wh.engine.dialect)}" for c in customer_profiles.columns if c.name in SNAPSHOT_COPIED_COLUMNS)
+        + ", ".join(f"{c.name} {c.type.compile(dialect=wh.engine.dialect)}" for c in customer_profiles.columns if c.name in VIEW_COLUMNS)
         + ", PRIMARY KEY (store_id, customer_id, snapshot_date, snapshot_type)"
     )
     dates = pd.date_range(end=DATE, periods=args.days, freq="D")

@@ -255,7 +255,7 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
     check_rows("customer_outlier_flags", result.outliers)
     progress.info("%s: writing %s profiles", store, f"{len(result.profiles):,}")
     written = warehouse.write_profiles_partition(store, as_of, result.profiles, model_frame, snapshot_types, changed, transitions, result.outliers,
-                                                 snapshot_customers, blocks)
+                                                 snapshot_customers, blocks, result.snapshot_values)
     result.seconds["write"] = time.perf_counter() - started
     if snapshot_types:
         result.seconds["write_snapshots"] = written["snapshot_seconds"]  # part of "write"

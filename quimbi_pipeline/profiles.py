@@ -16,12 +16,14 @@ import pandas as pd
 
 from quimbi_pipeline import btyd
 from quimbi_pipeline.features import CHANGE_PREFIX, AxisSpec, active_mask, available_axes, compute_customer_features
+from quimbi_pipeline.json_text import DECIMALS, json_number, json_object, json_string, rounded_number
 from quimbi_pipeline.orders import as_of_day
 from quimbi_pipeline.outliers import density_outliers, outlier_flags
 from quimbi_pipeline.rollout import in_rollout
 from quimbi_pipeline.segmentation import AxisModel, AxisSegmentation, axis_matrix, fit_axis_model, score_axis, segment_axis
 from quimbi_pipeline.settings import ChurnBands, PipelineSettings
 from quimbi_pipeline.snapshot_blocks import SnapshotColumns
+from quimbi_pipeline.snapshot_values import SnapshotValues, values_of
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger("quimbi_pipeline.progress")  # stage and store, shown by `quimbi run` while a date runs
@@ -38,7 +40,6 @@ DEFAULT_MBGNBD = btyd.BGParams(r=0.5248, alpha=6.1831, a=0.8914, b=1.6140)
 WEEKS_PER_DAY = 1.0 / 7.0
 # An outlier's predicted_ltv is capped at this quantile of the other customers' (ENABLE_OUTLIER_DETECTION).
 OUTLIER_LTV_CAP_QUANTILE = 0.95
-DECIMALS = 6
 
 
 def model_version_for(algorithm: str, as_of: pd.Timestamp) -> str:
@@ -64,35 +65,6 @@ def churn_risk_level(score: np.ndarray, bands: ChurnBands) -> np.ndarray:
         ["critical", "high", "medium"],
         default="low",
     )
-
-
-def rounded_number(values: np.ndarray) -> np.ndarray:
-    """The number json_number writes: rounded to 6 decimals, NaN for its null (NaN and inf)."""
-    values = np.asarray(values, dtype="float64")
-    return np.where(np.isfinite(values), np.round(values, DECIMALS) + 0.0, np.nan)  # + 0.0 turns -0.0 into 0.0
-
-
-def json_number(values: np.ndarray) -> pd.Series:
-    """Numbers as JSON text, rounded to 6 decimals; NaN and inf become null."""
-    rounded = rounded_number(values)
-    return pd.Series(rounded).astype(str).where(np.isfinite(rounded), "null")
-
-
-def json_object(items: list[tuple[str, pd.Series]]) -> pd.Series:
-    """'{"k1": v1, "k2": v2}' per row from already-serialized JSON values, vectorized."""
-    if not items:
-        raise ValueError("json_object needs at least one item")
-    out = None
-    for i, (key, value) in enumerate(items):
-        prefix = ("{" if i == 0 else ", ") + f'"{key}": '
-        part = prefix + value.reset_index(drop=True)
-        out = part if out is None else out + part
-    return out + "}"
-
-
-def json_string(values: np.ndarray) -> pd.Series:
-    # Segment names come from fixed ladders ([a-z_0-9]): no escaping needed.
-    return '"' + pd.Series(values, dtype="string") + '"'
 
 
 @dataclass
@@ -191,6 +163,7 @@ class StoreProfiles:
     fresh_fit: bool = True  # False when scored against models in force (stable segment identity)
     outliers: pd.DataFrame | None = None  # customer_outlier_flags rows (ENABLE_OUTLIER_DETECTION)
     snapshot_columns: SnapshotColumns | None = None  # the numbers of the snapshot rows (ENABLE_TEMPORAL_SNAPSHOTS)
+    snapshot_values: SnapshotValues | None = None  # the snapshot rows' JSON values as arrays (ENABLE_TEMPORAL_SNAPSHOTS)
 
     @property
     def axes(self) -> list[str]:
@@ -260,13 +233,11 @@ def build_store_profiles(
     archetype_id, archetype_level, archetype_name = archetypes(segmentations)
 
     dominant = json_object([(a, json_string(np.asarray(s.model.segment_names, dtype=object)[s.dominant])) for a, s in segmentations.items()])
-    memberships = json_object([
-        (a, json_object([(name, json_number(s.memberships[:, j])) for j, name in enumerate(s.model.segment_names)]))
-        for a, s in segmentations.items()
-    ])
-    behavioral = json_object([
-        (axis.name, json_object([(f, json_number(active[f].to_numpy())) for f in axis.feature_names])) for axis in axes
-    ])
+    membership_numbers = {a: [(name, json_number(s.memberships[:, j])) for j, name in enumerate(s.model.segment_names)]
+                          for a, s in segmentations.items()}
+    feature_numbers = {axis.name: [(f, json_number(active[f].to_numpy())) for f in axis.feature_names] for axis in axes}
+    memberships = json_object([(a, json_object(items)) for a, items in membership_numbers.items()])
+    behavioral = json_object([(a, json_object(items)) for a, items in feature_numbers.items()])
     n = len(active)
     profiles = pd.DataFrame({
         "store_id": pd.Series([store_id] * n, dtype="string"),
@@ -300,11 +271,12 @@ def build_store_profiles(
         if share < 1.0:  # a rollout: scores use the whole store, rows are kept for its share of customers
             flags = flags[in_rollout(flags["customer_id"], "enable_outlier_detection", share)].reset_index(drop=True)
         seconds["outliers"] = time.perf_counter() - started
-    numbers = None
+    numbers = values = None
     if settings.enable_temporal_snapshots:
         numbers = _snapshot_columns(profiles, segmentations, active, axes)
+        values = values_of(profiles["customer_id"], membership_numbers, feature_numbers, {a: s.dominant for a, s in segmentations.items()})
     return StoreProfiles(store_id, as_of, profiles[PROFILE_COLUMNS], segmentations, churn, version, len(features), seconds,
-                         fresh_fit=models is None, outliers=flags, snapshot_columns=numbers)
+                         fresh_fit=models is None, outliers=flags, snapshot_columns=numbers, snapshot_values=values)
 
 
 def fit_segments(active: pd.DataFrame, axes: list[AxisSpec], settings: PipelineSettings, contain: bool) -> dict[str, AxisSegmentation]:

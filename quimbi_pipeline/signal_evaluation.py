@@ -42,7 +42,6 @@ from quimbi_pipeline.segment_identity import refit_anchor
 from quimbi_pipeline.settings import PipelineSettings
 from quimbi_pipeline.snapshots import RetentionPolicy
 from quimbi_pipeline.warehouse import Warehouse
-from quimbi_pipeline.warehouse.snapshot_tables import has_type
 
 log = logging.getLogger(__name__)
 DIRECTIONS = {"improving": 1, "degrading": -1}
@@ -70,7 +69,7 @@ def run_days(validated: ValidatedOrders, days: pd.DatetimeIndex, warehouse_url: 
             if failed:
                 raise RuntimeError(f"{day.date()}: {failed}")
             segments.append(_read(wh, f"SELECT customer_id, snapshot_date, CAST(dominant_segments AS TEXT) AS dominant "
-                                      f"FROM {wh.qualified('profile_snapshots')} WHERE {has_type('daily')} AND snapshot_date = :d",
+                                      f"FROM {wh.qualified('customer_profile_snapshots')} WHERE snapshot_type = 'daily' AND snapshot_date = :d",
                                   {"d": day.date()}))
             wh.prune_snapshots(RetentionPolicy())
     finally:

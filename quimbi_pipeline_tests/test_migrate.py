@@ -1,8 +1,9 @@
-"""`quimbi migrate`: a warehouse written by the previous version (snapshots a row per type, every customer's
-outlier scores on every date) upgrades in place to what this version writes, table for table.
+"""`quimbi migrate`: a warehouse written by an earlier version upgrades in place to what this version writes,
+table for table. Two earlier shapes: snapshots a row per type with every customer's outlier scores on every
+date (ROW_PER_TYPE_COMMIT), and snapshots a row per date holding their JSON objects (JSON_ROWS_COMMIT).
 
-The previous version is the real one: its package is taken from git (LEGACY_COMMIT) and run in a
-subprocess on the same orders and days."""
+The earlier version is the real one: its package is taken from git and run in a subprocess on the same
+orders and days."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from quimbi_pipeline.warehouse import NeedsMigration, Warehouse
 from quimbi_pipeline_tests.conftest import _reset_pg
 from quimbi_pipeline_tests.test_reliability import ALL_ON, ANALYST_TABLES, _canonical, assert_same_tables, run
 
-LEGACY_COMMIT = "98f60905e6bfd243df189004419c00f968a7dcb0"  # the last version writing customer_profile_snapshots as a table (a row per type)
+ROW_PER_TYPE_COMMIT = "98f60905e6bfd243df189004419c00f968a7dcb0"  # the last version writing customer_profile_snapshots as a table (a row per type)
+JSON_ROWS_COMMIT = "526c25ad86e94f08299755af3e7aaf9029205267"  # the last version writing profile_snapshots with JSON objects
 REPO = Path(__file__).resolve().parent.parent
 DAYS = ["2026-10-01", "2026-10-04", "2026-10-05"]  # monthly + quarterly, a Sunday, a Monday (weekly)
 SETTINGS = ALL_ON.model_copy(update={"snapshot_on_profile_change": True})
@@ -47,12 +49,12 @@ wh.dispose()
 """
 
 
-def legacy_package(tmp_path: Path) -> Path:
+def legacy_package(tmp_path: Path, commit: str) -> Path:
     if shutil.which("git") is None or not (REPO / ".git").exists():
-        pytest.skip("needs git and this project's history (the previous version's package comes from commit " + LEGACY_COMMIT + ")")
+        pytest.skip("needs git and this project's history (the earlier version's package comes from commit " + commit + ")")
     target = tmp_path / "legacy"
     target.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", LEGACY_COMMIT, "quimbi_pipeline"], capture_output=True, check=True).stdout
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "quimbi_pipeline"], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     return target
 
@@ -66,7 +68,8 @@ def analyst_tables(wh: Warehouse) -> dict[str, pd.DataFrame]:
 
 
 @pytest.mark.slow
-def test_a_previous_version_warehouse_migrates_to_what_this_version_writes(warehouse_url, tmp_path, capsys):
+@pytest.mark.parametrize("commit", [ROW_PER_TYPE_COMMIT, JSON_ROWS_COMMIT], ids=["row_per_type", "json_rows"])
+def test_an_earlier_version_warehouse_migrates_to_what_this_version_writes(commit, warehouse_url, tmp_path, capsys):
     validated = validate_orders(generate_demo(**DEMO).orders)
     if warehouse_url.startswith("postgresql"):
         fresh_url = legacy_url = warehouse_url
@@ -80,14 +83,17 @@ def test_a_previous_version_warehouse_migrates_to_what_this_version_writes(wareh
     if legacy_url == fresh_url:
         _reset_pg(legacy_url)
 
-    package = legacy_package(tmp_path)
+    package = legacy_package(tmp_path, commit)
     script = LEGACY_RUN.format(demo=DEMO, days=DAYS)
     done = subprocess.run([sys.executable, "-c", script, legacy_url, str(package)], cwd=package, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     engine = sa.create_engine(legacy_url)
     with engine.connect() as conn:
         schema = "platform" if legacy_url.startswith("postgresql") else None
-        assert "customer_profile_snapshots" in sa.inspect(conn).get_table_names(schema=schema)  # the old shape: a table
+        if commit == ROW_PER_TYPE_COMMIT:
+            assert "customer_profile_snapshots" in sa.inspect(conn).get_table_names(schema=schema)  # the old shape: a table
+        else:
+            assert "fuzzy_memberships" in {c["name"] for c in sa.inspect(conn).get_columns("profile_snapshots", schema=schema)}
     engine.dispose()
 
     with pytest.raises(NeedsMigration, match="quimbi migrate"):
@@ -97,9 +103,12 @@ def test_a_previous_version_warehouse_migrates_to_what_this_version_writes(wareh
 
     assert quimbi(["migrate", "--warehouse", legacy_url]) == 0
     printed = capsys.readouterr().out
-    assert "a row per date, types as a set" in printed and "unflagged rows of earlier dates removed" in printed
+    if commit == ROW_PER_TYPE_COMMIT:
+        assert "a row per date, types as a set, values as arrays" in printed and "unflagged rows of earlier dates removed" in printed
+    else:
+        assert "rows of JSON objects -> value arrays" in printed
     migrated = Warehouse(legacy_url)
-    if migrated.is_postgres:  # the flags' date partitions became one table, as this version creates it
+    if migrated.is_postgres and commit == ROW_PER_TYPE_COMMIT:  # the flags' date partitions became one table, as this version creates it
         assert "its date partitions became one table" in printed
         assert "customer_outlier_flags" not in migrated.partitioned and not migrated.date_partitions("customer_outlier_flags")
     assert_same_tables(expected, analyst_tables(migrated))

@@ -59,6 +59,7 @@ from quimbi_pipeline.warehouse.profile_tables import (
 )
 from quimbi_pipeline.warehouse.snapshot_tables import (
     HISTORY_VIEW,
+    LAYOUTS,
     SNAPSHOT_COPIED_COLUMNS,
     SNAPSHOT_PARTITION_PREFIX,
     SNAPSHOTS,
@@ -68,6 +69,7 @@ from quimbi_pipeline.warehouse.snapshot_tables import (
     pending_migration,
     profile_snapshots,
     snapshot_blocks,
+    snapshot_layouts,
     snapshot_writes,
 )
 
@@ -80,8 +82,8 @@ class Warehouse(ProfileStore, SnapshotStore, DriftStore, OutlierStore, ModelStor
 
 
 __all__ = [
-    "DATE_PARTITIONED", "DRIFT_TABLES", "HISTORY_VIEW", "JSON_COLUMNS", "NeedsMigration", "PG_SCHEMA", "SNAPSHOT_COPIED_COLUMNS", "SNAPSHOT_PARTITION_PREFIX", "SNAPSHOTS", "SNAPSHOTS_VIEW",
+    "DATE_PARTITIONED", "DRIFT_TABLES", "HISTORY_VIEW", "JSON_COLUMNS", "LAYOUTS", "NeedsMigration", "PG_SCHEMA", "SNAPSHOT_COPIED_COLUMNS", "SNAPSHOT_PARTITION_PREFIX", "SNAPSHOTS", "SNAPSHOTS_VIEW",
     "Warehouse", "customer_axis_drift", "customer_drift", "customer_drift_anomalies", "customer_outlier_flags",
     "customer_profiles", "data_dir", "default_warehouse_url", "drift_inputs", "drop_postgres_schema", "masked_url", "metadata", "normalize_profiles",
-    "outlier_rates", "pending_migration", "population_drift", "prefetched", "profile_snapshots", "resolve_warehouse_url", "segment_models", "segment_transitions", "snapshot_blocks", "snapshot_writes",
+    "outlier_rates", "pending_migration", "population_drift", "prefetched", "profile_snapshots", "resolve_warehouse_url", "segment_models", "segment_transitions", "snapshot_blocks", "snapshot_layouts", "snapshot_writes",
 ]

@@ -2,11 +2,14 @@
 
 Steps, each done only when the warehouse needs it (running it twice changes nothing):
 
-1. snapshots, a row per type -> a row per date with the types as a set: the table
-   customer_profile_snapshots (a row per customer, date and type, all types of a date holding the same
-   profile) becomes profile_snapshots (the finest type's row, its types as bits); the name
-   customer_profile_snapshots becomes the view giving the old rows back. Checked before committing: the
-   view holds as many rows as the old table, type by type.
+1. snapshots -> a row per customer and date, its types as a set and its three JSON objects as value arrays
+   in a layout kept once per store (snapshot_values.py). From either earlier shape:
+   - a row per type (customer_profile_snapshots a table, every type of a date holding the same profile):
+     the finest type's row is kept, with the date's types as bits;
+   - a row per date with the JSON objects (profile_snapshots before 2026-11-26's second change).
+   The rows are converted store by store and date by date (values_from_json) into the new table;
+   customer_profile_snapshots and customer_snapshot_history are the views over it. Checked before committing:
+   the view holds as many rows as before, type by type.
 2. outlier flags as current state plus events: outlier_rates gets each retained date's counts from the
    flags (dates it has no counts for), then unflagged rows dated before their store's newest flag date go;
    on PostgreSQL a customer_outlier_flags created date-partitioned becomes one table (outlier_tables.py
@@ -17,66 +20,95 @@ Tables and columns added since (nullable ones) are created as every start does (
 
 from __future__ import annotations
 
+import pandas as pd
 import sqlalchemy as sa
 
+from quimbi_pipeline.snapshot_values import VALUE_COLUMNS, values_from_json
 from quimbi_pipeline.snapshots import RETAINED_TYPES, TYPE_BITS
 from quimbi_pipeline.warehouse.outlier_tables import customer_outlier_flags
 from quimbi_pipeline.warehouse.snapshot_tables import (
     HISTORY_VIEW,
     SNAPSHOT_COPIED_COLUMNS,
+    SNAPSHOT_JSON_COLUMNS,
     SNAPSHOTS,
     SNAPSHOTS_VIEW,
     pending_migration,
 )
 
-LEGACY_SNAPSHOTS = "legacy_customer_profile_snapshots"  # the old table while it is copied (inside the transaction)
+LEGACY_SNAPSHOTS = "legacy_profile_snapshots"  # the old rows while they are converted (inside the transaction)
 
 
 def migrate(wh) -> list[str]:
     """Upgrade the warehouse (a Warehouse opened with create=False); returns what was done, one line per step."""
     done: list[str] = []
     with wh._schema_transaction() as conn:
-        legacy = pending_migration(conn) is not None
-        if legacy:
+        shape = _snapshot_shape(conn) if pending_migration(conn) else None
+        if shape:
+            old_table = wh.qualified(SNAPSHOTS_VIEW if shape == "types" else SNAPSHOTS)
             # SQLite runs DDL outside a transaction unless one is open: a no-op DELETE opens it.
-            conn.execute(sa.text(f"DELETE FROM {wh.qualified(SNAPSHOTS_VIEW)} WHERE 1 = 0"))
-            conn.execute(sa.text(f"DROP VIEW IF EXISTS {wh.qualified(HISTORY_VIEW)}"))  # it reads the old table
-            conn.execute(sa.text(f"ALTER TABLE {wh.qualified(SNAPSHOTS_VIEW)} RENAME TO {LEGACY_SNAPSHOTS}"))
+            conn.execute(sa.text(f"DELETE FROM {old_table} WHERE 1 = 0"))
+            for view in (HISTORY_VIEW, SNAPSHOTS_VIEW if shape == "json" else None):
+                if view:
+                    conn.execute(sa.text(f"DROP VIEW IF EXISTS {wh.qualified(view)}"))  # they read the old table
+            # A copy, not a rename: on PostgreSQL the old table's partitions and indexes hold the new table's names.
+            conn.execute(sa.text(f"CREATE TABLE {wh.qualified(LEGACY_SNAPSHOTS)} AS SELECT * FROM {old_table}"))
+            conn.execute(sa.text(f"DROP TABLE {old_table}"))  # PostgreSQL: its date partitions go with it
         wh._create_missing(conn)
         wh.partitioned = wh._partitioned_tables(conn)
-        if legacy:
-            done.append(_snapshots_as_type_sets(wh, conn))
+        if shape:
+            done.append(_snapshots_compacted(wh, conn, shape))
         outliers = _outlier_flags_as_events(wh, conn)
         if outliers:
             done.append(outliers)
     return done
 
 
-def _snapshots_as_type_sets(wh, conn: sa.Connection) -> str:
+def _snapshot_shape(conn: sa.Connection) -> str:
+    """'types' (a row per type) or 'json' (a row per date with JSON objects): which earlier shape this is."""
+    schema = "platform" if conn.dialect.name == "postgresql" else None
+    return "types" if SNAPSHOTS_VIEW in sa.inspect(conn).get_table_names(schema=schema) else "json"
+
+
+def _snapshots_compacted(wh, conn: sa.Connection, shape: str) -> str:
     old = wh.qualified(LEGACY_SNAPSHOTS)
-    unknown = conn.execute(sa.text(
-        f"SELECT DISTINCT snapshot_type FROM {old} WHERE snapshot_type NOT IN ({', '.join(repr(t) for t in RETAINED_TYPES)})")).scalars().all()
-    if unknown:
-        raise ValueError(f"{SNAPSHOTS_VIEW} holds snapshot types this version does not know: {sorted(unknown)}; nothing was changed")
-    for day in conn.execute(sa.text(f"SELECT DISTINCT snapshot_date FROM {old}")).scalars():
+    json_text = ", ".join(f"CAST(o.{c} AS TEXT) AS {c}" for c in SNAPSHOT_JSON_COLUMNS)
+    copied = ", ".join(f"o.{c}" for c in SNAPSHOT_COPIED_COLUMNS)
+    if shape == "types":
+        unknown = conn.execute(sa.text(
+            f"SELECT DISTINCT snapshot_type FROM {old} WHERE snapshot_type NOT IN ({', '.join(repr(t) for t in RETAINED_TYPES)})")).scalars().all()
+        if unknown:
+            raise ValueError(f"{SNAPSHOTS_VIEW} holds snapshot types this version does not know: {sorted(unknown)}; nothing was changed")
+        ranks = {t: i for i, t in enumerate(RETAINED_TYPES)}
+        keys = ("store_id", "customer_id", "snapshot_date")
+        # The finest type's row of each customer and date, with the sum of the date's type bits.
+        source = (f"SELECT o.store_id, o.customer_id, o.snapshot_date, m.types AS snapshot_types, {copied}, {json_text} "
+                  f"FROM {old} o JOIN (SELECT store_id, customer_id, snapshot_date, sum({_case('snapshot_type', TYPE_BITS)}) AS types, "
+                  f"min({_case('snapshot_type', ranks)}) AS finest FROM {old} WHERE store_id = :s AND snapshot_date = :d "
+                  f"GROUP BY store_id, customer_id, snapshot_date) m "
+                  f"ON {' AND '.join(f'o.{k} = m.{k}' for k in keys)} AND {_case('o.snapshot_type', ranks)} = m.finest")
+        before = dict(conn.execute(sa.text(f"SELECT snapshot_type, count(*) FROM {old} GROUP BY snapshot_type")).all())
+    else:
+        source = (f"SELECT o.store_id, o.customer_id, o.snapshot_date, o.snapshot_types, {copied}, {json_text} "
+                  f"FROM {old} o WHERE o.store_id = :s AND o.snapshot_date = :d")
+        sets = conn.execute(sa.text(f"SELECT snapshot_types, count(*) FROM {old} GROUP BY snapshot_types")).all()
+        before = {t: n for t, n in ((t, sum(int(n) for mask, n in sets if int(mask) & bit)) for t, bit in TYPE_BITS.items()) if n}
+    written = 0
+    for store, day in conn.execute(sa.text(f"SELECT DISTINCT store_id, snapshot_date FROM {old} ORDER BY 1, 2")).all():
+        rows = pd.DataFrame(conn.execute(sa.text(source), {"s": store, "d": day}).mappings().all())
+        values = values_from_json(rows)
         wh._ensure_date_partition(conn, SNAPSHOTS, day)
-    bit = _case("snapshot_type", TYPE_BITS)
-    ranks = {t: i for i, t in enumerate(RETAINED_TYPES)}
-    rank, finest = _case("o.snapshot_type", ranks), _case("snapshot_type", ranks)
-    keys = ("store_id", "customer_id", "snapshot_date")
-    copied = ", ".join(SNAPSHOT_COPIED_COLUMNS)
-    written = conn.execute(sa.text(
-        f"INSERT INTO {wh.qualified(SNAPSHOTS)} (store_id, customer_id, snapshot_date, snapshot_types, {copied}) "
-        f"SELECT o.store_id, o.customer_id, o.snapshot_date, m.types, {', '.join('o.' + c for c in SNAPSHOT_COPIED_COLUMNS)} "
-        f"FROM {old} o JOIN (SELECT store_id, customer_id, snapshot_date, sum({bit}) AS types, min({finest}) AS finest "
-        f"FROM {old} GROUP BY store_id, customer_id, snapshot_date) m "
-        f"ON {' AND '.join(f'o.{k} = m.{k}' for k in keys)} AND {rank} = m.finest")).rowcount
-    before = dict(conn.execute(sa.text(f"SELECT snapshot_type, count(*) FROM {old} GROUP BY snapshot_type")).all())
+        frame = rows[["store_id", "customer_id", "snapshot_date", "snapshot_types", *SNAPSHOT_COPIED_COLUMNS]].reset_index(drop=True)
+        frame.insert(4, "layout_id", wh._write_layout(conn, store, values.layout))
+        wh._bulk_load(conn, wh.qualified(SNAPSHOTS), pd.concat([frame, values.frame[list(VALUE_COLUMNS)]], axis=1))
+        written += len(frame)
     after = dict(conn.execute(sa.text(f"SELECT snapshot_type, count(*) FROM {wh.qualified(SNAPSHOTS_VIEW)} GROUP BY snapshot_type")).all())
     if before != after:
         raise RuntimeError(f"snapshot migration check failed (rows per type before {before}, after {after}); nothing was changed")
-    conn.execute(sa.text(f"DROP TABLE {old}"))  # PostgreSQL: its date partitions go with it
-    return f"snapshots: {sum(before.values()):,} rows (a row per type) -> {written:,} rows (a row per date, types as a set)"
+    conn.execute(sa.text(f"DROP TABLE {old}"))
+    total = sum(before.values())
+    if shape == "types":
+        return f"snapshots: {total:,} rows (a row per type) -> {written:,} rows (a row per date, types as a set, values as arrays)"
+    return f"snapshots: {written:,} rows of JSON objects -> value arrays in a layout per store"
 
 
 def _case(column: str, values: dict[str, int]) -> str:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from quimbi_pipeline.warehouse.connection import Json, metadata
+from quimbi_pipeline.snapshot_values import VALUE_COLUMNS, SnapshotValues, values_from_json
+from quimbi_pipeline.warehouse.connection import Json, metadata, staging_metadata
 
 customer_profiles = sa.Table(
     "customer_profiles", metadata,
@@ -36,6 +38,13 @@ customer_profiles = sa.Table(
     sa.Index("ix_customer_profiles_store_archetype", "store_id", "archetype_id"),
 )
 
+# The staged profiles of a write with snapshots: the profile columns and the snapshot rows' value arrays.
+profile_values_stage = sa.Table(
+    "customer_profiles_with_values", staging_metadata,
+    *[sa.Column(c.name, c.type) for c in customer_profiles.columns],
+    *[sa.Column(c, sa.Text) for c in VALUE_COLUMNS],
+)
+
 
 JSON_COLUMNS = ("dominant_segments", "fuzzy_memberships", "behavioral_features")
 
@@ -59,7 +68,7 @@ class ProfileStore:
     def write_profiles_partition(
         self, store_id: str, as_of, profiles: pd.DataFrame, models: pd.DataFrame, snapshot_types: list[str] | tuple = (),
         changed: pd.Index | None = None, transitions: pd.DataFrame | None = None, outliers: pd.DataFrame | None = None,
-        snapshot_customers: pd.Index | None = None, blocks: list[dict] | None = None,
+        snapshot_customers: pd.Index | None = None, blocks: list[dict] | None = None, snapshot_values: SnapshotValues | None = None,
     ) -> dict:
         """Replace store S's rows of partition D in one transaction.
 
@@ -72,7 +81,9 @@ class ProfileStore:
         written in `models`) replace the rows of their model versions; `outliers` (ENABLE_OUTLIER_DETECTION)
         replace the store's customer_outlier_flags of D. `snapshot_customers` (a rollout share) limits
         the snapshots to those customers. `blocks` (snapshot_blocks.encode_blocks of the same customers)
-        replace the store's snapshot_blocks of D with the snapshots.
+        replace the store's snapshot_blocks of D with the snapshots. `snapshot_values` (profiles.values_of, the
+        same customers in the same order) are the snapshot rows' value arrays; without them they are derived from
+        the profiles' JSON text (snapshot_values.values_from_json, slower).
         """
         as_of_date = pd.Timestamp(as_of).date()
         cols = [c.name for c in customer_profiles.columns]
@@ -82,9 +93,16 @@ class ProfileStore:
             deleted = conn.execute(
                 sa.delete(customer_profiles).where(customer_profiles.c.store_id == store_id, customer_profiles.c.profile_date == as_of_date)
             ).rowcount
-            written, stage_ref = 0, None
+            written, stage_ref, layout = 0, None, None
             if len(profiles):
-                stage_ref = self._stage(conn, customer_profiles, profiles[cols])
+                staged, stage_table = profiles[cols], customer_profiles
+                if snapshot_types:
+                    values = snapshot_values if snapshot_values is not None else values_from_json(profiles)
+                    if not np.array_equal(values.frame["customer_id"].astype(str).to_numpy(object), profiles["customer_id"].astype(str).to_numpy(object)):
+                        raise ValueError(f"store {store_id}: the snapshot values are not of the profiles' customers in their order")
+                    staged = pd.concat([staged.reset_index(drop=True), values.frame[list(VALUE_COLUMNS)].reset_index(drop=True)], axis=1)
+                    stage_table, layout = profile_values_stage, values.layout
+                stage_ref = self._stage(conn, stage_table, staged)
                 written = conn.execute(sa.text(
                     f"INSERT INTO {target} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {stage_ref} WHERE true "
                     f"ON CONFLICT (store_id, customer_id) DO UPDATE SET {updates} "
@@ -94,7 +112,7 @@ class ProfileStore:
             snapshots = 0
             if snapshot_types:
                 snapshots = self._replace_snapshots(conn, store_id, as_of_date, stage_ref if len(profiles) else None, snapshot_types,
-                                                    changed, snapshot_customers)
+                                                    changed, snapshot_customers, layout)
             snapshot_seconds = time.perf_counter() - snapshot_started
             blocks_started = time.perf_counter()
             if snapshot_types:

@@ -4,21 +4,26 @@ history view), their columnar copy snapshot_blocks, the write log snapshot_write
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from quimbi_pipeline.snapshot_values import VALUE_COLUMNS, SnapshotLayout, expand_values, layout_id, row_objects
 from quimbi_pipeline.snapshots import CALENDAR_MASK, PROFILE_CHANGE, RETAINED_TYPES, TYPE_BITS, finest_type, snapshot_types_for, type_mask
 from quimbi_pipeline.warehouse.connection import PG_SCHEMA, metadata, staging_metadata
-from quimbi_pipeline.warehouse.profile_tables import JSON_COLUMNS, customer_profiles
+from quimbi_pipeline.warehouse.profile_tables import customer_profiles
 
+# Copied from the profile as they are; the three JSON objects are stored as arrays of their values in the
+# order of a layout (snapshot_values.py) kept once in snapshot_layouts.
 SNAPSHOT_COPIED_COLUMNS = [
-    "archetype_id", "archetype_level", "archetype_name", "dominant_segments", "fuzzy_memberships", "behavioral_features",
-    "churn_risk_score", "churn_risk_level", "predicted_ltv", "expected_purchases", "total_orders", "lifetime_value", "days_since_first_order",
-    "tenure_months", "model_version",
+    "archetype_id", "archetype_level", "archetype_name", "churn_risk_score", "churn_risk_level", "predicted_ltv", "expected_purchases",
+    "total_orders", "lifetime_value", "days_since_first_order", "tenure_months", "model_version",
 ]
+SNAPSHOT_JSON_COLUMNS = ("dominant_segments", "fuzzy_memberships", "behavioral_features")  # rebuilt by the views and reads
 
 SNAPSHOTS = "profile_snapshots"
 SNAPSHOTS_VIEW = "customer_profile_snapshots"  # the analysts' name: a row per (customer, date, type)
+LAYOUTS = "snapshot_layouts"
 
 # One row per (store, customer, date): every type of the date holds the same profile, so the types are a
 # bit set (snapshots.TYPE_BITS) and expiring a type clears its bit. No surrogate id or created_at: a re-run
@@ -29,12 +34,26 @@ profile_snapshots = sa.Table(
     sa.Column("customer_id", sa.Text, primary_key=True),
     sa.Column("snapshot_date", sa.Date, primary_key=True),
     sa.Column("snapshot_types", sa.SmallInteger, nullable=False),
+    sa.Column("layout_id", sa.Integer, nullable=False),  # snapshot_layouts of the store: the names of the value arrays
     *[sa.Column(c.name, c.type, nullable=c.nullable) for c in customer_profiles.columns if c.name in SNAPSHOT_COPIED_COLUMNS],
+    *[sa.Column(c, sa.Text, nullable=False) for c in VALUE_COLUMNS],  # JSON arrays as text (snapshot_values.py)
     sa.Index("ix_profile_snapshots_store_date_types", "store_id", "snapshot_date", "snapshot_types"),
     # PostgreSQL: one partition per snapshot date (created on first write). Measured: writes 1.75x
     # faster (smaller per-partition indexes) and pruning a fully expired date is a DROP, 5x faster
     # than DELETE (benchmarks/snapshot_partitioning.py, docs/snapshots.md).
     postgresql_partition_by="RANGE (snapshot_date)",
+)
+
+# The (axis, name) of each position of a snapshot row's value arrays, per store and layout (a content hash:
+# a layout is written once and never changes, so readers may keep it).
+snapshot_layouts = sa.Table(
+    LAYOUTS, metadata,
+    sa.Column("store_id", sa.Text, primary_key=True),
+    sa.Column("layout_id", sa.Integer, primary_key=True),
+    sa.Column("kind", sa.Text, primary_key=True),  # m: membership_values (and dominant_positions), f: feature_values
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("axis", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
 )
 
 SNAPSHOT_PARTITION_PREFIX = f"{SNAPSHOTS}_p"
@@ -66,22 +85,57 @@ snapshot_writes = sa.Table(
 _TYPES_SQL = " UNION ALL ".join(f"SELECT '{t}' AS snapshot_type, {bit} AS bit" for t, bit in TYPE_BITS.items())
 _FINEST_SQL = "CASE " + " ".join(f"WHEN (s.snapshot_types & {bit}) <> 0 THEN '{t}'" for t, bit in TYPE_BITS.items()) + " END"
 
+
+def _json_sql(postgres: bool, layouts: str) -> dict[str, str]:
+    """SQL expressions (over the snapshot row `s`) rebuilding its three JSON objects from the value arrays and
+    the layout: jsonb on PostgreSQL, JSON text on SQLite (keys in layout order)."""
+    def layout(kind: str, position: str) -> str:
+        return (f"JOIN {layouts} l ON l.store_id = s.store_id AND l.layout_id = s.layout_id AND l.kind = '{kind}' "
+                f"AND l.position = {position}")
+
+    def nested(column: str, kind: str) -> str:
+        if postgres:
+            return (f"(SELECT jsonb_object_agg(axis, obj) FROM (SELECT l.axis, jsonb_object_agg(l.name, j.v) AS obj "
+                    f"FROM jsonb_array_elements(s.{column}::jsonb) WITH ORDINALITY j(v, n) {layout(kind, 'j.n - 1')} GROUP BY l.axis) a)")
+        return (f"(SELECT json_group_object(axis, json(obj)) FROM (SELECT l.axis AS axis, json_group_object(l.name, j.value) AS obj, "
+                f"min(l.position) AS first FROM json_each(s.{column}) j {layout(kind, 'j.key')} GROUP BY l.axis ORDER BY first))")
+
+    if postgres:
+        dominant = (f"(SELECT jsonb_object_agg(l.axis, l.name) FROM jsonb_array_elements_text(s.dominant_positions::jsonb) j(v) "
+                    f"{layout('m', 'j.v::int')})")
+    else:
+        dominant = f"(SELECT json_group_object(l.axis, l.name) FROM json_each(s.dominant_positions) j {layout('m', 'j.value')})"
+    return {"dominant_segments": dominant, "fuzzy_memberships": nested("membership_values", "m"),
+            "behavioral_features": nested("feature_values", "f")}
+
+
+def _column_sql(column: str, json_sql: dict[str, str]) -> str:
+    return f"{json_sql[column]} AS {column}" if column in json_sql else f"s.{column}"
+
+
 # The seed's shape, a row per (store, customer, date, type), for analysts and the README's queries.
-SNAPSHOTS_VIEW_SQL = f"""
-CREATE VIEW {{view}} AS
-SELECT s.store_id, s.customer_id, s.snapshot_date, t.snapshot_type, {", ".join("s." + c for c in SNAPSHOT_COPIED_COLUMNS)}
-FROM {{table}} s JOIN ({_TYPES_SQL}) t ON (s.snapshot_types & t.bit) <> 0
-"""
+VIEW_COLUMNS = ["archetype_id", "archetype_level", "archetype_name", "dominant_segments", "fuzzy_memberships", "behavioral_features",
+                "churn_risk_score", "churn_risk_level", "predicted_ltv", "expected_purchases", "total_orders", "lifetime_value",
+                "days_since_first_order", "tenure_months", "model_version"]
+
+
+def snapshots_view_sql(view: str, table: str, postgres: bool, layouts: str) -> str:
+    json_sql = _json_sql(postgres, layouts)
+    return (f"CREATE VIEW {view} AS SELECT s.store_id, s.customer_id, s.snapshot_date, t.snapshot_type, "
+            f"{', '.join(_column_sql(c, json_sql) for c in VIEW_COLUMNS)} "
+            f"FROM {table} s JOIN ({_TYPES_SQL}) t ON (s.snapshot_types & t.bit) <> 0")
+
 
 # One row per (store, customer, date), shown as the finest type of the date.
 HISTORY_VIEW = "customer_snapshot_history"
+HISTORY_VIEW_COLUMNS = ["archetype_id", "archetype_name", "archetype_level", "dominant_segments", "fuzzy_memberships", "churn_risk_score",
+                   "churn_risk_level", "predicted_ltv", "model_version"]
 
-HISTORY_VIEW_SQL = f"""
-CREATE VIEW {{view}} AS
-SELECT s.store_id, s.customer_id, s.snapshot_date, {_FINEST_SQL} AS snapshot_type, s.archetype_id, s.archetype_name, s.archetype_level,
-       s.dominant_segments, s.fuzzy_memberships, s.churn_risk_score, s.churn_risk_level, s.predicted_ltv, s.model_version
-FROM {{table}} s
-"""
+
+def history_view_sql(view: str, table: str, postgres: bool, layouts: str) -> str:
+    json_sql = _json_sql(postgres, layouts)
+    return (f"CREATE VIEW {view} AS SELECT s.store_id, s.customer_id, s.snapshot_date, {_FINEST_SQL} AS snapshot_type, "
+            f"{', '.join(_column_sql(c, json_sql) for c in HISTORY_VIEW_COLUMNS)} FROM {table} s")
 
 
 class NeedsMigration(RuntimeError):
@@ -91,8 +145,13 @@ class NeedsMigration(RuntimeError):
 def pending_migration(conn: sa.Connection) -> str | None:
     """Why this warehouse must be migrated before use, or None."""
     schema = PG_SCHEMA if conn.dialect.name == "postgresql" else None
-    if SNAPSHOTS_VIEW in sa.inspect(conn).get_table_names(schema=schema):
+    inspector = sa.inspect(conn)
+    tables = inspector.get_table_names(schema=schema)
+    if SNAPSHOTS_VIEW in tables:
         return (f"this warehouse was written by an older quimbi_pipeline ({SNAPSHOTS_VIEW} is a table with a row per type): "
+                "upgrade it once with `quimbi migrate [--warehouse URL]`")
+    if SNAPSHOTS in tables and "fuzzy_memberships" in {c["name"] for c in inspector.get_columns(SNAPSHOTS, schema=schema)}:
+        return (f"this warehouse was written by an older quimbi_pipeline ({SNAPSHOTS} holds JSON objects, not value arrays): "
                 "upgrade it once with `quimbi migrate [--warehouse URL]`")
     return None
 
@@ -126,19 +185,20 @@ class SnapshotStore:
         if reason:
             raise NeedsMigration(reason)
         views = sa.inspect(conn).get_view_names(schema=PG_SCHEMA if self.is_postgres else None)
-        for name, sql in ((SNAPSHOTS_VIEW, SNAPSHOTS_VIEW_SQL), (HISTORY_VIEW, HISTORY_VIEW_SQL)):
+        for name, sql in ((SNAPSHOTS_VIEW, snapshots_view_sql), (HISTORY_VIEW, history_view_sql)):
             if name not in views:
-                conn.execute(sa.text(sql.format(view=self.qualified(name), table=self.qualified(SNAPSHOTS))))
+                conn.execute(sa.text(sql(self.qualified(name), self.qualified(SNAPSHOTS), self.is_postgres, self.qualified(LAYOUTS))))
 
     def _replace_snapshots(self, conn: sa.Connection, store_id: str, day, stage_ref: str | None, snapshot_types,
-                           changed: pd.Index | None, snapshot_customers: pd.Index | None) -> int:
+                           changed: pd.Index | None, snapshot_customers: pd.Index | None, layout: SnapshotLayout | None) -> int:
         """In the caller's transaction: the store's snapshots dated `day` become the staged profiles
-        (`stage_ref`; None: no profiles) with the date's calendar types, limited to `snapshot_customers`,
-        and the profile_change type for the `changed` customers. Returns the rows written (a row per customer)."""
+        (`stage_ref`, with their value arrays in `layout`; None: no profiles) with the date's calendar types,
+        limited to `snapshot_customers`, and the profile_change type for the `changed` customers. Returns the
+        rows written (a row per customer)."""
         self._ensure_date_partition(conn, SNAPSHOTS, day)
         snap = profile_snapshots
         conn.execute(sa.delete(snap).where(snap.c.store_id == store_id, snap.c.snapshot_date == day))
-        if stage_ref is None:
+        if stage_ref is None or layout is None:
             return 0
         calendar, change = type_mask(snapshot_types), TYPE_BITS[PROFILE_CHANGE]
         source = f"{stage_ref} p"
@@ -152,15 +212,48 @@ class SnapshotStore:
             changed_ref = self._stage(conn, changed_customers, pd.DataFrame({"customer_id": pd.Series(changed, dtype="string")}))
             source += f" LEFT JOIN {changed_ref} c ON c.customer_id = p.customer_id"
             change_sql = f"CASE WHEN c.customer_id IS NULL THEN 0 ELSE {change} END"
-        return self._insert_snapshots(conn, f"({calendar_sql}) + ({change_sql})", source)
+        return self._insert_snapshots(conn, store_id, layout, f"({calendar_sql}) + ({change_sql})", source)
 
-    def _insert_snapshots(self, conn: sa.Connection, mask_sql: str, from_sql: str) -> int:
-        """Copy staged profiles (aliased p in from_sql) with their type set into profile_snapshots; rows without a type are skipped."""
-        copied = ", ".join(SNAPSHOT_COPIED_COLUMNS)
+    def _write_layout(self, conn: sa.Connection, store_id: str, layout: SnapshotLayout) -> int:
+        """The layout's rows for the store, unless already there (content-addressed); returns its id."""
+        ident = layout_id(layout)
+        known = conn.execute(sa.select(sa.func.count()).select_from(snapshot_layouts).where(
+            snapshot_layouts.c.store_id == store_id, snapshot_layouts.c.layout_id == ident)).scalar_one()
+        if not known:
+            conn.execute(sa.insert(snapshot_layouts), [{**row, "store_id": store_id, "layout_id": ident} for row in layout.rows().to_dict("records")])
+        return ident
+
+    def _insert_snapshots(self, conn: sa.Connection, store_id: str, layout: SnapshotLayout, mask_sql: str, from_sql: str) -> int:
+        """Copy staged profiles with their value arrays (aliased p in from_sql) and type set into profile_snapshots;
+        rows without a type are skipped."""
+        ident = self._write_layout(conn, store_id, layout)
+        copied = [*SNAPSHOT_COPIED_COLUMNS, *VALUE_COLUMNS]
         return int(conn.execute(sa.text(
-            f"INSERT INTO {self.qualified(SNAPSHOTS)} (store_id, customer_id, snapshot_date, snapshot_types, {copied}) "
-            f"SELECT p.store_id, p.customer_id, p.profile_date, {mask_sql}, {', '.join('p.' + c for c in SNAPSHOT_COPIED_COLUMNS)} "
+            f"INSERT INTO {self.qualified(SNAPSHOTS)} (store_id, customer_id, snapshot_date, snapshot_types, layout_id, {', '.join(copied)}) "
+            f"SELECT p.store_id, p.customer_id, p.profile_date, {mask_sql}, {ident}, {', '.join('p.' + c for c in copied)} "
             f"FROM {from_sql} WHERE {mask_sql} <> 0")).rowcount or 0)
+
+    def snapshot_layout(self, store_id: str, ident: int) -> SnapshotLayout:
+        """A store's layout by id (kept per process: a layout never changes)."""
+        key = (store_id, int(ident))
+        cache = self.__dict__.setdefault("_layouts", {})
+        if key not in cache:
+            rows = self.read_sql(f"SELECT kind, position, axis, name FROM {self.qualified(LAYOUTS)} WHERE store_id = :s AND layout_id = :l",
+                                 {"s": store_id, "l": int(ident)})
+            if rows.empty:
+                raise LookupError(f"store {store_id}: snapshot layout {ident} is missing")
+            cache[key] = SnapshotLayout.from_rows(rows)
+        return cache[key]
+
+    def _with_json(self, store_id: str, rows: pd.DataFrame, columns) -> pd.DataFrame:
+        """Rows with layout_id and VALUE_COLUMNS -> the same rows with `columns` of SNAPSHOT_JSON_COLUMNS as JSON text."""
+        rows = rows.reset_index(drop=True)
+        wanted = [c for c in SNAPSHOT_JSON_COLUMNS if c in columns]
+        out = {c: np.empty(len(rows), dtype=object) for c in wanted}
+        for ident, group in rows.groupby("layout_id", sort=False):
+            for column, text in expand_values(group, self.snapshot_layout(store_id, ident), wanted).items():
+                out[column][group.index.to_numpy()] = text.to_numpy(object)
+        return rows.drop(columns=["layout_id", *VALUE_COLUMNS]).assign(**out)
 
     def _log_snapshot_write(self, conn: sa.Connection, store_id: str, day) -> None:
         """snapshot_writes: when the store's snapshots of the date were written (drift_tables reads it)."""
@@ -230,8 +323,9 @@ class SnapshotStore:
         if hi is not None:
             bounds += f" AND customer_id{collate} < :hi"
             params["hi"] = hi
-        select = ", ".join(f"CAST({c} AS TEXT) AS {c}" if c in JSON_COLUMNS else c for c in columns)
-        frame = self.read_sql(f"SELECT {select} FROM {self.qualified(SNAPSHOTS)} WHERE store_id = :s AND ({' OR '.join(pairs)}){bounds}", params)
+        stored = [c for c in columns if c not in SNAPSHOT_JSON_COLUMNS] + ["layout_id", *VALUE_COLUMNS]
+        frame = self.read_sql(f"SELECT {', '.join(stored)} FROM {self.qualified(SNAPSHOTS)} WHERE store_id = :s AND ({' OR '.join(pairs)}){bounds}", params)
+        frame = self._with_json(store_id, frame, columns)[columns]
         frame["customer_id"] = frame["customer_id"].astype(str)
         frame["snapshot_date"] = pd.to_datetime(frame["snapshot_date"])
         return frame
@@ -291,14 +385,15 @@ class SnapshotStore:
     def last_snapshot_memberships(self, store_id: str, before) -> pd.Series:
         """Each customer's fuzzy_memberships (JSON text) from their newest snapshot dated before D."""
         frame = self.read_sql(
-            "SELECT customer_id, memberships FROM ("
-            " SELECT customer_id, CAST(fuzzy_memberships AS TEXT) AS memberships,"
+            "SELECT customer_id, layout_id, membership_values FROM ("
+            " SELECT customer_id, layout_id, membership_values,"
             "  ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY snapshot_date DESC) AS newest_first"
             f" FROM {self.qualified(SNAPSHOTS)} WHERE store_id = :s AND snapshot_date < :d"
             ") ranked WHERE newest_first = 1",
             {"s": store_id, "d": pd.Timestamp(before).date()},
         )
-        return pd.Series(frame["memberships"].to_numpy(), index=pd.Index(frame["customer_id"].astype(str), name="customer_id"))
+        frame = self._with_json(store_id, frame.assign(dominant_positions=None, feature_values=None), ["fuzzy_memberships"])
+        return pd.Series(frame["fuzzy_memberships"].to_numpy(), index=pd.Index(frame["customer_id"].astype(str), name="customer_id"))
 
     def _snapshot_cutoffs(self, policy) -> dict[tuple[str, str], tuple]:
         """{(store, type): (the store's newest snapshot date, the type's cutoff)}: rows dated before the cutoff are expired."""
@@ -346,6 +441,11 @@ class SnapshotStore:
                 latest_cutoff = max(c for (s, _), c in cutoffs.items() if s == store)  # no bit is cleared from a later date
                 conn.execute(sa.text(f"DELETE FROM {table} WHERE store_id = :s AND snapshot_date < :c AND snapshot_types = 0"),
                              {"s": store, "c": latest_cutoff})
+            # A layout goes with the last row that uses it (a scan of the store's rows, as the models' prune does).
+            layouts = self.qualified(LAYOUTS)
+            for store in conn.execute(sa.text(f"SELECT DISTINCT store_id FROM {layouts}")).scalars().all():
+                used = conn.execute(sa.text(f"SELECT DISTINCT layout_id FROM {table} WHERE store_id = :s"), {"s": store}).scalars().all()
+                conn.execute(sa.delete(snapshot_layouts).where(snapshot_layouts.c.store_id == store, snapshot_layouts.c.layout_id.not_in(used)))
             # A date's blocks copy its calendar snapshots: they go when the last of those goes.
             blocks = self.qualified("snapshot_blocks")
             conn.execute(sa.text(
@@ -367,7 +467,7 @@ class SnapshotStore:
         the customer_profile_snapshots view, snapshot_date and snapshot_type always (the API leaves out
         behavioral_features, the largest JSON to decode). A row's snapshot_type is the one asked for, else the
         finest type of its date."""
-        view_columns = [c for c in profile_snapshots.c.keys() if c != "snapshot_types"]
+        view_columns = ["store_id", "customer_id", "snapshot_date", *VIEW_COLUMNS]
         if columns is None:
             wanted = view_columns
         else:
@@ -375,6 +475,8 @@ class SnapshotStore:
             if unknown:
                 raise ValueError(f"not columns of customer_profile_snapshots: {sorted(unknown)}")
             wanted = [c for c in dict.fromkeys(("snapshot_date", *columns)) if c != "snapshot_type"]
+        objects = [c for c in wanted if c in SNAPSHOT_JSON_COLUMNS]
+        stored = [c for c in wanted if c not in SNAPSHOT_JSON_COLUMNS] + (["layout_id", *VALUE_COLUMNS] if objects else [])
         params: dict = {"s": store_id, "c": customer_id}
         source = self.qualified(SNAPSHOTS)
         if snapshot_type is not None and snapshot_type not in TYPE_BITS:
@@ -389,13 +491,14 @@ class SnapshotStore:
             end = pd.Timestamp(as_of).date()
             params.update({"start": (pd.Timestamp(end) - pd.Timedelta(days=days)).date(), "end": end})
             rows = conn.execute(sa.text(
-                f"SELECT snapshot_types, {', '.join(wanted)} FROM {source} WHERE store_id = :s AND customer_id = :c "
+                f"SELECT snapshot_types, {', '.join(stored)} FROM {source} WHERE store_id = :s AND customer_id = :c "
                 f"AND snapshot_date BETWEEN :start AND :end{type_clause} ORDER BY snapshot_date"), params).mappings().all()
         out = []
         for row in rows:
+            decoded = row_objects(self.snapshot_layout(store_id, row["layout_id"]), row, objects) if objects else {}
             record = {}
             for column in wanted:
-                record[column] = row[column]
+                record[column] = decoded[column] if column in decoded else row[column]
                 if column == "snapshot_date":
                     record["snapshot_type"] = snapshot_type or finest_type(int(row["snapshot_types"]))
             out.append(record)

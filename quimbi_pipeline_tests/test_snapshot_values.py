@@ -1,0 +1,94 @@
+"""Snapshot rows store their JSON objects as value arrays in a layout (snapshot_values.py): the arrays give the
+profile's JSON back byte for byte, and every reader (the analysts' views on both databases, the history reads,
+the drift's row reads) sees the profile's objects."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from quimbi_pipeline.demo import generate_demo
+from quimbi_pipeline.orders import orders_as_of, validate_orders
+from quimbi_pipeline.pipeline import run_profiles_partition
+from quimbi_pipeline.profiles import build_store_profiles
+from quimbi_pipeline.settings import PipelineSettings
+from quimbi_pipeline.snapshot_values import SnapshotLayout, expand_values, layout_id, row_objects, values_from_json
+from quimbi_pipeline.warehouse import Warehouse
+
+DAY = pd.Timestamp("2026-10-31")
+SETTINGS = PipelineSettings(enable_temporal_snapshots=True)
+
+
+@pytest.fixture(scope="module")
+def store():
+    validated = validate_orders(generate_demo(n_customers=400, n_stores=1, seed=11, end="2026-10-31").orders)
+    return validated, build_store_profiles(orders_as_of(validated.orders, DAY), "store_a", DAY, SETTINGS, validated.optional_columns)
+
+
+def test_the_arrays_give_the_profiles_json_back_byte_for_byte(store):
+    _, result = store
+    profiles, values = result.profiles, result.snapshot_values
+    assert values.frame["customer_id"].tolist() == profiles["customer_id"].tolist()
+    first = json.loads(profiles["fuzzy_memberships"].iloc[0])
+    assert values.layout.memberships == tuple((a, n) for a, segments in first.items() for n in segments)
+    expanded = expand_values(values.frame, values.layout)
+    for column, text in expanded.items():
+        assert text.tolist() == profiles[column].astype(str).tolist(), column
+    # The same values when they are read off the JSON text instead (a migration's path, a write without them).
+    from_json = values_from_json(profiles)
+    assert from_json.layout == values.layout
+    pd.testing.assert_frame_equal(from_json.frame.astype(str), values.frame.astype(str))
+
+
+def test_nulls_and_small_numbers_keep_their_text():
+    profiles = pd.DataFrame({
+        "customer_id": ["c1", "c2"],
+        "dominant_segments": ['{"f": "low", "v": "b"}', '{"f": "high", "v": "a"}'],
+        "fuzzy_memberships": ['{"f": {"low": 0.9, "high": 0.1}, "v": {"a": 1e-06, "b": 0.999999}}',
+                              '{"f": {"low": 0.0, "high": 1.0}, "v": {"a": 0.5, "b": 0.5}}'],
+        "behavioral_features": ['{"f": {"gap": null, "n": 3.0}}', '{"f": {"gap": 12.5, "n": 1.0}}'],
+    })
+    values = values_from_json(profiles)
+    assert values.frame["membership_values"].tolist() == ["[0.9,0.1,1e-06,0.999999]", "[0.0,1.0,0.5,0.5]"]
+    assert values.frame["feature_values"].tolist() == ["[null,3.0]", "[12.5,1.0]"]
+    assert values.frame["dominant_positions"].tolist() == ["[0,3]", "[1,2]"]
+    for column, text in expand_values(values.frame, values.layout).items():
+        assert text.tolist() == profiles[column].tolist()
+    objects = row_objects(values.layout, values.frame.iloc[0], ("dominant_segments", "fuzzy_memberships", "behavioral_features"))
+    assert objects == {c: json.loads(profiles[c].iloc[0]) for c in objects}
+    assert SnapshotLayout.from_rows(values.layout.rows().sample(frac=1, random_state=0)) == values.layout
+    assert layout_id(values.layout) == layout_id(SnapshotLayout.from_rows(values.layout.rows()))  # the id is the contents'
+    with pytest.raises(ValueError, match="do not have the layout's 2 values"):
+        values_from_json(profiles.assign(behavioral_features=['{"f": {"gap": 1.0, "n": 3.0}}', '{"f": {"gap": 1.0}}']))
+
+
+def test_every_reader_sees_the_profiles_objects(warehouse_url, store):
+    validated, _ = store
+    wh = Warehouse(warehouse_url)
+    assert not run_profiles_partition(validated, DAY, wh, SETTINGS).failed
+    profiles = wh.profiles("store_a").set_index("customer_id")
+    canonical = {c: profiles[c] for c in ("dominant_segments", "fuzzy_memberships", "behavioral_features")}
+
+    def same_objects(frame: pd.DataFrame, columns) -> None:
+        for column in columns:
+            got = [json.dumps(v if not isinstance(v, str) else json.loads(v), sort_keys=True) for v in frame[column]]
+            assert got == canonical[column].loc[frame["customer_id"].astype(str)].tolist(), column
+
+    view = wh.read_sql(f"SELECT * FROM {wh.qualified('customer_profile_snapshots')} WHERE snapshot_type = 'daily'")
+    assert len(view) == len(profiles)
+    same_objects(view, canonical)
+    # The analysts' JSON functions work on the view's columns as they did on the table's.
+    extract = ("fuzzy_memberships -> 'purchase_frequency' ->> 'regular'" if wh.is_postgres
+               else "json_extract(fuzzy_memberships, '$.purchase_frequency.regular')")
+    regular = wh.read_sql(f"SELECT customer_id, {extract} AS regular FROM {wh.qualified('customer_profile_snapshots')}")
+    expected = [json.loads(profiles.loc[c, "fuzzy_memberships"])["purchase_frequency"]["regular"] for c in regular["customer_id"]]
+    np.testing.assert_allclose(regular["regular"].astype(float), expected)
+    history_view = wh.read_sql(f"SELECT * FROM {wh.qualified('customer_snapshot_history')}")
+    same_objects(history_view, ("dominant_segments", "fuzzy_memberships"))
+    rows = wh.snapshot_history("store_a", DAY, DAY, with_features=True)
+    same_objects(rows, ("fuzzy_memberships", "behavioral_features"))
+    customer = str(view["customer_id"].iloc[0])
+    history = pd.DataFrame(wh.customer_history_rows("store_a", customer, 7))
+    same_objects(history, canonical)
+    wh.dispose()

@@ -191,3 +191,32 @@ def test_postgres_snapshots_are_partitioned_by_date_and_prune_drops_expired_date
     pd.testing.assert_frame_equal(before.loc[~expired].reset_index(drop=True), after)
     assert int(counts["deleted"].sum()) == int(expired.sum())
     wh.dispose()
+
+
+@pytest.mark.postgres
+def test_a_postgresql_partition_whose_types_expire_is_rewritten_not_left_twice_its_size(pg_url, monkeypatch):
+    run(pg_url, "2025-12-29", "2026-01-06", monkeypatch)
+    wh = Warehouse(pg_url)
+
+    def partitions() -> pd.DataFrame:
+        return wh.read_sql("SELECT c.relname, c.relfilenode, pg_relation_size(c.oid) AS bytes, "
+                           "(SELECT count(*) FROM platform.profile_snapshots s WHERE s.snapshot_date = to_date(right(c.relname, 8), 'YYYYMMDD')) AS n "
+                           "FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace "
+                           "WHERE ns.nspname = 'platform' AND c.relname LIKE 'profile_snapshots_p%' AND c.relkind = 'r'").set_index("relname")
+
+    before = partitions()
+    customer = wh.read_sql("SELECT min(customer_id) AS c FROM platform.profile_snapshots WHERE store_id = 'store_a' "
+                           "AND snapshot_date = DATE '2025-12-29'")["c"].iloc[0]
+    history = wh.customer_history("store_a", customer, days=30)
+    wh.prune_snapshots(RetentionPolicy(daily=2))  # 2025-12-29 (weekly) and 2026-01-01 (monthly...) lose their daily bit
+    after = partitions()
+    cleared = ["profile_snapshots_p20251229", "profile_snapshots_p20260101"]
+    assert set(after.index) == set(cleared) | {"profile_snapshots_p20260105", "profile_snapshots_p20260106"}
+    assert (after.loc[cleared, "relfilenode"] != before.loc[cleared, "relfilenode"]).all()  # rewritten
+    assert (after.loc[cleared, "n"] == before.loc[cleared, "n"]).all()  # the same rows
+    per_row = after["bytes"] / after["n"]
+    assert per_row[cleared].max() <= 1.2 * per_row["profile_snapshots_p20260106"]  # was 2x: the dead versions kept their space
+    kept = wh.customer_history("store_a", customer, days=30)
+    assert len(history) == 9 and kept["snapshot_date"].tolist() == [d for d in history["snapshot_date"]
+                                                                     if str(d) in ("2025-12-29", "2026-01-01", "2026-01-05", "2026-01-06")]
+    wh.dispose()

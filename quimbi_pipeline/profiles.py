@@ -274,7 +274,7 @@ def build_store_profiles(
     numbers = values = None
     if settings.enable_temporal_snapshots:
         numbers = _snapshot_columns(profiles, segmentations, active, axes)
-        values = values_of(profiles["customer_id"], membership_numbers, feature_numbers, {a: s.dominant for a, s in segmentations.items()})
+        values = values_of(profiles["customer_id"], membership_numbers, feature_numbers, {a: s.dominant for a, s in segmentations.items()}, version)
     return StoreProfiles(store_id, as_of, profiles[PROFILE_COLUMNS], segmentations, churn, version, len(features), seconds,
                          fresh_fit=models is None, outliers=flags, snapshot_columns=numbers, snapshot_values=values)
 

@@ -107,7 +107,8 @@ def _prune_models(wh: Warehouse, conn: sa.Connection, policy: RetentionPolicy) -
         deleted = conn.execute(sa.text(
             f"DELETE FROM {models} WHERE store_id = :s AND fitted_on < :c "
             f"AND model_version NOT IN (SELECT DISTINCT model_version FROM {wh.qualified('customer_profiles')} WHERE store_id = :s) "
-            f"AND model_version NOT IN (SELECT DISTINCT model_version FROM {wh.qualified('profile_snapshots')} WHERE store_id = :s)"),
+            # The kept snapshots' models: their layouts' (the snapshot prune, run first, removed the unused layouts).
+            f"AND model_version NOT IN (SELECT name FROM {wh.qualified('snapshot_layouts')} WHERE store_id = :s AND kind = 'v')"),
             {"s": store, "c": cutoff}).rowcount
         gone = conn.execute(sa.text(
             f"DELETE FROM {transitions} WHERE store_id = :s AND model_version NOT IN (SELECT model_version FROM {models} WHERE store_id = :s)"),

@@ -8,6 +8,9 @@ date's layout (the (axis, name) pairs, stored once in snapshot_layouts):
 - feature_values: behavioral_features' numbers, axis by axis, feature by feature (kind f);
 - dominant_positions: each axis' dominant segment as its position in the membership layout.
 
+The layout also names the rows' model_version (kind v). A row's archetype (id, level, name) is a function of
+its dominant segments, so it is kept once per store, layout and dominant_positions (archetype_dictionary).
+
 The names were 1.2 KB of a row's ~1.4 KB of JSON text (issue 13). The numbers keep their text as written
 (null for NaN), so expanding the arrays in the layout gives back the profile's JSON text byte for byte.
 Pure functions over pandas; no database.
@@ -26,8 +29,9 @@ import pyarrow.compute as pc
 
 from quimbi_pipeline.json_text import json_object, json_string
 
-MEMBERSHIPS, FEATURES = "m", "f"  # snapshot_layouts.kind
+MEMBERSHIPS, FEATURES, MODEL = "m", "f", "v"  # snapshot_layouts.kind
 VALUE_COLUMNS = ("dominant_positions", "membership_values", "feature_values")
+ARCHETYPE_COLUMNS = ("archetype_id", "archetype_level", "archetype_name")
 
 _KEYS_AND_BRACES = r'"[^"]*": |[{} ]'  # what turns '{"a": {"x": 0.1, "y": null}}' into '0.1,null'
 
@@ -36,10 +40,12 @@ _KEYS_AND_BRACES = r'"[^"]*": |[{} ]'  # what turns '{"a": {"x": 0.1, "y": null}
 class SnapshotLayout:
     memberships: tuple[tuple[str, str], ...]  # (axis, segment) in row order
     features: tuple[tuple[str, str], ...]  # (axis, feature) in row order
+    model_version: str
 
     def rows(self) -> pd.DataFrame:
-        """snapshot_layouts rows without the store and date: kind, position, axis, name."""
-        items = [(MEMBERSHIPS, i, a, n) for i, (a, n) in enumerate(self.memberships)] + [(FEATURES, i, a, n) for i, (a, n) in enumerate(self.features)]
+        """snapshot_layouts rows without the store and id: kind, position, axis, name."""
+        items = ([(MEMBERSHIPS, i, a, n) for i, (a, n) in enumerate(self.memberships)] + [(FEATURES, i, a, n) for i, (a, n) in enumerate(self.features)]
+                 + [(MODEL, 0, "model_version", self.model_version)])
         return pd.DataFrame(items, columns=["kind", "position", "axis", "name"])
 
     @classmethod
@@ -52,7 +58,10 @@ class SnapshotLayout:
                 raise ValueError(f"snapshot layout kind {kind!r} has gaps in its positions")
             return tuple(zip(part["axis"].astype(str), part["name"].astype(str)))
 
-        return cls(pairs(MEMBERSHIPS), pairs(FEATURES))
+        version = ordered.loc[ordered["kind"] == MODEL, "name"].astype(str).tolist()
+        if len(version) != 1:
+            raise ValueError(f"snapshot layout names {len(version)} model versions, not one")
+        return cls(pairs(MEMBERSHIPS), pairs(FEATURES), version[0])
 
 
 @dataclass
@@ -78,11 +87,11 @@ def array_text(parts: list) -> pd.Series:
 
 
 def values_of(customer_ids, memberships: dict[str, list[tuple[str, pd.Series]]], features: dict[str, list[tuple[str, pd.Series]]],
-              dominant: dict[str, np.ndarray]) -> SnapshotValues:
+              dominant: dict[str, np.ndarray], model_version: str) -> SnapshotValues:
     """The snapshot values of a store's profiles from the serialized numbers its JSON was built from
     ({axis: [(name, text)]}) and each axis' dominant segment (its index among the axis' segments)."""
     layout = SnapshotLayout(tuple((a, n) for a, items in memberships.items() for n, _ in items),
-                            tuple((a, n) for a, items in features.items() for n, _ in items))
+                            tuple((a, n) for a, items in features.items() for n, _ in items), model_version)
     offsets, position = {}, 0
     for axis, items in memberships.items():
         offsets[axis] = position
@@ -109,7 +118,20 @@ def _pairs(text: str) -> tuple[tuple[str, str], ...]:
 def layout_of(profiles: pd.DataFrame) -> SnapshotLayout:
     """The layout of a store's profiles (JSON text columns), read from its first row."""
     first = profiles.iloc[0]
-    return SnapshotLayout(_pairs(str(first["fuzzy_memberships"])), _pairs(str(first["behavioral_features"])))
+    versions = profiles["model_version"].astype(str).unique()
+    if len(versions) != 1:
+        raise ValueError(f"the profiles of one snapshot layout name {len(versions)} model versions: {sorted(versions)[:5]}")
+    return SnapshotLayout(_pairs(str(first["fuzzy_memberships"])), _pairs(str(first["behavioral_features"])), str(versions[0]))
+
+
+def archetype_dictionary(dominant_positions: pd.Series, profiles: pd.DataFrame) -> pd.DataFrame:
+    """dominant_positions + ARCHETYPE_COLUMNS, one row per distinct dominant_positions of the profiles (same
+    order as `dominant_positions`); raises if one set of dominant segments names two archetypes."""
+    pairs = pd.DataFrame({"dominant_positions": pd.Series(dominant_positions).astype(str).to_numpy(object),
+                          **{c: profiles[c].to_numpy() for c in ARCHETYPE_COLUMNS}}).drop_duplicates()
+    if pairs["dominant_positions"].duplicated().any():
+        raise ValueError("one set of dominant segments names two archetypes: the archetype is not a function of the segments")
+    return pairs.reset_index(drop=True).astype({"archetype_level": "int64"})
 
 
 def _values_text(column: pd.Series, expected: int, name: str) -> pd.Series:

@@ -13,7 +13,7 @@ from quimbi_pipeline.orders import orders_as_of, validate_orders
 from quimbi_pipeline.pipeline import run_profiles_partition
 from quimbi_pipeline.profiles import build_store_profiles
 from quimbi_pipeline.settings import PipelineSettings
-from quimbi_pipeline.snapshot_values import SnapshotLayout, expand_values, layout_id, row_objects, values_from_json
+from quimbi_pipeline.snapshot_values import SnapshotLayout, archetype_dictionary, expand_values, layout_id, row_objects, values_from_json
 from quimbi_pipeline.warehouse import Warehouse
 
 DAY = pd.Timestamp("2026-10-31")
@@ -48,6 +48,7 @@ def test_nulls_and_small_numbers_keep_their_text():
         "fuzzy_memberships": ['{"f": {"low": 0.9, "high": 0.1}, "v": {"a": 1e-06, "b": 0.999999}}',
                               '{"f": {"low": 0.0, "high": 1.0}, "v": {"a": 0.5, "b": 0.5}}'],
         "behavioral_features": ['{"f": {"gap": null, "n": 3.0}}', '{"f": {"gap": 12.5, "n": 1.0}}'],
+        "model_version": ["kmeans-2026-10-31"] * 2,
     })
     values = values_from_json(profiles)
     assert values.frame["membership_values"].tolist() == ["[0.9,0.1,1e-06,0.999999]", "[0.0,1.0,0.5,0.5]"]
@@ -61,6 +62,15 @@ def test_nulls_and_small_numbers_keep_their_text():
     assert layout_id(values.layout) == layout_id(SnapshotLayout.from_rows(values.layout.rows()))  # the id is the contents'
     with pytest.raises(ValueError, match="do not have the layout's 2 values"):
         values_from_json(profiles.assign(behavioral_features=['{"f": {"gap": 1.0, "n": 3.0}}', '{"f": {"gap": 1.0}}']))
+    with pytest.raises(ValueError, match="name 2 model versions"):
+        values_from_json(profiles.assign(model_version=["kmeans-2026-10-31", "kmeans-2026-10-30"]))
+    # The archetype is a function of the dominant segments: kept once per set of them.
+    named = profiles.assign(archetype_id=["a1", "a2"], archetype_level=[2, 4], archetype_name=["low, b", "high, a"])
+    assert archetype_dictionary(values.frame["dominant_positions"], named).to_dict("records") == [
+        {"dominant_positions": "[0,3]", "archetype_id": "a1", "archetype_level": 2, "archetype_name": "low, b"},
+        {"dominant_positions": "[1,2]", "archetype_id": "a2", "archetype_level": 4, "archetype_name": "high, a"}]
+    with pytest.raises(ValueError, match="names two archetypes"):
+        archetype_dictionary(pd.Series(["[0,3]", "[0,3]"]), named)
 
 
 def test_every_reader_sees_the_profiles_objects(warehouse_url, store):
@@ -78,6 +88,8 @@ def test_every_reader_sees_the_profiles_objects(warehouse_url, store):
     view = wh.read_sql(f"SELECT * FROM {wh.qualified('customer_profile_snapshots')} WHERE snapshot_type = 'daily'")
     assert len(view) == len(profiles)
     same_objects(view, canonical)
+    scalars = ["archetype_id", "archetype_level", "archetype_name", "model_version", "churn_risk_score", "predicted_ltv", "total_orders"]
+    pd.testing.assert_frame_equal(view.set_index("customer_id")[scalars].sort_index(), profiles[scalars].sort_index(), check_dtype=False)
     # The analysts' JSON functions work on the view's columns as they did on the table's.
     extract = ("fuzzy_memberships -> 'purchase_frequency' ->> 'regular'" if wh.is_postgres
                else "json_extract(fuzzy_memberships, '$.purchase_frequency.regular')")
@@ -89,6 +101,8 @@ def test_every_reader_sees_the_profiles_objects(warehouse_url, store):
     rows = wh.snapshot_history("store_a", DAY, DAY, with_features=True)
     same_objects(rows, ("fuzzy_memberships", "behavioral_features"))
     customer = str(view["customer_id"].iloc[0])
-    history = pd.DataFrame(wh.customer_history_rows("store_a", customer, 7))
+    history = pd.DataFrame(wh.customer_history_rows("store_a", customer, 7)).assign(customer_id=customer)
     same_objects(history, canonical)
+    assert history[scalars].to_dict("records") == [profiles.loc[customer, scalars].to_dict()]
+    assert rows["archetype_name"].tolist() == profiles.loc[rows["customer_id"], "archetype_name"].tolist()
     wh.dispose()

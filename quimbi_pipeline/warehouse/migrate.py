@@ -3,7 +3,8 @@
 Steps, each done only when the warehouse needs it (running it twice changes nothing):
 
 1. snapshots -> a row per customer and date, its types as a set and its three JSON objects as value arrays
-   in a layout kept once per store (snapshot_values.py). From either earlier shape:
+   in a layout kept once per store with the rows' model_version, their archetypes once per layout and
+   dominant segments (snapshot_values.py). From either earlier shape:
    - a row per type (customer_profile_snapshots a table, every type of a date holding the same profile):
      the finest type's row is kept, with the date's types as bits;
    - a row per date with the JSON objects (profile_snapshots before 2026-11-26's second change).
@@ -23,7 +24,7 @@ from __future__ import annotations
 import pandas as pd
 import sqlalchemy as sa
 
-from quimbi_pipeline.snapshot_values import VALUE_COLUMNS, values_from_json
+from quimbi_pipeline.snapshot_values import ARCHETYPE_COLUMNS, VALUE_COLUMNS, archetype_dictionary, values_from_json
 from quimbi_pipeline.snapshots import RETAINED_TYPES, TYPE_BITS
 from quimbi_pipeline.warehouse.outlier_tables import customer_outlier_flags
 from quimbi_pipeline.warehouse.snapshot_tables import (
@@ -72,7 +73,7 @@ def _snapshot_shape(conn: sa.Connection) -> str:
 def _snapshots_compacted(wh, conn: sa.Connection, shape: str) -> str:
     old = wh.qualified(LEGACY_SNAPSHOTS)
     json_text = ", ".join(f"CAST(o.{c} AS TEXT) AS {c}" for c in SNAPSHOT_JSON_COLUMNS)
-    copied = ", ".join(f"o.{c}" for c in SNAPSHOT_COPIED_COLUMNS)
+    copied = ", ".join(f"o.{c}" for c in (*SNAPSHOT_COPIED_COLUMNS, *ARCHETYPE_COLUMNS, "model_version"))
     if shape == "types":
         unknown = conn.execute(sa.text(
             f"SELECT DISTINCT snapshot_type FROM {old} WHERE snapshot_type NOT IN ({', '.join(repr(t) for t in RETAINED_TYPES)})")).scalars().all()
@@ -96,9 +97,10 @@ def _snapshots_compacted(wh, conn: sa.Connection, shape: str) -> str:
     for store, day in conn.execute(sa.text(f"SELECT DISTINCT store_id, snapshot_date FROM {old} ORDER BY 1, 2")).all():
         rows = pd.DataFrame(conn.execute(sa.text(source), {"s": store, "d": day}).mappings().all())
         values = values_from_json(rows)
+        archetypes = archetype_dictionary(values.frame["dominant_positions"], rows)
         wh._ensure_date_partition(conn, SNAPSHOTS, day)
         frame = rows[["store_id", "customer_id", "snapshot_date", "snapshot_types", *SNAPSHOT_COPIED_COLUMNS]].reset_index(drop=True)
-        frame.insert(4, "layout_id", wh._write_layout(conn, store, values.layout))
+        frame.insert(4, "layout_id", wh._write_layout(conn, store, values.layout, archetypes))
         wh._bulk_load(conn, wh.qualified(SNAPSHOTS), pd.concat([frame, values.frame[list(VALUE_COLUMNS)]], axis=1))
         written += len(frame)
     after = dict(conn.execute(sa.text(f"SELECT snapshot_type, count(*) FROM {wh.qualified(SNAPSHOTS_VIEW)} GROUP BY snapshot_type")).all())

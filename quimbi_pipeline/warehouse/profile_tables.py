@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from quimbi_pipeline.snapshot_values import VALUE_COLUMNS, SnapshotValues, values_from_json
+from quimbi_pipeline.snapshot_values import VALUE_COLUMNS, SnapshotValues, archetype_dictionary, values_from_json
 from quimbi_pipeline.warehouse.connection import Json, metadata, staging_metadata
 
 customer_profiles = sa.Table(
@@ -93,7 +93,7 @@ class ProfileStore:
             deleted = conn.execute(
                 sa.delete(customer_profiles).where(customer_profiles.c.store_id == store_id, customer_profiles.c.profile_date == as_of_date)
             ).rowcount
-            written, stage_ref, layout = 0, None, None
+            written, stage_ref, values, archetypes = 0, None, None, None
             if len(profiles):
                 staged, stage_table = profiles[cols], customer_profiles
                 if snapshot_types:
@@ -101,7 +101,7 @@ class ProfileStore:
                     if not np.array_equal(values.frame["customer_id"].astype(str).to_numpy(object), profiles["customer_id"].astype(str).to_numpy(object)):
                         raise ValueError(f"store {store_id}: the snapshot values are not of the profiles' customers in their order")
                     staged = pd.concat([staged.reset_index(drop=True), values.frame[list(VALUE_COLUMNS)].reset_index(drop=True)], axis=1)
-                    stage_table, layout = profile_values_stage, values.layout
+                    stage_table, archetypes = profile_values_stage, archetype_dictionary(values.frame["dominant_positions"], profiles)
                 stage_ref = self._stage(conn, stage_table, staged)
                 written = conn.execute(sa.text(
                     f"INSERT INTO {target} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {stage_ref} WHERE true "
@@ -112,7 +112,7 @@ class ProfileStore:
             snapshots = 0
             if snapshot_types:
                 snapshots = self._replace_snapshots(conn, store_id, as_of_date, stage_ref if len(profiles) else None, snapshot_types,
-                                                    changed, snapshot_customers, layout)
+                                                    changed, snapshot_customers, values, archetypes)
             snapshot_seconds = time.perf_counter() - snapshot_started
             blocks_started = time.perf_counter()
             if snapshot_types:

@@ -8,16 +8,27 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from quimbi_pipeline.snapshot_values import VALUE_COLUMNS, SnapshotLayout, expand_values, layout_id, row_objects
+from quimbi_pipeline.snapshot_values import (
+    ARCHETYPE_COLUMNS,
+    MODEL,
+    VALUE_COLUMNS,
+    SnapshotLayout,
+    SnapshotValues,
+    expand_values,
+    layout_id,
+    row_objects,
+)
 from quimbi_pipeline.snapshots import CALENDAR_MASK, PROFILE_CHANGE, RETAINED_TYPES, TYPE_BITS, finest_type, snapshot_types_for, type_mask
 from quimbi_pipeline.warehouse.connection import PG_SCHEMA, metadata, staging_metadata
 from quimbi_pipeline.warehouse.profile_tables import customer_profiles
 
-# Copied from the profile as they are; the three JSON objects are stored as arrays of their values in the
-# order of a layout (snapshot_values.py) kept once in snapshot_layouts.
+# Copied from the profile as they are. The three JSON objects are stored as arrays of their values in the
+# order of a layout kept once in snapshot_layouts (with the rows' model_version), and the archetype, a
+# function of the dominant segments, once per layout and dominant segments in snapshot_archetypes
+# (snapshot_values.py).
 SNAPSHOT_COPIED_COLUMNS = [
-    "archetype_id", "archetype_level", "archetype_name", "churn_risk_score", "churn_risk_level", "predicted_ltv", "expected_purchases",
-    "total_orders", "lifetime_value", "days_since_first_order", "tenure_months", "model_version",
+    "churn_risk_score", "churn_risk_level", "predicted_ltv", "expected_purchases", "total_orders", "lifetime_value",
+    "days_since_first_order", "tenure_months",
 ]
 SNAPSHOT_JSON_COLUMNS = ("dominant_segments", "fuzzy_memberships", "behavioral_features")  # rebuilt by the views and reads
 
@@ -54,6 +65,16 @@ snapshot_layouts = sa.Table(
     sa.Column("position", sa.Integer, primary_key=True),
     sa.Column("axis", sa.Text, nullable=False),
     sa.Column("name", sa.Text, nullable=False),
+)
+
+# A row's archetype by its store, layout and dominant segments (a handful per layout).
+ARCHETYPES = "snapshot_archetypes"
+snapshot_archetypes = sa.Table(
+    ARCHETYPES, metadata,
+    sa.Column("store_id", sa.Text, primary_key=True),
+    sa.Column("layout_id", sa.Integer, primary_key=True),
+    sa.Column("dominant_positions", sa.Text, primary_key=True),
+    *[sa.Column(c.name, c.type, nullable=False) for c in customer_profiles.columns if c.name in ARCHETYPE_COLUMNS],
 )
 
 SNAPSHOT_PARTITION_PREFIX = f"{SNAPSHOTS}_p"
@@ -110,7 +131,17 @@ def _json_sql(postgres: bool, layouts: str) -> dict[str, str]:
 
 
 def _column_sql(column: str, json_sql: dict[str, str]) -> str:
-    return f"{json_sql[column]} AS {column}" if column in json_sql else f"s.{column}"
+    if column in json_sql:
+        return f"{json_sql[column]} AS {column}"
+    if column in ARCHETYPE_COLUMNS:
+        return f"a.{column}"
+    return "v.name AS model_version" if column == "model_version" else f"s.{column}"
+
+
+def _lookups(archetypes: str, layouts: str) -> str:
+    """The joins giving a snapshot row `s` its archetype (a) and model version (v)."""
+    return (f" JOIN {archetypes} a ON a.store_id = s.store_id AND a.layout_id = s.layout_id AND a.dominant_positions = s.dominant_positions"
+            f" JOIN {layouts} v ON v.store_id = s.store_id AND v.layout_id = s.layout_id AND v.kind = '{MODEL}'")
 
 
 # The seed's shape, a row per (store, customer, date, type), for analysts and the README's queries.
@@ -119,11 +150,11 @@ VIEW_COLUMNS = ["archetype_id", "archetype_level", "archetype_name", "dominant_s
                 "days_since_first_order", "tenure_months", "model_version"]
 
 
-def snapshots_view_sql(view: str, table: str, postgres: bool, layouts: str) -> str:
+def snapshots_view_sql(view: str, table: str, postgres: bool, layouts: str, archetypes: str) -> str:
     json_sql = _json_sql(postgres, layouts)
     return (f"CREATE VIEW {view} AS SELECT s.store_id, s.customer_id, s.snapshot_date, t.snapshot_type, "
             f"{', '.join(_column_sql(c, json_sql) for c in VIEW_COLUMNS)} "
-            f"FROM {table} s JOIN ({_TYPES_SQL}) t ON (s.snapshot_types & t.bit) <> 0")
+            f"FROM {table} s JOIN ({_TYPES_SQL}) t ON (s.snapshot_types & t.bit) <> 0{_lookups(archetypes, layouts)}")
 
 
 # One row per (store, customer, date), shown as the finest type of the date.
@@ -132,10 +163,10 @@ HISTORY_VIEW_COLUMNS = ["archetype_id", "archetype_name", "archetype_level", "do
                    "churn_risk_level", "predicted_ltv", "model_version"]
 
 
-def history_view_sql(view: str, table: str, postgres: bool, layouts: str) -> str:
+def history_view_sql(view: str, table: str, postgres: bool, layouts: str, archetypes: str) -> str:
     json_sql = _json_sql(postgres, layouts)
     return (f"CREATE VIEW {view} AS SELECT s.store_id, s.customer_id, s.snapshot_date, {_FINEST_SQL} AS snapshot_type, "
-            f"{', '.join(_column_sql(c, json_sql) for c in HISTORY_VIEW_COLUMNS)} FROM {table} s")
+            f"{', '.join(_column_sql(c, json_sql) for c in HISTORY_VIEW_COLUMNS)} FROM {table} s{_lookups(archetypes, layouts)}")
 
 
 class NeedsMigration(RuntimeError):
@@ -187,18 +218,21 @@ class SnapshotStore:
         views = sa.inspect(conn).get_view_names(schema=PG_SCHEMA if self.is_postgres else None)
         for name, sql in ((SNAPSHOTS_VIEW, snapshots_view_sql), (HISTORY_VIEW, history_view_sql)):
             if name not in views:
-                conn.execute(sa.text(sql(self.qualified(name), self.qualified(SNAPSHOTS), self.is_postgres, self.qualified(LAYOUTS))))
+                conn.execute(sa.text(sql(self.qualified(name), self.qualified(SNAPSHOTS), self.is_postgres, self.qualified(LAYOUTS),
+                                         self.qualified(ARCHETYPES))))
 
     def _replace_snapshots(self, conn: sa.Connection, store_id: str, day, stage_ref: str | None, snapshot_types,
-                           changed: pd.Index | None, snapshot_customers: pd.Index | None, layout: SnapshotLayout | None) -> int:
+                           changed: pd.Index | None, snapshot_customers: pd.Index | None, values: SnapshotValues | None,
+                           archetypes: pd.DataFrame | None) -> int:
         """In the caller's transaction: the store's snapshots dated `day` become the staged profiles
-        (`stage_ref`, with their value arrays in `layout`; None: no profiles) with the date's calendar types,
-        limited to `snapshot_customers`, and the profile_change type for the `changed` customers. Returns the
-        rows written (a row per customer)."""
+        (`stage_ref`, staged with their value arrays in `values.layout`; None: no profiles) with the date's
+        calendar types, limited to `snapshot_customers`, and the profile_change type for the `changed`
+        customers; `archetypes` (archetype_dictionary) are the profiles' archetypes. Returns the rows written
+        (a row per customer)."""
         self._ensure_date_partition(conn, SNAPSHOTS, day)
         snap = profile_snapshots
         conn.execute(sa.delete(snap).where(snap.c.store_id == store_id, snap.c.snapshot_date == day))
-        if stage_ref is None or layout is None:
+        if stage_ref is None or values is None or archetypes is None:
             return 0
         calendar, change = type_mask(snapshot_types), TYPE_BITS[PROFILE_CHANGE]
         source = f"{stage_ref} p"
@@ -212,21 +246,27 @@ class SnapshotStore:
             changed_ref = self._stage(conn, changed_customers, pd.DataFrame({"customer_id": pd.Series(changed, dtype="string")}))
             source += f" LEFT JOIN {changed_ref} c ON c.customer_id = p.customer_id"
             change_sql = f"CASE WHEN c.customer_id IS NULL THEN 0 ELSE {change} END"
-        return self._insert_snapshots(conn, store_id, layout, f"({calendar_sql}) + ({change_sql})", source)
+        ident = self._write_layout(conn, store_id, values.layout, archetypes)
+        return self._insert_snapshots(conn, ident, f"({calendar_sql}) + ({change_sql})", source)
 
-    def _write_layout(self, conn: sa.Connection, store_id: str, layout: SnapshotLayout) -> int:
-        """The layout's rows for the store, unless already there (content-addressed); returns its id."""
+    def _write_layout(self, conn: sa.Connection, store_id: str, layout: SnapshotLayout, archetypes: pd.DataFrame) -> int:
+        """The layout's rows for the store unless already there (content-addressed), and the archetypes it does not
+        have yet; returns the layout's id."""
         ident = layout_id(layout)
         known = conn.execute(sa.select(sa.func.count()).select_from(snapshot_layouts).where(
             snapshot_layouts.c.store_id == store_id, snapshot_layouts.c.layout_id == ident)).scalar_one()
         if not known:
             conn.execute(sa.insert(snapshot_layouts), [{**row, "store_id": store_id, "layout_id": ident} for row in layout.rows().to_dict("records")])
+        held = set(conn.execute(sa.select(snapshot_archetypes.c.dominant_positions).where(
+            snapshot_archetypes.c.store_id == store_id, snapshot_archetypes.c.layout_id == ident)).scalars())
+        new = archetypes[~archetypes["dominant_positions"].isin(held)]
+        if len(new):
+            conn.execute(sa.insert(snapshot_archetypes), [{**row, "store_id": store_id, "layout_id": ident} for row in new.to_dict("records")])
         return ident
 
-    def _insert_snapshots(self, conn: sa.Connection, store_id: str, layout: SnapshotLayout, mask_sql: str, from_sql: str) -> int:
-        """Copy staged profiles with their value arrays (aliased p in from_sql) and type set into profile_snapshots;
-        rows without a type are skipped."""
-        ident = self._write_layout(conn, store_id, layout)
+    def _insert_snapshots(self, conn: sa.Connection, ident: int, mask_sql: str, from_sql: str) -> int:
+        """Copy staged profiles with their value arrays (aliased p in from_sql) and type set into profile_snapshots
+        with layout `ident`; rows without a type are skipped."""
         copied = [*SNAPSHOT_COPIED_COLUMNS, *VALUE_COLUMNS]
         return int(conn.execute(sa.text(
             f"INSERT INTO {self.qualified(SNAPSHOTS)} (store_id, customer_id, snapshot_date, snapshot_types, layout_id, {', '.join(copied)}) "
@@ -245,14 +285,43 @@ class SnapshotStore:
             cache[key] = SnapshotLayout.from_rows(rows)
         return cache[key]
 
-    def _with_json(self, store_id: str, rows: pd.DataFrame, columns) -> pd.DataFrame:
-        """Rows with layout_id and VALUE_COLUMNS -> the same rows with `columns` of SNAPSHOT_JSON_COLUMNS as JSON text."""
+    def snapshot_archetypes(self, store_id: str, ident: int, dominant_positions) -> pd.DataFrame:
+        """ARCHETYPE_COLUMNS indexed by dominant_positions, holding every one asked for (kept per process and read
+        again when a later write added an archetype to the layout)."""
+        return self._archetypes(store_id, ident, pd.Series(dominant_positions, dtype=object).astype(str).unique())[0]
+
+    def _archetypes(self, store_id: str, ident: int, wanted) -> tuple[pd.DataFrame, dict]:
+        """The layout's archetypes as a frame and as {dominant_positions: {column: value}}, holding `wanted`."""
+        key = (store_id, int(ident))
+        cache = self.__dict__.setdefault("_archetype_cache", {})
+        if key not in cache or any(w not in cache[key][1] for w in wanted):
+            frame = self.read_sql(f"SELECT dominant_positions, {', '.join(ARCHETYPE_COLUMNS)} FROM {self.qualified(ARCHETYPES)} "
+                                  "WHERE store_id = :s AND layout_id = :l", {"s": store_id, "l": int(ident)}).set_index("dominant_positions")
+            cache[key] = (frame, frame.to_dict("index"))
+            missing = [w for w in wanted if w not in cache[key][1]]
+            if missing:
+                raise LookupError(f"store {store_id}: snapshot layout {ident} has no archetype for dominant segments {missing[:3]}")
+        return cache[key]
+
+    def _with_profile_columns(self, store_id: str, rows: pd.DataFrame, columns) -> pd.DataFrame:
+        """Rows with layout_id and VALUE_COLUMNS -> the same rows with `columns` of SNAPSHOT_JSON_COLUMNS (JSON text),
+        ARCHETYPE_COLUMNS and model_version."""
         rows = rows.reset_index(drop=True)
-        wanted = [c for c in SNAPSHOT_JSON_COLUMNS if c in columns]
-        out = {c: np.empty(len(rows), dtype=object) for c in wanted}
+        objects = [c for c in SNAPSHOT_JSON_COLUMNS if c in columns]
+        derived = [c for c in (*ARCHETYPE_COLUMNS, "model_version") if c in columns]
+        out = {c: np.empty(len(rows), dtype=object) for c in (*objects, *derived)}
         for ident, group in rows.groupby("layout_id", sort=False):
-            for column, text in expand_values(group, self.snapshot_layout(store_id, ident), wanted).items():
-                out[column][group.index.to_numpy()] = text.to_numpy(object)
+            at = group.index.to_numpy()
+            layout = self.snapshot_layout(store_id, ident)
+            for column, text in expand_values(group, layout, objects).items():
+                out[column][at] = text.to_numpy(object)
+            if "model_version" in derived:
+                out["model_version"][at] = layout.model_version
+            archetype = [c for c in derived if c in ARCHETYPE_COLUMNS]
+            if archetype:
+                found = self.snapshot_archetypes(store_id, ident, group["dominant_positions"]).reindex(group["dominant_positions"].astype(str))
+                for column in archetype:
+                    out[column][at] = found[column].to_numpy(object)
         return rows.drop(columns=["layout_id", *VALUE_COLUMNS]).assign(**out)
 
     def _log_snapshot_write(self, conn: sa.Connection, store_id: str, day) -> None:
@@ -323,9 +392,9 @@ class SnapshotStore:
         if hi is not None:
             bounds += f" AND customer_id{collate} < :hi"
             params["hi"] = hi
-        stored = [c for c in columns if c not in SNAPSHOT_JSON_COLUMNS] + ["layout_id", *VALUE_COLUMNS]
+        stored = [c for c in columns if c not in (*SNAPSHOT_JSON_COLUMNS, *ARCHETYPE_COLUMNS)] + ["layout_id", *VALUE_COLUMNS]
         frame = self.read_sql(f"SELECT {', '.join(stored)} FROM {self.qualified(SNAPSHOTS)} WHERE store_id = :s AND ({' OR '.join(pairs)}){bounds}", params)
-        frame = self._with_json(store_id, frame, columns)[columns]
+        frame = self._with_profile_columns(store_id, frame, columns)[columns]
         frame["customer_id"] = frame["customer_id"].astype(str)
         frame["snapshot_date"] = pd.to_datetime(frame["snapshot_date"])
         return frame
@@ -392,7 +461,7 @@ class SnapshotStore:
             ") ranked WHERE newest_first = 1",
             {"s": store_id, "d": pd.Timestamp(before).date()},
         )
-        frame = self._with_json(store_id, frame.assign(dominant_positions=None, feature_values=None), ["fuzzy_memberships"])
+        frame = self._with_profile_columns(store_id, frame.assign(dominant_positions=None, feature_values=None), ["fuzzy_memberships"])
         return pd.Series(frame["fuzzy_memberships"].to_numpy(), index=pd.Index(frame["customer_id"].astype(str), name="customer_id"))
 
     def _snapshot_cutoffs(self, policy) -> dict[tuple[str, str], tuple]:
@@ -452,7 +521,8 @@ class SnapshotStore:
             layouts = self.qualified(LAYOUTS)
             for store in conn.execute(sa.text(f"SELECT DISTINCT store_id FROM {layouts}")).scalars().all():
                 used = conn.execute(sa.text(f"SELECT DISTINCT layout_id FROM {table} WHERE store_id = :s"), {"s": store}).scalars().all()
-                conn.execute(sa.delete(snapshot_layouts).where(snapshot_layouts.c.store_id == store, snapshot_layouts.c.layout_id.not_in(used)))
+                for table_ in (snapshot_layouts, snapshot_archetypes):
+                    conn.execute(sa.delete(table_).where(table_.c.store_id == store, table_.c.layout_id.not_in(used)))
             # A date's blocks copy its calendar snapshots: they go when the last of those goes.
             blocks = self.qualified("snapshot_blocks")
             conn.execute(sa.text(
@@ -486,8 +556,9 @@ class SnapshotStore:
             if unknown:
                 raise ValueError(f"not columns of customer_profile_snapshots: {sorted(unknown)}")
             wanted = [c for c in dict.fromkeys(("snapshot_date", *columns)) if c != "snapshot_type"]
-        objects = [c for c in wanted if c in SNAPSHOT_JSON_COLUMNS]
-        stored = [c for c in wanted if c not in SNAPSHOT_JSON_COLUMNS] + (["layout_id", *VALUE_COLUMNS] if objects else [])
+        derived = (*SNAPSHOT_JSON_COLUMNS, *ARCHETYPE_COLUMNS, "model_version")
+        objects = [c for c in wanted if c in derived]
+        stored = [c for c in wanted if c not in derived] + (["layout_id", *VALUE_COLUMNS] if objects else [])
         params: dict = {"s": store_id, "c": customer_id}
         source = self.qualified(SNAPSHOTS)
         if snapshot_type is not None and snapshot_type not in TYPE_BITS:
@@ -506,7 +577,13 @@ class SnapshotStore:
                 f"AND snapshot_date BETWEEN :start AND :end{type_clause} ORDER BY snapshot_date"), params).mappings().all()
         out = []
         for row in rows:
-            decoded = row_objects(self.snapshot_layout(store_id, row["layout_id"]), row, objects) if objects else {}
+            decoded = {}
+            if objects:
+                layout = self.snapshot_layout(store_id, row["layout_id"])
+                decoded = row_objects(layout, row, objects)
+                decoded["model_version"] = layout.model_version
+                if any(c in ARCHETYPE_COLUMNS for c in objects):
+                    decoded.update(self._archetypes(store_id, row["layout_id"], [row["dominant_positions"]])[1][row["dominant_positions"]])
             record = {}
             for column in wanted:
                 record[column] = decoded[column] if column in decoded else row[column]

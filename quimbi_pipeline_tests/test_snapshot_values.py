@@ -106,3 +106,20 @@ def test_every_reader_sees_the_profiles_objects(warehouse_url, store):
     assert history[scalars].to_dict("records") == [profiles.loc[customer, scalars].to_dict()]
     assert rows["archetype_name"].tolist() == profiles.loc[rows["customer_id"], "archetype_name"].tolist()
     wh.dispose()
+
+
+def test_a_history_ends_at_the_customers_newest_snapshot_when_their_profile_is_newer(sqlite_url, store):
+    validated, _ = store
+    wh = Warehouse(sqlite_url)
+    before = DAY - pd.Timedelta(days=1)
+    early = before - pd.Timedelta(days=45)  # in the 45 days up to the newest snapshot, not in the 45 up to the profile
+    for day in (early, before):
+        assert not run_profiles_partition(validated, day, wh, SETTINGS).failed
+    assert not run_profiles_partition(validated, DAY, wh, PipelineSettings()).failed  # snapshots off: the profile moves on
+    customer = wh.read_sql("SELECT p.customer_id FROM customer_profiles p JOIN profile_snapshots s ON s.store_id = p.store_id "
+                           "AND s.customer_id = p.customer_id AND s.snapshot_date = :e WHERE p.profile_date = :d LIMIT 1",
+                           {"d": DAY.date(), "e": early.date()})["customer_id"].iloc[0]
+    expected = [str(early.date()), str(before.date())]
+    assert [str(pd.Timestamp(r["snapshot_date"]).date()) for r in wh.customer_history_rows("store_a", customer, 45)] == expected
+    assert [str(pd.Timestamp(r["snapshot_date"]).date()) for r in wh.customer_history_rows("store_a", customer, 45, snapshot_type="daily")] == expected
+    wh.dispose()

@@ -564,17 +564,32 @@ class SnapshotStore:
         if snapshot_type is not None and snapshot_type not in TYPE_BITS:
             return []
         type_clause = f" AND {has_type(snapshot_type)}" if snapshot_type is not None else ""
+        select = sa.text(f"SELECT snapshot_types, {', '.join(dict.fromkeys(('snapshot_date', *stored)))} FROM {source} "
+                         f"WHERE store_id = :s AND customer_id = :c AND snapshot_date BETWEEN :start AND :end{type_clause} ORDER BY snapshot_date")
+
+        def window(end) -> dict:
+            end = pd.Timestamp(end).date()
+            return {**params, "start": (pd.Timestamp(end) - pd.Timedelta(days=days)).date(), "end": end}
+
         with self.engine.connect() as conn:
-            if as_of is None:
-                as_of = conn.execute(sa.text(f"SELECT max(snapshot_date) FROM {source} WHERE store_id = :s AND customer_id = :c{type_clause}"),
-                                     params).scalar()
+            rows = None
+            if as_of is None and snapshot_type is None:
+                # The customer's newest snapshot is almost always dated their profile's date (a snapshot comes with
+                # the profile of its date, and customer_profiles holds the newest): one lookup by key, then the
+                # window. On PostgreSQL each statement over the date partitions costs ~2 ms of planning.
+                newest = conn.execute(sa.text(f"SELECT profile_date FROM {self.qualified('customer_profiles')} "
+                                              "WHERE store_id = :s AND customer_id = :c"), params).scalar()
+                if newest is not None:
+                    rows = conn.execute(select, window(newest)).mappings().all()
+                    if not rows or pd.Timestamp(rows[-1]["snapshot_date"]) != pd.Timestamp(newest):
+                        rows = None  # no snapshot on the profile's date: find the newest below
+            if rows is None:
                 if as_of is None:
-                    return []
-            end = pd.Timestamp(as_of).date()
-            params.update({"start": (pd.Timestamp(end) - pd.Timedelta(days=days)).date(), "end": end})
-            rows = conn.execute(sa.text(
-                f"SELECT snapshot_types, {', '.join(stored)} FROM {source} WHERE store_id = :s AND customer_id = :c "
-                f"AND snapshot_date BETWEEN :start AND :end{type_clause} ORDER BY snapshot_date"), params).mappings().all()
+                    as_of = conn.execute(sa.text(f"SELECT max(snapshot_date) FROM {source} WHERE store_id = :s AND customer_id = :c{type_clause}"),
+                                         params).scalar()
+                    if as_of is None:
+                        return []
+                rows = conn.execute(select, window(as_of)).mappings().all()
         out = []
         for row in rows:
             decoded = {}

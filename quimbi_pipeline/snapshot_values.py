@@ -107,7 +107,7 @@ def values_of(customer_ids, memberships: dict[str, list[tuple[str, pd.Series]]],
 
 def layout_id(layout: SnapshotLayout) -> int:
     """A layout's id: a hash of its contents (31 bits), so equal layouts share one id and an id never changes meaning."""
-    digest = hashlib.sha256(json.dumps([layout.memberships, layout.features]).encode()).digest()
+    digest = hashlib.sha256(json.dumps([layout.memberships, layout.features, layout.model_version]).encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 

@@ -60,6 +60,7 @@ def test_nulls_and_small_numbers_keep_their_text():
     assert objects == {c: json.loads(profiles[c].iloc[0]) for c in objects}
     assert SnapshotLayout.from_rows(values.layout.rows().sample(frac=1, random_state=0)) == values.layout
     assert layout_id(values.layout) == layout_id(SnapshotLayout.from_rows(values.layout.rows()))  # the id is the contents'
+    assert layout_id(values.layout) != layout_id(values_from_json(profiles.assign(model_version="kmeans-2026-11-28")).layout)
     with pytest.raises(ValueError, match="do not have the layout's 2 values"):
         values_from_json(profiles.assign(behavioral_features=['{"f": {"gap": 1.0, "n": 3.0}}', '{"f": {"gap": 1.0}}']))
     with pytest.raises(ValueError, match="name 2 model versions"):

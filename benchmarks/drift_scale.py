@@ -29,12 +29,13 @@ from run import Table, sample_customers, time_lookups  # noqa: E402
 from quimbi_pipeline.demo import id_strings  # noqa: E402
 from quimbi_pipeline.features import AXIS_BY_NAME  # noqa: E402
 from quimbi_pipeline.pipeline import run_drift_partition  # noqa: E402
-from quimbi_pipeline.profiles import json_object, json_number  # noqa: E402
+from quimbi_pipeline.json_text import json_number, json_object, json_string  # noqa: E402
 from quimbi_pipeline.segmentation import segment_names_for  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
 from quimbi_pipeline.snapshot_blocks import SnapshotColumns, encode_blocks  # noqa: E402
+from quimbi_pipeline.snapshot_values import VALUE_COLUMNS, archetype_dictionary, values_from_json  # noqa: E402
 from quimbi_pipeline.snapshots import TYPE_BITS  # noqa: E402
-from quimbi_pipeline.warehouse import Warehouse, drop_postgres_schema, profile_snapshots  # noqa: E402
+from quimbi_pipeline.warehouse import SNAPSHOT_COPIED_COLUMNS, Warehouse, drop_postgres_schema  # noqa: E402
 
 AXES_K = {"purchase_frequency": 3, "purchase_value": 3, "loyalty_trajectory": 2, "category_exploration": 6,
           "discount_sensitivity": 6, "basket_size": 5}
@@ -74,7 +75,8 @@ def synthetic_history(n: int, dates: list[pd.Timestamp], seed: int = 1, block_cu
                                                pd.DataFrame(numbers, index=index), pd.DataFrame(index=index)), block_customers)
         yield day, blocks, pd.DataFrame({
             "store_id": STORE, "customer_id": customers, "snapshot_date": day.date(), "snapshot_types": TYPE_BITS["daily"],
-            "archetype_id": "a", "archetype_level": 3, "archetype_name": archetype, "dominant_segments": "{}",
+            "archetype_id": "a", "archetype_level": 3, "archetype_name": archetype,
+            "dominant_segments": json_object([(axis, json_string(names)) for axis, names in dominant.items()]),
             "fuzzy_memberships": json_object(parts), "behavioral_features": "{}",
             "churn_risk_score": churn, "churn_risk_level": "low", "predicted_ltv": 10.0, "expected_purchases": 1.0, "total_orders": 3,
             "lifetime_value": 30.0, "days_since_first_order": 100, "tenure_months": 3.3, "model_version": "kmeans-stable-2026-10-05",
@@ -104,11 +106,13 @@ def main() -> None:
     table = Table()
     started = time.perf_counter()
     rows = 0
-    cols = [c.name for c in profile_snapshots.columns]
     for day, blocks, frame in synthetic_history(args.customers, dates):
+        values = values_from_json(frame)  # the rows as the pipeline stores them: value arrays in a layout
         with wh.engine.begin() as conn:
             wh._ensure_date_partition(conn, "profile_snapshots", day)
-            wh._bulk_load(conn, wh.qualified("profile_snapshots"), frame[cols])
+            stored = frame[["store_id", "customer_id", "snapshot_date", "snapshot_types", *SNAPSHOT_COPIED_COLUMNS]].reset_index(drop=True)
+            stored.insert(4, "layout_id", wh._write_layout(conn, STORE, values.layout, archetype_dictionary(values.frame["dominant_positions"], frame)))
+            wh._bulk_load(conn, wh.qualified("profile_snapshots"), pd.concat([stored, values.frame[list(VALUE_COLUMNS)]], axis=1))
             if not args.without_blocks:
                 wh.replace_snapshot_blocks(conn, STORE, day, blocks)
         rows += len(frame)

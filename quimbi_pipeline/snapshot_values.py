@@ -137,7 +137,7 @@ def archetype_dictionary(dominant_positions: pd.Series, profiles: pd.DataFrame) 
 def _values_text(column: pd.Series, expected: int, name: str) -> pd.Series:
     """'{"a": {"x": 0.1, "y": null}}' -> '[0.1,null]', checking every row has the layout's number of values."""
     inner = column.astype("string").str.replace(_KEYS_AND_BRACES, "", regex=True)
-    counts = inner.str.count(",").to_numpy("int64") + 1
+    counts = np.where(inner.to_numpy(object) == "", 0, inner.str.count(",").to_numpy("int64") + 1)  # "{}": no values
     if (counts != expected).any():
         raise ValueError(f"{name}: {int((counts != expected).sum())} row(s) do not have the layout's {expected} values "
                          "(every profile of a store's date must share its keys)")
@@ -170,6 +170,8 @@ def values_from_json(profiles: pd.DataFrame) -> SnapshotValues:
 
 
 def _split(values: pd.Series, width: int) -> pd.DataFrame:
+    if width == 0:
+        return pd.DataFrame(index=range(len(values)))
     parts = values.astype("string").str.slice(1, -1).str.split(",", expand=True)
     if parts.shape[1] != width:
         raise ValueError(f"snapshot values hold {parts.shape[1]} values, the layout {width}")
@@ -177,6 +179,8 @@ def _split(values: pd.Series, width: int) -> pd.DataFrame:
 
 
 def _nested(parts: pd.DataFrame, pairs: tuple[tuple[str, str], ...]) -> pd.Series:
+    if not pairs:
+        return pd.Series(["{}"] * len(parts), dtype=object)
     by_axis: dict[str, list[tuple[str, pd.Series]]] = {}
     for j, (axis, name) in enumerate(pairs):
         by_axis.setdefault(axis, []).append((name, parts[j]))

@@ -1,8 +1,8 @@
-"""A snapshot row's three JSON objects as arrays of values, with the names kept once per store and date.
+"""A snapshot row's three JSON objects as arrays of values, with the names kept once per store and model.
 
 Every profile of one store's write has the same keys in the same order (profiles.json_object builds them
-from the store's models), so a snapshot row stores only its values, as JSON arrays in the order of the
-date's layout (the (axis, name) pairs, stored once in snapshot_layouts):
+from the store's models), so a snapshot row stores only its values, as JSON arrays in the order of its
+layout (the (axis, name) pairs, stored once in snapshot_layouts):
 
 - membership_values: fuzzy_memberships' numbers, axis by axis, segment by segment ("kind" m of the layout);
 - feature_values: behavioral_features' numbers, axis by axis, feature by feature (kind f);
@@ -41,6 +41,11 @@ class SnapshotLayout:
     memberships: tuple[tuple[str, str], ...]  # (axis, segment) in row order
     features: tuple[tuple[str, str], ...]  # (axis, feature) in row order
     model_version: str
+
+    @property
+    def axes(self) -> list[str]:
+        """The membership axes in row order (dominant_positions holds one position per axis)."""
+        return list(dict.fromkeys(axis for axis, _ in self.memberships))
 
     def rows(self) -> pd.DataFrame:
         """snapshot_layouts rows without the store and id: kind, position, axis, name."""
@@ -149,7 +154,7 @@ def values_from_json(profiles: pd.DataFrame) -> SnapshotValues:
     without values_of's). A regex per column: ~5 s per million rows and column, so not the daily path."""
     layout = layout_of(profiles)
     dominant = profiles["dominant_segments"].astype("string").str.replace(r'"[^"]*": |[{} "]', "", regex=True)
-    axes = list(dict.fromkeys(axis for axis, _ in layout.memberships))
+    axes = layout.axes
     names = dominant.str.split(",", expand=True)
     if names.shape[1] != len(axes):
         raise ValueError(f"dominant_segments: {names.shape[1]} axes, the layout has {len(axes)}")
@@ -195,7 +200,7 @@ def expand_values(rows: pd.DataFrame, layout: SnapshotLayout, columns=("dominant
     if "behavioral_features" in columns:
         out["behavioral_features"] = _nested(_split(rows["feature_values"], len(layout.features)), layout.features)
     if "dominant_segments" in columns:
-        axes = list(dict.fromkeys(axis for axis, _ in layout.memberships))
+        axes = layout.axes
         positions = _split(rows["dominant_positions"], len(axes))
         segment = np.asarray([name for _, name in layout.memberships], dtype=object)
         out["dominant_segments"] = json_object([(axis, json_string(segment[positions[j].astype("int64").to_numpy()]))
@@ -203,21 +208,22 @@ def expand_values(rows: pd.DataFrame, layout: SnapshotLayout, columns=("dominant
     return {c: s.set_axis(rows.index) for c, s in out.items()}
 
 
+def _nest(pairs: tuple[tuple[str, str], ...], values_text: str) -> dict:
+    """{axis: {name: value}} from a JSON array in the layout's order."""
+    out: dict = {}
+    for (axis, name), value in zip(pairs, json.loads(values_text), strict=True):
+        out.setdefault(axis, {})[name] = value
+    return out
+
+
 def row_objects(layout: SnapshotLayout, row, columns) -> dict:
     """One row's `columns` (of the three JSON objects) as Python objects, from its VALUE_COLUMNS (a mapping):
     the read API's path, a few rows at a time, no DataFrame."""
     out: dict = {}
-    if "fuzzy_memberships" in columns or "dominant_segments" in columns:
-        memberships: dict = {}
-        for (axis, name), value in zip(layout.memberships, json.loads(row["membership_values"]), strict=True):
-            memberships.setdefault(axis, {})[name] = value
-        if "fuzzy_memberships" in columns:
-            out["fuzzy_memberships"] = memberships
+    if "fuzzy_memberships" in columns:
+        out["fuzzy_memberships"] = _nest(layout.memberships, row["membership_values"])
     if "dominant_segments" in columns:
         out["dominant_segments"] = {layout.memberships[p][0]: layout.memberships[p][1] for p in json.loads(row["dominant_positions"])}
     if "behavioral_features" in columns:
-        features: dict = {}
-        for (axis, name), value in zip(layout.features, json.loads(row["feature_values"]), strict=True):
-            features.setdefault(axis, {})[name] = value
-        out["behavioral_features"] = features
+        out["behavioral_features"] = _nest(layout.features, row["feature_values"])
     return out

@@ -27,10 +27,10 @@ import sqlalchemy as sa
 from quimbi_pipeline.snapshot_values import ARCHETYPE_COLUMNS, VALUE_COLUMNS, archetype_dictionary, values_from_json
 from quimbi_pipeline.snapshots import RETAINED_TYPES, TYPE_BITS
 from quimbi_pipeline.warehouse.outlier_tables import customer_outlier_flags
+from quimbi_pipeline.warehouse.profile_tables import JSON_COLUMNS
 from quimbi_pipeline.warehouse.snapshot_tables import (
     HISTORY_VIEW,
     SNAPSHOT_COPIED_COLUMNS,
-    SNAPSHOT_JSON_COLUMNS,
     SNAPSHOTS,
     SNAPSHOTS_VIEW,
     pending_migration,
@@ -72,7 +72,7 @@ def _snapshot_shape(conn: sa.Connection) -> str:
 
 def _snapshots_compacted(wh, conn: sa.Connection, shape: str) -> str:
     old = wh.qualified(LEGACY_SNAPSHOTS)
-    json_text = ", ".join(f"CAST(o.{c} AS TEXT) AS {c}" for c in SNAPSHOT_JSON_COLUMNS)
+    json_text = ", ".join(f"CAST(o.{c} AS TEXT) AS {c}" for c in JSON_COLUMNS)
     copied = ", ".join(f"o.{c}" for c in (*SNAPSHOT_COPIED_COLUMNS, *ARCHETYPE_COLUMNS, "model_version"))
     if shape == "types":
         unknown = conn.execute(sa.text(

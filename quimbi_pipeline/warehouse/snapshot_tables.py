@@ -20,7 +20,7 @@ from quimbi_pipeline.snapshot_values import (
 )
 from quimbi_pipeline.snapshots import CALENDAR_MASK, PROFILE_CHANGE, RETAINED_TYPES, TYPE_BITS, finest_type, snapshot_types_for, type_mask
 from quimbi_pipeline.warehouse.connection import PG_SCHEMA, metadata, staging_metadata
-from quimbi_pipeline.warehouse.profile_tables import customer_profiles
+from quimbi_pipeline.warehouse.profile_tables import JSON_COLUMNS, customer_profiles
 
 # Copied from the profile as they are. The three JSON objects are stored as arrays of their values in the
 # order of a layout kept once in snapshot_layouts (with the rows' model_version), and the archetype, a
@@ -30,7 +30,8 @@ SNAPSHOT_COPIED_COLUMNS = [
     "churn_risk_score", "churn_risk_level", "predicted_ltv", "expected_purchases", "total_orders", "lifetime_value",
     "days_since_first_order", "tenure_months",
 ]
-SNAPSHOT_JSON_COLUMNS = ("dominant_segments", "fuzzy_memberships", "behavioral_features")  # rebuilt by the views and reads
+# What a row does not store but the views and reads give back: the JSON objects, the archetype, the model.
+DERIVED_COLUMNS = (*JSON_COLUMNS, *ARCHETYPE_COLUMNS, "model_version")
 
 SNAPSHOTS = "profile_snapshots"
 SNAPSHOTS_VIEW = "customer_profile_snapshots"  # the analysts' name: a row per (customer, date, type)
@@ -61,7 +62,7 @@ snapshot_layouts = sa.Table(
     LAYOUTS, metadata,
     sa.Column("store_id", sa.Text, primary_key=True),
     sa.Column("layout_id", sa.Integer, primary_key=True),
-    sa.Column("kind", sa.Text, primary_key=True),  # m: membership_values (and dominant_positions), f: feature_values
+    sa.Column("kind", sa.Text, primary_key=True),  # m: membership_values (and dominant_positions), f: feature_values, v: model_version
     sa.Column("position", sa.Integer, primary_key=True),
     sa.Column("axis", sa.Text, nullable=False),
     sa.Column("name", sa.Text, nullable=False),
@@ -285,13 +286,10 @@ class SnapshotStore:
             cache[key] = SnapshotLayout.from_rows(rows)
         return cache[key]
 
-    def snapshot_archetypes(self, store_id: str, ident: int, dominant_positions) -> pd.DataFrame:
-        """ARCHETYPE_COLUMNS indexed by dominant_positions, holding every one asked for (kept per process and read
-        again when a later write added an archetype to the layout)."""
-        return self._archetypes(store_id, ident, pd.Series(dominant_positions, dtype=object).astype(str).unique())[0]
-
     def _archetypes(self, store_id: str, ident: int, wanted) -> tuple[pd.DataFrame, dict]:
-        """The layout's archetypes as a frame and as {dominant_positions: {column: value}}, holding `wanted`."""
+        """The layout's archetypes (ARCHETYPE_COLUMNS) as a frame indexed by dominant_positions and as
+        {dominant_positions: {column: value}}, holding every one `wanted` (kept per process and read again when a
+        later write added an archetype to the layout)."""
         key = (store_id, int(ident))
         cache = self.__dict__.setdefault("_archetype_cache", {})
         if key not in cache or any(w not in cache[key][1] for w in wanted):
@@ -304,10 +302,10 @@ class SnapshotStore:
         return cache[key]
 
     def _with_profile_columns(self, store_id: str, rows: pd.DataFrame, columns) -> pd.DataFrame:
-        """Rows with layout_id and VALUE_COLUMNS -> the same rows with `columns` of SNAPSHOT_JSON_COLUMNS (JSON text),
-        ARCHETYPE_COLUMNS and model_version."""
+        """Rows with layout_id and (some of) VALUE_COLUMNS -> the same rows with `columns` of DERIVED_COLUMNS: the
+        JSON objects as text, the archetype, the model version."""
         rows = rows.reset_index(drop=True)
-        objects = [c for c in SNAPSHOT_JSON_COLUMNS if c in columns]
+        objects = [c for c in JSON_COLUMNS if c in columns]
         derived = [c for c in (*ARCHETYPE_COLUMNS, "model_version") if c in columns]
         out = {c: np.empty(len(rows), dtype=object) for c in (*objects, *derived)}
         for ident, group in rows.groupby("layout_id", sort=False):
@@ -319,10 +317,11 @@ class SnapshotStore:
                 out["model_version"][at] = layout.model_version
             archetype = [c for c in derived if c in ARCHETYPE_COLUMNS]
             if archetype:
-                found = self.snapshot_archetypes(store_id, ident, group["dominant_positions"]).reindex(group["dominant_positions"].astype(str))
+                positions = group["dominant_positions"].astype(str)
+                found = self._archetypes(store_id, ident, positions.unique())[0].reindex(positions)
                 for column in archetype:
                     out[column][at] = found[column].to_numpy(object)
-        return rows.drop(columns=["layout_id", *VALUE_COLUMNS]).assign(**out)
+        return rows.drop(columns=["layout_id", *VALUE_COLUMNS], errors="ignore").assign(**out)
 
     def _log_snapshot_write(self, conn: sa.Connection, store_id: str, day) -> None:
         """snapshot_writes: when the store's snapshots of the date were written (drift_tables reads it)."""
@@ -392,7 +391,7 @@ class SnapshotStore:
         if hi is not None:
             bounds += f" AND customer_id{collate} < :hi"
             params["hi"] = hi
-        stored = [c for c in columns if c not in (*SNAPSHOT_JSON_COLUMNS, *ARCHETYPE_COLUMNS)] + ["layout_id", *VALUE_COLUMNS]
+        stored = [c for c in columns if c not in DERIVED_COLUMNS] + ["layout_id", *VALUE_COLUMNS]
         frame = self.read_sql(f"SELECT {', '.join(stored)} FROM {self.qualified(SNAPSHOTS)} WHERE store_id = :s AND ({' OR '.join(pairs)}){bounds}", params)
         frame = self._with_profile_columns(store_id, frame, columns)[columns]
         frame["customer_id"] = frame["customer_id"].astype(str)
@@ -461,7 +460,7 @@ class SnapshotStore:
             ") ranked WHERE newest_first = 1",
             {"s": store_id, "d": pd.Timestamp(before).date()},
         )
-        frame = self._with_profile_columns(store_id, frame.assign(dominant_positions=None, feature_values=None), ["fuzzy_memberships"])
+        frame = self._with_profile_columns(store_id, frame, ["fuzzy_memberships"])
         return pd.Series(frame["fuzzy_memberships"].to_numpy(), index=pd.Index(frame["customer_id"].astype(str), name="customer_id"))
 
     def _snapshot_cutoffs(self, policy) -> dict[tuple[str, str], tuple]:
@@ -556,9 +555,8 @@ class SnapshotStore:
             if unknown:
                 raise ValueError(f"not columns of customer_profile_snapshots: {sorted(unknown)}")
             wanted = [c for c in dict.fromkeys(("snapshot_date", *columns)) if c != "snapshot_type"]
-        derived = (*SNAPSHOT_JSON_COLUMNS, *ARCHETYPE_COLUMNS, "model_version")
-        objects = [c for c in wanted if c in derived]
-        stored = [c for c in wanted if c not in derived] + (["layout_id", *VALUE_COLUMNS] if objects else [])
+        objects = [c for c in wanted if c in DERIVED_COLUMNS]
+        stored = [c for c in wanted if c not in DERIVED_COLUMNS] + (["layout_id", *VALUE_COLUMNS] if objects else [])
         params: dict = {"s": store_id, "c": customer_id}
         source = self.qualified(SNAPSHOTS)
         if snapshot_type is not None and snapshot_type not in TYPE_BITS:

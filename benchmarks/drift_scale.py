@@ -126,7 +126,7 @@ def main() -> None:
         raise SystemExit(outcome.error)
     for stage in ("read", "compute", "population", "write"):
         table.row(f"drift: {stage}", outcome.seconds[stage], rows if stage == "read" else None)
-    table.row(f"drift: total (windows {args.windows} + anomalies)", total, outcome.rows["customer_drift"] + outcome.rows["customer_axis_drift"])
+    table.row(f"drift: total (windows {args.windows} + anomalies)", total, outcome.rows["customer_drift"])
     print(f"  rows written: {outcome.rows}")
     keys = sample_customers(wh, "customer_drift")
     time_lookups("drift lookups (28 days, with axes)", lambda s, c: wh.customer_drift(s, c, 28), keys)

@@ -10,6 +10,7 @@ of a store (group boundaries, bincount, shifted rows); nothing loops over custom
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -43,8 +44,11 @@ PSI_EPSILON = 1e-4
 
 CUSTOMER_DRIFT_COLUMNS = [
     "customer_id", "as_of_date", "window_days", "overall_drift", "drift_velocity", "predicted_30d_drift", "churn_risk_trend",
-    "start_date", "end_date", "n_snapshots", "archetype_journey", "recommendations",
+    "start_date", "end_date", "n_snapshots", "axes", "archetype_journey", "recommendations",
 ]
+# customer_drift.axes: {axis: [drift_score, direction, velocity, transitions]} (JSON text, the axes in the
+# history's order); the customer_axis_drift view gives a row per axis with n_transitions = len(transitions).
+AXES_ENTRY = ("drift_score", "direction", "velocity", "transitions")
 AXIS_DRIFT_COLUMNS = ["customer_id", "as_of_date", "window_days", "axis", "drift_score", "direction", "velocity", "n_transitions", "transitions"]
 ANOMALY_COLUMNS = ["customer_id", "as_of_date", "anomaly_type", "axis", "anomaly_date", "severity", "description"]
 POPULATION_COLUMNS = ["as_of_date", "axis", "reference_date", "n_reference", "n_current", "segment_share_shift", "feature_psi",
@@ -198,6 +202,7 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
     denom = n_snap * s_tt - s_t * s_t
     columns_out = []
     axis_frames = []
+    axes_text = []
     forecast_drift = np.zeros(n_cust)
     for axis, cols in history.axes.items():
         drift = _axis_drift(m, first, last, cols)
@@ -233,6 +238,8 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
             "customer_id": h.customer_id[first], "axis": axis, "drift_score": _num(drift), "direction": direction,
             "velocity": _num(velocity), "n_transitions": n_trans.astype("int64"), "transitions": transitions,
         }))
+        axes_text.append(f'"{axis}": [' + _number_text(_num(drift)) + ', "' + direction.astype(object) + '", '
+                         + _number_text(_num(velocity)) + ", " + transitions + "]")
     n_axes = len(columns_out)
     overall = np.mean([c[1] for c in columns_out], axis=0)
     churn_trend = h.churn[last] - h.churn[first]
@@ -249,6 +256,7 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
         "start_date": _date_text(h.day[first]).to_numpy(object),
         "end_date": _date_text(h.day[last]).to_numpy(object),
         "n_snapshots": n_snap,
+        "axes": "{" + functools.reduce(lambda joined, piece: joined + ", " + piece, axes_text) + "}",
         "archetype_journey": archetype_journey(h, code, same_customer, n_cust),
         "recommendations": recommendations(overall, churn_trend, h.churn[first], h.churn[last], directions, evidence_items(h, last)),
     })

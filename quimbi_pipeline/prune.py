@@ -3,8 +3,8 @@
 - snapshots by type (Warehouse.prune_snapshots: the type's bit cleared, a row without types deleted); snapshot_blocks and snapshot_writes go
   with the last snapshot of their date;
 - the drift tables, anomalies, drift inputs, population drift and outlier flags by date (TABLE_RETENTION),
-  counted from the store's newest date in that table, as the snapshots are; customer_drift and
-  customer_axis_drift keep `drift` days (1 = the current state) and are also cut at every drift write;
+  counted from the store's newest date in that table, as the snapshots are; customer_drift (with
+  its axes, the customer_axis_drift view) keeps `drift` days (1 = the current state) and are also cut at every drift write;
 - segment_models fitted before the `models` cutoff that no kept profile or snapshot names, and their
   segment_transitions.
 
@@ -75,7 +75,7 @@ def expire_dated_rows(wh: Warehouse, conn: sa.Connection, table: str, store: str
     return deleted + int(result.rowcount or 0)
 
 
-DRIFT_STATE_TABLES = ("customer_drift", "customer_axis_drift")
+DRIFT_STATE_TABLES = ("customer_drift",)  # its axes are in its rows (the customer_axis_drift view)
 
 
 def drift_state_cutoff(wh: Warehouse, store: str, policy: RetentionPolicy, as_of=None) -> pd.Timestamp:
@@ -88,7 +88,7 @@ def drift_state_cutoff(wh: Warehouse, store: str, policy: RetentionPolicy, as_of
 
 
 def keep_drift_state(wh: Warehouse, store: str, policy: RetentionPolicy) -> int:
-    """Remove the store's customer_drift and customer_axis_drift rows older than the kept state; returns how many."""
+    """Remove the store's customer_drift rows (their axes with them) older than the kept state; returns how many."""
     cutoff = drift_state_cutoff(wh, store, policy)
     if cutoff == pd.Timestamp.min:
         return 0

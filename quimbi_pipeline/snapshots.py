@@ -59,7 +59,7 @@ class RetentionPolicy(BaseModel):
     quarterly: int = Field(730, ge=1)
     yearly: int = Field(1825, ge=1)
     profile_change: int = Field(60, ge=1)
-    # customer_drift, customer_axis_drift: 1 = the current state (the newest as_of per store); a past
+    # customer_drift (and its view customer_axis_drift): 1 = the current state (the newest as_of per store); a past
     # date's drift is computed on demand from the snapshots (pipeline.drift_on_demand).
     drift: int = Field(1, ge=1)
     anomalies: int = Field(180, ge=1)  # customer_drift_anomalies (and drift_inputs, which recomputes them)
@@ -84,7 +84,6 @@ class RetentionPolicy(BaseModel):
 # Tables pruned by date like the snapshots: table -> (date column, RetentionPolicy field).
 TABLE_RETENTION = {
     "customer_drift": ("as_of_date", "drift"),
-    "customer_axis_drift": ("as_of_date", "drift"),
     "customer_drift_anomalies": ("as_of_date", "anomalies"),
     "drift_inputs": ("as_of_date", "anomalies"),
     "population_drift": ("as_of_date", "population"),

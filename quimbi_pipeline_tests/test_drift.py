@@ -64,6 +64,10 @@ def test_axis_drift_direction_velocity_and_transitions():
     assert (row["start_date"], row["end_date"]) == ("2026-10-01", "2026-10-21")
     assert json.loads(row["archetype_journey"]) == [{"date": "2026-10-01", "archetype": "x"}, {"date": "2026-10-21", "archetype": "y"}]
     assert [r["code"] for r in json.loads(row["recommendations"])] == ["upsell", "review_profile"]
+    # customer_drift.axes holds the axis rows (the customer_axis_drift view reads them out of it), exactly.
+    for customer, stored in zip(customers["customer_id"], customers["axes"]):
+        one = axes.set_index("customer_id").loc[customer]
+        assert json.loads(stored) == {AXIS: [one["drift_score"], one["direction"], one["velocity"], json.loads(one["transitions"])]}
     # The 7-day window of the same date only sees a's last snapshot: no row for a.
     customers7, _ = window_drift(h, pd.Timestamp("2026-10-21"), 7)
     assert list(customers7["customer_id"]) == ["c"]

@@ -9,7 +9,8 @@ exactly that partition's rows and a failure leaves the previous rows intact.
 - profile_tables.py: customer_profiles, and the write of a store's partition (one transaction over the families);
 - snapshot_tables.py: profile_snapshots (its views customer_profile_snapshots and the history view), snapshot_blocks,
   snapshot_writes;
-- drift_tables.py: customer_drift, customer_axis_drift, customer_drift_anomalies, population_drift, drift_inputs;
+- drift_tables.py: customer_drift (its axes; the view customer_axis_drift), customer_drift_anomalies, population_drift,
+  drift_inputs;
 - outlier_tables.py: customer_outlier_flags, outlier_rates;
 - model_tables.py: segment_models, segment_transitions.
 
@@ -33,9 +34,9 @@ from quimbi_pipeline.warehouse.connection import (
     resolve_warehouse_url,
 )
 from quimbi_pipeline.warehouse.drift_tables import (
+    AXIS_DRIFT_VIEW,
     DRIFT_TABLES,
     DriftStore,
-    customer_axis_drift,
     customer_drift,
     customer_drift_anomalies,
     drift_inputs,
@@ -78,12 +79,13 @@ class Warehouse(ProfileStore, SnapshotStore, DriftStore, OutlierStore, ModelStor
     """One warehouse: every table family's writes and reads over one connection layer."""
 
     def _finish_schema(self, conn: sa.Connection) -> None:
-        self._finish_snapshot_schema(conn)
+        self._finish_snapshot_schema(conn)  # raises NeedsMigration first if the warehouse needs it
+        self._finish_drift_schema(conn)
 
 
 __all__ = [
     "DATE_PARTITIONED", "DRIFT_TABLES", "HISTORY_VIEW", "JSON_COLUMNS", "LAYOUTS", "NeedsMigration", "PG_SCHEMA", "SNAPSHOT_COPIED_COLUMNS", "SNAPSHOT_PARTITION_PREFIX", "SNAPSHOTS", "SNAPSHOTS_VIEW",
-    "Warehouse", "customer_axis_drift", "customer_drift", "customer_drift_anomalies", "customer_outlier_flags",
+    "Warehouse", "AXIS_DRIFT_VIEW", "customer_drift", "customer_drift_anomalies", "customer_outlier_flags",
     "customer_profiles", "data_dir", "default_warehouse_url", "drift_inputs", "drop_postgres_schema", "masked_url", "metadata", "normalize_profiles",
     "outlier_rates", "pending_migration", "population_drift", "prefetched", "profile_snapshots", "resolve_warehouse_url", "segment_models", "segment_transitions", "snapshot_blocks", "snapshot_layouts", "snapshot_writes",
 ]

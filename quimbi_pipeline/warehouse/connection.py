@@ -36,7 +36,7 @@ metadata = sa.MetaData()
 Json = sa.JSON().with_variant(JSONB(), "postgresql")
 
 # Tables partitioned by a date column on PostgreSQL (a partition per date, created on first write).
-DATE_PARTITIONED = {"profile_snapshots": "snapshot_date", "customer_drift": "as_of_date", "customer_axis_drift": "as_of_date",
+DATE_PARTITIONED = {"profile_snapshots": "snapshot_date", "customer_drift": "as_of_date",
                     "customer_outlier_flags": "flag_date"}  # outlier flags: partitioned only in warehouses created before 2026-11-26
 
 # Staging-only tables (temporary, never created in the warehouse).

@@ -11,7 +11,10 @@ Steps, each done only when the warehouse needs it (running it twice changes noth
    The rows are converted store by store and date by date (values_from_json) into the new table;
    customer_profile_snapshots and customer_snapshot_history are the views over it. Checked before committing:
    the view holds as many rows as before, type by type.
-2. outlier flags as current state plus events: outlier_rates gets each retained date's counts from the
+2. drift axes into their customer_drift rows: customer_axis_drift's rows become customer_drift.axes
+   ({axis: [drift_score, direction, velocity, transitions]}) and customer_axis_drift the view over it.
+   Checked before committing: the view holds as many rows as the table did.
+3. outlier flags as current state plus events: outlier_rates gets each retained date's counts from the
    flags (dates it has no counts for), then unflagged rows dated before their store's newest flag date go;
    on PostgreSQL a customer_outlier_flags created date-partitioned becomes one table (outlier_tables.py
    says why).
@@ -26,6 +29,8 @@ import sqlalchemy as sa
 
 from quimbi_pipeline.snapshot_values import ARCHETYPE_COLUMNS, VALUE_COLUMNS, archetype_dictionary, values_from_json
 from quimbi_pipeline.snapshots import RETAINED_TYPES, TYPE_BITS
+from quimbi_pipeline.warehouse.connection import PG_SCHEMA
+from quimbi_pipeline.warehouse.drift_tables import AXIS_DRIFT_VIEW, axis_drift_view_sql
 from quimbi_pipeline.warehouse.outlier_tables import customer_outlier_flags
 from quimbi_pipeline.warehouse.profile_tables import JSON_COLUMNS
 from quimbi_pipeline.warehouse.snapshot_tables import (
@@ -33,7 +38,7 @@ from quimbi_pipeline.warehouse.snapshot_tables import (
     SNAPSHOT_COPIED_COLUMNS,
     SNAPSHOTS,
     SNAPSHOTS_VIEW,
-    pending_migration,
+    old_snapshot_shape,
 )
 
 LEGACY_SNAPSHOTS = "legacy_profile_snapshots"  # the old rows while they are converted (inside the transaction)
@@ -43,7 +48,7 @@ def migrate(wh) -> list[str]:
     """Upgrade the warehouse (a Warehouse opened with create=False); returns what was done, one line per step."""
     done: list[str] = []
     with wh._schema_transaction() as conn:
-        shape = _snapshot_shape(conn) if pending_migration(conn) else None
+        shape = old_snapshot_shape(conn)
         if shape:
             old_table = wh.qualified(SNAPSHOTS_VIEW if shape == "types" else SNAPSHOTS)
             # SQLite runs DDL outside a transaction unless one is open: a no-op DELETE opens it.
@@ -54,20 +59,17 @@ def migrate(wh) -> list[str]:
             # A copy, not a rename: on PostgreSQL the old table's partitions and indexes hold the new table's names.
             conn.execute(sa.text(f"CREATE TABLE {wh.qualified(LEGACY_SNAPSHOTS)} AS SELECT * FROM {old_table}"))
             conn.execute(sa.text(f"DROP TABLE {old_table}"))  # PostgreSQL: its date partitions go with it
+        axes = _axis_drift_folded(wh, conn)
         wh._create_missing(conn)
         wh.partitioned = wh._partitioned_tables(conn)
         if shape:
             done.append(_snapshots_compacted(wh, conn, shape))
+        if axes:
+            done.append(axes)
         outliers = _outlier_flags_as_events(wh, conn)
         if outliers:
             done.append(outliers)
     return done
-
-
-def _snapshot_shape(conn: sa.Connection) -> str:
-    """'types' (a row per type) or 'json' (a row per date with JSON objects): which earlier shape this is."""
-    schema = "platform" if conn.dialect.name == "postgresql" else None
-    return "types" if SNAPSHOTS_VIEW in sa.inspect(conn).get_table_names(schema=schema) else "json"
 
 
 def _snapshots_compacted(wh, conn: sa.Connection, shape: str) -> str:
@@ -111,6 +113,38 @@ def _snapshots_compacted(wh, conn: sa.Connection, shape: str) -> str:
     if shape == "types":
         return f"snapshots: {total:,} rows (a row per type) -> {written:,} rows (a row per date, types as a set, values as arrays)"
     return f"snapshots: {written:,} rows of JSON objects -> value arrays in a layout per store"
+
+
+def _axis_drift_folded(wh, conn: sa.Connection) -> str | None:
+    """customer_axis_drift's rows into customer_drift.axes, then the table dropped (create_tables makes the view)."""
+    schema = PG_SCHEMA if wh.is_postgres else None
+    inspector = sa.inspect(conn)
+    if AXIS_DRIFT_VIEW not in inspector.get_table_names(schema=schema):
+        return None
+    drift, axes = wh.qualified("customer_drift"), wh.qualified(AXIS_DRIFT_VIEW)
+    conn.execute(sa.text(f"DELETE FROM {drift} WHERE 1 = 0"))  # SQLite: open the transaction before the DDL
+    if "axes" not in {c["name"] for c in inspector.get_columns("customer_drift", schema=schema)}:
+        conn.execute(sa.text(f"ALTER TABLE {drift} ADD COLUMN axes TEXT"))
+    before = conn.execute(sa.text(f"SELECT count(*) FROM {axes}")).scalar_one()
+    keys = ("store_id", "customer_id", "as_of_date", "window_days")
+    if wh.is_postgres:
+        conn.execute(sa.text(
+            f"UPDATE {drift} d SET axes = a.axes FROM (SELECT {', '.join(keys)}, json_object_agg(axis, json_build_array(drift_score, direction, "
+            f"velocity, transitions) ORDER BY axis)::text AS axes FROM {axes} GROUP BY {', '.join(keys)}) a "
+            f"WHERE {' AND '.join(f'd.{k} = a.{k}' for k in keys)}"))
+    else:
+        conn.execute(sa.text(
+            f"UPDATE {drift} SET axes = (SELECT json_group_object(axis, json_array(drift_score, direction, velocity, json(transitions))) "
+            f"FROM (SELECT * FROM {axes} a WHERE {' AND '.join(f'a.{k} = {drift}.{k}' for k in keys)} ORDER BY axis))"))
+    conn.execute(sa.text(f"UPDATE {drift} SET axes = '{{}}' WHERE axes IS NULL"))  # a row without axis rows: none in the view, as before
+    if wh.is_postgres:
+        conn.execute(sa.text(f"ALTER TABLE {drift} ALTER COLUMN axes SET NOT NULL"))
+    conn.execute(sa.text(f"DROP TABLE {axes}"))  # PostgreSQL: its date partitions and the partial index go with it
+    conn.execute(sa.text(axis_drift_view_sql(axes, drift, wh.is_postgres)))
+    after = conn.execute(sa.text(f"SELECT count(*) FROM {axes}")).scalar_one()
+    if before != after:
+        raise RuntimeError(f"drift axes migration check failed ({before:,} axis rows before, {after:,} after); nothing was changed")
+    return f"drift axes: {before:,} customer_axis_drift rows -> customer_drift.axes (customer_axis_drift is a view)"
 
 
 def _case(column: str, values: dict[str, int]) -> str:

@@ -20,6 +20,7 @@ from quimbi_pipeline.snapshot_values import (
 )
 from quimbi_pipeline.snapshots import CALENDAR_MASK, PROFILE_CHANGE, RETAINED_TYPES, TYPE_BITS, finest_type, snapshot_types_for, type_mask
 from quimbi_pipeline.warehouse.connection import PG_SCHEMA, metadata, staging_metadata
+from quimbi_pipeline.warehouse.drift_tables import AXIS_DRIFT_VIEW
 from quimbi_pipeline.warehouse.profile_tables import JSON_COLUMNS, customer_profiles
 
 # Copied from the profile as they are. The three JSON objects are stored as arrays of their values in the
@@ -174,18 +175,31 @@ class NeedsMigration(RuntimeError):
     """The warehouse was written by an earlier version in a shape this one does not read (warehouse/migrate.py)."""
 
 
-def pending_migration(conn: sa.Connection) -> str | None:
-    """Why this warehouse must be migrated before use, or None."""
+def old_snapshot_shape(conn: sa.Connection) -> str | None:
+    """The earlier snapshot shape this warehouse holds: 'types' (customer_profile_snapshots a table with a row
+    per type), 'json' (profile_snapshots rows holding JSON objects), or None (this version's)."""
     schema = PG_SCHEMA if conn.dialect.name == "postgresql" else None
     inspector = sa.inspect(conn)
     tables = inspector.get_table_names(schema=schema)
     if SNAPSHOTS_VIEW in tables:
-        return (f"this warehouse was written by an older quimbi_pipeline ({SNAPSHOTS_VIEW} is a table with a row per type): "
-                "upgrade it once with `quimbi migrate [--warehouse URL]`")
+        return "types"
     if SNAPSHOTS in tables and "fuzzy_memberships" in {c["name"] for c in inspector.get_columns(SNAPSHOTS, schema=schema)}:
-        return (f"this warehouse was written by an older quimbi_pipeline ({SNAPSHOTS} holds JSON objects, not value arrays): "
-                "upgrade it once with `quimbi migrate [--warehouse URL]`")
+        return "json"
     return None
+
+
+def pending_migration(conn: sa.Connection) -> str | None:
+    """Why this warehouse must be migrated before use, or None."""
+    shape = old_snapshot_shape(conn)
+    if shape == "types":
+        held = f"{SNAPSHOTS_VIEW} is a table with a row per type"
+    elif shape == "json":
+        held = f"{SNAPSHOTS} holds JSON objects, not value arrays"
+    elif AXIS_DRIFT_VIEW in sa.inspect(conn).get_table_names(schema=PG_SCHEMA if conn.dialect.name == "postgresql" else None):
+        held = f"{AXIS_DRIFT_VIEW} is a table, not a view of customer_drift.axes"
+    else:
+        return None
+    return f"this warehouse was written by an older quimbi_pipeline ({held}): upgrade it once with `quimbi migrate [--warehouse URL]`"
 
 
 def possible_type_sets(day) -> list[int]:

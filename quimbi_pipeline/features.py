@@ -113,6 +113,7 @@ def compute_customer_features(
     window_days: int = 365,
     adaptive: ChangeRule | None = None,
     occasion_days: int = 1,
+    rows: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One row per customer with at least one purchase, indexed by customer_id (sorted).
 
@@ -127,13 +128,20 @@ def compute_customer_features(
     (change_points.py), so a change shows within a few orders and stays shown while it lasts, while an
     unchanged customer keeps the full, low-noise window; the evidence of each change is returned in
     CHANGE_PREFIX columns (`change:<axis>.since|before|after|evidence`).
+    `rows` (a boolean mask) limits the orders read, as `orders.loc[rows]` would without copying the frame
+    (a refit's cut at an earlier date: the whole frame is 1.9 GB at 20M orders).
     """
     as_of_day = orders_mod.as_of_day(as_of)
     end_ns = (as_of_day + pd.Timedelta(days=1)).value
     as_of_day_ns = as_of_day.value
-    codes_all, customers = pd.factorize(orders["customer_id"], sort=True)
-    ts_all = orders["order_ts"].to_numpy("datetime64[ns]").view("int64")
-    total_all = orders["order_total"].to_numpy("float64")
+    index = None if rows is None else np.flatnonzero(rows)
+
+    def read(name: str) -> pd.Series:
+        return orders[name] if index is None else orders[name].take(index)
+
+    codes_all, customers = pd.factorize(read("customer_id"), sort=True)
+    ts_all = read("order_ts").to_numpy("datetime64[ns]").view("int64")
+    total_all = read("order_total").to_numpy("float64")
     n_all = customers.size
 
     lifetime_value = _group_sum(codes_all, n_all, total_all)
@@ -210,9 +218,11 @@ def compute_customer_features(
     # Taste features over the customer's own last window of purchases.
     in_rel = ts >= last_ts[codes] - window_ns
 
+    purchase_rows = np.flatnonzero(purchase) if index is None else index[purchase]
+
     def purchase_column(name: str) -> np.ndarray:
         # One column of the purchases (a copy of the whole orders frame is 1.8 GB at 20M orders).
-        return orders[name].to_numpy()[purchase]
+        return orders[name].to_numpy()[purchase_rows]
 
     changes: dict[str, AxisChange] = {}
 
@@ -268,7 +278,7 @@ def compute_customer_features(
     if "category" in optional_columns:
         # Codes from the Arrow strings (no Python string per order); pairs (customer, category) as one int64
         # key, grouped in order of first appearance as a two-column group-by would.
-        category_codes, _ = pd.factorize(orders["category"])
+        category_codes, _ = pd.factorize(read("category"))
         cat_all = category_codes[purchase]
         use = window_for("category_exploration", lambda w: binary_shift_change(
             codes[w], ts[w], (cat_all[w] == _modal(codes[w], cat_all[w], n_all)[codes[w]]).astype("float64"), n_all, adaptive))

@@ -51,11 +51,13 @@ def stable_model_version(algorithm: str, fitted_on: pd.Timestamp) -> str:
     return f"{algorithm}-stable-{pd.Timestamp(fitted_on):%Y-%m-%d}"
 
 
-def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp, settings: PipelineSettings, optional_columns) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(features of every customer with a purchase, the active ones) at D, as the settings define them."""
+def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp, settings: PipelineSettings, optional_columns,
+                      rows: np.ndarray | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(features of every customer with a purchase, the active ones) at D, as the settings define them, over the
+    orders in `rows` (a boolean mask; None: all)."""
     features = compute_customer_features(orders, as_of, optional_columns=optional_columns, window_days=settings.feature_window_days,
                                          adaptive=settings.change_rule() if settings.enable_adaptive_windows else None,
-                                         occasion_days=settings.btyd_occasion_days)
+                                         occasion_days=settings.btyd_occasion_days, rows=rows)
     return features, features.loc[active_mask(features, settings.active_days)]
 
 

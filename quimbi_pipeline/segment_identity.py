@@ -14,7 +14,7 @@ import logging
 import pandas as pd
 
 from quimbi_pipeline.features import available_axes
-from quimbi_pipeline.orders import as_of_day, orders_as_of
+from quimbi_pipeline.orders import as_of_day, seen_at
 from quimbi_pipeline.profiles import customer_features, fit_segments
 from quimbi_pipeline.segmentation import (
     AxisModel,
@@ -46,7 +46,7 @@ def fit_period_models(
     Returns the models (rounded as stored, named after `previous` where it has the axis) and the MONIC
     transitions from the previous models (TRANSITION_COLUMNS). No active customer at fit_day: ({}, empty).
     """
-    _, active = customer_features(orders_as_of(orders, fit_day), fit_day, settings, optional_columns)
+    _, active = customer_features(orders, fit_day, settings, optional_columns, rows=seen_at(orders, fit_day))  # cut, not copied
     if active.empty:
         return {}, pd.DataFrame(columns=TRANSITION_COLUMNS)
     models: dict[str, AxisModel] = {}

@@ -36,6 +36,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from quimbi_pipeline.demo import generate_demo  # noqa: E402
+from quimbi_pipeline.memory import release_memory  # noqa: E402
 from quimbi_pipeline.orders import orders_as_of, validate_orders  # noqa: E402
 from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
@@ -267,6 +268,7 @@ def main() -> None:
     validated, secs = timed(lambda: validate_orders(demo.orders))
     table.row("validate orders", secs, len(demo.orders))
     del demo  # the pipeline works on the validated copy (as it does after reading an orders file)
+    release_memory()  # as orders.load_orders does after validating
     cut, secs = timed(lambda: orders_as_of(validated.orders, args.date))
     table.row("point-in-time cut", secs, len(cut))
     started = time.perf_counter()

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from quimbi_pipeline.memory import release_memory
+
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("order_id", "customer_id", "order_ts", "order_total")
@@ -325,7 +327,9 @@ def validate_orders(raw: pd.DataFrame, *, now: pd.Timestamp | None = None, bad_r
 
 
 def load_orders(uri: str, *, warehouse_url: str | None = None, now: pd.Timestamp | None = None, bad_rows: str = "reject_store") -> ValidatedOrders:
-    return validate_orders(read_orders_source(uri, warehouse_url), now=now, bad_rows=bad_rows)
+    validated = validate_orders(read_orders_source(uri, warehouse_url), now=now, bad_rows=bad_rows)
+    release_memory()  # the raw rows are gone: their pages too
+    return validated
 
 
 @functools.lru_cache(maxsize=2)

@@ -22,6 +22,7 @@ from quimbi_pipeline.memberships import (
     memberships_frame,
     parse_memberships,
 )
+from quimbi_pipeline.memory import release_memory
 from quimbi_pipeline.orders import ValidatedOrders, as_of_day, seen_at
 from quimbi_pipeline.outliers import outlier_rates
 from quimbi_pipeline.profiles import (
@@ -188,6 +189,9 @@ def run_one_store(warehouse: Warehouse, store: str, orders: pd.DataFrame, as_of:
             return _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types)
     except Exception as exc:  # one store's failure is recorded and the others go on
         return _failed(store, as_of, exc)
+    finally:
+        if len(orders) >= SMALL_ROWS:  # the next store (or date) starts from what the process holds
+            release_memory()
 
 
 def profile_changes(result: StoreProfiles, last_memberships: pd.Series, threshold: float) -> pd.Index:
@@ -234,6 +238,8 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
         models, version, new_models, transitions = resolve_stable_models(store, orders, as_of, optional_columns, warehouse, settings)
         model_seconds = time.perf_counter() - started
     result = build_store_profiles(orders, store, as_of, settings, optional_columns, models=models, model_version=version)
+    if len(orders) >= SMALL_ROWS:
+        release_memory()  # the features' per-order arrays are gone: the write's text does not stack on them
     if models is not None:
         result.seconds["stable_models"] = model_seconds
     started = time.perf_counter()
@@ -376,6 +382,8 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
         except Exception as exc:  # one store's failure is recorded and the others go on
             log.exception("drift of store %s failed for %s", store, as_of.date())
             outcomes.append(DriftOutcome(store, False, error=f"{type(exc).__name__}: {exc}"))
+        finally:
+            release_memory()
     return outcomes
 
 

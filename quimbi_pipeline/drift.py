@@ -82,15 +82,18 @@ class MembershipHistory:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, membership_columns: list[str]) -> MembershipHistory:
-        ordered = frame.sort_values(["customer_id", "snapshot_date"], kind="stable")
-        if ordered.duplicated(["customer_id", "snapshot_date"]).any():
+        # Ordered by (customer, date) through an index: sorting the whole frame moved its feature columns too.
+        codes, _ = pd.factorize(frame["customer_id"].astype(str), sort=True)
+        all_days = pd.to_datetime(frame["snapshot_date"]).to_numpy("datetime64[ns]").view("int64") // NS_PER_DAY
+        order = np.lexsort((all_days, codes))
+        same = (np.diff(codes[order]) == 0) & (np.diff(all_days[order]) == 0)
+        if same.any():
             raise ValueError("membership history must hold one row per customer and date")
-        days = pd.to_datetime(ordered["snapshot_date"]).to_numpy("datetime64[ns]").view("int64") // NS_PER_DAY
         return cls(
-            customer_id=ordered["customer_id"].astype(str).to_numpy(object), day=days,
-            churn=ordered["churn_risk_score"].to_numpy("float64"), archetype=ordered["archetype_name"].astype(str).to_numpy(object),
-            memberships=ordered[membership_columns].fillna(0.0).to_numpy("float64"), columns=list(membership_columns),
-            evidence=evidence_arrays(ordered),
+            customer_id=frame["customer_id"].astype(str).to_numpy(object)[order], day=all_days[order],
+            churn=frame["churn_risk_score"].to_numpy("float64")[order], archetype=frame["archetype_name"].astype(str).to_numpy(object)[order],
+            memberships=frame[membership_columns].fillna(0.0).to_numpy("float64")[order], columns=list(membership_columns),
+            evidence={a: {k: v[order] for k, v in e.items()} for a, e in evidence_arrays(frame).items()},
         )
 
     @property

@@ -95,8 +95,7 @@ class SnapshotHistoryReader:
         frames = [f for f in frames if len(f)]
         if not frames:
             return pd.DataFrame(columns=BASE_COLUMNS)
-        frame = pd.concat(frames, ignore_index=True)
-        return frame[BASE_COLUMNS + sorted(c for c in frame.columns if c not in BASE_COLUMNS)]
+        return pd.concat(frames, ignore_index=True)  # columns by name: reordering them copied every value (1M: ~0.5 s a slice)
 
     def population_frame(self, day) -> pd.DataFrame:
         """Every snapshot customer of `day`: "axis.segment" memberships and "f:axis.feature" features (population drift)."""

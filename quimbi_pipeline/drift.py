@@ -11,6 +11,7 @@ of a store (group boundaries, bincount, shifted rows); nothing loops over custom
 from __future__ import annotations
 
 import functools
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -124,6 +125,11 @@ class MembershipHistory:
             return np.zeros(rows.shape, dtype="int64")
         e = self.evidence[axis]
         return np.where(np.isfinite(e["since"][rows]), evidence_sign(axis, e["before"][rows], e["after"][rows]), 0)
+
+
+def axis_entries(axes_text: str) -> list[dict]:
+    """A customer_drift row's axes as the customer_axis_drift view gives them, one dict per axis, by axis name."""
+    return [{"axis": axis, **dict(zip(AXES_ENTRY, entry)), "n_transitions": len(entry[3])} for axis, entry in sorted(json.loads(axes_text).items())]
 
 
 @dataclass

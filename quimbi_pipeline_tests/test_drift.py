@@ -9,6 +9,7 @@ import pytest
 from quimbi_pipeline.drift import (
     MembershipHistory,
     anomalies_at,
+    axis_entries,
     compute_drift,
     population_drift,
     psi,
@@ -68,6 +69,9 @@ def test_axis_drift_direction_velocity_and_transitions():
     for customer, stored in zip(customers["customer_id"], customers["axes"]):
         one = axes.set_index("customer_id").loc[customer]
         assert json.loads(stored) == {AXIS: [one["drift_score"], one["direction"], one["velocity"], json.loads(one["transitions"])]}
+        [entry] = axis_entries(stored)  # as the API reads them
+        assert entry == {"axis": AXIS, "drift_score": one["drift_score"], "direction": one["direction"], "velocity": one["velocity"],
+                         "transitions": json.loads(one["transitions"]), "n_transitions": one["n_transitions"]}
     # The 7-day window of the same date only sees a's last snapshot: no row for a.
     customers7, _ = window_drift(h, pd.Timestamp("2026-10-21"), 7)
     assert list(customers7["customer_id"]) == ["c"]

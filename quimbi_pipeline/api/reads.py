@@ -13,7 +13,7 @@ from datetime import date
 import pandas as pd
 import sqlalchemy as sa
 
-from quimbi_pipeline.drift import DriftTables
+from quimbi_pipeline.drift import DriftTables, axis_entries
 from quimbi_pipeline.pipeline import drift_on_demand
 from quimbi_pipeline.settings import StoreSettings
 from quimbi_pipeline.snapshots import RETAINED_TYPES
@@ -94,8 +94,6 @@ def drift(wh: Warehouse, settings: StoreSettings, store: str, customer: str, win
     if current and (as_of is None or pd.Timestamp(current[0]["as_of_date"]).date() == as_of):
         row, computed = current[0], False
         params["d"] = pd.Timestamp(row["as_of_date"]).date()
-        axes = _rows(wh, f"SELECT * FROM {wh.qualified('customer_axis_drift')} WHERE store_id = :s AND customer_id = :c AND window_days = :w "
-                         "AND as_of_date = :d ORDER BY axis", params)
     elif as_of is not None:
         tables: DriftTables | None = drift_on_demand(wh, store, as_of, settings, customer_id=customer)
         if tables is None:
@@ -104,10 +102,10 @@ def drift(wh: Warehouse, settings: StoreSettings, store: str, customer: str, win
         if found.empty:
             return None
         row, computed = found.iloc[0].to_dict(), True
-        axes = tables.axes[tables.axes["window_days"] == days].sort_values("axis").to_dict(orient="records")
         params["d"] = as_of
     else:
         return None
+    axes = axis_entries(row["axes"])  # in the row: no statement over the view
     day = pd.Timestamp(params["d"])
     anomalies = _rows(wh, f"SELECT * FROM {wh.qualified('customer_drift_anomalies')} WHERE store_id = :s AND customer_id = :c "
                           "AND as_of_date > :start AND as_of_date <= :d ORDER BY as_of_date, anomaly_type, axis",

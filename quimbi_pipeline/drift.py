@@ -10,7 +10,6 @@ of a store (group boundaries, bincount, shifted rows); nothing loops over custom
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import pandas as pd
 
 from quimbi_pipeline.drift_evidence import describe, evidence_arrays, evidence_sign
 from quimbi_pipeline.features import AXIS_BY_NAME
+from quimbi_pipeline.json_text import json_object
 from quimbi_pipeline.memberships import SQRT2
 from quimbi_pipeline.segmentation import SINGLE_SEGMENT_NAME
 from quimbi_pipeline.settings import DRIFT_WINDOWS
@@ -84,14 +84,15 @@ class MembershipHistory:
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, membership_columns: list[str]) -> MembershipHistory:
         # Ordered by (customer, date) through an index: sorting the whole frame moved its feature columns too.
-        codes, _ = pd.factorize(frame["customer_id"].astype(str), sort=True)
+        ids = frame["customer_id"].astype(str).to_numpy(object)
+        codes, _ = pd.factorize(ids, sort=True)
         all_days = pd.to_datetime(frame["snapshot_date"]).to_numpy("datetime64[ns]").view("int64") // NS_PER_DAY
         order = np.lexsort((all_days, codes))
         same = (np.diff(codes[order]) == 0) & (np.diff(all_days[order]) == 0)
         if same.any():
             raise ValueError("membership history must hold one row per customer and date")
         return cls(
-            customer_id=frame["customer_id"].astype(str).to_numpy(object)[order], day=all_days[order],
+            customer_id=ids[order], day=all_days[order],
             churn=frame["churn_risk_score"].to_numpy("float64")[order], archetype=frame["archetype_name"].astype(str).to_numpy(object)[order],
             # Taken by pandas, the matrix comes out column-major, as the per-axis column slices below want it (~10% faster).
             memberships=frame[membership_columns].iloc[order].fillna(0.0).to_numpy("float64"), columns=list(membership_columns),
@@ -212,7 +213,7 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
     denom = n_snap * s_tt - s_t * s_t
     columns_out = []
     axis_frames = []
-    axes_text = []
+    axes_text = []  # (axis, '[drift_score, "direction", velocity, transitions]' per customer): AXES_ENTRY
     forecast_drift = np.zeros(n_cust)
     for axis, cols in history.axes.items():
         drift = _axis_drift(m, first, last, cols)
@@ -244,12 +245,13 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
         gap = future - block[last]
         forecast_drift += np.minimum(np.sqrt(np.einsum("ij,ij->i", gap, gap)) / SQRT2, 1.0)
         columns_out.append((axis, drift, direction))
+        score, speed = _num(drift), _num(velocity)
         axis_frames.append(pd.DataFrame({
-            "customer_id": h.customer_id[first], "axis": axis, "drift_score": _num(drift), "direction": direction,
-            "velocity": _num(velocity), "n_transitions": n_trans.astype("int64"), "transitions": transitions,
+            "customer_id": h.customer_id[first], "axis": axis, "drift_score": score, "direction": direction,
+            "velocity": speed, "n_transitions": n_trans.astype("int64"), "transitions": transitions,
         }))
-        axes_text.append(f'"{axis}": [' + _number_text(_num(drift)) + ', "' + direction.astype(object) + '", '
-                         + _number_text(_num(velocity)) + ", " + transitions + "]")
+        axes_text.append((axis, pd.Series("[" + _number_text(score) + ', "' + direction.astype(object) + '", '
+                                          + _number_text(speed) + ", " + transitions + "]")))
     n_axes = len(columns_out)
     overall = np.mean([c[1] for c in columns_out], axis=0)
     churn_trend = h.churn[last] - h.churn[first]
@@ -266,7 +268,7 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
         "start_date": _date_text(h.day[first]).to_numpy(object),
         "end_date": _date_text(h.day[last]).to_numpy(object),
         "n_snapshots": n_snap,
-        "axes": "{" + functools.reduce(lambda joined, piece: joined + ", " + piece, axes_text) + "}",
+        "axes": json_object(axes_text).to_numpy(object),
         "archetype_journey": archetype_journey(h, code, same_customer, n_cust),
         "recommendations": recommendations(overall, churn_trend, h.churn[first], h.churn[last], directions, evidence_items(h, last)),
     })

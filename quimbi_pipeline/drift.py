@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -82,9 +83,11 @@ class MembershipHistory:
     evidence: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame, membership_columns: list[str]) -> MembershipHistory:
+    def from_frame(cls, frame: pd.DataFrame, membership_columns: list[str], memberships: np.ndarray | None = None) -> MembershipHistory:
+        """The frame's rows ordered by (customer, date); `memberships` (one row per frame row, one column per name) instead
+        of the frame's membership_columns when given."""
         # Ordered by (customer, date) through an index: sorting the whole frame moved its feature columns too.
-        ids = frame["customer_id"].astype(str).to_numpy(object)
+        ids = _text_array(frame["customer_id"])
         codes, _ = pd.factorize(ids, sort=True)
         all_days = pd.to_datetime(frame["snapshot_date"]).to_numpy("datetime64[ns]").view("int64") // NS_PER_DAY
         order = np.lexsort((all_days, codes))
@@ -93,9 +96,9 @@ class MembershipHistory:
             raise ValueError("membership history must hold one row per customer and date")
         return cls(
             customer_id=ids[order], day=all_days[order],
-            churn=frame["churn_risk_score"].to_numpy("float64")[order], archetype=frame["archetype_name"].astype(str).to_numpy(object)[order],
+            churn=frame["churn_risk_score"].to_numpy("float64")[order], archetype=_text_array(frame["archetype_name"])[order],
             # Taken by pandas, the matrix comes out column-major, as the per-axis column slices below want it (~10% faster).
-            memberships=frame[membership_columns].iloc[order].fillna(0.0).to_numpy("float64"), columns=list(membership_columns),
+            memberships=_rows_of(frame[membership_columns] if memberships is None else memberships, order), columns=list(membership_columns),
             evidence={a: {k: v[order] for k, v in e.items()} for a, e in evidence_arrays(frame).items()},
         )
 
@@ -137,8 +140,52 @@ def axis_entries(axes_text: str) -> list[dict]:
 @dataclass
 class DriftTables:
     customers: pd.DataFrame  # CUSTOMER_DRIFT_COLUMNS
-    axes: pd.DataFrame  # AXIS_DRIFT_COLUMNS
+    # customer_axis_drift rows as arrays, one part per window and axis ({column: array or scalar}, AXIS_DRIFT_COLUMNS).
+    # The write path stores them in customer_drift.axes and needs no frame of them: `axes` builds it when asked.
+    axis_parts: list[dict]
     anomalies: pd.DataFrame  # ANOMALY_COLUMNS
+
+    @property
+    def n_axis_rows(self) -> int:
+        return sum(len(part["customer_id"]) for part in self.axis_parts)
+
+    def axis_numbers(self) -> pd.DataFrame:
+        """customer_id and the numeric columns of the axis rows (what row_checks checks), without their text."""
+        columns = ("customer_id", "drift_score", "velocity", "n_transitions")
+        if not self.axis_parts:
+            return pd.DataFrame(columns=list(columns))
+        return pd.DataFrame({c: np.concatenate([np.asarray(part[c]) for part in self.axis_parts]) for c in columns})
+
+    @cached_property
+    def axes(self) -> pd.DataFrame:
+        return axis_frame(self.axis_parts)
+
+
+def axis_frame(axis_parts: list[dict]) -> pd.DataFrame:
+    """customer_axis_drift rows (AXIS_DRIFT_COLUMNS) of DriftTables.axis_parts, as the view of customer_drift.axes reads them."""
+    if not axis_parts:
+        return pd.DataFrame(columns=AXIS_DRIFT_COLUMNS)
+    return pd.concat([pd.DataFrame(part)[AXIS_DRIFT_COLUMNS] for part in axis_parts], ignore_index=True)
+
+
+def _rows_of(memberships: pd.DataFrame | np.ndarray, order: np.ndarray) -> np.ndarray:
+    """The rows in `order` as a column-major float64 matrix, NaN (a segment the row's date lacks) as 0."""
+    values = memberships.to_numpy("float64") if isinstance(memberships, pd.DataFrame) else memberships
+    out = np.empty((order.size, values.shape[1]), dtype="float64", order="F")
+    for j in range(values.shape[1]):
+        out[:, j] = values[order, j]
+    out[np.isnan(out)] = 0.0
+    return out
+
+
+def _text_array(values: pd.Series) -> np.ndarray:
+    """The values as an object array of str. astype(str) makes pandas 3 build an Arrow string column first:
+    half a second a slice of 1M for text that is text already (ids), or a few distinct names (categorical)."""
+    if isinstance(values.dtype, pd.CategoricalDtype) and not values.isna().any():
+        return values.cat.categories.astype(str).to_numpy(object)[values.cat.codes.to_numpy()]
+    if values.dtype == object and pd.api.types.infer_dtype(values, skipna=False) == "string":
+        return values.to_numpy(object)
+    return values.astype(str).to_numpy(object)
 
 
 def _date_text(days: np.ndarray) -> pd.Series:
@@ -174,10 +221,24 @@ def _axis_drift(m: np.ndarray, a: np.ndarray, b: np.ndarray, cols: np.ndarray) -
     return np.minimum(np.sqrt(np.einsum("ij,ij->i", diff, diff)) / SQRT2, 1.0)
 
 
+def _axis_block(m: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The axis' membership columns: a view when they are adjacent (an axis' columns are, sorted by name), not a copy."""
+    if cols.size and np.array_equal(cols, np.arange(cols[0], cols[0] + cols.size)):
+        return m[:, cols[0]:cols[0] + cols.size]
+    return m[:, cols]
+
+
 def _dominant(m: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Index (into cols) of each row's largest membership on the axis; -1 where the row has none."""
-    block = m[:, cols]
-    return np.where(block.sum(axis=1) > 0, block.argmax(axis=1), -1)
+    """Index (into cols) of each row's largest membership on the axis (the first of ties, as argmax); -1 where the
+    row has none. Column by column: the matrix is column-major, and argmax along its rows strode through memory."""
+    block = _axis_block(m, cols)
+    best = block[:, 0].copy()
+    index = np.zeros(block.shape[0], dtype="int64")
+    for j in range(1, block.shape[1]):
+        larger = block[:, j] > best
+        index[larger] = j
+        np.maximum(best, block[:, j], out=best)
+    return np.where(best > 0, index, -1)  # memberships are >= 0: the largest is > 0 iff they sum to > 0
 
 
 def _join_per_group(code: np.ndarray, text, n_groups: int, empty: str = "[]") -> np.ndarray:
@@ -191,8 +252,9 @@ def _join_per_group(code: np.ndarray, text, n_groups: int, empty: str = "[]") ->
     return out
 
 
-def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """customer_drift and customer_axis_drift rows of one window (customers with >= 2 snapshots in it)."""
+def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: int) -> tuple[pd.DataFrame, list[dict]]:
+    """customer_drift rows of one window (customers with >= 2 snapshots in it) and its customer_axis_drift rows
+    as DriftTables.axis_parts."""
     d = int(pd.Timestamp(as_of).normalize().value // NS_PER_DAY)
     h = history.select((history.day >= d - window_days) & (history.day <= d))
     code, first, last = _groups(h.customer_id)
@@ -202,7 +264,7 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
     code, first, last = _groups(h.customer_id)
     n_cust = first.size
     if n_cust == 0:
-        return pd.DataFrame(columns=CUSTOMER_DRIFT_COLUMNS), pd.DataFrame(columns=AXIS_DRIFT_COLUMNS)
+        return pd.DataFrame(columns=CUSTOMER_DRIFT_COLUMNS), []
     m = h.memberships
     days = (h.day[last] - h.day[first]).astype("float64")
     n_snap = (last - first + 1).astype("int64")
@@ -212,14 +274,15 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
     s_t, s_tt = np.bincount(code, t, n_cust), np.bincount(code, t * t, n_cust)
     denom = n_snap * s_tt - s_t * s_t
     columns_out = []
-    axis_frames = []
+    axis_parts = []
+    as_of_text = f"{pd.Timestamp(as_of):%Y-%m-%d}"
     axes_text = []  # (axis, '[drift_score, "direction", velocity, transitions]' per customer): AXES_ENTRY
     forecast_drift = np.zeros(n_cust)
     for axis, cols in history.axes.items():
         drift = _axis_drift(m, first, last, cols)
         velocity = np.divide(drift, days, out=np.zeros(n_cust), where=days > 0)
         positions = np.array([segment_position(axis, history.columns[c].split(".", 1)[1]) for c in cols])
-        pos = m[:, cols] @ positions
+        pos = _axis_block(m, cols) @ positions
         moved = pos[last] - pos[first]
         direction = np.select([moved > DIRECTION_THRESHOLD, moved < -DIRECTION_THRESHOLD], ["improving", "degrading"], "stable")
         if h.evidence:  # change detection on: a direction needs a change of this axis, detected within the window, the same way
@@ -235,7 +298,7 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
                  + ', "to": ' + _json_str(names[dom[idx]]).to_numpy(object) + "}")
         transitions = _join_per_group(code[idx], event, n_cust)
         # Forecast: memberships extrapolated 30 days along their fitted slopes, clipped and renormalized.
-        block = m[:, cols]
+        block = _axis_block(m, cols)
         s_m = np.stack([np.bincount(code, block[:, j], n_cust) for j in range(cols.size)], axis=1)
         s_tm = np.stack([np.bincount(code, t * block[:, j], n_cust) for j in range(cols.size)], axis=1)
         slope = np.divide(n_snap[:, None] * s_tm - s_t[:, None] * s_m, denom[:, None], out=np.zeros_like(s_m), where=denom[:, None] > 0)
@@ -246,17 +309,16 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
         forecast_drift += np.minimum(np.sqrt(np.einsum("ij,ij->i", gap, gap)) / SQRT2, 1.0)
         columns_out.append((axis, drift, direction))
         score, speed = _num(drift), _num(velocity)
-        axis_frames.append(pd.DataFrame({
-            "customer_id": h.customer_id[first], "axis": axis, "drift_score": score, "direction": direction,
-            "velocity": speed, "n_transitions": n_trans.astype("int64"), "transitions": transitions,
-        }))
+        axis_parts.append({
+            "customer_id": h.customer_id[first], "as_of_date": as_of_text, "window_days": window_days, "axis": axis, "drift_score": score,
+            "direction": direction, "velocity": speed, "n_transitions": n_trans.astype("int64"), "transitions": transitions,
+        })
         axes_text.append((axis, pd.Series("[" + _number_text(score) + ', "' + direction.astype(object) + '", '
                                           + _number_text(speed) + ", " + transitions + "]")))
     n_axes = len(columns_out)
     overall = np.mean([c[1] for c in columns_out], axis=0)
     churn_trend = h.churn[last] - h.churn[first]
     directions = {axis: direction for axis, _, direction in columns_out}
-    as_of_text = f"{pd.Timestamp(as_of):%Y-%m-%d}"
     customers = pd.DataFrame({
         "customer_id": h.customer_id[first],
         "as_of_date": as_of_text,
@@ -272,10 +334,7 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
         "archetype_journey": archetype_journey(h, code, same_customer, n_cust),
         "recommendations": recommendations(overall, churn_trend, h.churn[first], h.churn[last], directions, evidence_items(h, last)),
     })
-    axes = pd.concat(axis_frames, ignore_index=True)
-    axes.insert(1, "as_of_date", as_of_text)
-    axes.insert(2, "window_days", window_days)
-    return customers[CUSTOMER_DRIFT_COLUMNS], axes[AXIS_DRIFT_COLUMNS]
+    return customers[CUSTOMER_DRIFT_COLUMNS], axis_parts
 
 
 def archetype_journey(h: MembershipHistory, code: np.ndarray, same_customer: np.ndarray, n_cust: int) -> np.ndarray:
@@ -293,11 +352,12 @@ def evidence_items(h: MembershipHistory, rows: np.ndarray) -> dict[str, np.ndarr
     """{axis: '"evidence": {...}' JSON text per row} of the change held at those rows ('' without one)."""
     out = {}
     for axis, e in h.evidence.items():
-        since, before, after = e["since"][rows], e["before"][rows], e["after"][rows]
-        feature, b, a, date = describe(axis, since, before, after)
-        text = ('"evidence": {"axis": "' + axis + '", "feature": "' + feature.astype(object) + '", "before": ' + _number_text(b)
-                + ', "after": ' + _number_text(a) + ', "since": "' + date + '"}')
-        out[axis] = np.where(np.isfinite(since), text, "")
+        held = rows[np.isfinite(e["since"][rows])]  # text for the few rows holding a change only
+        feature, b, a, date = describe(axis, e["since"][held], e["before"][held], e["after"][held])
+        text = np.full(rows.size, "", dtype=object)
+        text[np.isfinite(e["since"][rows])] = ('"evidence": {"axis": "' + axis + '", "feature": "' + feature.astype(object) + '", "before": '
+                                               + _number_text(b) + ', "after": ' + _number_text(a) + ', "since": "' + date + '"}')
+        out[axis] = text
     return out
 
 
@@ -354,7 +414,7 @@ def anomalies_at(history: MembershipHistory, as_of: pd.Timestamp) -> pd.DataFram
     as_of_text = f"{pd.Timestamp(as_of):%Y-%m-%d}"
     gap_days = (h.day - np.r_[0, h.day[:-1]]).astype("float64")
     for axis, cols in h.axes.items():
-        block = h.memberships[:, cols]
+        block = _axis_block(h.memberships, cols)
         step = np.zeros(h.day.size)
         if h.day.size > 1:
             diff = block[1:] - block[:-1]
@@ -457,8 +517,8 @@ def history_days(windows=WINDOWS) -> int:
 
 def compute_drift(history: MembershipHistory, as_of, windows=WINDOWS) -> DriftTables:
     as_of = pd.Timestamp(as_of).normalize()
-    customers, axes = zip(*(window_drift(history, as_of, w) for w in windows))
-    return DriftTables(pd.concat(customers, ignore_index=True), pd.concat(axes, ignore_index=True), anomalies_at(history, as_of))
+    customers, axis_parts = zip(*(window_drift(history, as_of, w) for w in windows))
+    return DriftTables(pd.concat(customers, ignore_index=True), [part for parts in axis_parts for part in parts], anomalies_at(history, as_of))
 
 
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = PSI_BINS) -> float:

@@ -30,20 +30,35 @@ EVIDENCE = {
 }
 
 
-def rescore(frame: pd.DataFrame, models: dict[str, AxisModel]) -> pd.DataFrame:
-    """`frame` with its "axis.segment" memberships replaced by those of `models` (the models in force at D),
-    computed from its "f:axis.feature" columns. Missing features (null in old JSON) take the column median."""
-    membership_columns = [c for c in frame.columns if ":" not in c and "." in c]
-    out = frame.drop(columns=membership_columns)
-    blocks = []
+def rescored_memberships(frame: pd.DataFrame, models: dict[str, AxisModel]) -> tuple[list[str], np.ndarray]:
+    """("axis.segment" names, sorted; their memberships under `models`, the models in force at D, one row per row of
+    `frame`, column-major), computed from its "f:axis.feature" columns. Missing features (null in old JSON) take
+    the column median."""
+    names, blocks = [], []
     for axis, model in models.items():
         columns = [f"{FEATURE_PREFIX}{axis}.{f}" for f in model.feature_names]
         if not set(columns) <= set(frame.columns):
             raise ValueError(f"snapshot features of axis {axis} are missing: cannot score the history with model {axis}")
-        raw = frame[columns].astype("float64")
-        raw = raw.fillna(raw.median()).fillna(0.0).to_numpy()
-        blocks.append(pd.DataFrame(model.memberships(raw), columns=[f"{axis}.{name}" for name in model.segment_names], index=frame.index))
-    return pd.concat([out, *blocks], axis=1)
+        raw = frame[columns].to_numpy("float64")
+        if np.isnan(raw).any():
+            filled = frame[columns].astype("float64")
+            raw = filled.fillna(filled.median()).fillna(0.0).to_numpy()
+        blocks.append(model.memberships(raw))
+        names += [f"{axis}.{name}" for name in model.segment_names]
+    order = sorted(range(len(names)), key=names.__getitem__)
+    sources = [(block, j) for block in blocks for j in range(block.shape[1])]
+    matrix = np.empty((len(frame), len(names)), dtype="float64", order="F")
+    for j, i in enumerate(order):  # the axes' blocks side by side, in name order
+        block, column = sources[i]
+        matrix[:, j] = block[:, column]
+    return [names[i] for i in order], matrix
+
+
+def rescore(frame: pd.DataFrame, models: dict[str, AxisModel]) -> pd.DataFrame:
+    """`frame` with its "axis.segment" memberships replaced by those of `models` (rescored_memberships)."""
+    membership_columns = [c for c in frame.columns if ":" not in c and "." in c]
+    names, matrix = rescored_memberships(frame, models)
+    return pd.concat([frame.drop(columns=membership_columns), pd.DataFrame(matrix, columns=names, index=frame.index)], axis=1)
 
 
 def evidence_arrays(frame: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:

@@ -7,10 +7,18 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from quimbi_pipeline.features import CHANGE_PREFIX, FEATURE_PREFIX
 from quimbi_pipeline.memberships import parse_memberships
-from quimbi_pipeline.snapshot_blocks import ID_COLUMNS, decode_features, decode_memberships
+from quimbi_pipeline.snapshot_blocks import (
+    ID_COLUMNS,
+    MICRO,
+    decode_features,
+    decode_memberships,
+    read_block,
+)
 from quimbi_pipeline.warehouse import Warehouse
 
 BASE_COLUMNS = ["customer_id", "snapshot_date", "churn_risk_score", "archetype_name"]
@@ -22,12 +30,43 @@ def numeric_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([rows[BASE_COLUMNS], parse_memberships(rows["fuzzy_memberships"])], axis=1)
 
 
-def _id_slice(frame: pd.DataFrame, lo: str | None, hi: str | None) -> pd.DataFrame:
-    """Rows of a frame sorted by customer_id with lo <= id < hi."""
-    ids = frame["customer_id"].to_numpy(object)
-    start = 0 if lo is None else int(np.searchsorted(ids, lo, side="left"))
-    stop = len(ids) if hi is None else int(np.searchsorted(ids, hi, side="left"))
-    return frame.iloc[start:stop]
+def _id_slice(table: pa.Table, lo: str | None, hi: str | None) -> pa.Table:
+    """Rows of a table sorted by customer_id with lo <= id < hi (a zero-copy slice)."""
+    ids = table["customer_id"]
+    start = 0 if lo is None else pc.sum(pc.less(ids, lo)).as_py() or 0
+    stop = table.num_rows if hi is None else pc.sum(pc.less(ids, hi)).as_py() or 0
+    return table.slice(start, stop - start)
+
+
+def _side_by_side(members: pa.Table, features: pa.Table | None) -> pa.Table:
+    """A block's memberships and, for the same customers in the same order, its "f:"-prefixed features."""
+    if features is None:
+        return members
+    features = features.drop_columns(["customer_id"])
+    return pa.Table.from_arrays(members.columns + features.columns,
+                                names=members.column_names + [FEATURE_PREFIX + n for n in features.column_names])
+
+
+def _numeric_frame(tables: list[pa.Table], days: list[pd.Timestamp]) -> pd.DataFrame:
+    """The dates' block tables as one frame (BASE_COLUMNS, memberships as float64, features): each value is
+    copied once, where concatenating pandas frames per block and per date copied it four times (1M: ~1 s a slice).
+    Dates scored with other segments lack some columns: NaN there, as a concat by name gives."""
+    table = pa.concat_tables(tables, promote_options="permissive")
+    members = [n for n in table.column_names if n not in ID_COLUMNS and not n.startswith(FEATURE_PREFIX)]
+    features = [n for n in table.column_names if n.startswith(FEATURE_PREFIX)]
+    # One column-major float64 block; memberships from millionths to the doubles the JSON parses to (snapshot_blocks.py).
+    values = np.empty((table.num_rows, len(members) + len(features)), dtype="float64", order="F")
+    for j, name in enumerate(members + features):
+        column = table[name]
+        values[:, j] = (pc.fill_null(column.cast(pa.float64()), np.nan) if column.null_count else column).to_numpy()
+    values[:, :len(members)] /= MICRO
+    frame = pd.DataFrame(values, columns=members + features, copy=False)
+    base = {"customer_id": pd.Series(table["customer_id"].to_numpy(), dtype=object),
+            "snapshot_date": np.repeat(pd.Series(days).to_numpy(), [t.num_rows for t in tables]),
+            "churn_risk_score": table["churn_risk_score"].to_numpy(), "archetype_name": table["archetype_name"].to_pandas()}
+    for position, (name, column) in enumerate(base.items()):
+        frame.insert(position, name, column)
+    return frame
 
 
 class SnapshotHistoryReader:
@@ -43,7 +82,7 @@ class SnapshotHistoryReader:
         calendar_days = set(self.sources.loc[self.sources["snapshot_type"] != "profile_change", "snapshot_date"])
         self.blocks = {day: group.reset_index(drop=True) for day, group in index.groupby("snapshot_date") if day in calendar_days}
         self.row_sources = self.sources[~self.sources["snapshot_date"].isin(list(self.blocks))]
-        self._held: dict[pd.Timestamp, tuple[int, pd.DataFrame]] = {}  # date -> (block, decoded frame)
+        self._held: dict[pd.Timestamp, tuple[int, pa.Table]] = {}  # date -> (block, decoded frame)
 
     def slice_bounds(self, day, every_customers: int) -> list[str] | None:
         """Customer ids cutting the customers of `day` into slices of whole blocks of about every_customers;
@@ -54,7 +93,8 @@ class SnapshotHistoryReader:
         step = max(1, round(every_customers / max(int(blocks["n_customers"].max()), 1)))
         return blocks["first_customer_id"].iloc[step::step].tolist()
 
-    def _block_rows(self, day: pd.Timestamp, lo: str | None, hi: str | None, with_features: bool) -> pd.DataFrame:
+    def _block_table(self, day: pd.Timestamp, lo: str | None, hi: str | None, with_features: bool) -> pa.Table | None:
+        """The date's customers with lo <= id < hi as they are in the blocks (Arrow: no copy of their values)."""
         blocks = self.blocks[day]
         overlaps = np.ones(len(blocks), dtype=bool)
         if hi is not None:
@@ -64,28 +104,26 @@ class SnapshotHistoryReader:
         wanted = blocks.loc[overlaps, "block"].astype(int).tolist()
         held_block, held = self._held.get(day, (None, None))
         missing = [b for b in wanted if b != held_block]
-        frames = {}
+        tables = {}
         if missing:
             data = self.warehouse.snapshot_block_data(self.store_id, day, missing, "memberships")
             features = self.warehouse.snapshot_block_data(self.store_id, day, missing, "features") if with_features else {}
             for b in missing:
-                frame = decode_memberships(data[b])
-                if with_features:  # the same customers in the same order: side by side
-                    frame = pd.concat([frame, decode_features(features[b]).drop(columns=["customer_id"]).add_prefix(FEATURE_PREFIX)], axis=1)
-                frames[b] = frame
+                tables[b] = _side_by_side(read_block(data[b]), read_block(features[b]) if with_features else None)
         if held_block in wanted:
-            frames[held_block] = held
+            tables[held_block] = held
         if wanted:
-            self._held[day] = (wanted[-1], frames[wanted[-1]])
-        if not frames:
-            return pd.DataFrame(columns=ID_COLUMNS)
-        frame = _id_slice(pd.concat([frames[b] for b in wanted], ignore_index=True), lo, hi)
-        return frame.assign(snapshot_date=day)
+            self._held[day] = (wanted[-1], tables[wanted[-1]])
+        if not tables:
+            return None
+        return _id_slice(pa.concat_tables([tables[b] for b in wanted]), lo, hi)
 
     def history(self, lo: str | None = None, hi: str | None = None, with_features: bool = False) -> pd.DataFrame:
         """BASE_COLUMNS + "axis.segment" memberships of customers with lo <= id < hi, one row per customer and date;
         with_features also "f:axis.feature" features and "f:change:axis.field" change evidence (blocks only)."""
-        frames = [self._block_rows(day, lo, hi, with_features) for day in self.blocks]
+        found = {day: self._block_table(day, lo, hi, with_features) for day in self.blocks}
+        found = {day: t for day, t in found.items() if t is not None and t.num_rows}
+        frames = [_numeric_frame(list(found.values()), list(found))] if found else []
         if not self.row_sources.empty:
             rows = self.warehouse.snapshot_rows(self.store_id, self.row_sources, with_features=with_features, customer_range=(lo, hi))
             frame = numeric_rows(rows)
@@ -95,7 +133,7 @@ class SnapshotHistoryReader:
         frames = [f for f in frames if len(f)]
         if not frames:
             return pd.DataFrame(columns=BASE_COLUMNS)
-        return pd.concat(frames, ignore_index=True)  # columns by name: reordering them copied every value (1M: ~0.5 s a slice)
+        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
     def population_frame(self, day) -> pd.DataFrame:
         """Every snapshot customer of `day`: "axis.segment" memberships and "f:axis.feature" features (population drift)."""

@@ -70,9 +70,14 @@ def encode_blocks(columns: SnapshotColumns, rows_per_block: int) -> list[dict]:
     return blocks
 
 
+def read_block(data: bytes) -> pa.Table:
+    """A block's Arrow table as written (memberships in millionths)."""
+    return feather.read_table(pa.BufferReader(data))
+
+
 def decode_memberships(data: bytes) -> pd.DataFrame:
     """customer_id, churn_risk_score, archetype_name and "axis.segment" memberships as float64."""
-    frame = feather.read_table(pa.BufferReader(data)).to_pandas()
+    frame = read_block(data).to_pandas()
     members = [c for c in frame.columns if c not in ID_COLUMNS]
     out = frame[ID_COLUMNS].copy()
     out["customer_id"] = out["customer_id"].astype(object)
@@ -82,6 +87,6 @@ def decode_memberships(data: bytes) -> pd.DataFrame:
 
 def decode_features(data: bytes) -> pd.DataFrame:
     """customer_id and "axis.feature" columns."""
-    frame = feather.read_table(pa.BufferReader(data)).to_pandas()
+    frame = read_block(data).to_pandas()
     frame["customer_id"] = frame["customer_id"].astype(object)
     return frame

@@ -10,6 +10,7 @@ from quimbi_pipeline.drift import (
     MembershipHistory,
     anomalies_at,
     axis_entries,
+    axis_frame,
     compute_drift,
     population_drift,
     psi,
@@ -46,7 +47,8 @@ def test_axis_drift_direction_velocity_and_transitions():
         ("c", "2026-10-20", 0.4, "z", (0.1, 0.1, 0.8)),
         ("c", "2026-10-21", 0.4, "z", (0.1, 0.1, 0.8)),  # no change
     ])
-    customers, axes = window_drift(h, pd.Timestamp("2026-10-21"), 28)
+    customers, parts = window_drift(h, pd.Timestamp("2026-10-21"), 28)
+    axes = axis_frame(parts)
     assert list(customers["customer_id"]) == ["a", "c"]
     a = axes.set_index("customer_id").loc["a"]
     expected = np.linalg.norm(np.array([0.1, 0.1, 0.8]) - np.array([0.8, 0.1, 0.1])) / np.sqrt(2)
@@ -81,7 +83,8 @@ def test_degrading_frequency_and_rising_churn_recommendations():
     cols = ["purchase_frequency.rare", "purchase_frequency.very_frequent"]
     frame = pd.DataFrame({"customer_id": ["a", "a"], "snapshot_date": pd.to_datetime(["2026-10-01", "2026-10-20"]),
                           "churn_risk_score": [0.5, 0.7], "archetype_name": ["x", "x"], cols[0]: [0.1, 0.9], cols[1]: [0.9, 0.1]})
-    customers, axes = window_drift(MembershipHistory.from_frame(frame, cols), pd.Timestamp("2026-10-20"), 28)
+    customers, parts = window_drift(MembershipHistory.from_frame(frame, cols), pd.Timestamp("2026-10-20"), 28)
+    axes = axis_frame(parts)
     assert axes["direction"].tolist() == ["degrading"]
     assert [r["code"] for r in json.loads(customers["recommendations"].iloc[0])] == ["win_back", "re_engage", "review_profile"]
 

@@ -106,8 +106,8 @@ class DriftStore:
     def write_drift_partition(self, store_id: str, as_of, chunks, population: pd.DataFrame) -> tuple[dict[str, int], float]:
         """Replace store S's drift rows of as_of D in one transaction.
 
-        `chunks` yields (customer_drift, customer_axis_drift, customer_drift_anomalies) frames, one per
-        slice of customers, so a store of millions is never held in memory at once. The axis rows are stored
+        `chunks` yields (customer_drift frame, customer_axis_drift row count, customer_drift_anomalies frame), one
+        per slice of customers, so a store of millions is never held in memory at once. The axis rows are stored
         in customer_drift.axes already: they are counted, not written. On PostgreSQL the
         slices are computed and serialized in a background thread while the server ingests the previous
         slice's COPY (two cores: the client's work and the server's overlap). Returns (rows written per
@@ -119,8 +119,8 @@ class DriftStore:
         columns = {t.name: [c.name for c in t.columns] for t in tables}
 
         def serialized():
-            for customers, axes, anomalies in chunks:
-                written[AXIS_DRIFT_VIEW] += len(axes)
+            for customers, n_axis_rows, anomalies in chunks:
+                written[AXIS_DRIFT_VIEW] += n_axis_rows
                 yield [(table, len(frame), self._serialize(frame.assign(store_id=store_id)[columns[table.name]]) if len(frame) else None)
                        for table, frame in zip(tables, (customers, anomalies))]
 

@@ -2,14 +2,17 @@
 
     .venv/bin/python benchmarks/api.py --build 100000 [--days 3]            # a fresh SQLite warehouse of N demo customers
     .venv/bin/python benchmarks/api.py --warehouse URL [--store store_a]    # an existing warehouse (e.g. PostgreSQL)
-        [--clients 32] [--seconds 10] [--workers 2]
+        [--clients 32] [--seconds 10] [--workers 2] [--prewarm]
 
 Starts `quimbi serve --workers W` on a free port (drift on, no keys: localhost), then for each endpoint
 (profile, drift 28d, history 28 days, and the customer page) runs C concurrent clients, first closed-loop (as
 fast as answered: the most the server gives) then at each --rates total (scheduled: the latency at that load), (one asyncio process, minimal
 keep-alive HTTP/1.1 connections) for S seconds over random customers of the store, and prints p50/p95/p99 latency and
-requests/s, and the server's CPU time. The clients share the machine with the server: on 2 cores they take
-part of it. --build generates the demo orders and runs D daily partitions with drift (profiles, snapshots,
+requests/s, and the server's CPU time; last a mix of the three API endpoints in turn (the "in total" load).
+The clients share the machine with the server: on 2 cores they take part of it. --prewarm (PostgreSQL) first
+reads the tables the endpoints read (the store's profiles, the snapshot partitions of the last 29 days and
+the newest drift partition, with their indexes) into the operating system's cache with pg_prewarm, as a
+server that has been answering for a while holds them; without it the figures are of whatever the cache holds. --build generates the demo orders and runs D daily partitions with drift (profiles, snapshots,
 drift) first. Figures, not assertions.
 """
 
@@ -38,6 +41,7 @@ ENDPOINTS = {
     "drift 28d": "/stores/{store}/customers/{customer}/drift?window=28d",
     "history 28d": "/stores/{store}/customers/{customer}/history?days=28",
 }
+MIX = "api mix"  # the three endpoints in turn
 
 
 def build(url: str, customers: int, days: int, end: str) -> None:
@@ -81,7 +85,35 @@ async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path:
     return status
 
 
-async def load(port: int, template: str, store: str, customers: list[str], clients: int, seconds: float,
+def prewarm(url: str) -> None:
+    """Read what the endpoints read into the OS cache (pg_prewarm 'read' mode: not into shared_buffers)."""
+    from quimbi_pipeline.warehouse import Warehouse
+    from quimbi_pipeline.warehouse.connection import PG_SCHEMA
+
+    wh = Warehouse(url, create=False)
+    if not wh.is_postgres:
+        raise SystemExit("--prewarm: PostgreSQL only")
+    started = time.perf_counter()
+    with wh.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+    newest = wh.read_sql(f"SELECT max(snapshot_date) AS d FROM {wh.qualified('profile_snapshots')}")["d"].iloc[0]
+    cutoff = f"{pd.Timestamp(newest) - pd.Timedelta(days=29):p%Y%m%d}"
+    relations = [r for r in wh.read_sql(
+        "SELECT c.oid::regclass::text AS name, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = :schema AND c.relkind IN ('r', 'i') AND (c.relname LIKE 'customer_profiles%' OR c.relname LIKE 'profile_snapshots_p%' "
+        "OR c.relname LIKE 'customer_drift%' OR c.relname LIKE 'snapshot_layouts%' OR c.relname LIKE 'snapshot_archetypes%') "
+        "AND c.relname NOT LIKE '%store_id_snapshot_date%'",  # the drift step's index by date, not the API's
+        {"schema": PG_SCHEMA}).itertuples()
+        if not (r.relname.startswith("profile_snapshots_p") and r.relname.split("_")[2][:9] < cutoff)]
+    blocks = 0
+    with wh.engine.begin() as conn:
+        for relation in relations:
+            blocks += conn.exec_driver_sql("SELECT pg_prewarm(%(r)s::regclass, 'read')", {"r": relation.name}).scalar()
+    wh.dispose()
+    print(f"# prewarm: {len(relations)} relations, {blocks * 8192 / 2**30:.2f} GiB read in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+async def load(port: int, template: str | list[str], store: str, customers: list[str], clients: int, seconds: float,
                rate: float = 0.0) -> tuple[np.ndarray, int]:
     """`clients` keep-alive connections. rate 0: each sends its next request when the last is answered (the
     most the server gives); rate R: together they send R requests/s on a fixed schedule, and a latency counts
@@ -103,7 +135,8 @@ async def load(port: int, template: str, store: str, customers: list[str], clien
                 if rate:
                     await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 sent = due if rate else time.perf_counter()
-                status = await _get(reader, writer, template.format(store=store, customer=rng.choice(customers)))
+                path = template if isinstance(template, str) else template[len(latencies) % len(template)]
+                status = await _get(reader, writer, path.format(store=store, customer=rng.choice(customers)))
                 latencies.append(time.perf_counter() - sent)
                 errors += status != 200
                 due = due + interval if rate else time.perf_counter()
@@ -125,6 +158,19 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def drained(pid: int, timeout_s: float = 60.0) -> None:
+    """Wait until the server has answered what an overloaded run left queued (its CPU time stops growing), so one
+    run's backlog is not the next one's latency."""
+    deadline = time.monotonic() + timeout_s
+    before = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_seconds(pid)
+        if now - before < 0.05:
+            return
+        before = now
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warehouse")
@@ -136,6 +182,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rates", type=float, nargs="*", default=[1000.0], help="total requests/s of the scheduled runs (after the closed loop)")
+    parser.add_argument("--prewarm", action="store_true", help="read the endpoints' tables into the OS cache first (PostgreSQL, pg_prewarm)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = args.warehouse
@@ -144,6 +191,8 @@ def main() -> int:
             print(f"# building {args.build:,} customers x {args.days} days into {url}", flush=True)
             build(url, args.build, args.days, args.end)
         customers = sample_customers(url, args.store, 10_000)
+        if args.prewarm:
+            prewarm(url)
         env = {**os.environ, **ENV}
         env.pop("QUIMBI_API_KEYS", None)
         with local_server(url, env=env, args=("--workers", str(args.workers)), start_timeout_s=120) as running:
@@ -151,9 +200,11 @@ def main() -> int:
             print(f"# {len(customers):,} customers sampled; {args.clients} clients, {args.seconds:.0f} s per endpoint, "
                   f"{args.workers} server workers, {os.cpu_count()} cores", flush=True)
             print(f"{'endpoint':<14}{'load':>12}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}{'server CPU s':>14}")
-            for name, template in {**ENDPOINTS, "customer page": "/ui/stores/{store}/customers/{customer}"}.items():
+            loads = {**ENDPOINTS, MIX: list(ENDPOINTS.values()), "customer page": "/ui/stores/{store}/customers/{customer}"}
+            for name, template in loads.items():
                 asyncio.run(load(port, template, args.store, customers, args.clients, 1.0))  # warm-up
                 for rate in (0.0, *args.rates):
+                    drained(server.pid)
                     cpu = cpu_seconds(server.pid)
                     latencies, errors = asyncio.run(load(port, template, args.store, customers, args.clients, args.seconds, rate))
                     p50, p95, p99 = np.percentile(latencies, [50, 95, 99]) * 1e3

@@ -114,18 +114,22 @@ def prewarm(url: str) -> None:
 
 
 async def load(port: int, template: str | list[str], store: str, customers: list[str], clients: int, seconds: float,
-               rate: float = 0.0) -> tuple[np.ndarray, int]:
+               rate: float = 0.0) -> tuple[np.ndarray, int, np.ndarray]:
     """`clients` keep-alive connections. rate 0: each sends its next request when the last is answered (the
     most the server gives); rate R: together they send R requests/s on a fixed schedule, and a latency counts
     from the scheduled time, so a server falling behind shows in it. A minimal HTTP/1.1 client: a
-    full-featured one (httpx) cost more CPU per request than the server on 2 cores."""
+    full-featured one (httpx) cost more CPU per request than the server on 2 cores. A list of templates is sent in
+    turn; returns (latencies, errors, the template index of each latency)."""
     latencies: list[float] = []
+    kinds: list[int] = []
     errors = 0
     start = time.perf_counter()
     stop = start + seconds
 
+    sent_count = 0
+
     async def one(worker: int) -> None:
-        nonlocal errors
+        nonlocal errors, sent_count
         rng = random.Random(worker)
         interval = clients / rate if rate else 0.0
         due = start + worker * interval / clients
@@ -135,15 +139,18 @@ async def load(port: int, template: str | list[str], store: str, customers: list
                 if rate:
                     await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 sent = due if rate else time.perf_counter()
-                path = template if isinstance(template, str) else template[len(latencies) % len(template)]
+                kind = 0 if isinstance(template, str) else sent_count % len(template)
+                sent_count += 1
+                path = template if isinstance(template, str) else template[kind]
                 status = await _get(reader, writer, path.format(store=store, customer=rng.choice(customers)))
                 latencies.append(time.perf_counter() - sent)
+                kinds.append(kind)
                 errors += status != 200
                 due = due + interval if rate else time.perf_counter()
         finally:
             writer.close()
     await asyncio.gather(*(one(i) for i in range(clients)))
-    return np.array(latencies), errors
+    return np.array(latencies), errors, np.array(kinds)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -206,11 +213,14 @@ def main() -> int:
                 for rate in (0.0, *args.rates):
                     drained(server.pid)
                     cpu = cpu_seconds(server.pid)
-                    latencies, errors = asyncio.run(load(port, template, args.store, customers, args.clients, args.seconds, rate))
+                    latencies, errors, kinds = asyncio.run(load(port, template, args.store, customers, args.clients, args.seconds, rate))
                     p50, p95, p99 = np.percentile(latencies, [50, 95, 99]) * 1e3
                     label = "closed loop" if not rate else f"{rate:,.0f}/s"
                     print(f"{name:<14}{label:>12}{len(latencies):>10,}{len(latencies) / args.seconds:>9,.0f}{p50:>9.1f}{p95:>9.1f}{p99:>9.1f}"
                           f"{errors:>8}{cpu_seconds(server.pid) - cpu:>14.1f}", flush=True)
+                    if not isinstance(template, str):  # each endpoint's share of the mix
+                        print(" " * 26 + "p95 in the mix: " + ", ".join(
+                            f"{endpoint} {np.percentile(latencies[kinds == i], 95) * 1e3:.1f} ms" for i, endpoint in enumerate(ENDPOINTS)), flush=True)
     return 0
 
 

@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--warehouse", help="SQLAlchemy URL (default: QUIMBI_WAREHOUSE_URL, else the project's SQLite file)")
     serve_cmd.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 with QUIMBI_API_KEYS)")
     serve_cmd.add_argument("--port", type=int, default=8000)
-    serve_cmd.add_argument("--workers", type=int, default=1, help="server processes (default 1; the cores for throughput)")
+    serve_cmd.add_argument("--workers", type=int, default=1, help="server processes (default 1; for throughput on PostgreSQL twice the cores: a worker waits on the database between reads)")
     demo = sub.add_parser("demo", help=f"the last {DEMO_DAYS} days of the demo orders with snapshots, drift and outliers on, then what was found")
     demo.add_argument("--days", type=int, default=DEMO_DAYS)
     demo.add_argument("--warehouse", help="SQLAlchemy URL (default: the project's SQLite file)")

@@ -54,10 +54,9 @@ def rescored_memberships(frame: pd.DataFrame, models: dict[str, AxisModel]) -> t
     return [names[i] for i in order], matrix
 
 
-def rescore(frame: pd.DataFrame, models: dict[str, AxisModel]) -> pd.DataFrame:
-    """`frame` with its "axis.segment" memberships replaced by those of `models` (rescored_memberships)."""
+def with_memberships(frame: pd.DataFrame, names: list[str], matrix: np.ndarray) -> pd.DataFrame:
+    """`frame` with its "axis.segment" membership columns replaced by `names` holding `matrix` (rescored_memberships)."""
     membership_columns = [c for c in frame.columns if ":" not in c and "." in c]
-    names, matrix = rescored_memberships(frame, models)
     return pd.concat([frame.drop(columns=membership_columns), pd.DataFrame(matrix, columns=names, index=frame.index)], axis=1)
 
 

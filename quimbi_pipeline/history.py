@@ -82,7 +82,7 @@ class SnapshotHistoryReader:
         calendar_days = set(self.sources.loc[self.sources["snapshot_type"] != "profile_change", "snapshot_date"])
         self.blocks = {day: group.reset_index(drop=True) for day, group in index.groupby("snapshot_date") if day in calendar_days}
         self.row_sources = self.sources[~self.sources["snapshot_date"].isin(list(self.blocks))]
-        self._held: dict[pd.Timestamp, tuple[int, pa.Table]] = {}  # date -> (block, decoded frame)
+        self._held: dict[pd.Timestamp, tuple[int, pa.Table]] = {}  # date -> (block, its table)
 
     def slice_bounds(self, day, every_customers: int) -> list[str] | None:
         """Customer ids cutting the customers of `day` into slices of whole blocks of about every_customers;

@@ -15,7 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from quimbi_pipeline import drift
-from quimbi_pipeline.drift_evidence import rescore, rescored_memberships
+from quimbi_pipeline.drift_evidence import rescored_memberships, with_memberships
 from quimbi_pipeline.history import BASE_COLUMNS, SnapshotHistoryReader
 from quimbi_pipeline.memberships import (
     membership_shift,
@@ -338,15 +338,22 @@ def models_in_force(warehouse: Warehouse, store: str, as_of: pd.Timestamp, setti
     return {r["axis"]: AxisModel.from_record(r) for r in warehouse.segment_model_records(store, version)}
 
 
-def _scored_with(models: dict[str, AxisModel], frame: pd.DataFrame, store: str) -> pd.DataFrame:
-    """The history scored with D's models (drift_evidence.rescore), or as stored when its features cannot be."""
+def _scored_memberships(models: dict[str, AxisModel], frame: pd.DataFrame, store: str) -> tuple[list[str], np.ndarray] | None:
+    """drift_evidence.rescored_memberships of the frame with D's models; None (the memberships as stored) when no
+    model is stored or the frame's features cannot be scored."""
     if not models:
-        return frame
+        return None
     try:
-        return rescore(frame, models)
+        return rescored_memberships(frame, models)
     except ValueError as exc:
         log.warning("store %s: drift uses the memberships as stored: %s", store, exc)
-        return frame
+        return None
+
+
+def _scored_with(models: dict[str, AxisModel], frame: pd.DataFrame, store: str) -> pd.DataFrame:
+    """The frame with its memberships scored with D's models (_scored_memberships), or as stored."""
+    scored = _scored_memberships(models, frame, store)
+    return frame if scored is None else with_memberships(frame, *scored)
 
 
 def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings | StoreSettings, stores: list[str] | None = None,
@@ -403,12 +410,7 @@ def _drift_reader(warehouse: Warehouse, store: str, as_of: pd.Timestamp, setting
 def _drift_history(reader, models, store: str, settings: PipelineSettings, lo, hi) -> drift.MembershipHistory:
     """The snapshot history of the customers with lo <= id < hi (None: unbounded), scored with D's models."""
     frame = reader.history(lo, hi, with_features=bool(models))
-    scored = None
-    if models:
-        try:  # the memberships as a matrix: a frame of them was copied three times on its way (1M: ~6 s)
-            scored = rescored_memberships(frame, models)
-        except ValueError as exc:
-            log.warning("store %s: drift uses the memberships as stored: %s", store, exc)
+    scored = _scored_memberships(models, frame, store)  # a matrix: a frame of them was copied three times on its way (1M: ~6 s)
     if settings.share("enable_drift_analysis") < 1.0:  # a rollout: drift for its share of customers only
         keep = np.asarray(in_rollout(frame["customer_id"], "enable_drift_analysis", settings.share("enable_drift_analysis")), dtype=bool)
         frame = frame[keep]

@@ -94,8 +94,6 @@ def prewarm(url: str) -> None:
     if not wh.is_postgres:
         raise SystemExit("--prewarm: PostgreSQL only")
     started = time.perf_counter()
-    with wh.engine.begin() as conn:
-        conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
     newest = wh.read_sql(f"SELECT max(snapshot_date) AS d FROM {wh.qualified('profile_snapshots')}")["d"].iloc[0]
     cutoff = f"{pd.Timestamp(newest) - pd.Timedelta(days=29):p%Y%m%d}"
     relations = [r for r in wh.read_sql(
@@ -107,6 +105,7 @@ def prewarm(url: str) -> None:
         if not (r.relname.startswith("profile_snapshots_p") and r.relname.split("_")[2][:9] < cutoff)]
     blocks = 0
     with wh.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
         for relation in relations:
             blocks += conn.exec_driver_sql("SELECT pg_prewarm(%(r)s::regclass, 'read')", {"r": relation.name}).scalar()
     wh.dispose()
@@ -120,6 +119,7 @@ async def load(port: int, template: str | list[str], store: str, customers: list
     from the scheduled time, so a server falling behind shows in it. A minimal HTTP/1.1 client: a
     full-featured one (httpx) cost more CPU per request than the server on 2 cores. A list of templates is sent in
     turn; returns (latencies, errors, the template index of each latency)."""
+    templates = [template] if isinstance(template, str) else template
     latencies: list[float] = []
     kinds: list[int] = []
     errors = 0
@@ -139,10 +139,9 @@ async def load(port: int, template: str | list[str], store: str, customers: list
                 if rate:
                     await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 sent = due if rate else time.perf_counter()
-                kind = 0 if isinstance(template, str) else sent_count % len(template)
+                kind = sent_count % len(templates)
                 sent_count += 1
-                path = template if isinstance(template, str) else template[kind]
-                status = await _get(reader, writer, path.format(store=store, customer=rng.choice(customers)))
+                status = await _get(reader, writer, templates[kind].format(store=store, customer=rng.choice(customers)))
                 latencies.append(time.perf_counter() - sent)
                 kinds.append(kind)
                 errors += status != 200

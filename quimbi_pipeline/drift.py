@@ -97,7 +97,7 @@ class MembershipHistory:
         return cls(
             customer_id=ids[order], day=all_days[order],
             churn=frame["churn_risk_score"].to_numpy("float64")[order], archetype=_text_array(frame["archetype_name"])[order],
-            # Taken by pandas, the matrix comes out column-major, as the per-axis column slices below want it (~10% faster).
+            # Column-major (_rows_of), as the per-axis column slices below want it (~10% faster).
             memberships=_rows_of(frame[membership_columns] if memberships is None else memberships, order), columns=list(membership_columns),
             evidence={a: {k: v[order] for k, v in e.items()} for a, e in evidence_arrays(frame).items()},
         )
@@ -352,10 +352,11 @@ def evidence_items(h: MembershipHistory, rows: np.ndarray) -> dict[str, np.ndarr
     """{axis: '"evidence": {...}' JSON text per row} of the change held at those rows ('' without one)."""
     out = {}
     for axis, e in h.evidence.items():
-        held = rows[np.isfinite(e["since"][rows])]  # text for the few rows holding a change only
+        holds = np.isfinite(e["since"][rows])  # text for the few rows holding a change only
+        held = rows[holds]
         feature, b, a, date = describe(axis, e["since"][held], e["before"][held], e["after"][held])
         text = np.full(rows.size, "", dtype=object)
-        text[np.isfinite(e["since"][rows])] = ('"evidence": {"axis": "' + axis + '", "feature": "' + feature.astype(object) + '", "before": '
+        text[holds] = ('"evidence": {"axis": "' + axis + '", "feature": "' + feature.astype(object) + '", "before": '
                                                + _number_text(b) + ', "after": ' + _number_text(a) + ', "since": "' + date + '"}')
         out[axis] = text
     return out

@@ -12,13 +12,7 @@ import pyarrow.compute as pc
 
 from quimbi_pipeline.features import CHANGE_PREFIX, FEATURE_PREFIX
 from quimbi_pipeline.memberships import parse_memberships
-from quimbi_pipeline.snapshot_blocks import (
-    ID_COLUMNS,
-    MICRO,
-    decode_features,
-    decode_memberships,
-    read_block,
-)
+from quimbi_pipeline.snapshot_blocks import decode_tables, join_block_tables, read_block
 from quimbi_pipeline.warehouse import Warehouse
 
 BASE_COLUMNS = ["customer_id", "snapshot_date", "churn_risk_score", "archetype_name"]
@@ -36,37 +30,6 @@ def _id_slice(table: pa.Table, lo: str | None, hi: str | None) -> pa.Table:
     start = 0 if lo is None else pc.sum(pc.less(ids, lo)).as_py() or 0
     stop = table.num_rows if hi is None else pc.sum(pc.less(ids, hi)).as_py() or 0
     return table.slice(start, stop - start)
-
-
-def _side_by_side(members: pa.Table, features: pa.Table | None) -> pa.Table:
-    """A block's memberships and, for the same customers in the same order, its "f:"-prefixed features."""
-    if features is None:
-        return members
-    features = features.drop_columns(["customer_id"])
-    return pa.Table.from_arrays(members.columns + features.columns,
-                                names=members.column_names + [FEATURE_PREFIX + n for n in features.column_names])
-
-
-def _numeric_frame(tables: list[pa.Table], days: list[pd.Timestamp]) -> pd.DataFrame:
-    """The dates' block tables as one frame (BASE_COLUMNS, memberships as float64, features): each value is
-    copied once, where concatenating pandas frames per block and per date copied it four times (1M: ~1 s a slice).
-    Dates scored with other segments lack some columns: NaN there, as a concat by name gives."""
-    table = pa.concat_tables(tables, promote_options="permissive")
-    members = [n for n in table.column_names if n not in ID_COLUMNS and not n.startswith(FEATURE_PREFIX)]
-    features = [n for n in table.column_names if n.startswith(FEATURE_PREFIX)]
-    # One column-major float64 block; memberships from millionths to the doubles the JSON parses to (snapshot_blocks.py).
-    values = np.empty((table.num_rows, len(members) + len(features)), dtype="float64", order="F")
-    for j, name in enumerate(members + features):
-        column = table[name]
-        values[:, j] = (pc.fill_null(column.cast(pa.float64()), np.nan) if column.null_count else column).to_numpy()
-    values[:, :len(members)] /= MICRO
-    frame = pd.DataFrame(values, columns=members + features, copy=False)
-    base = {"customer_id": pd.Series(table["customer_id"].to_numpy(), dtype=object),
-            "snapshot_date": np.repeat(pd.Series(days).to_numpy(), [t.num_rows for t in tables]),
-            "churn_risk_score": table["churn_risk_score"].to_numpy(), "archetype_name": table["archetype_name"].to_pandas()}
-    for position, (name, column) in enumerate(base.items()):
-        frame.insert(position, name, column)
-    return frame
 
 
 class SnapshotHistoryReader:
@@ -109,7 +72,7 @@ class SnapshotHistoryReader:
             data = self.warehouse.snapshot_block_data(self.store_id, day, missing, "memberships")
             features = self.warehouse.snapshot_block_data(self.store_id, day, missing, "features") if with_features else {}
             for b in missing:
-                tables[b] = _side_by_side(read_block(data[b]), read_block(features[b]) if with_features else None)
+                tables[b] = join_block_tables(read_block(data[b]), read_block(features[b]) if with_features else None)
         if held_block in wanted:
             tables[held_block] = held
         if wanted:
@@ -123,7 +86,7 @@ class SnapshotHistoryReader:
         with_features also "f:axis.feature" features and "f:change:axis.field" change evidence (blocks only)."""
         found = {day: self._block_table(day, lo, hi, with_features) for day in self.blocks}
         found = {day: t for day, t in found.items() if t is not None and t.num_rows}
-        frames = [_numeric_frame(list(found.values()), list(found))] if found else []
+        frames = [decode_tables(list(found.values()), list(found))] if found else []
         if not self.row_sources.empty:
             rows = self.warehouse.snapshot_rows(self.store_id, self.row_sources, with_features=with_features, customer_range=(lo, hi))
             frame = numeric_rows(rows)
@@ -139,13 +102,8 @@ class SnapshotHistoryReader:
         """Every snapshot customer of `day`: "axis.segment" memberships and "f:axis.feature" features (population drift)."""
         day = pd.Timestamp(day)
         if day in self.blocks:
-            numbers = self.blocks[day]["block"].tolist()
-            members = self.warehouse.snapshot_block_data(self.store_id, day, numbers, "memberships")
-            features = self.warehouse.snapshot_block_data(self.store_id, day, numbers, "features")
-            m = pd.concat([decode_memberships(members[b]) for b in numbers], ignore_index=True)
-            f = pd.concat([decode_features(features[b]) for b in numbers], ignore_index=True)
-            f = f[[c for c in f.columns if c != "customer_id" and not c.startswith(CHANGE_PREFIX)]]
-            return pd.concat([m.drop(columns=ID_COLUMNS), f.add_prefix(FEATURE_PREFIX)], axis=1)
+            frame = decode_tables([self._block_table(day, None, None, with_features=True)], [day])
+            return frame[[c for c in frame.columns if c not in BASE_COLUMNS and not c.startswith(FEATURE_PREFIX + CHANGE_PREFIX)]]
         sources = self.sources[self.sources["snapshot_date"] == day]
         rows = self.warehouse.snapshot_rows(self.store_id, sources, with_features=True).reset_index(drop=True)
         return pd.concat([parse_memberships(rows["fuzzy_memberships"]), parse_memberships(rows["behavioral_features"]).add_prefix("f:")], axis=1)

@@ -412,7 +412,7 @@ def _drift_history(reader, models, store: str, settings: PipelineSettings, lo, h
     frame = reader.history(lo, hi, with_features=bool(models))
     scored = _scored_memberships(models, frame, store)  # a matrix: a frame of them was copied three times on its way (1M: ~6 s)
     if settings.share("enable_drift_analysis") < 1.0:  # a rollout: drift for its share of customers only
-        keep = np.asarray(in_rollout(frame["customer_id"], "enable_drift_analysis", settings.share("enable_drift_analysis")), dtype=bool)
+        keep = in_rollout(frame["customer_id"], "enable_drift_analysis", settings.share("enable_drift_analysis"))
         frame = frame[keep]
         scored = None if scored is None else (scored[0], scored[1][keep])
     return history_from_snapshots(frame, scored)

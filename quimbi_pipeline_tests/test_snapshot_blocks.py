@@ -11,7 +11,12 @@ from quimbi_pipeline.orders import validate_orders
 from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition
 from quimbi_pipeline.profiles import json_number, json_object
 from quimbi_pipeline.settings import PipelineSettings
-from quimbi_pipeline.snapshot_blocks import SnapshotColumns, decode_memberships, encode_blocks
+from quimbi_pipeline.snapshot_blocks import (
+    SnapshotColumns,
+    decode_tables,
+    encode_blocks,
+    read_block,
+)
 from quimbi_pipeline.snapshots import RetentionPolicy
 from quimbi_pipeline.warehouse import Warehouse
 
@@ -29,7 +34,7 @@ def test_blocks_hold_exactly_the_numbers_the_json_parses_to():
                               pd.DataFrame({"value.x": rng.random(1000)}, index=ids))
     blocks = encode_blocks(columns, 300)
     assert [b["n_customers"] for b in blocks] == [300, 300, 300, 100]
-    decoded = pd.concat([decode_memberships(b["memberships"]) for b in blocks], ignore_index=True)
+    decoded = decode_tables([read_block(b["memberships"]) for b in blocks], [DAY] * len(blocks))
     assert decoded["customer_id"].tolist() == sorted(ids)  # sorted by id across blocks
     text = json_object([("value", json_object([(f"s{j}", json_number(u[:, j])) for j in range(4)]))])
     parsed = parse_memberships(text).set_axis(ids).loc[decoded["customer_id"]]

@@ -86,7 +86,9 @@ async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path:
 
 
 def prewarm(url: str) -> None:
-    """Read what the endpoints read into the OS cache (pg_prewarm 'read' mode: not into shared_buffers)."""
+    """Read what the endpoints read into PostgreSQL's shared_buffers when they fit there (pg_prewarm 'buffer'
+    mode), else into the OS cache ('read' mode). Shared buffers are the server's own memory: a kernel that pages
+    out idle page cache (this VM's DAMON scheme) cannot evict them without swap; the OS cache it can."""
     from quimbi_pipeline.warehouse import Warehouse
     from quimbi_pipeline.warehouse.connection import PG_SCHEMA
 
@@ -106,10 +108,15 @@ def prewarm(url: str) -> None:
     blocks = 0
     with wh.engine.begin() as conn:
         conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        shared = conn.exec_driver_sql("SELECT setting::bigint * 8192 FROM pg_settings WHERE name = 'shared_buffers'").scalar()
+        size = sum(conn.exec_driver_sql("SELECT pg_relation_size(%(r)s::regclass)", {"r": r.name}).scalar() for r in relations)
+        mode = "buffer" if size < 0.9 * shared else "read"
         for relation in relations:
-            blocks += conn.exec_driver_sql("SELECT pg_prewarm(%(r)s::regclass, 'read')", {"r": relation.name}).scalar()
+            blocks += conn.exec_driver_sql("SELECT pg_prewarm(%(r)s::regclass, %(m)s)", {"r": relation.name, "m": mode}).scalar()
     wh.dispose()
-    print(f"# prewarm: {len(relations)} relations, {blocks * 8192 / 2**30:.2f} GiB read in {time.perf_counter() - started:.0f} s", flush=True)
+    where = "shared_buffers" if mode == "buffer" else "the OS cache (they do not fit in shared_buffers)"
+    print(f"# prewarm: {len(relations)} relations, {blocks * 8192 / 2**30:.2f} GiB read into {where} in {time.perf_counter() - started:.0f} s; "
+          f"shared_buffers {shared / 2**30:.1f} GiB", flush=True)
 
 
 async def load(port: int, template: str | list[str], store: str, customers: list[str], clients: int, seconds: float,
@@ -188,7 +195,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rates", type=float, nargs="*", default=[1000.0], help="total requests/s of the scheduled runs (after the closed loop)")
-    parser.add_argument("--prewarm", action="store_true", help="read the endpoints' tables into the OS cache first (PostgreSQL, pg_prewarm)")
+    parser.add_argument("--prewarm", action="store_true", help="read the endpoints' tables into shared_buffers (or the OS cache) first (PostgreSQL, pg_prewarm)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = args.warehouse

@@ -127,3 +127,29 @@ def test_postgres_and_sqlite_hold_the_same_values(pg_url, sqlite_url, demo_small
     for table in tables:
         assert len(frames[0][table]) > 0, table
         pd.testing.assert_frame_equal(frames[0][table], frames[1][table], check_dtype=False, obj=table)
+
+
+def test_driver_sql_binds_names_not_casts():
+    from quimbi_pipeline.warehouse.connection import driver_sql
+
+    sql = "SELECT x::jsonb FROM t WHERE a = :a AND b LIKE 'p%' AND c = :c_2"
+    assert driver_sql(sql, postgres=True) == "SELECT x::jsonb FROM t WHERE a = %(a)s AND b LIKE 'p%%' AND c = %(c_2)s"
+    assert driver_sql(sql, postgres=False) == sql
+
+
+def test_fetch_rows_reads_through_the_driver_and_leaves_transactions_to_sqlalchemy(warehouse, built):
+    import sqlalchemy as sa
+
+    write(warehouse, built[("store_a", "2026-10-31")])
+    table = warehouse.qualified("customer_profiles")
+    some = warehouse.read_sql(f"SELECT customer_id, total_orders FROM {table} WHERE store_id = 'store_a' ORDER BY customer_id LIMIT 2")
+    rows = warehouse.fetch_rows(f"SELECT customer_id, total_orders FROM {table} WHERE store_id = :s AND customer_id IN (:a, :b) ORDER BY customer_id",
+                                {"s": "store_a", "a": some.customer_id[0], "b": some.customer_id[1]})
+    assert rows == [{"customer_id": c, "total_orders": int(n)} for c, n in zip(some.customer_id, some.total_orders)]
+    # The pooled connection goes back as SQLAlchemy expects it: a transaction it rolls back leaves nothing behind.
+    for _ in range(3):
+        warehouse.fetch_rows(f"SELECT count(*) AS n FROM {table} WHERE store_id = :s", {"s": "store_a"})
+    with warehouse.engine.connect() as conn:
+        conn.execute(sa.text(f"DELETE FROM {table} WHERE store_id = 'store_a'"))
+        conn.rollback()
+    assert warehouse.fetch_rows(f"SELECT count(*) AS n FROM {table} WHERE store_id = :s", {"s": "store_a"})[0]["n"] == len(warehouse.profiles("store_a")) > 0

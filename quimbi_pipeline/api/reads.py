@@ -11,7 +11,6 @@ import json
 from datetime import date
 
 import pandas as pd
-import sqlalchemy as sa
 
 from quimbi_pipeline.drift import DriftTables, axis_entries
 from quimbi_pipeline.pipeline import drift_on_demand
@@ -29,20 +28,20 @@ def _json(value):
 
 
 def _day(value) -> str | None:
-    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(pd.Timestamp(value).date())
-
-
-def _rows(wh: Warehouse, sql: str, params: dict) -> list[dict]:
-    with wh.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
+    """A date as YYYY-MM-DD: PostgreSQL gives dates, SQLite text (a date or a timestamp), on-demand drift Timestamps."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value[:10]
+    return None if pd.isna(value) else value.isoformat()[:10]
 
 
 def stores(wh: Warehouse) -> list[str]:
-    return [r["store_id"] for r in _rows(wh, f"SELECT DISTINCT store_id FROM {wh.qualified('customer_profiles')} ORDER BY store_id", {})]
+    return [r["store_id"] for r in wh.fetch_rows(f"SELECT DISTINCT store_id FROM {wh.qualified('customer_profiles')} ORDER BY store_id", {})]
 
 
 def profile(wh: Warehouse, store: str, customer: str) -> dict | None:
-    rows = _rows(wh, f"SELECT * FROM {wh.qualified('customer_profiles')} WHERE store_id = :s AND customer_id = :c", {"s": store, "c": customer})
+    rows = wh.fetch_rows(f"SELECT * FROM {wh.qualified('customer_profiles')} WHERE store_id = :s AND customer_id = :c", {"s": store, "c": customer})
     if not rows:
         return None
     r = rows[0]
@@ -89,7 +88,7 @@ def drift(wh: Warehouse, settings: StoreSettings, store: str, customer: str, win
     window up to that date. None when there is no drift for the customer (fewer than 2 snapshots)."""
     days = WINDOWS[window]
     params = {"s": store, "c": customer, "w": days}
-    current = _rows(wh, f"SELECT * FROM {wh.qualified('customer_drift')} WHERE store_id = :s AND customer_id = :c AND window_days = :w "
+    current = wh.fetch_rows(f"SELECT * FROM {wh.qualified('customer_drift')} WHERE store_id = :s AND customer_id = :c AND window_days = :w "
                         "ORDER BY as_of_date DESC LIMIT 1", params)
     if current and (as_of is None or pd.Timestamp(current[0]["as_of_date"]).date() == as_of):
         row, computed = current[0], False
@@ -107,7 +106,7 @@ def drift(wh: Warehouse, settings: StoreSettings, store: str, customer: str, win
         return None
     axes = axis_entries(row["axes"])  # in the row: no statement over the view
     day = pd.Timestamp(params["d"])
-    anomalies = _rows(wh, f"SELECT * FROM {wh.qualified('customer_drift_anomalies')} WHERE store_id = :s AND customer_id = :c "
+    anomalies = wh.fetch_rows(f"SELECT * FROM {wh.qualified('customer_drift_anomalies')} WHERE store_id = :s AND customer_id = :c "
                           "AND as_of_date > :start AND as_of_date <= :d ORDER BY as_of_date, anomaly_type, axis",
                       {"s": store, "c": customer, "d": day.date(), "start": (day - pd.Timedelta(days=days)).date()})
     return _drift_response(window, row, axes, anomalies, str(day.date()), computed)
@@ -134,11 +133,11 @@ def history(wh: Warehouse, store: str, customer: str, days: int, snapshot_type: 
 def population(wh: Warehouse, store: str, days: int) -> list[dict]:
     """The store's population drift and segment shares per axis over the `days` days up to its newest date."""
     table = wh.qualified("population_drift")
-    newest = _rows(wh, f"SELECT max(as_of_date) AS d FROM {table} WHERE store_id = :s", {"s": store})[0]["d"]
+    newest = wh.fetch_rows(f"SELECT max(as_of_date) AS d FROM {table} WHERE store_id = :s", {"s": store})[0]["d"]
     if newest is None:
         return []
     start = (pd.Timestamp(newest) - pd.Timedelta(days=days)).date()
-    rows = _rows(wh, f"SELECT * FROM {table} WHERE store_id = :s AND as_of_date > :start ORDER BY as_of_date, axis", {"s": store, "start": start})
+    rows = wh.fetch_rows(f"SELECT * FROM {table} WHERE store_id = :s AND as_of_date > :start ORDER BY as_of_date, axis", {"s": store, "start": start})
     return [{"as_of_date": _day(r["as_of_date"]), "axis": r["axis"], "reference_date": _day(r["reference_date"]),
              "segment_share_shift": float(r["segment_share_shift"]), "feature_psi": None if r["feature_psi"] is None else float(r["feature_psi"]),
              "segment_shares": _json(r["segment_shares"]), "n_current": int(r["n_current"])} for r in rows]
@@ -146,24 +145,24 @@ def population(wh: Warehouse, store: str, days: int) -> list[dict]:
 
 def outlier_rates(wh: Warehouse, store: str) -> list[dict]:
     """Share of the store's flagged customers per date and method (outlier_rates, as retained)."""
-    rows = _rows(wh, f"SELECT flag_date, method, customers, flagged FROM {wh.qualified('outlier_rates')} "
+    rows = wh.fetch_rows(f"SELECT flag_date, method, customers, flagged FROM {wh.qualified('outlier_rates')} "
                      "WHERE store_id = :s ORDER BY flag_date, method", {"s": store})
     return [{"date": _day(r["flag_date"]), "method": r["method"], "rate": int(r["flagged"]) / max(int(r["customers"]), 1)} for r in rows]
 
 
 def newest_drift_date(wh: Warehouse, store: str) -> str | None:
-    return _day(_rows(wh, f"SELECT max(as_of_date) AS d FROM {wh.qualified('customer_drift')} WHERE store_id = :s", {"s": store})[0]["d"])
+    return _day(wh.fetch_rows(f"SELECT max(as_of_date) AS d FROM {wh.qualified('customer_drift')} WHERE store_id = :s", {"s": store})[0]["d"])
 
 
 def anomalies_of(wh: Warehouse, store: str, day: str) -> list[dict]:
-    rows = _rows(wh, f"SELECT customer_id, anomaly_type, axis, severity, description FROM {wh.qualified('customer_drift_anomalies')} "
+    rows = wh.fetch_rows(f"SELECT customer_id, anomaly_type, axis, severity, description FROM {wh.qualified('customer_drift_anomalies')} "
                      "WHERE store_id = :s AND as_of_date = :d ORDER BY severity DESC, customer_id LIMIT 100",
                  {"s": store, "d": pd.Timestamp(day).date()})
     return [{**r, "severity": float(r["severity"])} for r in rows]
 
 
 def most_drifted(wh: Warehouse, store: str, window: str = "28d", limit: int = 20) -> list[dict]:
-    rows = _rows(wh, f"SELECT customer_id, as_of_date, overall_drift, churn_risk_trend FROM {wh.qualified('customer_drift')} "
+    rows = wh.fetch_rows(f"SELECT customer_id, as_of_date, overall_drift, churn_risk_trend FROM {wh.qualified('customer_drift')} "
                      "WHERE store_id = :s AND window_days = :w ORDER BY as_of_date DESC, overall_drift DESC, customer_id LIMIT :n",
                  {"s": store, "w": WINDOWS[window], "n": limit})
     return [{"customer_id": r["customer_id"], "overall_drift": float(r["overall_drift"]), "churn_risk_trend": float(r["churn_risk_trend"])} for r in rows]

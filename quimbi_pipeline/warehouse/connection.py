@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import re
@@ -30,6 +31,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COPY_CHUNK_ROWS = 200_000
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+_NAMED_BIND = re.compile(r"(?<![:\w]):(\w+)")  # :name, not a ::cast
 
 metadata = sa.MetaData()
 
@@ -51,6 +53,12 @@ def data_dir() -> Path:
 
 def default_warehouse_url() -> str:
     return f"sqlite:///{data_dir() / 'quimbi.sqlite'}"
+
+@functools.lru_cache(maxsize=512)
+def driver_sql(sql: str, postgres: bool) -> str:
+    """A statement's `:name` binds in the driver's style: psycopg takes `%(name)s` (a literal % doubled), sqlite3 `:name`."""
+    return _NAMED_BIND.sub(r"%(\1)s", sql.replace("%", "%%")) if postgres else sql
+
 
 def resolve_warehouse_url(url: str | None = None) -> str:
     return url or os.environ.get("QUIMBI_WAREHOUSE_URL") or default_warehouse_url()
@@ -253,7 +261,27 @@ class Connection:
             raw.executemany(f"INSERT INTO {target} ({col_list}) VALUES ({placeholders})", _python_rows(payload))
 
     # ---- reads ----------------------------------------------------------------------------------
-    # ---- reads ----------------------------------------------------------------------------------
+    def fetch_rows(self, sql: str, params: dict) -> list[dict]:
+        """A small read's rows as dicts, through the driver's cursor (`:name` binds). For the read API: SQLAlchemy's
+        execution layer cost as much CPU as the read itself (a profile row on PostgreSQL: 0.32 against 0.16 ms),
+        and a request makes one to three reads. Autocommit on PostgreSQL: a read needs no transaction, and one
+        would cost a BEGIN and a ROLLBACK round trip."""
+        raw = self.engine.raw_connection()
+        try:
+            driver = raw.driver_connection
+            if self.is_postgres:
+                driver.autocommit = True
+            try:
+                cursor = raw.cursor()
+                cursor.execute(driver_sql(sql, self.is_postgres), params)
+                names = [d[0] for d in cursor.description]
+                return [dict(zip(names, row)) for row in cursor.fetchall()]
+            finally:
+                if self.is_postgres and not driver.broken:
+                    driver.autocommit = False  # the pool's default, as SQLAlchemy's connections expect it
+        finally:
+            raw.close()  # back to the pool; a broken connection fails its reset there and is discarded
+
     def read_sql(self, sql: str, params: dict | None = None) -> pd.DataFrame:
         with self.engine.connect() as conn:
             return pd.read_sql(sa.text(sql), conn, params=params or {})

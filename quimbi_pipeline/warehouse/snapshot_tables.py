@@ -4,6 +4,8 @@ history view), their columnar copy snapshot_blocks, the write log snapshot_write
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
@@ -576,32 +578,34 @@ class SnapshotStore:
         if snapshot_type is not None and snapshot_type not in TYPE_BITS:
             return []
         type_clause = f" AND {has_type(snapshot_type)}" if snapshot_type is not None else ""
-        select = sa.text(f"SELECT snapshot_types, {', '.join(dict.fromkeys(('snapshot_date', *stored)))} FROM {source} "
-                         f"WHERE store_id = :s AND customer_id = :c AND snapshot_date BETWEEN :start AND :end{type_clause} ORDER BY snapshot_date")
+        select = (f"SELECT snapshot_types, {', '.join(dict.fromkeys(('snapshot_date', *stored)))} FROM {source} "
+                  f"WHERE store_id = :s AND customer_id = :c AND snapshot_date BETWEEN :start AND :end{type_clause} ORDER BY snapshot_date")
 
         def window(end) -> dict:
             end = pd.Timestamp(end).date()
-            return {**params, "start": (pd.Timestamp(end) - pd.Timedelta(days=days)).date(), "end": end}
+            return {**params, "start": end - timedelta(days=days), "end": end}
 
-        with self.engine.connect() as conn:
-            rows = None
-            if as_of is None and snapshot_type is None:
-                # The customer's newest snapshot is almost always dated their profile's date (a snapshot comes with
-                # the profile of its date, and customer_profiles holds the newest): one lookup by key, then the
-                # window. On PostgreSQL each statement over the date partitions costs ~2 ms of planning.
-                newest = conn.execute(sa.text(f"SELECT profile_date FROM {self.qualified('customer_profiles')} "
-                                              "WHERE store_id = :s AND customer_id = :c"), params).scalar()
-                if newest is not None:
-                    rows = conn.execute(select, window(newest)).mappings().all()
-                    if not rows or pd.Timestamp(rows[-1]["snapshot_date"]) != pd.Timestamp(newest):
-                        rows = None  # no snapshot on the profile's date: find the newest below
-            if rows is None:
+        # Through the driver's cursor (Connection.fetch_rows): the read API's path, where SQLAlchemy's execution
+        # layer cost as much CPU as the reads.
+        rows = None
+        if as_of is None and snapshot_type is None:
+            # The customer's newest snapshot is almost always dated their profile's date (a snapshot comes with
+            # the profile of its date, and customer_profiles holds the newest): one lookup by key, then the
+            # window. On PostgreSQL each statement over the date partitions costs ~2 ms of planning.
+            found = self.fetch_rows(f"SELECT profile_date FROM {self.qualified('customer_profiles')} WHERE store_id = :s AND customer_id = :c",
+                                    params)
+            if found:
+                newest = found[0]["profile_date"]
+                rows = self.fetch_rows(select, window(newest))
+                if not rows or pd.Timestamp(rows[-1]["snapshot_date"]) != pd.Timestamp(newest):
+                    rows = None  # no snapshot on the profile's date: find the newest below
+        if rows is None:
+            if as_of is None:
+                as_of = self.fetch_rows(f"SELECT max(snapshot_date) AS d FROM {source} WHERE store_id = :s AND customer_id = :c{type_clause}",
+                                        params)[0]["d"]
                 if as_of is None:
-                    as_of = conn.execute(sa.text(f"SELECT max(snapshot_date) FROM {source} WHERE store_id = :s AND customer_id = :c{type_clause}"),
-                                         params).scalar()
-                    if as_of is None:
-                        return []
-                rows = conn.execute(select, window(as_of)).mappings().all()
+                    return []
+            rows = self.fetch_rows(select, window(as_of))
         out = []
         for row in rows:
             decoded = {}

@@ -20,7 +20,15 @@ from quimbi_pipeline.snapshot_values import (
     layout_id,
     row_objects,
 )
-from quimbi_pipeline.snapshots import CALENDAR_MASK, PROFILE_CHANGE, RETAINED_TYPES, TYPE_BITS, finest_type, snapshot_types_for, type_mask
+from quimbi_pipeline.snapshots import (
+    CALENDAR_MASK,
+    PROFILE_CHANGE,
+    RETAINED_TYPES,
+    TYPE_BITS,
+    finest_type,
+    snapshot_types_for,
+    type_mask,
+)
 from quimbi_pipeline.warehouse.connection import PG_SCHEMA, metadata, staging_metadata
 from quimbi_pipeline.warehouse.drift_tables import AXIS_DRIFT_VIEW
 from quimbi_pipeline.warehouse.profile_tables import JSON_COLUMNS, customer_profiles

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/api.py --build 100000 [--days 3]            # a fresh SQLite warehouse of N demo customers
     .venv/bin/python benchmarks/api.py --warehouse URL [--store store_a]    # an existing warehouse (e.g. PostgreSQL)
-        [--clients 32] [--seconds 10] [--workers 2] [--prewarm]
+        [--clients 32] [--seconds 10] [--workers 2] [--prewarm] [--repeat N] [--only 'api mix' ...]
 
 Starts `quimbi serve --workers W` on a free port (drift on, no keys: localhost), then for each endpoint
 (profile, drift 28d, history 28 days, and the customer page) runs C concurrent clients, first closed-loop (as
@@ -195,6 +195,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rates", type=float, nargs="*", default=[1000.0], help="total requests/s of the scheduled runs (after the closed loop)")
+    parser.add_argument("--repeat", type=int, default=1, help="run each scheduled rate this many times (the spread between runs)")
+    parser.add_argument("--only", nargs="*", help="the loads to run (default all): " + ", ".join([*ENDPOINTS, MIX, "customer page"]))
     parser.add_argument("--prewarm", action="store_true", help="read the endpoints' tables into shared_buffers (or the OS cache) first (PostgreSQL, pg_prewarm)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,8 +217,10 @@ def main() -> int:
             print(f"{'endpoint':<14}{'load':>12}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}{'server CPU s':>14}")
             loads = {**ENDPOINTS, MIX: list(ENDPOINTS.values()), "customer page": "/ui/stores/{store}/customers/{customer}"}
             for name, template in loads.items():
+                if args.only and name not in args.only:
+                    continue
                 asyncio.run(load(port, template, args.store, customers, args.clients, 1.0))  # warm-up
-                for rate in (0.0, *args.rates):
+                for rate in (0.0, *[r for r in args.rates for _ in range(args.repeat)]):
                     drained(server.pid)
                     cpu = cpu_seconds(server.pid)
                     latencies, errors, kinds = asyncio.run(load(port, template, args.store, customers, args.clients, args.seconds, rate))

@@ -1,10 +1,12 @@
 """Snapshots: calendar, idempotent writes, shadow mode, retention sensor and prune job, schedule, history."""
 
 import io
+from datetime import date
 
 import dagster as dg
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from quimbi_pipeline.cli import run_dates
 from quimbi_pipeline.defs.profiles.schedules import daily_pipeline_schedule
@@ -103,6 +105,17 @@ def test_history_query_and_view(warehouse_url, monkeypatch):
     short = wh.customer_history(customer.store_id, customer.customer_id, days=2, as_of="2026-01-03")
     assert list(pd.to_datetime(short["snapshot_date"]).dt.strftime("%Y-%m-%d")) == ["2026-01-01", "2026-01-02", "2026-01-03"]
     assert wh.customer_history(customer.store_id, "nobody", days=30).empty
+
+    def dates(days: int) -> list[str]:
+        frame = wh.customer_history(customer.store_id, customer.customer_id, days=days)
+        return list(pd.to_datetime(frame["snapshot_date"]).dt.strftime("%Y-%m-%d"))
+
+    assert dates(2) == ["2026-01-04", "2026-01-05", "2026-01-06"]  # both ends of the window included
+    # Without a snapshot on their profile's date, the window ends at the customer's newest snapshot.
+    with wh.engine.begin() as conn:
+        conn.execute(sa.text(f"DELETE FROM {wh.qualified('profile_snapshots')} WHERE store_id = :s AND customer_id = :c AND snapshot_date = :d"),
+                     {"s": customer.store_id, "c": customer.customer_id, "d": date(2026, 1, 6)})
+    assert dates(2) == ["2026-01-03", "2026-01-04", "2026-01-05"]
     wh.dispose()
 
 

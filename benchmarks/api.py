@@ -11,8 +11,9 @@ keep-alive HTTP/1.1 connections) for S seconds over random customers of the stor
 requests/s, and the server's CPU time; last a mix of the three API endpoints in turn (the "in total" load).
 The clients share the machine with the server: on 2 cores they take part of it. --prewarm (PostgreSQL) first
 reads the tables the endpoints read (the store's profiles, the snapshot partitions of the last 29 days and
-the newest drift partition, with their indexes) into the operating system's cache with pg_prewarm, as a
-server that has been answering for a while holds them; without it the figures are of whatever the cache holds. --build generates the demo orders and runs D daily partitions with drift (profiles, snapshots,
+the drift state, with their indexes) with pg_prewarm, as a server that has been answering for a while holds
+them: into shared_buffers when they fit there, else into the operating system's cache; without it the figures
+are of whatever the caches hold. --build generates the demo orders and runs D daily partitions with drift (profiles, snapshots,
 drift) first. Figures, not assertions.
 """
 

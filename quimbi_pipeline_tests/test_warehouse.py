@@ -153,3 +153,26 @@ def test_fetch_rows_reads_through_the_driver_and_leaves_transactions_to_sqlalche
         conn.execute(sa.text(f"DELETE FROM {table} WHERE store_id = 'store_a'"))
         conn.rollback()
     assert warehouse.fetch_rows(f"SELECT count(*) AS n FROM {table} WHERE store_id = :s", {"s": "store_a"})[0]["n"] == len(warehouse.profiles("store_a")) > 0
+
+
+@pytest.mark.postgres
+def test_fetch_rows_recovers_from_a_server_that_dropped_its_connections(pg_url):
+    """A PostgreSQL restart closes every pooled connection: one read fails, the next ones reconnect."""
+    import sqlalchemy as sa
+
+    from quimbi_pipeline.warehouse import Warehouse
+
+    wh = Warehouse(pg_url)
+    held = [wh.engine.raw_connection() for _ in range(3)]  # three connections in the pool
+    pids = []
+    for raw in held:
+        pids.append(raw.driver_connection.info.backend_pid)
+        raw.close()
+    admin = sa.create_engine(pg_url)
+    with admin.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid = ANY(:p)"), {"p": pids}).scalar() == 3
+    admin.dispose()
+    with pytest.raises(Exception, match="terminating connection"):
+        wh.fetch_rows("SELECT 1 AS one", {})
+    assert [wh.fetch_rows("SELECT 1 AS one", {}) for _ in range(4)] == [[{"one": 1}]] * 4
+    wh.dispose()

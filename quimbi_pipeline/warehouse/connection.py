@@ -276,11 +276,19 @@ class Connection:
                 cursor.execute(driver_sql(sql, self.is_postgres), params)
                 names = [d[0] for d in cursor.description]
                 return [dict(zip(names, row)) for row in cursor.fetchall()]
+            except Exception as exc:
+                if self.is_postgres and driver.broken:
+                    # The server closed it (a restart, a terminated backend): so probably the pool's other connections
+                    # too. Drop them all, as SQLAlchemy's own execution does on a disconnect, so that one request
+                    # fails, not one per pooled connection.
+                    raw.invalidate(exc)
+                    self.engine.dispose()
+                raise
             finally:
                 if self.is_postgres and not driver.broken:
                     driver.autocommit = False  # the pool's default, as SQLAlchemy's connections expect it
         finally:
-            raw.close()  # back to the pool; a broken connection fails its reset there and is discarded
+            raw.close()  # back to the pool (an invalidated connection is closed instead)
 
     def read_sql(self, sql: str, params: dict | None = None) -> pd.DataFrame:
         with self.engine.connect() as conn:

@@ -89,7 +89,7 @@ def drift(wh: Warehouse, settings: StoreSettings, store: str, customer: str, win
     days = WINDOWS[window]
     params = {"s": store, "c": customer, "w": days}
     current = wh.fetch_rows(f"SELECT * FROM {wh.qualified('customer_drift')} WHERE store_id = :s AND customer_id = :c AND window_days = :w "
-                        "ORDER BY as_of_date DESC LIMIT 1", params)
+                            "ORDER BY as_of_date DESC LIMIT 1", params)
     if current and (as_of is None or pd.Timestamp(current[0]["as_of_date"]).date() == as_of):
         row, computed = current[0], False
         params["d"] = pd.Timestamp(row["as_of_date"]).date()
@@ -107,8 +107,8 @@ def drift(wh: Warehouse, settings: StoreSettings, store: str, customer: str, win
     axes = axis_entries(row["axes"])  # in the row: no statement over the view
     day = pd.Timestamp(params["d"])
     anomalies = wh.fetch_rows(f"SELECT * FROM {wh.qualified('customer_drift_anomalies')} WHERE store_id = :s AND customer_id = :c "
-                          "AND as_of_date > :start AND as_of_date <= :d ORDER BY as_of_date, anomaly_type, axis",
-                      {"s": store, "c": customer, "d": day.date(), "start": (day - pd.Timedelta(days=days)).date()})
+                              "AND as_of_date > :start AND as_of_date <= :d ORDER BY as_of_date, anomaly_type, axis",
+                              {"s": store, "c": customer, "d": day.date(), "start": (day - pd.Timedelta(days=days)).date()})
     return _drift_response(window, row, axes, anomalies, str(day.date()), computed)
 
 
@@ -146,7 +146,7 @@ def population(wh: Warehouse, store: str, days: int) -> list[dict]:
 def outlier_rates(wh: Warehouse, store: str) -> list[dict]:
     """Share of the store's flagged customers per date and method (outlier_rates, as retained)."""
     rows = wh.fetch_rows(f"SELECT flag_date, method, customers, flagged FROM {wh.qualified('outlier_rates')} "
-                     "WHERE store_id = :s ORDER BY flag_date, method", {"s": store})
+                         "WHERE store_id = :s ORDER BY flag_date, method", {"s": store})
     return [{"date": _day(r["flag_date"]), "method": r["method"], "rate": int(r["flagged"]) / max(int(r["customers"]), 1)} for r in rows]
 
 
@@ -156,13 +156,13 @@ def newest_drift_date(wh: Warehouse, store: str) -> str | None:
 
 def anomalies_of(wh: Warehouse, store: str, day: str) -> list[dict]:
     rows = wh.fetch_rows(f"SELECT customer_id, anomaly_type, axis, severity, description FROM {wh.qualified('customer_drift_anomalies')} "
-                     "WHERE store_id = :s AND as_of_date = :d ORDER BY severity DESC, customer_id LIMIT 100",
-                 {"s": store, "d": pd.Timestamp(day).date()})
+                         "WHERE store_id = :s AND as_of_date = :d ORDER BY severity DESC, customer_id LIMIT 100",
+                         {"s": store, "d": pd.Timestamp(day).date()})
     return [{**r, "severity": float(r["severity"])} for r in rows]
 
 
 def most_drifted(wh: Warehouse, store: str, window: str = "28d", limit: int = 20) -> list[dict]:
     rows = wh.fetch_rows(f"SELECT customer_id, as_of_date, overall_drift, churn_risk_trend FROM {wh.qualified('customer_drift')} "
-                     "WHERE store_id = :s AND window_days = :w ORDER BY as_of_date DESC, overall_drift DESC, customer_id LIMIT :n",
-                 {"s": store, "w": WINDOWS[window], "n": limit})
+                         "WHERE store_id = :s AND window_days = :w ORDER BY as_of_date DESC, overall_drift DESC, customer_id LIMIT :n",
+                         {"s": store, "w": WINDOWS[window], "n": limit})
     return [{"customer_id": r["customer_id"], "overall_drift": float(r["overall_drift"]), "churn_risk_trend": float(r["churn_risk_trend"])} for r in rows]

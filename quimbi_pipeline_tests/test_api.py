@@ -219,6 +219,16 @@ def test_quimbi_serve_starts_a_real_server_on_localhost_without_keys(sqlite_serv
     assert "localhost only" in capsys.readouterr().err
 
 
+def test_a_captured_server_keeps_answering_past_a_pipe_of_log(sqlite_served):
+    """local_server(capture=True) keeps the output in files: with a pipe read only at the end, the server blocked on
+    its request log at the 1,328th request (64 KiB)."""
+    env = {k: v for k, v in os.environ.items() if k != "QUIMBI_API_KEYS"}
+    with local_server(sqlite_served, env=env, capture=True) as server, httpx.Client(base_url=server.base, timeout=5) as http:
+        answered = sum(http.get("/health").status_code == 200 for _ in range(1_600))
+    assert answered == 1_600
+    assert server.stderr.count("GET /health 200") > 1_600 and len(server.stderr) > 65_536
+
+
 def test_bad_keys_files_are_refused_before_the_server_starts(sqlite_served, tmp_path, monkeypatch, capsys):
     served = sqlite_served
     for text, message in [("key: [store_a]\n", "at least 16 characters"), (f"{KEY_A}: store_a\n", "non-empty list"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,17 +40,23 @@ def local_server(warehouse_url: str, *, env: dict[str, str] | None = None, args:
     (LocalServer.stdout / stderr, readable after the block); otherwise discarded. Raises RuntimeError when the
     server exits or does not answer within `start_timeout_s`."""
     port = free_port()
-    sink = subprocess.PIPE if capture else subprocess.DEVNULL
-    process = subprocess.Popen([sys.executable, "-m", "quimbi_pipeline.cli", "serve", "--warehouse", warehouse_url, "--port", str(port), *args],
-                               env=env, stdout=sink, stderr=sink, text=True)
-    server = LocalServer(process, port)
-    try:
-        _wait_healthy(server, start_timeout_s)
-        yield server
-    finally:
-        process.terminate()
-        out, err = process.communicate(timeout=30)
-        server.stdout, server.stderr = out or "", err or ""
+    # Captured output goes to files, not pipes: nobody reads a pipe while the server runs, and a server logging a
+    # line per request would fill one (64 KiB) within a thousand requests and block.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        sinks = (out, err) if capture else (subprocess.DEVNULL, subprocess.DEVNULL)
+        process = subprocess.Popen([sys.executable, "-m", "quimbi_pipeline.cli", "serve", "--warehouse", warehouse_url, "--port", str(port), *args],
+                                   env=env, stdout=sinks[0], stderr=sinks[1], text=True)
+        server = LocalServer(process, port)
+        try:
+            _wait_healthy(server, start_timeout_s)
+            yield server
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+            if capture:
+                out.seek(0)
+                err.seek(0)
+                server.stdout, server.stderr = out.read(), err.read()
 
 
 def _wait_healthy(server: LocalServer, timeout_s: float) -> None:

@@ -135,7 +135,6 @@ async def load(port: int, template: str | list[str], store: str, customers: list
     errors = 0
     start = time.perf_counter()
     stop = start + seconds
-
     sent_count = 0
 
     async def one(worker: int) -> None:
@@ -182,7 +181,6 @@ def cpu_seconds(pid: int) -> float:
 def postgres_cpu_seconds() -> float:
     """CPU of this machine's PostgreSQL server processes (user postgres; 0 when there are none, e.g. SQLite)."""
     return _process_cpu(subprocess.run(["pgrep", "-u", "postgres"], capture_output=True, text=True, check=False).stdout.split())
-
 
 
 def drained(pid: int, timeout_s: float = 60.0) -> None:

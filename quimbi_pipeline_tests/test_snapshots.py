@@ -1,7 +1,6 @@
 """Snapshots: calendar, idempotent writes, shadow mode, retention sensor and prune job, schedule, history."""
 
 import io
-from datetime import date
 
 import dagster as dg
 import pandas as pd
@@ -114,7 +113,7 @@ def test_history_query_and_view(warehouse_url, monkeypatch):
     # Without a snapshot on their profile's date, the window ends at the customer's newest snapshot.
     with wh.engine.begin() as conn:
         conn.execute(sa.text(f"DELETE FROM {wh.qualified('profile_snapshots')} WHERE store_id = :s AND customer_id = :c AND snapshot_date = :d"),
-                     {"s": customer.store_id, "c": customer.customer_id, "d": date(2026, 1, 6)})
+                     {"s": customer.store_id, "c": customer.customer_id, "d": pd.Timestamp("2026-01-06").date()})
     assert dates(2) == ["2026-01-03", "2026-01-04", "2026-01-05"]
     wh.dispose()
 

@@ -7,7 +7,8 @@
 2. Drift, anomalies, recommendations on planted changes (planted.py), the real pipeline every day:
    this project's flags (ENABLE_DRIFT_ANALYSIS, which brings stable segments and change detection)
    beside the plan's flags alone (snapshots + drift over the original yearly features) and beside an
-   analyst's rules on the orders (no order for twice the usual gap; the last two orders at half the average).
+   analyst's rules on the orders (no order for twice the usual gap; the last two orders at half the average),
+   and beside the most any detector could find knowing what each change looks like (detection_bound.py).
 3. Anomalies and recommendations on real customers: CDNOW, every day of 1997-10-01 .. 1998-03-31
    (no truth: how many customers each configuration alarms).
 4. Outliers: four fakes injected into CDNOW, with and without containment.
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from quimbi_pipeline.cdnow import read_cdnow_orders  # noqa: E402
 from quimbi_pipeline.churn_evaluation import evaluate_churn  # noqa: E402
+from quimbi_pipeline.detection_bound import known_change_bound  # noqa: E402
 from quimbi_pipeline.orders import orders_as_of, validate_orders  # noqa: E402
 from quimbi_pipeline.outlier_evaluation import evaluate_containment  # noqa: E402
 from quimbi_pipeline.planted import generate_planted  # noqa: E402
@@ -90,8 +92,25 @@ def planted(customers: int, workdir: Path) -> None:
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     print("\nanalyst's rules on the orders:", json.dumps({k: round(v, 3) for k, v in analyst_baseline(data, "2026-05-01", "2026-10-31").items()}))
     print("\nthis project, per kind of change and buyer:")
+    ours = results["this project (ENABLE_DRIFT_ANALYSIS)"]
     with pd.option_context("display.width", 250, "display.max_columns", 20):
-        print(results["this project (ENABLE_DRIFT_ANALYSIS)"].by_kind.round(2).to_string())
+        print(ours.by_kind.round(2).to_string())
+    known_change(data, days[days >= pd.Timestamp("2026-05-01")], ours.changers)
+
+
+def known_change(data, days: pd.DatetimeIndex, changers: pd.DataFrame) -> None:
+    """The most a detector could find knowing what each change looks like (not when): detection_bound.py."""
+    unchanged = data.customers.loc[data.customers["change_kind"].isna(), "customer_id"]
+    bound = known_change_bound(data, days, changers.index, pd.Index(unchanged))
+    print(f"\nknown-change CUSUMs (detection_bound.py; threshold {bound.threshold:g} for precision >= 0.9): precision {bound.precision:.3f}, "
+          f"unchanged flagged {bound.unchanged_flagged:.1%}, recall within 28 days {bound.recall[28]:.3f}, within 60 days {bound.recall[60]:.3f}; "
+          f"this project {(changers['delay_days'] <= 28).mean():.3f}, {(changers['delay_days'] <= 60).mean():.3f}")
+    side = pd.DataFrame({"known_change_28d": bound.changers["delay_days"] <= 28, "ours_28d": changers["delay_days"].reindex(bound.changers.index) <= 28,
+                         "known_change_60d": bound.changers["delay_days"] <= 60, "ours_60d": changers["delay_days"].reindex(bound.changers.index) <= 60})
+    keys = bound.changers[["change_kind", "buyer_type", "cadence_days"]]
+    print("recall by kind and buyer (known-change bound beside this project):")
+    print(side.groupby([keys["change_kind"], keys["buyer_type"]]).mean().round(2).to_string())
+    print("by cadence:\n" + side.groupby(keys["cadence_days"]).mean().round(2).to_string())
 
 
 def cdnow_drift(workdir: Path) -> None:

@@ -24,6 +24,13 @@ CADENCE_P = np.array([0.35, 0.3, 0.35])
 REGULAR_SHAPE = 16.0  # Gamma shape of a regular buyer's gaps (coefficient of variation 0.25)
 VALUE_LEVELS = np.array([20.0, 60.0, 300.0])
 BASKET_EXTRA = np.array([0.2, 2.0, 8.0])  # items = 1 + Poisson(extra)
+ORDER_VALUE_NOISE = 0.25  # sd of log(order value) around the customer's level
+CATEGORY_LOYALTY = 0.9  # a category-loyal customer's orders in their favourite (the rest uniform over all)
+# What a change changes to (the kinds below): cadence in days, order value factor, discount share, basket extra.
+CADENCE_AFTER = {"frequency_drop": 90.0, "frequency_rise": 7.0}
+VALUE_FACTOR_AFTER = {"value_drop": 0.1, "value_rise": 5.0}
+DISCOUNT_SHARE_AFTER = 0.8
+BASKET_EXTRA_AFTER = 8.0
 # kind -> (axis, direction of the change on the axis' ladder)
 CHANGE_KINDS = {
     "frequency_drop": ("purchase_frequency", "degrading"),  # to one order a quarter
@@ -39,7 +46,9 @@ CHANGE_KINDS = {
 @dataclass(frozen=True)
 class PlantedData:
     orders: pd.DataFrame
-    customers: pd.DataFrame  # truth: customer_id, buyer_type, cadence_days, change_kind, change_axis, change_direction, change_ts
+    # truth: customer_id, buyer_type, cadence_days, change_kind, change_axis, change_direction, change_ts, and each
+    # customer's own parameters (gap_shape, order_value, basket_extra, discount_share, category_loyal, favorite_category)
+    customers: pd.DataFrame
 
 
 def _renewal_times(starts: np.ndarray, ends: np.ndarray, mean_gap: np.ndarray, shape: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +98,7 @@ def generate_planted(n_customers: int = 3000, seed: int = 0, start: str = "2025-
     changed = kind != ""
     change_t = np.where(changed, rng.uniform(c0, c1, n), np.inf)
 
-    cadence_after = np.select([kind == "frequency_drop", kind == "frequency_rise"], [90.0, 7.0], cadence)
+    cadence_after = np.select([kind == k for k in CADENCE_AFTER], list(CADENCE_AFTER.values()), cadence)
     c_before, t_before = _renewal_times(join, np.minimum(change_t, t_end), cadence, shape, rng)
     has_after = np.flatnonzero(changed)
     c_after, t_after = _renewal_times(change_t[has_after], np.full(has_after.size, t_end), cadence_after[has_after], shape[has_after], rng)
@@ -102,15 +111,15 @@ def generate_planted(n_customers: int = 3000, seed: int = 0, start: str = "2025-
     m = cust.size
 
     k = kind[cust]
-    order_value = value[cust] * np.where(after & (k == "value_drop"), 0.1, np.where(after & (k == "value_rise"), 5.0, 1.0))
-    gross = np.round(order_value * np.exp(rng.normal(0, 0.25, m)), 2)
-    share = np.where(after & (k == "discount_rise"), 0.8, discount_share[cust])
+    factor = np.select([after & (k == kind_) for kind_ in VALUE_FACTOR_AFTER], list(VALUE_FACTOR_AFTER.values()), 1.0)
+    gross = np.round(value[cust] * factor * np.exp(rng.normal(0, ORDER_VALUE_NOISE, m)), 2)
+    share = np.where(after & (k == "discount_rise"), DISCOUNT_SHARE_AFTER, discount_share[cust])
     discounted = rng.random(m) < share
     discount = np.round(np.where(discounted, gross * rng.uniform(0.1, 0.25, m), 0.0), 2)
-    extra = np.where(after & (k == "basket_rise"), 8.0, basket[cust])
+    extra = np.where(after & (k == "basket_rise"), BASKET_EXTRA_AFTER, basket[cust])
     items = 1 + rng.poisson(extra)
     loyal = loyal_to_category[cust] & ~(after & (k == "category_spread"))
-    category = np.where(loyal & (rng.random(m) < 0.9), favorite[cust], rng.integers(0, len(CATEGORIES), m))
+    category = np.where(loyal & (rng.random(m) < CATEGORY_LOYALTY), favorite[cust], rng.integers(0, len(CATEGORIES), m))
 
     customer_ids = id_strings("p", np.arange(n), width=6)
     secs = np.floor(ts).astype("int64")
@@ -129,5 +138,7 @@ def generate_planted(n_customers: int = 3000, seed: int = 0, start: str = "2025-
         "change_kind": np.where(changed, kind, None), "change_axis": np.where(codes >= 0, axis[np.maximum(codes, 0)], None),
         "change_direction": np.where(codes >= 0, direction[np.maximum(codes, 0)], None),
         "change_ts": pd.to_datetime(np.where(changed, change_t, np.nan), unit="s"),
+        "gap_shape": shape, "order_value": value, "basket_extra": basket, "discount_share": discount_share,
+        "category_loyal": loyal_to_category, "favorite_category": CATEGORIES[favorite],
     })
     return PlantedData(orders, customers)

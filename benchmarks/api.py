@@ -9,7 +9,7 @@ Starts `quimbi serve --workers W` on a free port (drift on, no keys: localhost),
 fast as answered: the most the server gives) then at each --rates total (scheduled: the latency at that load), (one asyncio process, minimal
 keep-alive HTTP/1.1 connections) for S seconds over random customers of the store, and prints p50/p95/p99 latency and
 requests/s, the server's CPU time, the CPU per request of the server, of PostgreSQL's processes (when it runs on
-this machine) and of the clients; then a mix of the three API endpoints in turn
+this machine) and of the clients, and the share of the cores' time the hypervisor stole; then a mix of the three API endpoints in turn
 (the "in total" load).
 The clients share the machine with the server: on 2 cores they take part of it. --prewarm (PostgreSQL) first
 reads the tables the endpoints read (the store's profiles, the snapshot partitions of the last 29 days and
@@ -183,6 +183,11 @@ def postgres_cpu_seconds() -> float:
     return _process_cpu(subprocess.run(["pgrep", "-u", "postgres"], capture_output=True, text=True, check=False).stdout.split())
 
 
+def stolen_seconds() -> float:
+    """CPU time the hypervisor gave to others while this VM wanted it (/proc/stat's steal, all cores)."""
+    return int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[8]) / os.sysconf("SC_CLK_TCK")
+
+
 def drained(pid: int, timeout_s: float = 60.0) -> None:
     """Wait until the server has answered what an overloaded run left queued (its CPU time stops growing), so one
     run's backlog is not the next one's latency."""
@@ -227,10 +232,11 @@ def main() -> int:
             print(f"# {len(customers):,} customers sampled; {args.clients} clients, {args.seconds:.0f} s per endpoint, "
                   f"{args.workers} server workers, {os.cpu_count()} cores", flush=True)
             # CPU per request (ms) of the server's workers, PostgreSQL's processes (on this machine) and the clients: a run
-            # whose latency jumps while these stay put was slowed by something else. (Not /proc/stat's busy time: at 500
-            # requests/s on this VM it showed half the CPU the processes' own counters did.)
+            # whose latency jumps while these stay put was slowed by something else, such as the hypervisor running
+            # other machines on these cores (stolen: steal time as a share of the run's cores x seconds). (Not
+            # /proc/stat's busy time: at 500 requests/s on this VM it showed half the CPU the processes' own counters did.)
             print(f"{'endpoint':<14}{'load':>12}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}"
-                  f"{'server CPU s':>14}{'CPU ms/req: server':>20}{'pg':>6}{'clients':>8}")
+                  f"{'server CPU s':>14}{'CPU ms/req: server':>20}{'pg':>6}{'clients':>8}{'stolen':>8}")
             loads = {**ENDPOINTS, MIX: list(ENDPOINTS.values()), "customer page": "/ui/stores/{store}/customers/{customer}"}
             for name, template in loads.items():
                 if args.only and name not in args.only:
@@ -238,15 +244,16 @@ def main() -> int:
                 asyncio.run(load(port, template, args.store, customers, args.clients, 1.0))  # warm-up
                 for rate in (0.0, *[r for r in args.rates for _ in range(args.repeat)]):
                     drained(server.pid)
-                    before = (cpu_seconds(server.pid), postgres_cpu_seconds(), time.process_time())
+                    before = (cpu_seconds(server.pid), postgres_cpu_seconds(), time.process_time(), stolen_seconds(), time.perf_counter())
                     latencies, errors, kinds = asyncio.run(load(port, template, args.store, customers, args.clients, args.seconds, rate))
-                    after = (cpu_seconds(server.pid), postgres_cpu_seconds(), time.process_time())
-                    server_s, pg_s, client_s = (a - b for a, b in zip(after, before))
+                    after = (cpu_seconds(server.pid), postgres_cpu_seconds(), time.process_time(), stolen_seconds(), time.perf_counter())
+                    server_s, pg_s, client_s, stolen_s, wall_s = (a - b for a, b in zip(after, before))
                     per_request = [1e3 * x / len(latencies) for x in (server_s, pg_s, client_s)]
                     p50, p95, p99 = np.percentile(latencies, [50, 95, 99]) * 1e3
                     label = "closed loop" if not rate else f"{rate:,.0f}/s"
                     print(f"{name:<14}{label:>12}{len(latencies):>10,}{len(latencies) / args.seconds:>9,.0f}{p50:>9.1f}{p95:>9.1f}{p99:>9.1f}"
-                          f"{errors:>8}{server_s:>14.1f}{per_request[0]:>20.2f}{per_request[1]:>6.2f}{per_request[2]:>8.2f}", flush=True)
+                          f"{errors:>8}{server_s:>14.1f}{per_request[0]:>20.2f}{per_request[1]:>6.2f}{per_request[2]:>8.2f}"
+                          f"{stolen_s / (wall_s * os.cpu_count()):>8.1%}", flush=True)
                     if not isinstance(template, str):  # each endpoint's share of the mix
                         print(" " * 26 + "p95 in the mix: " + ", ".join(
                             f"{endpoint} {np.percentile(latencies[kinds == i], 95) * 1e3:.1f} ms" for i, endpoint in enumerate(ENDPOINTS)), flush=True)

@@ -34,6 +34,7 @@ from quimbi_pipeline.planted import (
     ORDER_VALUE_NOISE,
     VALUE_FACTOR_AFTER,
     PlantedData,
+    eligible_kinds,
 )
 
 DAY_S = 86_400.0
@@ -59,20 +60,6 @@ def mark_llr(kind: np.ndarray, log_value: np.ndarray, value_level: np.ndarray, i
     category = np.where(in_favorite, np.log(spread / p_favorite), np.log(spread / ((1 - CATEGORY_LOYALTY) * spread)))
     return np.select([np.isin(kind, list(VALUE_FACTOR_AFTER)), kind == "basket_rise", kind == "discount_rise", kind == "category_spread"],
                      [value, basket, discount, category], 0.0)
-
-
-# Which customers a kind of change can happen to (planted.py gives a kind only where it has room).
-def _eligible(kind: str, truth: pd.DataFrame) -> np.ndarray:
-    rules = {
-        "frequency_drop": np.ones(len(truth), dtype=bool),
-        "frequency_rise": truth["cadence_days"].to_numpy() == 30.0,
-        "value_drop": truth["order_value"].to_numpy() >= 40,
-        "value_rise": truth["order_value"].to_numpy() <= 200,
-        "basket_rise": truth["basket_extra"].to_numpy() <= 1.0,
-        "discount_rise": truth["discount_share"].to_numpy() <= 0.5,
-        "category_spread": truth["category_loyal"].to_numpy(bool),
-    }
-    return rules[kind]
 
 
 @dataclass
@@ -114,8 +101,9 @@ def known_change_alarms(data: PlantedData, days: pd.DatetimeIndex, thresholds: n
     gross = o["order_total"].to_numpy(float) + o["discount_total"].to_numpy(float)
     n, n_days = len(truth), len(days)
     out = {}
+    room = eligible_kinds(truth["cadence_days"], truth["order_value"], truth["basket_extra"], truth["discount_share"], truth["category_loyal"])
     for kind in ("frequency_drop", "frequency_rise", *MARK_KINDS):
-        eligible = _eligible(kind, truth)
+        eligible = room[kind]
         if kind in CADENCE_AFTER:
             k, s0, s1 = shape[code], cadence[code] / shape[code], CADENCE_AFTER[kind] / shape[code]
             x = np.where(first, 0.0, stats.gamma.logpdf(np.maximum(np.nan_to_num(gap), 1e-9), k, scale=s1)

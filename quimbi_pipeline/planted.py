@@ -46,7 +46,7 @@ CHANGE_KINDS = {
 @dataclass(frozen=True)
 class PlantedData:
     orders: pd.DataFrame
-    # truth: customer_id, buyer_type, cadence_days, change_kind, change_axis, change_direction, change_ts, and each
+    # customers, the truth: customer_id, buyer_type, cadence_days, change_kind, change_axis, change_direction, change_ts, and each
     # customer's own parameters (gap_shape, order_value, basket_extra, discount_share, category_loyal, favorite_category)
     customers: pd.DataFrame
 
@@ -69,6 +69,22 @@ def _renewal_times(starts: np.ndarray, ends: np.ndarray, mean_gap: np.ndarray, s
     return cust[keep], times[keep]
 
 
+def eligible_kinds(cadence_days, order_value, basket_extra, discount_share, category_loyal) -> dict[str, np.ndarray]:
+    """Per kind of change, which customers it can happen to (arrays of the customers' parameters in, masks out):
+    the rise of frequency applies to monthly buyers, a basket rise to small baskets, a discount rise to full-price
+    buyers, a category spread to loyal ones. generate_planted assigns kinds by it; detection_bound scores by it."""
+    cadence_days, order_value = np.asarray(cadence_days, float), np.asarray(order_value, float)
+    return {
+        "frequency_drop": np.ones(cadence_days.size, dtype=bool),
+        "frequency_rise": cadence_days == 30.0,
+        "value_drop": order_value >= 40,
+        "value_rise": order_value <= 200,
+        "basket_rise": np.asarray(basket_extra, float) <= 1.0,
+        "discount_rise": np.asarray(discount_share, float) <= 0.5,
+        "category_spread": np.asarray(category_loyal, bool),
+    }
+
+
 def generate_planted(n_customers: int = 3000, seed: int = 0, start: str = "2025-06-01", end: str = "2026-10-31",
                      changes_from: str = "2026-03-01", change_share: float = 0.25, store_id: str = "planted") -> PlantedData:
     """Changes fall uniformly in [changes_from, end - 60 days], so every change has 60 days after it."""
@@ -88,13 +104,13 @@ def generate_planted(n_customers: int = 3000, seed: int = 0, start: str = "2025-
 
     kinds = np.array(list(CHANGE_KINDS))
     kind = np.where(rng.random(n) < change_share, kinds[rng.integers(0, len(kinds), n)], "")
-    # A kind needs room to change: the rise of frequency applies to monthly buyers, a basket rise to small baskets, ...
-    kind = np.where((kind == "frequency_rise") & (cadence != 30.0), "frequency_drop", kind)
-    kind = np.where((kind == "value_drop") & (value < 40), "value_rise", kind)
-    kind = np.where((kind == "value_rise") & (value > 200), "value_drop", kind)
-    kind = np.where((kind == "basket_rise") & (basket > 1.0), "", kind)
-    kind = np.where((kind == "discount_rise") & (discount_share > 0.5), "", kind)
-    kind = np.where((kind == "category_spread") & ~loyal_to_category, "", kind)
+    # A kind needs room to change: a frequency rise that has none becomes a drop, a value change the other one.
+    room = eligible_kinds(cadence, value, basket, discount_share, loyal_to_category)
+    kind = np.where((kind == "frequency_rise") & ~room["frequency_rise"], "frequency_drop", kind)
+    kind = np.where((kind == "value_drop") & ~room["value_drop"], "value_rise", kind)
+    kind = np.where((kind == "value_rise") & ~room["value_rise"], "value_drop", kind)
+    for without_room in ("basket_rise", "discount_rise", "category_spread"):
+        kind = np.where((kind == without_room) & ~room[without_room], "", kind)
     changed = kind != ""
     change_t = np.where(changed, rng.uniform(c0, c1, n), np.inf)
 

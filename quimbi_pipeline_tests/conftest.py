@@ -79,6 +79,17 @@ def pytest_configure(config):
     signal.signal(signal.SIGTERM, terminate)
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
+def pytest_collection_modifyitems(config, items):
+    # A heavy scenario (a month of dates, a pool of stores) runs on PostgreSQL, the production path, in the default
+    # suite, and on SQLite too in the full one (make test-all, CI): each backend's own code is covered by the
+    # lighter tests of both, and the default suite stays within 10 minutes on 2 cores.
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if item.get_closest_marker("heavy") and callspec is not None and callspec.params.get("warehouse_url") == "sqlite":
+            item.add_marker(pytest.mark.slow)
+
+
 class ThrowawayPostgres:
     def __init__(self):
         self.dir = None
@@ -134,14 +145,36 @@ def postgres_url():
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
         engine.dispose()
+        url = _worker_database(url)
     except sa.exc.OperationalError as exc:
         message = f"PostgreSQL at QUIMBI_TEST_POSTGRES_URL is not reachable: {exc}"
         if REQUIRE_PG:
             pytest.fail(message)
         pytest.skip(message)
+    except sa.exc.ProgrammingError as exc:
+        pytest.fail(f"a parallel test run (pytest -n) needs a database per worker, and creating one failed: {exc.orig}")
     yield url
     if server:
         server.stop()
+
+
+def _worker_database(url: str) -> str:
+    """Under `pytest -n N` (pytest-xdist, as `make test` runs) each worker gets a database of its own beside the given
+    one (quimbi_ci -> quimbi_ci_gw0, created when missing): the warehouse's schema is fixed, and two workers resetting
+    it in one database would wipe each other's tables. Without xdist, the URL as given."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return url
+    base = sa.engine.make_url(url)
+    name = f"{base.database or 'postgres'}_{worker}"
+    engine = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            if not conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))  # name: the given database's and gwN, not user input
+    finally:
+        engine.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
 
 
 def _reset_pg(url: str) -> None:

@@ -40,6 +40,7 @@ def test_readme_has_the_three_queries():
     assert set(readme_queries()) == {"degraded_frequency", "archetype_journey", "anomalies_today"}
 
 
+@pytest.mark.heavy
 def test_readme_queries_on_a_month_of_drift(warehouse_url, demo):
     settings = PipelineSettings(enable_temporal_snapshots=True, enable_drift_analysis=True, enable_stable_segments=True)
     validated = validate_orders(demo.orders)

@@ -192,6 +192,7 @@ def test_unknown_store_and_empty_source_are_errors(tmp_path, sqlite_url, capsys)
 
 # ---- the order dates arrive in does not matter -------------------------------------------------------
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("order", [["2026-10-09", "2026-10-07", "2026-10-11", "2026-10-06", "2026-10-08", "2026-10-10"]])
 def test_any_order_of_dates_leaves_the_warehouse_of_a_date_ordered_run(tmp_path, warehouse_url, small_orders, order):
     """Case 6: an earlier date arriving later recomputes the drift of the later dates it feeds."""
@@ -244,6 +245,7 @@ sys.exit(1 if report.failed else 0)
 """
 
 
+@pytest.mark.heavy
 def test_eight_first_runs_at_once_on_an_empty_warehouse_all_succeed(warehouse_url):
     """Case 8: schema creation under a lock (PostgreSQL advisory lock; SQLite lock file)."""
     from quimbi_pipeline.demo import demo_store_names

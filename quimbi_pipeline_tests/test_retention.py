@@ -41,6 +41,7 @@ def _dates(frame: pd.DataFrame, column: str = "as_of_date") -> set[str]:
     return set(pd.to_datetime(frame[column]).dt.strftime("%Y-%m-%d"))
 
 
+@pytest.mark.heavy
 def test_drift_is_the_current_state_and_any_past_date_is_computed_on_demand_to_the_written_numbers(warehouse_url, orders, tmp_path):
     wh = Warehouse(warehouse_url)
     _run(wh, orders, DAYS, RetentionPolicy())

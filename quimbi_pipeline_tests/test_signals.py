@@ -56,6 +56,7 @@ def planted_small(tmp_path_factory):
     return data, evaluate(data, pd.date_range("2026-06-15", "2026-10-31"), "2026-07-01", "2026-10-31", url, settings)
 
 
+@pytest.mark.slow  # 139 daily partitions of 300 planted customers: about 2 minutes on 2 cores
 def test_drift_flags_changers_with_precision_and_leaves_the_others_alone(planted_small):
     data, scores = planted_small
     s = scores.summary
@@ -71,6 +72,7 @@ def test_drift_flags_changers_with_precision_and_leaves_the_others_alone(planted
     assert s["unchanged_falsely_flagged"] < baseline["frequency_drop_unchanged_flagged"]  # an analyst's gap rule alarms far more
 
 
+@pytest.mark.slow  # 139 daily partitions of 300 planted customers: about 2 minutes on 2 cores
 def test_anomalies_and_recommendations_need_evidence(planted_small):
     _, scores = planted_small
     s = scores.summary

@@ -37,6 +37,7 @@ def test_calendar():
     assert snapshot_types_for("2026-01-06") == ["daily"]
 
 
+@pytest.mark.heavy
 def test_range_gives_the_calendar_and_a_rerun_changes_no_row(warehouse_url, monkeypatch):
     run(warehouse_url, "2025-12-29", "2026-01-06", monkeypatch)
     first = snapshot_table(warehouse_url)

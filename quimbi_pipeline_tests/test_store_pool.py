@@ -7,6 +7,8 @@ import logging
 import os
 import time
 
+import pytest
+
 from quimbi_pipeline.demo import generate_demo
 from quimbi_pipeline.orders import validate_orders
 from quimbi_pipeline.pipeline import (
@@ -40,6 +42,7 @@ def _run(validated, url: str, threads: int) -> dict:
     return out
 
 
+@pytest.mark.heavy
 def test_pooled_small_stores_write_the_tables_of_one_store_after_the_other(warehouse_url, tmp_path, caplog):
     validated = validate_orders(generate_demo(n_customers=MIN_POOL_STORES * 40, n_stores=MIN_POOL_STORES, seed=13).orders)
     assert pool_workers(MIN_POOL_STORES, 2, warehouse_url) == 2

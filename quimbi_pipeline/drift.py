@@ -18,7 +18,12 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from quimbi_pipeline.drift_evidence import describe, evidence_arrays, evidence_sign
+from quimbi_pipeline.drift_evidence import (
+    day_text,
+    describe,
+    evidence_arrays,
+    evidence_sign,
+)
 from quimbi_pipeline.features import AXIS_BY_NAME
 from quimbi_pipeline.json_text import json_object
 from quimbi_pipeline.memberships import SQRT2
@@ -188,10 +193,6 @@ def _text_array(values: pd.Series) -> np.ndarray:
     return values.astype(str).to_numpy(object)
 
 
-def _date_text(days: np.ndarray) -> pd.Series:
-    return pd.Series((np.asarray(days, dtype="int64") * NS_PER_DAY).astype("datetime64[ns]")).dt.strftime("%Y-%m-%d")
-
-
 def _json_str(values) -> pd.Series:
     # Segment and archetype names come from fixed ladders joined by ", ": no escaping needed.
     return '"' + pd.Series(values, dtype="object").astype(str) + '"'
@@ -294,7 +295,7 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
         n_trans = np.bincount(code[changed], minlength=n_cust)
         names = np.array([history.columns[c].split(".", 1)[1] for c in cols], dtype=object)
         idx = np.flatnonzero(changed)
-        event = ('{"date": "' + _date_text(h.day[idx]) + '", "from": ' + _json_str(names[dom[idx - 1]]).to_numpy(object)
+        event = ('{"date": "' + day_text(h.day[idx]) + '", "from": ' + _json_str(names[dom[idx - 1]]).to_numpy(object)
                  + ', "to": ' + _json_str(names[dom[idx]]).to_numpy(object) + "}")
         transitions = _join_per_group(code[idx], event, n_cust)
         # Forecast: memberships extrapolated 30 days along their fitted slopes, clipped and renormalized.
@@ -327,8 +328,8 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
         "drift_velocity": _num(np.divide(overall, days, out=np.zeros(n_cust), where=days > 0)),
         "predicted_30d_drift": _num(forecast_drift / n_axes),
         "churn_risk_trend": _num(churn_trend),
-        "start_date": _date_text(h.day[first]).to_numpy(object),
-        "end_date": _date_text(h.day[last]).to_numpy(object),
+        "start_date": day_text(h.day[first]).to_numpy(object),
+        "end_date": day_text(h.day[last]).to_numpy(object),
         "n_snapshots": n_snap,
         "axes": json_object(axes_text).to_numpy(object),
         "archetype_journey": archetype_journey(h, code, same_customer, n_cust),
@@ -340,7 +341,7 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
 def archetype_journey(h: MembershipHistory, code: np.ndarray, same_customer: np.ndarray, n_cust: int) -> np.ndarray:
     """[{"date": first date, "archetype": name}, ...]: the customer's archetypes in the window, in order, one per run."""
     starts = np.flatnonzero(~same_customer | (h.archetype != np.r_[None, h.archetype[:-1]]))
-    item = '{"date": "' + _date_text(h.day[starts]) + '", "archetype": ' + _json_str(h.archetype[starts]).to_numpy(object) + "}"
+    item = '{"date": "' + day_text(h.day[starts]) + '", "archetype": ' + _json_str(h.archetype[starts]).to_numpy(object) + "}"
     return _join_per_group(code[starts], item, n_cust)
 
 
@@ -506,7 +507,7 @@ def _anomaly_rows(h: MembershipHistory, rows: np.ndarray, axis: str, kind: str, 
         suffix = "; evidence: " + feature.astype(object) + " " + _number_text(before) + " -> " + _number_text(after) + " since " + since
         text = np.where(np.isfinite(e["since"][at]), text + suffix, text)
     return pd.DataFrame({
-        "customer_id": h.customer_id[rows], "anomaly_type": kind, "axis": axis, "anomaly_date": _date_text(h.day[rows]).to_numpy(object),
+        "customer_id": h.customer_id[rows], "anomaly_type": kind, "axis": axis, "anomaly_date": day_text(h.day[rows]).to_numpy(object),
         "severity": _num(severity), "description": text,
     })
 

@@ -80,9 +80,13 @@ def evidence_sign(axis: str, before: np.ndarray, after: np.ndarray) -> np.ndarra
     return np.nan_to_num(sign, nan=0.0).astype("int64")
 
 
+def day_text(days) -> pd.Series:
+    """Whole days since 1970-01-01 as YYYY-MM-DD text (the dates in transitions, anomalies and recommendations)."""
+    return pd.Series((np.asarray(days, dtype="int64") * NS_PER_DAY).astype("datetime64[ns]")).dt.strftime("%Y-%m-%d")
+
+
 def describe(axis: str, since: np.ndarray, before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(feature name, before, after, since date text) per row, as they appear in recommendations and anomalies."""
     label, _, shown = EVIDENCE.get(axis, (axis, True, lambda v: v))
-    days = np.nan_to_num(since, nan=0.0).astype("int64")
-    date_text = pd.Series((days * NS_PER_DAY).astype("datetime64[ns]")).dt.strftime("%Y-%m-%d").to_numpy(object)
+    date_text = day_text(np.nan_to_num(since, nan=0.0)).to_numpy(object)
     return np.full(since.shape, label, dtype=object), np.round(shown(before), 2), np.round(shown(after), 2), date_text

@@ -16,7 +16,8 @@ reads the tables the endpoints read (the store's profiles, the snapshot partitio
 the drift state, with their indexes) with pg_prewarm, as a server that has been answering for a while holds
 them: into shared_buffers when they fit there, else into the operating system's cache; without it the figures
 are of whatever the caches hold. --build generates the demo orders and runs D daily partitions with drift (profiles, snapshots,
-drift) first. Figures, not assertions.
+drift) first. It first prints this machine's speed (benchmarks/busy.py's quiet partition beside the figure of the VM
+where the target was last met): the same code gave the API 1.6-2× less on a VM 2× slower. Figures, not assertions.
 """
 
 from __future__ import annotations
@@ -201,6 +202,19 @@ def drained(pid: int, timeout_s: float = 60.0) -> None:
         before = now
 
 
+def machine_reference() -> str:
+    """benchmarks/busy.py's quiet run (a 1,000-customer profiles partition, flags off, SQLite), median of 3: the same
+    code ran 0.40 s on the VM of 2026-11-26, where the API mix gave 1,605-2,028 req/s, and 0.86-0.93 s on that of
+    2026-11-27, where it gave 717-1,013: the figures below are this machine's, and this says how fast it is."""
+    from busy import timed_runs  # benchmarks/busy.py, beside this script
+
+    from quimbi_pipeline.demo import generate_demo
+    from quimbi_pipeline.orders import validate_orders
+
+    runs = timed_runs(validate_orders(generate_demo(n_customers=1000, n_stores=1, seed=3).orders), 3)
+    return f"busy.py's quiet partition {sorted(runs)[1]:.2f} s (0.40 s on the VM of 2026-11-26)"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warehouse")
@@ -223,6 +237,9 @@ def main() -> int:
             print(f"# building {args.build:,} customers x {args.days} days into {url}", flush=True)
             build(url, args.build, args.days, args.end)
         customers = sample_customers(url, args.store, 10_000)
+        if not customers:
+            sys.exit(f"no customer of store {args.store!r} has drift (28 days) in {url}: it needs two dates or more (--days 2)")
+        print(f"# this machine's speed: {machine_reference()}", flush=True)
         if args.prewarm:
             prewarm(url)
         env = {**os.environ, **ENV}

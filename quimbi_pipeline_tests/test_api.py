@@ -138,6 +138,25 @@ def test_profile_drift_history_and_population_answer_what_the_pipeline_wrote(ser
     wh.dispose()
 
 
+def test_drift_answers_the_anomalies_reported_in_its_window_as_stored(served):
+    # On PostgreSQL the stored state and its anomalies come in one statement; on SQLite in two: both as the table holds them.
+    wh = Warehouse(served, create=False)
+    stored = wh.read_sql(f"SELECT customer_id, anomaly_type, axis, anomaly_date, severity, description "
+                         f"FROM {wh.qualified('customer_drift_anomalies')} WHERE store_id = 'store_b' "
+                         "ORDER BY customer_id, as_of_date, anomaly_type, axis")
+    drifted = wh.read_sql(f"SELECT customer_id FROM {wh.qualified('customer_drift')} WHERE store_id = 'store_b' AND window_days = 28 "
+                          "ORDER BY customer_id")["customer_id"]
+    wh.dispose()
+    assert len(stored) >= 2, "the fixture should hold anomalies (all within 28 days of its last date)"
+    api = client(served)
+    for customer, expected in stored.groupby("customer_id"):
+        served_anomalies = api.get(f"/stores/store_b/customers/{customer}/drift", params={"window": "28d"}).json()["anomalies"]
+        assert served_anomalies == [{"anomaly_type": r.anomaly_type, "axis": r.axis, "date": str(r.anomaly_date)[:10], "severity": r.severity,
+                                     "description": r.description} for r in expected.itertuples()]
+    quiet = next(c for c in drifted if c not in set(stored["customer_id"]))
+    assert api.get(f"/stores/store_b/customers/{quiet}/drift", params={"window": "28d"}).json()["anomalies"] == []
+
+
 @pytest.mark.parametrize("path, status, detail", [
     ("/stores/store_a/customers/nobody", 404, "unknown customer 'nobody' in store 'store_a'"),
     ("/stores/store_x/customers/c0000001", 404, "unknown store 'store_x'"),

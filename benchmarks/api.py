@@ -204,8 +204,8 @@ def drained(pid: int, timeout_s: float = 60.0) -> None:
 
 def machine_reference() -> str:
     """benchmarks/busy.py's quiet run (a 1,000-customer profiles partition, flags off, SQLite), median of 3: the same
-    code ran 0.40 s on the VM of 2026-11-26, where the API mix gave 1,605-2,028 req/s, and 0.86-0.93 s on that of
-    2026-11-27, where it gave 717-1,013: the figures below are this machine's, and this says how fast it is."""
+    code ran 0.40 s on the VM of 2026-11-26, where the API mix gave 1,605-2,028 req/s, and 0.67-0.94 s on that of
+    2026-11-27, where it gave 598-1,013: the figures below are this machine's, and this says how fast it is."""
     from busy import timed_runs  # benchmarks/busy.py, beside this script
 
     from quimbi_pipeline.demo import generate_demo

@@ -145,7 +145,8 @@ def postgres_url():
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
         engine.dispose()
-        url = _worker_database(url)
+        if server is None:  # a throwaway server is this worker's alone: no database of its own needed in it
+            url = _worker_database(url)
     except sa.exc.OperationalError as exc:
         message = f"PostgreSQL at QUIMBI_TEST_POSTGRES_URL is not reachable: {exc}"
         if REQUIRE_PG:

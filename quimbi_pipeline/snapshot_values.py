@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,20 @@ class SnapshotLayout:
     memberships: tuple[tuple[str, str], ...]  # (axis, segment) in row order
     features: tuple[tuple[str, str], ...]  # (axis, feature) in row order
     model_version: str
+
+    @cached_property
+    def membership_spans(self) -> tuple[tuple[str, tuple[str, ...], int, int], ...]:
+        """(axis, segment names, start, end) of each axis' slice of membership_values (the read API's decoding)."""
+        return _spans(self.memberships)
+
+    @cached_property
+    def feature_spans(self) -> tuple[tuple[str, tuple[str, ...], int, int], ...]:
+        return _spans(self.features)
+
+    @cached_property
+    def dominant_segments_of(self) -> dict[str, dict[str, str]]:
+        """{dominant_positions text: {axis: segment}}, filled as rows are read (a store has few archetypes)."""
+        return {}
 
     @property
     def axes(self) -> list[str]:
@@ -208,12 +223,23 @@ def expand_values(rows: pd.DataFrame, layout: SnapshotLayout, columns=("dominant
     return {c: s.set_axis(rows.index) for c, s in out.items()}
 
 
-def _nest(pairs: tuple[tuple[str, str], ...], values_text: str) -> dict:
+def _spans(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, tuple[str, ...], int, int], ...]:
+    spans: list[tuple[str, tuple[str, ...], int, int]] = []
+    for i, (axis, _) in enumerate(pairs):
+        if not spans or spans[-1][0] != axis:
+            if any(axis == seen for seen, *_ in spans):
+                raise ValueError(f"snapshot layout: axis {axis!r} is not contiguous")  # a flattened nested object always is
+            spans.append((axis, (), i, i))
+        spans[-1] = (axis, (*spans[-1][1], pairs[i][1]), spans[-1][2], i + 1)
+    return tuple(spans)
+
+
+def _nest(spans: tuple[tuple[str, tuple[str, ...], int, int], ...], values_text: str) -> dict:
     """{axis: {name: value}} from a JSON array in the layout's order."""
-    out: dict = {}
-    for (axis, name), value in zip(pairs, json.loads(values_text), strict=True):
-        out.setdefault(axis, {})[name] = value
-    return out
+    values = json.loads(values_text)
+    if len(values) != (spans[-1][3] if spans else 0):
+        raise ValueError(f"snapshot values hold {len(values)} values, the layout {spans[-1][3] if spans else 0}")
+    return {axis: dict(zip(names, values[start:end])) for axis, names, start, end in spans}
 
 
 def row_objects(layout: SnapshotLayout, row, columns) -> dict:
@@ -221,9 +247,13 @@ def row_objects(layout: SnapshotLayout, row, columns) -> dict:
     the read API's path, a few rows at a time, no DataFrame."""
     out: dict = {}
     if "fuzzy_memberships" in columns:
-        out["fuzzy_memberships"] = _nest(layout.memberships, row["membership_values"])
+        out["fuzzy_memberships"] = _nest(layout.membership_spans, row["membership_values"])
     if "dominant_segments" in columns:
-        out["dominant_segments"] = {layout.memberships[p][0]: layout.memberships[p][1] for p in json.loads(row["dominant_positions"])}
+        positions = row["dominant_positions"]
+        dominant = layout.dominant_segments_of.get(positions)
+        if dominant is None:
+            dominant = layout.dominant_segments_of[positions] = {layout.memberships[p][0]: layout.memberships[p][1] for p in json.loads(positions)}
+        out["dominant_segments"] = dict(dominant)  # a copy: the caller's to change
     if "behavioral_features" in columns:
-        out["behavioral_features"] = _nest(layout.features, row["feature_values"])
+        out["behavioral_features"] = _nest(layout.feature_spans, row["feature_values"])
     return out

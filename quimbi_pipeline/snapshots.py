@@ -30,9 +30,12 @@ def type_mask(types) -> int:
     return sum(TYPE_BITS[t] for t in set(types))
 
 
+_FINEST = {mask: next(t for t in RETAINED_TYPES if mask & TYPE_BITS[t]) for mask in range(1, 1 << len(RETAINED_TYPES))}
+
+
 def finest_type(mask: int) -> str:
     """The finest type of a non-empty set (the one a date's history row is shown as)."""
-    return next(t for t in RETAINED_TYPES if mask & TYPE_BITS[t])
+    return _FINEST[mask]
 
 
 def snapshot_types_for(day) -> list[str]:

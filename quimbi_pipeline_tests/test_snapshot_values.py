@@ -56,8 +56,15 @@ def test_nulls_and_small_numbers_keep_their_text():
     assert values.frame["dominant_positions"].tolist() == ["[0,3]", "[1,2]"]
     for column, text in expand_values(values.frame, values.layout).items():
         assert text.tolist() == profiles[column].tolist()
-    objects = row_objects(values.layout, values.frame.iloc[0], ("dominant_segments", "fuzzy_memberships", "behavioral_features"))
-    assert objects == {c: json.loads(profiles[c].iloc[0]) for c in objects}
+    for i in (0, 1, 0):  # the second read of a row's dominant segments comes from the layout's cache
+        objects = row_objects(values.layout, values.frame.iloc[i], ("dominant_segments", "fuzzy_memberships", "behavioral_features"))
+        assert objects == {c: json.loads(profiles[c].iloc[i]) for c in objects}
+    objects["dominant_segments"]["f"] = "changed"  # a caller's copy, not the cache
+    assert row_objects(values.layout, values.frame.iloc[0], ("dominant_segments",))["dominant_segments"] == {"f": "low", "v": "b"}
+    with pytest.raises(ValueError, match="hold 3 values, the layout 4"):
+        row_objects(values.layout, {"membership_values": "[0.5,0.5,1.0]"}, ("fuzzy_memberships",))
+    with pytest.raises(ValueError, match="axis 'f' is not contiguous"):
+        _ = SnapshotLayout((("f", "low"), ("v", "a"), ("f", "high")), (), "m").membership_spans
     assert SnapshotLayout.from_rows(values.layout.rows().sample(frac=1, random_state=0)) == values.layout
     assert layout_id(values.layout) == layout_id(SnapshotLayout.from_rows(values.layout.rows()))  # the id is the contents'
     assert layout_id(values.layout) != layout_id(values_from_json(profiles.assign(model_version="kmeans-2026-11-28")).layout)

@@ -33,6 +33,8 @@ def _day(value) -> str | None:
         return None
     if isinstance(value, str):
         return value[:10]
+    if type(value) is date:  # PostgreSQL's (the check that follows costs more than the rest of this function)
+        return value.isoformat()
     return None if pd.isna(value) else value.isoformat()[:10]
 
 

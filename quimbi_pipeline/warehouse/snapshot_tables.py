@@ -614,19 +614,23 @@ class SnapshotStore:
                 if as_of is None:
                     return []
             rows = self.fetch_rows(select, window(as_of))
+        # Each layout and its archetypes once per call, not per row (a customer's rows share one or two layouts).
+        layouts: dict = {}
+        if objects:
+            wants_archetype = any(c in ARCHETYPE_COLUMNS for c in objects)
+            positions: dict[int, list[str]] = {}
+            for row in rows:
+                positions.setdefault(row["layout_id"], []).append(row["dominant_positions"])
+            layouts = {ident: (self.snapshot_layout(store_id, ident), self._archetypes(store_id, ident, found)[1] if wants_archetype else None)
+                       for ident, found in positions.items()}
+        order = [*wanted[:wanted.index("snapshot_date") + 1], "snapshot_type", *wanted[wanted.index("snapshot_date") + 1:]]
         out = []
         for row in rows:
-            decoded = {}
+            merged = {**row, "snapshot_type": snapshot_type or finest_type(int(row["snapshot_types"]))}
             if objects:
-                layout = self.snapshot_layout(store_id, row["layout_id"])
-                decoded = row_objects(layout, row, objects)
-                decoded["model_version"] = layout.model_version
-                if any(c in ARCHETYPE_COLUMNS for c in objects):
-                    decoded.update(self._archetypes(store_id, row["layout_id"], [row["dominant_positions"]])[1][row["dominant_positions"]])
-            record = {}
-            for column in wanted:
-                record[column] = decoded[column] if column in decoded else row[column]
-                if column == "snapshot_date":
-                    record["snapshot_type"] = snapshot_type or finest_type(int(row["snapshot_types"]))
-            out.append(record)
+                layout, archetypes = layouts[row["layout_id"]]
+                merged.update(row_objects(layout, row, objects), model_version=layout.model_version)
+                if archetypes is not None:
+                    merged.update(archetypes[row["dominant_positions"]])
+            out.append({column: merged[column] for column in order})
         return out

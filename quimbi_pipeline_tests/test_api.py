@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pandas as pd
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from quimbi_pipeline.api.access import Access, load_keys
 from quimbi_pipeline.api.app import create_app
+from quimbi_pipeline.api.direct_routes import DirectRoutes, arguments, matched
 from quimbi_pipeline.api.launch import local_server
 from quimbi_pipeline.cli import main as quimbi
 from quimbi_pipeline.demo import generate_demo
@@ -85,8 +89,20 @@ def keys_file(tmp_path_factory):
     return path
 
 
-def client(url: str, access: Access | None = None) -> TestClient:
-    return TestClient(create_app(url, access or Access(None)))
+@pytest.fixture
+def client():
+    """client(url[, access]): a TestClient of the app with its lifespan started, as under uvicorn (on PostgreSQL the
+    event loop then reads through its held connection), ended at the test's teardown."""
+    opened: list[TestClient] = []
+
+    def open_client(url: str, access: Access | None = None) -> TestClient:
+        api = TestClient(create_app(url, access or Access(None)))
+        opened.append(api.__enter__())
+        return api
+
+    yield open_client
+    for api in opened:
+        api.__exit__(None, None, None)
 
 
 def a_customer_with_drift(url: str, store: str = "store_a") -> str:
@@ -97,7 +113,7 @@ def a_customer_with_drift(url: str, store: str = "store_a") -> str:
     return frame["customer_id"].iloc[0]
 
 
-def test_profile_drift_history_and_population_answer_what_the_pipeline_wrote(served):
+def test_profile_drift_history_and_population_answer_what_the_pipeline_wrote(served, client):
     api = client(served)
     customer = a_customer_with_drift(served)
     assert api.get("/health").json()["status"] == "ok"
@@ -138,7 +154,7 @@ def test_profile_drift_history_and_population_answer_what_the_pipeline_wrote(ser
     wh.dispose()
 
 
-def test_drift_answers_the_anomalies_reported_in_its_window_as_stored(served):
+def test_drift_answers_the_anomalies_reported_in_its_window_as_stored(served, client):
     # On PostgreSQL the stored state and its anomalies come in one statement; on SQLite in two: both as the table holds them.
     wh = Warehouse(served, create=False)
     stored = wh.read_sql(f"SELECT customer_id, anomaly_type, axis, anomaly_date, severity, description "
@@ -163,20 +179,20 @@ def test_drift_answers_the_anomalies_reported_in_its_window_as_stored(served):
     ("/stores/store_a/customers/nobody/drift", 404, "unknown customer 'nobody' in store 'store_a'"),
     ("/customers/c0000001", 404, "the warehouse holds 2 stores: use /stores/{store}/customers/{id}"),
 ])
-def test_errors_are_json_with_a_clear_detail(served, path, status, detail):
+def test_errors_are_json_with_a_clear_detail(served, path, status, detail, client):
     response = client(served).get(path)
     assert (response.status_code, response.json()) == (status, {"detail": detail})
 
 
 @pytest.mark.parametrize("query", ["window=13d", "window=28", "as_of=yesterday", "days=0", "days=99999", "snapshot_type=hourly"])
-def test_a_bad_window_days_date_or_type_is_422(served, query):
+def test_a_bad_window_days_date_or_type_is_422(served, query, client):
     customer = a_customer_with_drift(served)
     path = "drift" if query.startswith(("window", "as_of")) else "history"
     response = client(served).get(f"/stores/store_a/customers/{customer}/{path}?{query}")
     assert response.status_code == 422 and response.json()["detail"][0]["loc"][0] == "query"
 
 
-def test_a_customer_without_two_snapshots_has_insufficient_data(served):
+def test_a_customer_without_two_snapshots_has_insufficient_data(served, client):
     api = client(served)
     assert api.get(f"/stores/store_a/customers/{NEWCOMER}").json()["total_orders"] == 1
     response = api.get(f"/stores/store_a/customers/{NEWCOMER}/drift")
@@ -184,7 +200,7 @@ def test_a_customer_without_two_snapshots_has_insufficient_data(served):
     assert len(api.get(f"/stores/store_a/customers/{NEWCOMER}/history").json()["snapshots"]) == 1
 
 
-def test_a_key_for_one_store_never_reads_another_on_any_endpoint(served, keys_file, caplog):
+def test_a_key_for_one_store_never_reads_another_on_any_endpoint(served, keys_file, caplog, client):
     api = client(served, Access(load_keys(keys_file)))
     customer_a, customer_b = a_customer_with_drift(served, "store_a"), a_customer_with_drift(served, "store_b")
     for template in ENDPOINTS:
@@ -201,7 +217,7 @@ def test_a_key_for_one_store_never_reads_another_on_any_endpoint(served, keys_fi
     assert KEY_A not in caplog.text and "api_key" not in caplog.text
 
 
-def test_with_drift_and_snapshots_off_the_profile_answers_and_the_others_say_off(served, monkeypatch):
+def test_with_drift_and_snapshots_off_the_profile_answers_and_the_others_say_off(served, monkeypatch, client):
     for name in FLAGS:
         monkeypatch.delenv(name)
     api = client(served)
@@ -211,7 +227,7 @@ def test_with_drift_and_snapshots_off_the_profile_answers_and_the_others_say_off
     assert (drift.status_code, drift.json()) == (404, {"detail": "drift analysis is off for store 'store_a' (ENABLE_DRIFT_ANALYSIS)"})
 
 
-def test_unscoped_paths_answer_for_a_warehouse_of_one_store(tmp_path):
+def test_unscoped_paths_answer_for_a_warehouse_of_one_store(tmp_path, client):
     url = f"sqlite:///{tmp_path / 'one.sqlite'}"
     build(url, n_stores=1, days=DAYS[-3:])
     api = client(url)
@@ -262,10 +278,99 @@ def test_bad_keys_files_are_refused_before_the_server_starts(sqlite_served, tmp_
     assert "cannot read" in capsys.readouterr().err
 
 
-def test_the_history_endpoint_reads_one_row_per_date(served):
+def test_the_history_endpoint_reads_one_row_per_date(served, client):
     customer = a_customer_with_drift(served)
     wh = Warehouse(served, create=False)
     rows = wh.customer_history("store_a", customer, 28)
     wh.dispose()
     snapshots = client(served).get(f"/stores/store_a/customers/{customer}/history?days=28").json()["snapshots"]
     assert [s["snapshot_date"] for s in snapshots] == [str(pd.Timestamp(d).date()) for d in rows["snapshot_date"]]
+
+
+@pytest.mark.parametrize("path, found", [
+    ("/stores/store_a/customers/c1", ("store_a", "c1", "profile")),
+    ("/stores/store_a/customers/c1/drift", ("store_a", "c1", "drift")),
+    ("/stores/store_a/customers/c1/history", ("store_a", "c1", "history")),
+    ("/customers/c1", (None, "c1", "profile")),
+    ("/customers/c1/history", (None, "c1", "history")),
+    ("/stores/store_a/customers/c1/", None), ("/stores/store_a/customers/c1/other", None), ("/stores//customers/c1", None),
+    ("/stores/store_a/customers/" + "c" * 201, None), ("/stores/store_a/population", None), ("/ui/stores/store_a/customers/c1", None),
+    ("/customers/", None), ("customers/c1", None), ("/health", None), ("/stores/store_a/customers/c1/drift/x", None),
+])
+def test_the_direct_routes_take_only_the_hot_paths(path, found):
+    assert matched(path) == found
+
+
+@pytest.mark.parametrize("kind, query, args", [
+    ("profile", {"window": "13d"}, {}),  # a parameter the route does not take is ignored, by both
+    ("drift", {}, {"window": "28d"}), ("drift", {"window": "365d", "api_key": "k"}, {"window": "365d"}),
+    ("drift", {"window": "13d"}, None), ("drift", {"window": "28d", "as_of": "2026-10-01"}, None),
+    ("history", {}, {"days": 28, "snapshot_type": None}), ("history", {"days": "3650", "snapshot_type": "weekly"}, {"days": 3650, "snapshot_type": "weekly"}),
+    ("history", {"days": "0"}, None), ("history", {"days": "3651"}, None), ("history", {"days": "+5"}, None), ("history", {"days": " 5"}, None),
+    ("history", {"days": "\u0665"}, None), ("history", {"days": "5.0"}, None), ("history", {"snapshot_type": ""}, None),
+    ("history", {"snapshot_type": "hourly"}, None),
+])
+def test_the_direct_routes_take_only_well_formed_parameters(kind, query, args):
+    assert arguments(kind, query) == args
+
+
+def test_the_direct_routes_answer_byte_for_byte_as_the_routes(served, keys_file, client, monkeypatch):
+    """Every hot read a direct route answers is the FastAPI route's answer, byte for byte (a repeated parameter sends
+    the same request to the route); errors and anything malformed are the route's own."""
+    direct = []
+    answer = DirectRoutes.answer
+
+    async def spied(self, scope):
+        response = await answer(self, scope)
+        direct.append(response is not None)
+        return response
+
+    monkeypatch.setattr(DirectRoutes, "answer", spied)
+    api = client(served, Access(load_keys(keys_file)))
+    customers = [("store_a", a_customer_with_drift(served, "store_a")), ("store_a", NEWCOMER), ("store_b", a_customer_with_drift(served, "store_b")),
+                 ("store_a", "nobody")]
+    queries = {"": [""], "/drift": ["", "?window=7d", "?window=365d"], "/history": ["?days=5", "", "?days=28&snapshot_type=daily", "?snapshot_type=weekly"]}
+    answered = 0
+    for store, customer in customers:
+        key = KEY_A if store == "store_a" else KEY_B
+        for suffix, variants in queries.items():
+            for query in variants:
+                path = f"/stores/{store}/customers/{customer}{suffix}{query}"
+                direct.clear()
+                fast = api.get(path, headers={"X-API-Key": key})
+                routed = api.get(path + ("&" if query else "?") + "repeated=1&repeated=2", headers={"X-API-Key": key})
+                assert direct == [fast.status_code == 200, False], path
+                assert (fast.status_code, fast.headers["content-type"], fast.content) == (routed.status_code, routed.headers["content-type"], routed.content), path
+                answered += fast.status_code == 200
+    assert answered == 3 * 8 - 3  # all but the newcomer's three drifts (insufficient data) and everything of "nobody"
+    direct.clear()
+    refused = api.get(f"/stores/store_b/customers/{customers[2][1]}", headers={"X-API-Key": KEY_A})
+    assert (refused.status_code, direct) == (403, [False])
+
+
+@pytest.mark.postgres
+def test_a_held_reader_is_its_threads_one_connection_and_reconnects_after_the_server_drops_it(postgres_url):
+    wh = Warehouse(postgres_url)
+
+    def backend() -> int:
+        return wh.fetch_rows("SELECT pg_backend_pid() AS pid", {})[0]["pid"]
+
+    pooled = backend()
+    wh.hold_reader()
+    held = backend()
+    assert backend() == held != pooled  # one connection of its own, kept between reads
+    with ThreadPoolExecutor(1) as other:
+        assert other.submit(backend).result() == pooled  # another thread reads through the pool
+    with psycopg.connect(postgres_url.replace("+psycopg", ""), autocommit=True) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (held,)).fetchone()[0]
+        with pytest.raises(psycopg.OperationalError):
+            backend()  # the one read that finds it gone fails...
+        again = backend()  # ...and the next reconnects
+        assert again not in (held, pooled) and backend() == again
+        wh.dispose()
+        for _ in range(50):  # dispose closes it (the server notices within moments)
+            if not admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (again,)).fetchone():
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("dispose left the held connection open")

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from quimbi_pipeline.api import reads
 from quimbi_pipeline.api.access import Access
+from quimbi_pipeline.api.direct_routes import DirectRoutes, request_key
 from quimbi_pipeline.api.models import Drift, Health, History, Population, Profile
 from quimbi_pipeline.api.pages import add_pages
 from quimbi_pipeline.settings import StoreSettings
@@ -34,15 +35,6 @@ Days = Annotated[int, Query(ge=1, le=3650, description="days back from the custo
 SnapshotType = Annotated[str | None, Query(pattern="^(daily|weekly|monthly|quarterly|yearly|profile_change)$")]
 StoreId = Annotated[str, Path(min_length=1, max_length=200)]
 CustomerId = Annotated[str, Path(min_length=1, max_length=200)]
-
-
-def request_key(request: Request) -> str | None:
-    """The request's API key: X-API-Key, Authorization: Bearer, or ?api_key= (pages opened in a browser)."""
-    key = request.headers.get("x-api-key")
-    if not key:
-        auth = request.headers.get("authorization", "")
-        key = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-    return key or request.query_params.get("api_key")
 
 
 class StoreCache:
@@ -117,20 +109,24 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None) -
     known_stores = StoreCache(warehouse)
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
+        warehouse.hold_reader()  # the event loop's reads (one request at a time) through one connection of its own
         yield
         warehouse.dispose()
 
     app = FastAPI(title="quimbi_pipeline read API", version="1", description=__doc__.split("\n\n")[1], lifespan=lifespan)
     app.state.warehouse = warehouse
 
-    app.add_middleware(AccessLog)
-
     # The key and store check is async (no I/O but a 30-second store cache): a sync one costs a thread-pool hop per
     # request. The profile, drift and history endpoints call it themselves rather than through Depends: FastAPI's
     # solving of a dependency's own parameters was a tenth of a profile request's CPU. So there a malformed query
     # answers 422 before the key is checked; a store is looked up only after the key grants it, as before.
-    async def allowed(request: Request, store: StoreId) -> str:
-        key = request_key(request)
+    async def grant(key: str | None, store: str | None) -> str:
+        """The store a key may read: `store`, or on a one-store path (None) the warehouse's only store."""
+        if store is None:
+            stores = known_stores.all()
+            if len(stores) != 1:
+                raise HTTPException(404, f"the warehouse holds {len(stores)} stores: use /stores/{{store}}/customers/{{id}}")
+            store = stores[0]
         if access.stores_of(key) is None:
             raise HTTPException(401, "a valid API key is required (X-API-Key, Authorization: Bearer, or ?api_key=)")
         if not access.grants(key, store):
@@ -139,11 +135,11 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None) -
             raise HTTPException(404, f"unknown store {store!r}")
         return store
 
+    async def allowed(request: Request, store: StoreId) -> str:
+        return await grant(request_key(request.headers, request.query_params), store)
+
     async def only_store(request: Request) -> str:
-        stores = known_stores.all()
-        if len(stores) != 1:
-            raise HTTPException(404, f"the warehouse holds {len(stores)} stores: use /stores/{{store}}/customers/{{id}}")
-        return await allowed(request, stores[0])
+        return await grant(request_key(request.headers, request.query_params), None)
 
     def profile(store: str, customer: str) -> dict:
         found = reads.profile(warehouse, store, customer)
@@ -175,6 +171,18 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None) -
                 raise HTTPException(404, f"snapshots are off for store {store!r} (ENABLE_TEMPORAL_SNAPSHOTS)")
         return {"customer_id": customer, "snapshots": snapshots}
 
+    async def profile_answer(store: str, customer: str) -> Response:
+        return typed(Profile, profile(store, customer))
+
+    async def drift_answer(store: str, customer: str, window: str, as_of: date | None = None) -> Response:
+        return typed(Drift, await drift_read(store, customer, window, as_of))
+
+    async def history_answer(store: str, customer: str, days: int, snapshot_type: str | None) -> Response:
+        return typed(History, history(store, customer, days, snapshot_type))
+
+    # Innermost first: the access log also times what the direct routes answer.
+    app.add_middleware(DirectRoutes, grant=grant, answers={"profile": profile_answer, "drift": drift_answer, "history": history_answer})
+    app.add_middleware(AccessLog)
     add_pages(app, warehouse, settings, allowed)
 
     @app.get("/health", response_model=Health, summary="Liveness (no key needed)")
@@ -183,15 +191,15 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None) -
 
     @app.get("/stores/{store}/customers/{customer}", response_model=Profile, summary="A customer's newest profile")
     async def store_profile(request: Request, store: StoreId, customer: CustomerId) -> Response:
-        return typed(Profile, profile(await allowed(request, store), customer))
+        return await profile_answer(await allowed(request, store), customer)
 
     @app.get("/stores/{store}/customers/{customer}/drift", response_model=Drift, summary="A customer's drift over a window")
     async def store_drift(request: Request, store: StoreId, customer: CustomerId, window: Window = "28d", as_of: date | None = None) -> Response:
-        return typed(Drift, await drift_read(await allowed(request, store), customer, window, as_of))
+        return await drift_answer(await allowed(request, store), customer, window, as_of)
 
     @app.get("/stores/{store}/customers/{customer}/history", response_model=History, summary="A customer's snapshots")
     async def store_history(request: Request, store: StoreId, customer: CustomerId, days: Days = 28, snapshot_type: SnapshotType = None) -> Response:
-        return typed(History, history(await allowed(request, store), customer, days, snapshot_type))
+        return await history_answer(await allowed(request, store), customer, days, snapshot_type)
 
     @app.get("/stores/{store}/population", response_model=Population, summary="Segment shares and population drift over time")
     def store_population(days: Days = 90, store: str = Depends(allowed)) -> Response:
@@ -199,15 +207,15 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None) -
 
     @app.get("/customers/{customer}", response_model=Profile, summary="Profile (a warehouse of one store)")
     async def one_store_profile(request: Request, customer: CustomerId) -> Response:
-        return typed(Profile, profile(await only_store(request), customer))
+        return await profile_answer(await only_store(request), customer)
 
     @app.get("/customers/{customer}/drift", response_model=Drift, summary="Drift (a warehouse of one store)")
     async def one_store_drift(request: Request, customer: CustomerId, window: Window = "28d", as_of: date | None = None) -> Response:
-        return typed(Drift, await drift_read(await only_store(request), customer, window, as_of))
+        return await drift_answer(await only_store(request), customer, window, as_of)
 
     @app.get("/customers/{customer}/history", response_model=History, summary="History (a warehouse of one store)")
     async def one_store_history(request: Request, customer: CustomerId, days: Days = 28, snapshot_type: SnapshotType = None) -> Response:
-        return typed(History, history(await only_store(request), customer, days, snapshot_type))
+        return await history_answer(await only_store(request), customer, days, snapshot_type)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -116,18 +116,46 @@ def test_every_reader_sees_the_profiles_objects(warehouse_url, store):
     wh.dispose()
 
 
-def test_a_history_ends_at_the_customers_newest_snapshot_when_their_profile_is_newer(sqlite_url, store):
+def test_a_history_ends_at_the_customers_newest_snapshot_when_their_profile_is_newer(warehouse_url, store):
     validated, _ = store
-    wh = Warehouse(sqlite_url)
+    wh = Warehouse(warehouse_url)
     before = DAY - pd.Timedelta(days=1)
     early = before - pd.Timedelta(days=45)  # in the 45 days up to the newest snapshot, not in the 45 up to the profile
     for day in (early, before):
         assert not run_profiles_partition(validated, day, wh, SETTINGS).failed
     assert not run_profiles_partition(validated, DAY, wh, PipelineSettings()).failed  # snapshots off: the profile moves on
-    customer = wh.read_sql("SELECT p.customer_id FROM customer_profiles p JOIN profile_snapshots s ON s.store_id = p.store_id "
-                           "AND s.customer_id = p.customer_id AND s.snapshot_date = :e WHERE p.profile_date = :d LIMIT 1",
+    customer = wh.read_sql(f"SELECT p.customer_id FROM {wh.qualified('customer_profiles')} p JOIN {wh.qualified('profile_snapshots')} s "
+                           "ON s.store_id = p.store_id AND s.customer_id = p.customer_id AND s.snapshot_date = :e WHERE p.profile_date = :d LIMIT 1",
                            {"d": DAY.date(), "e": early.date()})["customer_id"].iloc[0]
     expected = [str(early.date()), str(before.date())]
     assert [str(pd.Timestamp(r["snapshot_date"]).date()) for r in wh.customer_history_rows("store_a", customer, 45)] == expected
     assert [str(pd.Timestamp(r["snapshot_date"]).date()) for r in wh.customer_history_rows("store_a", customer, 45, snapshot_type="daily")] == expected
+    wh.dispose()
+
+
+@pytest.mark.postgres
+def test_a_history_reads_the_partitions_dropped_or_added_since_it_last_looked(pg_url, store, monkeypatch):
+    """PostgreSQL reads a history over the window's own date partitions, whose dates it keeps for a while: a partition
+    dropped since (a prune) or a newer date written since is read right away; a past date backfilled into a new
+    partition shows once the kept dates are older than PARTITION_DAYS_TTL_SECONDS."""
+    validated, _ = store
+    wh = Warehouse(pg_url)
+    days = [DAY - pd.Timedelta(days=n) for n in (3, 2, 1, 0)]
+    for day in days[1:3]:
+        assert not run_profiles_partition(validated, day, wh, SETTINGS).failed
+    customer = wh.read_sql(f"SELECT customer_id FROM {wh.qualified('customer_profiles')} ORDER BY customer_id LIMIT 1")["customer_id"].iloc[0]
+
+    def dates() -> list[str]:
+        return [str(r["snapshot_date"]) for r in wh.customer_history_rows("store_a", customer, 7)]
+
+    assert dates() == [str(d.date()) for d in days[1:3]]
+    with wh.engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE platform.profile_snapshots_p{days[1]:%Y%m%d}")
+    assert dates() == [str(days[2].date())]
+    assert not run_profiles_partition(validated, days[3], wh, SETTINGS).failed
+    assert dates() == [str(d.date()) for d in days[2:]]
+    assert not run_profiles_partition(validated, days[0], wh, SETTINGS).failed  # a backfill: a new partition in the past
+    assert dates() == [str(d.date()) for d in days[2:]]
+    monkeypatch.setattr(type(wh), "PARTITION_DAYS_TTL_SECONDS", 0.0)
+    assert dates() == [str(days[0].date()), *[str(d.date()) for d in days[2:]]]
     wh.dispose()

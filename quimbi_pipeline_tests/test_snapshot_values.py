@@ -135,9 +135,10 @@ def test_a_history_ends_at_the_customers_newest_snapshot_when_their_profile_is_n
 
 @pytest.mark.postgres
 def test_a_history_reads_the_partitions_dropped_or_added_since_it_last_looked(pg_url, store, monkeypatch):
-    """PostgreSQL reads a history over the window's own date partitions, whose dates it keeps for a while: a partition
-    dropped since (a prune) or a newer date written since is read right away; a past date backfilled into a new
-    partition shows once the kept dates are older than PARTITION_DAYS_TTL_SECONDS."""
+    """PostgreSQL reads a history over the window's own date partitions, whose dates it keeps for a while (and the
+    store's newest profile date, the window's usual end): a partition dropped since (a prune) or a newer date written
+    since is read right away; a past date backfilled into a new partition shows once the kept dates are older than
+    PARTITION_DAYS_TTL_SECONDS."""
     validated, _ = store
     wh = Warehouse(pg_url)
     days = [DAY - pd.Timedelta(days=n) for n in (3, 2, 1, 0)]
@@ -158,4 +159,8 @@ def test_a_history_reads_the_partitions_dropped_or_added_since_it_last_looked(pg
     assert dates() == [str(d.date()) for d in days[2:]]
     monkeypatch.setattr(type(wh), "PARTITION_DAYS_TTL_SECONDS", 0.0)
     assert dates() == [str(days[0].date()), *[str(d.date()) for d in days[2:]]]
+    # A customer whose profile is older than the store's newest: the window ends at their own profile date.
+    with wh.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE platform.customer_profiles SET profile_date = %(d)s WHERE customer_id = %(c)s", {"d": days[2].date(), "c": customer})
+    assert dates() == [str(days[0].date()), str(days[2].date())]
     wh.dispose()

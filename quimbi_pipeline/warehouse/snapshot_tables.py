@@ -375,24 +375,60 @@ class SnapshotStore:
             self.__dict__["_partition_days_cache"] = (days, time.monotonic())
         return days
 
-    def _window_rows(self, columns: str, where: str, params: dict) -> list[dict]:
-        """`SELECT columns FROM profile_snapshots where ORDER BY snapshot_date` for the dates :start to :end, through
-        fetch_rows. On PostgreSQL with date partitions, over the window's own partitions (a UNION ALL) instead of the
-        parent: a statement over the parent is planned anew each time, and its planning grows with every partition
-        the retention keeps (0.8 ms a read with 80 partitions, the default policy's steady state)."""
+    def _window_rows(self, columns: str, where: str, params: dict, outer: str = "") -> list[dict]:
+        """`SELECT [outer,] columns FROM profile_snapshots where ORDER BY snapshot_date` for the dates :start to :end,
+        through fetch_rows. On PostgreSQL with date partitions, over the window's own partitions (a UNION ALL) instead
+        of the parent: a statement over the parent is planned anew each time, and its planning grows with every
+        partition the retention keeps (0.8 ms a read with 80 partitions, the default policy's steady state).
+        `outer`: expressions computed once per statement, not per partition (a scalar subquery)."""
         if not self.snapshots_partitioned:
+            if outer:
+                raise ValueError("outer expressions are for the partitioned table's reads")
             return self.fetch_rows(f"SELECT {columns} FROM {self.qualified(SNAPSHOTS)} {where} ORDER BY snapshot_date", params)
+        head = f"SELECT {outer + ', ' if outer else ''}w.* FROM ("
 
-        def over_partitions(refresh: bool) -> str | None:
+        def over_partitions(refresh: bool) -> list[dict]:
             days = sorted(d for d in self._partition_days(params["end"], refresh) if params["start"] <= d <= params["end"])
-            return " UNION ALL ".join(f"SELECT {columns} FROM {PG_SCHEMA}.{SNAPSHOT_PARTITION_PREFIX}{d:%Y%m%d} {where}" for d in days) or None
+            if not days:
+                return []
+            union = " UNION ALL ".join(f"SELECT {columns} FROM {PG_SCHEMA}.{SNAPSHOT_PARTITION_PREFIX}{d:%Y%m%d} {where}" for d in days)
+            return self.fetch_rows(f"{head}{union}) w ORDER BY snapshot_date", params)
 
-        sql = over_partitions(refresh=False)
         try:
-            return self.fetch_rows(f"{sql} ORDER BY snapshot_date", params) if sql else []
+            return over_partitions(refresh=False)
         except psycopg.errors.UndefinedTable:  # a partition dropped (a prune) since the dates were read
-            sql = over_partitions(refresh=True)
-            return self.fetch_rows(f"{sql} ORDER BY snapshot_date", params) if sql else []
+            return over_partitions(refresh=True)
+
+    def _newest_profile_date(self, store_id: str, refresh: bool = False) -> date | None:
+        """The store's newest profile date, kept per process for PARTITION_DAYS_TTL_SECONDS (or read again on `refresh`)."""
+        cache = self.__dict__.setdefault("_newest_profile_dates", {})
+        found = cache.get(store_id)
+        if refresh or found is None or time.monotonic() - found[1] > self.PARTITION_DAYS_TTL_SECONDS:
+            newest = self.fetch_rows(f"SELECT max(profile_date) AS d FROM {self.qualified('customer_profiles')} WHERE store_id = :s",
+                                     {"s": store_id})[0]["d"]
+            cache[store_id] = found = (newest, time.monotonic())
+        return found[0]
+
+    def _rows_up_to_the_stores_newest(self, columns: str, where: str, params: dict, days: int) -> list[dict] | None:
+        """PostgreSQL with date partitions: a customer's window up to their profile date in one statement, taking that
+        date to be the store's newest profile date (a daily run profiles every customer of the store) and reading the
+        customer's own with the rows to check it. None when it cannot tell (the dates differ, no snapshot in the
+        window, or no partitions): the caller then reads the profile date first, a statement more."""
+        if not self.snapshots_partitioned:
+            return None
+        guess = self._newest_profile_date(params["s"])
+        if guess is None:
+            return None
+        own = f"(SELECT profile_date FROM {self.qualified('customer_profiles')} WHERE store_id = :s AND customer_id = :c) AS profile_date"
+        rows = self._window_rows(columns, where, {**params, "start": guess - timedelta(days=days), "end": guess}, outer=own)
+        if not rows:
+            return None
+        own_date = rows[0]["profile_date"]
+        if own_date != guess:
+            if own_date is not None and own_date > guess:
+                self._newest_profile_date(params["s"], refresh=True)  # a newer date was written since
+            return None
+        return rows if rows[-1]["snapshot_date"] == guess else None
 
     def replace_snapshot_blocks(self, conn: sa.Connection, store_id: str, day, blocks: list[dict] | None) -> None:
         """In the caller's transaction: the store's snapshot_blocks of the date become `blocks`."""
@@ -631,9 +667,10 @@ class SnapshotStore:
         # layer cost as much CPU as the reads.
         rows = None
         if as_of is None and snapshot_type is None:
+            rows = self._rows_up_to_the_stores_newest(selected, where, params, days)
+        if rows is None and as_of is None and snapshot_type is None:
             # The customer's newest snapshot is almost always dated their profile's date (a snapshot comes with
-            # the profile of its date, and customer_profiles holds the newest): one lookup by key, then the
-            # window. On PostgreSQL each statement over the date partitions costs ~2 ms of planning.
+            # the profile of its date, and customer_profiles holds the newest): one lookup by key, then the window.
             found = self.fetch_rows(f"SELECT profile_date FROM {self.qualified('customer_profiles')} WHERE store_id = :s AND customer_id = :c",
                                     params)
             if found:

@@ -4,6 +4,7 @@ history view), their columnar copy snapshot_blocks, the write log snapshot_write
 
 from __future__ import annotations
 
+import bisect
 import time
 from datetime import date, timedelta
 
@@ -364,16 +365,16 @@ class SnapshotStore:
 
     PARTITION_DAYS_TTL_SECONDS = 30.0
 
-    def _partition_days(self, newest_wanted: date, refresh: bool = False) -> set[date]:
-        """The dates that have a profile_snapshots partition, kept per process: read again after
-        PARTITION_DAYS_TTL_SECONDS, when a date past the newest kept is wanted (a date written since), or on
-        `refresh`. So a past date backfilled into a new partition shows in a history within that time."""
-        days, read_at = self.__dict__.get("_partition_days_cache", (set(), -float("inf")))
-        if refresh or time.monotonic() - read_at > self.PARTITION_DAYS_TTL_SECONDS or not days or newest_wanted > max(days):
+    def _partition_days(self, start: date, end: date, refresh: bool = False) -> list[date]:
+        """The dates from `start` to `end` that have a profile_snapshots partition. All such dates are kept per process
+        and read again after PARTITION_DAYS_TTL_SECONDS, when a date past the newest kept is wanted (a date written
+        since), or on `refresh`: so a past date backfilled into a new partition shows in a history within that time."""
+        days, read_at = self.__dict__.get("_partition_days_cache", ([], -float("inf")))
+        if refresh or time.monotonic() - read_at > self.PARTITION_DAYS_TTL_SECONDS or not days or end > days[-1]:
             names = self.snapshot_partitions()
-            days = {pd.Timestamp(n[len(SNAPSHOT_PARTITION_PREFIX):]).date() for n in names if n.startswith(SNAPSHOT_PARTITION_PREFIX)}
+            days = sorted({pd.Timestamp(n[len(SNAPSHOT_PARTITION_PREFIX):]).date() for n in names if n.startswith(SNAPSHOT_PARTITION_PREFIX)})
             self.__dict__["_partition_days_cache"] = (days, time.monotonic())
-        return days
+        return days[bisect.bisect_left(days, start):bisect.bisect_right(days, end)]
 
     def _window_rows(self, columns: str, where: str, params: dict, outer: str = "") -> list[dict]:
         """`SELECT [outer,] columns FROM profile_snapshots where ORDER BY snapshot_date` for the dates :start to :end,
@@ -388,7 +389,7 @@ class SnapshotStore:
         head = f"SELECT {outer + ', ' if outer else ''}w.* FROM ("
 
         def over_partitions(refresh: bool) -> list[dict]:
-            days = sorted(d for d in self._partition_days(params["end"], refresh) if params["start"] <= d <= params["end"])
+            days = self._partition_days(params["start"], params["end"], refresh)
             if not days:
                 return []
             union = " UNION ALL ".join(f"SELECT {columns} FROM {PG_SCHEMA}.{SNAPSHOT_PARTITION_PREFIX}{d:%Y%m%d} {where}" for d in days)

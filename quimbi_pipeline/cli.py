@@ -142,6 +142,7 @@ def serve(warehouse: str | None, host: str | None, port: int, workers: int = 1, 
     import sqlalchemy as sa
     import uvicorn
 
+    from quimbi_pipeline.api import workers as api_workers
     from quimbi_pipeline.api.access import Access, AccessConfigError
     from quimbi_pipeline.api.app import create_app
     from quimbi_pipeline.warehouse import masked_url, resolve_warehouse_url
@@ -174,7 +175,18 @@ def serve(warehouse: str | None, host: str | None, port: int, workers: int = 1, 
     if workers > 1:
         app.state.warehouse.dispose()
         os.environ["QUIMBI_WAREHOUSE_URL"] = url  # the workers build the app from the environment
-        uvicorn.run("quimbi_pipeline.api.app:app_from_env", factory=True, workers=workers, host=host, port=port, access_log=False, log_level="warning")
+        options = dict(factory=True, workers=workers, host=host, port=port, access_log=False, log_level="warning")
+        if not api_workers.supported(port):  # no SO_REUSEPORT (not Linux), or port 0: uvicorn's one shared socket
+            print(f"quimbi serve: the {workers} workers share one listening socket (SO_REUSEPORT unavailable or port 0): "
+                  "connections may gather on one of them", file=out, flush=True)
+            uvicorn.run("quimbi_pipeline.api.app:app_from_env", **options)
+            return 0
+        if api_workers.address_in_use(host, port):
+            raise UserError(f"{host}:{port} is in use: another server answers there")
+        try:
+            api_workers.run_workers(uvicorn.Config("quimbi_pipeline.api.app:app_from_env", **options), host, port)
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     else:
         uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
     return 0

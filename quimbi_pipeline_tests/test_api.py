@@ -4,10 +4,13 @@ real uvicorn server started by the CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -374,3 +377,51 @@ def test_a_held_reader_is_its_threads_one_connection_and_reconnects_after_the_se
             time.sleep(0.1)
         else:
             pytest.fail("dispose left the held connection open")
+
+
+def _tcp_sockets(port: int, state: str) -> set[str]:
+    """Inodes of this machine's IPv4 TCP sockets on a local port in a state (/proc/net/tcp: 0A listening, 01 established)."""
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return {r[9] for r in rows if r[3] == state and int(r[1].split(":")[1], 16) == port}
+
+
+def _children(parent: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            if entry.name.isdigit() and Path(entry, "stat").read_text().rsplit(")", 1)[1].split()[1] == str(parent):
+                children.append(int(entry.name))
+    return children
+
+
+def _owners(pids: list[int], inodes: set[str]) -> set[int]:
+    """Which of the processes hold a socket of these inodes."""
+    owners = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd).removeprefix("socket:[").removesuffix("]") in inodes:
+                    owners.add(pid)
+    return owners
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT spreads connections over sockets on Linux")
+def test_serve_workers_listen_on_sockets_of_their_own_and_share_the_connections(sqlite_served, capsys):
+    env = {k: v for k, v in os.environ.items() if k != "QUIMBI_API_KEYS"}
+    with local_server(sqlite_served, env=env, args=("--workers", "2")) as server:
+        deadline = time.monotonic() + 60
+        while len(_tcp_sockets(server.port, "0A")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)  # the second worker may still be starting
+        assert len(_tcp_sockets(server.port, "0A")) == 2  # uvicorn's shared socket would be one
+        clients = [httpx.Client(base_url=server.base, timeout=10) for _ in range(24)]
+        try:
+            assert [c.get("/health").status_code for c in clients] == [200] * 24
+            workers = _children(server.process.pid)
+            # 24 connections over two sockets by the kernel's hash: all on one would have odds of 2 in 2**24.
+            assert len(_owners(workers, _tcp_sockets(server.port, "01"))) == 2
+        finally:
+            for c in clients:
+                c.close()
+        # A second server on the port fails as it would without SO_REUSEPORT, rather than sharing the connections.
+        assert quimbi(["serve", "--warehouse", sqlite_served, "--port", str(server.port), "--workers", "2"]) == 1
+        assert f"127.0.0.1:{server.port} is in use" in capsys.readouterr().err

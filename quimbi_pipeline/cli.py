@@ -175,7 +175,7 @@ def serve(warehouse: str | None, host: str | None, port: int, workers: int = 1, 
     if workers > 1:
         app.state.warehouse.dispose()
         os.environ["QUIMBI_WAREHOUSE_URL"] = url  # the workers build the app from the environment
-        options = dict(factory=True, workers=workers, host=host, port=port, access_log=False, log_level="warning")
+        options = {"factory": True, "workers": workers, "host": host, "port": port, "access_log": False, "log_level": "warning"}
         if not api_workers.supported(port):  # no SO_REUSEPORT (not Linux), or port 0: uvicorn's one shared socket
             print(f"quimbi serve: the {workers} workers share one listening socket (SO_REUSEPORT unavailable or port 0): "
                   "connections may gather on one of them", file=out, flush=True)

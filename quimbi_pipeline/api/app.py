@@ -23,18 +23,25 @@ from pydantic import BaseModel
 
 from quimbi_pipeline.api import reads
 from quimbi_pipeline.api.access import Access
-from quimbi_pipeline.api.direct_routes import DirectRoutes, request_key
+from quimbi_pipeline.api.direct_routes import (
+    MAX_DAYS,
+    MAX_ID_LENGTH,
+    DirectRoutes,
+    request_key,
+)
 from quimbi_pipeline.api.models import Drift, Health, History, Population, Profile
 from quimbi_pipeline.api.pages import add_pages
+from quimbi_pipeline.api.reads import SNAPSHOT_TYPES, WINDOWS
 from quimbi_pipeline.settings import StoreSettings
 from quimbi_pipeline.warehouse import NeedsMigration, Warehouse, pending_migration
 
 log = logging.getLogger("quimbi_pipeline.api")
-Window = Annotated[str, Query(pattern="^(7d|28d|90d|180d|365d)$", description="7d, 28d, 90d, 180d or 365d")]
-Days = Annotated[int, Query(ge=1, le=3650, description="days back from the customer's newest snapshot")]
-SnapshotType = Annotated[str | None, Query(pattern="^(daily|weekly|monthly|quarterly|yearly|profile_change)$")]
-StoreId = Annotated[str, Path(min_length=1, max_length=200)]
-CustomerId = Annotated[str, Path(min_length=1, max_length=200)]
+# The rules the direct routes check too (one definition: direct_routes' constants and reads' names).
+Window = Annotated[str, Query(pattern=f"^({'|'.join(WINDOWS)})$", description="7d, 28d, 90d, 180d or 365d")]
+Days = Annotated[int, Query(ge=1, le=MAX_DAYS, description="days back from the customer's newest snapshot")]
+SnapshotType = Annotated[str | None, Query(pattern=f"^({'|'.join(SNAPSHOT_TYPES)})$")]
+StoreId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)]
+CustomerId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
 class StoreCache:

@@ -8,8 +8,8 @@ request's CPU in-process, more than the reads themselves.
 Only a request that is well-formed and granted is answered here. Anything else goes on to the FastAPI
 routes, which answer it exactly as documented: another path or method, a malformed, repeated or unknown
 parameter value, a past date (`as_of`, computed in the thread pool), and every error (401, 403, 404), which
-the route then raises itself (so an error answered here would read once more: errors are rare and cheap). The
-routes also remain what `/docs` and the OpenAPI schema describe.
+the route then raises itself (so a request ending in an error is read twice: errors are rare and cheap). The
+routes also remain what `/docs` and the OpenAPI schema describe; they take their limits from this module.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ Pure functions over pandas; no database.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -225,12 +226,12 @@ def expand_values(rows: pd.DataFrame, layout: SnapshotLayout, columns=("dominant
 
 def _spans(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, tuple[str, ...], int, int], ...]:
     spans: list[tuple[str, tuple[str, ...], int, int]] = []
-    for i, (axis, _) in enumerate(pairs):
-        if not spans or spans[-1][0] != axis:
-            if any(axis == seen for seen, *_ in spans):
-                raise ValueError(f"snapshot layout: axis {axis!r} is not contiguous")  # a flattened nested object always is
-            spans.append((axis, (), i, i))
-        spans[-1] = (axis, (*spans[-1][1], pairs[i][1]), spans[-1][2], i + 1)
+    for axis, items in itertools.groupby(pairs, key=lambda pair: pair[0]):
+        if any(axis == seen for seen, *_ in spans):
+            raise ValueError(f"snapshot layout: axis {axis!r} is not contiguous")  # a flattened nested object always is
+        start = spans[-1][3] if spans else 0
+        names = tuple(name for _, name in items)
+        spans.append((axis, names, start, start + len(names)))
     return tuple(spans)
 
 

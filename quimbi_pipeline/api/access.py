@@ -19,6 +19,17 @@ from pathlib import Path
 import yaml
 
 ALL_STORES = "*"
+KEY_PARAMETER = "api_key"
+
+
+def request_key(headers, query) -> str | None:
+    """A request's API key from its headers and query parameters (mappings): X-API-Key, Authorization: Bearer, or
+    ?api_key= (pages opened in a browser)."""
+    key = headers.get("x-api-key")
+    if not key:
+        auth = headers.get("authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+    return key or query.get(KEY_PARAMETER)
 
 
 class AccessConfigError(ValueError):

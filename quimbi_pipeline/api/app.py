@@ -22,13 +22,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from quimbi_pipeline.api import reads
-from quimbi_pipeline.api.access import Access
-from quimbi_pipeline.api.direct_routes import (
-    MAX_DAYS,
-    MAX_ID_LENGTH,
-    DirectRoutes,
-    request_key,
-)
+from quimbi_pipeline.api.access import Access, request_key
+from quimbi_pipeline.api.direct_routes import MAX_DAYS, MAX_ID_LENGTH, DirectRoutes
 from quimbi_pipeline.api.models import Drift, Health, History, Population, Profile
 from quimbi_pipeline.api.pages import add_pages
 from quimbi_pipeline.api.reads import SNAPSHOT_TYPES, WINDOWS

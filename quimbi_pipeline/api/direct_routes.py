@@ -21,11 +21,11 @@ from fastapi import HTTPException
 from starlette.datastructures import Headers
 from starlette.responses import Response
 
+from quimbi_pipeline.api.access import request_key
 from quimbi_pipeline.api.reads import SNAPSHOT_TYPES, WINDOWS
 
 MAX_ID_LENGTH = 200  # of a store or customer id, as the routes declare
 MAX_DAYS = 3650
-KEY_PARAMETER = "api_key"
 
 Answer = Callable[..., Awaitable[Response]]
 Grant = Callable[[str | None, str | None], Awaitable[str]]  # (key, store or None for the one-store paths) -> store
@@ -64,15 +64,6 @@ def arguments(kind: str, query: dict[str, str]) -> dict | None:
     if snapshot_type is not None and snapshot_type not in SNAPSHOT_TYPES:
         return None
     return {"days": int(days), "snapshot_type": snapshot_type}
-
-
-def request_key(headers, query) -> str | None:
-    """The request's API key: X-API-Key, Authorization: Bearer, or ?api_key= (pages opened in a browser)."""
-    key = headers.get("x-api-key")
-    if not key:
-        auth = headers.get("authorization", "")
-        key = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-    return key or query.get(KEY_PARAMETER)
 
 
 class DirectRoutes:

@@ -365,15 +365,26 @@ class SnapshotStore:
 
     PARTITION_DAYS_TTL_SECONDS = 30.0
 
+    def _kept(self, key, read, refresh: bool = False):
+        """`read()`, kept per process under `key` and read again after PARTITION_DAYS_TTL_SECONDS or on `refresh`."""
+        cache = self.__dict__.setdefault("_kept_reads", {})
+        found = cache.get(key)
+        if refresh or found is None or time.monotonic() - found[1] > self.PARTITION_DAYS_TTL_SECONDS:
+            found = cache[key] = (read(), time.monotonic())
+        return found[0]
+
     def _partition_days(self, start: date, end: date, refresh: bool = False) -> list[date]:
-        """The dates from `start` to `end` that have a profile_snapshots partition. All such dates are kept per process
-        and read again after PARTITION_DAYS_TTL_SECONDS, when a date past the newest kept is wanted (a date written
-        since), or on `refresh`: so a past date backfilled into a new partition shows in a history within that time."""
-        days, read_at = self.__dict__.get("_partition_days_cache", ([], -float("inf")))
-        if refresh or time.monotonic() - read_at > self.PARTITION_DAYS_TTL_SECONDS or not days or end > days[-1]:
+        """The dates from `start` to `end` that have a profile_snapshots partition. All such dates are kept (`_kept`),
+        and read again at once when a date past the newest kept is wanted (a date written since): so a past date
+        backfilled into a new partition shows in a history within PARTITION_DAYS_TTL_SECONDS."""
+
+        def read() -> list[date]:
             names = self.snapshot_partitions()
-            days = sorted({pd.Timestamp(n[len(SNAPSHOT_PARTITION_PREFIX):]).date() for n in names if n.startswith(SNAPSHOT_PARTITION_PREFIX)})
-            self.__dict__["_partition_days_cache"] = (days, time.monotonic())
+            return sorted({pd.Timestamp(n[len(SNAPSHOT_PARTITION_PREFIX):]).date() for n in names if n.startswith(SNAPSHOT_PARTITION_PREFIX)})
+
+        days = self._kept("partition_days", read, refresh)
+        if not days or end > days[-1]:
+            days = self._kept("partition_days", read, refresh=True)
         return days[bisect.bisect_left(days, start):bisect.bisect_right(days, end)]
 
     def _window_rows(self, columns: str, where: str, params: dict, outer: str = "") -> list[dict]:
@@ -401,14 +412,9 @@ class SnapshotStore:
             return over_partitions(refresh=True)
 
     def _newest_profile_date(self, store_id: str, refresh: bool = False) -> date | None:
-        """The store's newest profile date, kept per process for PARTITION_DAYS_TTL_SECONDS (or read again on `refresh`)."""
-        cache = self.__dict__.setdefault("_newest_profile_dates", {})
-        found = cache.get(store_id)
-        if refresh or found is None or time.monotonic() - found[1] > self.PARTITION_DAYS_TTL_SECONDS:
-            newest = self.fetch_rows(f"SELECT max(profile_date) AS d FROM {self.qualified('customer_profiles')} WHERE store_id = :s",
-                                     {"s": store_id})[0]["d"]
-            cache[store_id] = found = (newest, time.monotonic())
-        return found[0]
+        """The store's newest profile date (`_kept`)."""
+        return self._kept(("newest_profile_date", store_id), lambda: self.fetch_rows(
+            f"SELECT max(profile_date) AS d FROM {self.qualified('customer_profiles')} WHERE store_id = :s", {"s": store_id})[0]["d"], refresh)
 
     def _rows_up_to_the_stores_newest(self, columns: str, where: str, params: dict, days: int) -> list[dict] | None:
         """PostgreSQL with date partitions: a customer's window up to their profile date in one statement, taking that

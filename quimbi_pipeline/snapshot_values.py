@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic_core import from_json
 
 from quimbi_pipeline.json_text import json_object, json_string
 
@@ -54,9 +55,24 @@ class SnapshotLayout:
         return _spans(self.features)
 
     @cached_property
-    def dominant_segments_of(self) -> dict[str, dict[str, str]]:
+    def _dominant_segments_of(self) -> dict[str, dict[str, str]]:
         """{dominant_positions text: {axis: segment}}, filled as rows are read (a store has few archetypes)."""
         return {}
+
+    def memberships_of(self, values_text: str) -> dict:
+        """One row's fuzzy_memberships {axis: {segment: value}} from its membership_values (the read API's path)."""
+        return _nest(self.membership_spans, values_text)
+
+    def features_of(self, values_text: str) -> dict:
+        """One row's behavioral_features {axis: {feature: value}} from its feature_values."""
+        return _nest(self.feature_spans, values_text)
+
+    def dominant_segments(self, positions_text: str) -> dict[str, str]:
+        """One row's dominant_segments {axis: segment} from its dominant_positions (a new dict: the caller's to change)."""
+        found = self._dominant_segments_of.get(positions_text)
+        if found is None:
+            found = self._dominant_segments_of[positions_text] = {self.memberships[p][0]: self.memberships[p][1] for p in json.loads(positions_text)}
+        return dict(found)
 
     @property
     def axes(self) -> list[str]:
@@ -236,11 +252,14 @@ def _spans(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, tuple[str, ..
 
 
 def _nest(spans: tuple[tuple[str, tuple[str, ...], int, int], ...], values_text: str) -> dict:
-    """{axis: {name: value}} from a JSON array in the layout's order."""
-    values = json.loads(values_text)
-    if len(values) != (spans[-1][3] if spans else 0):
-        raise ValueError(f"snapshot values hold {len(values)} values, the layout {spans[-1][3] if spans else 0}")
-    return {axis: dict(zip(names, values[start:end])) for axis, names, start, end in spans}
+    """{axis: {name: value}} from a JSON array in the layout's order. pydantic_core's parser gives the same floats as
+    json.loads (a row's array in 0.9 against 6 µs), and each axis takes its names' count from one iterator (no slices)."""
+    values = from_json(values_text)
+    expected = spans[-1][3] if spans else 0
+    if type(values) is not list or len(values) != expected:
+        raise ValueError(f"snapshot values hold {len(values) if type(values) is list else 'no array of'} values, the layout {expected}")
+    rest = iter(values)
+    return {axis: dict(zip(names, rest)) for axis, names, _, _ in spans}  # zip stops at the names: rest is not overdrawn
 
 
 def row_objects(layout: SnapshotLayout, row, columns) -> dict:
@@ -248,13 +267,9 @@ def row_objects(layout: SnapshotLayout, row, columns) -> dict:
     the read API's path, a few rows at a time, no DataFrame."""
     out: dict = {}
     if "fuzzy_memberships" in columns:
-        out["fuzzy_memberships"] = _nest(layout.membership_spans, row["membership_values"])
+        out["fuzzy_memberships"] = layout.memberships_of(row["membership_values"])
     if "dominant_segments" in columns:
-        positions = row["dominant_positions"]
-        dominant = layout.dominant_segments_of.get(positions)
-        if dominant is None:
-            dominant = layout.dominant_segments_of[positions] = {layout.memberships[p][0]: layout.memberships[p][1] for p in json.loads(positions)}
-        out["dominant_segments"] = dict(dominant)  # a copy: the caller's to change
+        out["dominant_segments"] = layout.dominant_segments(row["dominant_positions"])
     if "behavioral_features" in columns:
-        out["behavioral_features"] = _nest(layout.feature_spans, row["feature_values"])
+        out["behavioral_features"] = layout.features_of(row["feature_values"])
     return out

@@ -230,6 +230,35 @@ def test_with_drift_and_snapshots_off_the_profile_answers_and_the_others_say_off
     assert (drift.status_code, drift.json()) == (404, {"detail": "drift analysis is off for store 'store_a' (ENABLE_DRIFT_ANALYSIS)"})
 
 
+def test_the_store_list_is_read_by_a_skip_scan_and_a_store_written_since_answers_at_once(served, client, monkeypatch):
+    import sqlalchemy as sa
+
+    from quimbi_pipeline.api import reads
+    from quimbi_pipeline.warehouse import customer_profiles
+
+    wh = Warehouse(served, create=False)
+    distinct = wh.read_sql(f"SELECT DISTINCT store_id FROM {wh.qualified('customer_profiles')} ORDER BY store_id")["store_id"].tolist()
+    assert reads.stores(wh) == distinct == ["store_a", "store_b"]
+    listings = []
+    monkeypatch.setattr(reads, "stores", lambda w: listings.append(1) or distinct)
+    api = client(served)
+    customer = a_customer_with_drift(served)
+    assert api.get(f"/stores/store_a/customers/{customer}").status_code == 200
+    for _ in range(3):  # an unknown store: one probe each, the list is not read again
+        assert api.get(f"/stores/store_c/customers/{customer}").json() == {"detail": "unknown store 'store_c'"}
+    assert len(listings) == 1
+    try:
+        with wh.engine.begin() as conn:
+            row = conn.execute(sa.select(customer_profiles).where(customer_profiles.c.store_id == "store_a",
+                                                                  customer_profiles.c.customer_id == customer)).mappings().one()
+            conn.execute(sa.insert(customer_profiles), [{**row, "store_id": "store_c"}])
+        assert api.get(f"/stores/store_c/customers/{customer}").json()["customer_id"] == customer  # not 30 s later
+    finally:
+        with wh.engine.begin() as conn:
+            conn.execute(sa.delete(customer_profiles).where(customer_profiles.c.store_id == "store_c"))
+        wh.dispose()
+
+
 def test_unscoped_paths_answer_for_a_warehouse_of_one_store(tmp_path, client):
     url = f"sqlite:///{tmp_path / 'one.sqlite'}"
     build(url, n_stores=1, days=DAYS[-3:])

@@ -55,8 +55,12 @@ class StoreCache:
     def has(self, store: str) -> bool:
         if store in self.all():
             return True
-        self.read_at = -float("inf")  # an unknown store: look again before saying so
-        return store in self.all()
+        # Not in the list: one probe for that store (a store written since shows at once, and a request for an unknown
+        # store costs an index lookup, not a re-read of the list).
+        if not reads.has_store(self.warehouse, store):
+            return False
+        self.read_at = -float("inf")
+        return True
 
 
 def typed(model: type[BaseModel], value: dict) -> Response:

@@ -29,6 +29,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -193,6 +194,48 @@ def postgres_cpu_seconds() -> float:
     return _process_cpu(subprocess.run(["pgrep", "-u", "postgres"], capture_output=True, text=True, check=False).stdout.split())
 
 
+def tcp_sockets(port: int, state: str) -> set[str]:
+    """The IPv4 TCP sockets on local `port` in `state` (/proc/net/tcp: 01 established, 0A listening), as fd link targets."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+            found.add(f"socket:[{fields[9]}]")
+    return found
+
+
+def connections_per_worker(server_pid: int, port: int) -> list[int]:
+    """Established connections on `port` held by each of the server's worker processes, most first: with a socket per
+    worker the kernel's SO_REUSEPORT hash, not the workers, decides how a run's keep-alive connections spread."""
+    established = tcp_sockets(port, "01")
+    counts = []
+    for pid in subprocess.run(["pgrep", "-P", str(server_pid)], capture_output=True, text=True, check=False).stdout.split():
+        held = 0
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    held += os.readlink(fd) in established
+                except OSError:  # closed meanwhile
+                    continue
+        except FileNotFoundError:
+            continue
+        if held:
+            counts.append(held)
+    return sorted(counts, reverse=True)
+
+
+def all_workers_listening(port: int, workers: int, timeout_s: float = 120.0) -> None:
+    """Wait until each worker listens on a socket of its own. The server answers /health as soon as its first worker
+    does: a warm-up before the others listen leaves them cold (their first history read: 60-90 ms of CPU for the
+    layouts and archetypes), and the first measured run then took those stalls."""
+    deadline = time.monotonic() + timeout_s
+    while len(tcp_sockets(port, "0A")) < workers:
+        if time.monotonic() > deadline:
+            print(f"# {len(tcp_sockets(port, '0A'))} of {workers} workers listening after {timeout_s:.0f} s (one shared socket?): going on", flush=True)
+            return
+        time.sleep(0.2)
+
+
 def stolen_seconds() -> float:
     """CPU time the hypervisor gave to others while this VM wanted it (/proc/stat's steal, all cores)."""
     return int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[8]) / os.sysconf("SC_CLK_TCK")
@@ -255,6 +298,7 @@ def main() -> int:
         env.pop("QUIMBI_API_KEYS", None)
         with local_server(url, env=env, args=("--workers", str(args.workers)), start_timeout_s=120) as running:
             port, server = running.port, running.process
+            all_workers_listening(port, args.workers)
             print(f"# {len(customers):,} customers sampled; {args.clients} clients, {args.seconds:.0f} s per endpoint, "
                   f"{args.workers} server workers, {os.cpu_count()} cores", flush=True)
             # CPU per request (ms) of the server's workers, PostgreSQL's processes (on this machine) and the clients: a run
@@ -262,7 +306,7 @@ def main() -> int:
             # other machines on these cores (stolen: steal time as a share of the run's cores x seconds). (Not
             # /proc/stat's busy time: at 500 requests/s on this VM it showed half the CPU the processes' own counters did.)
             print(f"{'endpoint':<14}{'load':>12}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}"
-                  f"{'server CPU s':>14}{'CPU ms/req: server':>20}{'pg':>6}{'clients':>8}{'stolen':>8}")
+                  f"{'server CPU s':>14}{'CPU ms/req: server':>20}{'pg':>6}{'clients':>8}{'stolen':>8}  connections per worker")
             loads = {**ENDPOINTS, MIX: list(ENDPOINTS.values()), "customer page": "/ui/stores/{store}/customers/{customer}"}
             for name, template in loads.items():
                 if args.only and name not in args.only:
@@ -271,7 +315,11 @@ def main() -> int:
                 for rate in (0.0, *[r for r in args.rates for _ in range(args.repeat)]):
                     drained(server.pid)
                     before = (cpu_seconds(server.pid), postgres_cpu_seconds(), time.process_time(), stolen_seconds(), time.perf_counter())
+                    spread: list[int] = []
+                    census = threading.Timer(args.seconds / 2, lambda: spread.extend(connections_per_worker(server.pid, port)))
+                    census.start()
                     latencies, errors, kinds = run_clients(load(port, template, args.store, customers, args.clients, args.seconds, rate))
+                    census.join()
                     after = (cpu_seconds(server.pid), postgres_cpu_seconds(), time.process_time(), stolen_seconds(), time.perf_counter())
                     server_s, pg_s, client_s, stolen_s, wall_s = (a - b for a, b in zip(after, before))
                     per_request = [1e3 * x / len(latencies) for x in (server_s, pg_s, client_s)]
@@ -279,7 +327,7 @@ def main() -> int:
                     label = "closed loop" if not rate else f"{rate:,.0f}/s"
                     print(f"{name:<14}{label:>12}{len(latencies):>10,}{len(latencies) / args.seconds:>9,.0f}{p50:>9.1f}{p95:>9.1f}{p99:>9.1f}"
                           f"{errors:>8}{server_s:>14.1f}{per_request[0]:>20.2f}{per_request[1]:>6.2f}{per_request[2]:>8.2f}"
-                          f"{stolen_s / (wall_s * os.cpu_count()):>8.1%}", flush=True)
+                          f"{stolen_s / (wall_s * os.cpu_count()):>8.1%}  {'/'.join(map(str, spread))}", flush=True)
                     if not isinstance(template, str):  # each endpoint's share of the mix
                         print(" " * 26 + "p95 in the mix: " + ", ".join(
                             f"{endpoint} {np.percentile(latencies[kinds == i], 95) * 1e3:.1f} ms" for i, endpoint in enumerate(ENDPOINTS)), flush=True)

@@ -46,12 +46,12 @@ class SnapshotLayout:
     model_version: str
 
     @cached_property
-    def membership_spans(self) -> tuple[tuple[str, tuple[str, ...], int, int], ...]:
-        """(axis, segment names, start, end) of each axis' slice of membership_values (the read API's decoding)."""
+    def membership_spans(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """(axis, segment names) of each axis' run of membership_values, in order (the read API's decoding)."""
         return _spans(self.memberships)
 
     @cached_property
-    def feature_spans(self) -> tuple[tuple[str, tuple[str, ...], int, int], ...]:
+    def feature_spans(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
         return _spans(self.features)
 
     @cached_property
@@ -61,11 +61,11 @@ class SnapshotLayout:
 
     def memberships_of(self, values_text: str) -> dict:
         """One row's fuzzy_memberships {axis: {segment: value}} from its membership_values (the read API's path)."""
-        return _nest(self.membership_spans, values_text)
+        return _nest(self.membership_spans, len(self.memberships), values_text)
 
     def features_of(self, values_text: str) -> dict:
         """One row's behavioral_features {axis: {feature: value}} from its feature_values."""
-        return _nest(self.feature_spans, values_text)
+        return _nest(self.feature_spans, len(self.features), values_text)
 
     def dominant_segments(self, positions_text: str) -> dict[str, str]:
         """One row's dominant_segments {axis: segment} from its dominant_positions (a new dict: the caller's to change)."""
@@ -240,26 +240,24 @@ def expand_values(rows: pd.DataFrame, layout: SnapshotLayout, columns=("dominant
     return {c: s.set_axis(rows.index) for c, s in out.items()}
 
 
-def _spans(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, tuple[str, ...], int, int], ...]:
-    spans: list[tuple[str, tuple[str, ...], int, int]] = []
+def _spans(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    spans: list[tuple[str, tuple[str, ...]]] = []
     for axis, items in itertools.groupby(pairs, key=lambda pair: pair[0]):
-        if any(axis == seen for seen, *_ in spans):
+        if any(axis == seen for seen, _ in spans):
             raise ValueError(f"snapshot layout: axis {axis!r} is not contiguous")  # a flattened nested object always is
-        start = spans[-1][3] if spans else 0
-        names = tuple(name for _, name in items)
-        spans.append((axis, names, start, start + len(names)))
+        spans.append((axis, tuple(name for _, name in items)))
     return tuple(spans)
 
 
-def _nest(spans: tuple[tuple[str, tuple[str, ...], int, int], ...], values_text: str) -> dict:
-    """{axis: {name: value}} from a JSON array in the layout's order. pydantic_core's parser gives the same floats as
-    json.loads (a row's array in 0.9 against 6 µs), and each axis takes its names' count from one iterator (no slices)."""
+def _nest(spans: tuple[tuple[str, tuple[str, ...]], ...], size: int, values_text: str) -> dict:
+    """{axis: {name: value}} from a JSON array of `size` values in the layout's order. pydantic_core's parser gives the
+    same floats as json.loads (a row's array in 0.9 against 6 µs), and each axis takes its names' count from one
+    iterator (no slices)."""
     values = from_json(values_text)
-    expected = spans[-1][3] if spans else 0
-    if type(values) is not list or len(values) != expected:
-        raise ValueError(f"snapshot values hold {len(values) if type(values) is list else 'no array of'} values, the layout {expected}")
+    if type(values) is not list or len(values) != size:
+        raise ValueError(f"snapshot values hold {len(values) if type(values) is list else 'no array of'} values, the layout {size}")
     rest = iter(values)
-    return {axis: dict(zip(names, rest)) for axis, names, _, _ in spans}  # zip stops at the names: rest is not overdrawn
+    return {axis: dict(zip(names, rest)) for axis, names in spans}  # zip stops at the names: rest is not overdrawn
 
 
 def row_objects(layout: SnapshotLayout, row, columns) -> dict:

@@ -194,48 +194,6 @@ def postgres_cpu_seconds() -> float:
     return _process_cpu(subprocess.run(["pgrep", "-u", "postgres"], capture_output=True, text=True, check=False).stdout.split())
 
 
-def tcp_sockets(port: int, state: str) -> set[str]:
-    """The IPv4 TCP sockets on local `port` in `state` (/proc/net/tcp: 01 established, 0A listening), as fd link targets."""
-    found = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
-            found.add(f"socket:[{fields[9]}]")
-    return found
-
-
-def connections_per_worker(server_pid: int, port: int) -> list[int]:
-    """Established connections on `port` held by each of the server's worker processes, most first: with a socket per
-    worker the kernel's SO_REUSEPORT hash, not the workers, decides how a run's keep-alive connections spread."""
-    established = tcp_sockets(port, "01")
-    counts = []
-    for pid in subprocess.run(["pgrep", "-P", str(server_pid)], capture_output=True, text=True, check=False).stdout.split():
-        held = 0
-        try:
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                try:
-                    held += os.readlink(fd) in established
-                except OSError:  # closed meanwhile
-                    continue
-        except FileNotFoundError:
-            continue
-        if held:
-            counts.append(held)
-    return sorted(counts, reverse=True)
-
-
-def all_workers_listening(port: int, workers: int, timeout_s: float = 120.0) -> None:
-    """Wait until each worker listens on a socket of its own. The server answers /health as soon as its first worker
-    does: a warm-up before the others listen leaves them cold (their first history read: 60-90 ms of CPU for the
-    layouts and archetypes), and the first measured run then took those stalls."""
-    deadline = time.monotonic() + timeout_s
-    while len(tcp_sockets(port, "0A")) < workers:
-        if time.monotonic() > deadline:
-            print(f"# {len(tcp_sockets(port, '0A'))} of {workers} workers listening after {timeout_s:.0f} s (one shared socket?): going on", flush=True)
-            return
-        time.sleep(0.2)
-
-
 def stolen_seconds() -> float:
     """CPU time the hypervisor gave to others while this VM wanted it (/proc/stat's steal, all cores)."""
     return int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[8]) / os.sysconf("SC_CLK_TCK")
@@ -296,9 +254,10 @@ def main() -> int:
             prewarm(url)
         env = {**os.environ, **ENV}
         env.pop("QUIMBI_API_KEYS", None)
-        with local_server(url, env=env, args=("--workers", str(args.workers)), start_timeout_s=120) as running:
+        # The warm-up follows once every worker listens: a worker still starting would miss it and take its first
+        # history reads (60-90 ms of CPU each, the layouts and archetypes) inside the first measured run.
+        with local_server(url, env=env, workers=args.workers, start_timeout_s=120) as running:
             port, server = running.port, running.process
-            all_workers_listening(port, args.workers)
             print(f"# {len(customers):,} customers sampled; {args.clients} clients, {args.seconds:.0f} s per endpoint, "
                   f"{args.workers} server workers, {os.cpu_count()} cores", flush=True)
             # CPU per request (ms) of the server's workers, PostgreSQL's processes (on this machine) and the clients: a run
@@ -316,7 +275,7 @@ def main() -> int:
                     drained(server.pid)
                     before = (cpu_seconds(server.pid), postgres_cpu_seconds(), time.process_time(), stolen_seconds(), time.perf_counter())
                     spread: list[int] = []
-                    census = threading.Timer(args.seconds / 2, lambda: spread.extend(connections_per_worker(server.pid, port)))
+                    census = threading.Timer(args.seconds / 2, lambda: spread.extend(running.connections_per_worker()))
                     census.start()
                     latencies, errors, kinds = run_clients(load(port, template, args.store, customers, args.clients, args.seconds, rate))
                     census.join()

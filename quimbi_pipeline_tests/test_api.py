@@ -4,13 +4,11 @@ real uvicorn server started by the CLI."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -21,7 +19,7 @@ from fastapi.testclient import TestClient
 from quimbi_pipeline.api.access import Access, load_keys
 from quimbi_pipeline.api.app import create_app
 from quimbi_pipeline.api.direct_routes import DirectRoutes, arguments, matched
-from quimbi_pipeline.api.launch import local_server
+from quimbi_pipeline.api.launch import LISTENING, local_server, tcp_sockets
 from quimbi_pipeline.cli import main as quimbi
 from quimbi_pipeline.demo import generate_demo
 from quimbi_pipeline.orders import validate_orders
@@ -408,46 +406,17 @@ def test_a_held_reader_is_its_threads_one_connection_and_reconnects_after_the_se
             pytest.fail("dispose left the held connection open")
 
 
-def _tcp_sockets(port: int, state: str) -> set[str]:
-    """Inodes of this machine's IPv4 TCP sockets on a local port in a state (/proc/net/tcp: 0A listening, 01 established)."""
-    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
-    return {r[9] for r in rows if r[3] == state and int(r[1].split(":")[1], 16) == port}
-
-
-def _children(parent: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):  # a process that ended meanwhile
-            if entry.name.isdigit() and Path(entry, "stat").read_text().rsplit(")", 1)[1].split()[1] == str(parent):
-                children.append(int(entry.name))
-    return children
-
-
-def _owners(pids: list[int], inodes: set[str]) -> set[int]:
-    """Which of the processes hold a socket of these inodes."""
-    owners = set()
-    for pid in pids:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with contextlib.suppress(OSError):
-                if os.readlink(fd).removeprefix("socket:[").removesuffix("]") in inodes:
-                    owners.add(pid)
-    return owners
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT spreads connections over sockets on Linux")
 def test_serve_workers_listen_on_sockets_of_their_own_and_share_the_connections(sqlite_served, capsys):
     env = {k: v for k, v in os.environ.items() if k != "QUIMBI_API_KEYS"}
-    with local_server(sqlite_served, env=env, args=("--workers", "2")) as server:
-        deadline = time.monotonic() + 60
-        while len(_tcp_sockets(server.port, "0A")) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)  # the second worker may still be starting
-        assert len(_tcp_sockets(server.port, "0A")) == 2  # uvicorn's shared socket would be one
+    with local_server(sqlite_served, env=env, workers=2) as server:  # returns once both workers listen
+        assert len(tcp_sockets(server.port, LISTENING)) == 2  # uvicorn's shared socket would be one
         clients = [httpx.Client(base_url=server.base, timeout=10) for _ in range(24)]
         try:
             assert [c.get("/health").status_code for c in clients] == [200] * 24
-            workers = _children(server.process.pid)
             # 24 connections over two sockets by the kernel's hash: all on one would have odds of 2 in 2**24.
-            assert len(_owners(workers, _tcp_sockets(server.port, "01"))) == 2
+            spread = server.connections_per_worker()
+            assert len(spread) == 2 and sum(spread) == 24, spread
         finally:
             for c in clients:
                 c.close()

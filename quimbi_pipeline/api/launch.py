@@ -1,8 +1,11 @@
-"""Start a real `quimbi serve` in a child process on a free local port and wait until /health answers
-(the API and page tests and benchmarks/api.py drive the server a user starts, not an in-process app)."""
+"""Start a real `quimbi serve` in a child process on a free local port and wait until /health answers and, with
+several workers, until each listens (the API and page tests and benchmarks/api.py drive the server a user starts,
+not an in-process app). On Linux the workers' sockets are read from /proc."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -11,8 +14,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+
+from quimbi_pipeline.api import workers as api_workers
 
 
 @dataclass
@@ -26,6 +32,38 @@ class LocalServer:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def connections_per_worker(self) -> list[int]:
+        """Established connections on the port held by each worker process that holds any, most first (Linux)."""
+        established = tcp_sockets(self.port, ESTABLISHED)
+        counts = []
+        for pid in _children(self.process.pid):
+            held = 0
+            with contextlib.suppress(OSError):  # a process that ended meanwhile
+                for fd in Path(f"/proc/{pid}/fd").iterdir():
+                    with contextlib.suppress(OSError):  # a descriptor closed meanwhile
+                        held += os.readlink(fd) in established
+            if held:
+                counts.append(held)
+        return sorted(counts, reverse=True)
+
+
+ESTABLISHED, LISTENING = "01", "0A"  # /proc/net/tcp's states
+
+
+def tcp_sockets(port: int, state: str) -> set[str]:
+    """This machine's IPv4 TCP sockets on a local port in a state, as their descriptors' link text (socket:[inode])."""
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return {f"socket:[{r[9]}]" for r in rows if r[3] == state and int(r[1].rsplit(":", 1)[1], 16) == port}
+
+
+def _children(parent: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            if entry.name.isdigit() and Path(entry, "stat").read_text().rsplit(")", 1)[1].split()[1] == str(parent):
+                children.append(int(entry.name))
+    return children
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -34,12 +72,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def local_server(warehouse_url: str, *, env: dict[str, str] | None = None, args: tuple[str, ...] = (), capture: bool = False,
-                 start_timeout_s: float = 60.0) -> Iterator[LocalServer]:
-    """`quimbi serve --warehouse URL --port <free> [args]`, stopped on exit. With `capture` its output is kept
-    (LocalServer.stdout / stderr, readable after the block); otherwise discarded. Raises RuntimeError when the
-    server exits or does not answer within `start_timeout_s`."""
+def local_server(warehouse_url: str, *, env: dict[str, str] | None = None, args: tuple[str, ...] = (), workers: int = 1,
+                 capture: bool = False, start_timeout_s: float = 60.0) -> Iterator[LocalServer]:
+    """`quimbi serve --warehouse URL --port <free> [--workers N] [args]`, stopped on exit. With `capture` its output is
+    kept (LocalServer.stdout / stderr, readable after the block); otherwise discarded. Raises RuntimeError when the
+    server exits or does not answer within `start_timeout_s`. /health answers as soon as the first worker listens:
+    with several, on Linux, it also waits until each listens on its own socket, so that no connection made next waits
+    on a worker still starting and every worker takes its share."""
     port = free_port()
+    if workers > 1:
+        args = ("--workers", str(workers), *args)
     # Captured output goes to files, not pipes: nobody reads a pipe while the server runs, and a server logging a
     # line per request would fill one (64 KiB) within a thousand requests and block.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -48,7 +90,10 @@ def local_server(warehouse_url: str, *, env: dict[str, str] | None = None, args:
                                    env=env, stdout=sinks[0], stderr=sinks[1], text=True)
         server = LocalServer(process, port)
         try:
+            deadline = time.monotonic() + start_timeout_s
             _wait_healthy(server, start_timeout_s)
+            if workers > 1 and api_workers.supported(port) and Path("/proc/net/tcp").exists():
+                _wait_listening(server, workers, deadline)
             yield server
         finally:
             process.terminate()
@@ -70,3 +115,12 @@ def _wait_healthy(server: LocalServer, timeout_s: float) -> None:
         except httpx.TransportError:
             time.sleep(0.2)
     raise RuntimeError(f"quimbi serve did not answer /health within {timeout_s:.0f} s")
+
+
+def _wait_listening(server: LocalServer, workers: int, deadline: float) -> None:
+    while len(tcp_sockets(server.port, LISTENING)) < workers:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"quimbi serve exited with code {server.process.returncode} before its {workers} workers listened")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(tcp_sockets(server.port, LISTENING))} of quimbi serve's {workers} workers listened within the start timeout")
+        time.sleep(0.2)

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from quimbi_pipeline.api import reads
 from quimbi_pipeline.api.access import Access, load_keys
 from quimbi_pipeline.api.app import create_app
 from quimbi_pipeline.api.direct_routes import DirectRoutes, arguments, matched
@@ -376,6 +377,38 @@ def test_the_direct_routes_answer_byte_for_byte_as_the_routes(served, keys_file,
     direct.clear()
     refused = api.get(f"/stores/store_b/customers/{customers[2][1]}", headers={"X-API-Key": KEY_A})
     assert (refused.status_code, direct) == (403, [False])
+
+
+def test_what_a_direct_answer_raises_is_logged_and_the_route_answers(sqlite_served, monkeypatch, caplog):
+    """The direct routes sit outside FastAPI's error handling: what a direct answer raises unexpectedly is logged and
+    the route reads again, so a passing fault (a dropped connection) costs one retry and a lasting one is the route's
+    JSON 500, never uvicorn's plain-text page."""
+    customer, real = a_customer_with_drift(sqlite_served), reads.profile
+    calls = []
+
+    def fails_first(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("server closed the connection")
+        return real(*args)
+
+    def fails_always(*args):
+        raise RuntimeError("no such table")
+
+    path = f"/stores/store_a/customers/{customer}"
+    with TestClient(create_app(sqlite_served, Access(None)), raise_server_exceptions=False) as api:
+        monkeypatch.setattr(reads, "profile", fails_first)
+        retried = api.get(path)
+        assert (retried.status_code, retried.json()["customer_id"], len(calls)) == (200, customer, 2)
+        monkeypatch.setattr(reads, "profile", fails_always)
+        failed = api.get(path)
+        assert (failed.status_code, failed.json()) == (500, {"detail": "internal error (logged on the server)"})
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "quimbi_pipeline.api"]
+    assert logged == [
+        ("WARNING", f"GET {path}: the direct answer failed (RuntimeError: server closed the connection); the route answers"),
+        ("WARNING", f"GET {path}: the direct answer failed (RuntimeError: no such table); the route answers"),
+        ("ERROR", f"GET {path} failed: RuntimeError: no such table"),
+    ]
 
 
 @pytest.mark.postgres

@@ -8,12 +8,14 @@ request's CPU in-process, more than the reads themselves.
 Only a request that is well-formed and granted is answered here. Anything else goes on to the FastAPI
 routes, which answer it exactly as documented: another path or method, a malformed, repeated or unknown
 parameter value, a past date (`as_of`, computed in the thread pool), and every error (401, 403, 404), which
-the route then raises itself (so a request ending in an error is read twice: errors are rare and cheap). The
-routes also remain what `/docs` and the OpenAPI schema describe; they take their limits from this module.
+the route then raises itself (so a request ending in an error is read twice: errors are rare and cheap). What a
+direct answer raises unexpectedly (a dropped database connection) is logged and the route reads again: its answer, or
+its 500, is the request's. The routes also remain what `/docs` and the OpenAPI schema describe; they take their limits from this module.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
@@ -24,6 +26,7 @@ from starlette.responses import Response
 from quimbi_pipeline.api.access import request_key
 from quimbi_pipeline.api.reads import SNAPSHOT_TYPES, WINDOWS
 
+log = logging.getLogger("quimbi_pipeline.api")
 MAX_ID_LENGTH = 200  # of a store or customer id, as the routes declare
 MAX_DAYS = 3650
 
@@ -98,3 +101,6 @@ class DirectRoutes:
             return await self.answers[kind](granted, customer, **args)
         except HTTPException:
             return None  # the route raises it again and answers it as documented
+        except Exception as exc:  # outside FastAPI's error handling: the route reads again, and answers 500 if it fails too
+            log.warning("GET %s: the direct answer failed (%s: %s); the route answers", scope["path"], type(exc).__name__, exc)
+            return None

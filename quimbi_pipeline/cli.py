@@ -173,11 +173,11 @@ def serve(warehouse: str | None, host: str | None, port: int, workers: int = 1, 
     logging.getLogger("quimbi_pipeline.api").setLevel(logging.INFO)
     # Requests are logged by the app without their query (keys may travel in it), not by uvicorn. Nothing the app answers
     # depends on the client's address or scheme (its links are paths, not URLs), so uvicorn's X-Forwarded-* rewriting is off.
+    options = {"host": host, "port": port, "access_log": False, "log_level": "warning", "proxy_headers": False}
     if workers > 1:
         app.state.warehouse.dispose()
         os.environ["QUIMBI_WAREHOUSE_URL"] = url  # the workers build the app from the environment
-        options = {"factory": True, "workers": workers, "host": host, "port": port, "access_log": False, "log_level": "warning",
-                   "proxy_headers": False}
+        options.update(factory=True, workers=workers)
         if not api_workers.supported(port):  # no SO_REUSEPORT (not Linux), or port 0: uvicorn's one shared socket
             print(f"quimbi serve: the {workers} workers share one listening socket (SO_REUSEPORT unavailable or port 0): "
                   "connections may gather on one of them", file=out, flush=True)
@@ -190,7 +190,7 @@ def serve(warehouse: str | None, host: str | None, port: int, workers: int = 1, 
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     else:
-        uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", proxy_headers=False)
+        uvicorn.run(app, **options)
     return 0
 
 

@@ -99,8 +99,8 @@ class ReadApi:
     """What `quimbi serve` runs: the access log around the direct routes around the FastAPI application (`api`). Both
     sit outside FastAPI's own middleware (its error page, telemetry and body-limit layers, and Starlette's dispatch),
     which a hot read answered directly does not need: about 4% more of the API mix's requests per second in a closed
-    loop (benchmarks/api.py, two series of three alternating rounds: 2,637-2,931 against 2,628-2,745 req/s). Everything else, including every error
-    and what a direct answer raises unexpectedly, is the FastAPI application's."""
+    loop (benchmarks/api.py, two series of three alternating rounds: 2,637-2,931 against 2,628-2,745 req/s).
+    Everything else, including every error and what a direct answer raises unexpectedly, is the FastAPI application's."""
 
     def __init__(self, api: FastAPI, **direct_routes):
         self.api, self.state = api, api.state

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,9 +91,9 @@ def local_server(warehouse_url: str, *, env: dict[str, str] | None = None, args:
         server = LocalServer(process, port)
         try:
             deadline = time.monotonic() + start_timeout_s
-            _wait_healthy(server, start_timeout_s)
+            _wait_until(server, lambda: _answers_health(server), deadline, "answering /health")
             if workers > 1 and api_workers.supported(port) and Path("/proc/net/tcp").exists():
-                _wait_listening(server, workers, deadline)
+                _wait_until(server, lambda: len(tcp_sockets(port, LISTENING)) >= workers, deadline, f"listening on all {workers} workers' sockets")
             yield server
         finally:
             process.terminate()
@@ -104,23 +104,19 @@ def local_server(warehouse_url: str, *, env: dict[str, str] | None = None, args:
                 server.stdout, server.stderr = out.read(), err.read()
 
 
-def _wait_healthy(server: LocalServer, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"quimbi serve exited with code {server.process.returncode} before answering /health")
-        try:
-            httpx.get(server.base + "/health", timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise RuntimeError(f"quimbi serve did not answer /health within {timeout_s:.0f} s")
+def _answers_health(server: LocalServer) -> bool:
+    try:
+        httpx.get(server.base + "/health", timeout=1)
+        return True
+    except httpx.TransportError:
+        return False
 
 
-def _wait_listening(server: LocalServer, workers: int, deadline: float) -> None:
-    while len(tcp_sockets(server.port, LISTENING)) < workers:
+def _wait_until(server: LocalServer, ready: Callable[[], bool], deadline: float, what: str) -> None:
+    """Poll `ready` until it holds; RuntimeError when the server exits first or the deadline passes."""
+    while not ready():
         if server.process.poll() is not None:
-            raise RuntimeError(f"quimbi serve exited with code {server.process.returncode} before its {workers} workers listened")
+            raise RuntimeError(f"quimbi serve exited with code {server.process.returncode}, not yet {what}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(tcp_sockets(server.port, LISTENING))} of quimbi serve's {workers} workers listened within the start timeout")
+            raise RuntimeError(f"quimbi serve was not {what} within the start timeout")
         time.sleep(0.2)

@@ -17,12 +17,17 @@ from sklearn.metrics import adjusted_rand_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quimbi_pipeline.cdnow import read_cdnow_orders  # noqa: E402
-from quimbi_pipeline.demo import PLANTED_AXES, generate_demo  # noqa: E402
-from quimbi_pipeline.features import AXIS_BY_NAME, active_mask, available_axes, compute_customer_features  # noqa: E402
-from quimbi_pipeline.orders import orders_as_of, validate_orders  # noqa: E402
-from quimbi_pipeline.segmentation import segment_axis  # noqa: E402
+from quimbi_pipeline.model.features import (  # noqa: E402
+    AXIS_BY_NAME,
+    active_mask,
+    available_axes,
+    compute_customer_features,
+)
+from quimbi_pipeline.model.segmentation import segment_axis  # noqa: E402
 from quimbi_pipeline.settings import ClusteringAlgorithm, PipelineSettings  # noqa: E402
+from quimbi_pipeline.sources.cdnow import read_cdnow_orders  # noqa: E402
+from quimbi_pipeline.sources.demo import PLANTED_AXES, generate_demo  # noqa: E402
+from quimbi_pipeline.sources.orders import orders_as_of, validate_orders  # noqa: E402
 
 CDNOW = Path(__file__).resolve().parent.parent / "quimbi_pipeline_tests" / "data" / "CDNOW_sample.txt"
 MODES = {"fixed k 2-6": False, "dynamic k": True}

@@ -51,11 +51,11 @@ MIX = "api mix"  # the three endpoints in turn
 
 def build(url: str, customers: int, days: int, end: str) -> None:
     os.environ.update(ENV)
-    from quimbi_pipeline.demo import generate_demo
-    from quimbi_pipeline.orders import validate_orders
-    from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition
+    from quimbi_pipeline.run import run_drift_partition, run_profiles_partition
     from quimbi_pipeline.settings import StoreSettings
-    from quimbi_pipeline.warehouse import Warehouse
+    from quimbi_pipeline.sources.demo import generate_demo
+    from quimbi_pipeline.sources.orders import validate_orders
+    from quimbi_pipeline.storage import Warehouse
 
     settings = StoreSettings()
     orders = validate_orders(generate_demo(n_customers=customers, n_stores=1, seed=41, end=end).orders)
@@ -69,7 +69,7 @@ def build(url: str, customers: int, days: int, end: str) -> None:
 
 
 def sample_customers(url: str, store: str, n: int) -> list[str]:
-    from quimbi_pipeline.warehouse import Warehouse
+    from quimbi_pipeline.storage import Warehouse
 
     wh = Warehouse(url, create=False)
     ids = wh.read_sql(f"SELECT customer_id FROM {wh.qualified('customer_drift')} WHERE store_id = :s AND window_days = 28", {"s": store})["customer_id"]
@@ -103,8 +103,8 @@ def prewarm(url: str) -> None:
     """Read what the endpoints read into PostgreSQL's shared_buffers when they fit there (pg_prewarm 'buffer'
     mode), else into the OS cache ('read' mode). Shared buffers are the server's own memory: a kernel that pages
     out idle page cache (this VM's DAMON scheme) cannot evict them without swap; the OS cache it can."""
-    from quimbi_pipeline.warehouse import Warehouse
-    from quimbi_pipeline.warehouse.connection import PG_SCHEMA
+    from quimbi_pipeline.storage import Warehouse
+    from quimbi_pipeline.storage.connection import PG_SCHEMA
 
     wh = Warehouse(url, create=False)
     if not wh.is_postgres:
@@ -218,8 +218,8 @@ def machine_reference() -> str:
     2026-11-27, where it gave 598-1,013: the figures below are this machine's, and this says how fast it is."""
     from busy import timed_runs  # benchmarks/busy.py, beside this script
 
-    from quimbi_pipeline.demo import generate_demo
-    from quimbi_pipeline.orders import validate_orders
+    from quimbi_pipeline.sources.demo import generate_demo
+    from quimbi_pipeline.sources.orders import validate_orders
 
     runs = timed_runs(validate_orders(generate_demo(n_customers=1000, n_stores=1, seed=3).orders), 3)
     return f"busy.py's quiet partition {sorted(runs)[1]:.2f} s (0.40 s on the VM of 2026-11-26)"

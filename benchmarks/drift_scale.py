@@ -26,16 +26,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from run import Table, sample_customers, time_lookups  # noqa: E402
 
-from quimbi_pipeline.demo import id_strings  # noqa: E402
-from quimbi_pipeline.features import AXIS_BY_NAME  # noqa: E402
-from quimbi_pipeline.pipeline import run_drift_partition  # noqa: E402
-from quimbi_pipeline.json_text import json_number, json_object, json_string  # noqa: E402
-from quimbi_pipeline.segmentation import segment_names_for  # noqa: E402
+from quimbi_pipeline.history.json_text import json_number, json_object, json_string  # noqa: E402
+from quimbi_pipeline.history.snapshot_blocks import SnapshotColumns, encode_blocks  # noqa: E402
+from quimbi_pipeline.history.snapshot_values import (  # noqa: E402
+    VALUE_COLUMNS,
+    archetype_dictionary,
+    values_from_json,
+)
+from quimbi_pipeline.history.snapshots import TYPE_BITS  # noqa: E402
+from quimbi_pipeline.model.features import AXIS_BY_NAME  # noqa: E402
+from quimbi_pipeline.model.segmentation import segment_names_for  # noqa: E402
+from quimbi_pipeline.run import run_drift_partition  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
-from quimbi_pipeline.snapshot_blocks import SnapshotColumns, encode_blocks  # noqa: E402
-from quimbi_pipeline.snapshot_values import VALUE_COLUMNS, archetype_dictionary, values_from_json  # noqa: E402
-from quimbi_pipeline.snapshots import TYPE_BITS  # noqa: E402
-from quimbi_pipeline.warehouse import SNAPSHOT_COPIED_COLUMNS, Warehouse, drop_postgres_schema  # noqa: E402
+from quimbi_pipeline.sources.demo import id_strings  # noqa: E402
+from quimbi_pipeline.storage import (  # noqa: E402
+    SNAPSHOT_COPIED_COLUMNS,
+    Warehouse,
+    drop_postgres_schema,
+)
 
 AXES_K = {"purchase_frequency": 3, "purchase_value": 3, "loyalty_trajectory": 2, "category_exploration": 6,
           "discount_sensitivity": 6, "basket_size": 5}

@@ -35,14 +35,18 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quimbi_pipeline.demo import generate_demo  # noqa: E402
-from quimbi_pipeline.memory import release_memory  # noqa: E402
-from quimbi_pipeline.orders import orders_as_of, validate_orders  # noqa: E402
-from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition  # noqa: E402
+from quimbi_pipeline.history.snapshot_values import VALUE_COLUMNS  # noqa: E402
+from quimbi_pipeline.history.snapshots import TYPE_BITS  # noqa: E402
+from quimbi_pipeline.run import run_drift_partition, run_profiles_partition  # noqa: E402
+from quimbi_pipeline.runtime.memory import release_memory  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
-from quimbi_pipeline.snapshots import TYPE_BITS  # noqa: E402
-from quimbi_pipeline.snapshot_values import VALUE_COLUMNS  # noqa: E402
-from quimbi_pipeline.warehouse import SNAPSHOT_COPIED_COLUMNS, Warehouse, drop_postgres_schema  # noqa: E402
+from quimbi_pipeline.sources.demo import generate_demo  # noqa: E402
+from quimbi_pipeline.sources.orders import orders_as_of, validate_orders  # noqa: E402
+from quimbi_pipeline.storage import (  # noqa: E402
+    SNAPSHOT_COPIED_COLUMNS,
+    Warehouse,
+    drop_postgres_schema,
+)
 
 
 def peak_rss_gib() -> float:
@@ -180,8 +184,8 @@ def seed_style_snapshot_baseline(wh: Warehouse, table: Table, report) -> None:
 
     import sqlalchemy as sa
 
-    from quimbi_pipeline.warehouse import JSON_COLUMNS
-    from quimbi_pipeline.warehouse.snapshot_tables import VIEW_COLUMNS
+    from quimbi_pipeline.storage import JSON_COLUMNS
+    from quimbi_pipeline.storage.snapshot_tables import VIEW_COLUMNS
 
     cols = ["store_id", "customer_id", "snapshot_date", "snapshot_type", *VIEW_COLUMNS]  # the seed's row: a row per type, JSON objects
     source = wh.read_sql(f"SELECT * FROM {wh.qualified('customer_profiles')} LIMIT {SEED_SAMPLE}")

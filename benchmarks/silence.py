@@ -23,8 +23,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quimbi_pipeline.change_points import NS_PER_DAY, ChangeRule, rate_change  # noqa: E402
-from quimbi_pipeline.planted import _renewal_times  # noqa: E402
+from quimbi_pipeline.evaluation.planted import _renewal_times  # noqa: E402
+from quimbi_pipeline.model.change_points import NS_PER_DAY, ChangeRule, rate_change  # noqa: E402
 
 STOP, END = pd.Timestamp("2026-03-01"), pd.Timestamp("2026-10-31")
 

@@ -20,12 +20,12 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quimbi_pipeline.demo import generate_demo  # noqa: E402
-from quimbi_pipeline.orders import orders_as_of, validate_orders  # noqa: E402
-from quimbi_pipeline.profiles import build_store_profiles  # noqa: E402
+from quimbi_pipeline.model.profiles import build_store_profiles  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
-from quimbi_pipeline.warehouse import Warehouse, customer_profiles  # noqa: E402
-from quimbi_pipeline.warehouse.snapshot_tables import VIEW_COLUMNS  # noqa: E402
+from quimbi_pipeline.sources.demo import generate_demo  # noqa: E402
+from quimbi_pipeline.sources.orders import orders_as_of, validate_orders  # noqa: E402
+from quimbi_pipeline.storage import Warehouse, customer_profiles  # noqa: E402
+from quimbi_pipeline.storage.snapshot_tables import VIEW_COLUMNS  # noqa: E402
 
 SCHEMA = "bench_partitioning"
 DATE = "2026-10-31"

@@ -35,13 +35,13 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quimbi_pipeline.demo import generate_demo  # noqa: E402
-from quimbi_pipeline.orders import validate_orders  # noqa: E402
-from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition  # noqa: E402
-from quimbi_pipeline.prune import prune  # noqa: E402
+from quimbi_pipeline.history.snapshots import RetentionPolicy, snapshot_types_for  # noqa: E402
+from quimbi_pipeline.run import run_drift_partition, run_profiles_partition  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
-from quimbi_pipeline.snapshots import RetentionPolicy, snapshot_types_for  # noqa: E402
-from quimbi_pipeline.warehouse import drop_postgres_schema, metadata  # noqa: E402
+from quimbi_pipeline.sources.demo import generate_demo  # noqa: E402
+from quimbi_pipeline.sources.orders import validate_orders  # noqa: E402
+from quimbi_pipeline.storage import drop_postgres_schema, metadata  # noqa: E402
+from quimbi_pipeline.storage.prune import prune  # noqa: E402
 
 TABLES = [t.name for t in metadata.sorted_tables]
 
@@ -86,7 +86,7 @@ def main() -> int:
             url = args.postgres
         else:
             url = f"sqlite:///{Path(tmp) / 'storage.sqlite'}"
-        from quimbi_pipeline.warehouse import Warehouse
+        from quimbi_pipeline.storage import Warehouse
 
         wh = Warehouse(url)
         print(f"# {args.customers:,} demo customers, {args.days} daily runs {days[0].date()} .. {end.date()}, every flag on, "

@@ -24,11 +24,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quimbi_pipeline.demo import generate_demo  # noqa: E402
-from quimbi_pipeline.orders import validate_orders  # noqa: E402
-from quimbi_pipeline.pipeline import run_profiles_partition  # noqa: E402
+from quimbi_pipeline.run import run_profiles_partition  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
-from quimbi_pipeline.warehouse import Warehouse, drop_postgres_schema  # noqa: E402
+from quimbi_pipeline.sources.demo import generate_demo  # noqa: E402
+from quimbi_pipeline.sources.orders import validate_orders  # noqa: E402
+from quimbi_pipeline.storage import Warehouse, drop_postgres_schema  # noqa: E402
 
 DAY = "2026-10-31"
 STAGES = ("features", "segments", "churn_ltv", "assemble", "write", "verify")

@@ -31,15 +31,15 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quimbi_pipeline.cdnow import read_cdnow_orders  # noqa: E402
-from quimbi_pipeline.churn_evaluation import evaluate_churn  # noqa: E402
-from quimbi_pipeline.detection_bound import known_change_bound  # noqa: E402
-from quimbi_pipeline.orders import orders_as_of, validate_orders  # noqa: E402
-from quimbi_pipeline.outlier_evaluation import evaluate_containment  # noqa: E402
-from quimbi_pipeline.planted import generate_planted  # noqa: E402
-from quimbi_pipeline.profiles import build_store_profiles, customer_features  # noqa: E402
+from quimbi_pipeline.evaluation.churn import evaluate_churn  # noqa: E402
+from quimbi_pipeline.evaluation.detection_bound import known_change_bound  # noqa: E402
+from quimbi_pipeline.evaluation.outliers import evaluate_containment  # noqa: E402
+from quimbi_pipeline.evaluation.planted import generate_planted  # noqa: E402
+from quimbi_pipeline.evaluation.signals import analyst_baseline, evaluate, run_days  # noqa: E402
+from quimbi_pipeline.model.profiles import build_store_profiles, customer_features  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
-from quimbi_pipeline.signal_evaluation import analyst_baseline, evaluate, run_days  # noqa: E402
+from quimbi_pipeline.sources.cdnow import read_cdnow_orders  # noqa: E402
+from quimbi_pipeline.sources.orders import orders_as_of, validate_orders  # noqa: E402
 
 CDNOW = Path(__file__).resolve().parent.parent / "quimbi_pipeline_tests" / "data" / "CDNOW_sample.txt"
 OURS = PipelineSettings(enable_drift_analysis=True, drift_windows=(28, 90))
@@ -120,7 +120,7 @@ def cdnow_drift(workdir: Path) -> None:
     for name, settings in (("this project", OURS), ("plan's flags", PLAN)):
         url = f"sqlite:///{workdir / ('cdnow-' + name[:4] + '.sqlite')}"
         run_days(validated, days, url, settings)
-        from quimbi_pipeline.warehouse import Warehouse
+        from quimbi_pipeline.storage import Warehouse
 
         wh = Warehouse(url)
         p = {"a": "1997-10-01", "b": "1998-03-31"}

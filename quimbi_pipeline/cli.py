@@ -55,8 +55,8 @@ def cover_partitions(start: pd.Timestamp) -> None:
     """Make the daily partitions start no later than `start` (QUIMBI_PARTITIONS_START), before the
     definitions are loaded; if they are already loaded with a later start, say which setting to change."""
     configured = pd.Timestamp(os.environ.get("QUIMBI_PARTITIONS_START", "2024-01-01"))
-    if "quimbi_pipeline.partitions" in sys.modules:
-        from quimbi_pipeline.partitions import daily_partitions
+    if "quimbi_pipeline.defs.partitions" in sys.modules:
+        from quimbi_pipeline.defs.partitions import daily_partitions
 
         first = pd.Timestamp(daily_partitions.start).tz_localize(None).normalize()
         if start < first:
@@ -70,7 +70,12 @@ def open_warehouse(warehouse: str | None):
     """The warehouse (created if missing), or a UserError naming the URL (masked) and why it cannot be opened."""
     import sqlalchemy as sa
 
-    from quimbi_pipeline.warehouse import NeedsMigration, Warehouse, masked_url, resolve_warehouse_url
+    from quimbi_pipeline.storage import (
+        NeedsMigration,
+        Warehouse,
+        masked_url,
+        resolve_warehouse_url,
+    )
 
     url = resolve_warehouse_url(warehouse)
     try:
@@ -87,8 +92,8 @@ def migrate_warehouse(warehouse: str | None, out=None) -> int:
     """`quimbi migrate`: upgrade a warehouse written by an earlier version in place (warehouse/migrate.py)."""
     import sqlalchemy as sa
 
-    from quimbi_pipeline.warehouse import Warehouse, masked_url, resolve_warehouse_url
-    from quimbi_pipeline.warehouse.migrate import migrate
+    from quimbi_pipeline.storage import Warehouse, masked_url, resolve_warehouse_url
+    from quimbi_pipeline.storage.migrate import migrate
 
     out = out or sys.stdout
     url = resolve_warehouse_url(warehouse)
@@ -111,9 +116,9 @@ def migrate_warehouse(warehouse: str | None, out=None) -> int:
 
 def prune_warehouse(warehouse: str | None, dry_run: bool, out=None) -> int:
     """`quimbi prune`: the retention policy (QUIMBI_RETENTION_*_DAYS) applied to every table; prints rows per table."""
-    from quimbi_pipeline.prune import expiry, prune
-    from quimbi_pipeline.snapshots import RetentionPolicy
-    from quimbi_pipeline.warehouse import masked_url
+    from quimbi_pipeline.history.snapshots import RetentionPolicy
+    from quimbi_pipeline.storage import masked_url
+    from quimbi_pipeline.storage.prune import expiry, prune
 
     out = out or sys.stdout
     try:
@@ -145,7 +150,7 @@ def serve(warehouse: str | None, host: str | None, port: int, workers: int = 1, 
     from quimbi_pipeline.api import workers as api_workers
     from quimbi_pipeline.api.access import Access, AccessConfigError
     from quimbi_pipeline.api.app import create_app
-    from quimbi_pipeline.warehouse import masked_url, resolve_warehouse_url
+    from quimbi_pipeline.storage import masked_url, resolve_warehouse_url
 
     out = out or sys.stdout
     url = resolve_warehouse_url(warehouse)
@@ -197,8 +202,8 @@ def serve(warehouse: str | None, host: str | None, port: int, workers: int = 1, 
 def preflight(orders: str | None, warehouse: str | None, stores: list[str] | None) -> tuple[str, str]:
     """Check settings, the warehouse and the orders before any date runs; returns (warehouse URL, orders URI)."""
 
-    from quimbi_pipeline.orders import OrdersSourceError, load_orders_cached
     from quimbi_pipeline.settings import StoreSettings
+    from quimbi_pipeline.sources.orders import OrdersSourceError, load_orders_cached
     try:
         settings = StoreSettings()
     except ValueError as exc:
@@ -340,7 +345,7 @@ def _print_failures(result, out) -> None:
 
 
 def print_summary(summary: RunSummary, warehouse_url: str, out=None) -> None:
-    from quimbi_pipeline.warehouse import masked_url
+    from quimbi_pipeline.storage import masked_url
 
     out = out or sys.stdout
     n = len(summary.dates_ok) + len(summary.dates_failed)
@@ -422,8 +427,8 @@ def _command(args) -> int:
     if args.command == "migrate":
         return migrate_warehouse(args.warehouse)
 
-    from quimbi_pipeline.demo_report import demo_report, write_demo_flags
-    from quimbi_pipeline.warehouse import default_warehouse_url, masked_url
+    from quimbi_pipeline.run.demo_report import demo_report, write_demo_flags
+    from quimbi_pipeline.storage import default_warehouse_url, masked_url
 
     url = args.warehouse or default_warehouse_url()
     flags_file = write_demo_flags(DEMO_FLAGS)

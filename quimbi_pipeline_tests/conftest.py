@@ -23,9 +23,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from quimbi_pipeline.demo import generate_demo
 from quimbi_pipeline.settings import PipelineSettings
-from quimbi_pipeline.warehouse import Warehouse, drop_postgres_schema
+from quimbi_pipeline.sources.demo import generate_demo
+from quimbi_pipeline.storage import Warehouse, drop_postgres_schema
 
 DATA = Path(__file__).parent / "data"
 REQUIRE_PG = os.environ.get("QUIMBI_REQUIRE_POSTGRES") == "1"

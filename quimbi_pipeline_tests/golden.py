@@ -65,7 +65,7 @@ def run_golden(sqlite_path: Path) -> str:
 def regenerate() -> None:
     """New golden profiles from the frozen orders (the orders file is an input: it is only written when missing)."""
     if not GOLDEN_ORDERS.exists():
-        from quimbi_pipeline.demo import generate_demo
+        from quimbi_pipeline.sources.demo import generate_demo
 
         generate_demo(n_customers=400, n_stores=2, seed=21).orders.to_csv(GOLDEN_ORDERS, index=False, lineterminator="\n")
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from quimbi_pipeline.demo import generate_demo
-from quimbi_pipeline.orders import validate_orders
-from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition
+from quimbi_pipeline.run import run_drift_partition, run_profiles_partition
 from quimbi_pipeline.settings import PipelineSettings
-from quimbi_pipeline.warehouse import PG_SCHEMA, Warehouse
+from quimbi_pipeline.sources.demo import generate_demo
+from quimbi_pipeline.sources.orders import validate_orders
+from quimbi_pipeline.storage import PG_SCHEMA, Warehouse
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 DAY = "2026-10-31"

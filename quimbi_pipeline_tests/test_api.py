@@ -22,15 +22,15 @@ from quimbi_pipeline.api.app import create_app
 from quimbi_pipeline.api.direct_routes import DirectRoutes, arguments, matched
 from quimbi_pipeline.api.launch import LISTENING, local_server, tcp_sockets
 from quimbi_pipeline.cli import main as quimbi
-from quimbi_pipeline.demo import generate_demo
-from quimbi_pipeline.orders import validate_orders
-from quimbi_pipeline.pipeline import (
+from quimbi_pipeline.run import (
     drift_on_demand,
     run_drift_partition,
     run_profiles_partition,
 )
 from quimbi_pipeline.settings import StoreSettings
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.sources.demo import generate_demo
+from quimbi_pipeline.sources.orders import validate_orders
+from quimbi_pipeline.storage import Warehouse
 from quimbi_pipeline_tests.conftest import _reset_pg
 
 DAYS = [f"2026-10-{d}" for d in range(20, 32)]
@@ -233,7 +233,7 @@ def test_the_store_list_is_read_by_a_skip_scan_and_a_store_written_since_answers
     import sqlalchemy as sa
 
     from quimbi_pipeline.api import reads
-    from quimbi_pipeline.warehouse import customer_profiles
+    from quimbi_pipeline.storage import customer_profiles
 
     wh = Warehouse(served, create=False)
     distinct = wh.read_sql(f"SELECT DISTINCT store_id FROM {wh.qualified('customer_profiles')} ORDER BY store_id")["store_id"].tolist()

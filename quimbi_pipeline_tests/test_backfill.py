@@ -28,7 +28,7 @@ from quimbi_pipeline.definitions import defs
 from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
 from quimbi_pipeline.defs.profiles.schedules import daily_pipeline_schedule
 from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.storage import Warehouse
 
 WORKSPACE = Path(__file__).resolve().parent.parent / "workspace.yaml"
 ORDERS = "demo:customers=300,stores=3,seed=8"

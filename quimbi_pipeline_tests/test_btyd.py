@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quimbi_pipeline import btyd
-from quimbi_pipeline.cdnow import read_cdnow_orders
-from quimbi_pipeline.features import compute_customer_features
-from quimbi_pipeline.orders import orders_as_of, validate_orders
+from quimbi_pipeline.model import btyd
+from quimbi_pipeline.model.features import compute_customer_features
+from quimbi_pipeline.sources.cdnow import read_cdnow_orders
+from quimbi_pipeline.sources.orders import orders_as_of, validate_orders
 
 CDNOW = Path(__file__).parent / "data" / "CDNOW_sample.txt"
 CALIBRATION_END = "1997-09-30"

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quimbi_pipeline import btyd
-from quimbi_pipeline.cdnow import read_cdnow_orders
-from quimbi_pipeline.churn_evaluation import LEVELS, evaluate_churn
-from quimbi_pipeline.demo import generate_demo
-from quimbi_pipeline.orders import validate_orders
+from quimbi_pipeline.evaluation.churn import LEVELS, evaluate_churn
+from quimbi_pipeline.model import btyd
 from quimbi_pipeline.settings import PipelineSettings
+from quimbi_pipeline.sources.cdnow import read_cdnow_orders
+from quimbi_pipeline.sources.demo import generate_demo
+from quimbi_pipeline.sources.orders import validate_orders
 
 CDNOW = Path(__file__).parent / "data" / "CDNOW_sample.txt"
 
@@ -74,8 +74,8 @@ def test_p_no_purchase_closed_form_matches_simulating_the_model():
 
 
 def test_fits_converge_on_every_demo_store_date():
-    from quimbi_pipeline.features import compute_customer_features
-    from quimbi_pipeline.orders import orders_as_of
+    from quimbi_pipeline.model.features import compute_customer_features
+    from quimbi_pipeline.sources.orders import orders_as_of
 
     orders = validate_orders(generate_demo(n_customers=2000, n_stores=3, seed=8).orders).orders
     for day in pd.date_range("2026-04-01", "2026-10-31", freq="30D"):

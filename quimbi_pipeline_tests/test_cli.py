@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from quimbi_pipeline.cli import main, run_dates
-from quimbi_pipeline.demo import generate_demo
-from quimbi_pipeline.features import active_mask, compute_customer_features
-from quimbi_pipeline.orders import load_orders, orders_as_of
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.model.features import active_mask, compute_customer_features
+from quimbi_pipeline.sources.demo import generate_demo
+from quimbi_pipeline.sources.orders import load_orders, orders_as_of
+from quimbi_pipeline.storage import Warehouse
 
 
 def test_quimbi_run_on_csv_gives_one_profile_per_active_customer(tmp_path, warehouse_url, monkeypatch, capsys):

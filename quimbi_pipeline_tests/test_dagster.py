@@ -3,10 +3,16 @@
 import dagster as dg
 
 from quimbi_pipeline.definitions import defs
-from quimbi_pipeline.defs.profiles.assets import COVERAGE_CHECK, MEMBERSHIPS_CHECK, PROFILES_KEY, STORES_CHECK, daily_profiles
+from quimbi_pipeline.defs.profiles.assets import (
+    COVERAGE_CHECK,
+    MEMBERSHIPS_CHECK,
+    PROFILES_KEY,
+    STORES_CHECK,
+    daily_profiles,
+)
 from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
 from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.storage import Warehouse
 
 
 def test_definitions_load_with_job_and_checks():
@@ -43,7 +49,7 @@ def test_materialize_partition_records_metadata_and_passing_checks(tmp_path, war
 
 
 def test_one_bad_store_fails_the_run_but_not_the_other_stores(tmp_path, sqlite_url):
-    from quimbi_pipeline.demo import generate_demo
+    from quimbi_pipeline.sources.demo import generate_demo
 
     orders = generate_demo(n_customers=400, n_stores=2, seed=4).orders
     orders["order_ts"] = orders["order_ts"].astype(str)
@@ -85,7 +91,11 @@ def materialize_day_with_drift(orders_uri, warehouse_url, partition):
 
 
 def test_drift_step_materializes_with_the_flag_and_zero_rows_without(sqlite_url, monkeypatch):
-    from quimbi_pipeline.defs.drift.assets import DRIFT_KEYS, DRIFT_RANGE_CHECK, DRIFT_STEP
+    from quimbi_pipeline.defs.drift.assets import (
+        DRIFT_KEYS,
+        DRIFT_RANGE_CHECK,
+        DRIFT_STEP,
+    )
 
     uri = "demo:customers=300,stores=2,seed=4"
     monkeypatch.setenv("ENABLE_TEMPORAL_SNAPSHOTS", "1")

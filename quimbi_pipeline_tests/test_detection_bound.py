@@ -7,19 +7,19 @@ import pandas as pd
 import pytest
 from scipy import integrate, stats
 
-from quimbi_pipeline.demo import CATEGORIES
-from quimbi_pipeline.detection_bound import (
+from quimbi_pipeline.evaluation.detection_bound import (
     _cusum,
     known_change_alarms,
     known_change_bound,
     mark_llr,
 )
-from quimbi_pipeline.planted import (
+from quimbi_pipeline.evaluation.planted import (
     CATEGORY_LOYALTY,
     ORDER_VALUE_NOISE,
     PlantedData,
     generate_planted,
 )
+from quimbi_pipeline.sources.demo import CATEGORIES
 
 
 def _llr(kind, log_value=0.0, level=1.0, items=1.0, extra=0.2, discounted=False, share=0.05, favorite=True):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quimbi_pipeline.drift import (
+from quimbi_pipeline.drift.measures import (
     MembershipHistory,
     anomalies_at,
     axis_entries,

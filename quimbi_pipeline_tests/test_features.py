@@ -4,9 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quimbi_pipeline.change_points import ChangeRule
-from quimbi_pipeline.features import AXES, available_axes, compute_customer_features
-from quimbi_pipeline.orders import orders_as_of, validate_orders
+from quimbi_pipeline.model.change_points import ChangeRule
+from quimbi_pipeline.model.features import (
+    AXES,
+    available_axes,
+    compute_customer_features,
+)
+from quimbi_pipeline.sources.orders import orders_as_of, validate_orders
 
 
 def orders(rows):
@@ -78,7 +82,7 @@ def test_every_feature_is_finite_on_demo(demo_small):
 
 
 def test_adaptive_windows_follow_a_change_and_leave_steady_customers_alone():
-    from quimbi_pipeline.change_points import ChangeRule
+    from quimbi_pipeline.model.change_points import ChangeRule
 
     days = pd.date_range("2026-01-05", periods=30, freq="7D")  # weekly orders
     rng = np.random.default_rng(0)
@@ -127,8 +131,8 @@ def test_purchase_occasions_count_clumped_purchases_once():
 def test_change_detection_by_customer_slices_finds_the_same_changes(monkeypatch):
     """The detectors read a store's purchases a slice of customers at a time (bounded memory at 1M customers);
     slices change nothing but the order of floating-point sums."""
-    from quimbi_pipeline import features
-    from quimbi_pipeline.demo import generate_demo
+    from quimbi_pipeline.model import features
+    from quimbi_pipeline.sources.demo import generate_demo
 
     v = validate_orders(generate_demo(n_customers=1500, n_stores=1, seed=5, start="2025-09-01", end="2026-10-31").orders)
     day = pd.Timestamp("2026-10-31")

@@ -7,10 +7,18 @@ import pandas as pd
 import pytest
 
 from quimbi_pipeline.cli import run_dates
-from quimbi_pipeline.defs.profiles.assets import PROFILES_KEY, ProfilesConfig, daily_profiles
+from quimbi_pipeline.defs.profiles.assets import (
+    PROFILES_KEY,
+    ProfilesConfig,
+    daily_profiles,
+)
 from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
-from quimbi_pipeline.settings import ClusteringAlgorithm, PipelineSettings, StoreSettings
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.settings import (
+    ClusteringAlgorithm,
+    PipelineSettings,
+    StoreSettings,
+)
+from quimbi_pipeline.storage import Warehouse
 from quimbi_pipeline_tests.golden import (
     GOLDEN_FROM,
     GOLDEN_ORDERS,
@@ -136,7 +144,7 @@ def test_turning_a_flag_on_then_off_returns_to_the_golden_rows(tmp_path, monkeyp
 
 
 def test_rollout_share_is_stable_independent_and_grows_by_adding():
-    from quimbi_pipeline.rollout import in_rollout
+    from quimbi_pipeline.settings.rollout import in_rollout
 
     ids = [f"c{i:06d}" for i in range(50_000)]
     ten = in_rollout(ids, "enable_drift_analysis", 0.10)
@@ -156,10 +164,10 @@ def test_percentages_apply_to_customer_level_flags_only(tmp_path):
 
 
 def test_rollout_limits_snapshots_drift_and_outliers_to_the_hash_chosen_share(sqlite_url, tmp_path):
-    from quimbi_pipeline.demo import generate_demo
-    from quimbi_pipeline.orders import validate_orders
-    from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition
-    from quimbi_pipeline.rollout import in_rollout
+    from quimbi_pipeline.run import run_drift_partition, run_profiles_partition
+    from quimbi_pipeline.settings.rollout import in_rollout
+    from quimbi_pipeline.sources.demo import generate_demo
+    from quimbi_pipeline.sources.orders import validate_orders
 
     flags = write(tmp_path / "f.yaml", """
 stores:

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from quimbi_pipeline.cli import run_dates
-from quimbi_pipeline.warehouse import Warehouse, normalize_profiles
+from quimbi_pipeline.storage import Warehouse, normalize_profiles
 from quimbi_pipeline_tests.golden import (
     GOLDEN_FROM,
     GOLDEN_ORDERS,

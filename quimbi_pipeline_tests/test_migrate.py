@@ -18,11 +18,17 @@ import pytest
 import sqlalchemy as sa
 
 from quimbi_pipeline.cli import main as quimbi
-from quimbi_pipeline.demo import generate_demo
-from quimbi_pipeline.orders import validate_orders
-from quimbi_pipeline.warehouse import NeedsMigration, Warehouse
+from quimbi_pipeline.sources.demo import generate_demo
+from quimbi_pipeline.sources.orders import validate_orders
+from quimbi_pipeline.storage import NeedsMigration, Warehouse
 from quimbi_pipeline_tests.conftest import _reset_pg
-from quimbi_pipeline_tests.test_reliability import ALL_ON, ANALYST_TABLES, _canonical, assert_same_tables, run
+from quimbi_pipeline_tests.test_reliability import (
+    ALL_ON,
+    ANALYST_TABLES,
+    _canonical,
+    assert_same_tables,
+    run,
+)
 
 ROW_PER_TYPE_COMMIT = "98f60905e6bfd243df189004419c00f968a7dcb0"  # the last version writing customer_profile_snapshots as a table (a row per type)
 JSON_ROWS_COMMIT = "526c25ad86e94f08299755af3e7aaf9029205267"  # the last version writing profile_snapshots with JSON objects
@@ -35,11 +41,11 @@ LEGACY_RUN = """
 import sys
 import quimbi_pipeline
 assert quimbi_pipeline.__file__.startswith(sys.argv[2]), quimbi_pipeline.__file__
-from quimbi_pipeline.demo import generate_demo
-from quimbi_pipeline.orders import validate_orders
-from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition
+from quimbi_pipeline.sources.demo import generate_demo
+from quimbi_pipeline.sources.orders import validate_orders
+from quimbi_pipeline.run import run_drift_partition, run_profiles_partition
 from quimbi_pipeline.settings import PipelineSettings
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.storage import Warehouse
 settings = PipelineSettings(enable_drift_analysis=True, enable_outlier_detection=True, drift_windows=(7, 28), snapshot_on_profile_change=True)
 validated = validate_orders(generate_demo(**{demo}).orders)
 wh = Warehouse(sys.argv[1])

@@ -5,9 +5,15 @@ import logging
 import pandas as pd
 import pytest
 
-from quimbi_pipeline.demo import generate_demo, parse_demo_uri
-from quimbi_pipeline.orders import OrdersSourceError, load_orders, orders_as_of, read_orders_source, validate_orders
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.sources.demo import generate_demo, parse_demo_uri
+from quimbi_pipeline.sources.orders import (
+    OrdersSourceError,
+    load_orders,
+    orders_as_of,
+    read_orders_source,
+    validate_orders,
+)
+from quimbi_pipeline.storage import Warehouse
 
 
 def good_rows(store="s1", n=4):

@@ -4,13 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quimbi_pipeline.demo import generate_demo
-from quimbi_pipeline.orders import validate_orders
-from quimbi_pipeline.outliers import outlier_flags
-from quimbi_pipeline.pipeline import run_profiles_partition
-from quimbi_pipeline.segmentation import AxisModel, AxisSegmentation
+from quimbi_pipeline.model.outliers import outlier_flags
+from quimbi_pipeline.model.segmentation import AxisModel, AxisSegmentation
+from quimbi_pipeline.run import run_profiles_partition
 from quimbi_pipeline.settings import PipelineSettings
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.sources.demo import generate_demo
+from quimbi_pipeline.sources.orders import validate_orders
+from quimbi_pipeline.storage import Warehouse
 
 
 def planted_outliers() -> pd.DataFrame:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from quimbi_pipeline.api.launch import local_server
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.storage import Warehouse
 from quimbi_pipeline_tests.test_api import FLAGS, KEY_A, KEY_B, build
 
 GUIDES = ("title", "axis", "legend")  # Vega's SVG renderer marks guides as graphics-symbol too

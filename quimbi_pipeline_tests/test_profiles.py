@@ -7,9 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quimbi_pipeline.orders import orders_as_of, validate_orders
-from quimbi_pipeline.profiles import ARCHETYPE_NAMESPACE, PROFILE_COLUMNS, build_store_profiles, churn_risk_level
+from quimbi_pipeline.model.profiles import (
+    ARCHETYPE_NAMESPACE,
+    PROFILE_COLUMNS,
+    build_store_profiles,
+    churn_risk_level,
+)
 from quimbi_pipeline.settings import ChurnBands, PipelineSettings
+from quimbi_pipeline.sources.orders import orders_as_of, validate_orders
 
 D = pd.Timestamp("2026-10-31")
 

@@ -20,11 +20,15 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from quimbi_pipeline.demo import generate_demo
-from quimbi_pipeline.orders import OrdersSourceError, read_orders_source, validate_orders
-from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition
+from quimbi_pipeline.run import run_drift_partition, run_profiles_partition
 from quimbi_pipeline.settings import PipelineSettings
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.sources.demo import generate_demo
+from quimbi_pipeline.sources.orders import (
+    OrdersSourceError,
+    read_orders_source,
+    validate_orders,
+)
+from quimbi_pipeline.storage import Warehouse
 
 ALL_ON = PipelineSettings(enable_drift_analysis=True, enable_outlier_detection=True, drift_windows=(7, 28))
 ANALYST_TABLES = {
@@ -134,8 +138,7 @@ def test_quarantine_drops_exactly_the_rows_it_reports(column, value, message):
 
 
 def test_values_outside_their_range_are_refused_before_the_write(sqlite_url, small_orders, monkeypatch):
-    from quimbi_pipeline import profiles
-
+    from quimbi_pipeline.model import profiles
     real = profiles.score_churn
 
     def broken(model, features, settings):
@@ -233,11 +236,11 @@ def test_degenerate_stores_work_with_every_flag_on(warehouse_url):
 
 CONCURRENT_RUN = """
 import sys
-from quimbi_pipeline.demo import generate_demo
-from quimbi_pipeline.orders import validate_orders
-from quimbi_pipeline.pipeline import run_profiles_partition
+from quimbi_pipeline.sources.demo import generate_demo
+from quimbi_pipeline.sources.orders import validate_orders
+from quimbi_pipeline.run import run_profiles_partition
 from quimbi_pipeline.settings import PipelineSettings
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.storage import Warehouse
 store = sys.argv[2]
 v = validate_orders(generate_demo(n_customers=120, n_stores=8, seed=3).orders)
 report = run_profiles_partition(v, "2026-10-31", Warehouse(sys.argv[1]), PipelineSettings(enable_temporal_snapshots=True), [store])
@@ -248,7 +251,7 @@ sys.exit(1 if report.failed else 0)
 @pytest.mark.heavy
 def test_eight_first_runs_at_once_on_an_empty_warehouse_all_succeed(warehouse_url):
     """Case 8: schema creation under a lock (PostgreSQL advisory lock; SQLite lock file)."""
-    from quimbi_pipeline.demo import demo_store_names
+    from quimbi_pipeline.sources.demo import demo_store_names
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     processes = [subprocess.Popen([sys.executable, "-c", CONCURRENT_RUN, warehouse_url, store], env=env, stderr=subprocess.PIPE, text=True)
@@ -344,7 +347,7 @@ def test_the_warehouse_password_lands_in_no_output_log_run_storage_or_table(tmp_
 
 def test_urls_are_masked_wherever_they_are_shown(sqlite_url, capsys):
     from quimbi_pipeline.cli import main
-    from quimbi_pipeline.warehouse import masked_url
+    from quimbi_pipeline.storage import masked_url
 
     assert masked_url("postgresql+psycopg://u:hunter2@h:5432/db") == "postgresql+psycopg://u:***@h:5432/db"
     assert main(["run", "--from", "2026-10-31", "--to", "2026-10-31", "--orders", "demo:customers=30,stores=1",

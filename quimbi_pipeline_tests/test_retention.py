@@ -8,12 +8,16 @@ import pandas as pd
 import pytest
 
 from quimbi_pipeline.cli import main as quimbi
-from quimbi_pipeline.demo import generate_demo
-from quimbi_pipeline.orders import validate_orders
-from quimbi_pipeline.pipeline import drift_on_demand, run_drift_partition, run_profiles_partition
-from quimbi_pipeline.prune import expiry, prune
-from quimbi_pipeline.snapshots import TABLE_RETENTION, RetentionPolicy
-from quimbi_pipeline.warehouse import Warehouse, customer_drift_anomalies
+from quimbi_pipeline.history.snapshots import TABLE_RETENTION, RetentionPolicy
+from quimbi_pipeline.run import (
+    drift_on_demand,
+    run_drift_partition,
+    run_profiles_partition,
+)
+from quimbi_pipeline.sources.demo import generate_demo
+from quimbi_pipeline.sources.orders import validate_orders
+from quimbi_pipeline.storage import Warehouse, customer_drift_anomalies
+from quimbi_pipeline.storage.prune import expiry, prune
 from quimbi_pipeline_tests.test_reliability import ALL_ON
 
 DAYS = [f"2026-10-{d}" for d in range(24, 32)]

@@ -4,15 +4,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quimbi_pipeline.demo import generate_demo
-from quimbi_pipeline.features import AXIS_BY_NAME
-from quimbi_pipeline.memberships import membership_shift, parse_memberships
-from quimbi_pipeline.orders import validate_orders
-from quimbi_pipeline.pipeline import run_profiles_partition
-from quimbi_pipeline.segment_identity import refit_anchor
-from quimbi_pipeline.segmentation import AxisModel, match_segments, monic_transitions
+from quimbi_pipeline.model.features import AXIS_BY_NAME
+from quimbi_pipeline.model.memberships import membership_shift, parse_memberships
+from quimbi_pipeline.model.segment_identity import refit_anchor
+from quimbi_pipeline.model.segmentation import (
+    AxisModel,
+    match_segments,
+    monic_transitions,
+)
+from quimbi_pipeline.run import run_profiles_partition
 from quimbi_pipeline.settings import PipelineSettings
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.sources.demo import generate_demo
+from quimbi_pipeline.sources.orders import validate_orders
+from quimbi_pipeline.storage import Warehouse
 
 VALUE = AXIS_BY_NAME["purchase_value"]
 

@@ -5,10 +5,20 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from quimbi_pipeline.features import AXIS_BY_NAME, active_mask, compute_customer_features
-from quimbi_pipeline.orders import orders_as_of, validate_orders
-from quimbi_pipeline.segmentation import SINGLE_SEGMENT_NAME, fit_axis_model, fuzzy_memberships, segment_axis, segment_names_for
+from quimbi_pipeline.model.features import (
+    AXIS_BY_NAME,
+    active_mask,
+    compute_customer_features,
+)
+from quimbi_pipeline.model.segmentation import (
+    SINGLE_SEGMENT_NAME,
+    fit_axis_model,
+    fuzzy_memberships,
+    segment_axis,
+    segment_names_for,
+)
 from quimbi_pipeline.settings import PipelineSettings
+from quimbi_pipeline.sources.orders import orders_as_of, validate_orders
 
 FREQ = AXIS_BY_NAME["purchase_frequency"]
 
@@ -100,7 +110,7 @@ def test_recovers_planted_segments(demo_small, settings):
 def test_silhouette_scores_equal_sklearn(sample_size):
     from sklearn.metrics import silhouette_score
 
-    from quimbi_pipeline.segmentation import silhouette_scores
+    from quimbi_pipeline.model.segmentation import silhouette_scores
 
     rng = np.random.default_rng(5)
     x = np.vstack([rng.normal(c, 1.0, (400, 2)) for c in (0, 3, 7)])
@@ -115,7 +125,7 @@ def test_silhouette_scores_equal_sklearn(sample_size):
 
 
 def test_dynamic_k_range_follows_design():
-    from quimbi_pipeline.segmentation import k_bounds
+    from quimbi_pipeline.model.segmentation import k_bounds
 
     dyn = PipelineSettings(dynamic_k_range=True)
     assert k_bounds(10_000, 10_000, dyn) == (2, 20)  # floor(100 / 2) = 50, capped at 20
@@ -127,7 +137,7 @@ def test_dynamic_k_range_follows_design():
 def test_gmm_memberships_are_the_mixture_posteriors_and_survive_the_record():
     from sklearn.mixture import GaussianMixture
 
-    from quimbi_pipeline.segmentation import AxisModel
+    from quimbi_pipeline.model.segmentation import AxisModel
 
     rng = np.random.default_rng(3)
     values = np.vstack([np.column_stack([rng.normal(m, 0.1 * m, 300), rng.normal(m, 0.1 * m, 300)]) for m in (20.0, 60.0, 180.0)])

@@ -7,13 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quimbi_pipeline.cdnow import read_cdnow_orders
-from quimbi_pipeline.orders import orders_as_of, validate_orders
-from quimbi_pipeline.outlier_evaluation import FAKE_KINDS, evaluate_containment
-from quimbi_pipeline.planted import generate_planted
-from quimbi_pipeline.profiles import build_store_profiles, customer_features
+from quimbi_pipeline.evaluation.outliers import FAKE_KINDS, evaluate_containment
+from quimbi_pipeline.evaluation.planted import generate_planted
+from quimbi_pipeline.evaluation.signals import analyst_baseline, evaluate
+from quimbi_pipeline.model.profiles import build_store_profiles, customer_features
 from quimbi_pipeline.settings import PipelineSettings
-from quimbi_pipeline.signal_evaluation import analyst_baseline, evaluate
+from quimbi_pipeline.sources.cdnow import read_cdnow_orders
+from quimbi_pipeline.sources.orders import orders_as_of, validate_orders
 
 CDNOW = Path(__file__).parent / "data" / "CDNOW_sample.txt"
 

@@ -4,21 +4,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quimbi_pipeline.demo import generate_demo
-from quimbi_pipeline.history import SnapshotHistoryReader, numeric_rows
-from quimbi_pipeline.memberships import parse_memberships
-from quimbi_pipeline.orders import validate_orders
-from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition
-from quimbi_pipeline.profiles import json_number, json_object
-from quimbi_pipeline.settings import PipelineSettings
-from quimbi_pipeline.snapshot_blocks import (
+from quimbi_pipeline.history.snapshot_blocks import (
     SnapshotColumns,
     decode_tables,
     encode_blocks,
     read_block,
 )
-from quimbi_pipeline.snapshots import RetentionPolicy
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.history.snapshots import RetentionPolicy
+from quimbi_pipeline.model.memberships import parse_memberships
+from quimbi_pipeline.model.profiles import json_number, json_object
+from quimbi_pipeline.run import run_drift_partition, run_profiles_partition
+from quimbi_pipeline.settings import PipelineSettings
+from quimbi_pipeline.sources.demo import generate_demo
+from quimbi_pipeline.sources.orders import validate_orders
+from quimbi_pipeline.storage import Warehouse
+from quimbi_pipeline.storage.snapshot_history import SnapshotHistoryReader, numeric_rows
 
 DAY = pd.Timestamp("2026-10-20")
 START = pd.Timestamp("2026-10-05")  # a Monday: its weekly snapshot outlives the daily ones

@@ -8,13 +8,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quimbi_pipeline.demo import generate_demo
-from quimbi_pipeline.orders import orders_as_of, validate_orders
-from quimbi_pipeline.pipeline import run_profiles_partition
-from quimbi_pipeline.profiles import build_store_profiles
+from quimbi_pipeline.history.snapshot_values import (
+    SnapshotLayout,
+    archetype_dictionary,
+    expand_values,
+    layout_id,
+    row_objects,
+    values_from_json,
+)
+from quimbi_pipeline.model.profiles import build_store_profiles
+from quimbi_pipeline.run import run_profiles_partition
 from quimbi_pipeline.settings import PipelineSettings
-from quimbi_pipeline.snapshot_values import SnapshotLayout, archetype_dictionary, expand_values, layout_id, row_objects, values_from_json
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.sources.demo import generate_demo
+from quimbi_pipeline.sources.orders import orders_as_of, validate_orders
+from quimbi_pipeline.storage import Warehouse
 
 DAY = pd.Timestamp("2026-10-31")
 SETTINGS = PipelineSettings(enable_temporal_snapshots=True)

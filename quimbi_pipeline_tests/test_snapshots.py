@@ -10,9 +10,12 @@ import sqlalchemy as sa
 from quimbi_pipeline.cli import run_dates
 from quimbi_pipeline.defs.profiles.schedules import daily_pipeline_schedule
 from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
-from quimbi_pipeline.defs.snapshots.jobs import prune_snapshots_job, snapshot_retention_sensor
-from quimbi_pipeline.snapshots import RetentionPolicy, snapshot_types_for
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.defs.snapshots.jobs import (
+    prune_snapshots_job,
+    snapshot_retention_sensor,
+)
+from quimbi_pipeline.history.snapshots import RetentionPolicy, snapshot_types_for
+from quimbi_pipeline.storage import Warehouse
 
 ORDERS = "demo:customers=300,stores=2,seed=5"
 
@@ -136,7 +139,7 @@ def test_membership_shift_is_the_design_distance():
     import json
     import math
 
-    from quimbi_pipeline.memberships import membership_shift, parse_memberships
+    from quimbi_pipeline.model.memberships import membership_shift, parse_memberships
 
     before = parse_memberships(pd.Series(['{"f": {"rare": 1.0, "regular": 0.0}, "v": {"low": 0.5, "high": 0.5}}'], index=["c1"]))
     after = parse_memberships(pd.Series([json.dumps({"f": {"rare": 0.0, "frequent": 1.0}, "v": {"low": 0.5, "high": 0.5}})], index=["c1"]))

@@ -9,20 +9,20 @@ import time
 
 import pytest
 
-from quimbi_pipeline.demo import generate_demo
-from quimbi_pipeline.orders import validate_orders
-from quimbi_pipeline.pipeline import (
+from quimbi_pipeline.run import (
     StoreOutcome,
     run_drift_partition,
     run_profiles_partition,
 )
-from quimbi_pipeline.store_pool import (
+from quimbi_pipeline.run.store_pool import (
     MIN_POOL_STORES,
     WORKER_DIED,
     pool_workers,
     run_in_pool,
 )
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.sources.demo import generate_demo
+from quimbi_pipeline.sources.orders import validate_orders
+from quimbi_pipeline.storage import Warehouse
 from quimbi_pipeline_tests.conftest import _reset_pg
 from quimbi_pipeline_tests.test_reliability import ALL_ON, assert_same_tables, tables
 
@@ -72,7 +72,7 @@ def dies_on_store_b(_url: str, job: tuple):
     if job[0] == "store_b":
         os._exit(9)
     time.sleep(0.5)
-    return StoreOutcome(job[0], True, n_profiles=1), [("quimbi_pipeline.pipeline", logging.INFO, f"done {job[0]}")]
+    return StoreOutcome(job[0], True, n_profiles=1), [("quimbi_pipeline.run.one_store", logging.INFO, f"done {job[0]}")]
 
 
 def test_a_worker_that_dies_fails_its_store_only_and_the_run_goes_on(caplog):

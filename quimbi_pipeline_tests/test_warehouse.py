@@ -5,9 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from quimbi_pipeline.orders import orders_as_of, validate_orders
-from quimbi_pipeline.profiles import build_store_profiles, segment_model_rows
+from quimbi_pipeline.model.profiles import build_store_profiles, segment_model_rows
 from quimbi_pipeline.settings import PipelineSettings
+from quimbi_pipeline.sources.orders import orders_as_of, validate_orders
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_membership_check_query_finds_bad_rows(warehouse, built):
 
 @pytest.mark.postgres
 def test_postgres_uses_platform_schema_and_jsonb(pg_url, built):
-    from quimbi_pipeline.warehouse import Warehouse
+    from quimbi_pipeline.storage import Warehouse
 
     wh = Warehouse(pg_url)
     write(wh, built[("store_b", "2026-10-31")])
@@ -96,8 +96,8 @@ def test_postgres_uses_platform_schema_and_jsonb(pg_url, built):
 @pytest.mark.postgres
 def test_postgres_and_sqlite_hold_the_same_values(pg_url, sqlite_url, demo_small):
     """Every table the daily job writes, on both databases, compared value by value (COPY's CSV vs SQLite inserts)."""
-    from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition
-    from quimbi_pipeline.warehouse import Warehouse
+    from quimbi_pipeline.run import run_drift_partition, run_profiles_partition
+    from quimbi_pipeline.storage import Warehouse
 
     # Change detection off: without it anomalies need no evidence, so this short run writes some to compare.
     settings = PipelineSettings(enable_temporal_snapshots=True, enable_drift_analysis=True, enable_outlier_detection=True, drift_windows=(7, 28),
@@ -130,7 +130,7 @@ def test_postgres_and_sqlite_hold_the_same_values(pg_url, sqlite_url, demo_small
 
 
 def test_driver_sql_binds_names_not_casts():
-    from quimbi_pipeline.warehouse.connection import driver_sql
+    from quimbi_pipeline.storage.connection import driver_sql
 
     sql = "SELECT x::jsonb FROM t WHERE a = :a AND b LIKE 'p%' AND c = :c_2"
     assert driver_sql(sql, postgres=True) == "SELECT x::jsonb FROM t WHERE a = %(a)s AND b LIKE 'p%%' AND c = %(c_2)s"
@@ -160,7 +160,7 @@ def test_fetch_rows_recovers_from_a_server_that_dropped_its_connections(pg_url):
     """A PostgreSQL restart closes every pooled connection: one read fails, the next ones reconnect."""
     import sqlalchemy as sa
 
-    from quimbi_pipeline.warehouse import Warehouse
+    from quimbi_pipeline.storage import Warehouse
 
     wh = Warehouse(pg_url)
     held = [wh.engine.raw_connection() for _ in range(3)]  # three connections in the pool

@@ -28,7 +28,7 @@ from quimbi_pipeline.api.models import Drift, Health, History, Population, Profi
 from quimbi_pipeline.api.pages import add_pages
 from quimbi_pipeline.api.reads import SNAPSHOT_TYPES, WINDOWS
 from quimbi_pipeline.settings import StoreSettings
-from quimbi_pipeline.warehouse import NeedsMigration, Warehouse, pending_migration
+from quimbi_pipeline.storage import NeedsMigration, Warehouse, pending_migration
 
 log = logging.getLogger("quimbi_pipeline.api")
 # The rules the direct routes check too (one definition: direct_routes' constants and reads' names).

@@ -17,7 +17,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from quimbi_pipeline.api import charts, reads
 from quimbi_pipeline.settings import StoreSettings
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.storage import Warehouse
 
 HERE = Path(__file__).resolve().parent
 HISTORY_DAYS = 365

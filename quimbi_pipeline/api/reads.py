@@ -12,11 +12,11 @@ from datetime import date
 
 import pandas as pd
 
-from quimbi_pipeline.drift import DriftTables, axis_entries
-from quimbi_pipeline.pipeline import drift_on_demand
+from quimbi_pipeline.drift.measures import DriftTables, axis_entries
+from quimbi_pipeline.history.snapshots import RETAINED_TYPES
+from quimbi_pipeline.run import drift_on_demand
 from quimbi_pipeline.settings import StoreSettings
-from quimbi_pipeline.snapshots import RETAINED_TYPES
-from quimbi_pipeline.warehouse import Warehouse
+from quimbi_pipeline.storage import Warehouse
 
 WINDOWS = {"7d": 7, "28d": 28, "90d": 90, "180d": 180, "365d": 365}
 SNAPSHOT_TYPES = RETAINED_TYPES

@@ -5,9 +5,9 @@ import os
 
 import dagster as dg
 
-from quimbi_pipeline.orders import ValidatedOrders, load_orders_cached
 from quimbi_pipeline.settings import StoreSettings
-from quimbi_pipeline.warehouse import Warehouse, resolve_warehouse_url
+from quimbi_pipeline.sources.orders import ValidatedOrders, load_orders_cached
+from quimbi_pipeline.storage import Warehouse, resolve_warehouse_url
 
 
 class WarehouseResource(dg.ConfigurableResource):

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import dagster as dg
 import sqlalchemy as sa
 
+from quimbi_pipeline.defs.partitions import daily_partitions
 from quimbi_pipeline.defs.profiles.assets import DRIFT_STEP, PROFILES_KEY, SNAPSHOTS_KEY
 from quimbi_pipeline.defs.resources import WarehouseResource, size_thread_pools
-from quimbi_pipeline.partitions import daily_partitions
-from quimbi_pipeline.pipeline import run_drift_partition
+from quimbi_pipeline.run import run_drift_partition
 from quimbi_pipeline.settings import StoreSettings
 
 DRIFT_KEYS = {name: dg.AssetKey(name) for name in ("customer_drift", "customer_axis_drift", "customer_drift_anomalies", "population_drift")}

@@ -12,11 +12,16 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource, record_run_flags, size_thread_pools
-from quimbi_pipeline.partitions import daily_partitions
-from quimbi_pipeline.pipeline import PartitionReport, run_profiles_partition
+from quimbi_pipeline.defs.partitions import daily_partitions
+from quimbi_pipeline.defs.resources import (
+    OrdersResource,
+    WarehouseResource,
+    record_run_flags,
+    size_thread_pools,
+)
+from quimbi_pipeline.history.snapshots import snapshot_types_for
+from quimbi_pipeline.run import PartitionReport, run_profiles_partition
 from quimbi_pipeline.settings import ClusteringAlgorithm, StoreSettings
-from quimbi_pipeline.snapshots import snapshot_types_for
 
 orders = dg.AssetSpec(
     "orders",

@@ -9,7 +9,7 @@ from quimbi_pipeline.defs.drift.assets import DRIFT_STEP
 from quimbi_pipeline.defs.profiles.assets import DAILY_STEP
 from quimbi_pipeline.defs.profiles.jobs import daily_pipeline_job
 from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
-from quimbi_pipeline.orders import list_stores
+from quimbi_pipeline.sources.orders import list_stores
 
 
 def store_batches(stores: list[str], batch_size: int) -> list[list[str]]:

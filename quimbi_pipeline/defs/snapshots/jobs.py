@@ -3,8 +3,8 @@
 import dagster as dg
 
 from quimbi_pipeline.defs.resources import WarehouseResource
-from quimbi_pipeline.prune import expiry, prune
-from quimbi_pipeline.snapshots import RetentionPolicy
+from quimbi_pipeline.history.snapshots import RetentionPolicy
+from quimbi_pipeline.storage.prune import expiry, prune
 
 
 @dg.op(description="Delete expired rows in bulk, per table and store: snapshots by type, drift, anomalies, outlier flags, models (prune.py).")

@@ -1,0 +1,567 @@
+"""Per-customer drift between snapshots, anomalies, a 30-day forecast, and population drift (pure, vectorized).
+
+Semantics (DESIGN "Drift"): the drift of customer c at D over window W uses c's snapshots dated in
+[D - W, D], one per date, at least two. Per axis: drift = ||m_last - m_first||_2 / sqrt(2) over the
+union of segments, capped at 1; velocity = drift / days between them; direction from the move of the
+membership-weighted ladder position; transitions = changes of dominant segment between consecutive
+snapshots. overall_drift = mean over axes. Every computation is array arithmetic over all customers
+of a store (group boundaries, bincount, shifted rows); nothing loops over customers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from quimbi_pipeline.drift.evidence import (
+    day_text,
+    describe,
+    evidence_arrays,
+    evidence_sign,
+)
+from quimbi_pipeline.history.json_text import json_object
+from quimbi_pipeline.model.features import AXIS_BY_NAME
+from quimbi_pipeline.model.memberships import SQRT2
+from quimbi_pipeline.model.segmentation import SINGLE_SEGMENT_NAME
+from quimbi_pipeline.settings import DRIFT_WINDOWS
+
+WINDOWS = DRIFT_WINDOWS
+NS_PER_DAY = 86_400 * 10**9
+# Direction: the membership-weighted ladder position (0 = worst rung, 1 = best) moved by more than this
+# (more than one rung of a six-segment axis, so flipping between neighbours is not a trend).
+DIRECTION_THRESHOLD = 0.3
+SUDDEN_DRIFT = 0.5  # drift between two snapshots at most SUDDEN_DRIFT_DAYS apart
+SUDDEN_DRIFT_DAYS = 7
+REVERSAL_DAYS = 28  # A -> B -> A with the stay in B at most this long
+VELOCITY_SPIKE_RATIO = 3.0  # the last 7 days' velocity >= 3x the customer's baseline velocity
+VELOCITY_RECENT_DAYS = 7
+VELOCITY_BASELINE_DAYS = 90  # baseline: the 90 days before the recent 7
+VELOCITY_SPIKE_MIN_DRIFT = 0.2  # a spike must also move the memberships this much in the recent 7 days
+# Anomalies look back this far whatever the windows: the velocity baseline, for D and for D - 1.
+ANOMALY_HISTORY_DAYS = VELOCITY_RECENT_DAYS + VELOCITY_BASELINE_DAYS + 1
+FORECAST_DAYS = 30
+POPULATION_REFERENCE_DAYS = 28
+PSI_BINS = 10
+PSI_EPSILON = 1e-4
+
+CUSTOMER_DRIFT_COLUMNS = [
+    "customer_id", "as_of_date", "window_days", "overall_drift", "drift_velocity", "predicted_30d_drift", "churn_risk_trend",
+    "start_date", "end_date", "n_snapshots", "axes", "archetype_journey", "recommendations",
+]
+# customer_drift.axes: {axis: [drift_score, direction, velocity, transitions]} (JSON text, the axes in the
+# history's order); the customer_axis_drift view gives a row per axis with n_transitions = len(transitions).
+AXES_ENTRY = ("drift_score", "direction", "velocity", "transitions")
+AXIS_DRIFT_COLUMNS = ["customer_id", "as_of_date", "window_days", "axis", "drift_score", "direction", "velocity", "n_transitions", "transitions"]
+ANOMALY_COLUMNS = ["customer_id", "as_of_date", "anomaly_type", "axis", "anomaly_date", "severity", "description"]
+POPULATION_COLUMNS = ["as_of_date", "axis", "reference_date", "n_reference", "n_current", "segment_share_shift", "feature_psi",
+                      "segment_shares", "feature_psi_by_feature"]
+
+
+def segment_position(axis: str, segment: str) -> float:
+    """A segment's rung on its axis' ladder, 0 (worst) .. 1 (best); suffixes (`_2`) share their base rung."""
+    if segment == SINGLE_SEGMENT_NAME:
+        return 0.5
+    ladder = AXIS_BY_NAME[axis].ladder
+    base = segment if segment in ladder else re.sub(r"_\d+$", "", segment)
+    if base not in ladder:
+        raise ValueError(f"axis {axis}: segment {segment!r} is not on the ladder {ladder}")
+    return ladder.index(base) / (len(ladder) - 1)
+
+
+@dataclass
+class MembershipHistory:
+    """Snapshots of one store, one row per (customer, date), sorted by customer then date."""
+
+    customer_id: np.ndarray  # object/str
+    day: np.ndarray  # int64 days since epoch
+    churn: np.ndarray
+    archetype: np.ndarray  # object/str
+    memberships: np.ndarray  # (rows, columns) float64, 0 where a row lacks a segment
+    columns: list[str]  # "axis.segment"
+    # {axis: {"since", "before", "after"}} per row: the evidence of a detected change (drift_evidence.py);
+    # empty when change detection was off, and then directions, anomalies and recommendations need none.
+    evidence: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, membership_columns: list[str], memberships: np.ndarray | None = None) -> MembershipHistory:
+        """The frame's rows ordered by (customer, date); `memberships` (one row per frame row, one column per name) instead
+        of the frame's membership_columns when given."""
+        # Ordered by (customer, date) through an index: sorting the whole frame moved its feature columns too.
+        ids = _text_array(frame["customer_id"])
+        codes, _ = pd.factorize(ids, sort=True)
+        all_days = pd.to_datetime(frame["snapshot_date"]).to_numpy("datetime64[ns]").view("int64") // NS_PER_DAY
+        order = np.lexsort((all_days, codes))
+        same = (np.diff(codes[order]) == 0) & (np.diff(all_days[order]) == 0)
+        if same.any():
+            raise ValueError("membership history must hold one row per customer and date")
+        return cls(
+            customer_id=ids[order], day=all_days[order],
+            churn=frame["churn_risk_score"].to_numpy("float64")[order], archetype=_text_array(frame["archetype_name"])[order],
+            # Column-major (_rows_of), as the per-axis column slices below want it (~10% faster).
+            memberships=_rows_of(frame[membership_columns] if memberships is None else memberships, order), columns=list(membership_columns),
+            evidence={a: {k: v[order] for k, v in e.items()} for a, e in evidence_arrays(frame).items()},
+        )
+
+    @property
+    def axes(self) -> dict[str, np.ndarray]:
+        names = [c.split(".", 1)[0] for c in self.columns]
+        return {a: np.flatnonzero(np.array(names) == a) for a in dict.fromkeys(names)}
+
+    def select(self, mask: np.ndarray) -> MembershipHistory:
+        if mask.all():  # the common case of a window holding the whole history read: no copy
+            return self
+        return MembershipHistory(self.customer_id[mask], self.day[mask], self.churn[mask], self.archetype[mask], self.memberships[mask], self.columns,
+                                 {a: {k: v[mask] for k, v in e.items()} for a, e in self.evidence.items()})
+
+    def new_change(self, axis: str, rows: np.ndarray, earlier: np.ndarray) -> np.ndarray:
+        """Whether each row in `rows` holds a change on `axis` that the row in `earlier` did not hold yet
+        (no evidence there, or a change since another date). True everywhere without change detection."""
+        if not self.evidence:
+            return np.ones(rows.shape, dtype=bool)
+        if axis not in self.evidence:
+            return np.zeros(rows.shape, dtype=bool)
+        since = self.evidence[axis]["since"]
+        now, then = since[rows], since[earlier]
+        return np.isfinite(now) & ~(np.isfinite(then) & (then == now))
+
+    def change_sign(self, axis: str, rows: np.ndarray) -> np.ndarray:
+        """+1 / -1 for a change improving / degrading the customer on the axis at those rows, 0 without one."""
+        if axis not in self.evidence:
+            return np.zeros(rows.shape, dtype="int64")
+        e = self.evidence[axis]
+        return np.where(np.isfinite(e["since"][rows]), evidence_sign(axis, e["before"][rows], e["after"][rows]), 0)
+
+
+def axis_entries(axes_text: str) -> list[dict]:
+    """A customer_drift row's axes as the customer_axis_drift view gives them, one dict per axis, by axis name."""
+    return [{"axis": axis, **dict(zip(AXES_ENTRY, entry)), "n_transitions": len(entry[3])} for axis, entry in sorted(json.loads(axes_text).items())]
+
+
+@dataclass
+class DriftTables:
+    customers: pd.DataFrame  # CUSTOMER_DRIFT_COLUMNS
+    # customer_axis_drift rows as arrays, one part per window and axis ({column: array or scalar}, AXIS_DRIFT_COLUMNS).
+    # The write path stores them in customer_drift.axes and needs no frame of them: `axes` builds it when asked.
+    axis_parts: list[dict]
+    anomalies: pd.DataFrame  # ANOMALY_COLUMNS
+
+    @property
+    def n_axis_rows(self) -> int:
+        return sum(len(part["customer_id"]) for part in self.axis_parts)
+
+    def axis_numbers(self) -> pd.DataFrame:
+        """customer_id and the numeric columns of the axis rows (what row_checks checks), without their text."""
+        columns = ("customer_id", "drift_score", "velocity", "n_transitions")
+        if not self.axis_parts:
+            return pd.DataFrame(columns=list(columns))
+        return pd.DataFrame({c: np.concatenate([np.asarray(part[c]) for part in self.axis_parts]) for c in columns})
+
+    @cached_property
+    def axes(self) -> pd.DataFrame:
+        return axis_frame(self.axis_parts)
+
+
+def axis_frame(axis_parts: list[dict]) -> pd.DataFrame:
+    """customer_axis_drift rows (AXIS_DRIFT_COLUMNS) of DriftTables.axis_parts, as the view of customer_drift.axes reads them."""
+    if not axis_parts:
+        return pd.DataFrame(columns=AXIS_DRIFT_COLUMNS)
+    return pd.concat([pd.DataFrame(part)[AXIS_DRIFT_COLUMNS] for part in axis_parts], ignore_index=True)
+
+
+def _rows_of(memberships: pd.DataFrame | np.ndarray, order: np.ndarray) -> np.ndarray:
+    """The rows in `order` as a column-major float64 matrix, NaN (a segment the row's date lacks) as 0."""
+    values = memberships.to_numpy("float64") if isinstance(memberships, pd.DataFrame) else memberships
+    out = np.empty((order.size, values.shape[1]), dtype="float64", order="F")
+    for j in range(values.shape[1]):
+        out[:, j] = values[order, j]
+    out[np.isnan(out)] = 0.0
+    return out
+
+
+def _text_array(values: pd.Series) -> np.ndarray:
+    """The values as an object array of str. astype(str) makes pandas 3 build an Arrow string column first:
+    half a second a slice of 1M for text that is text already (ids), or a few distinct names (categorical)."""
+    if isinstance(values.dtype, pd.CategoricalDtype) and not values.isna().any():
+        return values.cat.categories.astype(str).to_numpy(object)[values.cat.codes.to_numpy()]
+    if values.dtype == object and pd.api.types.infer_dtype(values, skipna=False) == "string":
+        return values.to_numpy(object)
+    return values.astype(str).to_numpy(object)
+
+
+def _json_str(values) -> pd.Series:
+    # Segment and archetype names come from fixed ladders joined by ", ": no escaping needed.
+    return '"' + pd.Series(values, dtype="object").astype(str) + '"'
+
+
+def _num(values: np.ndarray, decimals: int = 6) -> np.ndarray:
+    return np.round(np.asarray(values, dtype="float64"), decimals) + 0.0
+
+
+def _number_text(values: np.ndarray) -> np.ndarray:
+    """Finite numbers as JSON number text (object array); non-finite ones as 0 (callers only show rows that have a value)."""
+    values = np.asarray(values, dtype="float64")
+    return np.where(np.isfinite(values), values, 0.0).astype(str).astype(object)
+
+
+def _groups(customer_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(group code per row, first row of each group, last row of each group) of rows sorted by customer."""
+    new = np.r_[True, customer_id[1:] != customer_id[:-1]] if customer_id.size else np.zeros(0, dtype=bool)
+    code = np.cumsum(new) - 1
+    first = np.flatnonzero(new)
+    last = np.r_[first[1:] - 1, customer_id.size - 1] if first.size else first
+    return code, first, last
+
+
+def _axis_drift(m: np.ndarray, a: np.ndarray, b: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    diff = m[np.ix_(b, cols)] - m[np.ix_(a, cols)]
+    return np.minimum(np.sqrt(np.einsum("ij,ij->i", diff, diff)) / SQRT2, 1.0)
+
+
+def _axis_block(m: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The axis' membership columns: a view when they are adjacent (an axis' columns are, sorted by name), not a copy."""
+    if cols.size and np.array_equal(cols, np.arange(cols[0], cols[0] + cols.size)):
+        return m[:, cols[0]:cols[0] + cols.size]
+    return m[:, cols]
+
+
+def _dominant(m: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Index (into cols) of each row's largest membership on the axis (the first of ties, as argmax); -1 where the
+    row has none. Column by column: the matrix is column-major, and argmax along its rows strode through memory."""
+    block = _axis_block(m, cols)
+    best = block[:, 0].copy()
+    index = np.zeros(block.shape[0], dtype="int64")
+    for j in range(1, block.shape[1]):
+        larger = block[:, j] > best
+        index[larger] = j
+        np.maximum(best, block[:, j], out=best)
+    return np.where(best > 0, index, -1)  # memberships are >= 0: the largest is > 0 iff they sum to > 0
+
+
+def _join_per_group(code: np.ndarray, text, n_groups: int, empty: str = "[]") -> np.ndarray:
+    """'[t1, t2, ...]' per group from item texts of rows sorted by group (np.add.reduceat: no call per group)."""
+    out = np.full(n_groups, empty, dtype=object)
+    text = np.asarray(text, dtype=object)
+    if text.size:
+        starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+        parts = text + np.where(np.r_[code[1:] == code[:-1], False], ", ", "").astype(object)
+        out[code[starts]] = "[" + np.add.reduceat(parts, starts) + "]"
+    return out
+
+
+def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: int) -> tuple[pd.DataFrame, list[dict]]:
+    """customer_drift rows of one window (customers with >= 2 snapshots in it) and its customer_axis_drift rows
+    as DriftTables.axis_parts."""
+    d = int(pd.Timestamp(as_of).normalize().value // NS_PER_DAY)
+    h = history.select((history.day >= d - window_days) & (history.day <= d))
+    code, first, last = _groups(h.customer_id)
+    keep = (last - first) >= 1
+    rows_kept = keep[code] if code.size else np.zeros(0, dtype=bool)
+    h = h.select(rows_kept)
+    code, first, last = _groups(h.customer_id)
+    n_cust = first.size
+    if n_cust == 0:
+        return pd.DataFrame(columns=CUSTOMER_DRIFT_COLUMNS), []
+    m = h.memberships
+    days = (h.day[last] - h.day[first]).astype("float64")
+    n_snap = (last - first + 1).astype("int64")
+    same_customer = np.r_[False, code[1:] == code[:-1]]
+    t = (h.day - h.day[first][code]).astype("float64")  # days since the customer's first snapshot in the window
+    # OLS slope of each membership over time, per customer (sums by bincount): the 30-day forecast.
+    s_t, s_tt = np.bincount(code, t, n_cust), np.bincount(code, t * t, n_cust)
+    denom = n_snap * s_tt - s_t * s_t
+    columns_out = []
+    axis_parts = []
+    as_of_text = f"{pd.Timestamp(as_of):%Y-%m-%d}"
+    axes_text = []  # (axis, '[drift_score, "direction", velocity, transitions]' per customer): AXES_ENTRY
+    forecast_drift = np.zeros(n_cust)
+    for axis, cols in history.axes.items():
+        drift = _axis_drift(m, first, last, cols)
+        velocity = np.divide(drift, days, out=np.zeros(n_cust), where=days > 0)
+        positions = np.array([segment_position(axis, history.columns[c].split(".", 1)[1]) for c in cols])
+        pos = _axis_block(m, cols) @ positions
+        moved = pos[last] - pos[first]
+        direction = np.select([moved > DIRECTION_THRESHOLD, moved < -DIRECTION_THRESHOLD], ["improving", "degrading"], "stable")
+        if h.evidence:  # change detection on: a direction needs a change of this axis, detected within the window, the same way
+            source = EVIDENCE_AXIS.get(axis, axis)
+            backed = h.new_change(source, last, first) & (h.change_sign(source, last) == np.where(moved > 0, 1, -1))
+            direction = np.where(backed, direction, "stable")
+        dom = _dominant(m, cols)
+        changed = same_customer & (dom != np.r_[-2, dom[:-1]]) & (dom >= 0) & (np.r_[-1, dom[:-1]] >= 0)
+        n_trans = np.bincount(code[changed], minlength=n_cust)
+        names = np.array([history.columns[c].split(".", 1)[1] for c in cols], dtype=object)
+        idx = np.flatnonzero(changed)
+        event = ('{"date": "' + day_text(h.day[idx]) + '", "from": ' + _json_str(names[dom[idx - 1]]).to_numpy(object)
+                 + ', "to": ' + _json_str(names[dom[idx]]).to_numpy(object) + "}")
+        transitions = _join_per_group(code[idx], event, n_cust)
+        # Forecast: memberships extrapolated 30 days along their fitted slopes, clipped and renormalized.
+        block = _axis_block(m, cols)
+        s_m = np.stack([np.bincount(code, block[:, j], n_cust) for j in range(cols.size)], axis=1)
+        s_tm = np.stack([np.bincount(code, t * block[:, j], n_cust) for j in range(cols.size)], axis=1)
+        slope = np.divide(n_snap[:, None] * s_tm - s_t[:, None] * s_m, denom[:, None], out=np.zeros_like(s_m), where=denom[:, None] > 0)
+        future = np.clip(block[last] + FORECAST_DAYS * slope, 0.0, None)
+        total = future.sum(axis=1, keepdims=True)
+        future = np.divide(future, total, out=block[last].copy(), where=total > 0)
+        gap = future - block[last]
+        forecast_drift += np.minimum(np.sqrt(np.einsum("ij,ij->i", gap, gap)) / SQRT2, 1.0)
+        columns_out.append((axis, drift, direction))
+        score, speed = _num(drift), _num(velocity)
+        axis_parts.append({
+            "customer_id": h.customer_id[first], "as_of_date": as_of_text, "window_days": window_days, "axis": axis, "drift_score": score,
+            "direction": direction, "velocity": speed, "n_transitions": n_trans.astype("int64"), "transitions": transitions,
+        })
+        axes_text.append((axis, pd.Series("[" + _number_text(score) + ', "' + direction.astype(object) + '", '
+                                          + _number_text(speed) + ", " + transitions + "]")))
+    n_axes = len(columns_out)
+    overall = np.mean([c[1] for c in columns_out], axis=0)
+    churn_trend = h.churn[last] - h.churn[first]
+    directions = {axis: direction for axis, _, direction in columns_out}
+    customers = pd.DataFrame({
+        "customer_id": h.customer_id[first],
+        "as_of_date": as_of_text,
+        "window_days": window_days,
+        "overall_drift": _num(overall),
+        "drift_velocity": _num(np.divide(overall, days, out=np.zeros(n_cust), where=days > 0)),
+        "predicted_30d_drift": _num(forecast_drift / n_axes),
+        "churn_risk_trend": _num(churn_trend),
+        "start_date": day_text(h.day[first]).to_numpy(object),
+        "end_date": day_text(h.day[last]).to_numpy(object),
+        "n_snapshots": n_snap,
+        "axes": json_object(axes_text).to_numpy(object),
+        "archetype_journey": archetype_journey(h, code, same_customer, n_cust),
+        "recommendations": recommendations(overall, churn_trend, h.churn[first], h.churn[last], directions, evidence_items(h, last)),
+    })
+    return customers[CUSTOMER_DRIFT_COLUMNS], axis_parts
+
+
+def archetype_journey(h: MembershipHistory, code: np.ndarray, same_customer: np.ndarray, n_cust: int) -> np.ndarray:
+    """[{"date": first date, "archetype": name}, ...]: the customer's archetypes in the window, in order, one per run."""
+    starts = np.flatnonzero(~same_customer | (h.archetype != np.r_[None, h.archetype[:-1]]))
+    item = '{"date": "' + day_text(h.day[starts]) + '", "archetype": ' + _json_str(h.archetype[starts]).to_numpy(object) + "}"
+    return _join_per_group(code[starts], item, n_cust)
+
+
+# An axis without a detector of its own is backed by the one that drives it (activity_trend is the recent purchase rate).
+EVIDENCE_AXIS = {"loyalty_trajectory": "purchase_frequency"}
+
+
+def evidence_items(h: MembershipHistory, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """{axis: '"evidence": {...}' JSON text per row} of the change held at those rows ('' without one)."""
+    out = {}
+    for axis, e in h.evidence.items():
+        holds = np.isfinite(e["since"][rows])  # text for the few rows holding a change only
+        held = rows[holds]
+        feature, b, a, date = describe(axis, e["since"][held], e["before"][held], e["after"][held])
+        text = np.full(rows.size, "", dtype=object)
+        text[holds] = ('"evidence": {"axis": "' + axis + '", "feature": "' + feature.astype(object) + '", "before": '
+                                               + _number_text(b) + ', "after": ' + _number_text(a) + ', "since": "' + date + '"}')
+        out[axis] = text
+    return out
+
+
+# Recommendations (the seed's rules as we read them; docs/drift.md): (code, condition, text, evidence axis).
+def recommendations(overall: np.ndarray, churn_trend: np.ndarray, churn_then: np.ndarray, churn_now: np.ndarray,
+                    directions: dict[str, np.ndarray], evidence: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """With change detection on (`evidence`), every rule needs a detected change on its axis (directions are
+    already gated by it) and names it: axis, feature, before -> after, since when."""
+    def on(axis: str, direction: str) -> np.ndarray:
+        return directions[axis] == direction if axis in directions else np.zeros(overall.shape, dtype=bool)
+
+    evidence = evidence or {}
+    any_backed = np.zeros(overall.shape, dtype=bool)
+    for axis, d in directions.items():
+        any_backed |= d != "stable"
+    churn = '"evidence": {"feature": "churn_risk_score", "before": ' + _number_text(np.round(churn_then, 3)) + ', "after": ' + _number_text(np.round(churn_now, 3)) + "}"
+    rules = [
+        ("win_back", (churn_trend >= 0.1) & (churn_now >= 0.6) & (on("purchase_frequency", "degrading") | (not evidence)),
+         "churn risk rose to high: send a win-back offer", "purchase_frequency"),
+        ("re_engage", on("purchase_frequency", "degrading"), "buying less often: re-engagement campaign", "purchase_frequency"),
+        ("protect_value", on("purchase_value", "degrading"), "spending less per order: review price sensitivity, bundle offers", "purchase_value"),
+        ("upsell", on("purchase_value", "improving"), "spending more per order: premium and upsell offers", "purchase_value"),
+        ("cross_sell", on("basket_size", "improving"), "buying bigger baskets: cross-sell complementary items", "basket_size"),
+        ("limit_discounts", on("discount_sensitivity", "degrading"), "relying more on discounts: avoid training discount dependence", "discount_sensitivity"),
+        ("reward_loyalty", on("loyalty_trajectory", "improving"), "growing loyalty: loyalty-programme rewards", "purchase_frequency"),
+        ("review_profile", (overall >= 0.5) & (any_backed | (not evidence)), "behavior changed a lot: review this customer's segment-based treatment", None),
+    ]
+    out = pd.Series([""] * overall.size, dtype="object")
+    first_backed = np.full(overall.size, "", dtype=object)  # review_profile names the first backed axis
+    for axis, d in directions.items():
+        named = evidence.get(EVIDENCE_AXIS.get(axis, axis))
+        if named is not None:
+            first_backed = np.where((first_backed == "") & (d != "stable"), named, first_backed)
+    for code, mask, text, axis in rules:
+        item = pd.Series([f'{{"code": "{code}", "text": "{text}"'] * overall.size, dtype="object")
+        named = evidence.get(axis) if axis else (first_backed if evidence else None)
+        if code == "win_back" and named is not None:
+            named = np.where(named != "", named, churn)
+        if named is not None:
+            item = item + np.where(named != "", ", " + pd.Series(named, dtype="object"), "")
+        item = item + "}"
+        out = out + np.where(mask, np.where(out == "", item, ", " + item), "")
+    return ("[" + out + "]").to_numpy(object)
+
+
+def anomalies_at(history: MembershipHistory, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Anomalies completed at the customer's snapshot dated D (each event is reported once, on its date)."""
+    d = int(pd.Timestamp(as_of).normalize().value // NS_PER_DAY)
+    h = history.select((history.day >= d - ANOMALY_HISTORY_DAYS) & (history.day <= d))
+    code, first, _ = _groups(h.customer_id)
+    same_customer = np.r_[False, code[1:] == code[:-1]] if code.size else np.zeros(0, dtype=bool)
+    at_d = np.flatnonzero((h.day == d) & same_customer)  # rows at D with a previous snapshot
+    frames = []
+    as_of_text = f"{pd.Timestamp(as_of):%Y-%m-%d}"
+    gap_days = (h.day - np.r_[0, h.day[:-1]]).astype("float64")
+    for axis, cols in h.axes.items():
+        block = _axis_block(h.memberships, cols)
+        step = np.zeros(h.day.size)
+        if h.day.size > 1:
+            diff = block[1:] - block[:-1]
+            step[1:] = np.minimum(np.sqrt(np.einsum("ij,ij->i", diff, diff)) / SQRT2, 1.0)
+        step = np.where(same_customer, step, 0.0)
+        names = np.array([h.columns[c].split(".", 1)[1] for c in cols], dtype=object)
+        dom = _dominant(h.memberships, cols)
+
+        source = EVIDENCE_AXIS.get(axis, axis)
+        # With change detection on, an anomaly needs the change it reports: new at D (sudden drift, velocity
+        # spike) or gone at D (a reversal); a model's movement or a customer's noise is not one.
+        sudden = at_d[(step[at_d] > SUDDEN_DRIFT) & (gap_days[at_d] <= SUDDEN_DRIFT_DAYS) & h.new_change(source, at_d, at_d - 1)]
+        frames.append(_anomaly_rows(h, sudden, axis, "sudden_drift", step[sudden],
+                                    axis + " memberships moved " + pd.Series(_num(step[sudden], 3)).astype(str)
+                                    + " in " + pd.Series(gap_days[sudden].astype(int)).astype(str) + " days"))
+
+        # Reversal: runs of equal dominant segment; the run starting at D returns to the segment of two runs back.
+        run_start = np.flatnonzero(~same_customer | (dom != np.r_[-2, dom[:-1]]))
+        is_start = np.zeros(h.day.size, dtype=bool)
+        is_start[run_start] = True
+        run_of_row = np.cumsum(is_start) - 1
+        rows = at_d[np.isin(at_d, run_start)]
+        r = run_of_row[rows]
+        valid = r >= 2
+        rows, r = rows[valid], r[valid]
+        a_start, b_start = run_start[r - 2], run_start[r - 1]
+        is_rev = ((code[a_start] == code[rows]) & (dom[a_start] == dom[rows]) & (dom[rows] >= 0) & (dom[b_start] >= 0)
+                  & (h.day[rows] - h.day[b_start] <= REVERSAL_DAYS))
+        if h.evidence:  # the stay in B began with a new change, which D no longer holds
+            is_rev &= h.new_change(source, b_start, np.maximum(b_start - 1, 0)) & h.new_change(source, b_start, rows)
+        rows, b_start = rows[is_rev], b_start[is_rev]
+        frames.append(_anomaly_rows(h, rows, axis, "reversal", step[rows], evidence_rows=b_start, description=
+                                    axis + ": " + pd.Series(names[dom[rows]]).astype(str) + " -> " + pd.Series(names[dom[b_start]]).astype(str)
+                                    + " -> " + pd.Series(names[dom[rows]]).astype(str) + " within "
+                                    + pd.Series((h.day[rows] - h.day[b_start]).astype(int)).astype(str) + " days"))
+
+        # Velocity spike: the pace of the last 7 days against the customer's pace over the 90 days before.
+        rows, ratio, recent, reference = _velocity_spikes(h, code, first, cols, d)
+        if rows.size:
+            yesterday = _velocity_spikes(h, code, first, cols, d - 1)[0]
+            new = ~np.isin(code[rows], code[yesterday]) & h.new_change(source, rows, reference)  # once, on the day it starts
+            rows, ratio, recent = rows[new], ratio[new], recent[new]
+        frames.append(_anomaly_rows(h, rows, axis, "velocity_spike", np.minimum(1.0, ratio / (2 * VELOCITY_SPIKE_RATIO)),
+                                    axis + " moving " + pd.Series(np.where(np.isfinite(ratio), np.round(ratio, 1).astype(str) + "x its usual pace", "after a standstill"))
+                                    + " ("
+                                    + pd.Series(_num(recent, 4)).astype(str) + "/day over the last " + str(VELOCITY_RECENT_DAYS) + " days)"))
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[c for c in ANOMALY_COLUMNS if c != "as_of_date"])
+    out.insert(1, "as_of_date", as_of_text)
+    return out[ANOMALY_COLUMNS].sort_values(["customer_id", "anomaly_type", "axis"], kind="stable").reset_index(drop=True)
+
+
+def _velocity_spikes(h: MembershipHistory, code: np.ndarray, first: np.ndarray, cols: np.ndarray, d: int):
+    """Rows (the customer's snapshot at day d) whose recent velocity is a spike: (rows, ratio, recent velocity, the
+    snapshot the recent velocity is measured from).
+
+    recent = drift from the last snapshot at least 7 days before d, per day; baseline = drift over
+    the snapshots of the 90 days before that one (at least 14 days apart), per day.
+    """
+    empty = np.zeros(0, dtype="int64")
+    if not h.day.size:
+        return empty, np.zeros(0), np.zeros(0), empty
+    span = int(h.day.max() - h.day.min()) + 2
+    key = code.astype("int64") * span + (h.day - h.day.min())
+    at_d = np.flatnonzero(h.day == d)
+    c = code[at_d]
+    base = c.astype("int64") * span - h.day.min()
+    p_recent = np.searchsorted(key, base + d - VELOCITY_RECENT_DAYS, side="right") - 1
+    p_base = np.maximum(np.searchsorted(key, base + d - VELOCITY_RECENT_DAYS - VELOCITY_BASELINE_DAYS, side="left"), first[c])
+    ok = (p_recent >= first[c]) & (p_base < p_recent) & (h.day[p_recent] - h.day[np.minimum(p_base, p_recent)] >= 2 * VELOCITY_RECENT_DAYS)
+    at_d, p_recent, p_base = at_d[ok], p_recent[ok], p_base[ok]
+    recent_drift = _axis_drift(h.memberships, p_recent, at_d, cols)
+    recent = recent_drift / (d - h.day[p_recent])
+    baseline = _axis_drift(h.memberships, p_base, p_recent, cols) / (h.day[p_recent] - h.day[p_base])
+    ratio = np.divide(recent, baseline, out=np.full(recent.size, np.inf), where=baseline > 0)
+    spike = (recent_drift >= VELOCITY_SPIKE_MIN_DRIFT) & (ratio >= VELOCITY_SPIKE_RATIO)
+    return at_d[spike], ratio[spike], recent[spike], p_recent[spike]
+
+
+def _anomaly_rows(h: MembershipHistory, rows: np.ndarray, axis: str, kind: str, severity: np.ndarray, description: pd.Series,
+                  evidence_rows: np.ndarray | None = None) -> pd.DataFrame:
+    """Rows of customer_drift_anomalies; the description names the change at `evidence_rows` (default: rows) when there is one."""
+    source = EVIDENCE_AXIS.get(axis, axis)
+    text = description.to_numpy(object)
+    if source in h.evidence and rows.size:
+        at = rows if evidence_rows is None else evidence_rows
+        e = h.evidence[source]
+        feature, before, after, since = describe(source, e["since"][at], e["before"][at], e["after"][at])
+        suffix = "; evidence: " + feature.astype(object) + " " + _number_text(before) + " -> " + _number_text(after) + " since " + since
+        text = np.where(np.isfinite(e["since"][at]), text + suffix, text)
+    return pd.DataFrame({
+        "customer_id": h.customer_id[rows], "anomaly_type": kind, "axis": axis, "anomaly_date": day_text(h.day[rows]).to_numpy(object),
+        "severity": _num(severity), "description": text,
+    })
+
+
+def history_days(windows=WINDOWS) -> int:
+    """How many days of snapshots before D the drift of these windows and the anomalies read."""
+    return max(max(windows), ANOMALY_HISTORY_DAYS)
+
+
+def compute_drift(history: MembershipHistory, as_of, windows=WINDOWS) -> DriftTables:
+    as_of = pd.Timestamp(as_of).normalize()
+    customers, axis_parts = zip(*(window_drift(history, as_of, w) for w in windows))
+    return DriftTables(pd.concat(customers, ignore_index=True), [part for parts in axis_parts for part in parts], anomalies_at(history, as_of))
+
+
+def psi(reference: np.ndarray, current: np.ndarray, bins: int = PSI_BINS) -> float:
+    """Population stability index of `current` against `reference` on the reference's quantile bins."""
+    reference, current = reference[np.isfinite(reference)], current[np.isfinite(current)]
+    if reference.size == 0 or current.size == 0:
+        return float("nan")
+    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
+    p = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=edges.size + 1) / reference.size
+    q = np.bincount(np.searchsorted(edges, current, side="right"), minlength=edges.size + 1) / current.size
+    p, q = np.maximum(p, PSI_EPSILON), np.maximum(q, PSI_EPSILON)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def population_drift(reference: pd.DataFrame, current: pd.DataFrame, reference_date, as_of) -> pd.DataFrame:
+    """Per axis: total-variation shift of dominant-segment shares and PSI of the features, current vs reference.
+
+    Both frames: one row per customer with "axis.segment" membership columns and "axis.feature" columns
+    prefixed "f:" (features). Reference = the store's oldest snapshot date in the last 28 days.
+    """
+    rows = []
+    member_cols = [c for c in reference.columns.union(current.columns) if not c.startswith("f:")]
+    axes = dict.fromkeys(c.split(".", 1)[0] for c in member_cols)
+    for axis in axes:
+        cols = [c for c in member_cols if c.startswith(axis + ".")]
+        names = [c.split(".", 1)[1] for c in cols]
+        shares = {}
+        for label, frame in (("reference", reference), ("current", current)):
+            block = frame.reindex(columns=cols).fillna(0.0).to_numpy()
+            has = block.sum(axis=1) > 0
+            dom = block[has].argmax(axis=1)
+            shares[label] = np.bincount(dom, minlength=len(cols)) / max(int(has.sum()), 1)
+        shift = 0.5 * float(np.abs(shares["current"] - shares["reference"]).sum())
+        feature_cols = [c for c in reference.columns.intersection(current.columns) if c.startswith(f"f:{axis}.")]
+        by_feature = {c.split(".", 1)[1]: round(psi(reference[c].to_numpy("float64"), current[c].to_numpy("float64")), 6) for c in feature_cols}
+        finite = [v for v in by_feature.values() if np.isfinite(v)]
+        rows.append({
+            "as_of_date": f"{pd.Timestamp(as_of):%Y-%m-%d}", "axis": axis, "reference_date": f"{pd.Timestamp(reference_date):%Y-%m-%d}",
+            "n_reference": len(reference), "n_current": len(current), "segment_share_shift": round(shift, 6),
+            "feature_psi": round(float(np.mean(finite)), 6) if finite else None,
+            "segment_shares": {n: {"reference": round(float(p), 6), "current": round(float(q), 6)} for n, p, q in zip(names, shares["reference"], shares["current"])},
+            "feature_psi_by_feature": by_feature,
+        })
+    return pd.DataFrame(rows, columns=POPULATION_COLUMNS)

@@ -1,0 +1,278 @@
+"""Change points in each customer's own order stream: has this customer's behavior changed, since when,
+from what to what, and how sure are we? (pure, vectorized: no loop over customers)
+
+The 365-day aggregates move a few percent a week when a customer changes, so segments follow a change
+months late, and a single odd order moves nothing. Here every customer is tested against their own
+history, per axis, with a single change point (the newest significant one wins):
+
+- order values, basket sizes, discount rates, repeat-category shares (`mean_shift_change`): the newest
+  m purchases against the older ones, a two-sample t statistic with the pooled within-customer variance
+  of that split shrunk towards the store's (a customer with few orders borrows the store's spread);
+  evidence = t^2 / 2, the log-likelihood ratio of a Gaussian mean shift. At least `min_after` purchases
+  after the change: one odd order is never a change.
+- purchase rate (`rate_change`): purchase days as a renewal process. Silence: the open gap against the
+  customer's own gap distribution, a Gamma with the customer's mean gap and shape (regular buyers have a
+  large shape, Poisson-like buyers 1), evidence = -log P(a gap this long). Bursts and slowdowns with
+  purchases since: the Poisson log-likelihood ratio of two rates, times the customer's gap shape (a
+  regular buyer's counts vary less than a Poisson's).
+
+A change is reported when its evidence reaches `rule.evidence` (about 2e-6 for a fixed split of a
+Gaussian shift; splits tried per customer are at most `max_after`). Its `since` is the time of the
+customer's last purchase before the change, `before` and `after` the signal's level on each side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import gammaincc
+
+NS_PER_DAY = 86_400 * 10**9
+DAYS_PER_MONTH = 30.4375
+
+
+@dataclass(frozen=True)
+class ChangeRule:
+    evidence: float = 13.0  # log-likelihood ratio of a mean shift or a rate change: t^2 / 2 >= 13 is |t| >= 5.1
+    binary_evidence: float = 9.0  # ... of a 0/1 rate change (a Bernoulli LLR grows by at most ~2 per order)
+    silence_evidence: float = 8.0  # -log P(a gap this long): P < 3e-4
+    min_before: int = 4  # purchases (or gaps) before the change
+    min_after: int = 2  # purchases after the change (mean shifts); a silence needs none
+    max_after: int = 60  # the newest purchases a change can hold
+    prior_weight: float = 4.0  # pseudo-observations of the store's spread in a customer's (mean shifts)
+    shape_prior_gaps: float = 1.0  # pseudo-gaps of a Poisson buyer's spread in a customer's gap shape (rate changes)
+    min_before_days: int = 28  # history before a rate change
+    max_shape: float = 20.0  # cap of a customer's gap shape (how regular their gaps can be believed to be)
+    # floor of the gap shape in the silence test (0.5 = the shape's own floor: a bursty buyer's long gaps are
+    # normal for them). benchmarks/silence.py: a floor of 1 cuts bursty buyers' delays by a quarter and
+    # doubles their false silences.
+    silence_min_shape: float = 0.5
+
+    @classmethod
+    def from_settings(cls, settings) -> ChangeRule:
+        """The rule with a PipelineSettings' evidence thresholds (QUIMBI_CHANGE_*_EVIDENCE)."""
+        return cls(evidence=settings.change_evidence, binary_evidence=settings.change_binary_evidence,
+                   silence_evidence=settings.change_silence_evidence)
+
+
+@dataclass
+class AxisChange:
+    """Per customer (index = customer code): the newest significant change of one axis' signal."""
+
+    after_n: np.ndarray  # purchases after the change (0 with a silence; -1 = no change)
+    since_ns: np.ndarray  # int64 time of the last purchase before the change (meaningless without one)
+    before: np.ndarray  # the signal's level before (nan without a change)
+    after: np.ndarray  # ... and after
+    evidence: np.ndarray  # log-likelihood ratio of the best split (0 without one)
+
+    @property
+    def changed(self) -> np.ndarray:
+        return self.after_n >= 0
+
+    @classmethod
+    def none(cls, n: int) -> AxisChange:
+        return cls(np.full(n, -1, dtype="int64"), np.zeros(n, dtype="int64"), np.full(n, np.nan), np.full(n, np.nan), np.zeros(n))
+
+
+def merge_changes(parts: list[AxisChange], n_all: int) -> AxisChange:
+    """One AxisChange from detections over disjoint sets of customers (each holds only its own customers' changes)."""
+    out = AxisChange.none(n_all)
+    for part in parts:
+        has = part.changed
+        out.after_n[has], out.since_ns[has] = part.after_n[has], part.since_ns[has]
+        out.before[has], out.after[has], out.evidence[has] = part.before[has], part.after[has], part.evidence[has]
+    return out
+
+
+def _newest_first(codes: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, group start per sorted row, position from newest) for rows sorted by customer then newest first."""
+    order = np.lexsort((-ts, codes))
+    c = codes[order]
+    new = np.r_[True, c[1:] != c[:-1]] if c.size else np.zeros(0, dtype=bool)
+    starts = np.flatnonzero(new)
+    group_start = np.repeat(starts, np.diff(np.r_[starts, c.size]))
+    return order, group_start, np.arange(c.size) - group_start
+
+
+def _best_per_customer(c: np.ndarray, score: np.ndarray, valid: np.ndarray, n_all: int) -> np.ndarray:
+    """Row index of each customer's largest valid score (-1 when none); ties go to the fewest purchases after."""
+    idx = np.flatnonzero(valid)
+    best = np.full(n_all, -1, dtype="int64")
+    if idx.size:
+        order = idx[np.lexsort((idx, -score[idx], c[idx]))]  # per customer: highest score, then the newest split
+        first = np.r_[True, c[order][1:] != c[order][:-1]]
+        best[c[order][first]] = order[first]
+    return best
+
+
+@dataclass
+class _Splits:
+    """Each customer's values newest first: per row, the split after its m = position + 1 newest values."""
+
+    c: np.ndarray  # customer code per row
+    t: np.ndarray  # time per row
+    m: np.ndarray  # values after the split (float)
+    n: np.ndarray  # the row's customer's count of values (float)
+    group_start: np.ndarray
+
+    @classmethod
+    def of(cls, codes: np.ndarray, ts: np.ndarray, x: np.ndarray, n_all: int) -> tuple[_Splits, np.ndarray] | None:
+        """The splits of the finite values of `x`, and those values in the rows' order; None when there are none."""
+        keep = np.isfinite(x)
+        if not keep.any():
+            return None
+        codes, ts, x = codes[keep], ts[keep], x[keep].astype("float64")
+        order, group_start, pos = _newest_first(codes, ts)
+        c = codes[order]
+        return cls(c, ts[order], (pos + 1).astype("float64"), np.bincount(c, minlength=n_all).astype("float64")[c], group_start), x[order]
+
+    def newest(self, values: np.ndarray) -> np.ndarray:
+        """Per row, the sum of `values` (sorted as the rows) over the row's customer's m newest."""
+        cum = np.cumsum(values)
+        before = np.where(self.group_start > 0, self.group_start - 1, -1)
+        return cum - np.where(before >= 0, cum[np.maximum(before, 0)], 0.0)
+
+    def before_split(self) -> np.ndarray:
+        """Per row, the time of the newest value before the split (the change happened after it)."""
+        return self.t[np.minimum(np.arange(self.t.size) + 1, self.t.size - 1)]
+
+
+def pooled_within_variance(codes: np.ndarray, x: np.ndarray, n_all: int) -> float:
+    """The store's spread of a per-purchase signal: the pooled within-customer variance of its finite values."""
+    keep = np.isfinite(x)
+    c, v = codes[keep], x[keep].astype("float64")
+    count = np.bincount(c, minlength=n_all).astype("float64")
+    mean_c = np.divide(np.bincount(c, v, n_all), count, out=np.zeros(n_all), where=count > 0)
+    return max(float(((v - mean_c[c]) ** 2).sum()) / max(float((count - 1).clip(min=0).sum()), 1.0), 1e-12)
+
+
+def mean_shift_change(codes: np.ndarray, ts: np.ndarray, x: np.ndarray, n_all: int, rule: ChangeRule,
+                      store_var: float | None = None) -> AxisChange:
+    """The newest-m split of each customer's per-purchase signal `x` (finite values only) with the largest t^2/2.
+    `store_var`: the store's spread (pooled_within_variance of the whole store; default: of the purchases given)."""
+    prepared = _Splits.of(codes, ts, x, n_all)
+    if prepared is None:
+        return AxisChange.none(n_all)
+    split, v = prepared
+    c, m, n = split.c, split.m, split.n
+    total, total2 = np.bincount(c, v, n_all)[c], np.bincount(c, v * v, n_all)[c]
+    if store_var is None:
+        store_var = pooled_within_variance(codes, x, n_all)
+    s_after, q_after = split.newest(v), split.newest(v * v)
+    n_before = n - m
+    valid = (m >= rule.min_after) & (m <= rule.max_after) & (n_before >= rule.min_before)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_after = s_after / m
+        mean_before = (total - s_after) / n_before
+        ss = (q_after - s_after * mean_after) + ((total2 - q_after) - (total - s_after) * mean_before)
+        var = (np.maximum(ss, 0.0) + rule.prior_weight * store_var) / (n - 2 + rule.prior_weight)
+        tstat = (mean_after - mean_before) / np.sqrt(var * (1.0 / m + 1.0 / n_before))
+    score = np.where(valid, 0.5 * tstat * tstat, 0.0)
+    return _report(n_all, split, _best_per_customer(c, score, valid & (score >= rule.evidence), n_all), mean_before, mean_after, score)
+
+
+def _report(n_all: int, split: _Splits, best: np.ndarray, before: np.ndarray, after: np.ndarray, evidence: np.ndarray) -> AxisChange:
+    out = AxisChange.none(n_all)
+    has = best >= 0
+    rows = best[has]
+    out.after_n[has] = split.m[rows].astype("int64")
+    out.since_ns[has] = split.before_split()[rows]
+    out.before[has], out.after[has], out.evidence[has] = before[rows], after[rows], evidence[rows]
+    return out
+
+
+def rate_change(codes: np.ndarray, ts: np.ndarray, end_ns: int, n_all: int, rule: ChangeRule) -> AxisChange:
+    """The newest significant change of each customer's purchase rate (purchase days), or a silence too long for them.
+
+    Gaps between purchase days are a customer's Gamma(k) renewal process with their own shape k. A split
+    after the j newest purchase days (j >= 1) compares the mean gap of the j newest gaps with the older
+    ones: the Gamma log-likelihood ratio with k known, k [n0 log(g/g0) + n1 log(g/g1)]. The open gap
+    (j = 0) is a silence: -log P(gap >= days since the last purchase). before / after are purchases per
+    month: after = j purchases over the days since the change (0 for a silence).
+    """
+    out = AxisChange.none(n_all)
+    if codes.size == 0:
+        return out
+    day = ts // NS_PER_DAY
+    span = int(day.max()) + 2
+    key = np.unique(codes.astype("int64") * span + day)  # one row per customer and purchase day
+    c_days, d = key // span, key % span
+    _, group_start, pos = _newest_first(c_days, d)
+    order = np.lexsort((-d, c_days))
+    c, dd = c_days[order], d[order].astype("float64")
+    end_day = end_ns / NS_PER_DAY  # D + 1 day: the silence runs to the end of D
+    n_days = np.bincount(c, minlength=n_all).astype("float64")
+    oldest = np.flatnonzero(np.r_[c[1:] != c[:-1], True])
+    first_day = np.full(n_all, np.nan)
+    first_day[c[oldest]] = dd[oldest]
+    newest_day = dd[group_start]  # per row: its customer's newest purchase day
+    has_prev = np.r_[c[1:] == c[:-1], False]
+    gap = np.where(has_prev, dd - np.r_[dd[1:], 0.0], 0.0)  # the gap before each purchase day (0 for the oldest)
+    # The gaps' Gamma shape k from the spread of the gaps before each split (1 / CV^2), shrunk towards
+    # k = 1 (Poisson) with `shape_prior_gaps` pseudo-gaps: a customer is believed regular only on evidence.
+    cum2 = np.cumsum(gap * gap)
+    at_start = np.where(group_start > 0, group_start - 1, -1)
+    newest_sq = np.where(pos > 0, cum2 - np.where(at_start >= 0, cum2[np.maximum(at_start, 0)], 0.0) - gap * gap, 0.0)
+    j = pos.astype("float64")  # purchases after a split at this row's day
+    n_before_gaps = n_days[c] - 1 - j
+    sq_before = np.bincount(c, gap * gap, n_all)[c] - newest_sq
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_b = (dd - first_day[c]) / n_before_gaps
+        cv2 = np.maximum(sq_before / n_before_gaps / (mean_b * mean_b) - 1.0, 0.0) * n_before_gaps / np.maximum(n_before_gaps - 1, 1)
+        cv2 = (rule.shape_prior_gaps + np.maximum(n_before_gaps - 1, 0) * np.nan_to_num(cv2, nan=1.0)) / (rule.shape_prior_gaps + np.maximum(n_before_gaps - 1, 0))
+        k = np.clip(1.0 / np.maximum(cv2, 1e-6), 0.5, rule.max_shape)
+
+    n_after, s_after = j, newest_day - dd  # the j newest closed gaps
+    n_before, s_before = n_before_gaps, dd - first_day[c]
+    valid = (n_before >= rule.min_before) & (s_before >= rule.min_before_days) & (j <= rule.max_after)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_before = s_before / n_before
+        mean_all = (s_before + s_after) / (n_before + n_after)
+        gaps_evidence = k * (n_before * np.log(mean_all / mean_before) + _xlogy(n_after, mean_all) - _xlogy(n_after, s_after / np.maximum(n_after, 1)))
+        silence_days = end_day - dd
+        k_silence = np.maximum(k, rule.silence_min_shape)
+        silence = -np.log(np.maximum(gammaincc(k_silence, k_silence * silence_days / mean_before), 1e-300))
+    # Each kind of evidence in units of its own threshold, so the best split is the most significant one.
+    score = np.where(j == 0, np.where(silence_days > mean_before, silence / rule.silence_evidence, 0.0), gaps_evidence / rule.evidence)
+    score = np.where(valid & np.isfinite(score), score, 0.0)
+    best = _best_per_customer(c, score, valid & (score >= 1.0), n_all)
+    has = best >= 0
+    rows = best[has]
+    out.after_n[has] = j[rows].astype("int64")
+    out.since_ns[has] = (dd[rows] * NS_PER_DAY).astype("int64")
+    out.before[has] = DAYS_PER_MONTH / mean_before[rows]
+    out.after[has] = j[rows] / (end_day - dd[rows]) * DAYS_PER_MONTH
+    out.evidence[has] = np.where(j[rows] == 0, silence[rows], gaps_evidence[rows])
+    return out
+
+
+def binary_shift_change(codes: np.ndarray, ts: np.ndarray, y: np.ndarray, n_all: int, rule: ChangeRule) -> AxisChange:
+    """As mean_shift_change for a 0/1 signal (a discounted order, an order in the customer's favourite category),
+    with the Bernoulli log-likelihood ratio of two rates (rates smoothed by half a pseudo-count each way)."""
+    prepared = _Splits.of(codes, ts, y, n_all)
+    if prepared is None:
+        return AxisChange.none(n_all)
+    split, v = prepared
+    c, m, n = split.c, split.m, split.n
+    total = np.bincount(c, v, n_all)[c]
+    k_after = split.newest(v)
+    n_before, k_before = n - m, total - k_after
+    valid = (m >= rule.min_after) & (m <= rule.max_after) & (n_before >= rule.min_before)
+    score = np.where(valid, _bernoulli_ll(k_after, m) + _bernoulli_ll(k_before, n_before) - _bernoulli_ll(total, n), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        before, after = k_before / n_before, k_after / m
+    return _report(n_all, split, _best_per_customer(c, score, valid & (score >= rule.binary_evidence), n_all), before, after, score)
+
+
+def _bernoulli_ll(k: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Maximized Bernoulli log-likelihood of k successes in n, at the rate smoothed by half a pseudo-count."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = (k + 0.5) / (n + 1.0)
+        return np.where(n > 0, k * np.log(p) + (n - k) * np.log1p(-p), 0.0)
+
+
+def _xlogy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """x log y with 0 log 0 = 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(x > 0, x * np.log(np.where(y > 0, y, 1.0)), 0.0)

@@ -1,0 +1,347 @@
+"""Customer profiles of one store as of a date: features -> segments -> archetype, churn, LTV.
+
+Pure pandas/numpy; the output frame has exactly the columns of the customer_profiles table, JSON
+columns already serialized (deterministically: fixed key order, values rounded to 6 decimals).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from quimbi_pipeline.history.json_text import (
+    DECIMALS,
+    json_number,
+    json_object,
+    json_string,
+    rounded_number,
+)
+from quimbi_pipeline.history.snapshot_blocks import SnapshotColumns
+from quimbi_pipeline.history.snapshot_values import SnapshotValues, values_of
+from quimbi_pipeline.model import btyd
+from quimbi_pipeline.model.change_points import ChangeRule
+from quimbi_pipeline.model.features import (
+    CHANGE_PREFIX,
+    AxisSpec,
+    active_mask,
+    available_axes,
+    compute_customer_features,
+)
+from quimbi_pipeline.model.outliers import density_outliers, outlier_flags
+from quimbi_pipeline.model.segmentation import (
+    AxisModel,
+    AxisSegmentation,
+    axis_matrix,
+    fit_axis_model,
+    score_axis,
+    segment_axis,
+)
+from quimbi_pipeline.settings import ChurnBands, PipelineSettings
+from quimbi_pipeline.settings.rollout import in_rollout
+from quimbi_pipeline.sources.orders import as_of_day
+
+log = logging.getLogger(__name__)
+progress = logging.getLogger("quimbi_pipeline.progress")  # stage and store, shown by `quimbi run` while a date runs
+
+PROFILE_COLUMNS = [
+    "store_id", "customer_id", "archetype_id", "archetype_level", "archetype_name", "dominant_segments",
+    "fuzzy_memberships", "behavioral_features", "churn_risk_score", "churn_risk_level", "predicted_ltv", "expected_purchases",
+    "total_orders", "lifetime_value", "days_since_first_order", "tenure_months", "profile_date", "model_version",
+]
+ARCHETYPE_NAMESPACE = uuid.UUID("8f7c1a52-3f0e-4c59-9a43-2f1d7d0c9b11")
+ARCHETYPE_LEVELS = 5
+# Modified BG/NBD fitted on CDNOW (weeks): used for stores too small for their own fit (documented).
+DEFAULT_MBGNBD = btyd.BGParams(r=0.5248, alpha=6.1831, a=0.8914, b=1.6140)
+WEEKS_PER_DAY = 1.0 / 7.0
+# An outlier's predicted_ltv is capped at this quantile of the other customers' (ENABLE_OUTLIER_DETECTION).
+OUTLIER_LTV_CAP_QUANTILE = 0.95
+
+
+def model_version_for(algorithm: str, as_of: pd.Timestamp) -> str:
+    return f"{algorithm}-{pd.Timestamp(as_of):%Y-%m-%d}"
+
+
+def stable_model_version(algorithm: str, fitted_on: pd.Timestamp) -> str:
+    """Versions of models kept in force over a refit period (distinct from the daily fresh fits)."""
+    return f"{algorithm}-stable-{pd.Timestamp(fitted_on):%Y-%m-%d}"
+
+
+def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp, settings: PipelineSettings, optional_columns,
+                      rows: np.ndarray | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(features of every customer with a purchase, the active ones) at D, as the settings define them, over the
+    orders in `rows` (a boolean mask; None: all)."""
+    features = compute_customer_features(orders, as_of, optional_columns=optional_columns, window_days=settings.feature_window_days,
+                                         adaptive=ChangeRule.from_settings(settings) if settings.enable_adaptive_windows else None,
+                                         occasion_days=settings.btyd_occasion_days, rows=rows)
+    return features, features.loc[active_mask(features, settings.active_days)]
+
+
+def churn_risk_level(score: np.ndarray, bands: ChurnBands) -> np.ndarray:
+    return np.select(
+        [score >= bands.critical_from, score >= bands.high_from, score >= bands.medium_from],
+        ["critical", "high", "medium"],
+        default="low",
+    )
+
+
+@dataclass
+class ChurnModel:
+    bg: btyd.BGParams
+    gg: btyd.GammaGammaParams | None
+    notes: list[str] = field(default_factory=list)
+
+
+def fit_churn_model(features: pd.DataFrame, settings: PipelineSettings, store_id: str = "") -> ChurnModel:
+    """Modified BG/NBD on every customer with a purchase (the dead inform the dropout rate), and Gamma-Gamma on repeat buyers."""
+    notes = []
+    x, t_x, T = features["btyd_x"].to_numpy(), features["btyd_t_x"].to_numpy(), features["btyd_T"].to_numpy()
+    if len(features) < settings.btyd_min_customers or x.sum() == 0 or T.max() <= 0:
+        notes.append(f"{len(features)} customers / {int((x > 0).sum())} repeat buyers: too few for a BTYD fit, default modified BG/NBD parameters used")
+        bg = DEFAULT_MBGNBD
+    else:
+        bg = btyd.fit_mbgnbd(x, t_x, T, sample_size=settings.btyd_fit_sample_size, random_state=settings.random_state)
+        if not bg.converged:
+            notes.append(f"modified BG/NBD fit did not converge (r={bg.r:.4g}, alpha={bg.alpha:.4g}, a={bg.a:.4g}, b={bg.b:.4g}): "
+                         "default parameters (CDNOW's fit) used instead")
+            bg = DEFAULT_MBGNBD
+    try:
+        gg = btyd.fit_gamma_gamma(x, features["btyd_monetary"].to_numpy(), sample_size=settings.btyd_fit_sample_size, random_state=settings.random_state)
+        if gg.q <= 1:
+            notes.append(f"Gamma-Gamma q={gg.q:.3f} <= 1 has no finite mean: customers' own average order value used for LTV")
+            gg = None
+    except ValueError as exc:
+        notes.append(f"Gamma-Gamma not fitted ({exc}): customers' own average order value used for LTV")
+        gg = None
+    for note in notes:
+        log.warning("store %s churn model: %s", store_id, note)
+    return ChurnModel(bg, gg, notes)
+
+
+def _finite_purchases(expected: np.ndarray) -> np.ndarray:
+    bad = ~np.isfinite(expected) | (expected < 0)
+    if bad.any():
+        log.warning("expected purchases not finite for %d customer(s): set to 0", int(bad.sum()))
+        expected = np.where(bad, 0.0, expected)
+    return expected
+
+
+def score_churn(model: ChurnModel, features: pd.DataFrame, settings: PipelineSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(churn_risk_score = P(no purchase in the next churn_horizon_days), predicted_ltv = expected spend over
+    the LTV horizon, expected_purchases over the churn horizon), all from the modified BG/NBD over purchase
+    occasions, closed form. expected_purchases counts purchase days: the expected occasions times the
+    customer's own purchase days per occasion; predicted_ltv is expected occasions times spend per occasion."""
+    x, t_x, T = features["btyd_x"].to_numpy(), features["btyd_t_x"].to_numpy(), features["btyd_T"].to_numpy()
+    horizon = settings.churn_horizon_days * WEEKS_PER_DAY
+    no_purchase = btyd.mbgnbd_p_no_purchase(model.bg, horizon, x, t_x, T)
+    expected_h = _finite_purchases(btyd.mbgnbd_expected_purchases(model.bg, horizon, x, t_x, T) * features["btyd_days_per_occasion"].to_numpy())
+    expected = _finite_purchases(btyd.mbgnbd_expected_purchases(model.bg, settings.ltv_horizon_days * WEEKS_PER_DAY, x, t_x, T))
+    if model.gg is not None:
+        spend = btyd.gamma_gamma_expected_spend(model.gg, x, features["btyd_monetary"].to_numpy())
+    else:
+        spend = features["avg_order_value"].to_numpy()
+    return no_purchase, expected * np.nan_to_num(spend, nan=0.0), expected_h
+
+
+def archetypes(segmentations: dict[str, AxisSegmentation]) -> tuple[pd.Series, np.ndarray, pd.Series]:
+    """(archetype_id, archetype_level, archetype_name) from the dominant segment of each axis.
+
+    archetype_id is uuid5 of "axis=segment|..." in axis order, stable across runs and stores.
+    archetype_level (1..5) buckets the mean position of the dominant segments on their worse -> better
+    ladders: 1 = worst on every axis, 5 = best on every axis.
+    """
+    key = None
+    name = None
+    position = None
+    for axis, seg in segmentations.items():
+        seg_names = np.asarray(seg.model.segment_names, dtype=object)[seg.dominant]
+        part = pd.Series(seg_names, dtype="string")
+        key = (axis + "=" + part) if key is None else key + ("|" + axis + "=") + part
+        name = part if name is None else name + ", " + part
+        k = seg.model.k
+        pos = seg.dominant / (k - 1) if k > 1 else np.full(seg.dominant.shape, 0.5)
+        position = pos if position is None else position + pos
+    position = position / len(segmentations)
+    level = np.clip(np.floor(position * ARCHETYPE_LEVELS).astype(int) + 1, 1, ARCHETYPE_LEVELS)
+    codes, uniques = pd.factorize(key)
+    ids = np.array([str(uuid.uuid5(ARCHETYPE_NAMESPACE, u)) for u in uniques], dtype=object)  # one per archetype, not per customer
+    return pd.Series(ids[codes], dtype="string"), level, name
+
+
+@dataclass
+class StoreProfiles:
+    store_id: str
+    as_of: pd.Timestamp
+    profiles: pd.DataFrame  # PROFILE_COLUMNS
+    segmentations: dict[str, AxisSegmentation]
+    churn: ChurnModel | None
+    model_version: str
+    n_customers_seen: int
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
+    fresh_fit: bool = True  # False when scored against models in force (stable segment identity)
+    outliers: pd.DataFrame | None = None  # customer_outlier_flags rows (ENABLE_OUTLIER_DETECTION)
+    snapshot_columns: SnapshotColumns | None = None  # the numbers of the snapshot rows (ENABLE_TEMPORAL_SNAPSHOTS)
+    snapshot_values: SnapshotValues | None = None  # the snapshot rows' JSON values as arrays (ENABLE_TEMPORAL_SNAPSHOTS)
+
+    @property
+    def axes(self) -> list[str]:
+        return list(self.segmentations)
+
+
+def _empty_profiles() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="object") for c in PROFILE_COLUMNS})
+
+
+def build_store_profiles(
+    orders: pd.DataFrame,
+    store_id: str,
+    as_of: pd.Timestamp,
+    settings: PipelineSettings,
+    optional_columns: tuple[str, ...] | list[str] = (),
+    models: dict[str, AxisModel] | None = None,
+    model_version: str | None = None,
+) -> StoreProfiles:
+    """Profiles of the store's active customers at D. `orders` must already be cut at D + 1 day.
+
+    Without `models` each axis is fitted afresh (the original engine); with them (the models in force,
+    stable segment identity) today's customers are scored against them and `model_version` is theirs.
+    """
+    as_of = as_of_day(as_of)
+    version = model_version or model_version_for(settings.clustering_algorithm.value, as_of)
+    if orders.empty:
+        log.info("store %s: no orders up to %s: no profiles", store_id, as_of.date())
+        return StoreProfiles(store_id, as_of, _empty_profiles(), {}, None, version, 0)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    progress.info("%s: features of %s orders", store_id, f"{len(orders):,}")
+    features, active = customer_features(orders, as_of, settings, optional_columns)
+    seconds["features"] = time.perf_counter() - started
+    if active.empty:
+        log.info("store %s: no customer active in the %d days up to %s: no profiles", store_id, settings.active_days, as_of.date())
+        return StoreProfiles(store_id, as_of, _empty_profiles(), {}, None, version, len(features))
+
+    axes: list[AxisSpec] = available_axes(optional_columns)
+    started = time.perf_counter()
+    progress.info("%s: segments of %s customers", store_id, f"{len(active):,}")
+    contain = settings.enable_outlier_detection and settings.share("enable_outlier_detection") >= 1.0
+    if models is None:
+        segmentations = fit_segments(active, axes, settings, contain)
+    else:
+        missing = [axis.name for axis in axes if axis.name not in models]
+        if missing:
+            raise ValueError(f"store {store_id}: model {version} has no segments for axes {missing}")
+        segmentations = {axis.name: score_axis(active, axis, models[axis.name]) for axis in axes}
+    # The customers in each axis' scaled space, for the outlier flags and (containment) the BTYD fits.
+    scaled = ({axis.name: segmentations[axis.name].model.transform(axis_matrix(active, axis)) for axis in axes}
+              if settings.enable_outlier_detection else None)
+    # Outlier containment (ENABLE_OUTLIER_DETECTION): the default method's outliers stay out of the BTYD fits
+    # and their predicted_ltv is capped, so a bot or a $50k order cannot bend the models for everyone else.
+    outside = density_outliers(segmentations, scaled) if contain else np.zeros(len(active), dtype=bool)
+    seconds["segments"] = time.perf_counter() - started
+    started = time.perf_counter()
+    progress.info("%s: churn risk and LTV", store_id)
+    churn = fit_churn_model(features.drop(index=active.index[outside]) if outside.any() else features, settings, store_id)
+    churn_score, predicted_ltv, expected_purchases = score_churn(churn, active, settings)
+    ltv_cap = None
+    if outside.any() and (~outside).any():
+        ltv_cap = float(np.quantile(predicted_ltv[~outside], OUTLIER_LTV_CAP_QUANTILE))
+        predicted_ltv = np.where(outside, np.minimum(predicted_ltv, ltv_cap), predicted_ltv)
+    seconds["churn_ltv"] = time.perf_counter() - started
+    started = time.perf_counter()
+    archetype_id, archetype_level, archetype_name = archetypes(segmentations)
+
+    dominant = json_object([(a, json_string(np.asarray(s.model.segment_names, dtype=object)[s.dominant])) for a, s in segmentations.items()])
+    membership_numbers = {a: [(name, json_number(s.memberships[:, j])) for j, name in enumerate(s.model.segment_names)]
+                          for a, s in segmentations.items()}
+    feature_numbers = {axis.name: [(f, json_number(active[f].to_numpy())) for f in axis.feature_names] for axis in axes}
+    memberships = json_object([(a, json_object(items)) for a, items in membership_numbers.items()])
+    behavioral = json_object([(a, json_object(items)) for a, items in feature_numbers.items()])
+    n = len(active)
+    profiles = pd.DataFrame({
+        "store_id": pd.Series([store_id] * n, dtype="string"),
+        "customer_id": pd.Series(active.index.to_numpy(), dtype="string"),
+        "archetype_id": archetype_id,
+        "archetype_level": archetype_level.astype("int64"),
+        "archetype_name": archetype_name,
+        "dominant_segments": dominant,
+        "fuzzy_memberships": memberships,
+        "behavioral_features": behavioral,
+        "churn_risk_score": np.round(churn_score, DECIMALS) + 0.0,
+        "churn_risk_level": churn_risk_level(churn_score, settings.churn_bands),
+        "predicted_ltv": np.round(predicted_ltv, 2) + 0.0,
+        "expected_purchases": np.round(expected_purchases, DECIMALS) + 0.0,
+        "total_orders": active["total_orders"].to_numpy("int64"),
+        "lifetime_value": np.round(active["lifetime_value"].to_numpy(), 2) + 0.0,
+        "days_since_first_order": active["days_since_first_order"].to_numpy().astype("int64"),
+        "tenure_months": np.round(active["tenure_months"].to_numpy(), 2) + 0.0,
+        "profile_date": pd.Series([as_of.date()] * n, dtype="object"),
+        "model_version": pd.Series([version] * n, dtype="string"),
+    })
+    seconds["assemble"] = time.perf_counter() - started
+    flags = None
+    if settings.enable_outlier_detection:
+        started = time.perf_counter()
+        flags = outlier_flags(segmentations, scaled, profiles["customer_id"].to_numpy(object), f"{as_of:%Y-%m-%d}")
+        if ltv_cap is not None:
+            capped = (flags["method"] == "density").to_numpy() & np.tile(outside, len(flags) // len(outside))
+            flags.loc[capped, "explanation"] = flags.loc[capped, "explanation"] + f"; left out of the model fits, predicted_ltv capped at {ltv_cap:.2f}"
+        share = settings.share("enable_outlier_detection")
+        if share < 1.0:  # a rollout: scores use the whole store, rows are kept for its share of customers
+            flags = flags[in_rollout(flags["customer_id"], "enable_outlier_detection", share)].reset_index(drop=True)
+        seconds["outliers"] = time.perf_counter() - started
+    numbers = values = None
+    if settings.enable_temporal_snapshots:
+        numbers = _snapshot_columns(profiles, segmentations, active, axes)
+        values = values_of(profiles["customer_id"], membership_numbers, feature_numbers, {a: s.dominant for a, s in segmentations.items()}, version)
+    return StoreProfiles(store_id, as_of, profiles[PROFILE_COLUMNS], segmentations, churn, version, len(features), seconds,
+                         fresh_fit=models is None, outliers=flags, snapshot_columns=numbers, snapshot_values=values)
+
+
+def fit_segments(active: pd.DataFrame, axes: list[AxisSpec], settings: PipelineSettings, contain: bool) -> dict[str, AxisSegmentation]:
+    """Each axis fitted on the active customers (the original engine); with `contain`, fitted again without the
+    customers the default outlier method flags against the first fit, and everyone scored with that fit."""
+    segmentations = {axis.name: segment_axis(active, axis, settings) for axis in axes}
+    if not contain:
+        return segmentations
+    outside = outliers_of(segmentations, active, axes)
+    if not outside.any() or (~outside).sum() < 2:
+        return segmentations
+    log.info("%d outlier(s) left out of the segment fits", int(outside.sum()))
+    inside = active.loc[~outside]
+    return {axis.name: score_axis(active, axis, fit_axis_model(axis_matrix(inside, axis), axis, settings)) for axis in axes}
+
+
+def outliers_of(segmentations: dict[str, AxisSegmentation], active: pd.DataFrame, axes: list[AxisSpec]) -> np.ndarray:
+    scaled = {axis.name: segmentations[axis.name].model.transform(axis_matrix(active, axis)) for axis in axes}
+    return density_outliers(segmentations, scaled)
+
+
+def _snapshot_columns(profiles: pd.DataFrame, segmentations: dict[str, AxisSegmentation], active: pd.DataFrame, axes: list[AxisSpec]) -> SnapshotColumns:
+    """The values of the profile rows' JSON as numbers, for the snapshot blocks (snapshot_blocks.py)."""
+    index = pd.Index(profiles["customer_id"].astype(str).to_numpy(object), name="customer_id")
+    base = pd.DataFrame({"churn_risk_score": profiles["churn_risk_score"].to_numpy("float64"),
+                         "archetype_name": profiles["archetype_name"].astype(str).to_numpy(object)}, index=index)
+    memberships = pd.DataFrame({f"{a}.{name}": rounded_number(s.memberships[:, j])
+                                for a, s in segmentations.items() for j, name in enumerate(s.model.segment_names)}, index=index)
+    features = pd.DataFrame({f"{axis.name}.{f}": rounded_number(active[f].to_numpy()) for axis in axes for f in axis.feature_names}, index=index)
+    # The evidence of detected behavior changes (ENABLE_ADAPTIVE_WINDOWS), for the drift step: blocks only.
+    evidence = [c for c in active.columns if c.startswith(CHANGE_PREFIX)]
+    if evidence:
+        features = pd.concat([features, pd.DataFrame({c: active[c].to_numpy("float64") for c in evidence}, index=index)], axis=1)
+    return SnapshotColumns(base, memberships, features)
+
+
+def segment_model_rows(result: StoreProfiles) -> pd.DataFrame:
+    """segment_models rows (one per axis) of a store's fresh fit; none when it scored models in force."""
+    if not result.fresh_fit:
+        return pd.DataFrame()
+    return model_rows(result.store_id, result.model_version, result.as_of, [s.model for s in result.segmentations.values()])
+
+
+def model_rows(store_id: str, version: str, fitted_on: pd.Timestamp, models: list[AxisModel]) -> pd.DataFrame:
+    return pd.DataFrame([{"store_id": store_id, "model_version": version, **m.to_record(), "fitted_on": pd.Timestamp(fitted_on).date()}
+                         for m in models])

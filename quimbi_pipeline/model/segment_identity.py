@@ -1,0 +1,71 @@
+"""Stable segment identity: models kept in force over a refit period, renamed after their predecessor.
+
+With ENABLE_STABLE_SEGMENTS a store's segment models are fitted on the anchor date of each refit
+period (every `segment_refit_days` days from a fixed epoch, a Monday), so every date of the period —
+in a daily run, a re-run or a backfill — is scored against the same model. A refit names its
+segments after the previous period's model (Hungarian matching of centroids) and records MONIC
+transitions. Pure: the caller reads and writes segment_models.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from quimbi_pipeline.model.features import available_axes
+from quimbi_pipeline.model.profiles import customer_features, fit_segments
+from quimbi_pipeline.model.segmentation import (
+    AxisModel,
+    axis_matrix,
+    match_segments,
+    monic_transitions,
+)
+from quimbi_pipeline.settings import PipelineSettings
+from quimbi_pipeline.sources.orders import as_of_day, seen_at
+
+log = logging.getLogger(__name__)
+
+REFIT_EPOCH = pd.Timestamp("2000-01-03")  # a Monday: 7- and 28-day periods start on Mondays
+TRANSITION_COLUMNS = ["store_id", "model_version", "axis", "seq", "previous_version", "transition", "old_segments", "new_segments", "overlap"]
+
+
+def refit_anchor(as_of, refit_days: int) -> pd.Timestamp:
+    """The first day of the refit period holding D."""
+    day = as_of_day(as_of)
+    periods = (day - REFIT_EPOCH).days // refit_days
+    return REFIT_EPOCH + pd.Timedelta(days=periods * refit_days)
+
+
+def fit_period_models(
+    orders: pd.DataFrame, store_id: str, fit_day: pd.Timestamp, version: str, settings: PipelineSettings, optional_columns,
+    previous: dict[str, AxisModel], previous_version: str | None,
+) -> tuple[dict[str, AxisModel], pd.DataFrame]:
+    """Models of a refit period fitted on the customers active at `fit_day` (orders are cut there).
+
+    Returns the models (rounded as stored, named after `previous` where it has the axis) and the MONIC
+    transitions from the previous models (TRANSITION_COLUMNS). No active customer at fit_day: ({}, empty).
+    """
+    _, active = customer_features(orders, fit_day, settings, optional_columns, rows=seen_at(orders, fit_day))  # cut, not copied
+    if active.empty:
+        return {}, pd.DataFrame(columns=TRANSITION_COLUMNS)
+    models: dict[str, AxisModel] = {}
+    rows = []
+    axes = available_axes(optional_columns)
+    contain = settings.enable_outlier_detection and settings.share("enable_outlier_detection") >= 1.0
+    fits = fit_segments(active, axes, settings, contain)  # with outlier containment: fitted without the outliers
+    for axis in axes:
+        raw = axis_matrix(active, axis)
+        fitted = fits[axis.name].model.rounded()
+        if axis.name in previous:
+            # Honest segments are named by fixed bands: no renaming after the previous model, only its transitions.
+            fitted, transitions = ((fitted, monic_transitions(previous[axis.name], fitted, raw)) if settings.enable_honest_segments
+                                   else match_segments(previous[axis.name], fitted, raw))
+            for seq, t in enumerate(transitions):
+                rows.append({"store_id": store_id, "model_version": version, "axis": axis.name, "seq": seq,
+                             "previous_version": previous_version, "transition": t.transition, "old_segments": list(t.old_segments),
+                             "new_segments": list(t.new_segments), "overlap": t.overlap})
+            kinds = pd.Series([t.transition for t in transitions]).value_counts().to_dict()
+            log.info("store %s axis %s: refit %s -> %s: %s", store_id, axis.name, previous_version, version, kinds)
+        models[axis.name] = fitted
+    return models, pd.DataFrame(rows, columns=TRANSITION_COLUMNS)

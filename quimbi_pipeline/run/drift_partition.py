@@ -1,0 +1,214 @@
+"""The drift step of a date for a set of stores, and any past date's drift on demand, without Dagster.
+
+customer_drift, customer_axis_drift, customer_drift_anomalies and population_drift from the stored snapshots
+(drift/measures.py does the arithmetic); each store in its own transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from quimbi_pipeline.drift import measures as drift
+from quimbi_pipeline.drift.evidence import rescored_memberships, with_memberships
+from quimbi_pipeline.history.snapshots import RetentionPolicy
+from quimbi_pipeline.model.profiles import model_version_for, stable_model_version
+from quimbi_pipeline.model.segment_identity import refit_anchor
+from quimbi_pipeline.model.segmentation import AxisModel
+from quimbi_pipeline.runtime.memory import release_memory
+from quimbi_pipeline.runtime.threads import SMALL_ROWS, limited_threads, run_threads
+from quimbi_pipeline.settings import PipelineSettings, StoreSettings, settings_for_store
+from quimbi_pipeline.settings.rollout import in_rollout
+from quimbi_pipeline.sources.orders import as_of_day
+from quimbi_pipeline.sources.row_checks import check_rows
+from quimbi_pipeline.storage import Warehouse
+from quimbi_pipeline.storage.prune import drift_state_cutoff, keep_drift_state
+from quimbi_pipeline.storage.snapshot_history import BASE_COLUMNS, SnapshotHistoryReader
+
+log = logging.getLogger(__name__)
+progress = logging.getLogger("quimbi_pipeline.progress")
+
+
+@dataclass
+class DriftOutcome:
+    store_id: str
+    ok: bool
+    rows: dict[str, int] = field(default_factory=dict)  # by table
+    anomalies_by_type: dict[str, int] = field(default_factory=dict)
+    population: pd.DataFrame | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    note: str = ""
+
+
+def history_from_snapshots(frame: pd.DataFrame, scored: tuple[list[str], np.ndarray] | None = None) -> drift.MembershipHistory:
+    """A MembershipHistory from numeric snapshot history (history.BASE_COLUMNS + "axis.segment" columns, and
+    optionally "f:..." features and change evidence); with `scored` (rescored_memberships of the frame) its
+    memberships are those instead of the frame's."""
+    if scored is not None:
+        return drift.MembershipHistory.from_frame(frame, *scored)
+    columns = sorted(c for c in frame.columns if c not in BASE_COLUMNS and ":" not in c)
+    return drift.MembershipHistory.from_frame(frame, columns)
+
+
+def models_in_force(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings) -> dict[str, AxisModel]:
+    """The segment models the store's profiles of D were scored with (segment_models), by axis; {} if none are stored."""
+    algorithm = settings.clustering_algorithm.value
+    version = (stable_model_version(algorithm, refit_anchor(as_of, settings.segment_refit_days)) if settings.enable_stable_segments
+               else model_version_for(algorithm, as_of))
+    return {r["axis"]: AxisModel.from_record(r) for r in warehouse.segment_model_records(store, version)}
+
+
+def _scored_memberships(models: dict[str, AxisModel], frame: pd.DataFrame, store: str) -> tuple[list[str], np.ndarray] | None:
+    """drift_evidence.rescored_memberships of the frame with D's models; None (the memberships as stored) when no
+    model is stored or the frame's features cannot be scored."""
+    if not models:
+        return None
+    try:
+        return rescored_memberships(frame, models)
+    except ValueError as exc:
+        log.warning("store %s: drift uses the memberships as stored: %s", store, exc)
+        return None
+
+
+def _scored_with(models: dict[str, AxisModel], frame: pd.DataFrame, store: str) -> pd.DataFrame:
+    """The frame with its memberships scored with D's models (_scored_memberships), or as stored."""
+    scored = _scored_memberships(models, frame, store)
+    return frame if scored is None else with_memberships(frame, *scored)
+
+
+def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings | StoreSettings, stores: list[str] | None = None,
+                        retention: RetentionPolicy | None = None) -> list[DriftOutcome]:
+    """customer_drift, customer_axis_drift, customer_drift_anomalies and population_drift of D, per store.
+
+    customer_drift and customer_axis_drift keep `retention.drift` dates per store (default: the
+    environment's policy; 1 = the newest date only, the current state): older ones are removed after each
+    write, and a date older than those kept writes its anomalies and population drift only.
+
+    Stores default to those with snapshots dated D; stores whose settings have drift off are skipped.
+    Each store is written in its own transaction; a failing store is reported and the others go on.
+    """
+    as_of = as_of_day(as_of)
+    retention = retention or RetentionPolicy.from_env()
+    if stores is None:
+        stores = warehouse.read_sql(
+            f"SELECT DISTINCT store_id FROM {warehouse.qualified('profile_snapshots')} WHERE snapshot_date = :d ORDER BY 1",
+            {"d": as_of.date()})["store_id"].tolist()
+    outcomes = []
+    for store in sorted(stores):
+        store_settings = settings_for_store(settings, store)
+        if not store_settings.drift_active:
+            continue
+        try:
+            with limited_threads(0, run_threads(store_settings.threads)):  # array arithmetic, no large BLAS work
+                outcome = _drift_store(warehouse, store, as_of, store_settings, retention)
+                # An earlier date arriving late changes the inputs of later dates' drift: recompute those, so that
+                # any order of dates leaves the warehouse a date-ordered run leaves.
+                later = warehouse.stale_drift_dates(store, as_of) if outcome.rows else []
+                for day in later:
+                    _drift_store(warehouse, store, day, store_settings, retention)
+                if later:
+                    outcome.note = f"recomputed the drift of {len(later)} later date(s) whose snapshots changed: {', '.join(f'{d:%Y-%m-%d}' for d in later)}"
+                outcomes.append(outcome)
+                # Large stores only, as after profiles: a trim of a fragmented heap costs ~60 ms, a second per ~20 small stores.
+                if outcome.rows.get("customer_drift", 0) >= SMALL_ROWS:
+                    release_memory()
+        except Exception as exc:  # one store's failure is recorded and the others go on
+            log.exception("drift of store %s failed for %s", store, as_of.date())
+            outcomes.append(DriftOutcome(store, False, error=f"{type(exc).__name__}: {exc}"))
+    return outcomes
+
+
+def _drift_reader(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings):
+    """(reader of D's window of snapshots, their dates, D's models) or None when no snapshot is dated D."""
+    reader = SnapshotHistoryReader(warehouse, store, as_of - pd.Timedelta(days=drift.history_days(settings.drift_windows)), as_of)
+    dates = list(reader.sources["snapshot_date"])
+    if not dates or dates[-1] != as_of:
+        return None
+    return reader, dates, models_in_force(warehouse, store, as_of, settings)  # every snapshot of the window is scored with D's models
+
+
+def _drift_history(reader, models, store: str, settings: PipelineSettings, lo, hi) -> drift.MembershipHistory:
+    """The snapshot history of the customers with lo <= id < hi (None: unbounded), scored with D's models."""
+    frame = reader.history(lo, hi, with_features=bool(models))
+    scored = _scored_memberships(models, frame, store)  # a matrix: a frame of them was copied three times on its way (1M: ~6 s)
+    if settings.share("enable_drift_analysis") < 1.0:  # a rollout: drift for its share of customers only
+        keep = in_rollout(frame["customer_id"], "enable_drift_analysis", settings.share("enable_drift_analysis"))
+        frame = frame[keep]
+        scored = None if scored is None else (scored[0], scored[1][keep])
+    return history_from_snapshots(frame, scored)
+
+
+def drift_on_demand(warehouse: Warehouse, store: str, as_of, settings: PipelineSettings | StoreSettings,
+                    customer_id: str | None = None) -> drift.DriftTables | None:
+    """The drift of any date D (one customer's, or the store's) computed from the snapshots as the daily step
+    computes it, nothing written: customer_drift and customer_axis_drift keep only the current state
+    (RetentionPolicy.drift). The same numbers the step wrote on D while D's window of snapshots is kept;
+    None when no snapshot is dated D."""
+    as_of = as_of_day(as_of)
+    settings = settings_for_store(settings, store)
+    found = _drift_reader(warehouse, store, as_of, settings)
+    if found is None:
+        return None
+    reader, _, models = found
+    lo, hi = (None, None) if customer_id is None else (customer_id, customer_id + "\x00")
+    return drift.compute_drift(_drift_history(reader, models, store, settings, lo, hi), as_of, settings.drift_windows)
+
+
+def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings,
+                 retention: RetentionPolicy) -> DriftOutcome:
+    started = time.perf_counter()
+    progress.info("%s: drift", store)
+    windows = settings.drift_windows
+    found = _drift_reader(warehouse, store, as_of, settings)
+    if found is None:
+        note = f"no snapshots dated {as_of.date()}: drift not computed (run the date's profiles with ENABLE_TEMPORAL_SNAPSHOTS first)"
+        log.warning("store %s: %s", store, note)
+        return DriftOutcome(store, True, note=note)
+    reader, dates, models = found
+    bounds = reader.slice_bounds(as_of, settings.drift_chunk_customers)
+    if bounds is None:  # D's snapshots predate the blocks: cut D's customer ids
+        bounds = warehouse.snapshot_customer_bounds(store, as_of, settings.drift_chunk_customers)
+    ranges = list(zip([None, *bounds], [*bounds, None]))
+    seconds = {"read": 0.0, "compute": 0.0}
+    anomaly_counts: dict[str, int] = {}
+    # A date older than the kept drift state (a backfill) writes its events only; its state is computed on demand.
+    state_kept = as_of >= drift_state_cutoff(warehouse, store, retention, as_of)
+
+    def chunks():
+        for lo, hi in ranges:
+            t0 = time.perf_counter()
+            history = _drift_history(reader, models, store, settings, lo, hi)
+            t1 = time.perf_counter()
+            tables = drift.compute_drift(history, as_of, windows)
+            check_rows("customer_drift", tables.customers)
+            check_rows("customer_axis_drift", tables.axis_numbers())
+            check_rows("customer_drift_anomalies", tables.anomalies)
+            for kind, n in tables.anomalies["anomaly_type"].value_counts().items():
+                anomaly_counts[kind] = anomaly_counts.get(kind, 0) + int(n)
+            seconds["read"] += t1 - t0
+            seconds["compute"] += time.perf_counter() - t1
+            if state_kept:
+                yield tables.customers, tables.n_axis_rows, tables.anomalies
+            else:
+                yield tables.customers.iloc[:0], 0, tables.anomalies
+
+    t0 = time.perf_counter()
+    reference_date = next(d for d in dates if d >= as_of - pd.Timedelta(days=drift.POPULATION_REFERENCE_DAYS))
+    population = pd.DataFrame(columns=drift.POPULATION_COLUMNS)
+    if reference_date < as_of:
+        population = drift.population_drift(_scored_with(models, reader.population_frame(reference_date), store),
+                                            _scored_with(models, reader.population_frame(as_of), store), reference_date, as_of)
+    seconds["population"] = time.perf_counter() - t0
+    rows, seconds["write"] = warehouse.write_drift_partition(store, as_of, chunks(), population)  # on PostgreSQL the write overlaps read and compute
+    warehouse.record_drift_inputs(store, as_of, drift.history_days(windows))
+    t0 = time.perf_counter()
+    rows["expired_drift_state"] = keep_drift_state(warehouse, store, retention)
+    seconds["expire"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - started
+    log.info("store %s %s drift: %s rows (%s)", store, as_of.date(), rows, ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
+    return DriftOutcome(store, True, rows, anomaly_counts, population, seconds)

@@ -1,0 +1,25 @@
+"""Where the warehouse lives: the data folder (QUIMBI_DATA_DIR) and the warehouse URL (QUIMBI_WAREHOUSE_URL),
+read here so that every layer, the orders sources' `sql:` tables included, resolves them the same way."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PG_SCHEMA = "platform"  # the warehouse's tables on PostgreSQL; unqualified `sql:` source tables are looked up there too
+
+
+def data_dir() -> Path:
+    """The project's data folder (QUIMBI_DATA_DIR moves it), created if missing."""
+    path = Path(os.environ.get("QUIMBI_DATA_DIR", PROJECT_ROOT / "data"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def default_warehouse_url() -> str:
+    return f"sqlite:///{data_dir() / 'quimbi.sqlite'}"
+
+
+def resolve_warehouse_url(url: str | None = None) -> str:
+    return url or os.environ.get("QUIMBI_WAREHOUSE_URL") or default_warehouse_url()

@@ -1,0 +1,175 @@
+"""customer_profiles: each customer's newest profile; the write of a store's partition D (one transaction
+that also replaces D's snapshots, models, transitions and outlier flags through their families)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from quimbi_pipeline.history.snapshot_values import (
+    VALUE_COLUMNS,
+    SnapshotValues,
+    archetype_dictionary,
+    values_from_json,
+)
+from quimbi_pipeline.storage.connection import Json, metadata, staging_metadata
+
+customer_profiles = sa.Table(
+    "customer_profiles", metadata,
+    sa.Column("store_id", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text, primary_key=True),
+    sa.Column("archetype_id", sa.Text, nullable=False),
+    sa.Column("archetype_level", sa.Integer, nullable=False),
+    sa.Column("archetype_name", sa.Text, nullable=False),
+    sa.Column("dominant_segments", Json, nullable=False),
+    sa.Column("fuzzy_memberships", Json, nullable=False),
+    sa.Column("behavioral_features", Json, nullable=False),
+    sa.Column("churn_risk_score", sa.Float, nullable=False),
+    sa.Column("churn_risk_level", sa.Text, nullable=False),
+    sa.Column("predicted_ltv", sa.Float, nullable=False),
+    # Expected purchases over the churn horizon (added with the P(no purchase) churn score; NULL in rows written before).
+    sa.Column("expected_purchases", sa.Float),
+    sa.Column("total_orders", sa.Integer, nullable=False),
+    sa.Column("lifetime_value", sa.Float, nullable=False),
+    sa.Column("days_since_first_order", sa.Integer, nullable=False),
+    sa.Column("tenure_months", sa.Float, nullable=False),
+    sa.Column("profile_date", sa.Date, nullable=False),
+    sa.Column("model_version", sa.Text, nullable=False),
+    sa.Index("ix_customer_profiles_store_date", "store_id", "profile_date"),
+    sa.Index("ix_customer_profiles_store_archetype", "store_id", "archetype_id"),
+)
+
+# The staged profiles of a write with snapshots: the profile columns and the snapshot rows' value arrays.
+profile_values_stage = sa.Table(
+    "customer_profiles_with_values", staging_metadata,
+    *[sa.Column(c.name, c.type) for c in customer_profiles.columns],
+    *[sa.Column(c, sa.Text) for c in VALUE_COLUMNS],
+)
+
+
+JSON_COLUMNS = ("dominant_segments", "fuzzy_memberships", "behavioral_features")
+
+
+def normalize_profiles(frame: pd.DataFrame) -> pd.DataFrame:
+    """Profiles read back from either database in one canonical form (JSON as sorted-key text, dates as ISO).
+
+    For tests and analysts' small reads: it parses JSON row by row.
+    """
+    out = frame.copy()
+    for col in JSON_COLUMNS:
+        if col in out:
+            out[col] = [json.dumps(v if not isinstance(v, str) else json.loads(v), sort_keys=True) for v in out[col]]
+    if "profile_date" in out:
+        out["profile_date"] = pd.to_datetime(out["profile_date"]).dt.strftime("%Y-%m-%d")
+    return out
+
+
+class ProfileStore:
+    # ---- writes ---------------------------------------------------------------------------------
+    def write_profiles_partition(
+        self, store_id: str, as_of, profiles: pd.DataFrame, models: pd.DataFrame, snapshot_types: list[str] | tuple = (),
+        changed: pd.Index | None = None, transitions: pd.DataFrame | None = None, outliers: pd.DataFrame | None = None,
+        snapshot_customers: pd.Index | None = None, blocks: list[dict] | None = None, snapshot_values: SnapshotValues | None = None,
+    ) -> dict:
+        """Replace store S's rows of partition D in one transaction.
+
+        customer_profiles holds each customer's newest profile: rows dated D are replaced, and a
+        staged row only overwrites an existing row whose profile_date <= D (a backfill of an old
+        date never overwrites a newer profile). segment_models rows of D's model_version are replaced.
+        With snapshot_types, the store's snapshots dated D are replaced by one copy of D's profiles per
+        type; without, snapshots are not touched (snapshots off = the original outputs only).
+        `changed` customers also get a "profile_change" snapshot of D. `transitions` (MONIC, of a refit
+        written in `models`) replace the rows of their model versions; `outliers` (ENABLE_OUTLIER_DETECTION)
+        replace the store's customer_outlier_flags of D. `snapshot_customers` (a rollout share) limits
+        the snapshots to those customers. `blocks` (snapshot_blocks.encode_blocks of the same customers)
+        replace the store's snapshot_blocks of D with the snapshots. `snapshot_values` (profiles.values_of, the
+        same customers in the same order) are the snapshot rows' value arrays; without them they are derived from
+        the profiles' JSON text (snapshot_values.values_from_json, slower).
+        """
+        as_of_date = pd.Timestamp(as_of).date()
+        cols = [c.name for c in customer_profiles.columns]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in ("store_id", "customer_id"))
+        target = self.qualified("customer_profiles")
+        with self.engine.begin() as conn:
+            deleted = conn.execute(
+                sa.delete(customer_profiles).where(customer_profiles.c.store_id == store_id, customer_profiles.c.profile_date == as_of_date)
+            ).rowcount
+            written, stage_ref, values, archetypes = 0, None, None, None
+            if len(profiles):
+                staged, stage_table = profiles[cols], customer_profiles
+                if snapshot_types:
+                    values = snapshot_values if snapshot_values is not None else values_from_json(profiles)
+                    if not np.array_equal(values.frame["customer_id"].astype(str).to_numpy(object), profiles["customer_id"].astype(str).to_numpy(object)):
+                        raise ValueError(f"store {store_id}: the snapshot values are not of the profiles' customers in their order")
+                    staged = pd.concat([staged.reset_index(drop=True), values.frame[list(VALUE_COLUMNS)].reset_index(drop=True)], axis=1)
+                    stage_table, archetypes = profile_values_stage, archetype_dictionary(values.frame["dominant_positions"], profiles)
+                stage_ref = self._stage(conn, stage_table, staged)
+                written = conn.execute(sa.text(
+                    f"INSERT INTO {target} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {stage_ref} WHERE true "
+                    f"ON CONFLICT (store_id, customer_id) DO UPDATE SET {updates} "
+                    f"WHERE {target}.profile_date <= excluded.profile_date"
+                )).rowcount
+            snapshot_started = time.perf_counter()
+            snapshots = 0
+            if snapshot_types:
+                snapshots = self._replace_snapshots(conn, store_id, as_of_date, stage_ref if len(profiles) else None, snapshot_types,
+                                                    changed, snapshot_customers, values, archetypes)
+            snapshot_seconds = time.perf_counter() - snapshot_started
+            blocks_started = time.perf_counter()
+            if snapshot_types:
+                self.replace_snapshot_blocks(conn, store_id, as_of_date, blocks if len(profiles) else None)
+                self._log_snapshot_write(conn, store_id, as_of_date)
+            block_seconds = time.perf_counter() - blocks_started
+            self._replace_models(conn, store_id, models)
+            if outliers is not None:
+                self._replace_outlier_flags(conn, store_id, as_of_date, outliers)
+            self._replace_transitions(conn, store_id, transitions)
+        analyze_started = time.perf_counter()
+        if snapshot_types:
+            self.analyze_date_partition("profile_snapshots", as_of_date)
+        return {"deleted": int(deleted or 0), "written": int(written or 0), "snapshots": int(snapshots or 0),
+                "snapshot_seconds": snapshot_seconds, "block_seconds": block_seconds, "analyze_seconds": time.perf_counter() - analyze_started}
+
+    def profiles(self, store_id: str | None = None, profile_date=None) -> pd.DataFrame:
+        clauses, params = [], {}
+        if store_id is not None:
+            clauses.append("store_id = :store_id")
+            params["store_id"] = store_id
+        if profile_date is not None:
+            clauses.append("profile_date = :profile_date")
+            params["profile_date"] = pd.Timestamp(profile_date).date()
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        frame = self.read_sql(f"SELECT * FROM {self.qualified('customer_profiles')}{where} ORDER BY store_id, customer_id", params)
+        return normalize_profiles(frame)
+
+    def profile_dates_since(self, store_id: str, profile_date) -> pd.DataFrame:
+        """customer_id and profile_date of the store's rows dated D or later."""
+        frame = self.read_sql(
+            f"SELECT customer_id, profile_date FROM {self.qualified('customer_profiles')} WHERE store_id = :s AND profile_date >= :d",
+            {"s": store_id, "d": pd.Timestamp(profile_date).date()},
+        )
+        frame["customer_id"] = frame["customer_id"].astype(str)
+        frame["profile_date"] = pd.to_datetime(frame["profile_date"])
+        return frame
+
+    def membership_sum_violations(self, store_id: str, profile_date, tolerance: float = 1e-4) -> int:
+        """Rows of (store, D) where some axis' memberships do not sum to 1 within `tolerance`, counted in SQL."""
+        if self.is_postgres:
+            sql = (
+                f"SELECT count(DISTINCT p.customer_id) FROM {self.qualified('customer_profiles')} p, "
+                "jsonb_each(p.fuzzy_memberships) a "
+                "WHERE p.store_id = :s AND p.profile_date = :d "
+                "AND abs((SELECT sum(m.value::float8) FROM jsonb_each_text(a.value) m) - 1) > :tol"
+            )
+        else:
+            sql = (
+                "SELECT count(DISTINCT p.customer_id) FROM customer_profiles p, json_each(p.fuzzy_memberships) a "
+                "WHERE p.store_id = :s AND p.profile_date = :d "
+                "AND abs((SELECT sum(m.value) FROM json_each(a.value) m) - 1) > :tol"
+            )
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.text(sql), {"s": store_id, "d": pd.Timestamp(profile_date).date(), "tol": tolerance}).scalar_one())

@@ -1,0 +1,114 @@
+"""A store's snapshot history as numbers, for the drift step: per date from its snapshot blocks
+(snapshot_blocks.py), else from the snapshot rows' JSON (dates written before the blocks existed, or
+whose calendar snapshots were pruned and only profile_change rows remain). Both give the same values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from quimbi_pipeline.history.snapshot_blocks import (
+    FEATURE_PREFIX,
+    decode_tables,
+    join_block_tables,
+    read_block,
+)
+from quimbi_pipeline.model.features import CHANGE_PREFIX
+from quimbi_pipeline.model.memberships import parse_memberships
+from quimbi_pipeline.storage import Warehouse
+
+BASE_COLUMNS = ["customer_id", "snapshot_date", "churn_risk_score", "archetype_name"]
+
+
+def numeric_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """Snapshot rows with JSON text -> BASE_COLUMNS + "axis.segment" membership columns."""
+    rows = rows.reset_index(drop=True)
+    return pd.concat([rows[BASE_COLUMNS], parse_memberships(rows["fuzzy_memberships"])], axis=1)
+
+
+def _id_slice(table: pa.Table, lo: str | None, hi: str | None) -> pa.Table:
+    """Rows of a table sorted by customer_id with lo <= id < hi (a zero-copy slice)."""
+    ids = table["customer_id"]
+    start = 0 if lo is None else pc.sum(pc.less(ids, lo)).as_py() or 0
+    stop = table.num_rows if hi is None else pc.sum(pc.less(ids, hi)).as_py() or 0
+    return table.slice(start, stop - start)
+
+
+class SnapshotHistoryReader:
+    """Reads a store's snapshot history in [start, end] slice by slice of customers, in ascending id order.
+
+    Each block is fetched and decoded once: a slice keeps, per date, the block it ended in for the next.
+    """
+
+    def __init__(self, warehouse: Warehouse, store_id: str, start, end):
+        self.warehouse, self.store_id = warehouse, store_id
+        self.sources = warehouse.snapshot_sources(store_id, start, end)
+        index = warehouse.snapshot_block_index(store_id, start, end)
+        calendar_days = set(self.sources.loc[self.sources["snapshot_type"] != "profile_change", "snapshot_date"])
+        self.blocks = {day: group.reset_index(drop=True) for day, group in index.groupby("snapshot_date") if day in calendar_days}
+        self.row_sources = self.sources[~self.sources["snapshot_date"].isin(list(self.blocks))]
+        self._held: dict[pd.Timestamp, tuple[int, pa.Table]] = {}  # date -> (block, its table)
+
+    def slice_bounds(self, day, every_customers: int) -> list[str] | None:
+        """Customer ids cutting the customers of `day` into slices of whole blocks of about every_customers;
+        None when the date has no blocks."""
+        blocks = self.blocks.get(pd.Timestamp(day))
+        if blocks is None:
+            return None
+        step = max(1, round(every_customers / max(int(blocks["n_customers"].max()), 1)))
+        return blocks["first_customer_id"].iloc[step::step].tolist()
+
+    def _block_table(self, day: pd.Timestamp, lo: str | None, hi: str | None, with_features: bool) -> pa.Table | None:
+        """The date's customers with lo <= id < hi as they are in the blocks (Arrow: no copy of their values)."""
+        blocks = self.blocks[day]
+        overlaps = np.ones(len(blocks), dtype=bool)
+        if hi is not None:
+            overlaps &= (blocks["first_customer_id"] < hi).to_numpy(bool)
+        if lo is not None:
+            overlaps &= (blocks["last_customer_id"] >= lo).to_numpy(bool)
+        wanted = blocks.loc[overlaps, "block"].astype(int).tolist()
+        held_block, held = self._held.get(day, (None, None))
+        missing = [b for b in wanted if b != held_block]
+        tables = {}
+        if missing:
+            data = self.warehouse.snapshot_block_data(self.store_id, day, missing, "memberships")
+            features = self.warehouse.snapshot_block_data(self.store_id, day, missing, "features") if with_features else {}
+            for b in missing:
+                tables[b] = join_block_tables(read_block(data[b]), read_block(features[b]) if with_features else None)
+        if held_block in wanted:
+            tables[held_block] = held
+        if wanted:
+            self._held[day] = (wanted[-1], tables[wanted[-1]])
+        if not tables:
+            return None
+        return _id_slice(pa.concat_tables([tables[b] for b in wanted]), lo, hi)
+
+    def history(self, lo: str | None = None, hi: str | None = None, with_features: bool = False) -> pd.DataFrame:
+        """BASE_COLUMNS + "axis.segment" memberships of customers with lo <= id < hi, one row per customer and date;
+        with_features also "f:axis.feature" features and "f:change:axis.field" change evidence (blocks only)."""
+        found = {day: self._block_table(day, lo, hi, with_features) for day in self.blocks}
+        found = {day: t for day, t in found.items() if t is not None and t.num_rows}
+        frames = [decode_tables(list(found.values()), list(found))] if found else []
+        if not self.row_sources.empty:
+            rows = self.warehouse.snapshot_rows(self.store_id, self.row_sources, with_features=with_features, customer_range=(lo, hi))
+            frame = numeric_rows(rows)
+            if with_features and len(rows):
+                frame = pd.concat([frame, parse_memberships(rows["behavioral_features"].reset_index(drop=True)).add_prefix(FEATURE_PREFIX)], axis=1)
+            frames.append(frame)
+        frames = [f for f in frames if len(f)]
+        if not frames:
+            return pd.DataFrame(columns=BASE_COLUMNS)
+        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+    def population_frame(self, day) -> pd.DataFrame:
+        """Every snapshot customer of `day`: "axis.segment" memberships and "f:axis.feature" features (population drift)."""
+        day = pd.Timestamp(day)
+        if day in self.blocks:
+            frame = decode_tables([self._block_table(day, None, None, with_features=True)], [day])
+            return frame[[c for c in frame.columns if c not in BASE_COLUMNS and not c.startswith(FEATURE_PREFIX + CHANGE_PREFIX)]]
+        sources = self.sources[self.sources["snapshot_date"] == day]
+        rows = self.warehouse.snapshot_rows(self.store_id, sources, with_features=True).reset_index(drop=True)
+        return pd.concat([parse_memberships(rows["fuzzy_memberships"]), parse_memberships(rows["behavioral_features"]).add_prefix("f:")], axis=1)

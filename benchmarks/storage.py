@@ -35,9 +35,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quimbi_pipeline.history.snapshots import RetentionPolicy, snapshot_types_for  # noqa: E402
+from quimbi_pipeline.history.snapshots import snapshot_types_for  # noqa: E402
 from quimbi_pipeline.run import run_drift_partition, run_profiles_partition  # noqa: E402
-from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
+from quimbi_pipeline.settings import (
+    PipelineSettings,  # noqa: E402
+    RetentionPolicy,  # noqa: E402
+)
 from quimbi_pipeline.sources.demo import generate_demo  # noqa: E402
 from quimbi_pipeline.sources.orders import validate_orders  # noqa: E402
 from quimbi_pipeline.storage import drop_postgres_schema, metadata  # noqa: E402

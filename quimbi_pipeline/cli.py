@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from quimbi_pipeline.settings.deployment import value
+
 DEMO_END = "2026-10-31"  # the demo's history ends here (fixed, so the demo is reproducible)
 DEMO_DAYS = 35  # enough snapshots for the 7- and 28-day drift windows
 DEMO_FLAGS = {"ENABLE_TEMPORAL_SNAPSHOTS": True, "ENABLE_DRIFT_ANALYSIS": True, "ENABLE_OUTLIER_DETECTION": True}
@@ -54,7 +56,7 @@ def quiet_dagster_warnings() -> None:
 def cover_partitions(start: pd.Timestamp) -> None:
     """Make the daily partitions start no later than `start` (QUIMBI_PARTITIONS_START), before the
     definitions are loaded; if they are already loaded with a later start, say which setting to change."""
-    configured = pd.Timestamp(os.environ.get("QUIMBI_PARTITIONS_START", "2024-01-01"))
+    configured = pd.Timestamp(value("QUIMBI_PARTITIONS_START"))
     if "quimbi_pipeline.defs.partitions" in sys.modules:
         from quimbi_pipeline.defs.partitions import daily_partitions
 
@@ -116,7 +118,7 @@ def migrate_warehouse(warehouse: str | None, out=None) -> int:
 
 def prune_warehouse(warehouse: str | None, dry_run: bool, out=None) -> int:
     """`quimbi prune`: the retention policy (QUIMBI_RETENTION_*_DAYS) applied to every table; prints rows per table."""
-    from quimbi_pipeline.history.snapshots import RetentionPolicy
+    from quimbi_pipeline.settings import RetentionPolicy
     from quimbi_pipeline.storage import masked_url
     from quimbi_pipeline.storage.prune import expiry, prune
 
@@ -209,7 +211,7 @@ def preflight(orders: str | None, warehouse: str | None, stores: list[str] | Non
     except ValueError as exc:
         raise UserError(f"{exc}\nFix the environment variable or the flags file (QUIMBI_FLAGS_FILE) named above; `quimbi --help` lists the settings.") from exc
     url = open_warehouse(warehouse).url
-    uri = orders or os.environ.get("QUIMBI_ORDERS") or "demo"
+    uri = orders or value("QUIMBI_ORDERS")
     try:
         validated = load_orders_cached(uri, warehouse_url=url, bad_rows=settings.default.bad_rows)
     except OrdersSourceError as exc:
@@ -355,20 +357,9 @@ def print_summary(summary: RunSummary, warehouse_url: str, out=None) -> None:
 
 
 def settings_help() -> str:
-    from quimbi_pipeline.settings import (
-        DESIGN_FLAGS,
-        OTHER_ENVIRONMENT,
-        PipelineSettings,
-        environment_names,
-    )
+    from quimbi_pipeline.settings.reference import help_text
 
-    flags = [PipelineSettings.env_name(f) for f in DESIGN_FLAGS]
-    knobs = sorted(n for n in environment_names() if n not in flags)
-    return ("settings (environment variables; per store in a YAML flags file named by QUIMBI_FLAGS_FILE):\n"
-            f"  flags: {', '.join(flags)}\n"
-            f"  tuning: {', '.join(knobs)}\n"
-            f"  sources and places: {', '.join(OTHER_ENVIRONMENT)}\n"
-            f"Every flag is off by default (the original outputs). Details: {DOCS} (docs/flags.md lists every setting).")
+    return f"{help_text()}\nDetails: {DOCS}."
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "quimbi_pipeline"
 # Bottom to top; a package may import its own modules and those of any lower layer.
 LAYERS = [
-    {"settings", "runtime"},
+    {"settings"},
+    {"runtime"},
     {"sources"},
     {"history"},
     {"model"},

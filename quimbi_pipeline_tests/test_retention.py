@@ -8,12 +8,13 @@ import pandas as pd
 import pytest
 
 from quimbi_pipeline.cli import main as quimbi
-from quimbi_pipeline.history.snapshots import TABLE_RETENTION, RetentionPolicy
+from quimbi_pipeline.history.snapshots import TABLE_RETENTION
 from quimbi_pipeline.run import (
     drift_on_demand,
     run_drift_partition,
     run_profiles_partition,
 )
+from quimbi_pipeline.settings import RetentionPolicy
 from quimbi_pipeline.sources.demo import generate_demo
 from quimbi_pipeline.sources.orders import validate_orders
 from quimbi_pipeline.storage import Warehouse, customer_drift_anomalies

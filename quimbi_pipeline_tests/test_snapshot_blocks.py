@@ -10,11 +10,10 @@ from quimbi_pipeline.history.snapshot_blocks import (
     encode_blocks,
     read_block,
 )
-from quimbi_pipeline.history.snapshots import RetentionPolicy
 from quimbi_pipeline.model.memberships import parse_memberships
 from quimbi_pipeline.model.profiles import json_number, json_object
 from quimbi_pipeline.run import run_drift_partition, run_profiles_partition
-from quimbi_pipeline.settings import PipelineSettings
+from quimbi_pipeline.settings import PipelineSettings, RetentionPolicy
 from quimbi_pipeline.sources.demo import generate_demo
 from quimbi_pipeline.sources.orders import validate_orders
 from quimbi_pipeline.storage import Warehouse

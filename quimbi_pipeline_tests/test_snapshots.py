@@ -14,7 +14,8 @@ from quimbi_pipeline.defs.snapshots.jobs import (
     prune_snapshots_job,
     snapshot_retention_sensor,
 )
-from quimbi_pipeline.history.snapshots import RetentionPolicy, snapshot_types_for
+from quimbi_pipeline.history.snapshots import snapshot_types_for
+from quimbi_pipeline.settings import RetentionPolicy
 from quimbi_pipeline.storage import Warehouse
 
 ORDERS = "demo:customers=300,stores=2,seed=5"

@@ -12,11 +12,12 @@ error body. Without QUIMBI_API_KEYS there are no keys: the server then listens o
 from __future__ import annotations
 
 import hmac
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from quimbi_pipeline.settings.deployment import value
 
 ALL_STORES = "*"
 KEY_PARAMETER = "api_key"
@@ -42,7 +43,7 @@ class Access:
 
     @classmethod
     def from_env(cls) -> Access:
-        path = os.environ.get("QUIMBI_API_KEYS")
+        path = value("QUIMBI_API_KEYS")
         return cls(None) if not path else cls(load_keys(Path(path)))
 
     @property

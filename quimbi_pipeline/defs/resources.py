@@ -6,6 +6,7 @@ import os
 import dagster as dg
 
 from quimbi_pipeline.settings import StoreSettings
+from quimbi_pipeline.settings.deployment import value
 from quimbi_pipeline.sources.orders import ValidatedOrders, load_orders_cached
 from quimbi_pipeline.storage import Warehouse, resolve_warehouse_url
 
@@ -32,7 +33,7 @@ class OrdersResource(dg.ConfigurableResource):
     uri: str = ""
 
     def resolved_uri(self) -> str:
-        return self.uri or os.environ.get("QUIMBI_ORDERS") or "demo"
+        return self.uri or value("QUIMBI_ORDERS")
 
     def load(self, warehouse_url: str, bad_rows: str) -> ValidatedOrders:
         return load_orders_cached(self.resolved_uri(), warehouse_url=warehouse_url, bad_rows=bad_rows)

@@ -36,10 +36,9 @@ import pandas as pd
 
 from quimbi_pipeline.drift.measures import segment_position
 from quimbi_pipeline.evaluation.planted import PlantedData
-from quimbi_pipeline.history.snapshots import RetentionPolicy
 from quimbi_pipeline.model.segment_identity import refit_anchor
 from quimbi_pipeline.run import run_drift_partition, run_profiles_partition
-from quimbi_pipeline.settings import PipelineSettings
+from quimbi_pipeline.settings import PipelineSettings, RetentionPolicy
 from quimbi_pipeline.sources.orders import ValidatedOrders, validate_orders
 from quimbi_pipeline.storage import Warehouse
 

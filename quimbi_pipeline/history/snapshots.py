@@ -6,15 +6,13 @@ Jan/Apr/Jul/Oct 1st; yearly on Jan 1st. A snapshot freezes the profiles of the c
 Retention is counted per store and type from the store's newest snapshot date N: a snapshot of type
 t dated d is kept while N - d < retention_days[t], so "daily 7 days" keeps the 7 newest dates. The other
 tables the pipeline writes have a retention of their own, counted the same way from the store's newest
-date in that table (TABLE_RETENTION; segment models and bookkeeping: prune.py).
+date in that table (TABLE_RETENTION; segment models and bookkeeping: storage/prune.py). The policy's days are
+settings (settings/retention.py).
 """
 
 from __future__ import annotations
 
-import os
-
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
 SNAPSHOT_TYPES = ("daily", "weekly", "monthly", "quarterly", "yearly")
 PROFILE_CHANGE = "profile_change"  # extra snapshot of a customer whose memberships moved (option)
@@ -50,38 +48,6 @@ def snapshot_types_for(day) -> list[str]:
         if d.month == 1:
             types.append("yearly")
     return types
-
-
-class RetentionPolicy(BaseModel):
-    """Days each snapshot type is kept, counted from the store's newest snapshot date."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    daily: int = Field(7, ge=1)
-    weekly: int = Field(60, ge=1)
-    monthly: int = Field(365, ge=1)
-    quarterly: int = Field(730, ge=1)
-    yearly: int = Field(1825, ge=1)
-    profile_change: int = Field(60, ge=1)
-    # customer_drift (and its view customer_axis_drift): 1 = the current state (the newest as_of per store); a past
-    # date's drift is computed on demand from the snapshots (pipeline.drift_on_demand).
-    drift: int = Field(1, ge=1)
-    anomalies: int = Field(180, ge=1)  # customer_drift_anomalies (and drift_inputs, which recomputes them)
-    population: int = Field(1825, ge=1)  # population_drift, outlier_rates: a few rows per store and date
-    outliers: int = Field(28, ge=1)  # customer_outlier_flags (unflagged rows: the newest date only)
-    models: int = Field(1825, ge=1)  # segment_models, segment_transitions: by fitted_on; a model a kept row names stays
-
-    def days(self, snapshot_type: str) -> int:
-        return getattr(self, snapshot_type)
-
-    def cutoff(self, name: str, newest) -> pd.Timestamp:
-        """Rows of this snapshot type or table family (a field name) dated before the cutoff are expired."""
-        return pd.Timestamp(newest).normalize() - pd.Timedelta(days=self.days(name) - 1)
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> RetentionPolicy:
-        env = os.environ if environ is None else environ
-        values = {t: env[f"QUIMBI_RETENTION_{t.upper()}_DAYS"] for t in cls.model_fields if f"QUIMBI_RETENTION_{t.upper()}_DAYS" in env}
-        return cls.model_validate(values)
 
 
 # Tables pruned by date like the snapshots: table -> (date column, RetentionPolicy field).

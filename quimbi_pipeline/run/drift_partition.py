@@ -15,13 +15,17 @@ import pandas as pd
 
 from quimbi_pipeline.drift import measures as drift
 from quimbi_pipeline.drift.evidence import rescored_memberships, with_memberships
-from quimbi_pipeline.history.snapshots import RetentionPolicy
 from quimbi_pipeline.model.profiles import model_version_for, stable_model_version
 from quimbi_pipeline.model.segment_identity import refit_anchor
 from quimbi_pipeline.model.segmentation import AxisModel
 from quimbi_pipeline.runtime.memory import release_memory
 from quimbi_pipeline.runtime.threads import SMALL_ROWS, limited_threads, run_threads
-from quimbi_pipeline.settings import PipelineSettings, StoreSettings, settings_for_store
+from quimbi_pipeline.settings import (
+    PipelineSettings,
+    RetentionPolicy,
+    StoreSettings,
+    settings_for_store,
+)
 from quimbi_pipeline.settings.rollout import in_rollout
 from quimbi_pipeline.sources.orders import as_of_day
 from quimbi_pipeline.sources.row_checks import check_rows

@@ -1,2 +1,2 @@
 """Process resources: how many BLAS/OpenMP threads a run uses, and memory given back between stages.
-May import: nothing of quimbi_pipeline."""
+May import: settings."""

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 
 from threadpoolctl import threadpool_limits
 
+from quimbi_pipeline.settings.deployment import value
+
 SMALL_ROWS = 50_000
 
 
@@ -37,7 +39,7 @@ def run_threads(setting: int = 0, concurrent_runs: int | None = None) -> int:
     """Threads for one run: the setting when > 0, else the usable cores shared by the concurrent runs."""
     if setting > 0:
         return setting
-    runs = concurrent_runs or int(os.environ.get("QUIMBI_CONCURRENT_RUNS", "1") or 1)
+    runs = concurrent_runs or int(value("QUIMBI_CONCURRENT_RUNS") or 1)
     return max(1, usable_cores() // max(1, runs))
 
 

@@ -3,8 +3,9 @@ read here so that every layer, the orders sources' `sql:` tables included, resol
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from quimbi_pipeline.settings.deployment import value
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PG_SCHEMA = "platform"  # the warehouse's tables on PostgreSQL; unqualified `sql:` source tables are looked up there too
@@ -12,7 +13,7 @@ PG_SCHEMA = "platform"  # the warehouse's tables on PostgreSQL; unqualified `sql
 
 def data_dir() -> Path:
     """The project's data folder (QUIMBI_DATA_DIR moves it), created if missing."""
-    path = Path(os.environ.get("QUIMBI_DATA_DIR", PROJECT_ROOT / "data"))
+    path = Path(value("QUIMBI_DATA_DIR") or PROJECT_ROOT / "data")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -22,4 +23,4 @@ def default_warehouse_url() -> str:
 
 
 def resolve_warehouse_url(url: str | None = None) -> str:
-    return url or os.environ.get("QUIMBI_WAREHOUSE_URL") or default_warehouse_url()
+    return url or value("QUIMBI_WAREHOUSE_URL") or default_warehouse_url()

@@ -17,7 +17,8 @@ from __future__ import annotations
 import pandas as pd
 import sqlalchemy as sa
 
-from quimbi_pipeline.history.snapshots import TABLE_RETENTION, RetentionPolicy
+from quimbi_pipeline.history.snapshots import TABLE_RETENTION
+from quimbi_pipeline.settings import RetentionPolicy
 from quimbi_pipeline.storage import PG_SCHEMA, Warehouse
 
 EXPIRY_COLUMNS = ["table", "store_id", "newest", "cutoff", "expired"]

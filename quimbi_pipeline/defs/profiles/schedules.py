@@ -1,6 +1,5 @@
 """The daily schedule: at 03:00 UTC, the previous day's partition, one run per batch of stores."""
 
-import os
 from datetime import timedelta
 
 import dagster as dg
@@ -9,6 +8,7 @@ from quimbi_pipeline.defs.drift.assets import DRIFT_STEP
 from quimbi_pipeline.defs.profiles.assets import DAILY_STEP
 from quimbi_pipeline.defs.profiles.jobs import daily_pipeline_job
 from quimbi_pipeline.defs.resources import OrdersResource, WarehouseResource
+from quimbi_pipeline.settings.deployment import value
 from quimbi_pipeline.sources.orders import list_stores
 
 
@@ -36,4 +36,4 @@ def run_requests_for(partition_key: str, stores: list[str], batch_size: int) -> 
 def daily_pipeline_schedule(context: dg.ScheduleEvaluationContext, orders_source: OrdersResource, warehouse: WarehouseResource):
     previous_day = (context.scheduled_execution_time - timedelta(days=1)).strftime("%Y-%m-%d")
     stores = list_stores(orders_source.resolved_uri(), warehouse.resolved_url())
-    return run_requests_for(previous_day, stores, int(os.environ.get("QUIMBI_STORE_BATCH_SIZE", "50")))
+    return run_requests_for(previous_day, stores, int(value("QUIMBI_STORE_BATCH_SIZE")))

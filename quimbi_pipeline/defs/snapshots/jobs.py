@@ -3,7 +3,7 @@
 import dagster as dg
 
 from quimbi_pipeline.defs.resources import WarehouseResource
-from quimbi_pipeline.history.snapshots import RetentionPolicy
+from quimbi_pipeline.settings import RetentionPolicy
 from quimbi_pipeline.storage.prune import expiry, prune
 
 

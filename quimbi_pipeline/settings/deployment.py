@@ -1,0 +1,55 @@
+"""Settings of a deployment rather than of the computation: where orders and the warehouse are, the flags file,
+the Dagster partitions and schedule, the read API's keys, and the test suite's services. Each is declared once
+here with its default and meaning, and read through `value()` by the code that uses it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DeploymentSetting:
+    name: str
+    default: str | None  # as text, the way the environment gives it; None = unset
+    meaning: str
+    group: str = "Deployment"
+    shown_default: str | None = None  # the default as the reference shows it, when it is not a constant
+
+    def value(self, environ: dict[str, str] | None = None) -> str | None:
+        """The environment's value, else the default (an empty value counts as unset)."""
+        env = os.environ if environ is None else environ
+        return env.get(self.name) or self.default
+
+
+DEPLOYMENT = (
+    DeploymentSetting("QUIMBI_ORDERS", "demo", "The orders source: a CSV or Parquet path (`.csv.gz` too), `sql:<table>` "
+                      "(a table of the warehouse's database), or `demo` / `demo:stores=N,customers=M`."),
+    DeploymentSetting("QUIMBI_WAREHOUSE_URL", None, "SQLAlchemy URL of the warehouse: `postgresql+psycopg://…` in "
+                      "production, SQLite otherwise.", shown_default="SQLite file `quimbi.sqlite` in the data folder"),
+    DeploymentSetting("QUIMBI_DATA_DIR", None, "The data folder (the default SQLite warehouse, the demo's flags file).",
+                      shown_default="`data/` in the project folder"),
+    DeploymentSetting("QUIMBI_FLAGS_FILE", None, "A YAML flags file: `defaults:` and `stores: {store_id: …}` sections of "
+                      "the settings below, by their environment names (docs/flags.md)."),
+    DeploymentSetting("QUIMBI_PARTITIONS_START", "2024-01-01", "First date of the Dagster daily partitions."),
+    DeploymentSetting("QUIMBI_STORE_BATCH_SIZE", "50", "Stores per run request of the daily schedule."),
+    DeploymentSetting("QUIMBI_CONCURRENT_RUNS", None, "Runs sharing the machine at once (each run's threads are the cores "
+                      "divided by it).", shown_default="the Dagster run queue's limit, else 1"),
+    DeploymentSetting("QUIMBI_API_KEYS", None, "A YAML file mapping API keys to the stores they read; without it "
+                      "`quimbi serve` answers on localhost only."),
+    DeploymentSetting("QUIMBI_TEST_POSTGRES_URL", None, "PostgreSQL the test suite uses (a database per test worker "
+                      "beside it).", "Tests", shown_default="a throwaway server where PostgreSQL's binaries exist"),
+    DeploymentSetting("QUIMBI_REQUIRE_POSTGRES", None, "`1`: PostgreSQL tests fail instead of skipping when no server "
+                      "can be had (CI).", "Tests"),
+    DeploymentSetting("QUIMBI_REQUIRE_BROWSER", None, "`1`: page tests fail instead of skipping without Chromium (CI).",
+                      "Tests"),
+    DeploymentSetting("QUIMBI_CHROMIUM", None, "Path of the Chromium the page tests drive.", "Tests",
+                      shown_default="`chromium` on the PATH"),
+)
+BY_NAME = {s.name: s for s in DEPLOYMENT}
+DEPLOYMENT_NAMES = tuple(BY_NAME)
+
+
+def value(name: str, environ: dict[str, str] | None = None) -> str | None:
+    """A deployment setting's value (its declared default when unset)."""
+    return BY_NAME[name].value(environ)

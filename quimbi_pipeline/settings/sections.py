@@ -1,0 +1,121 @@
+"""The computation's settings in typed sections, one class per group; each field's description is its documentation
+(docs/settings.md and `quimbi --help` are generated from these classes: settings/reference.py).
+
+PipelineSettings (pipeline.py) is all the sections together, so code reads `settings.max_k` whatever the group.
+A field's environment and flags-file name is DESIGN's flag name for the feature flags, QUIMBI_<FIELD> otherwise.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# DESIGN's drift windows (days).
+DRIFT_WINDOWS = (7, 28, 90, 180, 365)
+
+
+class ClusteringAlgorithm(str, Enum):
+    """CLUSTERING_ALGORITHM: kmeans is the original engine; the others need ENABLE_ADVANCED_CLUSTERING."""
+
+    kmeans = "kmeans"
+    hdbscan = "hdbscan"
+    gmm = "gmm"
+    dbscan = "dbscan"
+
+
+class ChurnBands(BaseModel):
+    """churn_risk_level from churn_risk_score: low < medium_from <= medium < high_from <= high < critical_from <= critical."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    medium_from: float = Field(0.3, gt=0, lt=1)
+    high_from: float = Field(0.6, gt=0, lt=1)
+    critical_from: float = Field(0.8, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ChurnBands:
+        if not self.medium_from < self.high_from < self.critical_from:
+            raise ValueError("churn bands must satisfy medium_from < high_from < critical_from")
+        return self
+
+
+class Section(BaseModel):
+    """A group of settings; its docstring's first line is the group's title in the reference."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CustomerSettings(Section):
+    """Customers and orders"""
+
+    active_days: int = Field(365, ge=1, le=36500, description="A customer is active at date D (and profiled) when they have an order in (D - active_days, D].")
+    feature_window_days: int = Field(365, ge=30, le=3650, description="Trailing window of the rate and value features (customers with a shorter tenure use their tenure).")
+    bad_rows: str = Field("reject_store", pattern="^(reject_store|quarantine)$", description="Rows that fail validation: `reject_store` fails the whole store, `quarantine` drops the rows and goes on.")
+
+
+class SegmentSettings(Section):
+    """Segments"""
+
+    min_k: int = Field(2, ge=2, le=50, description="Fewest segments an axis is split into.")
+    max_k: int = Field(6, ge=2, le=50, description="Most segments an axis is split into (the silhouette picks k in [min_k, max_k]).")
+    random_state: int = Field(42, description="Seed of every fit and sample: the same orders give the same segments.")
+    kmeans_n_init: int = Field(10, ge=1, le=100, description="KMeans restarts per k.")
+    silhouette_sample_size: int = Field(10_000, ge=100, description="Silhouette is O(n^2): above this many customers it is computed on a fixed-seed sample.")
+    segment_refit_days: int = Field(28, ge=1, le=3660, description="With ENABLE_STABLE_SEGMENTS: days between refits of the segment model (anchored on a fixed calendar).")
+    hdbscan_min_cluster_size: int = Field(50, ge=2, description="HDBSCAN's smallest segment (CLUSTERING_ALGORITHM=hdbscan).")
+    dbscan_eps: float = Field(0.3, gt=0, description="DBSCAN's neighbourhood radius in standardized units (CLUSTERING_ALGORITHM=dbscan).")
+    dbscan_min_samples: int = Field(10, ge=1, description="DBSCAN's core-point neighbours (CLUSTERING_ALGORITHM=dbscan).")
+    cluster_fit_sample_size: int = Field(20_000, ge=100, description="HDBSCAN, DBSCAN and GMM fits run on a fixed-seed sample of at most this many customers.")
+
+
+class ChurnSettings(Section):
+    """Churn and lifetime value"""
+
+    btyd_fit_sample_size: int = Field(200_000, ge=100, description="The BTYD model's parameters are fitted on a fixed-seed sample of at most this many customers.")
+    btyd_min_customers: int = Field(30, ge=2, description="Below this many customers a store's BTYD fit is unreliable: documented default parameters are used.")
+    ltv_horizon_days: int = Field(365, ge=1, description="predicted_ltv covers this many days ahead.")
+    btyd_occasion_days: int = Field(7, ge=1, le=91, description="The BTYD model's purchase event: an occasion of this many days from the customer's first purchase (1 = purchase days).")
+    churn_horizon_days: int = Field(90, ge=1, le=3650, description="churn_risk_score = P(no purchase in the next churn_horizon_days); expected_purchases over the same days.")
+    churn_bands: ChurnBands = Field(ChurnBands(), description="Thresholds of churn_risk_level (set in code only).")
+
+
+class SnapshotSettings(Section):
+    """Snapshots"""
+
+    snapshot_on_profile_change: bool = Field(False, description="An extra `profile_change` snapshot for a customer whose memberships moved more than profile_change_threshold since their last snapshot.")
+    profile_change_threshold: float = Field(0.3, gt=0, le=1, description="Largest membership move over the axes, max ||m_now - m_last||_2 / sqrt(2), that counts as a profile change.")
+    snapshot_block_customers: int = Field(50_000, ge=1, description="Customers per snapshot block (the columnar copy of a date's snapshots that drift reads).")
+
+
+class DriftSettings(Section):
+    """Drift and change detection"""
+
+    drift_chunk_customers: int = Field(50_000, ge=1, description="Drift is read, computed and written per slice of this many customers (bounded memory at millions).")
+    drift_windows: tuple[int, ...] = Field(DRIFT_WINDOWS, description="The drift windows (days) the daily step writes, comma-separated (e.g. 7,28); anomalies and population drift do not depend on it.")
+    change_evidence: float = Field(13.0, gt=0, description="Evidence (log-likelihood ratio) a mean shift or rate change needs (ENABLE_ADAPTIVE_WINDOWS).")
+    change_binary_evidence: float = Field(8.0, gt=0, description="Evidence a change of a 0/1 signal needs.")
+    change_silence_evidence: float = Field(10.0, gt=0, description="Evidence a silence (a gap too long for the customer's own cadence) needs.")
+
+
+class ResourceSettings(Section):
+    """Resources"""
+
+    threads: int = Field(0, ge=0, le=512, description="BLAS/OpenMP threads of a run: 0 = the usable cores divided by QUIMBI_CONCURRENT_RUNS. Small stores always run single-threaded.")
+
+
+class FeatureFlags(Section):
+    """Feature flags (off = the original algorithm's outputs)"""
+
+    enable_temporal_snapshots: bool = Field(False, description="Write daily/weekly/monthly/quarterly/yearly snapshots (customer_profile_snapshots).")
+    enable_stable_segments: bool = Field(False, description="Score each day against a segment model refitted every segment_refit_days whose segments keep their names across refits. Off = a fresh fit per run.")
+    enable_drift_analysis: bool = Field(False, description="customer_drift, customer_axis_drift, customer_drift_anomalies and population_drift from the snapshots; turns on snapshots, stable segments and adaptive windows unless they are set explicitly.")
+    enable_adaptive_windows: bool = Field(False, description="Each axis' features over the purchases after a change detected in the customer's own order stream, so drift shows a change within a few orders.")
+    enable_advanced_clustering: bool = Field(False, description="Allow another algorithm than the original kmeans (CLUSTERING_ALGORITHM).")
+    enable_honest_segments: bool = Field(False, description="Segment names from fixed bands of each axis' feature (the same meaning in every store) and floored spreads in the standardization.")
+    enable_outlier_detection: bool = Field(False, description="customer_outlier_flags (three methods), and outliers left out of the fits.")
+    clustering_algorithm: ClusteringAlgorithm = Field(ClusteringAlgorithm.kmeans, description="kmeans (the original), hdbscan, gmm or dbscan; the others need ENABLE_ADVANCED_CLUSTERING.")
+    dynamic_k_range: bool = Field(False, description="max_k = max(min(floor(sqrt(n) / 2), 20, n - 1), min_k + 1) for a store of n customers.")
+
+
+# The order of the groups in PipelineSettings' bases, the reference and `quimbi --help` (flags first).
+SECTIONS = (FeatureFlags, CustomerSettings, SegmentSettings, ChurnSettings, SnapshotSettings, DriftSettings, ResourceSettings)

@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient
 from quimbi_pipeline.api import reads
 from quimbi_pipeline.api.access import Access, load_keys
 from quimbi_pipeline.api.app import create_app
-from quimbi_pipeline.api.direct_routes import DirectRoutes, arguments, matched
+from quimbi_pipeline.api.direct_routes import DirectRoutes
+from quimbi_pipeline.api.routes import MAX_DAYS, MAX_ID_LENGTH, ROUTES, direct_route, direct_values
 from quimbi_pipeline.api.launch import LISTENING, local_server, tcp_sockets
 from quimbi_pipeline.cli import main as quimbi
 from quimbi_pipeline.run import (
@@ -329,12 +330,13 @@ def test_the_history_endpoint_reads_one_row_per_date(served, client):
     ("/customers/", None), ("customers/c1", None), ("/health", None), ("/stores/store_a/customers/c1/drift/x", None),
 ])
 def test_the_direct_routes_take_only_the_hot_paths(path, found):
-    assert matched(path) == found
+    route = direct_route(path)
+    assert (None if route is None else (route[1].get("store"), route[1]["customer"], route[0].kind)) == found
 
 
 @pytest.mark.parametrize("kind, query, args", [
     ("profile", {"window": "13d"}, {}),  # a parameter the route does not take is ignored, by both
-    ("drift", {}, {"window": "28d"}), ("drift", {"window": "365d", "api_key": "k"}, {"window": "365d"}),
+    ("drift", {}, {"window": "28d", "as_of": None}), ("drift", {"window": "365d", "api_key": "k"}, {"window": "365d", "as_of": None}),
     ("drift", {"window": "13d"}, None), ("drift", {"window": "28d", "as_of": "2026-10-01"}, None),
     ("history", {}, {"days": 28, "snapshot_type": None}), ("history", {"days": "3650", "snapshot_type": "weekly"}, {"days": 3650, "snapshot_type": "weekly"}),
     ("history", {"days": "0"}, None), ("history", {"days": "3651"}, None), ("history", {"days": "+5"}, None), ("history", {"days": " 5"}, None),
@@ -342,7 +344,28 @@ def test_the_direct_routes_take_only_the_hot_paths(path, found):
     ("history", {"snapshot_type": "hourly"}, None),
 ])
 def test_the_direct_routes_take_only_well_formed_parameters(kind, query, args):
-    assert arguments(kind, query) == args
+    route = next(r for r in ROUTES if r.kind == kind and r.direct)
+    assert direct_values(route, query) == args
+
+
+def test_both_routers_come_from_the_one_routing_table(served):
+    """Every route of the table is a FastAPI route (what /docs shows) with the table's parameters and limits, and each
+    direct route's own path is what the direct path matches to it."""
+    app = create_app(served, Access(None))
+    schema = app.api.openapi()
+    app.state.warehouse.dispose()
+    for route in ROUTES:
+        operation = schema["paths"][route.path]["get"]
+        assert operation["operationId"].startswith(route.name) and operation["summary"] == route.summary
+        params = {p["name"]: p for p in operation["parameters"]}
+        assert list(params) == route.path_names + [q.name for q in route.query]
+        for name in route.path_names:
+            assert params[name]["schema"]["maxLength"] == MAX_ID_LENGTH
+        for q in route.query:
+            if q.high is not None:
+                assert (params[q.name]["schema"]["minimum"], params[q.name]["schema"]["maximum"]) == (q.low, q.high) == (1, MAX_DAYS)
+        sample = route.path.replace("{store}", "s1").replace("{customer}", "c1")
+        assert (direct_route(sample) or (None,))[0] == (route if route.direct else None), route.path
 
 
 def test_the_direct_routes_answer_byte_for_byte_as_the_routes(served, keys_file, client, monkeypatch):

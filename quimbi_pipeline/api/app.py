@@ -14,29 +14,22 @@ import contextlib
 import logging
 import time
 from datetime import date
-from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from quimbi_pipeline.api import reads
 from quimbi_pipeline.api.access import Access, request_key
-from quimbi_pipeline.api.direct_routes import MAX_DAYS, MAX_ID_LENGTH, DirectRoutes
+from quimbi_pipeline.api.direct_routes import DirectRoutes
 from quimbi_pipeline.api.models import Drift, Health, History, Population, Profile
 from quimbi_pipeline.api.pages import add_pages
-from quimbi_pipeline.api.reads import SNAPSHOT_TYPES, WINDOWS
+from quimbi_pipeline.api.routes import ID, add_routes
 from quimbi_pipeline.settings import StoreSettings
 from quimbi_pipeline.storage import NeedsMigration, Warehouse, pending_migration
 
 log = logging.getLogger("quimbi_pipeline.api")
-# The rules the direct routes check too (one definition: direct_routes' constants and reads' names).
-Window = Annotated[str, Query(pattern=f"^({'|'.join(WINDOWS)})$", description="7d, 28d, 90d, 180d or 365d")]
-Days = Annotated[int, Query(ge=1, le=MAX_DAYS, description="days back from the customer's newest snapshot")]
-SnapshotType = Annotated[str | None, Query(pattern=f"^({'|'.join(SNAPSHOT_TYPES)})$")]
-StoreId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)]
-CustomerId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)]
 
 
 class StoreCache:
@@ -138,7 +131,7 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None) -
     app.state.warehouse = warehouse
 
     # The key and store check is async (no I/O but a 30-second store cache): a sync one costs a thread-pool hop per
-    # request. The profile, drift and history endpoints call it themselves rather than through Depends: FastAPI's
+    # request. The table's endpoints (routes.py) call it themselves rather than through Depends: FastAPI's
     # solving of a dependency's own parameters was a tenth of a profile request's CPU. So there a malformed query
     # answers 422 before the key is checked; a store is looked up only after the key grants it, as before.
     async def grant(key: str | None, store: str | None) -> str:
@@ -156,11 +149,8 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None) -
             raise HTTPException(404, f"unknown store {store!r}")
         return store
 
-    async def allowed(request: Request, store: StoreId) -> str:
+    async def allowed(request: Request, store: ID) -> str:
         return await grant(request_key(request.headers, request.query_params), store)
-
-    async def only_store(request: Request) -> str:
-        return await grant(request_key(request.headers, request.query_params), None)
 
     def profile(store: str, customer: str) -> dict:
         found = reads.profile(warehouse, store, customer)
@@ -201,46 +191,23 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None) -
     async def history_answer(store: str, customer: str, days: int, snapshot_type: str | None) -> Response:
         return typed(History, history(store, customer, days, snapshot_type))
 
+    def population_answer(store: str, days: int) -> Response:
+        return typed(Population, {"store_id": store, "series": reads.population(warehouse, store, days)})
+
     add_pages(app, warehouse, settings, allowed)
 
     @app.get("/health", response_model=Health, summary="Liveness (no key needed)")
     def health() -> dict:
         return {"status": "ok", "stores": len(known_stores.all())}
 
-    @app.get("/stores/{store}/customers/{customer}", response_model=Profile, summary="A customer's newest profile")
-    async def store_profile(request: Request, store: StoreId, customer: CustomerId) -> Response:
-        return await profile_answer(await allowed(request, store), customer)
-
-    @app.get("/stores/{store}/customers/{customer}/drift", response_model=Drift, summary="A customer's drift over a window")
-    async def store_drift(request: Request, store: StoreId, customer: CustomerId, window: Window = "28d", as_of: date | None = None) -> Response:
-        return await drift_answer(await allowed(request, store), customer, window, as_of)
-
-    @app.get("/stores/{store}/customers/{customer}/history", response_model=History, summary="A customer's snapshots")
-    async def store_history(request: Request, store: StoreId, customer: CustomerId, days: Days = 28, snapshot_type: SnapshotType = None) -> Response:
-        return await history_answer(await allowed(request, store), customer, days, snapshot_type)
-
-    @app.get("/stores/{store}/population", response_model=Population, summary="Segment shares and population drift over time")
-    def store_population(days: Days = 90, store: str = Depends(allowed)) -> Response:
-        return typed(Population, {"store_id": store, "series": reads.population(warehouse, store, days)})
-
-    @app.get("/customers/{customer}", response_model=Profile, summary="Profile (a warehouse of one store)")
-    async def one_store_profile(request: Request, customer: CustomerId) -> Response:
-        return await profile_answer(await only_store(request), customer)
-
-    @app.get("/customers/{customer}/drift", response_model=Drift, summary="Drift (a warehouse of one store)")
-    async def one_store_drift(request: Request, customer: CustomerId, window: Window = "28d", as_of: date | None = None) -> Response:
-        return await drift_answer(await only_store(request), customer, window, as_of)
-
-    @app.get("/customers/{customer}/history", response_model=History, summary="History (a warehouse of one store)")
-    async def one_store_history(request: Request, customer: CustomerId, days: Days = 28, snapshot_type: SnapshotType = None) -> Response:
-        return await history_answer(await only_store(request), customer, days, snapshot_type)
-
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
         return JSONResponse({"detail": "internal error (logged on the server)"}, status_code=500)
 
-    return ReadApi(app, grant=grant, answers={"profile": profile_answer, "drift": drift_answer, "history": history_answer})
+    answers = {"profile": profile_answer, "drift": drift_answer, "history": history_answer, "population": population_answer}
+    add_routes(app, grant, answers)
+    return ReadApi(app, grant=grant, answers=answers)
 
 
 def app_from_env() -> ReadApi:

@@ -91,7 +91,7 @@ def open_warehouse(warehouse: str | None):
 
 
 def migrate_warehouse(warehouse: str | None, out=None) -> int:
-    """`quimbi migrate`: upgrade a warehouse written by an earlier version in place (warehouse/migrate.py)."""
+    """`quimbi migrate`: upgrade a warehouse written by an earlier version in place (storage/migrate.py)."""
     import sqlalchemy as sa
 
     from quimbi_pipeline.storage import Warehouse, masked_url, resolve_warehouse_url

@@ -83,7 +83,7 @@ class MembershipHistory:
     archetype: np.ndarray  # object/str
     memberships: np.ndarray  # (rows, columns) float64, 0 where a row lacks a segment
     columns: list[str]  # "axis.segment"
-    # {axis: {"since", "before", "after"}} per row: the evidence of a detected change (drift_evidence.py);
+    # {axis: {"since", "before", "after"}} per row: the evidence of a detected change (drift/evidence.py);
     # empty when change detection was off, and then directions, anomalies and recommendations need none.
     evidence: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 

@@ -12,7 +12,7 @@ threshold. For a change of known form at an unknown time the CUSUM is the optima
 find at a precision, a detector that must also guess the form will not find either (up to the difference
 between that optimality and this evaluation's figures, which are recall within h days and precision).
 
-Scored as signal_evaluation scores the pipeline: a changer is found when their kind's CUSUM alarms on
+Scored as evaluation/signals.py scores the pipeline: a changer is found when their kind's CUSUM alarms on
 or after the change day; an unchanged customer is falsely flagged when any kind's CUSUM (every kind the
 planted generator could give them) alarms on any scored day.
 """
@@ -139,7 +139,7 @@ def known_change_alarms(data: PlantedData, days: pd.DatetimeIndex, thresholds: n
 
 def known_change_bound(data: PlantedData, days: pd.DatetimeIndex, changers: pd.Index, unchanged: pd.Index, horizons=(28, 60),
                        precision: float = 0.9, thresholds: np.ndarray | None = None) -> KnownChangeBound:
-    """The known-change CUSUMs scored as signal_evaluation scores the pipeline: a changer is found when their
+    """The known-change CUSUMs scored as evaluation/signals.py scores the pipeline: a changer is found when their
     kind's CUSUM alarms on or after the change day (recall within each horizon), an unchanged customer is
     falsely flagged when any kind's does on any day; the threshold is the one with the highest recall within
     the first horizon among those with at least `precision`."""

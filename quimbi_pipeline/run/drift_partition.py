@@ -68,7 +68,7 @@ def models_in_force(warehouse: Warehouse, store: str, as_of: pd.Timestamp, setti
 
 
 def _scored_memberships(models: dict[str, AxisModel], frame: pd.DataFrame, store: str) -> tuple[list[str], np.ndarray] | None:
-    """drift_evidence.rescored_memberships of the frame with D's models; None (the memberships as stored) when no
+    """drift.evidence.rescored_memberships of the frame with D's models; None (the memberships as stored) when no
     model is stored or the frame's features cannot be scored."""
     if not models:
         return None

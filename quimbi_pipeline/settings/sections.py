@@ -1,7 +1,7 @@
 """The computation's settings in typed sections, one class per group; each field's description is its documentation
 (docs/settings.md and `quimbi --help` are generated from these classes: settings/reference.py).
 
-PipelineSettings (pipeline.py) is all the sections together, so code reads `settings.max_k` whatever the group.
+PipelineSettings (settings/pipeline.py) is all the sections together, so code reads `settings.max_k` whatever the group.
 A field's environment and flags-file name is DESIGN's flag name for the feature flags, QUIMBI_<FIELD> otherwise.
 """
 

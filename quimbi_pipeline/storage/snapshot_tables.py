@@ -195,7 +195,7 @@ def history_view_sql(view: str, table: str, postgres: bool, layouts: str, archet
 
 
 class NeedsMigration(RuntimeError):
-    """The warehouse was written by an earlier version in a shape this one does not read (warehouse/migrate.py)."""
+    """The warehouse was written by an earlier version in a shape this one does not read (storage/migrate.py)."""
 
 
 def old_snapshot_shape(conn: sa.Connection) -> str | None:

@@ -8,6 +8,7 @@ the command with one or two lines naming the problem and the fix, exit code 1, a
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import os
 import sys
@@ -30,10 +31,13 @@ class UserError(Exception):
 
 
 def _date(text: str) -> pd.Timestamp:
+    """An ISO date only (YYYY-MM-DD): 03/09/2026 is March 9th to some and September 3rd to others."""
     try:
-        return pd.Timestamp(text).normalize()
+        if len(text) != 10:
+            raise ValueError(text)
+        return pd.Timestamp(datetime.date.fromisoformat(text))
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from exc
+        raise argparse.ArgumentTypeError(f"not an ISO date: {text!r} (use YYYY-MM-DD)") from exc
 
 
 @dataclass
@@ -43,6 +47,7 @@ class RunSummary:
     profiles: int = 0
     drift_rows: int = 0
     seconds: float = 0.0
+    dates_before_orders: list[str] = field(default_factory=list)  # dates with no order up to them in the source
 
 
 def quiet_dagster_warnings() -> None:
@@ -273,6 +278,7 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
         SNAPSHOTS_KEY,
     )
     from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
+    from quimbi_pipeline.sources.orders import one_version
 
     job = defs.resolve_job_def(DAILY_PIPELINE_JOB)
     run_config: dict = {"loggers": {"console": {"config": {"log_level": log_level}}}}
@@ -292,36 +298,42 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
         progress_log.propagate = False
     summary = RunSummary()
     dates = pd.date_range(start, end, freq="D")
+    uri = orders or value("QUIMBI_ORDERS")
+    first_order = _first_order_day(uri)
     started_all = time.perf_counter()
     try:
-        for i, day in enumerate(dates, 1):
-            key = f"{day:%Y-%m-%d}"
-            if line:
-                line.prefix = f"[{i}/{len(dates)}] {key} "
-            started = time.perf_counter()
-            result = job.execute_in_process(run_config=run_config, instance=instance, partition_key=key, raise_on_error=False)
-            secs = time.perf_counter() - started
-            if line:
-                line.clear()
-            rows = stores_ok = 0
-            text = ""
-            for m in result.asset_materializations_for_node(DAILY_STEP):
-                if m.asset_key == PROFILES_KEY:
-                    rows, stores_ok = m.metadata["rows"].value, m.metadata["stores_ok"].value
-                elif m.asset_key == SNAPSHOTS_KEY and m.metadata["rows"].value:
-                    text += f"  snapshots ({m.metadata['types'].value}): {m.metadata['rows'].value:,}"
-                elif m.asset_key == OUTLIERS_KEY and m.metadata["rows"].value:
-                    text += f"  outlier flags: {m.metadata['rows'].value:,}"
-            drift_rows = {m.asset_key.path[-1]: m.metadata["rows"].value for m in result.asset_materializations_for_node(DRIFT_STEP)}
-            if any(drift_rows.values()):
-                text += "  drift: " + ", ".join(f"{name} {drift_rows[name]:,}" for name in DRIFT_KEYS if name in drift_rows)
-            status = "ok" if result.success else "FAILED"
-            print(f"[{i}/{len(dates)}] {key}  {status:6}  stores ok {stores_ok}  profiles {rows:>9,}  {secs:6.1f}s{text}", file=out, flush=True)
-            summary.profiles += rows
-            summary.drift_rows += sum(drift_rows.values())
-            (summary.dates_ok if result.success else summary.dates_failed).append(key)
-            if not result.success:
-                _print_failures(result, out)
+        with one_version(uri):  # every date of the run reads the version of the orders file it started with
+            for i, day in enumerate(dates, 1):
+                key = f"{day:%Y-%m-%d}"
+                if line:
+                    line.prefix = f"[{i}/{len(dates)}] {key} "
+                started = time.perf_counter()
+                result = job.execute_in_process(run_config=run_config, instance=instance, partition_key=key, raise_on_error=False)
+                secs = time.perf_counter() - started
+                if line:
+                    line.clear()
+                rows = stores_ok = 0
+                text = ""
+                for m in result.asset_materializations_for_node(DAILY_STEP):
+                    if m.asset_key == PROFILES_KEY:
+                        rows, stores_ok = m.metadata["rows"].value, m.metadata["stores_ok"].value
+                    elif m.asset_key == SNAPSHOTS_KEY and m.metadata["rows"].value:
+                        text += f"  snapshots ({m.metadata['types'].value}): {m.metadata['rows'].value:,}"
+                    elif m.asset_key == OUTLIERS_KEY and m.metadata["rows"].value:
+                        text += f"  outlier flags: {m.metadata['rows'].value:,}"
+                drift_rows = {m.asset_key.path[-1]: m.metadata["rows"].value for m in result.asset_materializations_for_node(DRIFT_STEP)}
+                if any(drift_rows.values()):
+                    text += "  drift: " + ", ".join(f"{name} {drift_rows[name]:,}" for name in DRIFT_KEYS if name in drift_rows)
+                if first_order is not None and day < first_order:
+                    text += f"  no orders up to this date (the source's first is {first_order:%Y-%m-%d})"
+                    summary.dates_before_orders.append(key)
+                status = "ok" if result.success else "FAILED"
+                print(f"[{i}/{len(dates)}] {key}  {status:6}  stores ok {stores_ok}  profiles {rows:>9,}  {secs:6.1f}s{text}", file=out, flush=True)
+                summary.profiles += rows
+                summary.drift_rows += sum(drift_rows.values())
+                (summary.dates_ok if result.success else summary.dates_failed).append(key)
+                if not result.success:
+                    _print_failures(result, out)
     finally:
         if line:
             progress_log.removeHandler(line)
@@ -333,6 +345,21 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
                 os.environ["QUIMBI_WAREHOUSE_URL"] = saved_url
     summary.seconds = time.perf_counter() - started_all
     return summary
+
+
+def _first_order_day(uri: str) -> pd.Timestamp | None:
+    """The day of the source's first order (files and the demo, read once and cached for the run); None when it
+    cannot be had cheaply (a sql: table) or the source is broken (each date's run then says what is wrong)."""
+    from quimbi_pipeline.settings import StoreSettings
+    from quimbi_pipeline.sources.orders import OrdersSourceError, load_orders_cached
+
+    if uri.startswith("sql:"):
+        return None
+    try:
+        orders = load_orders_cached(uri, bad_rows=StoreSettings().default.bad_rows).orders
+    except (OrdersSourceError, ValueError):
+        return None
+    return orders["order_ts"].min().normalize() if len(orders) else None
 
 
 def _print_failures(result, out) -> None:
@@ -354,6 +381,10 @@ def print_summary(summary: RunSummary, warehouse_url: str, out=None) -> None:
     failed = f", failed {len(summary.dates_failed)} ({', '.join(summary.dates_failed[:5])}{' …' if len(summary.dates_failed) > 5 else ''})" if summary.dates_failed else ""
     print(f"\n{n} date(s): ok {len(summary.dates_ok)}{failed}; {summary.profiles:,} profiles and {summary.drift_rows:,} drift rows written "
           f"in {summary.seconds:.1f}s; warehouse {masked_url(warehouse_url)}", file=out)
+    if summary.dates_before_orders:
+        before = summary.dates_before_orders
+        print(f"{len(before)} date(s) have no orders up to them ({before[0]}{f' to {before[-1]}' if len(before) > 1 else ''}): "
+              "nothing to profile there", file=out)
 
 
 def settings_help() -> str:

@@ -354,3 +354,103 @@ def test_urls_are_masked_wherever_they_are_shown(sqlite_url, capsys):
                  "--warehouse", "postgresql+psycopg://u:hunter2@127.0.0.1:1/db"]) == 1
     text = capsys.readouterr()
     assert "hunter2" not in text.out + text.err and "u:***@127.0.0.1:1/db" in text.err
+
+
+# ---- integrity round 2: dates are never guessed; a run reads one version of its orders -------------------------
+
+DAY_FIRST = HEADER + b"".join(f"{i},c{i % 5},store_a,{d} 10:00,{10 + i},books\n".encode()
+                              for i, d in enumerate(["13/10/2026", "03/09/2026", "01/10/2026", "25/09/2026", "02/10/2026", "30/09/2026"]))
+
+
+def test_a_day_first_file_is_an_error_naming_the_setting_and_read_as_named(tmp_path, monkeypatch):
+    """Day-first timestamps were read silently (a day <= 12 became the month): now the file is an error naming
+    QUIMBI_ORDER_TS_FORMAT, and with the format named every date is the one written."""
+    from quimbi_pipeline.sources.orders import load_orders
+
+    path = write_csv(tmp_path / "orders.csv", DAY_FIRST)
+    monkeypatch.delenv("QUIMBI_ORDER_TS_FORMAT", raising=False)
+    with pytest.raises(OrdersSourceError, match=r"6 of 6 timestamps are not ISO 8601 .* e\.g\. '13/10/2026 10:00'.*QUIMBI_ORDER_TS_FORMAT"):
+        load_orders(path)
+    monkeypatch.setenv("QUIMBI_ORDER_TS_FORMAT", "%d/%m/%Y %H:%M")
+    days = sorted(str(d.date()) for d in load_orders(path).orders["order_ts"])
+    assert days == ["2026-09-03", "2026-09-25", "2026-09-30", "2026-10-01", "2026-10-02", "2026-10-13"]
+
+
+def test_a_few_non_iso_timestamps_are_bad_rows_named_by_line_and_column(tmp_path, monkeypatch):
+    from quimbi_pipeline.sources.orders import load_orders
+
+    monkeypatch.delenv("QUIMBI_ORDER_TS_FORMAT", raising=False)
+    body = HEADER + b"1,c1,store_a,2026-10-01 10:00,10,books\n2,c2,store_a,03/09/2026 10:00,12,books\n3,c3,store_b,2026-10-02T08:00:00+02:00,5,toys\n"
+    result = load_orders(write_csv(tmp_path / "orders.csv", body))
+    assert list(result.rejected_stores) == ["store_a"] and result.stores == ["store_b"]
+    assert [p.describe() for p in result.rejected_stores["store_a"]] == [
+        "store 'store_a', column 'order_ts': unparseable timestamp (not an ISO 8601 timestamp) in 1 line(s): 3"]
+    assert str(result.orders["order_ts"].iloc[0]) == "2026-10-02 06:00:00"  # an offset is converted to UTC
+
+
+@pytest.mark.parametrize("text", ["31/10/2026", "03/09/2026", "2026/10/31", "Oct 31 2026", "2026-10-31T00:00"])
+def test_run_dates_are_iso_dates_only(sqlite_url, capsys, text):
+    from quimbi_pipeline.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--from", text, "--to", "2026-10-31", "--orders", "demo:customers=50", "--warehouse", sqlite_url])
+    assert exit_.value.code == 2 and f"not an ISO date: {text!r} (use YYYY-MM-DD)" in capsys.readouterr().err
+
+
+def test_dates_with_no_orders_up_to_them_are_said_in_the_summary(tmp_path, sqlite_url, capsys):
+    from quimbi_pipeline.cli import main
+
+    body = HEADER + b"1,c1,store_a,2026-10-02 10:00,10,books\n2,c2,store_a,2026-10-03 10:00,12,books\n"
+    path = write_csv(tmp_path / "orders.csv", body)
+    assert main(["run", "--from", "2026-09-30", "--to", "2026-10-02", "--orders", path, "--warehouse", sqlite_url]) == 0
+    out = capsys.readouterr().out
+    assert "[1/3] 2026-09-30  ok" in out and out.count("no orders up to this date (the source's first is 2026-10-02)") == 2
+    assert "2 date(s) have no orders up to them (2026-09-30 to 2026-10-01): nothing to profile there" in out
+
+
+def test_an_orders_file_replaced_during_a_run_fails_the_remaining_dates(tmp_path, sqlite_url, monkeypatch):
+    """The file replaced after the first of three dates: the first date is the old file's, the others fail with a
+    clear error instead of silently reading the new file."""
+    from quimbi_pipeline.cli import RunSummary, execute_dates
+
+    old, new = generate_demo(n_customers=60, n_stores=1, seed=3).orders, generate_demo(n_customers=90, n_stores=1, seed=4).orders
+    path = tmp_path / "orders.csv"
+    old.to_csv(path, index=False)
+    original = dg.JobDefinition.execute_in_process
+    calls = []
+
+    def then_replace(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        if not calls:
+            new.to_csv(tmp_path / "next.csv", index=False)
+            os.replace(tmp_path / "next.csv", path)  # what an export job does: a new file moved into place
+        calls.append(kwargs["partition_key"])
+        return result
+
+    monkeypatch.setattr(dg.JobDefinition, "execute_in_process", then_replace)
+    out = __import__("io").StringIO()
+    summary: RunSummary = execute_dates(pd.Timestamp("2026-10-29"), pd.Timestamp("2026-10-31"), orders=str(path), warehouse=sqlite_url,
+                                        stores=None, out=out)
+    assert (summary.dates_ok, summary.dates_failed) == (["2026-10-29"], ["2026-10-30", "2026-10-31"])
+    assert out.getvalue().count("changed while this run was reading it") == 2
+    wh = Warehouse(sqlite_url)
+    profiles = wh.profiles()
+    wh.dispose()
+    assert set(profiles["profile_date"].astype(str).str[:10]) == {"2026-10-29"}
+    assert set(profiles["customer_id"]) <= set(old["customer_id"])
+
+
+def test_a_truncated_gzip_is_a_one_line_error(tmp_path, sqlite_url, capsys):
+    import gzip
+
+    from quimbi_pipeline.cli import main
+
+    data = gzip.compress(HEADER + b"".join(f"{i},c{i},store_a,2026-10-01 10:00,10,books\n".encode() for i in range(2000)))
+    path = tmp_path / "orders.csv.gz"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(OrdersSourceError, match="is truncated"):
+        read_orders_source(str(path))
+    assert main(["run", "--from", "2026-10-01", "--to", "2026-10-01", "--orders", str(path), "--warehouse", sqlite_url]) == 1
+    err = capsys.readouterr().err
+    assert "is truncated (the compressed stream ends early): nothing was read" in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.strip()]) <= 3

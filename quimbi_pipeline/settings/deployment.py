@@ -25,6 +25,9 @@ class DeploymentSetting:
 DEPLOYMENT = (
     DeploymentSetting("QUIMBI_ORDERS", "demo", "The orders source: a CSV or Parquet path (`.csv.gz` too), `sql:<table>` "
                       "(a table of the warehouse's database), or `demo` / `demo:stores=N,customers=M`."),
+    DeploymentSetting("QUIMBI_ORDER_TS_FORMAT", None, "The format of order_ts when it is not ISO 8601, in strftime codes "
+                      "(e.g. `%d/%m/%Y %H:%M`). Unset: ISO 8601 only (with or without an offset); dates are never guessed.",
+                      shown_default="ISO 8601"),
     DeploymentSetting("QUIMBI_WAREHOUSE_URL", None, "SQLAlchemy URL of the warehouse: `postgresql+psycopg://…` in "
                       "production, SQLite otherwise.", shown_default="SQLite file `quimbi.sqlite` in the data folder"),
     DeploymentSetting("QUIMBI_DATA_DIR", None, "The data folder (the default SQLite warehouse, the demo's flags file).",

@@ -7,9 +7,11 @@ so that one store's bad rows never stop the others.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from quimbi_pipeline.runtime.memory import release_memory
+from quimbi_pipeline.settings import deployment
 from quimbi_pipeline.sources.sql_table import distinct_values, read_table
 
 log = logging.getLogger(__name__)
@@ -40,11 +43,13 @@ class OrderProblem:
     message: str
     rows: tuple[int, ...]  # 0-based row numbers in the source (data rows, header excluded)
     n_rows: int
+    first_line: int | None = None  # a CSV's line of data row 0 (2: after the header): rows are named as lines
 
     def describe(self) -> str:
-        shown = ", ".join(str(r) for r in self.rows)
+        where = "row(s)" if self.first_line is None else "line(s)"
+        shown = ", ".join(str(r + (self.first_line or 0)) for r in self.rows)
         more = f" (and {self.n_rows - len(self.rows)} more)" if self.n_rows > len(self.rows) else ""
-        return f"store {self.store_id!r}, column {self.column!r}: {self.message} in {self.n_rows} row(s): {shown}{more}"
+        return f"store {self.store_id!r}, column {self.column!r}: {self.message} in {self.n_rows} {where}: {shown}{more}"
 
 
 @dataclass
@@ -107,6 +112,8 @@ def read_orders_csv(path: Path) -> pd.DataFrame:
     try:
         with opener(path, "rb") as handle:
             data = handle.read()
+    except EOFError as exc:
+        raise OrdersSourceError(f"orders file {str(path)!r} is truncated (the compressed stream ends early): nothing was read") from exc
     except OSError as exc:
         raise OrdersSourceError(f"orders file {str(path)!r} could not be read: {exc}") from exc
     text_start = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
@@ -151,30 +158,45 @@ def read_orders_csv(path: Path) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def _problem(store_ids: pd.Series, mask: np.ndarray, column: str, message: str) -> list[OrderProblem]:
+def _problem(store_ids: pd.Series, mask: np.ndarray, column: str, message: str, first_line: int | None = None) -> list[OrderProblem]:
     bad = np.flatnonzero(mask)
     if bad.size == 0:
         return []
     out = []
     bad_stores = store_ids.iloc[bad]
     for store, rows in pd.Series(bad, index=bad_stores.values).groupby(level=0, sort=True):
-        out.append(OrderProblem(str(store), column, message, tuple(int(r) for r in rows.values[:MAX_ROWS_NAMED]), int(rows.size)))
+        out.append(OrderProblem(str(store), column, message, tuple(int(r) for r in rows.values[:MAX_ROWS_NAMED]), int(rows.size), first_line))
     return out
 
 
-def _to_utc_naive(values: pd.Series) -> pd.Series:
-    """Parse timestamps; naive values are UTC, aware ones are converted to UTC. Unparseable -> NaT."""
+def _to_utc_naive(values: pd.Series, ts_format: str | None = None) -> pd.Series:
+    """Parse timestamps as ISO 8601 (with or without an offset), or by `ts_format` (strftime codes) when one is named:
+    a format is never guessed (10/03 is October 3rd or March 10th). Naive values are UTC, aware ones are converted
+    to UTC. Unparseable -> NaT."""
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = values
         if getattr(parsed.dt, "tz", None) is None:
             return parsed.astype("datetime64[us]")
     else:
-        text = values.astype("string")
-        parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
-        retry = parsed.isna() & text.notna()
-        if retry.any():  # non-ISO formats, parsed one format guess at a time
-            parsed.loc[retry] = pd.to_datetime(text[retry], utc=True, errors="coerce", format="mixed")
+        parsed = pd.to_datetime(values.astype("string"), utc=True, errors="coerce", format=ts_format or "ISO8601")
     return parsed.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
+
+
+TS_FORMAT_SETTING = "QUIMBI_ORDER_TS_FORMAT"
+MOSTLY = 0.5  # a file with more unparseable timestamps than this share is in another format, not a few bad rows
+
+
+def _check_timestamp_format(raw: pd.Series, parsed: pd.Series, ts_format: str | None) -> None:
+    """Most timestamps unparseable: the file is in another format than the one expected; say which setting names it."""
+    given = raw.notna()
+    failed = parsed.isna() & given
+    if given.sum() == 0 or failed.sum() <= MOSTLY * given.sum():
+        return
+    example = str(raw[failed].iloc[0])
+    expected = f"the format {TS_FORMAT_SETTING}={ts_format!r}" if ts_format else "ISO 8601 (e.g. 2026-10-13 10:00 or 2026-10-13T10:00:00+02:00)"
+    raise OrdersSourceError(f"order_ts: {int(failed.sum()):,} of {int(given.sum()):,} timestamps are not {expected}, e.g. {example!r}; "
+                            f"dates are never guessed: name the file's format with {TS_FORMAT_SETTING} (strftime codes, "
+                            "e.g. %d/%m/%Y %H:%M)")
 
 
 def _numeric(values: pd.Series) -> pd.Series:
@@ -217,10 +239,13 @@ def list_stores(uri: str, warehouse_url: str | None = None) -> list[str]:
     return sorted(cleaned.unique().tolist())
 
 
-def validate_orders(raw: pd.DataFrame, *, now: pd.Timestamp | None = None, bad_rows: str = "reject_store") -> ValidatedOrders:
+def validate_orders(raw: pd.DataFrame, *, now: pd.Timestamp | None = None, bad_rows: str = "reject_store",
+                    ts_format: str | None = None, first_line: int | None = None) -> ValidatedOrders:
     """Normalize and check raw order rows.
 
     - A missing required column raises OrdersSourceError naming it.
+    - order_ts is ISO 8601 unless `ts_format` names another format; a file whose timestamps are mostly not in
+      that format raises OrdersSourceError naming the setting (QUIMBI_ORDER_TS_FORMAT).
     - Row problems (null or blank ids, unparseable order_ts, non-numeric totals, conflicting duplicate
       order_ids, non-numeric optional values) are reported per store. With bad_rows="reject_store"
       (default) a store with any problem is left out whole, so nothing of it is half-processed; with
@@ -250,7 +275,7 @@ def validate_orders(raw: pd.DataFrame, *, now: pd.Timestamp | None = None, bad_r
     def flag(mask, column: str, message: str) -> None:
         nonlocal bad_rows_mask
         mask = np.asarray(mask, dtype=bool)
-        problems.extend(_problem(store, mask, column, message))
+        problems.extend(_problem(store, mask, column, message, first_line))
         bad_rows_mask |= mask
 
     for col in raw.columns:
@@ -264,8 +289,10 @@ def validate_orders(raw: pd.DataFrame, *, now: pd.Timestamp | None = None, bad_r
         flag((text.isna() | (text == "")).to_numpy(), col, "null or blank value")
         out[col] = text
 
-    out["order_ts"] = _to_utc_naive(raw["order_ts"])
-    flag((out["order_ts"].isna() & raw["order_ts"].notna()).to_numpy(), "order_ts", "unparseable timestamp")
+    out["order_ts"] = _to_utc_naive(raw["order_ts"], ts_format)
+    _check_timestamp_format(raw["order_ts"], out["order_ts"], ts_format)
+    not_parsed = f"not in the format {TS_FORMAT_SETTING}={ts_format!r}" if ts_format else "not an ISO 8601 timestamp"
+    flag((out["order_ts"].isna() & raw["order_ts"].notna()).to_numpy(), "order_ts", f"unparseable timestamp ({not_parsed})")
     flag(raw["order_ts"].isna().to_numpy(), "order_ts", "missing timestamp")
 
     for col in ("order_total",) + tuple(c for c in ("discount_total", "item_count") if c in present_optional):
@@ -323,14 +350,48 @@ def validate_orders(raw: pd.DataFrame, *, now: pd.Timestamp | None = None, bad_r
 
 
 def load_orders(uri: str, *, warehouse_url: str | None = None, now: pd.Timestamp | None = None, bad_rows: str = "reject_store") -> ValidatedOrders:
-    validated = validate_orders(read_orders_source(uri, warehouse_url), now=now, bad_rows=bad_rows)
+    """A source read and validated; order_ts in the format QUIMBI_ORDER_TS_FORMAT names (ISO 8601 when unset)."""
+    first_line = 2 if Path(uri).suffix.lower() in (".csv", ".txt", ".gz") and not uri.startswith(("sql:", "demo")) else None
+    validated = validate_orders(read_orders_source(uri, warehouse_url), now=now, bad_rows=bad_rows,
+                                ts_format=deployment.value(TS_FORMAT_SETTING), first_line=first_line)
     release_memory()  # the raw rows are gone: their pages too
     return validated
 
 
 @functools.lru_cache(maxsize=2)
-def _load_immutable(uri: str, stamp: tuple, bad_rows: str) -> ValidatedOrders:
+def _load_immutable(uri: str, stamp: tuple, bad_rows: str, ts_format: str | None) -> ValidatedOrders:
     return load_orders(uri, bad_rows=bad_rows)
+
+
+class OrdersChanged(OrdersSourceError):
+    """The orders file changed while a run that reads one version of it was going on."""
+
+
+def file_version(uri: str) -> tuple:
+    """What tells two versions of an orders file apart without reading it: size, modification time, inode (a file
+    replaced by a move keeps neither); () for a missing file or a source that is not a file."""
+    if uri.startswith(("sql:", "demo")):
+        return ()
+    try:
+        stat = Path(uri).stat()
+    except OSError:
+        return ()
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+_held: dict[str, tuple] = {}  # uri -> the version a run in this process holds (one_version)
+
+
+@contextlib.contextmanager
+def one_version(uri: str) -> Iterator[None]:
+    """Within the block, every load of `uri` is the version the block started with: a file that changed since
+    (another size, modification time or inode) raises OrdersChanged instead of being read, so the tables never mix
+    two versions of a file within a run. The cache keeps that version's validated rows, so it is read once."""
+    _held[uri] = file_version(uri)
+    try:
+        yield
+    finally:
+        _held.pop(uri, None)
 
 
 def load_orders_cached(uri: str, *, warehouse_url: str | None = None, bad_rows: str = "reject_store") -> ValidatedOrders:
@@ -338,12 +399,16 @@ def load_orders_cached(uri: str, *, warehouse_url: str | None = None, bad_rows: 
     unchanged size and mtime), so a multi-date run reads and validates them once. Callers must not mutate."""
     if uri.startswith("sql:"):
         return load_orders(uri, warehouse_url=warehouse_url, bad_rows=bad_rows)
+    ts_format = deployment.value(TS_FORMAT_SETTING)
     if uri == "demo" or uri.startswith("demo:"):
-        return _load_immutable(uri, (), bad_rows)
-    path = Path(uri)
-    stat = path.stat() if path.exists() else None
-    stamp = (stat.st_size, stat.st_mtime_ns) if stat else ()
-    return _load_immutable(uri, stamp, bad_rows)
+        return _load_immutable(uri, (), bad_rows, ts_format)
+    stamp = file_version(uri)
+    held = _held.get(uri)
+    if held is not None and stamp != held:
+        raise OrdersChanged(f"orders file {uri!r} changed while this run was reading it (size, modification time or "
+                            "inode differ from the run's start): the run reads one version of its orders, so this date "
+                            "and the ones after it were not run; run them again")
+    return _load_immutable(uri, stamp, bad_rows, ts_format)
 
 
 def as_of_day(value) -> pd.Timestamp:

@@ -149,15 +149,16 @@ def prune_warehouse(warehouse: str | None, dry_run: bool, out=None) -> int:
     return 0
 
 
-def serve(warehouse: str | None, host: str | None, port: int, workers: int = 1, out=None) -> int:
-    """`quimbi serve`: the read API over an existing warehouse (uvicorn), localhost only without API keys."""
+def serve(warehouse: str | None, host: str | None, port: int, workers: int = 1, out=None, allow_hosts: list[str] | None = None) -> int:
+    """`quimbi serve`: the read API over an existing warehouse (uvicorn), localhost only without API keys; then it
+    answers its own addresses and `allow_hosts` (QUIMBI_API_ALLOWED_HOSTS) as Host only."""
     import sqlalchemy as sa
     import uvicorn
 
     from quimbi_pipeline.api import workers as api_workers
     from quimbi_pipeline.api.access import Access, AccessConfigError
-    from quimbi_pipeline.api.app import create_app
-    from quimbi_pipeline.storage import masked_url, resolve_warehouse_url
+    from quimbi_pipeline.api.app import create_app, served_hosts
+    from quimbi_pipeline.storage import PG_SCHEMA, masked_url, resolve_warehouse_url
 
     out = out or sys.stdout
     url = resolve_warehouse_url(warehouse)
@@ -174,12 +175,20 @@ def serve(warehouse: str | None, host: str | None, port: int, workers: int = 1, 
         host, how = "127.0.0.1", "no API keys (QUIMBI_API_KEYS unset): localhost only, every store"
     else:
         host, how = host or "0.0.0.0", f"{len(access.keys)} API key(s) from {os.environ['QUIMBI_API_KEYS']}"
+    if allow_hosts:
+        os.environ["QUIMBI_API_ALLOWED_HOSTS"] = ",".join(filter(None, [os.environ.get("QUIMBI_API_ALLOWED_HOSTS"), *allow_hosts]))
+    hosts = served_hosts(host) if access.open else None
     try:
-        app = create_app(url, access)
-        app.state.warehouse.read_sql("SELECT 1 AS ok")
+        app = create_app(url, access, hosts)
+        with app.state.warehouse.engine.connect() as conn:
+            found = sa.inspect(conn).has_table("customer_profiles", schema=PG_SCHEMA if app.state.warehouse.is_postgres else None)
     except (sa.exc.SQLAlchemyError, OSError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise UserError(f"cannot open the warehouse {masked_url(url)}: {reason}") from exc
+    if not found:
+        app.state.warehouse.dispose()
+        raise UserError(f"the warehouse {masked_url(url)} holds no quimbi tables (an empty file or database?): "
+                        "run `quimbi run` or `quimbi demo` first, or give --warehouse")
     print(f"quimbi serve: http://{host}:{port} (API docs /docs), warehouse {masked_url(url)}, {how}"
           + (f", {workers} worker processes" if workers > 1 else ""), file=out, flush=True)
     logging.getLogger("quimbi_pipeline.api").setLevel(logging.INFO)
@@ -189,6 +198,8 @@ def serve(warehouse: str | None, host: str | None, port: int, workers: int = 1, 
     if workers > 1:
         app.state.warehouse.dispose()
         os.environ["QUIMBI_WAREHOUSE_URL"] = url  # the workers build the app from the environment
+        if hosts is not None:
+            os.environ["QUIMBI_API_ALLOWED_HOSTS"] = ",".join(sorted(hosts))
         options.update(factory=True, workers=workers)
         if not api_workers.supported(port):  # no SO_REUSEPORT (not Linux), or port 0: uvicorn's one shared socket
             print(f"quimbi serve: the {workers} workers share one listening socket (SO_REUSEPORT unavailable or port 0): "
@@ -413,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--warehouse", help="SQLAlchemy URL (default: QUIMBI_WAREHOUSE_URL, else the project's SQLite file)")
     serve_cmd.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 with QUIMBI_API_KEYS)")
     serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd.add_argument("--allow-host", action="append", metavar="NAME",
+                           help="without API keys, also answer requests whose Host is NAME (repeatable; default: localhost only)")
     serve_cmd.add_argument("--workers", type=int, default=1, help="server processes (default 1; for throughput on PostgreSQL twice the cores: a worker waits on the database between reads)")
     demo = sub.add_parser("demo", help=f"the last {DEMO_DAYS} days of the demo orders with snapshots, drift and outliers on, then what was found")
     demo.add_argument("--days", type=int, default=DEMO_DAYS)
@@ -443,7 +456,7 @@ def _command(args) -> int:
         return 1 if summary.dates_failed else 0
 
     if args.command == "serve":
-        return serve(args.warehouse, args.host, args.port, args.workers)
+        return serve(args.warehouse, args.host, args.port, args.workers, allow_hosts=args.allow_host)
     if args.command == "prune":
         return prune_warehouse(args.warehouse, args.dry_run)
     if args.command == "migrate":

@@ -362,7 +362,7 @@ def test_both_routers_come_from_the_one_routing_table(served):
         for name in route.path_names:
             assert params[name]["schema"]["maxLength"] == MAX_ID_LENGTH
         for q in route.query:
-            if q.high is not None:
+            if q.type is int:
                 assert (params[q.name]["schema"]["minimum"], params[q.name]["schema"]["maximum"]) == (q.low, q.high) == (1, MAX_DAYS)
         sample = route.path.replace("{store}", "s1").replace("{customer}", "c1")
         assert (direct_route(sample) or (None,))[0] == (route if route.direct else None), route.path

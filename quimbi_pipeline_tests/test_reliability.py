@@ -454,3 +454,118 @@ def test_a_truncated_gzip_is_a_one_line_error(tmp_path, sqlite_url, capsys):
     err = capsys.readouterr().err
     assert "is truncated (the compressed stream ends early): nothing was read" in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if line.strip()]) <= 3
+
+
+# ---- integrity round 2: the server trusts nothing it is sent ---------------------------------------------------
+
+def _served_store(url: str, orders: pd.DataFrame, day: str = "2026-10-31") -> None:
+    from quimbi_pipeline.settings import StoreSettings
+
+    wh = Warehouse(url)
+    report = run_profiles_partition(validate_orders(orders, bad_rows="quarantine"), day, wh, StoreSettings())
+    wh.dispose()
+    assert not report.failed, [o.error for o in report.failed]
+
+
+def _api(url: str, access=None, hosts=None, base_url: str = "http://testserver"):
+    from fastapi.testclient import TestClient
+
+    from quimbi_pipeline.api.access import Access
+    from quimbi_pipeline.api.app import create_app
+
+    return TestClient(create_app(url, access or Access(None), hosts), base_url=base_url)
+
+
+@pytest.fixture
+def one_store(warehouse_url):
+    """A warehouse of one store, `base`, whose ids include a "/" and injection-looking text."""
+    orders = generate_demo(n_customers=40, n_stores=1, seed=5, end="2026-10-31").orders
+    orders["store_id"] = "base"
+    orders.loc[orders["customer_id"] == orders["customer_id"].iloc[0], "customer_id"] = "c/1"
+    _served_store(warehouse_url, orders)
+    return warehouse_url
+
+
+def test_request_paths_are_escaped_in_the_log_one_request_one_line(one_store, caplog):
+    with _api(one_store) as api, caplog.at_level("INFO", logger="quimbi_pipeline.api"):
+        api.get("/stores/x%0D%0AERROR%20forged-line-unauth/customers/c")
+    lines = [r.getMessage() for r in caplog.records if r.name == "quimbi_pipeline.api"]
+    assert lines == ["GET /stores/x%0D%0AERROR%20forged-line-unauth/customers/c 404 " + lines[0].rsplit(" 404 ", 1)[1]]
+    assert "\n" not in lines[0] and "\r" not in lines[0]
+
+
+@pytest.mark.parametrize("host, status", [("localhost:8000", 200), ("127.0.0.1:8000", 200), ("[::1]:8000", 200),
+                                          ("evil.example", 421), ("evil.example:8000", 421), ("", 421)])
+def test_an_open_server_answers_its_own_host_names_only(one_store, host, status):
+    from quimbi_pipeline.api.app import served_hosts
+
+    with _api(one_store, hosts=served_hosts("127.0.0.1")) as api:
+        assert api.get("/stores/base/customers/c%2F1", headers={"host": host}).status_code == status
+    with _api(one_store, hosts=served_hosts("127.0.0.1", {"QUIMBI_API_ALLOWED_HOSTS": "evil.example"})) as api:
+        assert api.get("/health", headers={"host": "evil.example"}).status_code == 200
+
+
+def test_an_error_never_names_a_store_the_key_does_not_grant(one_store, tmp_path):
+    from quimbi_pipeline.api.access import Access, load_keys
+
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("key-for-another-store-000000: [store_a]\n")
+    with _api(one_store, Access(load_keys(keys))) as api:
+        for path in ("/customers/c%2F1", "/customers/c%2F1/drift", "/customers/c%2F1/history"):
+            answer = api.get(path, headers={"X-API-Key": "key-for-another-store-000000"})
+            assert answer.status_code == 403 and "base" not in answer.text, path
+
+
+@pytest.mark.parametrize("path", ["/stores/base/customers/c%00x", "/stores/b%00ase/customers/c", "/customers/c%00x/history",
+                                  "/stores/base/customers/c%2F1/drift?as_of=0001-01-01", "/customers/c%2F1/drift?as_of=9999-12-31",
+                                  "/ui/stores/base/customers/c%00x"])
+def test_nul_bytes_and_out_of_range_dates_are_422_never_500(one_store, path):
+    with _api(one_store) as api:
+        assert api.get(path).status_code == 422
+
+
+def test_ids_are_capped_at_write_time_a_longer_one_is_a_bad_row(warehouse_url):
+    orders = generate_demo(n_customers=30, n_stores=1, seed=6, end="2026-10-31").orders
+    orders.loc[0, "customer_id"] = "x" * 1_000_000
+    orders.loc[1, "order_id"] = "nul\x00id"
+    rejected = validate_orders(orders)
+    assert [p.describe().split(" in ")[0] for p in rejected.rejected_stores["store_a"]] == [
+        "store 'store_a', column 'order_id': a NUL character", "store 'store_a', column 'customer_id': longer than 200 characters"]
+    _served_store(warehouse_url, orders)  # quarantine: the two rows are dropped, the store is written (no index error)
+    wh = Warehouse(warehouse_url)
+    assert wh.profiles()["customer_id"].str.len().max() <= 200
+    wh.dispose()
+
+
+def test_ids_with_a_slash_are_readable_and_page_links_encode_them(one_store):
+    with _api(one_store) as api:
+        profile = api.get("/stores/base/customers/c%2F1")
+        assert (profile.status_code, profile.json()["customer_id"]) == (200, "c/1")
+        assert api.get("/customers/c%2F1").json()["customer_id"] == "c/1"
+        page = api.get("/ui/stores/base/customers/c%2F1")
+        assert page.status_code == 200 and 'href="/ui/stores/base"' in page.text
+        assert api.get("/stores/base/customers/c/1").status_code == 404  # a bare slash is two segments, as documented
+
+
+def test_serve_refuses_an_empty_warehouse_with_one_line(tmp_path, pg_url, capsys):
+    from quimbi_pipeline.cli import main
+
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    for url in (f"sqlite:///{empty}", pg_url):
+        assert main(["serve", "--warehouse", url, "--port", "0"]) == 1
+        err = capsys.readouterr().err
+        assert "holds no quimbi tables" in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+
+
+def test_a_warehouse_moved_away_while_serving_is_503_never_a_new_empty_file(tmp_path, caplog):
+    url = f"sqlite:///{tmp_path / 'w.sqlite'}"
+    _served_store(url, generate_demo(n_customers=30, n_stores=1, seed=7, end="2026-10-31").orders)
+    with _api(url) as api, caplog.at_level("INFO", logger="quimbi_pipeline.api"):
+        assert api.get("/stores/store_a/population").status_code == 200
+        os.replace(tmp_path / "w.sqlite", tmp_path / "moved.sqlite")
+        api.app.state.warehouse.engine.dispose()  # the pool's open connections still read the moved file: new ones cannot
+        answer = api.get("/stores/store_a/population")
+    assert answer.status_code == 503 and answer.json() == {"detail": "the warehouse cannot be read: OperationalError: unable to open database file"}
+    assert not (tmp_path / "w.sqlite").exists()
+    assert not any("Traceback" in r.getMessage() or r.exc_info for r in caplog.records)

@@ -12,24 +12,37 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import time
 from datetime import date
 
+import psycopg
+import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from starlette.datastructures import Headers
 
 from quimbi_pipeline.api import reads
 from quimbi_pipeline.api.access import Access, request_key
 from quimbi_pipeline.api.direct_routes import DirectRoutes
+from quimbi_pipeline.api.log_text import loggable, one_line
 from quimbi_pipeline.api.models import Drift, Health, History, Population, Profile
 from quimbi_pipeline.api.pages import add_pages
-from quimbi_pipeline.api.routes import ID, add_routes
+from quimbi_pipeline.api.routes import ID, add_routes, path_id, routing_path
 from quimbi_pipeline.settings import StoreSettings
-from quimbi_pipeline.storage import NeedsMigration, Warehouse, pending_migration
+from quimbi_pipeline.settings.deployment import value
+from quimbi_pipeline.storage import (
+    NeedsMigration,
+    Warehouse,
+    existing_only,
+    pending_migration,
+    resolve_warehouse_url,
+)
 
 log = logging.getLogger("quimbi_pipeline.api")
+DATABASE_ERRORS = (sa.exc.DBAPIError, sqlite3.Error, psycopg.Error)
 
 
 class StoreCache:
@@ -62,6 +75,29 @@ def typed(model: type[BaseModel], value: dict) -> Response:
     return Response(model.model_validate(value).model_dump_json(by_alias=True), media_type="application/json")
 
 
+class HostCheck:
+    """Without API keys the server answers its own names only: a page on another site that resolves its name to this
+    machine (DNS rebinding) sends that name as Host and gets 421."""
+
+    def __init__(self, app, hosts: frozenset[str]):
+        self.app, self.hosts = app, hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and host_name(Headers(scope=scope).get("host", "")) not in self.hosts:
+            await JSONResponse({"detail": "unknown Host: this server answers its own addresses only (quimbi serve --allow-host)"},
+                               status_code=421)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def host_name(host: str) -> str:
+    """A Host header without its port, lower-case ("[::1]:8000" -> "::1")."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 class AccessLog:
     """One log line per request: method, path without its query (keys never reach the log), status, time. A plain
     ASGI middleware: Starlette's BaseHTTPMiddleware (@app.middleware) costs a task group and a stream per request."""
@@ -84,8 +120,10 @@ class AccessLog:
 
         try:
             await self.app(scope, receive, send_status)
+        except Exception as exc:  # already answered 500 by the application: one line here, not a traceback per request
+            log.error("%s %s failed: %s", scope["method"], loggable(scope["path"]), one_line(exc))
         finally:
-            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, (time.perf_counter() - started) * 1e3)
+            log.info("%s %s %d %.1f ms", scope["method"], loggable(scope["path"]), status, (time.perf_counter() - started) * 1e3)
 
 
 class ReadApi:
@@ -95,20 +133,24 @@ class ReadApi:
     loop (benchmarks/api.py, two series of three alternating rounds: 2,637-2,931 against 2,628-2,745 req/s).
     Everything else, including every error and what a direct answer raises unexpectedly, is the FastAPI application's."""
 
-    def __init__(self, api: FastAPI, **direct_routes):
+    def __init__(self, api: FastAPI, hosts: frozenset[str] | None = None, **direct_routes):
         self.api, self.state = api, api.state
-        self.asgi = AccessLog(DirectRoutes(api, **direct_routes))
+        inner = DirectRoutes(api, **direct_routes)
+        self.asgi = AccessLog(inner if hosts is None else HostCheck(inner, hosts))
 
     async def __call__(self, scope, receive, send):  # async: servers and test clients tell ASGI 3 apps by it
+        if scope["type"] == "http" and b"%" in (scope.get("raw_path") or b""):
+            scope = {**scope, "path": routing_path(scope)}  # an id's encoded "/" stays inside its segment
         await self.asgi(scope, receive, send)
 
 
-def create_app(warehouse_url: str | None = None, access: Access | None = None) -> ReadApi:
+def create_app(warehouse_url: str | None = None, access: Access | None = None, hosts: frozenset[str] | None = None) -> ReadApi:
     """The profile, drift and history endpoints are `async` and read on the event loop: each is a few indexed rows,
     well under a millisecond, and the thread-pool hop a sync endpoint takes cost more CPU than the read (server CPU
     per profile request 0.76 -> 0.45 ms, benchmarks/api.py). Pages, the population series and past-date drift run in
-    the thread pool. `quimbi serve --workers N` runs N such loops."""
-    warehouse = Warehouse(warehouse_url, create=False)
+    the thread pool. `quimbi serve --workers N` runs N such loops. `hosts`: the Host names an open server (no keys)
+    answers (quimbi serve's addresses); None: no check (a server behind keys, tests, an embedding application)."""
+    warehouse = Warehouse(existing_only(resolve_warehouse_url(warehouse_url)), create=False)
     with warehouse.engine.connect() as conn:
         reason = pending_migration(conn)
     if reason:
@@ -136,6 +178,7 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None) -
     # answers 422 before the key is checked; a store is looked up only after the key grants it, as before.
     async def grant(key: str | None, store: str | None) -> str:
         """The store a key may read: `store`, or on a one-store path (None) the warehouse's only store."""
+        one_store = store is None
         if store is None:
             stores = known_stores.all()
             if len(stores) != 1:
@@ -143,14 +186,15 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None) -
             store = stores[0]
         if access.stores_of(key) is None:
             raise HTTPException(401, "a valid API key is required (X-API-Key, Authorization: Bearer, or ?api_key=)")
-        if not access.grants(key, store):
-            raise HTTPException(403, f"this API key does not grant store {store!r}")
+        if not access.grants(key, store):  # on a one-store path the key did not name the store: do not name it either
+            raise HTTPException(403, "this API key does not grant this warehouse's store" if one_store else
+                                f"this API key does not grant store {store!r}")
         if not known_stores.has(store):
             raise HTTPException(404, f"unknown store {store!r}")
         return store
 
     async def allowed(request: Request, store: ID) -> str:
-        return await grant(request_key(request.headers, request.query_params), store)
+        return await grant(request_key(request.headers, request.query_params), path_id(store))
 
     def profile(store: str, customer: str) -> dict:
         found = reads.profile(warehouse, store, customer)
@@ -200,18 +244,36 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None) -
     def health() -> dict:
         return {"status": "ok", "stores": len(known_stores.all())}
 
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The warehouse cannot be read (down, moved away, emptied): 503 with the reason in one line, logged once.
+        log.error("%s %s: the warehouse cannot be read: %s", request.method, loggable(request.url.path), one_line(exc))
+        return JSONResponse({"detail": f"the warehouse cannot be read: {one_line(exc)}"}, status_code=503)
+
+    for database_error in DATABASE_ERRORS:  # SQLAlchemy's, and the drivers' own (the hot reads use the driver directly)
+        app.add_exception_handler(database_error, unavailable)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
         return JSONResponse({"detail": "internal error (logged on the server)"}, status_code=500)
 
     answers = {"profile": profile_answer, "drift": drift_answer, "history": history_answer, "population": population_answer}
     add_routes(app, grant, answers)
-    return ReadApi(app, grant=grant, answers=answers)
+    return ReadApi(app, hosts if access.open else None, grant=grant, answers=answers)
+
+
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def served_hosts(listen_host: str | None = None, environ=None) -> frozenset[str]:
+    """The Host names an open server answers: the local names, the address it listens on, and
+    QUIMBI_API_ALLOWED_HOSTS (comma-separated)."""
+    extra = value("QUIMBI_API_ALLOWED_HOSTS", environ) or ""
+    return LOCAL_HOSTS | {h.strip().lower() for h in extra.split(",") if h.strip()} | ({listen_host.lower()} if listen_host else set())
 
 
 def app_from_env() -> ReadApi:
-    """The app of QUIMBI_WAREHOUSE_URL and QUIMBI_API_KEYS, for uvicorn's worker processes (`quimbi serve --workers N`)."""
+    """The app of QUIMBI_WAREHOUSE_URL, QUIMBI_API_KEYS and QUIMBI_API_ALLOWED_HOSTS, for uvicorn's worker processes
+    (`quimbi serve --workers N` puts its addresses in the latter)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
-    return create_app()
+    return create_app(hosts=served_hosts())

@@ -23,6 +23,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 
 from quimbi_pipeline.api.access import request_key
+from quimbi_pipeline.api.log_text import loggable, one_line
 from quimbi_pipeline.api.routes import Answer, Grant, direct_route, direct_values
 
 log = logging.getLogger("quimbi_pipeline.api")
@@ -60,5 +61,5 @@ class DirectRoutes:
         except HTTPException:
             return None  # the route raises it again and answers it as documented
         except Exception as exc:  # outside FastAPI's error handling: the route reads again, and answers 500 if it fails too
-            log.warning("GET %s: the direct answer failed (%s: %s); the route answers", scope["path"], type(exc).__name__, exc)
+            log.warning("GET %s: the direct answer failed (%s); the route answers", loggable(scope["path"]), one_line(exc))
             return None

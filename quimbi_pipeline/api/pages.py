@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from quimbi_pipeline.api import charts, reads
+from quimbi_pipeline.api.routes import ID, link_id, path_id
 from quimbi_pipeline.settings import StoreSettings
 from quimbi_pipeline.storage import Warehouse
 
@@ -38,6 +39,7 @@ EXPLAIN = {
 }
 
 _templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
+_templates.filters["seg"] = link_id  # an id as a path segment of a link ("/" and the rest encoded)
 
 
 def _link(request: Request):
@@ -53,7 +55,8 @@ def add_pages(app: FastAPI, warehouse: Warehouse, settings: StoreSettings, allow
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @app.get("/ui/stores/{store}/customers/{customer}", response_class=HTMLResponse, summary="Customer page")
-    def customer_page(request: Request, customer: str, store: str = Depends(allowed)) -> HTMLResponse:
+    def customer_page(request: Request, customer: ID, store: str = Depends(allowed)) -> HTMLResponse:
+        customer = path_id(customer)
         profile = reads.profile(warehouse, store, customer)
         if profile is None:
             raise HTTPException(404, f"unknown customer {customer!r} in store {store!r}")

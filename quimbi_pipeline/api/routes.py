@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any
+from urllib.parse import quote, unquote
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -22,9 +23,14 @@ from pydantic import BaseModel
 from quimbi_pipeline.api.access import request_key
 from quimbi_pipeline.api.models import Drift, History, Population, Profile
 from quimbi_pipeline.api.reads import SNAPSHOT_TYPES, WINDOWS
+from quimbi_pipeline.sources.orders import (
+    MAX_ID_LENGTH,  # ids are capped at write time: a longer one is never stored
+)
 
-MAX_ID_LENGTH = 200  # of a store or customer id in a path
 MAX_DAYS = 3650
+# An id may hold "/": its path segment encodes it (%2F), which routing would read as two segments. Routing sees such
+# a slash as this private-use character instead (routing_path), and the endpoints get the id back (path_id).
+ENCODED_SLASH = "\ue02f"
 
 Grant = Callable[[str | None, str | None], Awaitable[str]]  # (key, store or None for the one-store paths) -> store
 Answer = Callable[..., Awaitable[Any]]  # (granted store, path ids after the store, query values) -> response
@@ -45,6 +51,8 @@ class QueryParam:
         """The parameter as FastAPI declares it."""
         if self.choices is None and self.low is None and self.description is None:
             return self.type | None if self.default is None else self.type
+        if self.type is date:  # a date's range: the answers compute windows before it, which must stay in the calendar
+            return Annotated[self.type | None, Query(ge=self.low, le=self.high)]
         query = Query(pattern=f"^({'|'.join(self.choices)})$" if self.choices else None, ge=self.low, le=self.high,
                       description=self.description)
         return Annotated[self.type | None if self.default is None else self.type, query]
@@ -84,7 +92,7 @@ class Route:
 
 
 WINDOW = QueryParam("window", str, "28d", choices=WINDOWS, description="7d, 28d, 90d, 180d or 365d")
-AS_OF = QueryParam("as_of", date, None, direct=False)
+AS_OF = QueryParam("as_of", date, None, low=date(1900, 1, 1), high=date(2999, 12, 31), direct=False)
 
 
 def _days(default: int) -> QueryParam:
@@ -106,13 +114,33 @@ ROUTES = (
     Route("one_store_history", "/customers/{customer}/history", "history", History, "History (a warehouse of one store)",
           (_days(28), SNAPSHOT_TYPE)),
 )
-ID = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)]
+ID = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern="^[^\x00]+$")]  # PostgreSQL text holds no NUL
+
+
+def routing_path(scope) -> str:
+    """The path routing matches: as received, but a %2F inside a segment stays inside it (ENCODED_SLASH)."""
+    raw = scope.get("raw_path") or b""
+    if b"%2f" not in raw.lower():
+        return scope["path"]
+    return "/".join(unquote(s).replace("/", ENCODED_SLASH) for s in raw.split(b"?", 1)[0].decode("latin-1").split("/"))
+
+
+def path_id(text: str) -> str:
+    """An id from a path segment (routing_path's slashes back)."""
+    return text.replace(ENCODED_SLASH, "/")
+
+
+def link_id(text: str) -> str:
+    """An id as a path segment of a link (a "/" and every other reserved character encoded)."""
+    return quote(str(text), safe="")
 
 
 def _endpoint(route: Route, grant: Grant, answer: Answer):
     """The FastAPI endpoint of a route: the key and store granted, then the route's answer."""
 
     async def endpoint(request: Request, **values):
+        for name in route.path_names:
+            values[name] = path_id(values[name])
         store = await grant(request_key(request.headers, request.query_params), values.pop("store", None))
         if route.thread_pool:
             return await run_in_threadpool(answer, store, **values)
@@ -148,9 +176,9 @@ def direct_route(path: str) -> tuple[Route, dict[str, str]] | None:
         ids = {}
         for part, segment in zip(parts, segments):
             if segment.startswith("{"):
-                if not 0 < len(part) <= MAX_ID_LENGTH:
+                if not 0 < len(part) <= MAX_ID_LENGTH or "\x00" in part:
                     break
-                ids[segment[1:-1]] = part
+                ids[segment[1:-1]] = path_id(part)
             elif part != segment:
                 break
         else:

@@ -40,6 +40,9 @@ DEPLOYMENT = (
                       "divided by it).", shown_default="the Dagster run queue's limit, else 1"),
     DeploymentSetting("QUIMBI_API_KEYS", None, "A YAML file mapping API keys to the stores they read; without it "
                       "`quimbi serve` answers on localhost only."),
+    DeploymentSetting("QUIMBI_API_ALLOWED_HOSTS", None, "Host names an open `quimbi serve` (no API keys) answers besides "
+                      "its listening address, localhost, 127.0.0.1 and ::1, comma-separated; any other Host gets 421 "
+                      "(DNS rebinding)."),
     DeploymentSetting("QUIMBI_TEST_POSTGRES_URL", None, "PostgreSQL the test suite uses (a database per test worker "
                       "beside it).", "Tests", shown_default="a throwaway server where PostgreSQL's binaries exist"),
     DeploymentSetting("QUIMBI_REQUIRE_POSTGRES", None, "`1`: PostgreSQL tests fail instead of skipping when no server "

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("order_id", "customer_id", "order_ts", "order_total")
 OPTIONAL_COLUMNS = ("store_id", "discount_total", "item_count", "category")
 DEFAULT_STORE = "default"
+# The longest store, customer or order id (characters): a longer one is a bad row of its store. The read API's paths
+# take ids of this length too; PostgreSQL indexes refuse keys of a few kilobytes.
+MAX_ID_LENGTH = 200
 MAX_ROWS_NAMED = 10
 # Larger values are bad rows, not data: a total of 1e308 overflowed lifetime_value to Infinity.
 MAX_AMOUNT = {"order_total": 1e12, "discount_total": 1e12, "item_count": 1e9}
@@ -46,10 +49,11 @@ class OrderProblem:
     first_line: int | None = None  # a CSV's line of data row 0 (2: after the header): rows are named as lines
 
     def describe(self) -> str:
+        store = self.store_id if len(self.store_id) <= 60 else self.store_id[:60] + "…"
         where = "row(s)" if self.first_line is None else "line(s)"
         shown = ", ".join(str(r + (self.first_line or 0)) for r in self.rows)
         more = f" (and {self.n_rows - len(self.rows)} more)" if self.n_rows > len(self.rows) else ""
-        return f"store {self.store_id!r}, column {self.column!r}: {self.message} in {self.n_rows} {where}: {shown}{more}"
+        return f"store {store!r}, column {self.column!r}: {self.message} in {self.n_rows} {where}: {shown}{more}"
 
 
 @dataclass
@@ -288,6 +292,10 @@ def validate_orders(raw: pd.DataFrame, *, now: pd.Timestamp | None = None, bad_r
         text = raw[col].astype("string").str.strip()
         flag((text.isna() | (text == "")).to_numpy(), col, "null or blank value")
         out[col] = text
+    for col in ("store_id", "order_id", "customer_id"):
+        text = out[col]
+        flag((text.str.len() > MAX_ID_LENGTH).fillna(False).to_numpy(bool), col, f"longer than {MAX_ID_LENGTH} characters")
+        flag(text.str.contains("\x00", regex=False).fillna(False).to_numpy(bool), col, "a NUL character")
 
     out["order_ts"] = _to_utc_naive(raw["order_ts"], ts_format)
     _check_timestamp_format(raw["order_ts"], out["order_ts"], ts_format)

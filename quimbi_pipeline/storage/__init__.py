@@ -30,6 +30,7 @@ from quimbi_pipeline.storage.connection import (
     data_dir,
     default_warehouse_url,
     drop_postgres_schema,
+    existing_only,
     masked_url,
     metadata,
     prefetched,
@@ -88,6 +89,6 @@ class Warehouse(ProfileStore, SnapshotStore, DriftStore, OutlierStore, ModelStor
 __all__ = [
     "DATE_PARTITIONED", "DRIFT_TABLES", "HISTORY_VIEW", "JSON_COLUMNS", "LAYOUTS", "NeedsMigration", "PG_SCHEMA", "SNAPSHOT_COPIED_COLUMNS", "SNAPSHOT_PARTITION_PREFIX", "SNAPSHOTS", "SNAPSHOTS_VIEW",
     "Warehouse", "AXIS_DRIFT_VIEW", "customer_drift", "customer_drift_anomalies", "customer_outlier_flags",
-    "customer_profiles", "data_dir", "default_warehouse_url", "drift_inputs", "drop_postgres_schema", "masked_url", "metadata", "normalize_profiles",
+    "customer_profiles", "data_dir", "default_warehouse_url", "drift_inputs", "drop_postgres_schema", "existing_only", "masked_url", "metadata", "normalize_profiles",
     "outlier_rates", "pending_migration", "population_drift", "prefetched", "profile_snapshots", "resolve_warehouse_url", "segment_models", "segment_transitions", "snapshot_blocks", "snapshot_layouts", "snapshot_writes",
 ]

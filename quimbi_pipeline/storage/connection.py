@@ -57,6 +57,15 @@ def driver_sql(sql: str, postgres: bool) -> str:
     return _NAMED_BIND.sub(r"%(\1)s", sql.replace("%", "%%")) if postgres else sql
 
 
+def existing_only(url: str) -> str:
+    """A SQLite file URL that opens the file only if it exists (never creates an empty one: a server whose warehouse
+    file was moved away answers 503, not an empty warehouse); other URLs as they are."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:" or "uri" in parsed.query:
+        return url
+    return f"sqlite:///file:{parsed.database}?mode=rw&uri=true"
+
+
 def masked_url(url: str) -> str:
     """A warehouse URL fit for output and logs: the password replaced by ***."""
     try:

@@ -1,0 +1,17 @@
+"""What may stand in a log line of the server: a request's path escaped, an exception in one line."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+
+def loggable(path: str) -> str:
+    """A request path as it may stand in a log line: control characters, spaces and non-ASCII percent-encoded, so
+    one request is one line whatever it was sent as."""
+    return quote(path, safe="/:@!$&'()*+,;=-._~%")
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message (the database driver's own, if any)."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

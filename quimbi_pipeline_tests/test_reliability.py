@@ -569,3 +569,18 @@ def test_a_warehouse_moved_away_while_serving_is_503_never_a_new_empty_file(tmp_
     assert answer.status_code == 503 and answer.json() == {"detail": "the warehouse cannot be read: OperationalError: unable to open database file"}
     assert not (tmp_path / "w.sqlite").exists()
     assert not any("Traceback" in r.getMessage() or r.exc_info for r in caplog.records)
+
+
+def test_churn_risk_expected_purchases_and_ltv_never_contradict_each_other():
+    """30 identical weekly buyers: the fit sees no dropout and its expectation overflowed, leaving churn 3e-06 "low"
+    beside 0 expected purchases and 0 LTV. Now such a fit is replaced by the default parameters, with a note."""
+    from quimbi_pipeline.model.profiles import build_store_profiles, contradictory
+
+    rows = [{"order_id": f"o{c}-{w}", "customer_id": f"c{c}", "store_id": "s", "order_total": 40.0,
+             "order_ts": str(pd.Timestamp("2026-08-29") + pd.Timedelta(weeks=w))} for c in range(30) for w in range(10)]
+    v = validate_orders(pd.DataFrame(rows))
+    result = build_store_profiles(v.orders, "s", pd.Timestamp("2026-10-31"), PipelineSettings(), v.optional_columns)
+    p = result.profiles
+    assert not contradictory(p["churn_risk_score"].to_numpy(), p["expected_purchases"].to_numpy(), p["expected_purchases"].to_numpy()).any()
+    assert (p["expected_purchases"] >= 1 - p["churn_risk_score"]).all() and (p["predicted_ltv"] > 0).all()
+    assert any("contradictory churn scores: default parameters" in n for n in result.churn.notes)

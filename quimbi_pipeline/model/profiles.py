@@ -122,24 +122,41 @@ def fit_churn_model(features: pd.DataFrame, settings: PipelineSettings, store_id
     return ChurnModel(bg, gg, notes)
 
 
-def _finite_purchases(expected: np.ndarray) -> np.ndarray:
-    bad = ~np.isfinite(expected) | (expected < 0)
-    if bad.any():
-        log.warning("expected purchases not finite for %d customer(s): set to 0", int(bad.sum()))
-        expected = np.where(bad, 0.0, expected)
-    return expected
+def contradictory(no_purchase: np.ndarray, expected_h: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Rows whose scores cannot all be true: not finite, a probability outside [0, 1], or fewer expected purchases
+    than the chance of any (E[N] >= P(N >= 1) = 1 - P(no purchase) for a count N), up to rounding."""
+    finite = np.isfinite(no_purchase) & np.isfinite(expected_h) & np.isfinite(expected) & (expected_h >= 0) & (expected >= 0)
+    with np.errstate(invalid="ignore"):
+        return ~finite | (no_purchase < 0) | (no_purchase > 1) | (expected_h < (1.0 - no_purchase) * (1.0 - 1e-6) - 1e-9)
 
 
 def score_churn(model: ChurnModel, features: pd.DataFrame, settings: PipelineSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(churn_risk_score = P(no purchase in the next churn_horizon_days), predicted_ltv = expected spend over
     the LTV horizon, expected_purchases over the churn horizon), all from the modified BG/NBD over purchase
     occasions, closed form. expected_purchases counts purchase days: the expected occasions times the
-    customer's own purchase days per occasion; predicted_ltv is expected occasions times spend per occasion."""
+    customer's own purchase days per occasion; predicted_ltv is expected occasions times spend per occasion.
+
+    The three never contradict each other: a fitted model that gives any customer contradictory scores (a degenerate
+    fit, such as identical customers who never lapse, overflows the expectation) is replaced by the default
+    parameters for the whole store, with a note saying so (model.notes); a row still contradictory under those is
+    scored as certain to lapse with no purchase expected, and logged."""
     x, t_x, T = features["btyd_x"].to_numpy(), features["btyd_t_x"].to_numpy(), features["btyd_T"].to_numpy()
     horizon = settings.churn_horizon_days * WEEKS_PER_DAY
-    no_purchase = btyd.mbgnbd_p_no_purchase(model.bg, horizon, x, t_x, T)
-    expected_h = _finite_purchases(btyd.mbgnbd_expected_purchases(model.bg, horizon, x, t_x, T) * features["btyd_days_per_occasion"].to_numpy())
-    expected = _finite_purchases(btyd.mbgnbd_expected_purchases(model.bg, settings.ltv_horizon_days * WEEKS_PER_DAY, x, t_x, T))
+    with np.errstate(over="ignore", invalid="ignore"):
+        no_purchase = btyd.mbgnbd_p_no_purchase(model.bg, horizon, x, t_x, T)
+        expected_h = btyd.mbgnbd_expected_purchases(model.bg, horizon, x, t_x, T) * features["btyd_days_per_occasion"].to_numpy()
+        expected = btyd.mbgnbd_expected_purchases(model.bg, settings.ltv_horizon_days * WEEKS_PER_DAY, x, t_x, T)
+    bad = contradictory(no_purchase, expected_h, expected)
+    if bad.any() and model.bg is not DEFAULT_MBGNBD:
+        note = (f"the fitted modified BG/NBD (r={model.bg.r:.4g}, alpha={model.bg.alpha:.4g}, a={model.bg.a:.4g}, b={model.bg.b:.4g}) "
+                f"gives {int(bad.sum())} customer(s) contradictory churn scores: default parameters (CDNOW's fit) used instead")
+        log.warning("churn model: %s", note)
+        model.notes.append(note)
+        model.bg = DEFAULT_MBGNBD
+        return score_churn(model, features, settings)
+    if bad.any():
+        log.warning("churn scores not finite under the default parameters for %d customer(s): scored as lapsing", int(bad.sum()))
+        no_purchase, expected_h, expected = np.where(bad, 1.0, no_purchase), np.where(bad, 0.0, expected_h), np.where(bad, 0.0, expected)
     if model.gg is not None:
         spend = btyd.gamma_gamma_expected_spend(model.gg, x, features["btyd_monetary"].to_numpy())
     else:

@@ -290,6 +290,8 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
     )
     from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
     from quimbi_pipeline.sources.orders import one_version
+    from quimbi_pipeline.storage import Warehouse, resolve_warehouse_url
+    from quimbi_pipeline.storage.leases import run_lease
 
     job = defs.resolve_job_def(DAILY_PIPELINE_JOB)
     run_config: dict = {"loggers": {"console": {"config": {"log_level": log_level}}}}
@@ -312,8 +314,11 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
     uri = orders or value("QUIMBI_ORDERS")
     first_order = _first_order_day(uri)
     started_all = time.perf_counter()
+    lease_wh = Warehouse(resolve_warehouse_url(warehouse))
     try:
-        with one_version(uri):  # every date of the run reads the version of the orders file it started with
+        # Every date reads the version of the orders file the run started with, and pruning leaves the run's stores
+        # alone until it ends (storage/leases.py).
+        with one_version(uri), run_lease(lease_wh, stores):
             for i, day in enumerate(dates, 1):
                 key = f"{day:%Y-%m-%d}"
                 if line:
@@ -346,6 +351,7 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
                 if not result.success:
                     _print_failures(result, out)
     finally:
+        lease_wh.dispose()
         if line:
             progress_log.removeHandler(line)
             progress_log.propagate = True

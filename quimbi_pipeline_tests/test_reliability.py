@@ -584,3 +584,194 @@ def test_churn_risk_expected_purchases_and_ltv_never_contradict_each_other():
     assert not contradictory(p["churn_risk_score"].to_numpy(), p["expected_purchases"].to_numpy(), p["expected_purchases"].to_numpy()).any()
     assert (p["expected_purchases"] >= 1 - p["churn_risk_score"]).all() and (p["predicted_ltv"] > 0).all()
     assert any("contradictory churn scores: default parameters" in n for n in result.churn.notes)
+
+
+# ---- integrity round 2: prune and run side by side ---------------------------------------------------------------
+
+def _snapshot_dates(wh: Warehouse, store: str) -> list[str]:
+    frame = wh.read_sql(f"SELECT DISTINCT snapshot_date FROM {wh.qualified('profile_snapshots')} WHERE store_id = :s ORDER BY 1", {"s": store})
+    return [str(pd.Timestamp(d).date()) for d in frame["snapshot_date"]]
+
+
+def test_pruning_leaves_leased_stores_alone_and_a_run_waits_for_a_prune(warehouse_url):
+    import threading
+    import time
+
+    from quimbi_pipeline.settings import RetentionPolicy
+    from quimbi_pipeline.storage.leases import hold, pruning, release, run_lease
+    from quimbi_pipeline.storage.prune import prune
+
+    validated = validate_orders(generate_demo(n_customers=40, n_stores=2, seed=8, end="2026-10-31").orders)
+    wh = Warehouse(warehouse_url)
+    for day in pd.date_range("2026-10-27", "2026-10-31"):
+        run_profiles_partition(validated, day, wh, PipelineSettings(enable_temporal_snapshots=True))
+    policy = RetentionPolicy(daily=2)
+    with run_lease(wh, ["store_a"]):
+        prune(wh, policy)
+        assert (_snapshot_dates(wh, "store_a"), _snapshot_dates(wh, "store_b")) == (
+            ["2026-10-27", "2026-10-28", "2026-10-29", "2026-10-30", "2026-10-31"], ["2026-10-30", "2026-10-31"])
+    prune(wh, policy)  # the run has ended: a later prune catches up
+    assert _snapshot_dates(wh, "store_a") == ["2026-10-30", "2026-10-31"]
+    with run_lease(wh, None):  # a run of every store: nothing is pruned
+        assert prune(wh, RetentionPolicy(daily=1)).empty and _snapshot_dates(wh, "store_b") == ["2026-10-30", "2026-10-31"]
+    started, leased_at = threading.Event(), []
+    with pruning(wh):  # a run that starts while a prune runs waits for it
+        waiting = threading.Thread(target=lambda: (started.set(), hold(wh, "late-run", ["store_b"]), leased_at.append(time.monotonic())))
+        waiting.start()
+        started.wait()
+        time.sleep(1.5)
+        assert not leased_at
+        ended = time.monotonic()
+    waiting.join(10)
+    assert leased_at and leased_at[0] >= ended
+    release(wh, "late-run")
+    wh.dispose()
+
+
+@pytest.mark.heavy
+def test_a_prune_beside_a_run_changes_none_of_its_results(tmp_path, warehouse_url, monkeypatch):
+    """`quimbi prune` looping beside a `quimbi run` over a warehouse with history: the run's tables are those of a
+    run without it (it failed the drift step on SQLite with KeyError and changed drift rows on PostgreSQL)."""
+    import threading
+
+    from quimbi_pipeline.cli import execute_dates
+    from quimbi_pipeline.settings import RetentionPolicy
+    from quimbi_pipeline.storage.prune import prune
+
+    for name, value in {"ENABLE_DRIFT_ANALYSIS": "1", "ENABLE_OUTLIER_DETECTION": "1", "QUIMBI_DRIFT_WINDOWS": "7,28"}.items():
+        monkeypatch.setenv(name, value)
+    orders = "demo:customers=150,stores=2,seed=12"
+    out = __import__("io").StringIO()
+
+    def history_then_run(url: str, beside) -> dict:
+        assert not execute_dates(pd.Timestamp("2026-10-20"), pd.Timestamp("2026-10-28"), orders=orders, warehouse=url, stores=None, out=out).dates_failed
+        wh = Warehouse(url)
+        prune(wh, RetentionPolicy())  # the hourly prune has caught up before the run
+        stop, prunes = threading.Event(), []
+
+        def loop():
+            while not stop.is_set():
+                prunes.append(len(prune(wh, RetentionPolicy())))
+
+        pruner = threading.Thread(target=loop) if beside else None
+        if pruner:
+            pruner.start()
+        try:
+            summary = execute_dates(pd.Timestamp("2026-10-29"), pd.Timestamp("2026-10-31"), orders=orders, warehouse=url, stores=None, out=out)
+        finally:
+            stop.set()
+            if pruner:
+                pruner.join()
+        assert not summary.dates_failed, out.getvalue()
+        assert not beside or prunes, "the prune loop ran"
+        prune(wh, RetentionPolicy())  # both end with the same prune after the run
+        found = tables(wh)
+        wh.dispose()
+        return found
+
+    quiet = history_then_run(warehouse_url, beside=False)
+    if warehouse_url.startswith("sqlite"):
+        other = f"sqlite:///{tmp_path / 'beside.sqlite'}"
+    else:
+        from quimbi_pipeline_tests.conftest import _reset_pg
+
+        _reset_pg(warehouse_url)
+        other = warehouse_url
+    assert_same_tables(quiet, history_then_run(other, beside=True))
+
+
+# ---- integrity round 2: readers are never killed -------------------------------------------------------------------
+
+def _drift_history(url: str, days: list[str], store_count: int = 1):
+    from quimbi_pipeline.settings import RetentionPolicy
+
+    validated = validate_orders(generate_demo(n_customers=120, n_stores=store_count, seed=14, end="2026-10-31").orders)
+    wh = Warehouse(url)
+    for day in days:
+        assert not run_profiles_partition(validated, day, wh, ALL_ON).failed
+        assert all(o.ok for o in run_drift_partition(wh, day, ALL_ON, retention=RetentionPolicy(drift=36500)))
+    return wh
+
+
+@pytest.mark.postgres
+def test_dropping_an_old_partition_never_deadlocks_a_reader_of_its_table(pg_url):
+    """The drift step drops yesterday's customer_drift partition every day. It locked the partition, then DROP locked
+    the table: a reader of the table arriving in between held the table and waited for the partition, and PostgreSQL
+    killed one of the two ('deadlock detected'). Now the table is locked first: the reader just waits."""
+    import threading
+    import time
+
+    from quimbi_pipeline.storage.prune import expire_dated_rows
+
+    wh = _drift_history(pg_url, ["2026-10-29", "2026-10-30", "2026-10-31"])
+    assert len(wh.date_partitions("customer_drift")) == 3
+    read, errors = [], []
+
+    def reader():
+        try:
+            with wh.engine.connect() as conn:
+                read.append(conn.execute(sa.text(f"SELECT count(*) FROM {wh.qualified('customer_drift')}")).scalar_one())
+        except Exception as exc:  # what the reader meets is the test's result
+            errors.append(exc)
+
+    class ReaderComesBeforeTheDrop:
+        def __init__(self, conn):
+            self.conn, self.thread = conn, threading.Thread(target=reader)
+
+        def __getattr__(self, name):
+            return getattr(self.conn, name)
+
+        def execute(self, statement, *args, **kwargs):
+            if str(statement).startswith("DROP TABLE") and not self.thread.is_alive() and not read + errors:
+                self.thread.start()
+                time.sleep(1.5)  # the reader queues on its locks; PostgreSQL's deadlock check runs after 1 s
+            return self.conn.execute(statement, *args, **kwargs)
+
+    with wh.engine.begin() as conn:
+        wrapped = ReaderComesBeforeTheDrop(conn)
+        deleted = expire_dated_rows(wh, wrapped, "customer_drift", "store_a", pd.Timestamp("2026-10-31").date())
+    wrapped.thread.join(30)
+    assert errors == [] and deleted > 0 and read == [wh.read_sql(f"SELECT count(*) AS n FROM {wh.qualified('customer_drift')}")["n"].iloc[0]]
+    assert len(wh.date_partitions("customer_drift")) == 1  # 10-31's
+    wh.dispose()
+
+
+@pytest.mark.heavy
+@pytest.mark.postgres
+def test_analysts_queries_polling_through_a_run_never_fail(pg_url):
+    """The README's analyst queries (and the partitioned tables' plain reads) polled in a loop for the whole length of
+    a run of five dates with every flag on (each date creates partitions and drops yesterday's drift state)."""
+    import threading
+
+    from quimbi_pipeline_tests.test_analyst_queries import readme_queries, run_query
+
+    validated = validate_orders(generate_demo(n_customers=300, n_stores=2, seed=15, end="2026-10-31").orders)
+    wh = Warehouse(pg_url)
+    run(validated, ["2026-10-25", "2026-10-26"], wh)
+    queries = list(readme_queries().values()) + [
+        f"SELECT count(*) FROM {wh.qualified(t)}" for t in ("customer_drift", "customer_axis_drift", "profile_snapshots",
+                                                              "customer_outlier_flags", "customer_drift_anomalies")]
+    stop, polls, errors = threading.Event(), [], []
+
+    def poll():
+        reader = Warehouse(pg_url, create=False)
+        while not stop.is_set():
+            for sql in queries:
+                try:
+                    run_query(reader, sql, {"store": "store_a", "day": "2026-10-28", "customer": "c0000001"})
+                    polls.append(1)
+                except Exception as exc:  # any error of a reader fails the test
+                    errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+        reader.dispose()
+
+    pollers = [threading.Thread(target=poll) for _ in range(2)]
+    for t in pollers:
+        t.start()
+    try:
+        run(validated, ["2026-10-27", "2026-10-28", "2026-10-29", "2026-10-30", "2026-10-31"], wh)
+    finally:
+        stop.set()
+        for t in pollers:
+            t.join()
+    wh.dispose()
+    assert errors == [] and len(polls) > 100

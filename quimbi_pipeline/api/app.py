@@ -22,7 +22,6 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
-from starlette.datastructures import Headers
 
 from quimbi_pipeline.api import reads
 from quimbi_pipeline.api.access import Access, request_key
@@ -81,9 +80,19 @@ class HostCheck:
 
     def __init__(self, app, hosts: frozenset[str]):
         self.app, self.hosts = app, hosts
+        self.seen: dict[bytes, bool] = {}  # a Host header's raw value -> allowed (a client sends the same one each time)
+
+    def allowed(self, scope) -> bool:
+        raw = next((value for name, value in scope["headers"] if name == b"host"), b"")
+        found = self.seen.get(raw)
+        if found is None:
+            found = host_name(raw.decode("latin-1")) in self.hosts
+            if len(self.seen) < 1024:  # bounded: a client sending a new Host each time costs a parse, not memory
+                self.seen[raw] = found
+        return found
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and host_name(Headers(scope=scope).get("host", "")) not in self.hosts:
+        if scope["type"] == "http" and not self.allowed(scope):
             await JSONResponse({"detail": "unknown Host: this server answers its own addresses only (quimbi serve --allow-host)"},
                                status_code=421)(scope, receive, send)
             return

@@ -163,16 +163,17 @@ def add_routes(app: FastAPI, grant: Grant, answers: dict[str, Answer]) -> None:
                           response_model=route.response, summary=route.summary)
 
 
-# The direct path's view of the table: (route, its path split at "/") of each direct route.
-_DIRECT = [(route, route.segments) for route in ROUTES if route.direct]
+# The direct path's view of the table: by number of path segments, (route, its path split at "/") of each direct route.
+_DIRECT: dict[int, list[tuple[Route, list[str]]]] = {}
+for _route in ROUTES:
+    if _route.direct:
+        _DIRECT.setdefault(len(_route.segments), []).append((_route, _route.segments))
 
 
 def direct_route(path: str) -> tuple[Route, dict[str, str]] | None:
     """(route, path ids) of the direct route a path names, with ids of an allowed length; else None."""
     parts = path.split("/")
-    for route, segments in _DIRECT:
-        if len(parts) != len(segments):
-            continue
+    for route, segments in _DIRECT.get(len(parts), ()):
         ids = {}
         for part, segment in zip(parts, segments):
             if segment.startswith("{"):

@@ -14,7 +14,8 @@ exactly that partition's rows and a failure leaves the previous rows intact.
 - outlier_tables.py: customer_outlier_flags, outlier_rates;
 - model_tables.py: segment_models, segment_transitions;
 - snapshot_history.py: a store's snapshot history as numbers (what drift reads);
-- prune.py: retention of every table; migrate.py: upgrading a warehouse written by an earlier version.
+- prune.py: retention of every table, beside runs (leases.py: run_leases); migrate.py: upgrading a warehouse written by an
+  earlier version.
 
 May import: settings, runtime, sources, model, history (never drift, run or above).
 """
@@ -45,6 +46,7 @@ from quimbi_pipeline.storage.drift_tables import (
     drift_inputs,
     population_drift,
 )
+from quimbi_pipeline.storage.leases import run_leases
 from quimbi_pipeline.storage.model_tables import (
     ModelStore,
     segment_models,
@@ -90,5 +92,5 @@ __all__ = [
     "DATE_PARTITIONED", "DRIFT_TABLES", "HISTORY_VIEW", "JSON_COLUMNS", "LAYOUTS", "NeedsMigration", "PG_SCHEMA", "SNAPSHOT_COPIED_COLUMNS", "SNAPSHOT_PARTITION_PREFIX", "SNAPSHOTS", "SNAPSHOTS_VIEW",
     "Warehouse", "AXIS_DRIFT_VIEW", "customer_drift", "customer_drift_anomalies", "customer_outlier_flags",
     "customer_profiles", "data_dir", "default_warehouse_url", "drift_inputs", "drop_postgres_schema", "existing_only", "masked_url", "metadata", "normalize_profiles",
-    "outlier_rates", "pending_migration", "population_drift", "prefetched", "profile_snapshots", "resolve_warehouse_url", "segment_models", "segment_transitions", "snapshot_blocks", "snapshot_layouts", "snapshot_writes",
+    "outlier_rates", "pending_migration", "population_drift", "prefetched", "profile_snapshots", "resolve_warehouse_url", "run_leases", "segment_models", "segment_transitions", "snapshot_blocks", "snapshot_layouts", "snapshot_writes",
 ]

@@ -181,14 +181,27 @@ class Connection:
                                           "WHERE n.nspname = :schema AND c.relkind = 'p'"), {"schema": PG_SCHEMA}).scalars())
         return names & set(DATE_PARTITIONED)
 
+    def prepare_date_partitions(self, tables, day) -> None:
+        """Create the date's missing partitions of `tables`, each in a short transaction of its own, before a write's
+        transaction starts. Creating a partition locks its table exclusively: inside a long write that lock
+        stopped every reader of the table for the write's length, and took part in deadlocks with readers of two
+        such tables."""
+        for table in tables:
+            if table in self.partitioned:
+                with self.engine.begin() as conn:
+                    self._ensure_date_partition(conn, table, day)
+
     def _ensure_date_partition(self, conn: sa.Connection, table: str, day) -> None:
         if table not in self.partitioned:
             return
         day = pd.Timestamp(day)
+        name = self._date_partition_name(table, day)
+        if conn.execute(sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": name}).scalar_one():
+            return  # a catalog lookup: no lock on the table (prepare_date_partitions made it)
         # Concurrent store batches of one date would race on CREATE TABLE: serialize them.
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('quimbi.date_partitions'))"))
         conn.execute(sa.text(
-            f"CREATE TABLE IF NOT EXISTS {self._date_partition_name(table, day)} PARTITION OF {self.qualified(table)} "
+            f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {self.qualified(table)} "
             f"FOR VALUES FROM ('{day:%Y-%m-%d}') TO ('{day + pd.Timedelta(days=1):%Y-%m-%d}')"))
 
     def _date_partition_name(self, table: str, day) -> str:

@@ -125,6 +125,7 @@ class DriftStore:
                        for table, frame in zip(tables, (customers, anomalies))]
 
         copy_seconds = 0.0
+        self.prepare_date_partitions([table.name for table in tables], day)
         with self.engine.begin() as conn:
             for table in tables:
                 self._ensure_date_partition(conn, table.name, day)

@@ -94,6 +94,8 @@ class ProfileStore:
         cols = [c.name for c in customer_profiles.columns]
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in ("store_id", "customer_id"))
         target = self.qualified("customer_profiles")
+        self.prepare_date_partitions((["profile_snapshots"] if snapshot_types else []) + (["customer_outlier_flags"] if outliers is not None else []),
+                                     as_of_date)
         with self.engine.begin() as conn:
             deleted = conn.execute(
                 sa.delete(customer_profiles).where(customer_profiles.c.store_id == store_id, customer_profiles.c.profile_date == as_of_date)

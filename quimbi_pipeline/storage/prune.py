@@ -14,13 +14,17 @@ partition that holds only expired rows is dropped whole instead of deleted row b
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 import sqlalchemy as sa
 
 from quimbi_pipeline.history.snapshots import TABLE_RETENTION
 from quimbi_pipeline.settings import RetentionPolicy
 from quimbi_pipeline.storage import PG_SCHEMA, Warehouse
+from quimbi_pipeline.storage.leases import EVERY_STORE, pruning
 
+log = logging.getLogger(__name__)
 EXPIRY_COLUMNS = ["table", "store_id", "newest", "cutoff", "expired"]
 
 
@@ -50,8 +54,10 @@ def expiry(wh: Warehouse, policy: RetentionPolicy) -> pd.DataFrame:
 def expire_dated_rows(wh: Warehouse, conn: sa.Connection, table: str, store: str, cutoff) -> int:
     """Delete the store's rows of `table` dated before `cutoff` inside the caller's transaction; returns how many.
 
-    A PostgreSQL date partition older than the cutoff that holds no other store's rows is dropped whole (it
-    is locked first without waiting: one another transaction is writing is left to row deletes)."""
+    A PostgreSQL date partition older than the cutoff that holds no other store's rows is dropped whole. The table,
+    then the partition, are locked first without waiting (a query of the table locks it before its partitions: in
+    that order no reader and this can wait for each other; the partition first deadlocked readers of the table that
+    came in between); one in use is left to row deletes."""
     column, _ = TABLE_RETENTION[table]
     deleted = 0
     for partition in wh.date_partitions(table, conn):
@@ -61,6 +67,7 @@ def expire_dated_rows(wh: Warehouse, conn: sa.Connection, table: str, store: str
         name = f"{PG_SCHEMA}.{partition}"
         savepoint = conn.begin_nested()
         try:
+            conn.execute(sa.text(f"LOCK TABLE {wh.qualified(table)} IN ACCESS EXCLUSIVE MODE NOWAIT"))
             conn.execute(sa.text(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE NOWAIT"))
         except sa.exc.OperationalError:  # in use by another store's write: delete this store's rows below
             savepoint.rollback()
@@ -97,13 +104,15 @@ def keep_drift_state(wh: Warehouse, store: str, policy: RetentionPolicy) -> int:
         return sum(expire_dated_rows(wh, conn, table, store, cutoff.date()) for table in DRIFT_STATE_TABLES)
 
 
-def _prune_models(wh: Warehouse, conn: sa.Connection, policy: RetentionPolicy) -> list[dict]:
+def _prune_models(wh: Warehouse, conn: sa.Connection, policy: RetentionPolicy, leased: frozenset[str] = frozenset()) -> list[dict]:
     """segment_models fitted before the cutoff (from the store's newest fit) that no kept profile or snapshot
     names; then the transitions of models no longer kept."""
     models, transitions = wh.qualified("segment_models"), wh.qualified("segment_transitions")
     newest = wh.read_sql(f"SELECT store_id, max(fitted_on) AS newest FROM {models} GROUP BY store_id")
     rows = []
     for store, day in zip(newest["store_id"], pd.to_datetime(newest["newest"])):
+        if store in leased:
+            continue
         cutoff = policy.cutoff("models", day).date()
         deleted = conn.execute(sa.text(
             f"DELETE FROM {models} WHERE store_id = :s AND fitted_on < :c "
@@ -121,18 +130,32 @@ def _prune_models(wh: Warehouse, conn: sa.Connection, policy: RetentionPolicy) -
 
 def prune(wh: Warehouse, policy: RetentionPolicy) -> pd.DataFrame:
     """Every table's expired rows deleted (snapshots first, in their own transaction; then the dated tables and
-    the models in one); returns rows deleted per table and store."""
-    snapshots = wh.prune_snapshots(policy)
+    the models in one); returns rows deleted per table and store. Stores a run is using (leases.py) are left alone
+    until a prune after that run."""
+    with pruning(wh) as leased:
+        if EVERY_STORE in leased:
+            log.warning("pruning left every store alone: a run is using the whole warehouse (pruned by a later prune)")
+            return pd.DataFrame(columns=["table", "store_id", "cutoff", "deleted"])
+        if leased:
+            log.warning("pruning left store(s) %s alone: a run is using them (pruned by a later prune)", ", ".join(sorted(leased)))
+        return _prune(wh, policy, frozenset(leased))
+
+
+def _prune(wh: Warehouse, policy: RetentionPolicy, leased: frozenset[str]) -> pd.DataFrame:
+    snapshots = wh.prune_snapshots(policy, leased)
     rows = [{"table": f"customer_profile_snapshots/{r.snapshot_type}", "store_id": r.store_id, "cutoff": r.cutoff, "deleted": r.deleted}
             for r in snapshots.itertuples()]
     cutoffs = {table: dated_cutoffs(wh, table, policy) for table in TABLE_RETENTION}
     with wh.engine.begin() as conn:
         for table, by_store in cutoffs.items():
             for store, (_, cutoff) in by_store.items():
-                rows.append({"table": table, "store_id": store, "cutoff": cutoff, "deleted": expire_dated_rows(wh, conn, table, store, cutoff)})
-        rows += _prune_models(wh, conn, policy)
+                if store not in leased:
+                    rows.append({"table": table, "store_id": store, "cutoff": cutoff, "deleted": expire_dated_rows(wh, conn, table, store, cutoff)})
+        rows += _prune_models(wh, conn, policy, leased)
         # Bookkeeping of snapshot dates no snapshot is kept of (a rewrite of such a date starts afresh).
         writes, snaps = wh.qualified("snapshot_writes"), wh.qualified("profile_snapshots")
         conn.execute(sa.text(f"DELETE FROM {writes} WHERE NOT EXISTS (SELECT 1 FROM {snaps} s "
-                             f"WHERE s.store_id = {writes}.store_id AND s.snapshot_date = {writes}.snapshot_date)"))
+                             f"WHERE s.store_id = {writes}.store_id AND s.snapshot_date = {writes}.snapshot_date)"
+                             + (f" AND store_id NOT IN ({', '.join(f':l{i}' for i in range(len(leased)))})" if leased else "")),
+                     {f"l{i}": s for i, s in enumerate(sorted(leased))})
     return pd.DataFrame(rows, columns=["table", "store_id", "cutoff", "deleted"])

@@ -598,17 +598,17 @@ class SnapshotStore:
                 rows.append({"store_id": store, "snapshot_type": snapshot_type, "newest": newest, "cutoff": cutoff, "expired": int(n)})
         return pd.DataFrame(rows, columns=["store_id", "snapshot_type", "newest", "cutoff", "expired"])
 
-    def prune_snapshots(self, policy) -> pd.DataFrame:
+    def prune_snapshots(self, policy, leased: frozenset[str] = frozenset()) -> pd.DataFrame:
         """Expire snapshots in bulk, per store and type, in one transaction; returns the counts (a row per type).
 
         An expired type's bit is cleared and a row left with no type is deleted. On a partitioned PostgreSQL
         table, a date partition whose every type is expired is dropped whole (its rows are counted first), and
         a partition whose rows were updated is rewritten after the commit (VACUUM FULL): an old date never
         receives new rows to reuse its dead versions' space, which doubled it for good (measured: 1,072 bytes
-        a row in the updated partitions, 538 in the others).
+        a row in the updated partitions, 538 in the others). The `leased` stores (a run uses them) are left alone.
         """
         table = self.qualified(SNAPSHOTS)
-        cutoffs = {key: cutoff for key, (_, cutoff) in self._snapshot_cutoffs(policy).items()}
+        cutoffs = {key: cutoff for key, (_, cutoff) in self._snapshot_cutoffs(policy).items() if key[0] not in leased}
         counts = {key: 0 for key in cutoffs}
         rewrite = []
         with self.engine.begin() as conn:
@@ -636,6 +636,8 @@ class SnapshotStore:
             # A layout goes with the last row that uses it (a scan of the store's rows, as the models' prune does).
             layouts = self.qualified(LAYOUTS)
             for store in conn.execute(sa.text(f"SELECT DISTINCT store_id FROM {layouts}")).scalars().all():
+                if store in leased:
+                    continue
                 used = conn.execute(sa.text(f"SELECT DISTINCT layout_id FROM {table} WHERE store_id = :s"), {"s": store}).scalars().all()
                 for table_ in (snapshot_layouts, snapshot_archetypes):
                     conn.execute(sa.delete(table_).where(table_.c.store_id == store, table_.c.layout_id.not_in(used)))

@@ -16,6 +16,7 @@ from quimbi_pipeline.defs.profiles.assets import DRIFT_STEP, PROFILES_KEY, SNAPS
 from quimbi_pipeline.defs.resources import WarehouseResource, size_thread_pools
 from quimbi_pipeline.run import run_drift_partition
 from quimbi_pipeline.settings import StoreSettings
+from quimbi_pipeline.storage.leases import hold, release
 
 DRIFT_KEYS = {name: dg.AssetKey(name) for name in ("customer_drift", "customer_axis_drift", "customer_drift_anomalies", "population_drift")}
 DRIFT_RANGE_CHECK = "drift_rows_valid"
@@ -69,7 +70,11 @@ def daily_drift(context: dg.AssetExecutionContext, config: DriftConfig, warehous
     settings = config.settings()  # per store: a store with ENABLE_DRIFT_ANALYSIS off is skipped
     wh = warehouse.open()
     try:
-        outcomes = run_drift_partition(wh, context.partition_key, settings, config.stores or None)
+        hold(wh, context.run.run_id, config.stores or None)  # taken by the profiles step already when it ran in this run
+        try:
+            outcomes = run_drift_partition(wh, context.partition_key, settings, config.stores or None)
+        finally:
+            release(wh, context.run.run_id)
         ok = [o for o in outcomes if o.ok and o.rows]
         try:  # after the stores' commits: a failure here cannot make a written store a failed one
             violations = sum(wh.drift_violations(o.store_id, context.partition_key) for o in ok)

@@ -22,6 +22,7 @@ from quimbi_pipeline.defs.resources import (
 from quimbi_pipeline.history.snapshots import snapshot_types_for
 from quimbi_pipeline.run import PartitionReport, run_profiles_partition
 from quimbi_pipeline.settings import ClusteringAlgorithm, StoreSettings
+from quimbi_pipeline.storage.leases import hold, release
 
 orders = dg.AssetSpec(
     "orders",
@@ -140,8 +141,16 @@ def daily_profiles(
     snapshot_types = snapshot_types_for(as_of) if SNAPSHOTS_KEY in selected else []
     wh = warehouse.open()
     try:
-        validated = orders_source.load(wh.url, settings.default.bad_rows)
-        report = run_profiles_partition(validated, as_of, wh, settings, config.stores or None, snapshot_types=snapshot_types)
+        # The run's lease on its stores (storage/leases.py): pruning leaves them alone until the drift step ends it.
+        hold(wh, context.run.run_id, config.stores or None)
+        try:
+            validated = orders_source.load(wh.url, settings.default.bad_rows)
+            report = run_profiles_partition(validated, as_of, wh, settings, config.stores or None, snapshot_types=snapshot_types)
+        except BaseException:  # the drift step will not run: the lease ends here
+            release(wh, context.run.run_id)
+            raise
+        if not drift_step_follows(context):
+            release(wh, context.run.run_id)
     finally:
         wh.dispose()
     flags = record_run_flags(context, settings, [o.store_id for o in report.outcomes])

@@ -20,8 +20,14 @@ from quimbi_pipeline.api import reads
 from quimbi_pipeline.api.access import Access, load_keys
 from quimbi_pipeline.api.app import create_app
 from quimbi_pipeline.api.direct_routes import DirectRoutes
-from quimbi_pipeline.api.routes import MAX_DAYS, MAX_ID_LENGTH, ROUTES, direct_route, direct_values
 from quimbi_pipeline.api.launch import LISTENING, local_server, tcp_sockets
+from quimbi_pipeline.api.routes import (
+    MAX_DAYS,
+    MAX_ID_LENGTH,
+    ROUTES,
+    direct_route,
+    direct_values,
+)
 from quimbi_pipeline.cli import main as quimbi
 from quimbi_pipeline.run import (
     drift_on_demand,

@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 
 from quimbi_pipeline.cli import main
-from quimbi_pipeline.settings import PipelineSettings, RetentionPolicy, environment_names
+from quimbi_pipeline.settings import (
+    PipelineSettings,
+    RetentionPolicy,
+    environment_names,
+)
 from quimbi_pipeline.settings.deployment import DEPLOYMENT_NAMES
 from quimbi_pipeline.settings.reference import groups, markdown
 from quimbi_pipeline.settings.sections import SECTIONS

@@ -65,3 +65,14 @@ def test_quimbi_run_over_60_demo_days_fills_the_drift_tables(tmp_path, monkeypat
     assert anomalies["description"].str.contains("; evidence: ").all()
     assert not wh.read_sql("SELECT * FROM population_drift WHERE as_of_date = '2026-10-31'").empty
     wh.dispose()
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_v_works_before_or_after_the_subcommand(sqlite_url, capsys, caplog, where):
+    """Every error says "(run with -v for details)"; `quimbi run ... -v` was refused ("unrecognized arguments")."""
+    args = ["run", "--from", "2026-10-31", "--to", "2026-10-31", "--orders", "demo:customers=50", "--warehouse", sqlite_url, "--stores", "nope"]
+    assert main(["-v", *args] if where == "before" else [*args, "-v"]) == 1
+    err = capsys.readouterr().err
+    assert "no orders for store(s) nope" in err and "(run with -v for details)" not in err
+    assert [r.exc_info is not None for r in caplog.records if r.getMessage() == "quimbi failed"] == [True]  # the details
+    assert main(args) == 1 and "(run with -v for details)" in capsys.readouterr().err

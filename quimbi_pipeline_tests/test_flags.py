@@ -60,7 +60,9 @@ stores:
 @pytest.mark.parametrize("text, message", [
     ("stores:\n  store_a:\n    CLUSTERING_ALGORITHM: kmeanz\n    ENABLE_ADVANCED_CLUSTERING: true\n", "'kmeans', 'hdbscan', 'gmm' or 'dbscan'"),
     ("stores:\n  store_a:\n    CLUSTERING_ALGORITHM: hdbscan\n", "CLUSTERING_ALGORITHM=hdbscan needs ENABLE_ADVANCED_CLUSTERING"),
-    ("defaults:\n  ENABLE_DRIFT: true\n", "unknown name(s) ['ENABLE_DRIFT']; valid:"),
+    ("defaults:\n  ENABLE_DRIFT: true\n", "defaults: unknown setting(s) ENABLE_DRIFT; names are as in the environment"),
+    ("stores:\n  s1:\n    ENABLE_TEMPORAL_SNAPSHOT: true\n    QUIMBI_NOPE: 1\n",
+     "stores.s1: unknown setting(s) ENABLE_TEMPORAL_SNAPSHOT (did you mean ENABLE_TEMPORAL_SNAPSHOTS?), QUIMBI_NOPE; names"),
     ("defaults:\n  QUIMBI_DBSCAN_EPS: -1\n", "QUIMBI_DBSCAN_EPS=-1: Input should be greater than 0"),
     ("other: 1\n", "top-level keys must be 'defaults' and 'stores'"),
     ("defaults: [1, 2\n", "cannot read"),

@@ -113,3 +113,15 @@ def test_pages_keep_to_the_keys_store_and_need_no_network(chromium, server):
     scripts = re.findall(r'<script src="([^"]+)"', page)
     assert scripts and all(src.startswith("/ui/static/") for src in scripts)  # every asset served by the app
     assert all(httpx.get(base + src).status_code == 200 for src in scripts)
+
+
+def test_the_api_docs_page_works_offline(chromium, server):
+    """/docs loaded Swagger UI from a CDN: blank without internet. Now its script, style and icon are the app's own,
+    and headless Chromium (no network) renders the operations."""
+    base, _ = server
+    page = httpx.get(f"{base}/docs").text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert assets and all(a.startswith("/ui/static/swagger/") for a in assets), assets
+    assert all(httpx.get(base + a).status_code == 200 for a in assets)
+    rendered = dom(chromium, f"{base}/docs")
+    assert "quimbi_pipeline read API" in rendered and "/stores/{store}/customers/{customer}/history" in rendered

@@ -20,7 +20,8 @@ import psycopg
 import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from quimbi_pipeline.api import reads
@@ -41,6 +42,7 @@ from quimbi_pipeline.storage import (
 )
 
 log = logging.getLogger("quimbi_pipeline.api")
+SWAGGER = "/ui/static/swagger"  # the vendored Swagger UI (pages.py mounts /ui/static)
 DATABASE_ERRORS = (sa.exc.DBAPIError, sqlite3.Error, psycopg.Error)
 
 
@@ -178,8 +180,14 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None, h
         yield
         warehouse.dispose()
 
-    app = FastAPI(title="quimbi_pipeline read API", version="1", description=__doc__.split("\n\n")[1], lifespan=lifespan)
+    app = FastAPI(title="quimbi_pipeline read API", version="1", description=__doc__.split("\n\n")[1], lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.warehouse = warehouse
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:  # Swagger UI from the app's own files (api/static/swagger): no CDN, works offline
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - docs", swagger_js_url=f"{SWAGGER}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{SWAGGER}/swagger-ui.css", swagger_favicon_url=f"{SWAGGER}/favicon-32x32.png")
 
     # The key and store check is async (no I/O but a 30-second store cache): a sync one costs a thread-pool hop per
     # request. The table's endpoints (routes.py) call it themselves rather than through Depends: FastAPI's

@@ -117,9 +117,12 @@ def read_flags_file(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[st
     def section(values, where: str) -> dict[str, Any]:
         if not isinstance(values, dict):
             raise ValueError(f"flags file {path}: {where} must be a mapping of NAME: value")
-        unknown = sorted(set(values) - set(names))
+        unknown = sorted(set(map(str, values)) - set(names))
         if unknown:
-            raise ValueError(f"flags file {path}: {where}: unknown name(s) {unknown}; valid: {sorted(names)}")
+            guesses = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.75))
+                       else name for name in unknown]
+            raise ValueError(f"flags file {path}: {where}: unknown setting(s) {', '.join(guesses)}; names are as in the environment "
+                             "(docs/settings.md, quimbi --help)")
         return {names[k]: v for k, v in values.items()}
 
     stores = doc.get("stores") or {}

@@ -51,8 +51,10 @@ test-all: install-dev
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 # The UI on http://localhost:$(PORT) (make dev PORT=3001). Runs launched from it use the demo's flags
-# (data/demo_flags.yaml, written by make demo) unless QUIMBI_FLAGS_FILE is set.
+# (data/demo_flags.yaml, written by make demo) unless QUIMBI_FLAGS_FILE is set, and its daily partitions span the
+# demo's dates (data/demo_partitions.env) unless QUIMBI_PARTITIONS_START is set.
 dev: install $(DAGSTER_HOME)/dagster.yaml
+	if [ -z "$${QUIMBI_PARTITIONS_START:-}" ] && [ -f data/demo_partitions.env ]; then set -a; . ./data/demo_partitions.env; set +a; fi; \
 	cd $(DAGSTER_HOME) && DAGSTER_HOME=$(DAGSTER_HOME) \
 	  QUIMBI_FLAGS_FILE=$${QUIMBI_FLAGS_FILE:-$$(test -f $(CURDIR)/data/demo_flags.yaml && echo $(CURDIR)/data/demo_flags.yaml)} \
 	  $(CURDIR)/$(BIN)/python -c '$(DAGSTER_DEV)' dev -w $(CURDIR)/workspace.yaml -p $(PORT)

@@ -58,9 +58,13 @@ def quiet_dagster_warnings() -> None:
         warnings.filterwarnings("ignore", category=category)
 
 
-def cover_partitions(start: pd.Timestamp) -> None:
+def cover_partitions(start: pd.Timestamp, end: pd.Timestamp | None = None) -> None:
     """Make the daily partitions start no later than `start` (QUIMBI_PARTITIONS_START), before the
-    definitions are loaded; if they are already loaded with a later start, say which setting to change."""
+    definitions are loaded; if they are already loaded with a later start, say which setting to change. A date
+    after QUIMBI_PARTITIONS_END (when set) is an error naming it."""
+    last = value("QUIMBI_PARTITIONS_END")
+    if end is not None and last and end > pd.Timestamp(last):
+        raise UserError(f"{end.date()} is after the last daily partition {last} (QUIMBI_PARTITIONS_END): unset it or set it later")
     configured = pd.Timestamp(value("QUIMBI_PARTITIONS_START"))
     if "quimbi_pipeline.defs.partitions" in sys.modules:
         from quimbi_pipeline.defs.partitions import daily_partitions
@@ -276,7 +280,7 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
     out = out or sys.stdout
     if end < start:
         raise SystemExit(f"--to {end.date()} is before --from {start.date()}")
-    cover_partitions(start)
+    cover_partitions(start, end)
     import dagster as dg
 
     quiet_dagster_warnings()
@@ -472,7 +476,11 @@ def _command(args) -> int:
     if args.command == "migrate":
         return migrate_warehouse(args.warehouse)
 
-    from quimbi_pipeline.run.demo_report import demo_report, write_demo_flags
+    from quimbi_pipeline.run.demo_report import (
+        demo_report,
+        write_demo_flags,
+        write_demo_partitions,
+    )
     from quimbi_pipeline.storage import default_warehouse_url, masked_url
 
     url = args.warehouse or default_warehouse_url()
@@ -480,6 +488,7 @@ def _command(args) -> int:
     os.environ["QUIMBI_FLAGS_FILE"] = str(flags_file)
     end = pd.Timestamp(DEMO_END)
     start = end - pd.Timedelta(days=max(args.days, 1) - 1)
+    write_demo_partitions(start, end)
     print(f"quimbi demo: demo orders {start.date()} .. {end.date()}, flags {', '.join(DEMO_FLAGS)} (file {flags_file}), warehouse {masked_url(url)}")
     preflight("demo", url, None)
     summary = execute_dates(start, end, orders="demo", warehouse=url, stores=None, log_level=level, progress=progress)

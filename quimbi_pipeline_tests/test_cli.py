@@ -76,3 +76,23 @@ def test_v_works_before_or_after_the_subcommand(sqlite_url, capsys, caplog, wher
     assert "no orders for store(s) nope" in err and "(run with -v for details)" not in err
     assert [r.exc_info is not None for r in caplog.records if r.getMessage() == "quimbi failed"] == [True]  # the details
     assert main(args) == 1 and "(run with -v for details)" in capsys.readouterr().err
+
+
+def test_the_demo_partitions_file_bounds_the_daily_partitions(tmp_path, monkeypatch):
+    """`make dev` sources data/demo_partitions.env (written by `quimbi demo`): the UI's partitions are the demo's dates,
+    not 2024 to today (97% 'missing'); the production default is unchanged."""
+    import os
+    import subprocess
+    import sys
+
+    from quimbi_pipeline.run.demo_report import write_demo_partitions
+
+    monkeypatch.setenv("QUIMBI_DATA_DIR", str(tmp_path))
+    path = write_demo_partitions(pd.Timestamp("2026-09-27"), pd.Timestamp("2026-10-31"))
+    env = dict(os.environ, **dict(line.split("=", 1) for line in path.read_text().split()))
+    code = "from quimbi_pipeline.defs.partitions import daily_partitions as p; k = p.get_partition_keys(); print(len(k), k[0], k[-1])"
+    bounded = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert bounded == ["35", "2026-09-27", "2026-10-31"]
+    default = {k: v for k, v in os.environ.items() if not k.startswith("QUIMBI_PARTITIONS_")}
+    first = subprocess.run([sys.executable, "-c", code], env=default, capture_output=True, text=True, check=True).stdout.split()[1]
+    assert first == "2024-01-01"

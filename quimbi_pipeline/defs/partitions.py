@@ -1,10 +1,15 @@
 """Partition definitions (outside defs/ so core-adjacent code and tests can import them cheaply)."""
 
 import dagster as dg
+import pandas as pd
 
 from quimbi_pipeline.settings.deployment import value
 
 # First partition (settings/deployment.py; the demo's orders start on 2024-01-01).
 PARTITIONS_START = value("QUIMBI_PARTITIONS_START")
 
-daily_partitions = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC")
+# Unset: up to today. Dagster's end date is exclusive: the day after the last.
+PARTITIONS_END = value("QUIMBI_PARTITIONS_END")
+daily_partitions = dg.DailyPartitionsDefinition(
+    start_date=PARTITIONS_START, timezone="UTC",
+    end_date=f"{pd.Timestamp(PARTITIONS_END) + pd.Timedelta(days=1):%Y-%m-%d}" if PARTITIONS_END else None)

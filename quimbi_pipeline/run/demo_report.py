@@ -11,6 +11,7 @@ import yaml
 from quimbi_pipeline.storage import Warehouse, data_dir, masked_url
 
 DEMO_FLAGS_FILE = "demo_flags.yaml"
+DEMO_PARTITIONS_FILE = "demo_partitions.env"
 
 
 def write_demo_flags(flags: dict[str, bool]) -> Path:
@@ -19,6 +20,14 @@ def write_demo_flags(flags: dict[str, bool]) -> Path:
     path = data_dir() / DEMO_FLAGS_FILE
     path.write_text("# Written by `quimbi demo`: the flags of the demo warehouse (make dev and make serve use this file).\n"
                     + yaml.safe_dump({"defaults": flags}, sort_keys=False))
+    return path
+
+
+def write_demo_partitions(start: pd.Timestamp, end: pd.Timestamp) -> Path:
+    """data/demo_partitions.env: `make dev` shows the Dagster UI's daily partitions over the demo's dates only (the
+    production default starts in 2024 and runs up to today: 97% of its partitions would show as missing)."""
+    path = data_dir() / DEMO_PARTITIONS_FILE
+    path.write_text(f"QUIMBI_PARTITIONS_START={start:%Y-%m-%d}\nQUIMBI_PARTITIONS_END={end:%Y-%m-%d}\n")
     return path
 
 

@@ -35,6 +35,8 @@ DEPLOYMENT = (
     DeploymentSetting("QUIMBI_FLAGS_FILE", None, "A YAML flags file: `defaults:` and `stores: {store_id: …}` sections of "
                       "the settings below, by their environment names (docs/flags.md)."),
     DeploymentSetting("QUIMBI_PARTITIONS_START", "2024-01-01", "First date of the Dagster daily partitions."),
+    DeploymentSetting("QUIMBI_PARTITIONS_END", None, "Last date of the Dagster daily partitions (`make dev` shows the demo's "
+                      "dates: it sets both from data/demo_partitions.env).", shown_default="unset: up to today"),
     DeploymentSetting("QUIMBI_STORE_BATCH_SIZE", "50", "Stores per run request of the daily schedule."),
     DeploymentSetting("QUIMBI_CONCURRENT_RUNS", None, "Runs sharing the machine at once (each run's threads are the cores "
                       "divided by it).", shown_default="the Dagster run queue's limit, else 1"),

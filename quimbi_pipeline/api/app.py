@@ -20,6 +20,7 @@ import psycopg
 import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
@@ -30,7 +31,13 @@ from quimbi_pipeline.api.direct_routes import DirectRoutes
 from quimbi_pipeline.api.log_text import loggable, one_line
 from quimbi_pipeline.api.models import Drift, Health, History, Population, Profile
 from quimbi_pipeline.api.pages import add_pages
-from quimbi_pipeline.api.routes import ID, add_routes, path_id, routing_path
+from quimbi_pipeline.api.routes import (
+    ID,
+    add_routes,
+    invalid_request,
+    path_id,
+    routing_path,
+)
 from quimbi_pipeline.settings import StoreSettings
 from quimbi_pipeline.settings.deployment import value
 from quimbi_pipeline.storage import (
@@ -265,6 +272,11 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None, h
         # The warehouse cannot be read (down, moved away, emptied): 503 with the reason in one line, logged once.
         log.error("%s %s: the warehouse cannot be read: %s", request.method, loggable(request.url.path), one_line(exc))
         return JSONResponse({"detail": f"the warehouse cannot be read: {one_line(exc)}"}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # One sentence an analyst reads once, not pydantic's error list (its regex patterns and ctx).
+        return JSONResponse({"detail": invalid_request(list(exc.errors()))}, status_code=422)
 
     for database_error in DATABASE_ERRORS:  # SQLAlchemy's, and the drivers' own (the hot reads use the driver directly)
         app.add_exception_handler(database_error, unavailable)

@@ -57,6 +57,16 @@ class QueryParam:
                       description=self.description)
         return Annotated[self.type | None if self.default is None else self.type, query]
 
+    def allowed(self) -> str:
+        """What the parameter takes, in words (the 422 answer's)."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.type is int:
+            return f"a whole number from {self.low} to {self.high}"
+        if self.type is date:
+            return f"a date (YYYY-MM-DD) from {self.low} to {self.high}"
+        return "text"
+
     def direct_value(self, query: dict[str, str]) -> tuple[bool, Any]:
         """(well-formed, value) of the parameter in a query string, as the direct path takes it: strict forms only;
         anything else goes to FastAPI, which answers it as documented."""
@@ -115,6 +125,22 @@ ROUTES = (
           (_days(28), SNAPSHOT_TYPE)),
 )
 ID = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern="^[^\x00]+$")]  # PostgreSQL text holds no NUL
+
+
+PATH_ID_ALLOWED = f"1 to {MAX_ID_LENGTH} characters, no NUL (a / in an id is sent as %2F)"
+
+
+def invalid_request(errors: list[dict]) -> str:
+    """FastAPI's validation errors as one sentence naming each parameter and what it takes (from the table)."""
+    params = {q.name: q for route in ROUTES for q in route.query}
+    parts = []
+    for error in errors:
+        loc = tuple(error.get("loc") or ())
+        where, name = (loc[0], str(loc[1])) if len(loc) >= 2 else ("", "request")
+        given = error.get("input")
+        allowed = PATH_ID_ALLOWED if where == "path" else params[name].allowed() if name in params else error.get("msg", "invalid")
+        parts.append(f"{name} must be {allowed}" + (f" (got {given!r})" if isinstance(given, str) and len(given) <= 40 else ""))
+    return "; ".join(dict.fromkeys(parts)) + "."
 
 
 def routing_path(scope) -> str:

@@ -430,8 +430,8 @@ def anomalies_at(history: MembershipHistory, as_of: pd.Timestamp) -> pd.DataFram
         # spike) or gone at D (a reversal); a model's movement or a customer's noise is not one.
         sudden = at_d[(step[at_d] > SUDDEN_DRIFT) & (gap_days[at_d] <= SUDDEN_DRIFT_DAYS) & h.new_change(source, at_d, at_d - 1)]
         frames.append(_anomaly_rows(h, sudden, axis, "sudden_drift", step[sudden],
-                                    axis + " memberships moved " + pd.Series(_num(step[sudden], 3)).astype(str)
-                                    + " in " + pd.Series(gap_days[sudden].astype(int)).astype(str) + " days"))
+                                    axis + ": moved " + pd.Series(np.round(100 * step[sudden]).astype(int)).astype(str)
+                                    + "% of the way to another segment in " + _days_text(gap_days[sudden])))
 
         # Reversal: runs of equal dominant segment; the run starting at D returns to the segment of two runs back.
         run_start = np.flatnonzero(~same_customer | (dom != np.r_[-2, dom[:-1]]))
@@ -450,8 +450,7 @@ def anomalies_at(history: MembershipHistory, as_of: pd.Timestamp) -> pd.DataFram
         rows, b_start = rows[is_rev], b_start[is_rev]
         frames.append(_anomaly_rows(h, rows, axis, "reversal", step[rows], evidence_rows=b_start, description=
                                     axis + ": " + pd.Series(names[dom[rows]]).astype(str) + " -> " + pd.Series(names[dom[b_start]]).astype(str)
-                                    + " -> " + pd.Series(names[dom[rows]]).astype(str) + " within "
-                                    + pd.Series((h.day[rows] - h.day[b_start]).astype(int)).astype(str) + " days"))
+                                    + " -> " + pd.Series(names[dom[rows]]).astype(str) + " within " + _days_text(h.day[rows] - h.day[b_start])))
 
         # Velocity spike: the pace of the last 7 days against the customer's pace over the 90 days before.
         rows, ratio, recent, reference = _velocity_spikes(h, code, first, cols, d)
@@ -460,12 +459,25 @@ def anomalies_at(history: MembershipHistory, as_of: pd.Timestamp) -> pd.DataFram
             new = ~np.isin(code[rows], code[yesterday]) & h.new_change(source, rows, reference)  # once, on the day it starts
             rows, ratio, recent = rows[new], ratio[new], recent[new]
         frames.append(_anomaly_rows(h, rows, axis, "velocity_spike", np.minimum(1.0, ratio / (2 * VELOCITY_SPIKE_RATIO)),
-                                    axis + " moving " + pd.Series(np.where(np.isfinite(ratio), np.round(ratio, 1).astype(str) + "x its usual pace", "after a standstill"))
-                                    + " ("
-                                    + pd.Series(_num(recent, 4)).astype(str) + "/day over the last " + str(VELOCITY_RECENT_DAYS) + " days)"))
+                                    axis + ": moved " + pd.Series(np.round(100 * recent * VELOCITY_RECENT_DAYS).astype(int)).astype(str)
+                                    + f"% of the way to another segment over the last {VELOCITY_RECENT_DAYS} days, " + pd.Series(_pace_text(ratio))))
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[c for c in ANOMALY_COLUMNS if c != "as_of_date"])
     out.insert(1, "as_of_date", as_of_text)
     return out[ANOMALY_COLUMNS].sort_values(["customer_id", "anomaly_type", "axis"], kind="stable").reset_index(drop=True)
+
+
+def _days_text(days: np.ndarray) -> pd.Series:
+    """Whole days in words: "1 day", "12 days"."""
+    n = np.asarray(days).astype(int)
+    return pd.Series(n.astype(str)) + np.where(n == 1, " day", " days")
+
+
+def _pace_text(ratio: np.ndarray) -> np.ndarray:
+    """How much faster than before, in words: a pace against a near-standstill is no useful ratio (108122.4x)."""
+    still = ~np.isfinite(ratio) | (ratio >= 20)
+    times = np.round(np.where(still, 0.0, ratio)).astype(int).astype(str)
+    return np.where(still, f"after barely moving in the {VELOCITY_BASELINE_DAYS} days before",
+                    np.char.add(times.astype(str), f" times its pace of the {VELOCITY_BASELINE_DAYS} days before").astype(object))
 
 
 def _velocity_spikes(h: MembershipHistory, code: np.ndarray, first: np.ndarray, cols: np.ndarray, d: int):

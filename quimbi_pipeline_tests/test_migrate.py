@@ -41,11 +41,11 @@ LEGACY_RUN = """
 import sys
 import quimbi_pipeline
 assert quimbi_pipeline.__file__.startswith(sys.argv[2]), quimbi_pipeline.__file__
-from quimbi_pipeline.sources.demo import generate_demo
-from quimbi_pipeline.sources.orders import validate_orders
-from quimbi_pipeline.run import run_drift_partition, run_profiles_partition
+from quimbi_pipeline.demo import generate_demo
+from quimbi_pipeline.orders import validate_orders
+from quimbi_pipeline.pipeline import run_drift_partition, run_profiles_partition
 from quimbi_pipeline.settings import PipelineSettings
-from quimbi_pipeline.storage import Warehouse
+from quimbi_pipeline.warehouse import Warehouse
 settings = PipelineSettings(enable_drift_analysis=True, enable_outlier_detection=True, drift_windows=(7, 28), snapshot_on_profile_change=True)
 validated = validate_orders(generate_demo(**{demo}).orders)
 wh = Warehouse(sys.argv[1])
@@ -123,7 +123,12 @@ def test_an_earlier_version_warehouse_migrates_to_what_this_version_writes(commi
     if migrated.is_postgres and commit == ROW_PER_TYPE_COMMIT:  # the flags' date partitions became one table, as this version creates it
         assert "its date partitions became one table" in printed
         assert "customer_outlier_flags" not in migrated.partitioned and not migrated.date_partitions("customer_outlier_flags")
-    assert_same_tables(expected, analyst_tables(migrated))
+    found = analyst_tables(migrated)
+    # An anomaly's description is in the words of the version that wrote it: migration keeps the old rows' words
+    # (this version's wording changed since these commits). Every other value is the same.
+    old_words, new_words = (frame.pop("description") for frame in (found["customer_drift_anomalies"], expected["customer_drift_anomalies"]))
+    assert (old_words.str.len() > 0).all() and len(old_words) == len(new_words)
+    assert_same_tables(expected, found)
     for table in ("customer_snapshot_history", "outlier_rates"):
         pd.testing.assert_frame_equal(expected[table], analyst_tables(migrated)[table])
     migrated.dispose()

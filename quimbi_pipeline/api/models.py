@@ -68,9 +68,14 @@ class Drift(BaseModel):
     analysis_window: str
     as_of_date: str
     computed_on_demand: bool = Field(description="true: a past date computed from the snapshots; false: the stored current state")
-    overall_drift: float
-    drift_velocity: float
-    predicted_30d_drift: float
+    overall_drift: float = Field(description="the mean over the axes of each axis' drift_score in the window (0 = the same memberships "
+                                             "at its start and end, 1 = moved entirely to another segment); a mean hides one axis "
+                                             "moving alone (0.99 on one of six axes reads 0.17): axis_drift has each axis")
+    drift_velocity: float = Field(description="overall_drift per day between the window's first and last snapshot")
+    predicted_30d_drift: float = Field(description="how far the memberships would move in the next 30 days if each axis kept the "
+                                                   "straight-line trend of the window's snapshots (memberships extrapolated along their "
+                                                   "least-squares slopes, clipped at 0, renormalized), mean over the axes, 0..1: a trend "
+                                                   "carried forward, not a forecast model")
     churn_risk_trend: float = Field(description="last - first churn_risk_score in the window")
     start_date: str
     end_date: str

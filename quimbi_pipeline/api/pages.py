@@ -31,7 +31,8 @@ EXPLAIN = {
     "drift": "How far the customer's segment memberships moved over the window: 0 = the same memberships at its start and "
              "end, 1 = moved entirely from one segment to another. A direction (improving, degrading) needs a change detected in "
              "the customer's own orders on that axis, which the anomalies and recommendations name as their evidence.",
-    "overall_drift": "The mean of the axes' drift scores over the window.",
+    "overall_drift": "The mean of the axes' drift scores over the window: one axis moving alone shows as a small mean (0.99 on "
+                     "one of six axes reads 0.17), so each axis is listed too.",
     "archetype": "The combination of the customer's dominant segments on every axis; level 1 is the worst rung on every axis, 5 the best.",
     "population_drift": "Total variation between the store's dominant-segment shares now and on the reference date: 0 = the same "
                         "mix of customers, 1 = an entirely different one.",

@@ -1,14 +1,16 @@
-"""A small store's daily partition on a quiet machine and beside two CPU-bound processes (threads.py's target: <= 2x).
+"""A store's daily partition on a quiet machine and beside two CPU-bound processes (the target: <= 2x quiet).
 
-    .venv/bin/python benchmarks/busy.py [--customers 1000] [--repeats 3]
+    .venv/bin/python benchmarks/busy.py [--customers 1000 3000 30000 300000] [--repeats 3]
 
-Prints the median seconds of the profiles partition (every flag off, SQLite) quiet and busy, and the ratio.
+Prints, per store size, the median seconds of the profiles partition (every flag off, SQLite) quiet and busy, and
+the ratio. OMP_WAIT_POLICY in the environment overrides the package's default (PASSIVE), to compare the two.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -41,22 +43,24 @@ def timed_runs(validated, repeats: int) -> list[float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--customers", type=int, default=1000)
+    parser.add_argument("--customers", type=int, nargs="+", default=[1000])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    validated = validate_orders(generate_demo(n_customers=args.customers, n_stores=1, seed=3).orders)
-    quiet = timed_runs(validated, args.repeats)
-    hogs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(2)]
-    try:
-        time.sleep(1)
-        busy = timed_runs(validated, args.repeats)
-    finally:
-        for hog in hogs:
-            hog.kill()
-    q, b = statistics.median(quiet), statistics.median(busy)
-    print(f"{args.customers} customers, profiles partition: quiet {q:.2f} s (runs {', '.join(f'{x:.2f}' for x in quiet)}), "
-          f"beside 2 CPU-bound processes {b:.2f} s (runs {', '.join(f'{x:.2f}' for x in busy)}): {b / q:.2f}x")
+    for customers in args.customers:
+        validated = validate_orders(generate_demo(n_customers=customers, n_stores=1, seed=3).orders)
+        quiet = timed_runs(validated, args.repeats)
+        hogs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(2)]
+        try:
+            time.sleep(1)
+            busy = timed_runs(validated, args.repeats)
+        finally:
+            for hog in hogs:
+                hog.kill()
+        q, b = statistics.median(quiet), statistics.median(busy)
+        print(f"{customers} customers, profiles partition: quiet {q:.2f} s (runs {', '.join(f'{x:.2f}' for x in quiet)}), "
+              f"beside 2 CPU-bound processes {b:.2f} s (runs {', '.join(f'{x:.2f}' for x in busy)}): {b / q:.2f}x "
+              f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})", flush=True)
     return 0
 
 

@@ -179,9 +179,7 @@ def serve(warehouse: str | None, host: str | None, port: int, workers: int = 1, 
         host, how = "127.0.0.1", "no API keys (QUIMBI_API_KEYS unset): localhost only, every store"
     else:
         host, how = host or "0.0.0.0", f"{len(access.keys)} API key(s) from {os.environ['QUIMBI_API_KEYS']}"
-    if allow_hosts:
-        os.environ["QUIMBI_API_ALLOWED_HOSTS"] = ",".join(filter(None, [os.environ.get("QUIMBI_API_ALLOWED_HOSTS"), *allow_hosts]))
-    hosts = served_hosts(host) if access.open else None
+    hosts = served_hosts(host, extra=allow_hosts or ()) if access.open else None
     try:
         app = create_app(url, access, hosts)
         with app.state.warehouse.engine.connect() as conn:
@@ -294,7 +292,7 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
     )
     from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
     from quimbi_pipeline.sources.orders import one_version
-    from quimbi_pipeline.storage import Warehouse, resolve_warehouse_url
+    from quimbi_pipeline.storage import Warehouse
     from quimbi_pipeline.storage.leases import run_lease
 
     job = defs.resolve_job_def(DAILY_PIPELINE_JOB)
@@ -318,7 +316,7 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
     uri = orders or value("QUIMBI_ORDERS")
     first_order = _first_order_day(uri)
     started_all = time.perf_counter()
-    lease_wh = Warehouse(resolve_warehouse_url(warehouse))
+    lease_wh = Warehouse(warehouse)  # the URL as the job resolves it (the environment was set above)
     try:
         # Every date reads the version of the orders file the run started with, and pruning leaves the run's stores
         # alone until it ends (storage/leases.py).

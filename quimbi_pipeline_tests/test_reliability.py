@@ -8,6 +8,7 @@ the previous rows and a re-run equals a clean run; the warehouse password never 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -428,7 +429,7 @@ def test_an_orders_file_replaced_during_a_run_fails_the_remaining_dates(tmp_path
         return result
 
     monkeypatch.setattr(dg.JobDefinition, "execute_in_process", then_replace)
-    out = __import__("io").StringIO()
+    out = io.StringIO()
     summary: RunSummary = execute_dates(pd.Timestamp("2026-10-29"), pd.Timestamp("2026-10-31"), orders=str(path), warehouse=sqlite_url,
                                         stores=None, out=out)
     assert (summary.dates_ok, summary.dates_failed) == (["2026-10-29"], ["2026-10-30", "2026-10-31"])
@@ -641,7 +642,7 @@ def test_a_prune_beside_a_run_changes_none_of_its_results(tmp_path, warehouse_ur
     for name, value in {"ENABLE_DRIFT_ANALYSIS": "1", "ENABLE_OUTLIER_DETECTION": "1", "QUIMBI_DRIFT_WINDOWS": "7,28"}.items():
         monkeypatch.setenv(name, value)
     orders = "demo:customers=150,stores=2,seed=12"
-    out = __import__("io").StringIO()
+    out = io.StringIO()
 
     def history_then_run(url: str, beside) -> dict:
         assert not execute_dates(pd.Timestamp("2026-10-20"), pd.Timestamp("2026-10-28"), orders=orders, warehouse=url, stores=None, out=out).dates_failed

@@ -13,11 +13,10 @@ from quimbi_pipeline.cli import main
 from quimbi_pipeline.settings import (
     PipelineSettings,
     RetentionPolicy,
-    environment_names,
 )
-from quimbi_pipeline.settings.deployment import DEPLOYMENT_NAMES
 from quimbi_pipeline.settings.reference import groups, markdown
 from quimbi_pipeline.settings.sections import SECTIONS
+from quimbi_pipeline.settings.store import known_environment_names
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
 
@@ -28,8 +27,7 @@ def test_docs_settings_md_is_the_generated_reference():
 
 def test_every_setting_read_from_the_environment_is_documented_once():
     documented = [name for _, rows in groups() for name, _, meaning in rows if meaning]
-    expected = set(environment_names()) | set(DEPLOYMENT_NAMES) | {RetentionPolicy.env_name(f) for f in RetentionPolicy.model_fields}
-    assert sorted(documented) == sorted(expected)
+    assert sorted(documented) == sorted(known_environment_names())
 
 
 def test_every_field_of_the_pipeline_settings_belongs_to_one_section():

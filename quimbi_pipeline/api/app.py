@@ -36,7 +36,6 @@ from quimbi_pipeline.api.routes import (
     add_routes,
     invalid_request,
     path_id,
-    routing_path,
 )
 from quimbi_pipeline.settings import StoreSettings
 from quimbi_pipeline.settings.deployment import value
@@ -157,8 +156,6 @@ class ReadApi:
         self.asgi = AccessLog(inner if hosts is None else HostCheck(inner, hosts))
 
     async def __call__(self, scope, receive, send):  # async: servers and test clients tell ASGI 3 apps by it
-        if scope["type"] == "http" and b"%" in (scope.get("raw_path") or b""):
-            scope = {**scope, "path": routing_path(scope)}  # an id's encoded "/" stays inside its segment
         await self.asgi(scope, receive, send)
 
 
@@ -293,11 +290,11 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None, h
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def served_hosts(listen_host: str | None = None, environ=None) -> frozenset[str]:
-    """The Host names an open server answers: the local names, the address it listens on, and
-    QUIMBI_API_ALLOWED_HOSTS (comma-separated)."""
-    extra = value("QUIMBI_API_ALLOWED_HOSTS", environ) or ""
-    return LOCAL_HOSTS | {h.strip().lower() for h in extra.split(",") if h.strip()} | ({listen_host.lower()} if listen_host else set())
+def served_hosts(listen_host: str | None = None, environ=None, extra=()) -> frozenset[str]:
+    """The Host names an open server answers: the local names, the address it listens on, QUIMBI_API_ALLOWED_HOSTS
+    (comma-separated) and `extra` (quimbi serve --allow-host)."""
+    names = [*(value("QUIMBI_API_ALLOWED_HOSTS", environ) or "").split(","), *extra, listen_host or ""]
+    return LOCAL_HOSTS | {h.strip().lower() for h in names if h.strip()}
 
 
 def app_from_env() -> ReadApi:

@@ -24,7 +24,13 @@ from starlette.responses import Response
 
 from quimbi_pipeline.api.access import request_key
 from quimbi_pipeline.api.log_text import loggable, one_line
-from quimbi_pipeline.api.routes import Answer, Grant, direct_route, direct_values
+from quimbi_pipeline.api.routes import (
+    Answer,
+    Grant,
+    direct_route,
+    direct_values,
+    routing_path,
+)
 
 log = logging.getLogger("quimbi_pipeline.api")
 
@@ -37,6 +43,10 @@ class DirectRoutes:
         self.app, self.grant, self.answers = app, grant, answers
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            path = routing_path(scope)
+            if path is not scope["path"]:  # an id's encoded "/" stays inside its segment, for this and the routes behind
+                scope = {**scope, "path": path}
         response = await self.answer(scope) if scope["type"] == "http" and scope["method"] == "GET" else None
         if response is None:
             await self.app(scope, receive, send)

@@ -127,12 +127,13 @@ ROUTES = (
 ID = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern="^[^\x00]+$")]  # PostgreSQL text holds no NUL
 
 
+_QUERY_PARAMS = {q.name: q for route in ROUTES for q in route.query}  # a name means one parameter in every route
 PATH_ID_ALLOWED = f"1 to {MAX_ID_LENGTH} characters, no NUL (a / in an id is sent as %2F)"
 
 
 def invalid_request(errors: list[dict]) -> str:
     """FastAPI's validation errors as one sentence naming each parameter and what it takes (from the table)."""
-    params = {q.name: q for route in ROUTES for q in route.query}
+    params = _QUERY_PARAMS
     parts = []
     for error in errors:
         loc = tuple(error.get("loc") or ())
@@ -146,7 +147,7 @@ def invalid_request(errors: list[dict]) -> str:
 def routing_path(scope) -> str:
     """The path routing matches: as received, but a %2F inside a segment stays inside it (ENCODED_SLASH)."""
     raw = scope.get("raw_path") or b""
-    if b"%2f" not in raw.lower():
+    if b"%2F" not in raw and b"%2f" not in raw:  # the usual request: its path object as it is
         return scope["path"]
     return "/".join(unquote(s).replace("/", ENCODED_SLASH) for s in raw.split(b"?", 1)[0].decode("latin-1").split("/"))
 

@@ -477,7 +477,7 @@ def _pace_text(ratio: np.ndarray) -> np.ndarray:
     still = ~np.isfinite(ratio) | (ratio >= 20)
     times = np.round(np.where(still, 0.0, ratio)).astype(int).astype(str)
     return np.where(still, f"after barely moving in the {VELOCITY_BASELINE_DAYS} days before",
-                    np.char.add(times.astype(str), f" times its pace of the {VELOCITY_BASELINE_DAYS} days before").astype(object))
+                    np.char.add(times, f" times its pace of the {VELOCITY_BASELINE_DAYS} days before").astype(object))
 
 
 def _velocity_spikes(h: MembershipHistory, code: np.ndarray, first: np.ndarray, cols: np.ndarray, d: int):

@@ -95,31 +95,34 @@ class ChurnModel:
     gg: btyd.GammaGammaParams | None
     notes: list[str] = field(default_factory=list)
 
+    def use_default(self, why: str) -> None:
+        """The fitted modified BG/NBD cannot be used (`why`): the default parameters (CDNOW's fit) instead, noted."""
+        self.notes.append(f"{why}: default parameters (CDNOW's fit) used instead")
+        self.bg = DEFAULT_MBGNBD
+
 
 def fit_churn_model(features: pd.DataFrame, settings: PipelineSettings, store_id: str = "") -> ChurnModel:
     """Modified BG/NBD on every customer with a purchase (the dead inform the dropout rate), and Gamma-Gamma on repeat buyers."""
-    notes = []
     x, t_x, T = features["btyd_x"].to_numpy(), features["btyd_t_x"].to_numpy(), features["btyd_T"].to_numpy()
     if len(features) < settings.btyd_min_customers or x.sum() == 0 or T.max() <= 0:
-        notes.append(f"{len(features)} customers / {int((x > 0).sum())} repeat buyers: too few for a BTYD fit, default modified BG/NBD parameters used")
-        bg = DEFAULT_MBGNBD
+        model = ChurnModel(DEFAULT_MBGNBD, None, [f"{len(features)} customers / {int((x > 0).sum())} repeat buyers: too few for a "
+                                                  "BTYD fit, default modified BG/NBD parameters used"])
     else:
         bg = btyd.fit_mbgnbd(x, t_x, T, sample_size=settings.btyd_fit_sample_size, random_state=settings.random_state)
+        model = ChurnModel(bg, None)
         if not bg.converged:
-            notes.append(f"modified BG/NBD fit did not converge (r={bg.r:.4g}, alpha={bg.alpha:.4g}, a={bg.a:.4g}, b={bg.b:.4g}): "
-                         "default parameters (CDNOW's fit) used instead")
-            bg = DEFAULT_MBGNBD
+            model.use_default(f"modified BG/NBD fit did not converge (r={bg.r:.4g}, alpha={bg.alpha:.4g}, a={bg.a:.4g}, b={bg.b:.4g})")
     try:
         gg = btyd.fit_gamma_gamma(x, features["btyd_monetary"].to_numpy(), sample_size=settings.btyd_fit_sample_size, random_state=settings.random_state)
         if gg.q <= 1:
-            notes.append(f"Gamma-Gamma q={gg.q:.3f} <= 1 has no finite mean: customers' own average order value used for LTV")
-            gg = None
+            model.notes.append(f"Gamma-Gamma q={gg.q:.3f} <= 1 has no finite mean: customers' own average order value used for LTV")
+        else:
+            model.gg = gg
     except ValueError as exc:
-        notes.append(f"Gamma-Gamma not fitted ({exc}): customers' own average order value used for LTV")
-        gg = None
-    for note in notes:
+        model.notes.append(f"Gamma-Gamma not fitted ({exc}): customers' own average order value used for LTV")
+    for note in model.notes:
         log.warning("store %s churn model: %s", store_id, note)
-    return ChurnModel(bg, gg, notes)
+    return model
 
 
 def contradictory(no_purchase: np.ndarray, expected_h: np.ndarray, expected: np.ndarray) -> np.ndarray:
@@ -148,11 +151,9 @@ def score_churn(model: ChurnModel, features: pd.DataFrame, settings: PipelineSet
         expected = btyd.mbgnbd_expected_purchases(model.bg, settings.ltv_horizon_days * WEEKS_PER_DAY, x, t_x, T)
     bad = contradictory(no_purchase, expected_h, expected)
     if bad.any() and model.bg is not DEFAULT_MBGNBD:
-        note = (f"the fitted modified BG/NBD (r={model.bg.r:.4g}, alpha={model.bg.alpha:.4g}, a={model.bg.a:.4g}, b={model.bg.b:.4g}) "
-                f"gives {int(bad.sum())} customer(s) contradictory churn scores: default parameters (CDNOW's fit) used instead")
-        log.warning("churn model: %s", note)
-        model.notes.append(note)
-        model.bg = DEFAULT_MBGNBD
+        model.use_default(f"the fitted modified BG/NBD (r={model.bg.r:.4g}, alpha={model.bg.alpha:.4g}, a={model.bg.a:.4g}, "
+                          f"b={model.bg.b:.4g}) gives {int(bad.sum())} customer(s) contradictory churn scores")
+        log.warning("churn model: %s", model.notes[-1])
         return score_churn(model, features, settings)
     if bad.any():
         log.warning("churn scores not finite under the default parameters for %d customer(s): scored as lapsing", int(bad.sum()))

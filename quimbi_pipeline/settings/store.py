@@ -25,11 +25,16 @@ from quimbi_pipeline.settings.retention import RetentionPolicy
 log = logging.getLogger("quimbi_pipeline.settings")
 
 
+def known_environment_names() -> set[str]:
+    """Every setting read from the environment: the computation's, retention's and the deployment's."""
+    return set(environment_names()) | set(DEPLOYMENT_NAMES) | {RetentionPolicy.env_name(f) for f in RetentionPolicy.model_fields}
+
+
 def unknown_environment(environ: dict[str, str] | None = None) -> list[tuple[str, str | None]]:
     """ENABLE_* / QUIMBI_* / CLUSTERING_* / DYNAMIC_* variables this project does not read, each with the
     closest known name (a typo such as ENABLE_TEMPORAL_SNAPSHOT would otherwise be silently ignored)."""
     env = os.environ if environ is None else environ
-    known = set(environment_names()) | set(DEPLOYMENT_NAMES) | {RetentionPolicy.env_name(f) for f in RetentionPolicy.model_fields}
+    known = known_environment_names()
     prefixes = ("ENABLE_", "QUIMBI_", "CLUSTERING_", "DYNAMIC_K")
     unknown = sorted(n for n in env if n.startswith(prefixes) and n not in known)
     return [(n, next(iter(difflib.get_close_matches(n, sorted(known), n=1, cutoff=0.75)), None)) for n in unknown]

@@ -70,6 +70,14 @@ class ValidatedOrders:
         return sorted(self.orders["store_id"].unique().tolist())
 
 
+CSV_SUFFIXES = (".csv", ".csv.gz", ".txt")
+
+
+def file_suffix(path: Path) -> str:
+    """A source file's kind: its suffix, with .gz's the one before it (".csv.gz")."""
+    return "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
+
+
 def read_orders_source(uri: str, warehouse_url: str | None = None) -> pd.DataFrame:
     """Read raw rows from a source URI (no validation)."""
     if uri == "demo" or uri.startswith("demo:"):
@@ -81,8 +89,8 @@ def read_orders_source(uri: str, warehouse_url: str | None = None) -> pd.DataFra
     path = Path(uri)
     if not path.exists():
         raise OrdersSourceError(f"orders source {uri!r}: file not found (expected a CSV/Parquet path, sql:<table> or demo)")
-    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
-    if suffix in (".csv", ".csv.gz", ".txt"):
+    suffix = file_suffix(path)
+    if suffix in CSV_SUFFIXES:
         return read_orders_csv(path)
     try:
         if suffix in (".parquet", ".pq"):
@@ -359,7 +367,8 @@ def validate_orders(raw: pd.DataFrame, *, now: pd.Timestamp | None = None, bad_r
 
 def load_orders(uri: str, *, warehouse_url: str | None = None, now: pd.Timestamp | None = None, bad_rows: str = "reject_store") -> ValidatedOrders:
     """A source read and validated; order_ts in the format QUIMBI_ORDER_TS_FORMAT names (ISO 8601 when unset)."""
-    first_line = 2 if Path(uri).suffix.lower() in (".csv", ".txt", ".gz") and not uri.startswith(("sql:", "demo")) else None
+    csv = not uri.startswith(("sql:", "demo")) and file_suffix(Path(uri)) in CSV_SUFFIXES
+    first_line = 2 if csv else None  # a CSV's data rows start on line 2: problems name lines
     validated = validate_orders(read_orders_source(uri, warehouse_url), now=now, bad_rows=bad_rows,
                                 ts_format=deployment.value(TS_FORMAT_SETTING), first_line=first_line)
     release_memory()  # the raw rows are gone: their pages too

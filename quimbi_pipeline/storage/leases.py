@@ -30,7 +30,6 @@ LEASE_HOURS = 12
 PRUNE_MINUTES = 60
 EVERY_STORE = "*"
 PRUNING = "!prune"  # the store_id of a prune's mark
-_LOCK_KEY = 0x7175_696D_6269  # PostgreSQL advisory lock of lease changes ("quimbi")
 
 run_leases = sa.Table(
     "run_leases", metadata,
@@ -47,7 +46,7 @@ def _now() -> datetime.datetime:
 def _locked(wh, conn: sa.Connection) -> None:
     """Serialize lease changes with a prune's start (see the module's docstring); expired leases go."""
     if wh.is_postgres:
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('quimbi.leases'))"))  # named as the schema's and partitions' locks
     conn.execute(run_leases.delete().where(run_leases.c.expires_at < _now()))  # on SQLite the write lock from here on
 
 

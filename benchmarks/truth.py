@@ -1,9 +1,12 @@
 """How good are the signals? Every figure of issue 11 in one run, each beside the simplest baseline.
 
-    .venv/bin/python benchmarks/truth.py [--customers 800] [--skip-planted] [--skip-cdnow-drift]
+    .venv/bin/python benchmarks/truth.py [--customers 800] [--skip-planted] [--skip-cdnow-drift] [--churn-only]
 
 1. churn_risk_score on the real CDNOW holdout (calibrate to 1997-09-30): ROC AUC for lapsing beside
    recency and RFM quintiles, levels against observed lapse, one-time buyers, aggregate forecast.
+1b, 1c. churn and the next order's date on young stores (young.py) and on CDNOW cut after 2 and 3 months
+   (all customers and 200-customer samples), and the mature holdouts, beside recency, silence over the
+   customer's usual gap, RFM, a logistic regression on log RFM and the previous BG/NBD model.
 2. Drift, anomalies, recommendations on planted changes (planted.py), the real pipeline every day:
    this project's flags (ENABLE_DRIFT_ANALYSIS, which brings stable segments and change detection)
    beside the plan's flags alone (snapshots + drift over the original yearly features) and beside an
@@ -31,10 +34,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quimbi_pipeline.evaluation.churn import evaluate_churn  # noqa: E402
+from quimbi_pipeline.evaluation.churn import evaluate_churn, sample_customers  # noqa: E402
 from quimbi_pipeline.evaluation.detection_bound import known_change_bound  # noqa: E402
 from quimbi_pipeline.evaluation.outliers import evaluate_containment  # noqa: E402
 from quimbi_pipeline.evaluation.planted import generate_planted  # noqa: E402
+from quimbi_pipeline.evaluation.young import generate_young  # noqa: E402
 from quimbi_pipeline.evaluation.signals import analyst_baseline, evaluate, run_days  # noqa: E402
 from quimbi_pipeline.model.profiles import build_store_profiles, customer_features  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
@@ -64,19 +68,48 @@ def churn() -> None:
               f"{e.repeat_buyers_above_median_one_time}; forecast {e.forecast:.0f} vs actual {e.actual} purchase days ({e.forecast_bias:+.1%})")
 
 
-HOLDOUTS = (("1997-06-30", (90, 180, 273)), ("1997-09-30", (90, 180, 273)), ("1997-12-31", (90, 180)), ("1998-03-31", (90,)))
+def _churn_row(name: str, e, extra: str = "") -> str:
+    a = e.auc
+    return (f"| {name} | {e.customers} | {e.lapse_rate:.2f} | {a['churn_risk_score']:.3f} | {a['previous_model']:.3f} | {a['recency']:.3f} | "
+            f"{a['silence_over_usual_gap']:.3f} | {a['rfm_quintiles']:.3f} | {a['rfm_logistic']:.3f} | {e.mean_risk_lapsed:.2f} / {e.mean_risk_kept:.2f} "
+            f"| {e.mean_risk:.2f} | {e.next_order_mae['model']:.1f} | {e.next_order_mae['naive']:.1f} / {e.next_order_mae['naive_from_tomorrow']:.1f} |{extra}")
 
 
-def churn_holdouts() -> None:
-    """The same comparison on every calibration date and horizon the sample's 18 months allow."""
+CHURN_HEADER = ("| store | customers | lapse share | AUC: churn_risk_score | previous model (BG/NBD) | recency | silence / usual gap | RFM | "
+                "logistic on log RFM | mean risk lapsed / kept | mean risk | next order MAE, days | naive (last + median gap) / from tomorrow |")
+
+
+def young_stores() -> None:
+    section("1b. churn on young and small stores (young.py: 70% regular buyers, a fifth stopped 3-8 weeks before D; 90 days after D)")
+    print(CHURN_HEADER + " regular buyers: mean risk lapsed / kept |")
+    for customers, months in ((50, 2), (50, 3), (300, 2), (300, 4), (200, 6), (1000, 6)):
+        for seed in (1, 2):
+            store = generate_young(customers, months, seed=seed)
+            e = evaluate_churn(validate_orders(store.orders).orders, store.as_of, 90)
+            regular = (store.customers.set_index("customer_id")["buyer_type"].reindex(e.scored.index) == "regular").to_numpy()
+            r = e.scored[regular]
+            print(_churn_row(f"{customers} customers, {months} months, seed {seed}", e,
+                             f" {r['churn_risk_score'][r['lapsed']].mean():.2f} / {r['churn_risk_score'][~r['lapsed']].mean():.2f} |"))
+    store = generate_young(300, 4, seed=3, regular_share=0.0)
+    print(_churn_row("300 customers, 4 months, all Poisson-like", evaluate_churn(validate_orders(store.orders).orders, store.as_of, 90)) + " |")
+
+
+def cdnow_early() -> None:
+    section("1c. churn on CDNOW cut early (the cohort's first 2 or 3 months; 90 days after)")
     orders = validate_orders(read_cdnow_orders(CDNOW)).orders
-    print("\nevery holdout (AUC): calibrate to, H | recency | RFM | score over purchase days | score over purchase weeks (the default)")
+    print(CHURN_HEADER)
+    for cut in ("1997-02-28", "1997-03-31"):
+        print(_churn_row(f"to {cut}, all", evaluate_churn(orders, cut, 90)))
+        for seed in range(5):
+            print(_churn_row(f"to {cut}, 200 customers, seed {seed}", evaluate_churn(sample_customers(orders, cut, 200, seed), cut, 90)))
+    print("\nmature holdouts, the same columns:")
+    print(CHURN_HEADER)
     for end, horizons in HOLDOUTS:
         for horizon in horizons:
-            weeks = evaluate_churn(orders, end, horizon)
-            days = evaluate_churn(orders, end, horizon, PipelineSettings(btyd_occasion_days=1))
-            print(f"  {end}, {horizon:>3} | {weeks.auc['recency']:.4f} | {weeks.auc['rfm_quintiles']:.4f} | "
-                  f"{days.auc['churn_risk_score']:.4f} | {weeks.auc['churn_risk_score']:.4f}")
+            print(_churn_row(f"to {end}, H = {horizon}", evaluate_churn(orders, end, horizon)))
+
+
+HOLDOUTS = (("1997-06-30", (90, 180, 273)), ("1997-09-30", (90, 180, 273)), ("1997-12-31", (90, 180)), ("1998-03-31", (90,)))
 
 
 def planted(customers: int, workdir: Path) -> None:
@@ -167,11 +200,17 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=800)
     parser.add_argument("--skip-planted", action="store_true")
     parser.add_argument("--skip-cdnow-drift", action="store_true")
+    parser.add_argument("--churn-only", action="store_true", help="sections 1, 1b and 1c only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     print(f"# benchmarks/truth.py, {time.strftime('%Y-%m-%d %H:%M %Z')}")
     churn()
-    churn_holdouts()
+    if args.churn_only:
+        young_stores()
+        cdnow_early()
+        return 0
+    young_stores()
+    cdnow_early()
     outliers()
     honest()
     with tempfile.TemporaryDirectory() as tmp:

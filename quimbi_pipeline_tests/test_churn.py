@@ -21,18 +21,17 @@ def cdnow_orders():
     return validate_orders(read_cdnow_orders(CDNOW)).orders
 
 
-@pytest.mark.parametrize(("horizon", "floor"), [(90, 0.79), (273, 0.775)])  # the default horizon, and the holdout's 39 weeks
-def test_score_beats_recency_and_rfm_on_the_cdnow_holdout(cdnow_orders, horizon, floor):
-    e = evaluate_churn(cdnow_orders, "1997-09-30", horizon_days=horizon)
+def test_score_beats_recency_and_rfm_on_the_cdnow_holdout(cdnow_orders):
+    e = evaluate_churn(cdnow_orders, "1997-09-30", horizon_days=90)
     assert e.customers == 2357
-    assert e.auc["churn_risk_score"] > e.auc["recency"] and e.auc["churn_risk_score"] > e.auc["rfm_quintiles"], e.auc
-    assert e.auc["churn_risk_score"] > floor
+    assert e.auc["churn_risk_score"] > max(e.auc["recency"], e.auc["rfm_quintiles"]) and e.auc["churn_risk_score"] > 0.785, e.auc
 
 
-def test_purchase_days_as_the_model_event_rank_worse_than_rfm_at_39_weeks(cdnow_orders):
-    """Why the model counts purchase weeks: with purchase days, clumped purchases read as a fast buyer gone dead."""
-    days = evaluate_churn(cdnow_orders, "1997-09-30", horizon_days=273, settings=PipelineSettings(btyd_occasion_days=1))
-    assert days.auc["churn_risk_score"] < days.auc["rfm_quintiles"] < evaluate_churn(cdnow_orders, "1997-09-30", 273).auc["churn_risk_score"]
+def test_at_39_weeks_the_score_trails_the_baselines_by_little(cdnow_orders):
+    """A known cost of the renewal model on this mature store (docs/signals.md): at 39 weeks it ranks 0.767 against
+    recency 0.771, RFM 0.775 and the previous BG/NBD model 0.779."""
+    e = evaluate_churn(cdnow_orders, "1997-09-30", horizon_days=273)
+    assert e.auc["churn_risk_score"] > max(e.auc["recency"], e.auc["rfm_quintiles"], e.auc["previous_model"]) - 0.015, e.auc
 
 
 def test_levels_are_monotone_in_observed_lapse_rate(cdnow_orders):
@@ -55,9 +54,10 @@ def test_one_time_buyers_get_a_real_risk_that_varies(cdnow_orders):
 
 def test_aggregate_forecast_is_reported_with_its_bias(cdnow_orders):
     e = evaluate_churn(cdnow_orders, "1997-09-30", horizon_days=273)
-    # The model underpredicts CDNOW's holdout (which holds the 1997 Christmas season): -8.6% over purchase
-    # weeks, -16.2% over purchase days.
-    assert -0.15 < e.forecast_bias < 0
+    # The renewal model underpredicts CDNOW's holdout (which holds the 1997 Christmas season) by 28% in purchase days
+    # (the BG/NBD over purchase weeks: 9%): it counts purchase days, and after the first purchase in the horizon
+    # renews at the customer's usual gap, which for CDNOW's clumped buyers is long.
+    assert -0.35 < e.forecast_bias < 0
 
 
 def test_p_no_purchase_closed_form_matches_simulating_the_model():
@@ -83,3 +83,25 @@ def test_fits_converge_on_every_demo_store_date():
             f = compute_customer_features(g, day, occasion_days=PipelineSettings().btyd_occasion_days)
             assert btyd.fit_mbgnbd(f["btyd_x"], f["btyd_t_x"], f["btyd_T"]).converged
             assert btyd.fit_gamma_gamma(f["btyd_x"], f["btyd_monetary"]).converged
+
+
+@pytest.mark.parametrize(("customers", "months", "seed"), [(50, 3, 1), (300, 4, 1)])
+def test_young_store_of_regular_buyers_is_told_who_lapses(customers, months, seed):
+    """issue 33's young stores: the BG/NBD fit saw no dropout and scored lapsers 0.03, keepers 0.02 (AUC 0.71-0.79)."""
+    from quimbi_pipeline.evaluation.young import generate_young
+
+    store = generate_young(customers, months, seed=seed)
+    e = evaluate_churn(validate_orders(store.orders).orders, store.as_of, 90)
+    best_baseline = max(e.auc["recency"], e.auc["silence_over_usual_gap"])
+    assert e.auc["churn_risk_score"] >= best_baseline - 0.02 and e.auc["churn_risk_score"] > e.auc["previous_model"] + 0.1, e.auc
+    assert e.mean_risk_lapsed >= 0.6 and e.mean_risk_kept <= 0.3, (e.mean_risk_lapsed, e.mean_risk_kept)
+    assert e.next_order_mae["model"] <= e.next_order_mae["naive"], e.next_order_mae
+
+
+@pytest.mark.parametrize("cut", ["1997-02-28", "1997-03-31"])
+def test_cdnow_cut_early_ranks_above_recency_with_a_calibrated_mean(cdnow_orders, cut):
+    """CDNOW as a young store: the first 2 or 3 months of its cohort, the next 90 days as the truth."""
+    e = evaluate_churn(cdnow_orders, cut, 90)
+    assert e.auc["churn_risk_score"] > e.auc["recency"], e.auc
+    assert abs(e.mean_risk - e.lapse_rate) <= 0.05, (e.mean_risk, e.lapse_rate)
+    assert e.next_order_mae["model"] < e.next_order_mae["naive"], e.next_order_mae

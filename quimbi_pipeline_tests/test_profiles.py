@@ -11,8 +11,8 @@ from quimbi_pipeline.model.profiles import (
     ARCHETYPE_NAMESPACE,
     PROFILE_COLUMNS,
     build_store_profiles,
-    churn_risk_level,
 )
+from quimbi_pipeline.model.churn import churn_risk_level
 from quimbi_pipeline.settings import ChurnBands, PipelineSettings
 from quimbi_pipeline.sources.orders import orders_as_of, validate_orders
 
@@ -65,8 +65,10 @@ def test_single_customer_store_gets_a_documented_profile():
     assert len(r.profiles) == 1
     row = r.profiles.iloc[0]
     assert json.loads(row.dominant_segments) == {a: "all_customers" for a in r.axes}
-    assert "default modified BG/NBD" in " ".join(r.churn.notes)
-    assert 0 < row.churn_risk_score < 1
+    assert "too few or too young for a churn statement" in " ".join(r.churn.notes)
+    assert 0 < row.churn_risk_score < 1 and row.churn_risk_level == "unknown"
+    assert json.loads(row.history_basis) == {"purchase_days": 1, "days_observed": 30, "store_customers": 1, "store_days": 30,
+                                             "churn_model": "prior", "little_history": True}
 
 
 def test_store_without_active_customers_writes_nothing():

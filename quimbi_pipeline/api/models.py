@@ -5,6 +5,16 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 
+class HistoryBasis(BaseModel):
+    purchase_days: int = Field(description="the customer's purchase days")
+    days_observed: int = Field(description="days since the customer's first order")
+    store_customers: int = Field(description="customers the store's churn model was fitted on")
+    store_days: int = Field(description="days since the store's first order")
+    churn_model: str = Field(description="'store fit', 'store fit shrunk to the prior' or 'prior': where the store's dropout rate comes from")
+    little_history: bool = Field(description="fewer than 3 purchase days or 30 days observed, or a store too small or young for its own "
+                                             "churn statement: read the churn risk and segments as tentative")
+
+
 class Archetype(BaseModel):
     id: str
     name: str
@@ -28,6 +38,9 @@ class Profile(BaseModel):
     lifetime_value: float
     days_since_first_order: int
     tenure_months: float
+    next_order_date: str | None = Field(None, description="the expected day of the customer's next order if they stay (the median of "
+                                        "their next gap given their silence so far); null in profiles written before it existed")
+    history_basis: HistoryBasis | None = Field(None, description="how much history the churn risk and segments stand on")
 
 
 class Transition(BaseModel):

@@ -23,8 +23,14 @@ from quimbi_pipeline.storage import Warehouse
 HERE = Path(__file__).resolve().parent
 HISTORY_DAYS = 365
 EXPLAIN = {
-    "churn_risk_score": "The probability that this customer makes no purchase in the next 90 days (the churn horizon), from a "
-                        "modified BG/NBD model of the store's customers: their purchase rate and how long they have been silent.",
+    "churn_risk_score": "The probability that this customer makes no purchase in the next 90 days (the churn horizon): how long "
+                        "they have been silent measured against their own usual gap between orders (a weekly buyer silent five "
+                        "weeks is at risk, an occasional one is not), with the store's dropout rate. 'unknown' when the store is "
+                        "too small or too young for a statement.",
+    "next_order_date": "When the customer's next order is expected if they keep buying: the middle of their next gap given how "
+                       "long they have been silent.",
+    "little_history": "Little history: few orders, a new customer, or a store too small or young for its own churn model. Read "
+                      "the churn risk and segments as tentative.",
     "predicted_ltv": "Expected spend over the next 365 days: the expected number of purchases times the expected spend per "
                      "purchase (Gamma-Gamma model).",
     "expected_purchases": "Expected purchases over the churn horizon, from the same model as the churn risk.",

@@ -70,6 +70,8 @@ def profile(wh: Warehouse, store: str, customer: str) -> dict | None:
         "expected_purchases": None if r["expected_purchases"] is None else float(r["expected_purchases"]),
         "total_orders": int(r["total_orders"]), "lifetime_value": float(r["lifetime_value"]),
         "days_since_first_order": int(r["days_since_first_order"]), "tenure_months": float(r["tenure_months"]),
+        "next_order_date": _day(r["next_order_date"]) if r.get("next_order_date") is not None else None,
+        "history_basis": _json(r["history_basis"]) if r.get("history_basis") is not None else None,
     }
 
 

@@ -206,6 +206,7 @@ def compute_customer_features(
         out["btyd_x"], out["btyd_t_x"], out["btyd_monetary"] = occ_x, occ_t_x, occ_monetary
         out["btyd_days_per_occasion"] = n_days / np.maximum(occ_x + 1, 1)
     out["btyd_T"] = T_weeks
+    out["gap_count"], out["gap_log_mean"], out["gap_log_ss"] = _gap_statistics(day_codes, spend_per_day.index.to_numpy() % span, n_all)
     del spend_per_day, day_codes, day_spend, is_first_day
 
     # Frequency over the absolute window before D (a customer who stops buying slows down).
@@ -319,6 +320,22 @@ def compute_customer_features(
         out[f"{CHANGE_PREFIX}{axis}.after"] = np.where(on, change.after, np.nan)
         out[f"{CHANGE_PREFIX}{axis}.evidence"] = np.where(on, change.evidence, np.nan)
     return out.loc[has_purchase]
+
+
+def _gap_statistics(day_codes: np.ndarray, days: np.ndarray, n_all: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gaps, mean log gap, sum of squared deviations of the log gaps) per customer, over the gaps in days between
+    consecutive purchase days (sorted by customer then day): the renewal churn model's evidence of a customer's
+    own rhythm."""
+    # Every gap counts, however short: leaving out gaps under 3 or 5 days (clumped purchases) lifted the young-store
+    # figures but cost CDNOW's (AUC 0.789 -> 0.780 at 1997-09-30; below recency on early 200-customer cuts).
+    same = day_codes[1:] == day_codes[:-1] if day_codes.size else np.zeros(0, dtype=bool)
+    owner = day_codes[1:][same]
+    log_gap = np.log(np.diff(days)[same].astype("float64"))
+    count = np.bincount(owner, minlength=n_all).astype("float64")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, np.bincount(owner, log_gap, n_all) / count, np.nan)
+    ss = np.bincount(owner, (log_gap - mean[owner]) ** 2, n_all)
+    return count, mean, ss
 
 
 def _purchase_occasions(day_codes: np.ndarray, days: np.ndarray, day_spend: np.ndarray, first_day: np.ndarray, occasion_days: int,

@@ -23,8 +23,8 @@ from quimbi_pipeline.history.json_text import (
 )
 from quimbi_pipeline.history.snapshot_blocks import SnapshotColumns
 from quimbi_pipeline.history.snapshot_values import SnapshotValues, values_of
-from quimbi_pipeline.model import btyd
 from quimbi_pipeline.model.change_points import ChangeRule
+from quimbi_pipeline.model.churn import ChurnModel, evidence_of, fit_churn_model, score_churn
 from quimbi_pipeline.model.features import (
     CHANGE_PREFIX,
     AxisSpec,
@@ -41,7 +41,7 @@ from quimbi_pipeline.model.segmentation import (
     score_axis,
     segment_axis,
 )
-from quimbi_pipeline.settings import ChurnBands, PipelineSettings
+from quimbi_pipeline.settings import PipelineSettings
 from quimbi_pipeline.settings.rollout import in_rollout
 from quimbi_pipeline.sources.orders import as_of_day
 
@@ -52,12 +52,12 @@ PROFILE_COLUMNS = [
     "store_id", "customer_id", "archetype_id", "archetype_level", "archetype_name", "dominant_segments",
     "fuzzy_memberships", "behavioral_features", "churn_risk_score", "churn_risk_level", "predicted_ltv", "expected_purchases",
     "total_orders", "lifetime_value", "days_since_first_order", "tenure_months", "profile_date", "model_version",
+    "next_order_date", "history_basis",
 ]
 ARCHETYPE_NAMESPACE = uuid.UUID("8f7c1a52-3f0e-4c59-9a43-2f1d7d0c9b11")
 ARCHETYPE_LEVELS = 5
-# Modified BG/NBD fitted on CDNOW (weeks): used for stores too small for their own fit (documented).
-DEFAULT_MBGNBD = btyd.BGParams(r=0.5248, alpha=6.1831, a=0.8914, b=1.6140)
-WEEKS_PER_DAY = 1.0 / 7.0
+# A next order expected further out than this after the last one is no date at all (NULL).
+MAX_NEXT_ORDER_DAYS = 3650
 # An outlier's predicted_ltv is capped at this quantile of the other customers' (ENABLE_OUTLIER_DETECTION).
 OUTLIER_LTV_CAP_QUANTILE = 0.95
 
@@ -81,88 +81,12 @@ def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp, settings: Pipel
     return features, features.loc[active_mask(features, settings.active_days)]
 
 
-def churn_risk_level(score: np.ndarray, bands: ChurnBands) -> np.ndarray:
-    return np.select(
-        [score >= bands.critical_from, score >= bands.high_from, score >= bands.medium_from],
-        ["critical", "high", "medium"],
-        default="low",
-    )
-
-
-@dataclass
-class ChurnModel:
-    bg: btyd.BGParams
-    gg: btyd.GammaGammaParams | None
-    notes: list[str] = field(default_factory=list)
-
-    def use_default(self, why: str) -> None:
-        """The fitted modified BG/NBD cannot be used (`why`): the default parameters (CDNOW's fit) instead, noted."""
-        self.notes.append(f"{why}: default parameters (CDNOW's fit) used instead")
-        self.bg = DEFAULT_MBGNBD
-
-
-def fit_churn_model(features: pd.DataFrame, settings: PipelineSettings, store_id: str = "") -> ChurnModel:
-    """Modified BG/NBD on every customer with a purchase (the dead inform the dropout rate), and Gamma-Gamma on repeat buyers."""
-    x, t_x, T = features["btyd_x"].to_numpy(), features["btyd_t_x"].to_numpy(), features["btyd_T"].to_numpy()
-    if len(features) < settings.btyd_min_customers or x.sum() == 0 or T.max() <= 0:
-        model = ChurnModel(DEFAULT_MBGNBD, None, [f"{len(features)} customers / {int((x > 0).sum())} repeat buyers: too few for a "
-                                                  "BTYD fit, default modified BG/NBD parameters used"])
-    else:
-        bg = btyd.fit_mbgnbd(x, t_x, T, sample_size=settings.btyd_fit_sample_size, random_state=settings.random_state)
-        model = ChurnModel(bg, None)
-        if not bg.converged:
-            model.use_default(f"modified BG/NBD fit did not converge (r={bg.r:.4g}, alpha={bg.alpha:.4g}, a={bg.a:.4g}, b={bg.b:.4g})")
-    try:
-        gg = btyd.fit_gamma_gamma(x, features["btyd_monetary"].to_numpy(), sample_size=settings.btyd_fit_sample_size, random_state=settings.random_state)
-        if gg.q <= 1:
-            model.notes.append(f"Gamma-Gamma q={gg.q:.3f} <= 1 has no finite mean: customers' own average order value used for LTV")
-        else:
-            model.gg = gg
-    except ValueError as exc:
-        model.notes.append(f"Gamma-Gamma not fitted ({exc}): customers' own average order value used for LTV")
-    for note in model.notes:
-        log.warning("store %s churn model: %s", store_id, note)
-    return model
-
-
-def contradictory(no_purchase: np.ndarray, expected_h: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    """Rows whose scores cannot all be true: not finite, a probability outside [0, 1], or fewer expected purchases
-    than the chance of any (E[N] >= P(N >= 1) = 1 - P(no purchase) for a count N), up to rounding."""
-    finite = np.isfinite(no_purchase) & np.isfinite(expected_h) & np.isfinite(expected) & (expected_h >= 0) & (expected >= 0)
-    with np.errstate(invalid="ignore"):
-        return ~finite | (no_purchase < 0) | (no_purchase > 1) | (expected_h < (1.0 - no_purchase) * (1.0 - 1e-6) - 1e-9)
-
-
-def score_churn(model: ChurnModel, features: pd.DataFrame, settings: PipelineSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(churn_risk_score = P(no purchase in the next churn_horizon_days), predicted_ltv = expected spend over
-    the LTV horizon, expected_purchases over the churn horizon), all from the modified BG/NBD over purchase
-    occasions, closed form. expected_purchases counts purchase days: the expected occasions times the
-    customer's own purchase days per occasion; predicted_ltv is expected occasions times spend per occasion.
-
-    The three never contradict each other: a fitted model that gives any customer contradictory scores (a degenerate
-    fit, such as identical customers who never lapse, overflows the expectation) is replaced by the default
-    parameters for the whole store, with a note saying so (model.notes); a row still contradictory under those is
-    scored as certain to lapse with no purchase expected, and logged."""
-    x, t_x, T = features["btyd_x"].to_numpy(), features["btyd_t_x"].to_numpy(), features["btyd_T"].to_numpy()
-    horizon = settings.churn_horizon_days * WEEKS_PER_DAY
-    with np.errstate(over="ignore", invalid="ignore"):
-        no_purchase = btyd.mbgnbd_p_no_purchase(model.bg, horizon, x, t_x, T)
-        expected_h = btyd.mbgnbd_expected_purchases(model.bg, horizon, x, t_x, T) * features["btyd_days_per_occasion"].to_numpy()
-        expected = btyd.mbgnbd_expected_purchases(model.bg, settings.ltv_horizon_days * WEEKS_PER_DAY, x, t_x, T)
-    bad = contradictory(no_purchase, expected_h, expected)
-    if bad.any() and model.bg is not DEFAULT_MBGNBD:
-        model.use_default(f"the fitted modified BG/NBD (r={model.bg.r:.4g}, alpha={model.bg.alpha:.4g}, a={model.bg.a:.4g}, "
-                          f"b={model.bg.b:.4g}) gives {int(bad.sum())} customer(s) contradictory churn scores")
-        log.warning("churn model: %s", model.notes[-1])
-        return score_churn(model, features, settings)
-    if bad.any():
-        log.warning("churn scores not finite under the default parameters for %d customer(s): scored as lapsing", int(bad.sum()))
-        no_purchase, expected_h, expected = np.where(bad, 1.0, no_purchase), np.where(bad, 0.0, expected_h), np.where(bad, 0.0, expected)
-    if model.gg is not None:
-        spend = btyd.gamma_gamma_expected_spend(model.gg, x, features["btyd_monetary"].to_numpy())
-    else:
-        spend = features["avg_order_value"].to_numpy()
-    return no_purchase, expected * np.nan_to_num(spend, nan=0.0), expected_h
+def next_order_dates(last_order_ts: pd.Series, days_after: np.ndarray) -> pd.Series:
+    """The expected next order's day: the last purchase day plus the expected gap, as dates (None where unknown)."""
+    last_day = last_order_ts.dt.normalize().to_numpy("datetime64[ns]")
+    days = np.where(np.isfinite(days_after) & (days_after <= MAX_NEXT_ORDER_DAYS), np.round(days_after), np.nan)
+    when = pd.Series(last_day) + pd.to_timedelta(days, unit="D")
+    return pd.Series(when.dt.date.to_numpy(dtype=object), dtype="object").where(when.notna(), None)
 
 
 def archetypes(segmentations: dict[str, AxisSegmentation]) -> tuple[pd.Series, np.ndarray, pd.Series]:
@@ -263,7 +187,8 @@ def build_store_profiles(
     started = time.perf_counter()
     progress.info("%s: churn risk and LTV", store_id)
     churn = fit_churn_model(features.drop(index=active.index[outside]) if outside.any() else features, settings, store_id)
-    churn_score, predicted_ltv, expected_purchases = score_churn(churn, active, settings)
+    scores = score_churn(churn, active, settings)
+    churn_score, predicted_ltv, expected_purchases = scores.churn_risk_score, scores.predicted_ltv, scores.expected_purchases
     ltv_cap = None
     if outside.any() and (~outside).any():
         ltv_cap = float(np.quantile(predicted_ltv[~outside], OUTLIER_LTV_CAP_QUANTILE))
@@ -289,7 +214,7 @@ def build_store_profiles(
         "fuzzy_memberships": memberships,
         "behavioral_features": behavioral,
         "churn_risk_score": np.round(churn_score, DECIMALS) + 0.0,
-        "churn_risk_level": churn_risk_level(churn_score, settings.churn_bands),
+        "churn_risk_level": scores.churn_risk_level,
         "predicted_ltv": np.round(predicted_ltv, 2) + 0.0,
         "expected_purchases": np.round(expected_purchases, DECIMALS) + 0.0,
         "total_orders": active["total_orders"].to_numpy("int64"),
@@ -298,6 +223,8 @@ def build_store_profiles(
         "tenure_months": np.round(active["tenure_months"].to_numpy(), 2) + 0.0,
         "profile_date": pd.Series([as_of.date()] * n, dtype="object"),
         "model_version": pd.Series([version] * n, dtype="string"),
+        "next_order_date": next_order_dates(active["last_order_ts"], scores.next_order_days),
+        "history_basis": evidence_of(churn, active),
     })
     seconds["assemble"] = time.perf_counter() - started
     flags = None

@@ -39,6 +39,10 @@ customer_profiles = sa.Table(
     sa.Column("tenure_months", sa.Float, nullable=False),
     sa.Column("profile_date", sa.Date, nullable=False),
     sa.Column("model_version", sa.Text, nullable=False),
+    # Added with the renewal churn model (NULL in rows written before): the expected date of the customer's next
+    # order, and what their churn and segments stand on (model/churn.py evidence_of).
+    sa.Column("next_order_date", sa.Date),
+    sa.Column("history_basis", Json),
     sa.Index("ix_customer_profiles_store_date", "store_id", "profile_date"),
     sa.Index("ix_customer_profiles_store_archetype", "store_id", "archetype_id"),
 )
@@ -52,6 +56,8 @@ profile_values_stage = sa.Table(
 
 
 JSON_COLUMNS = ("dominant_segments", "fuzzy_memberships", "behavioral_features")
+# JSON columns that may be NULL (rows written before they existed).
+OPTIONAL_JSON_COLUMNS = ("history_basis",)
 
 
 def normalize_profiles(frame: pd.DataFrame) -> pd.DataFrame:
@@ -60,9 +66,11 @@ def normalize_profiles(frame: pd.DataFrame) -> pd.DataFrame:
     For tests and analysts' small reads: it parses JSON row by row.
     """
     out = frame.copy()
-    for col in JSON_COLUMNS:
+    for col in JSON_COLUMNS + OPTIONAL_JSON_COLUMNS:
         if col in out:
-            out[col] = [json.dumps(v if not isinstance(v, str) else json.loads(v), sort_keys=True) for v in out[col]]
+            out[col] = [None if v is None else json.dumps(v if not isinstance(v, str) else json.loads(v), sort_keys=True) for v in out[col]]
+    if "next_order_date" in out:
+        out["next_order_date"] = pd.to_datetime(out["next_order_date"]).dt.strftime("%Y-%m-%d").where(out["next_order_date"].notna(), None)
     if "profile_date" in out:
         out["profile_date"] = pd.to_datetime(out["profile_date"]).dt.strftime("%Y-%m-%d")
     return out

@@ -1,0 +1,81 @@
+"""Young and small stores, for judging churn, the next-order date and the signals where most merchants are.
+
+A store opens at `start` and is evaluated `months` later (the as-of date D); the truth is what each
+customer does in the `horizon_days` after D. Customers join over the store's life (a launch, then a
+trickle) and buy as renewal processes, like planted.py's: regular (Gamma gaps, shape 16) or
+Poisson-like (exponential gaps), at a weekly, fortnightly or monthly cadence. A share stops 3 to 8
+weeks before D (lapsed, and silent for several of their own usual gaps by D); a smaller share stops
+at a random time in the horizon; everyone else keeps buying. Vectorized numpy; the same arguments
+give the same rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from quimbi_pipeline.evaluation.planted import CADENCE_DAYS, DAY_S, REGULAR_SHAPE, _renewal_times
+from quimbi_pipeline.sources.demo import CATEGORIES, id_strings
+
+STOP_BEFORE_DAYS = (21.0, 56.0)  # stoppers' last chance to buy: 3 to 8 weeks before D
+LATE_STOP_SHARE = 0.1  # customers who stop at a random time in the horizon
+
+
+@dataclass(frozen=True)
+class YoungStore:
+    orders: pd.DataFrame
+    as_of: pd.Timestamp
+    horizon_days: int
+    # customer_id, buyer_type, cadence_days, stop_ts (NaT: never), stopped_before (stopped 3-8 weeks before D),
+    # next_order_ts (first order after D, NaT if none in the horizon), lapsed (no order in the horizon)
+    customers: pd.DataFrame
+
+
+def generate_young(n_customers: int = 300, months: int = 4, seed: int = 0, *, regular_share: float = 0.7,
+                   stop_share: float = 0.2, horizon_days: int = 90, start: str = "2026-01-01", store_id: str = "young") -> YoungStore:
+    rng = np.random.default_rng(seed)
+    n = n_customers
+    t0 = pd.Timestamp(start).value / 1e9
+    as_of = pd.Timestamp(start) + pd.DateOffset(months=months) - pd.Timedelta(days=1)
+    d_end = (as_of + pd.Timedelta(days=1)).value / 1e9  # the end of D
+    t_end = d_end + horizon_days * DAY_S
+    life_days = (d_end - t0) / DAY_S
+    regular = rng.random(n) < regular_share
+    shape = np.where(regular, REGULAR_SHAPE, 1.0)
+    cadence = CADENCE_DAYS[rng.choice(3, n, p=[0.35, 0.3, 0.35])]
+    # Half join in the launch month, the rest over the store's life up to two weeks before D.
+    launch = rng.random(n) < 0.5
+    join_day = np.where(launch, rng.uniform(0, min(30.0, life_days - 14), n), rng.uniform(0, life_days - 14, n))
+    join = t0 + join_day * DAY_S
+    # Stoppers need a joining date before their stop: the earliest joiners are chosen.
+    stop_before = d_end - rng.uniform(*STOP_BEFORE_DAYS, n) * DAY_S
+    can_stop_before = join < stop_before - 7 * DAY_S
+    stopped_before = can_stop_before & (rng.random(n) < stop_share / max(can_stop_before.mean(), 1e-9))
+    late = ~stopped_before & (rng.random(n) < LATE_STOP_SHARE)
+    stop = np.where(stopped_before, stop_before, np.where(late, rng.uniform(d_end, t_end, n), t_end))
+    cust, ts = _renewal_times(join, stop, cadence, shape, rng)
+    cust = np.concatenate([np.arange(n), cust])  # the first order at joining
+    ts = np.concatenate([join, ts])
+    order = np.lexsort((ts, cust))
+    cust, ts = cust[order], ts[order]
+    value = np.exp(rng.normal(np.log(60.0), 0.8, n))
+    m = cust.size
+    total = np.round(value[cust] * np.exp(rng.normal(0, 0.15, m)), 2)
+    customer_ids = id_strings("y", np.arange(n), width=5)
+    orders = pd.DataFrame({
+        "order_id": id_strings("o", np.arange(m), width=7), "customer_id": customer_ids[cust], "store_id": store_id,
+        "order_ts": (np.floor(ts).astype("int64") * 1_000_000).astype("datetime64[us]"), "order_total": total,
+        "item_count": 1 + rng.poisson(1.0, m), "category": CATEGORIES[rng.integers(0, len(CATEGORIES), m)],
+    })
+    after = ts >= d_end
+    first_after = np.full(n, np.inf)
+    np.minimum.at(first_after, cust[after], ts[after])
+    customers = pd.DataFrame({
+        "customer_id": customer_ids.to_numpy(object), "buyer_type": np.where(regular, "regular", "poisson"), "cadence_days": cadence,
+        "stop_ts": pd.to_datetime(np.where(stop < t_end, stop, np.nan), unit="s"), "stopped_before": stopped_before,
+        "next_order_ts": pd.to_datetime(np.where(np.isfinite(first_after), first_after, np.nan), unit="s"),
+        "lapsed": ~np.isfinite(first_after),
+    })
+    return YoungStore(orders, as_of, horizon_days, customers)

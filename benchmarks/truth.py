@@ -12,6 +12,7 @@
    beside the plan's flags alone (snapshots + drift over the original yearly features) and beside an
    analyst's rules on the orders (no order for twice the usual gap; the last two orders at half the average),
    and beside the most any detector could find knowing what each change looks like (detection_bound.py).
+2b. The same scorer on a young store (young_signals.py): stoppers and 4-fold value rises.
 3. Anomalies and recommendations on real customers: CDNOW, every day of 1997-10-01 .. 1998-03-31
    (no truth: how many customers each configuration alarms).
 4. Outliers: four fakes injected into CDNOW, with and without containment.
@@ -38,12 +39,13 @@ from quimbi_pipeline.evaluation.churn import evaluate_churn, sample_customers  #
 from quimbi_pipeline.evaluation.detection_bound import known_change_bound  # noqa: E402
 from quimbi_pipeline.evaluation.outliers import evaluate_containment  # noqa: E402
 from quimbi_pipeline.evaluation.planted import generate_planted  # noqa: E402
-from quimbi_pipeline.evaluation.young import generate_young  # noqa: E402
 from quimbi_pipeline.evaluation.signals import analyst_baseline, evaluate, run_days  # noqa: E402
+from quimbi_pipeline.evaluation.young_signals import evaluate_young  # noqa: E402
 from quimbi_pipeline.model.profiles import build_store_profiles, customer_features  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
 from quimbi_pipeline.sources.cdnow import read_cdnow_orders  # noqa: E402
 from quimbi_pipeline.sources.orders import orders_as_of, validate_orders  # noqa: E402
+from quimbi_pipeline.sources.young import generate_young  # noqa: E402
 
 CDNOW = Path(__file__).resolve().parent.parent / "quimbi_pipeline_tests" / "data" / "CDNOW_sample.txt"
 OURS = PipelineSettings(enable_drift_analysis=True, drift_windows=(28, 90))
@@ -146,6 +148,18 @@ def known_change(data, days: pd.DatetimeIndex, changers: pd.DataFrame) -> None:
     print("by cadence:\n" + side.groupby(keys["cadence_days"]).mean().round(2).to_string())
 
 
+def young_loop(workdir: Path) -> None:
+    section("2b. a young store in the loop (young_signals.py: 300 customers, 4 months; a fifth stop and some order values rise 4-fold "
+            "61-90 days before D), daily over D's last 90 days")
+    for seed in (0, 1):
+        r = evaluate_young(f"sqlite:///{workdir / f'young-{seed}.sqlite'}", OURS, seed=seed)
+        keys = ("changers", "unchanged", "recall_28d_after_evidence", "changers_with_anomaly_28d_after_evidence", "precision_28d_window",
+                "unchanged_falsely_flagged", "unchanged_with_anomaly")
+        print(f"seed {seed}: " + ", ".join(f"{k} {r.summary[k]:.3f}" for k in keys))
+        with pd.option_context("display.width", 250, "display.max_columns", 20):
+            print(r.by_kind[["n", "evidence_28d", "after_evidence_28d", "recall_60d", "anomaly_28d"]].round(2).to_string())
+
+
 def cdnow_drift(workdir: Path) -> None:
     section("3. anomalies and recommendations on real customers: CDNOW, daily 1997-10-01 .. 1998-03-31")
     validated = validate_orders(read_cdnow_orders(CDNOW))
@@ -216,6 +230,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_planted:
             planted(args.customers, Path(tmp))
+        young_loop(Path(tmp))
         if not args.skip_cdnow_drift:
             cdnow_drift(Path(tmp))
     return 0

@@ -21,6 +21,8 @@ import pandas as pd
 from quimbi_pipeline.settings.deployment import value
 
 DEMO_END = "2026-10-31"  # the demo's history ends here (fixed, so the demo is reproducible)
+# The demo's orders: the three demo stores and a young one (store_new, opened 4 months before DEMO_END).
+DEMO_ORDERS = "demo:young_customers=300"
 DEMO_DAYS = 35  # enough snapshots for the 7- and 28-day drift windows
 DEMO_FLAGS = {"ENABLE_TEMPORAL_SNAPSHOTS": True, "ENABLE_DRIFT_ANALYSIS": True, "ENABLE_OUTLIER_DETECTION": True}
 DOCS = "README.md and docs/ in the project"
@@ -486,10 +488,10 @@ def _command(args) -> int:
     os.environ["QUIMBI_FLAGS_FILE"] = str(flags_file)
     end = pd.Timestamp(DEMO_END)
     start = end - pd.Timedelta(days=max(args.days, 1) - 1)
-    write_demo_partitions(start, end)
+    write_demo_partitions(start, end, DEMO_ORDERS)
     print(f"quimbi demo: demo orders {start.date()} .. {end.date()}, flags {', '.join(DEMO_FLAGS)} (file {flags_file}), warehouse {masked_url(url)}")
     preflight("demo", url, None)
-    summary = execute_dates(start, end, orders="demo", warehouse=url, stores=None, log_level=level, progress=progress)
+    summary = execute_dates(start, end, orders=DEMO_ORDERS, warehouse=url, stores=None, log_level=level, progress=progress)
     print_summary(summary, url)
     demo_report(url, end)
     return 1 if summary.dates_failed else 0

@@ -4,6 +4,7 @@ real uvicorn server started by the CLI."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -133,6 +134,10 @@ def test_profile_drift_history_and_population_answer_what_the_pipeline_wrote(ser
     assert (profile["customer_id"], profile["archetype"]["name"], profile["churn_risk_level"]) == (customer, row["archetype_name"], row["churn_risk_level"])
     assert profile["churn_risk_score"] == pytest.approx(row["churn_risk_score"], abs=0)
     assert set(profile["fuzzy_memberships"]) == set(profile["dominant_segments"]) and len(profile["dominant_segments"]) >= 5
+    # The next order's date and what the churn risk stands on, as written (keys in one order on both databases).
+    assert profile["next_order_date"] == row["next_order_date"] and profile["next_order_date"] > profile["profile_date"]
+    assert list(profile["history_basis"]) == ["purchase_days", "days_observed", "store_customers", "store_days", "churn_model", "little_history"]
+    assert profile["history_basis"] == json.loads(row["history_basis"]) and profile["history_basis"]["churn_model"] == "store fit"
 
     drift = api.get(f"/stores/store_a/customers/{customer}/drift", params={"window": "28d"}).json()
     stored = wh.customer_drift("store_a", customer, 28)
@@ -492,3 +497,24 @@ def test_serve_workers_listen_on_sockets_of_their_own_and_share_the_connections(
         # A second server on the port fails as it would without SO_REUSEPORT, rather than sharing the connections.
         assert quimbi(["serve", "--warehouse", sqlite_served, "--port", str(server.port), "--workers", "2"]) == 1
         assert f"127.0.0.1:{server.port} is in use" in capsys.readouterr().err
+
+
+def test_a_store_too_small_for_a_churn_statement_says_so(tmp_path, client):
+    """issue 33: 12 customers over 3 weeks: churn_risk_level 'unknown', and 'little history' on the profile and pages."""
+    from quimbi_pipeline.cli import run_dates
+
+    rows = [{"order_id": f"o{c}-{w}", "customer_id": f"c{c}", "store_id": "tiny", "order_total": 25.0,
+             "order_ts": str(pd.Timestamp("2026-10-10") + pd.Timedelta(days=7 * w + c % 5))} for c in range(12) for w in range(3)]
+    orders = tmp_path / "orders.csv"
+    pd.DataFrame(rows).to_csv(orders, index=False)
+    url = f"sqlite:///{tmp_path / 'tiny.sqlite'}"
+    assert run_dates(pd.Timestamp("2026-10-31"), pd.Timestamp("2026-10-31"), orders=str(orders), warehouse=url, stores=None, out=io.StringIO()) == 0
+    api = client(url)
+    profile = api.get("/stores/tiny/customers/c1").json()
+    assert profile["churn_risk_level"] == "unknown"
+    assert profile["history_basis"] == {"purchase_days": 3, "days_observed": 20, "store_customers": 12, "store_days": 21,
+                                        "churn_model": "prior", "little_history": True}
+    store_page = api.get("/ui/stores/tiny").text
+    assert "12 active customers on 2026-10-31: unknown 12." in store_page and "Little history</strong> behind 12 of them" in store_page
+    assert "too small or too young for its own churn model" in store_page
+    assert "Little history." in api.get("/ui/stores/tiny/customers/c1").text

@@ -88,8 +88,9 @@ def test_the_demo_partitions_file_bounds_the_daily_partitions(tmp_path, monkeypa
     from quimbi_pipeline.run.demo_report import write_demo_partitions
 
     monkeypatch.setenv("QUIMBI_DATA_DIR", str(tmp_path))
-    path = write_demo_partitions(pd.Timestamp("2026-09-27"), pd.Timestamp("2026-10-31"))
+    path = write_demo_partitions(pd.Timestamp("2026-09-27"), pd.Timestamp("2026-10-31"), "demo:young_customers=300")
     env = dict(os.environ, **dict(line.split("=", 1) for line in path.read_text().split()))
+    assert env["QUIMBI_ORDERS"] == "demo:young_customers=300"  # the UI's runs read what the demo read
     code = "from quimbi_pipeline.defs.partitions import daily_partitions as p; k = p.get_partition_keys(); print(len(k), k[0], k[-1])"
     bounded = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
     assert bounded == ["35", "2026-09-27", "2026-10-31"]

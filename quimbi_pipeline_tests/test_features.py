@@ -144,3 +144,25 @@ def test_change_detection_by_customer_slices_finds_the_same_changes(monkeypatch)
     assert len(since) == 5 and whole[since].notna().sum().sum() > 20  # changes were found on every kind of axis
     pd.testing.assert_frame_equal(whole[since], sliced[since])  # the same changes, since the same purchase
     pd.testing.assert_frame_equal(whole, sliced, check_exact=False, rtol=1e-9)
+
+
+def test_a_decisive_first_changed_order_is_a_change_a_moderate_one_waits():
+    """issue 33: a $30 order after a dozen monthly orders of $300 +- 15% is a 17-sigma event, a change at that order;
+    a $150 order (half) is evidence too weak alone: the change waits for a second changed order."""
+    from quimbi_pipeline.model.change_points import ChangeRule
+
+    days = pd.date_range("2025-06-01", periods=13, freq="30D")
+    rng = np.random.default_rng(3)
+    rows = []
+    # Twenty steady customers give the store its usual spread of order values.
+    for customer, last in (("drop", 30.0), ("half", 150.0), *((f"steady{i}", 300.0) for i in range(20))):
+        values = np.r_[300.0 * np.exp(rng.normal(0, 0.15, 12)), last]
+        rows += [{"order_id": f"{customer}{i}", "customer_id": customer, "order_ts": d, "order_total": round(v, 2)}
+                 for i, (d, v) in enumerate(zip(days, values))]
+    day = days[-1] + pd.Timedelta(days=1)
+    f = compute_customer_features(pd.DataFrame(rows), day, adaptive=ChangeRule())
+    assert f.at["drop", "change:purchase_value.evidence"] >= ChangeRule().decisive_evidence
+    assert f.at["drop", "avg_order_value"] == 30.0  # the value features follow the change at once
+    assert np.isnan(f.at["half", "change:purchase_value.evidence"]) and f.filter(like="steady", axis=0)["change:purchase_value.evidence"].isna().all()
+    waits = compute_customer_features(pd.DataFrame(rows), day, adaptive=ChangeRule(decisive_evidence=1e9))
+    assert np.isnan(waits.at["drop", "change:purchase_value.evidence"])  # without the rule: one order is never a change

@@ -78,6 +78,7 @@ def test_the_customer_page_draws_every_chart_with_its_data_points(chromium, serv
     customer = drifted_customer(url)
     page = dom(chromium, f"{base}/ui/stores/store_a/customers/{customer}?api_key={KEY_A}")
     assert f"Customer {customer}" in page and "The probability that this customer makes no purchase" in page
+    assert re.search(r"Next order expected</div><div class=\"value\">\d{4}-\d{2}-\d{2}<", page)
     drawn = charts(page)
     assert set(drawn) == {"memberships", "drift", "churn", "journey"}
     for name, chart in drawn.items():
@@ -93,6 +94,7 @@ def test_the_store_page_draws_its_charts_and_its_links_open_customer_pages(chrom
     page = dom(chromium, f"{base}/ui/stores/store_a?api_key={KEY_A}")
     drawn = charts(page)
     assert set(drawn) == {"shares", "population", "outliers"}
+    assert re.search(r"\d+ active customers on \d{4}-\d{2}-\d{2}: low \d+", page) and "The store's churn model: store fit" in page
     for name, chart in drawn.items():
         assert 'data-rendered="true"' in chart and data_points(chart) >= 1, name
     links = re.findall(r'href="(/ui/stores/store_a/customers/[^"]+)"', page)

@@ -87,6 +87,6 @@ def add_pages(app: FastAPI, warehouse: Warehouse, settings: StoreSettings, allow
         if rates:
             specs["outliers"] = charts.outlier_rate(rates)
         html = _templates.get_template("store.html").render(
-            store=store, day=day, specs=specs, anomalies=reads.anomalies_of(warehouse, store, day) if day else [],
+            store=store, day=day, specs=specs, churn=reads.churn_summary(warehouse, store), anomalies=reads.anomalies_of(warehouse, store, day) if day else [],
             drifted=reads.most_drifted(warehouse, store) if day else [], explain=EXPLAIN, link=_link(request))
         return HTMLResponse(html)

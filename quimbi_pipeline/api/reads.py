@@ -55,6 +55,17 @@ def has_store(wh: Warehouse, store: str) -> bool:
     return bool(wh.fetch_rows(f"SELECT 1 AS found FROM {wh.qualified('customer_profiles')} WHERE store_id = :s LIMIT 1", {"s": store}))
 
 
+BASIS_KEYS = ("purchase_days", "days_observed", "store_customers", "store_days", "churn_model", "little_history")
+
+
+def _basis(value) -> dict | None:
+    """history_basis in one key order on both databases (PostgreSQL's jsonb keeps its own)."""
+    if value is None:
+        return None
+    basis = _json(value)
+    return {k: basis[k] for k in BASIS_KEYS}
+
+
 def profile(wh: Warehouse, store: str, customer: str) -> dict | None:
     rows = wh.fetch_rows(f"SELECT * FROM {wh.qualified('customer_profiles')} WHERE store_id = :s AND customer_id = :c", {"s": store, "c": customer})
     if not rows:
@@ -71,7 +82,7 @@ def profile(wh: Warehouse, store: str, customer: str) -> dict | None:
         "total_orders": int(r["total_orders"]), "lifetime_value": float(r["lifetime_value"]),
         "days_since_first_order": int(r["days_since_first_order"]), "tenure_months": float(r["tenure_months"]),
         "next_order_date": _day(r["next_order_date"]) if r.get("next_order_date") is not None else None,
-        "history_basis": _json(r["history_basis"]) if r.get("history_basis") is not None else None,
+        "history_basis": _basis(r.get("history_basis")),
     }
 
 
@@ -188,6 +199,28 @@ def outlier_rates(wh: Warehouse, store: str) -> list[dict]:
     rows = wh.fetch_rows(f"SELECT flag_date, method, customers, flagged FROM {wh.qualified('outlier_rates')} "
                          "WHERE store_id = :s ORDER BY flag_date, method", {"s": store})
     return [{"date": _day(r["flag_date"]), "method": r["method"], "rate": int(r["flagged"]) / max(int(r["customers"]), 1)} for r in rows]
+
+
+LITTLE_HISTORY_SQL = ("CAST(history_basis AS TEXT) LIKE '%\"little_history\":true%' "
+                      "OR CAST(history_basis AS TEXT) LIKE '%\"little_history\": true%'")  # SQLite's JSON text, PostgreSQL's jsonb
+
+
+def churn_summary(wh: Warehouse, store: str) -> dict | None:
+    """The store's newest profiles by churn_risk_level, with how much history they stand on (history_basis)."""
+    table = wh.qualified("customer_profiles")
+    rows = wh.fetch_rows(f"SELECT churn_risk_level AS level, count(*) AS n, sum(CASE WHEN {LITTLE_HISTORY_SQL} THEN 1 ELSE 0 END) AS little "
+                         f"FROM {table} WHERE store_id = :s AND profile_date = (SELECT max(profile_date) FROM {table} WHERE store_id = :s) "
+                         "GROUP BY churn_risk_level", {"s": store})
+    if not rows:
+        return None
+    basis = wh.fetch_rows(f"SELECT profile_date, history_basis FROM {table} WHERE store_id = :s AND history_basis IS NOT NULL "
+                          "ORDER BY profile_date DESC LIMIT 1", {"s": store})
+    order = ["unknown", "low", "medium", "high", "critical"]
+    levels = sorted(({"level": r["level"], "customers": int(r["n"])} for r in rows), key=lambda r: order.index(r["level"]) if r["level"] in order else 9)
+    store_basis = _json(basis[0]["history_basis"]) if basis else None
+    return {"levels": levels, "customers": sum(r["customers"] for r in levels), "little_history": sum(int(r["little"] or 0) for r in rows),
+            "churn_model": store_basis["churn_model"] if store_basis else None, "store_days": store_basis["store_days"] if store_basis else None,
+            "profile_date": _day(basis[0]["profile_date"]) if basis else None}
 
 
 def newest_drift_date(wh: Warehouse, store: str) -> str | None:

@@ -17,11 +17,14 @@ import numpy as np
 import pandas as pd
 
 from quimbi_pipeline.sources.demo import CATEGORIES, id_strings
+from quimbi_pipeline.sources.young import (
+    CADENCE_DAYS,
+    DAY_S,
+    REGULAR_SHAPE,
+    renewal_times,
+)
 
-DAY_S = 86_400.0
-CADENCE_DAYS = np.array([7.0, 14.0, 30.0])
 CADENCE_P = np.array([0.35, 0.3, 0.35])
-REGULAR_SHAPE = 16.0  # Gamma shape of a regular buyer's gaps (coefficient of variation 0.25)
 VALUE_LEVELS = np.array([20.0, 60.0, 300.0])
 BASKET_EXTRA = np.array([0.2, 2.0, 8.0])  # items = 1 + Poisson(extra)
 ORDER_VALUE_NOISE = 0.25  # sd of log(order value) around the customer's level
@@ -49,24 +52,6 @@ class PlantedData:
     # customers, the truth: customer_id, buyer_type, cadence_days, change_kind, change_axis, change_direction, change_ts, and each
     # customer's own parameters (gap_shape, order_value, basket_extra, discount_share, category_loyal, favorite_category)
     customers: pd.DataFrame
-
-
-def _renewal_times(starts: np.ndarray, ends: np.ndarray, mean_gap: np.ndarray, shape: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
-    """(customer index, time) of the purchases of one renewal process per customer in [start, end)."""
-    n = starts.size
-    need = np.ceil(np.maximum(ends - starts, 0) / (mean_gap * DAY_S) * 1.6 + 8).astype("int64")
-    cust = np.repeat(np.arange(n), need)
-    k = shape[cust]
-    gaps = rng.gamma(k, mean_gap[cust] * DAY_S / k)
-    # The first event at a uniform phase of a gap: the process is already running at `start`.
-    first = np.r_[True, cust[1:] != cust[:-1]]
-    gaps = np.where(first, gaps * rng.random(cust.size), gaps)
-    csum = np.cumsum(gaps)
-    group_start = np.repeat(np.flatnonzero(first), need)
-    offset = np.where(group_start > 0, csum[np.maximum(group_start - 1, 0)], 0.0)
-    times = starts[cust] + (csum - offset)
-    keep = times < ends[cust]
-    return cust[keep], times[keep]
 
 
 def eligible_kinds(cadence_days, order_value, basket_extra, discount_share, category_loyal) -> dict[str, np.ndarray]:
@@ -115,9 +100,9 @@ def generate_planted(n_customers: int = 3000, seed: int = 0, start: str = "2025-
     change_t = np.where(changed, rng.uniform(c0, c1, n), np.inf)
 
     cadence_after = np.select([kind == k for k in CADENCE_AFTER], list(CADENCE_AFTER.values()), cadence)
-    c_before, t_before = _renewal_times(join, np.minimum(change_t, t_end), cadence, shape, rng)
+    c_before, t_before = renewal_times(join, np.minimum(change_t, t_end), cadence, shape, rng)
     has_after = np.flatnonzero(changed)
-    c_after, t_after = _renewal_times(change_t[has_after], np.full(has_after.size, t_end), cadence_after[has_after], shape[has_after], rng)
+    c_after, t_after = renewal_times(change_t[has_after], np.full(has_after.size, t_end), cadence_after[has_after], shape[has_after], rng)
     c_after = has_after[c_after]
     cust = np.concatenate([np.arange(n), c_before, c_after])  # everyone's first order at joining
     ts = np.concatenate([join, t_before, t_after])

@@ -22,8 +22,8 @@ from quimbi_pipeline.settings import ChurnBands, PipelineSettings
 
 log = logging.getLogger(__name__)
 
-# Below these a store's churn is not stated: churn_risk_level is "unknown" (the scores are still the prior's).
-MIN_STORE_CUSTOMERS_FOR_LEVEL = 20
+# Below this store age (and QUIMBI_BTYD_MIN_CUSTOMERS customers) a store's churn is not stated: churn_risk_level is
+# "unknown" (the scores are still the prior's): not one monthly buyer's gap could have been seen.
 MIN_STORE_DAYS_FOR_LEVEL = 28
 # A customer with fewer purchase days, or fewer days observed, than these has "little history".
 LITTLE_HISTORY_PURCHASE_DAYS = 3
@@ -47,6 +47,7 @@ class ChurnModel:
     gg: btyd.GammaGammaParams | None
     store_customers: int
     store_age_days: float
+    min_customers: int = 20  # QUIMBI_BTYD_MIN_CUSTOMERS
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -57,7 +58,7 @@ class ChurnModel:
 
     @property
     def states_level(self) -> bool:
-        return self.store_customers >= MIN_STORE_CUSTOMERS_FOR_LEVEL and self.store_age_days >= MIN_STORE_DAYS_FOR_LEVEL
+        return self.store_customers >= self.min_customers and self.store_age_days >= MIN_STORE_DAYS_FOR_LEVEL
 
 
 def fit_churn_model(features: pd.DataFrame, settings: PipelineSettings, store_id: str = "") -> ChurnModel:
@@ -66,13 +67,13 @@ def fit_churn_model(features: pd.DataFrame, settings: PipelineSettings, store_id
     purchases = renewal.fit_renewal(features["gap_count"], features["gap_log_mean"], features["gap_log_ss"],
                                     features["days_since_last_order"], random_state=settings.random_state)
     age = float(features["days_since_first_order"].max()) if len(features) else 0.0
-    model = ChurnModel(purchases, None, len(features), age)
+    model = ChurnModel(purchases, None, len(features), age, settings.btyd_min_customers)
     if not purchases.converged:
         model.notes.append(f"renewal model fit stopped before converging (a={purchases.a:.4g}, b={purchases.b:.4g}, "
                            f"mu0={purchases.mu0:.4g}): its last point used")
     if not model.states_level:
         model.notes.append(f"{len(features)} customers over {age:.0f} days: too few or too young for a churn statement "
-                           f"(needs {MIN_STORE_CUSTOMERS_FOR_LEVEL} customers and {MIN_STORE_DAYS_FOR_LEVEL} days), churn_risk_level 'unknown'")
+                           f"(needs {model.min_customers} customers and {MIN_STORE_DAYS_FOR_LEVEL} days), churn_risk_level 'unknown'")
     try:
         gg = btyd.fit_gamma_gamma(features["btyd_x"].to_numpy(), features["btyd_monetary"].to_numpy(),
                                   sample_size=settings.btyd_fit_sample_size, random_state=settings.random_state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -23,11 +24,12 @@ def write_demo_flags(flags: dict[str, bool]) -> Path:
     return path
 
 
-def write_demo_partitions(start: pd.Timestamp, end: pd.Timestamp) -> Path:
+def write_demo_partitions(start: pd.Timestamp, end: pd.Timestamp, orders: str) -> Path:
     """data/demo_partitions.env: `make dev` shows the Dagster UI's daily partitions over the demo's dates only (the
-    production default starts in 2024 and runs up to today: 97% of its partitions would show as missing)."""
+    production default starts in 2024 and runs up to today: 97% of its partitions would show as missing), and its
+    runs read the demo's orders (with the young store)."""
     path = data_dir() / DEMO_PARTITIONS_FILE
-    path.write_text(f"QUIMBI_PARTITIONS_START={start:%Y-%m-%d}\nQUIMBI_PARTITIONS_END={end:%Y-%m-%d}\n")
+    path.write_text(f"QUIMBI_PARTITIONS_START={start:%Y-%m-%d}\nQUIMBI_PARTITIONS_END={end:%Y-%m-%d}\nQUIMBI_ORDERS={orders}\n")
     return path
 
 
@@ -36,13 +38,18 @@ def demo_report(warehouse_url: str, as_of: pd.Timestamp, out=None) -> None:
     wh = Warehouse(warehouse_url)
     day = {"d": as_of.date()}
     try:
-        prof = wh.read_sql(f"SELECT store_id, archetype_name, churn_risk_level, predicted_ltv FROM {wh.qualified('customer_profiles')} "
-                           "WHERE profile_date = :d", day)
+        prof = wh.read_sql(f"SELECT store_id, archetype_name, churn_risk_level, predicted_ltv, history_basis "
+                           f"FROM {wh.qualified('customer_profiles')} WHERE profile_date = :d", day)
         print(f"\nProfiles dated {as_of.date()}: {len(prof):,}", file=out)
         for store, g in prof.groupby("store_id"):
             churn = g["churn_risk_level"].value_counts(normalize=True)
             print(f"  {store}: {len(g):,} customers, mean predicted 12-month LTV {g['predicted_ltv'].mean():.2f}, churn risk "
                   + ", ".join(f"{k} {v:.0%}" for k, v in churn.items()), file=out)
+            basis = [b if isinstance(b, dict) else json.loads(b) for b in g["history_basis"].dropna()]
+            if basis:
+                little = sum(b["little_history"] for b in basis)
+                print(f"      {basis[0]['store_days']} days of orders, churn model: {basis[0]['churn_model']}; "
+                      f"little history: {little:,} customer(s) ({little / len(basis):.0%})", file=out)
             for name, n in g["archetype_name"].value_counts().head(3).items():
                 print(f"      {n:5d}  {name}", file=out)
         moved = wh.read_sql(

@@ -72,7 +72,7 @@ class ChurnSettings(Section):
     """Churn and lifetime value"""
 
     btyd_fit_sample_size: int = Field(200_000, ge=100, description="The BTYD model's parameters are fitted on a fixed-seed sample of at most this many customers.")
-    btyd_min_customers: int = Field(30, ge=2, description="Below this many customers a store's BTYD fit is unreliable: documented default parameters are used.")
+    btyd_min_customers: int = Field(20, ge=1, description="Below this many customers (or 28 days of orders) a store's churn is not stated: churn_risk_level 'unknown', the scores the prior's.")
     ltv_horizon_days: int = Field(365, ge=1, description="predicted_ltv covers this many days ahead.")
     btyd_occasion_days: int = Field(7, ge=1, le=91, description="The BTYD model's purchase event: an occasion of this many days from the customer's first purchase (1 = purchase days).")
     churn_horizon_days: int = Field(90, ge=1, le=3650, description="churn_risk_score = P(no purchase in the next churn_horizon_days); expected_purchases over the same days.")
@@ -95,6 +95,7 @@ class DriftSettings(Section):
     change_evidence: float = Field(13.0, gt=0, description="Evidence (log-likelihood ratio) a mean shift or rate change needs (ENABLE_ADAPTIVE_WINDOWS).")
     change_binary_evidence: float = Field(8.0, gt=0, description="Evidence a change of a 0/1 signal needs.")
     change_silence_evidence: float = Field(10.0, gt=0, description="Evidence a silence (a gap too long for the customer's own cadence) needs.")
+    change_decisive_evidence: float = Field(40.0, gt=0, description="Evidence a change shown by one purchase alone needs (far outside the customer's own history: a value x10 or /10); below it a change waits for a second purchase.")
 
 
 class ResourceSettings(Section):

@@ -51,8 +51,11 @@ def generate_demo(
     return_share: float = 0.02,
     one_time_share: float = 0.15,
     rate_scale: float = 1.0,
+    young_customers: int = 0,
 ) -> DemoData:
-    """`rate_scale` multiplies every purchase rate (1.0 = 0.25, 1 and 3 orders a month by frequency class)."""
+    """`rate_scale` multiplies every purchase rate (1.0 = 0.25, 1 and 3 orders a month by frequency class).
+    `young_customers` > 0 adds YOUNG_STORE: a store opened 4 months before `end` (sources/young.py), where a fifth
+    of the regular buyers stopped 3 to 8 weeks ago; `quimbi demo` shows it with 300."""
     if n_customers < 1 or n_stores < 1:
         raise ValueError("demo needs at least one customer and one store")
     if not rate_scale > 0:
@@ -182,7 +185,26 @@ def generate_demo(
         "change_ts": to_ts(change_ts),
         "class_after": np.where(changed, class_after, -1),
     })
+    if young_customers > 0:
+        orders, customers = _with_young_store(orders, customers, young_customers, seed, end)
     return DemoData(orders=orders, customers=customers)
+
+
+YOUNG_STORE = "store_new"
+
+
+def _with_young_store(orders: pd.DataFrame, customers: pd.DataFrame, n: int, seed: int, end: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from quimbi_pipeline.sources.young import generate_young
+
+    opened = pd.Timestamp(end) - pd.DateOffset(months=4) + pd.Timedelta(days=1)
+    young = generate_young(n, 4, seed=seed, start=str(opened.date()), store_id=YOUNG_STORE)
+    extra = young.orders[young.orders["order_ts"] < pd.Timestamp(end) + pd.Timedelta(days=1)]
+    extra = extra.assign(order_id="n" + extra["order_id"].astype(str), discount_total=0.0)
+    combined = pd.concat([orders, extra[orders.columns].astype({c: orders[c].dtype for c in orders.columns})], ignore_index=True)
+    first = extra.groupby("customer_id")["order_ts"].min()
+    truth = pd.DataFrame({"customer_id": pd.array(first.index, dtype="string[pyarrow]"), "store_id": YOUNG_STORE,
+                          "join_ts": first.to_numpy("datetime64[us]")})
+    return combined, pd.concat([customers, truth], ignore_index=True)
 
 
 def demo_store_names(n_stores: int) -> list[str]:
@@ -199,7 +221,7 @@ def id_strings(prefix: str, numbers: np.ndarray, width: int) -> pd.Series:
 
 
 def parse_demo_uri(uri: str) -> dict:
-    """`demo` or `demo:customers=100000,stores=3,seed=7,start=2024-01-01,end=2026-10-31`."""
+    """`demo` or `demo:customers=100000,stores=3,seed=7,start=2024-01-01,end=2026-10-31,young_customers=300`."""
     params: dict = {}
     if ":" in uri:
         for part in uri.split(":", 1)[1].split(","):
@@ -209,14 +231,14 @@ def parse_demo_uri(uri: str) -> dict:
             key = key.strip()
             if not sep:
                 raise ValueError(f"demo source {uri!r}: expected key=value, got {part!r}")
-            if key in ("customers", "stores", "seed"):
+            if key in ("customers", "stores", "seed", "young_customers"):
                 params[{"customers": "n_customers", "stores": "n_stores"}.get(key, key)] = int(value)
             elif key in ("start", "end"):
                 params[key] = str(pd.Timestamp(value).date())
             elif key in ("change_share", "death_share", "return_share", "one_time_share", "rate_scale"):
                 params[key] = float(value)
             else:
-                raise ValueError(f"demo source {uri!r}: unknown parameter {key!r} (customers, stores, seed, start, end, change_share, death_share, return_share, one_time_share, rate_scale)")
+                raise ValueError(f"demo source {uri!r}: unknown parameter {key!r} (customers, stores, seed, start, end, change_share, death_share, return_share, one_time_share, rate_scale, young_customers)")
     return params
 
 

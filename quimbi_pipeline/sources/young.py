@@ -1,6 +1,7 @@
 """Young and small stores, for judging churn, the next-order date and the signals where most merchants are.
 
-A store opens at `start` and is evaluated `months` later (the as-of date D); the truth is what each
+The demo's young store (`quimbi demo`), and the young stores benchmarks/truth.py and the tests judge churn
+on. A store opens at `start` and is evaluated `months` later (the as-of date D); the truth is what each
 customer does in the `horizon_days` after D. Customers join over the store's life (a launch, then a
 trickle) and buy as renewal processes, like planted.py's: regular (Gamma gaps, shape 16) or
 Poisson-like (exponential gaps), at a weekly, fortnightly or monthly cadence. A share stops 3 to 8
@@ -16,11 +17,32 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from quimbi_pipeline.evaluation.planted import CADENCE_DAYS, DAY_S, REGULAR_SHAPE, _renewal_times
-from quimbi_pipeline.sources.demo import CATEGORIES, id_strings
+from quimbi_pipeline.sources.demo import CATEGORIES, DAY_S, id_strings
+
+CADENCE_DAYS = np.array([7.0, 14.0, 30.0])
+REGULAR_SHAPE = 16.0  # Gamma shape of a regular buyer's gaps (coefficient of variation 0.25)
 
 STOP_BEFORE_DAYS = (21.0, 56.0)  # stoppers' last chance to buy: 3 to 8 weeks before D
 LATE_STOP_SHARE = 0.1  # customers who stop at a random time in the horizon
+VALUE_RISE = 4.0  # a value change: every order from the change on is 4 times the customer's usual
+
+
+def renewal_times(starts: np.ndarray, ends: np.ndarray, mean_gap: np.ndarray, shape: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+    """(customer index, time) of the purchases of one renewal process per customer in [start, end)."""
+    n = starts.size
+    need = np.ceil(np.maximum(ends - starts, 0) / (mean_gap * DAY_S) * 1.6 + 8).astype("int64")
+    cust = np.repeat(np.arange(n), need)
+    k = shape[cust]
+    gaps = rng.gamma(k, mean_gap[cust] * DAY_S / k)
+    # The first event at a uniform phase of a gap: the process is already running at `start`.
+    first = np.r_[True, cust[1:] != cust[:-1]]
+    gaps = np.where(first, gaps * rng.random(cust.size), gaps)
+    csum = np.cumsum(gaps)
+    group_start = np.repeat(np.flatnonzero(first), need)
+    offset = np.where(group_start > 0, csum[np.maximum(group_start - 1, 0)], 0.0)
+    times = starts[cust] + (csum - offset)
+    keep = times < ends[cust]
+    return cust[keep], times[keep]
 
 
 @dataclass(frozen=True)
@@ -29,12 +51,16 @@ class YoungStore:
     as_of: pd.Timestamp
     horizon_days: int
     # customer_id, buyer_type, cadence_days, stop_ts (NaT: never), stopped_before (stopped 3-8 weeks before D),
-    # next_order_ts (first order after D, NaT if none in the horizon), lapsed (no order in the horizon)
+    # next_order_ts (first order after D, NaT if none in the horizon), lapsed (no order in the horizon),
+    # value_change_ts (NaT: none)
     customers: pd.DataFrame
 
 
 def generate_young(n_customers: int = 300, months: int = 4, seed: int = 0, *, regular_share: float = 0.7,
-                   stop_share: float = 0.2, horizon_days: int = 90, start: str = "2026-01-01", store_id: str = "young") -> YoungStore:
+                   stop_share: float = 0.2, horizon_days: int = 90, start: str = "2026-01-01", store_id: str = "young",
+                   stop_before_days: tuple[float, float] = STOP_BEFORE_DAYS, value_rise_share: float = 0.0) -> YoungStore:
+    """`stop_before_days`: when the stoppers stop, in days before D. `value_rise_share`: customers (not stoppers)
+    whose order value rises VALUE_RISE-fold at a time in the same window (value_change_ts)."""
     rng = np.random.default_rng(seed)
     n = n_customers
     t0 = pd.Timestamp(start).value / 1e9
@@ -50,12 +76,12 @@ def generate_young(n_customers: int = 300, months: int = 4, seed: int = 0, *, re
     join_day = np.where(launch, rng.uniform(0, min(30.0, life_days - 14), n), rng.uniform(0, life_days - 14, n))
     join = t0 + join_day * DAY_S
     # Stoppers need a joining date before their stop: the earliest joiners are chosen.
-    stop_before = d_end - rng.uniform(*STOP_BEFORE_DAYS, n) * DAY_S
+    stop_before = d_end - rng.uniform(*stop_before_days, n) * DAY_S
     can_stop_before = join < stop_before - 7 * DAY_S
     stopped_before = can_stop_before & (rng.random(n) < stop_share / max(can_stop_before.mean(), 1e-9))
     late = ~stopped_before & (rng.random(n) < LATE_STOP_SHARE)
     stop = np.where(stopped_before, stop_before, np.where(late, rng.uniform(d_end, t_end, n), t_end))
-    cust, ts = _renewal_times(join, stop, cadence, shape, rng)
+    cust, ts = renewal_times(join, stop, cadence, shape, rng)
     cust = np.concatenate([np.arange(n), cust])  # the first order at joining
     ts = np.concatenate([join, ts])
     order = np.lexsort((ts, cust))
@@ -69,6 +95,10 @@ def generate_young(n_customers: int = 300, months: int = 4, seed: int = 0, *, re
         "order_ts": (np.floor(ts).astype("int64") * 1_000_000).astype("datetime64[us]"), "order_total": total,
         "item_count": 1 + rng.poisson(1.0, m), "category": CATEGORIES[rng.integers(0, len(CATEGORIES), m)],
     })
+    # Drawn after everything above, so a store without value changes is the same with or without this option.
+    rises = ~stopped_before & (join < stop_before - 7 * DAY_S) & (rng.random(n) < value_rise_share)
+    rise_ts = np.where(rises, d_end - rng.uniform(*stop_before_days, n) * DAY_S, np.inf)
+    orders["order_total"] = np.where(ts >= rise_ts[cust], np.round(total * VALUE_RISE, 2), total)
     after = ts >= d_end
     first_after = np.full(n, np.inf)
     np.minimum.at(first_after, cust[after], ts[after])
@@ -77,5 +107,6 @@ def generate_young(n_customers: int = 300, months: int = 4, seed: int = 0, *, re
         "stop_ts": pd.to_datetime(np.where(stop < t_end, stop, np.nan), unit="s"), "stopped_before": stopped_before,
         "next_order_ts": pd.to_datetime(np.where(np.isfinite(first_after), first_after, np.nan), unit="s"),
         "lapsed": ~np.isfinite(first_after),
+        "value_change_ts": pd.to_datetime(np.where(rises, rise_ts, np.nan), unit="s"),
     })
     return YoungStore(orders, as_of, horizon_days, customers)

@@ -518,3 +518,31 @@ def test_a_store_too_small_for_a_churn_statement_says_so(tmp_path, client):
     assert "12 active customers on 2026-10-31: unknown 12." in store_page and "Little history</strong> behind 12 of them" in store_page
     assert "too small or too young for its own churn model" in store_page
     assert "Little history." in api.get("/ui/stores/tiny/customers/c1").text
+
+
+def test_the_store_page_says_who_is_changing_how_and_why(sqlite_served, client, tmp_path):
+    """Today's movers: customer, axis, direction, strength, churn risk and the evidence in their orders, filterable.
+    Twelve days of a small demo hold no customer with a direction, so two are given one (a copy of the warehouse)."""
+    import re
+    import shutil
+    import sqlite3
+
+    copy = tmp_path / "w.sqlite"
+    shutil.copy(sqlite_served.removeprefix("sqlite:///"), copy)
+    with sqlite3.connect(copy) as conn:
+        day = conn.execute("SELECT max(as_of_date) FROM customer_drift WHERE store_id = 'store_a'").fetchone()[0]
+        first, second = [r[0] for r in conn.execute(
+            "SELECT customer_id FROM customer_drift WHERE store_id = 'store_a' AND as_of_date = ? AND window_days = 28 ORDER BY customer_id LIMIT 2", (day,))]
+        for customer, direction, (before, after) in ((first, "degrading", (2.5, 0.0)), (second, "improving", (0.5, 4.0))):
+            evidence = {"axis": "purchase_frequency", "feature": "orders per month", "before": before, "after": after, "since": "2026-10-01"}
+            conn.execute("UPDATE customer_drift SET axes = json_set(axes, '$.purchase_frequency[1]', ?), recommendations = ? "
+                         "WHERE store_id = 'store_a' AND customer_id = ? AND as_of_date = ? AND window_days = 28",
+                         (direction, json.dumps([{"code": "x", "text": "y", "evidence": evidence}]), customer, day))
+    api = client(f"sqlite:///{copy}")
+    page = api.get("/ui/stores/store_a").text
+    assert re.findall(r'<td class="(degrading|improving)">', page) == ["degrading", "improving"]  # degrading first
+    assert f">{first}</a></td><td><a href=\"/ui/stores/store_a?axis=purchase_frequency\">purchase_frequency</a>" in page
+    assert "<td>orders per month 2.5 → 0 since 2026-10-01</td>" in page and "<td>orders per month 0.5 → 4 since 2026-10-01</td>" in page
+    improving = api.get("/ui/stores/store_a", params={"direction": "improving"}).text
+    assert re.findall(r'<td class="(degrading|improving)">', improving) == ["improving"]
+    assert api.get("/ui/stores/store_a", params={"direction": "sideways"}).status_code == 422

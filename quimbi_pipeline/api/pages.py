@@ -8,9 +8,10 @@ page's links). Every score shown comes with a plain-language explanation of what
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlencode
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -53,8 +54,9 @@ def _link(request: Request):
     """A function making page links that carry the request's ?api_key= (when it came that way)."""
     key = request.query_params.get("api_key")
 
-    def link(path: str) -> str:
-        return path + ("?" + urlencode({"api_key": key}) if key else "")
+    def link(path: str, **query) -> str:
+        params = {k: v for k, v in query.items() if v} | ({"api_key": key} if key else {})
+        return path + ("?" + urlencode(params) if params else "")
     return link
 
 
@@ -77,7 +79,8 @@ def add_pages(app: FastAPI, warehouse: Warehouse, settings: StoreSettings, allow
         return HTMLResponse(html)
 
     @app.get("/ui/stores/{store}", response_class=HTMLResponse, summary="Store page")
-    def store_page(request: Request, store: str = Depends(allowed)) -> HTMLResponse:
+    def store_page(request: Request, store: str = Depends(allowed), axis: str | None = Query(None, description="movers on this axis only"),
+                   direction: Literal["degrading", "improving"] | None = Query(None, description="movers moving this way only")) -> HTMLResponse:
         series = reads.population(warehouse, store, HISTORY_DAYS)
         day = reads.newest_drift_date(warehouse, store)
         rates = reads.outlier_rates(warehouse, store)
@@ -88,5 +91,6 @@ def add_pages(app: FastAPI, warehouse: Warehouse, settings: StoreSettings, allow
             specs["outliers"] = charts.outlier_rate(rates)
         html = _templates.get_template("store.html").render(
             store=store, day=day, specs=specs, churn=reads.churn_summary(warehouse, store), anomalies=reads.anomalies_of(warehouse, store, day) if day else [],
+            movers=reads.movers(warehouse, store, day, axis, direction) if day else [], axis=axis, direction=direction,
             drifted=reads.most_drifted(warehouse, store) if day else [], explain=EXPLAIN, link=_link(request))
         return HTMLResponse(html)

@@ -12,7 +12,7 @@ from datetime import date
 
 import pandas as pd
 
-from quimbi_pipeline.drift.measures import DriftTables, axis_entries
+from quimbi_pipeline.drift.measures import EVIDENCE_AXIS, DriftTables, axis_entries
 from quimbi_pipeline.history.snapshots import RETAINED_TYPES
 from quimbi_pipeline.run import drift_on_demand
 from quimbi_pipeline.settings import StoreSettings
@@ -232,6 +232,39 @@ def anomalies_of(wh: Warehouse, store: str, day: str) -> list[dict]:
                          "WHERE store_id = :s AND as_of_date = :d ORDER BY severity DESC, customer_id LIMIT 100",
                          {"s": store, "d": pd.Timestamp(day).date()})
     return [{**r, "severity": float(r["severity"])} for r in rows]
+
+
+DIRECTIONS = ("degrading", "improving")
+
+
+def movers(wh: Warehouse, store: str, day: str, axis: str | None = None, direction: str | None = None, limit: int = 50) -> list[dict]:
+    """Who is changing, how and why on `day` (28-day window): customer, axis, direction, strength, churn risk and the
+    evidence in their own orders (from the recommendation on that axis). Degrading first, then by churn risk x
+    strength: the customers an analyst should look at first."""
+    clauses, params = ["a.store_id = :s", "a.as_of_date = :d", "a.window_days = 28", "a.direction <> 'stable'"], {"s": store, "d": pd.Timestamp(day).date(), "n": limit}
+    if axis:
+        clauses.append("a.axis = :axis")
+        params["axis"] = axis
+    if direction:
+        clauses.append("a.direction = :direction")
+        params["direction"] = direction
+    rows = wh.fetch_rows(
+        f"SELECT a.customer_id, a.axis, a.direction, a.drift_score, p.churn_risk_score, CAST(d.recommendations AS TEXT) AS recommendations "
+        f"FROM {wh.qualified('customer_axis_drift')} a "
+        f"JOIN {wh.qualified('customer_drift')} d ON d.store_id = a.store_id AND d.customer_id = a.customer_id "
+        "AND d.as_of_date = a.as_of_date AND d.window_days = a.window_days "
+        f"LEFT JOIN {wh.qualified('customer_profiles')} p ON p.store_id = a.store_id AND p.customer_id = a.customer_id "
+        f"WHERE {' AND '.join(clauses)} "
+        "ORDER BY CASE WHEN a.direction = 'degrading' THEN 0 ELSE 1 END, COALESCE(p.churn_risk_score, 0) * a.drift_score DESC, a.customer_id "
+        "LIMIT :n", params)
+    out = []
+    for r in rows:
+        source = EVIDENCE_AXIS.get(r["axis"], r["axis"])  # loyalty moves on the purchase rate's evidence
+        evidence = next((item["evidence"] for item in _json(r["recommendations"] or "[]") if item.get("evidence", {}).get("axis") == source), None)
+        out.append({"customer_id": r["customer_id"], "axis": r["axis"], "direction": r["direction"], "drift_score": float(r["drift_score"]),
+                    "churn_risk_score": None if r["churn_risk_score"] is None else float(r["churn_risk_score"]),
+                    "evidence": (f"{evidence['feature']} {evidence['before']:g} → {evidence['after']:g} since {evidence['since']}" if evidence else "")})
+    return out
 
 
 def most_drifted(wh: Warehouse, store: str, window: str = "28d", limit: int = 20) -> list[dict]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from quimbi_pipeline.model import btyd, renewal
 from quimbi_pipeline.settings import ChurnBands, PipelineSettings
@@ -124,14 +126,15 @@ def score_churn(model: ChurnModel, features: pd.DataFrame, settings: PipelineSet
     return ChurnScores(no_purchase, level, expected_h, expected * np.nan_to_num(spend, nan=0.0), soon.next_order_days)
 
 
-def evidence_of(model: ChurnModel, features: pd.DataFrame) -> list[str]:
+def evidence_of(model: ChurnModel, features: pd.DataFrame) -> pd.Series:
     """Per customer, as compact JSON text: what their churn and segments stand on, and "little_history" where the
-    customer or the store has too little for confident statements."""
-    days = features["gap_count"].to_numpy() + 1
-    observed = features["days_since_first_order"].to_numpy()
+    customer or the store has too little for confident statements. Built in Arrow (one contiguous string buffer, no
+    Python string per customer: 0.1 GiB at 875k customers)."""
+    days = features["gap_count"].to_numpy().astype("int64") + 1
+    observed = features["days_since_first_order"].to_numpy().astype("int64")
     little = (days < LITTLE_HISTORY_PURCHASE_DAYS) | (observed < LITTLE_HISTORY_DAYS) | (model.basis == "prior") | (not model.states_level)
-    store = (f'"store_customers":{model.store_customers},"store_days":{int(model.store_age_days)},'
-             f'"churn_model":"{model.basis}"')
-    head = pd.Series(days.astype("int64")).astype(str)
-    return ('{"purchase_days":' + head + ',"days_observed":' + pd.Series(observed.astype("int64")).astype(str) + ","
-            + store + ',"little_history":' + pd.Series(np.where(little, "true", "false")) + "}").tolist()
+    store = f'"store_customers":{model.store_customers},"store_days":{int(model.store_age_days)},"churn_model":"{model.basis}"'
+    text = pc.binary_join_element_wise('{"purchase_days":', pc.cast(pa.array(days), pa.string()), ',"days_observed":',
+                                       pc.cast(pa.array(observed), pa.string()), "," + store + ',"little_history":',
+                                       pc.if_else(pa.array(little), "true", "false"), "}", "")
+    return pd.Series(pd.arrays.ArrowStringArray(text))

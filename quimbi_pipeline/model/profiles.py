@@ -89,25 +89,47 @@ def next_order_dates(last_order_ts: pd.Series, days_after: np.ndarray) -> pd.Ser
     return pd.Series(when.dt.date.to_numpy(dtype=object), dtype="object").where(when.notna(), None)
 
 
-def archetypes(segmentations: dict[str, AxisSegmentation]) -> tuple[pd.Series, np.ndarray, pd.Series]:
+# ENABLE_COARSE_ARCHETYPES: the axes a marketer acts on, each in three tiers of its worse -> better ladder.
+COARSE_TIERS = {
+    "purchase_frequency": ("occasional", "regular", "frequent"),
+    "purchase_value": ("low spend", "mid spend", "high spend"),
+    "loyalty_trajectory": ("fading", "steady", "loyal"),
+}
+
+
+def _ladder_position(seg: AxisSegmentation) -> np.ndarray:
+    k = seg.model.k
+    return seg.dominant / (k - 1) if k > 1 else np.full(seg.dominant.shape, 0.5)
+
+
+def archetypes(segmentations: dict[str, AxisSegmentation], coarse: bool = False) -> tuple[pd.Series, np.ndarray, pd.Series]:
     """(archetype_id, archetype_level, archetype_name) from the dominant segment of each axis.
 
     archetype_id is uuid5 of "axis=segment|..." in axis order, stable across runs and stores.
     archetype_level (1..5) buckets the mean position of the dominant segments on their worse -> better
     ladders: 1 = worst on every axis, 5 = best on every axis.
+    `coarse` (ENABLE_COARSE_ARCHETYPES): the combination of COARSE_TIERS only (frequency, value, loyalty, each
+    in thirds of its ladder: at most 27 archetypes, named "frequent, high spend, loyal"); id uuid5 of
+    "coarse|axis=tier|...", level from the tiers' mean position. Without those axes, the full archetypes.
     """
+    parts = {axis: seg for axis, seg in segmentations.items() if not coarse or axis in COARSE_TIERS}
+    if not parts:
+        parts, coarse = segmentations, False
     key = None
     name = None
     position = None
-    for axis, seg in segmentations.items():
-        seg_names = np.asarray(seg.model.segment_names, dtype=object)[seg.dominant]
-        part = pd.Series(seg_names, dtype="string")
-        key = (axis + "=" + part) if key is None else key + ("|" + axis + "=") + part
+    for axis, seg in parts.items():
+        pos = _ladder_position(seg)
+        if coarse:
+            tier = np.clip(np.floor(pos * 3).astype(int), 0, 2)
+            part = pd.Series(np.asarray(COARSE_TIERS[axis], dtype=object)[tier], dtype="string")
+            pos = tier / 2.0
+        else:
+            part = pd.Series(np.asarray(seg.model.segment_names, dtype=object)[seg.dominant], dtype="string")
+        key = (("coarse|" if coarse else "") + axis + "=" + part) if key is None else key + ("|" + axis + "=") + part
         name = part if name is None else name + ", " + part
-        k = seg.model.k
-        pos = seg.dominant / (k - 1) if k > 1 else np.full(seg.dominant.shape, 0.5)
         position = pos if position is None else position + pos
-    position = position / len(segmentations)
+    position = position / len(parts)
     level = np.clip(np.floor(position * ARCHETYPE_LEVELS).astype(int) + 1, 1, ARCHETYPE_LEVELS)
     codes, uniques = pd.factorize(key)
     ids = np.array([str(uuid.uuid5(ARCHETYPE_NAMESPACE, u)) for u in uniques], dtype=object)  # one per archetype, not per customer
@@ -195,7 +217,7 @@ def build_store_profiles(
         predicted_ltv = np.where(outside, np.minimum(predicted_ltv, ltv_cap), predicted_ltv)
     seconds["churn_ltv"] = time.perf_counter() - started
     started = time.perf_counter()
-    archetype_id, archetype_level, archetype_name = archetypes(segmentations)
+    archetype_id, archetype_level, archetype_name = archetypes(segmentations, coarse=settings.enable_coarse_archetypes)
 
     dominant = json_object([(a, json_string(np.asarray(s.model.segment_names, dtype=object)[s.dominant])) for a, s in segmentations.items()])
     membership_numbers = {a: [(name, json_number(s.memberships[:, j])) for j, name in enumerate(s.model.segment_names)]

@@ -121,6 +121,6 @@ def environment_names() -> dict[str, str]:
 ROLLOUT_FLAGS = ("enable_temporal_snapshots", "enable_drift_analysis", "enable_outlier_detection")
 # Fields whose environment name is DESIGN's flag name without a prefix.
 DESIGN_FLAGS = ("enable_temporal_snapshots", "enable_stable_segments", "enable_drift_analysis", "enable_adaptive_windows", "enable_honest_segments",
-                "enable_outlier_detection", "enable_advanced_clustering", "clustering_algorithm", "dynamic_k_range")
+                "enable_outlier_detection", "enable_advanced_clustering", "clustering_algorithm", "dynamic_k_range", "enable_coarse_archetypes")
 
 

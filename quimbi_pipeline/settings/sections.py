@@ -114,6 +114,7 @@ class FeatureFlags(Section):
     enable_advanced_clustering: bool = Field(False, description="Allow another algorithm than the original kmeans (CLUSTERING_ALGORITHM).")
     enable_honest_segments: bool = Field(False, description="Segment names from fixed bands of each axis' feature (the same meaning in every store) and floored spreads in the standardization.")
     enable_outlier_detection: bool = Field(False, description="customer_outlier_flags (three methods), and outliers left out of the fits.")
+    enable_coarse_archetypes: bool = Field(False, description="Archetypes a marketer can act on: purchase frequency, value and loyalty in three tiers each (at most 27) instead of every axis' segment.")
     clustering_algorithm: ClusteringAlgorithm = Field(ClusteringAlgorithm.kmeans, description="kmeans (the original), hdbscan, gmm or dbscan; the others need ENABLE_ADVANCED_CLUSTERING.")
     dynamic_k_range: bool = Field(False, description="max_k = max(min(floor(sqrt(n) / 2), 20, n - 1), min_k + 1) for a store of n customers.")
 

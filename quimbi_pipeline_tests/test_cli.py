@@ -63,6 +63,12 @@ def test_quimbi_run_over_60_demo_days_fills_the_drift_tables(tmp_path, monkeypat
     anomalies = wh.read_sql("SELECT anomaly_type, description FROM customer_drift_anomalies")
     assert set(anomalies["anomaly_type"]) >= {"sudden_drift", "velocity_spike"}
     assert anomalies["description"].str.contains("; evidence: ").all()
+    # Evidence dated more than 28 days before its anomaly says why it still counts.
+    dated = wh.read_sql("SELECT as_of_date, description FROM customer_drift_anomalies")
+    since = pd.to_datetime(dated["description"].str.extract(r"since (\d{4}-\d{2}-\d{2})")[0])
+    old = (pd.to_datetime(dated["as_of_date"]) - since).dt.days > 28
+    assert old.any() and dated.loc[old, "description"].str.contains(r"\((no order since|the last order before the change)").all()
+    assert not dated.loc[~old, "description"].str.contains(r"\((no order since|the last order before the change)").any()
     assert not wh.read_sql("SELECT * FROM population_drift WHERE as_of_date = '2026-10-31'").empty
     wh.dispose()
 

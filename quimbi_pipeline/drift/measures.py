@@ -507,6 +507,9 @@ def _velocity_spikes(h: MembershipHistory, code: np.ndarray, first: np.ndarray, 
     return at_d[spike], ratio[spike], recent[spike], p_recent[spike]
 
 
+OLD_EVIDENCE_DAYS = 28  # evidence dated further back than this is explained in the anomaly's text
+
+
 def _anomaly_rows(h: MembershipHistory, rows: np.ndarray, axis: str, kind: str, severity: np.ndarray, description: pd.Series,
                   evidence_rows: np.ndarray | None = None) -> pd.DataFrame:
     """Rows of customer_drift_anomalies; the description names the change at `evidence_rows` (default: rows) when there is one."""
@@ -517,7 +520,12 @@ def _anomaly_rows(h: MembershipHistory, rows: np.ndarray, axis: str, kind: str, 
         e = h.evidence[source]
         feature, before, after, since = describe(source, e["since"][at], e["before"][at], e["after"][at])
         suffix = "; evidence: " + feature.astype(object) + " " + _number_text(before) + " -> " + _number_text(after) + " since " + since
-        text = np.where(np.isfinite(e["since"][at]), text + suffix, text)
+        # Evidence older than the window says why it still counts: the date is the last order before the change.
+        old = (h.day[rows] - np.nan_to_num(e["since"][at], nan=np.inf)) > OLD_EVIDENCE_DAYS
+        silent = (source == "purchase_frequency") & (np.nan_to_num(e["after"][at], nan=1.0) == 0)
+        why = np.where(old & silent, " (no order since: the silence is the change)",
+                       np.where(old, " (the last order before the change; the orders since hold it)", ""))
+        text = np.where(np.isfinite(e["since"][at]), text + suffix + why, text)
     return pd.DataFrame({
         "customer_id": h.customer_id[rows], "anomaly_type": kind, "axis": axis, "anomaly_date": day_text(h.day[rows]).to_numpy(object),
         "severity": _num(severity), "description": text,

@@ -166,3 +166,20 @@ def test_a_decisive_first_changed_order_is_a_change_a_moderate_one_waits():
     assert np.isnan(f.at["half", "change:purchase_value.evidence"]) and f.filter(like="steady", axis=0)["change:purchase_value.evidence"].isna().all()
     waits = compute_customer_features(pd.DataFrame(rows), day, adaptive=ChangeRule(decisive_evidence=1e9))
     assert np.isnan(waits.at["drop", "change:purchase_value.evidence"])  # without the rule: one order is never a change
+
+
+def test_gap_statistics_by_slices_are_those_of_the_whole(demo_small, monkeypatch):
+    """The renewal model's gap statistics are read a slice of customers at a time (memory at 16M purchase days):
+    the same numbers, bit for bit, whatever the slice size."""
+    import quimbi_pipeline.model.features as features_module
+
+    v = validate_orders(demo_small.orders)
+    day = pd.Timestamp("2026-10-31")
+    whole = compute_customer_features(orders_as_of(v.orders, day), day)[["gap_count", "gap_log_mean", "gap_log_ss"]]
+    monkeypatch.setattr(features_module, "GAP_SLICE_ROWS", 97)
+    sliced = compute_customer_features(orders_as_of(v.orders, day), day)[["gap_count", "gap_log_mean", "gap_log_ss"]]
+    pd.testing.assert_frame_equal(whole, sliced, check_exact=True)
+    seen = orders_as_of(v.orders, day)
+    purchases = seen[seen["order_total"] >= 0]
+    days = purchases.assign(d=purchases["order_ts"].dt.normalize()).groupby("customer_id")["d"].nunique()
+    assert (whole["gap_count"].to_numpy() == days.reindex(whole.index).to_numpy() - 1).all()

@@ -206,7 +206,7 @@ def compute_customer_features(
         out["btyd_x"], out["btyd_t_x"], out["btyd_monetary"] = occ_x, occ_t_x, occ_monetary
         out["btyd_days_per_occasion"] = n_days / np.maximum(occ_x + 1, 1)
     out["btyd_T"] = T_weeks
-    out["gap_count"], out["gap_log_mean"], out["gap_log_ss"] = _gap_statistics(day_codes, spend_per_day.index.to_numpy() % span, n_all)
+    out["gap_count"], out["gap_log_mean"], out["gap_log_ss"] = _gap_statistics(day_codes, spend_per_day.index.to_numpy(), span, n_all)
     del spend_per_day, day_codes, day_spend, is_first_day
 
     # Frequency over the absolute window before D (a customer who stops buying slows down).
@@ -322,19 +322,34 @@ def compute_customer_features(
     return out.loc[has_purchase]
 
 
-def _gap_statistics(day_codes: np.ndarray, days: np.ndarray, n_all: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+# Purchase days per slice of the gap statistics: the gaps' temporaries stay ~50 MB instead of 0.4 GB at 16M days.
+GAP_SLICE_ROWS = 1_000_000
+
+
+def _gap_statistics(day_codes: np.ndarray, day_keys: np.ndarray, span: int, n_all: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(gaps, mean log gap, sum of squared deviations of the log gaps) per customer, over the gaps in days between
-    consecutive purchase days (sorted by customer then day): the renewal churn model's evidence of a customer's
-    own rhythm."""
+    consecutive purchase days: the renewal churn model's evidence of a customer's own rhythm. `day_keys` are
+    customer * span + day, sorted; read a slice of whole customers at a time."""
     # Every gap counts, however short: leaving out gaps under 3 or 5 days (clumped purchases) lifted the young-store
     # figures but cost CDNOW's (AUC 0.789 -> 0.780 at 1997-09-30; below recency on early 200-customer cuts).
-    same = day_codes[1:] == day_codes[:-1] if day_codes.size else np.zeros(0, dtype=bool)
-    owner = day_codes[1:][same]
-    log_gap = np.log(np.diff(days)[same].astype("float64"))
-    count = np.bincount(owner, minlength=n_all).astype("float64")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, np.bincount(owner, log_gap, n_all) / count, np.nan)
-    ss = np.bincount(owner, (log_gap - mean[owner]) ** 2, n_all)
+    count, mean, ss = np.zeros(n_all), np.full(n_all, np.nan), np.zeros(n_all)
+    start, n = 0, day_codes.size
+    while start < n:
+        stop = min(start + GAP_SLICE_ROWS, n)
+        if stop < n:  # to the end of the last customer in the slice
+            stop = int(np.searchsorted(day_codes, day_codes[stop - 1], side="right"))
+        c = day_codes[start:stop]
+        first = int(c[0])
+        same = c[1:] == c[:-1]
+        owner = (c[1:][same] - first).astype("int64")
+        log_gap = np.log(np.diff(day_keys[start:stop])[same].astype("float64"))  # same customer: key gaps are day gaps
+        width = int(c[-1]) - first + 1
+        k = np.bincount(owner, minlength=width).astype("float64")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            m = np.where(k > 0, np.bincount(owner, log_gap, width) / k, np.nan)
+        count[first:first + width], mean[first:first + width] = k, m
+        ss[first:first + width] = np.bincount(owner, (log_gap - m[owner]) ** 2, width)
+        start = stop
     return count, mean, ss
 
 

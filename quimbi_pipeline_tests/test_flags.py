@@ -54,7 +54,8 @@ stores:
     assert run.for_store("store_b").max_k == 6 and not run.for_store("store_a").enable_temporal_snapshots
     assert resolved.flags("store_b") == {
         "ENABLE_TEMPORAL_SNAPSHOTS": True, "ENABLE_STABLE_SEGMENTS": False, "ENABLE_DRIFT_ANALYSIS": False, "ENABLE_ADAPTIVE_WINDOWS": False,
-        "ENABLE_HONEST_SEGMENTS": False, "ENABLE_OUTLIER_DETECTION": False, "ENABLE_ADVANCED_CLUSTERING": True, "CLUSTERING_ALGORITHM": "gmm", "DYNAMIC_K_RANGE": False}
+        "ENABLE_HONEST_SEGMENTS": False, "ENABLE_OUTLIER_DETECTION": False, "ENABLE_ADVANCED_CLUSTERING": True, "CLUSTERING_ALGORITHM": "gmm", "DYNAMIC_K_RANGE": False,
+        "ENABLE_COARSE_ARCHETYPES": False}
 
 
 @pytest.mark.parametrize("text, message", [

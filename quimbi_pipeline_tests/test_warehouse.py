@@ -176,3 +176,21 @@ def test_fetch_rows_recovers_from_a_server_that_dropped_its_connections(pg_url):
         wh.fetch_rows("SELECT 1 AS one", {})
     assert [wh.fetch_rows("SELECT 1 AS one", {}) for _ in range(4)] == [[{"one": 1}]] * 4
     wh.dispose()
+
+
+def test_sqlite_writes_a_slice_of_rows_at_a_time_with_dates_and_nulls_intact(sqlite_url, built, monkeypatch):
+    """The SQLite bulk load inserts SQLITE_INSERT_ROWS rows per call (its peak was every row as Python objects at once);
+    a date column whose slice starts with NULL is still written as ISO dates, and NULL as NULL."""
+    from quimbi_pipeline.storage import Warehouse, connection
+
+    result = built[("store_a", "2026-10-31")]
+    profiles = result.profiles.copy()
+    profiles.loc[profiles.index[::4], "next_order_date"] = None  # NULL at the start of every slice of 4
+    monkeypatch.setattr(connection, "SQLITE_INSERT_ROWS", 4)
+    wh = Warehouse(sqlite_url)
+    wh.write_profiles_partition("store_a", result.as_of, profiles, pd.DataFrame())
+    written = wh.read_sql("SELECT customer_id, next_order_date FROM customer_profiles ORDER BY customer_id").set_index("customer_id")
+    wh.dispose()
+    expected = profiles.set_index("customer_id")["next_order_date"].map(lambda d: None if d is None else d.isoformat())
+    assert written["next_order_date"].reindex(expected.index).tolist() == expected.tolist()
+    assert written["next_order_date"].isna().sum() == len(profiles.index[::4])

@@ -234,9 +234,6 @@ def anomalies_of(wh: Warehouse, store: str, day: str) -> list[dict]:
     return [{**r, "severity": float(r["severity"])} for r in rows]
 
 
-DIRECTIONS = ("degrading", "improving")
-
-
 def movers(wh: Warehouse, store: str, day: str, axis: str | None = None, direction: str | None = None, limit: int = 50) -> list[dict]:
     """Who is changing, how and why on `day` (28-day window): customer, axis, direction, strength, churn risk and the
     evidence in their own orders (from the recommendation on that axis). Degrading first, then by churn risk x

@@ -180,9 +180,9 @@ def mean_shift_change(codes: np.ndarray, ts: np.ndarray, x: np.ndarray, n_all: i
         ss = (q_after - s_after * mean_after) + ((total2 - q_after) - (total - s_after) * mean_before)
         var = (np.maximum(ss, 0.0) + rule.prior_weight * store_var) / (n - 2 + rule.prior_weight)
         tstat = (mean_after - mean_before) / np.sqrt(var * (1.0 / m + 1.0 / n_before))
-    score = np.where(valid, 0.5 * tstat * tstat, 0.0)
+    llr = 0.5 * tstat * tstat
     decisive = (m == 1) & (n_before >= rule.decisive_min_before) & np.isfinite(tstat)
-    score = np.where(decisive & ~valid, np.where(0.5 * tstat * tstat >= rule.decisive_evidence, 0.5 * tstat * tstat, 0.0), score)
+    score = np.where(valid, llr, np.where(decisive & (llr >= rule.decisive_evidence), llr, 0.0))
     valid = valid | decisive
     return _report(n_all, split, _best_per_customer(c, score, valid & (score >= rule.evidence), n_all), mean_before, mean_after, score)
 

@@ -49,7 +49,7 @@ class ChurnModel:
     gg: btyd.GammaGammaParams | None
     store_customers: int
     store_age_days: float
-    min_customers: int = 20  # QUIMBI_BTYD_MIN_CUSTOMERS
+    min_customers: int  # QUIMBI_BTYD_MIN_CUSTOMERS
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -80,11 +80,11 @@ def fit_churn_model(features: pd.DataFrame, settings: PipelineSettings, store_id
         gg = btyd.fit_gamma_gamma(features["btyd_x"].to_numpy(), features["btyd_monetary"].to_numpy(),
                                   sample_size=settings.btyd_fit_sample_size, random_state=settings.random_state)
         if gg.q <= 1:
-            model.notes.append(f"Gamma-Gamma q={gg.q:.3f} <= 1 has no finite mean: customers' own average order value used for LTV")
+            model.notes.append(f"Gamma-Gamma q={gg.q:.3f} <= 1 has no finite mean: customers' own spend per purchase day used for LTV")
         else:
             model.gg = gg
     except ValueError as exc:
-        model.notes.append(f"Gamma-Gamma not fitted ({exc}): customers' own average order value used for LTV")
+        model.notes.append(f"Gamma-Gamma not fitted ({exc}): customers' own spend per purchase day used for LTV")
     for note in model.notes:
         log.warning("store %s churn model: %s", store_id, note)
     return model
@@ -108,11 +108,11 @@ def contradictory(no_purchase: np.ndarray, expected_h: np.ndarray, expected: np.
 
 
 def score_churn(model: ChurnModel, features: pd.DataFrame, settings: PipelineSettings) -> ChurnScores:
-    gaps = (features["gap_count"], features["gap_log_mean"], features["gap_log_ss"], features["days_since_last_order"])
     with np.errstate(over="ignore", invalid="ignore"):
-        soon = renewal.score_renewal(model.purchases, *gaps, settings.churn_horizon_days)
-        year = renewal.score_renewal(model.purchases, *gaps, settings.ltv_horizon_days)
-    no_purchase, expected_h, expected = soon.no_purchase, soon.expected_purchases, year.expected_purchases
+        state = renewal.renewal_state(model.purchases, features["gap_count"], features["gap_log_mean"], features["gap_log_ss"],
+                                      features["days_since_last_order"])
+        no_purchase, expected_h = state.over(settings.churn_horizon_days)
+        expected = state.over(settings.ltv_horizon_days)[1]
     bad = contradictory(no_purchase, expected_h, expected)
     if bad.any():  # only non-finite inputs get here: scored as lapsing, nothing expected (consistent), and logged
         log.warning("churn scores not finite for %d customer(s): scored as lapsing", int(bad.sum()))
@@ -123,7 +123,7 @@ def score_churn(model: ChurnModel, features: pd.DataFrame, settings: PipelineSet
     else:
         spend = features["lifetime_value"].to_numpy() / np.maximum(features["gap_count"].to_numpy() + 1, 1)
     level = churn_risk_level(no_purchase, settings.churn_bands) if model.states_level else np.full(len(features), UNKNOWN_LEVEL)
-    return ChurnScores(no_purchase, level, expected_h, expected * np.nan_to_num(spend, nan=0.0), soon.next_order_days)
+    return ChurnScores(no_purchase, level, expected_h, expected * np.nan_to_num(spend, nan=0.0), state.next_order_days)
 
 
 def evidence_of(model: ChurnModel, features: pd.DataFrame) -> pd.Series:

@@ -24,7 +24,12 @@ from quimbi_pipeline.history.json_text import (
 from quimbi_pipeline.history.snapshot_blocks import SnapshotColumns
 from quimbi_pipeline.history.snapshot_values import SnapshotValues, values_of
 from quimbi_pipeline.model.change_points import ChangeRule
-from quimbi_pipeline.model.churn import ChurnModel, evidence_of, fit_churn_model, score_churn
+from quimbi_pipeline.model.churn import (
+    ChurnModel,
+    evidence_of,
+    fit_churn_model,
+    score_churn,
+)
 from quimbi_pipeline.model.features import (
     CHANGE_PREFIX,
     AxisSpec,

@@ -65,10 +65,6 @@ class RenewalParams:
     converged: bool = True
     prior_weight: float = 0.0  # the dropout prior's share of the evidence: prior_customers / (prior_customers + customers)
 
-    @property
-    def mean_dropout(self) -> float:
-        return self.a / (self.a + self.b)
-
 
 @dataclass(frozen=True)
 class GapPosterior:
@@ -97,12 +93,17 @@ def store_gap_prior(gap_count: np.ndarray, log_mean: np.ndarray, log_ss: np.ndar
     return mu0, between_sd, within_sd
 
 
+def own_spread2(n: np.ndarray, log_ss: np.ndarray, within_sd: float) -> np.ndarray:
+    """Each customer's log-gap variance: their own, shrunk towards the store's with SPREAD_PSEUDO_GAPS pseudo-gaps."""
+    return (np.where(n >= 2, log_ss, 0.0) + SPREAD_PSEUDO_GAPS * within_sd**2) / (np.maximum(n - 1, 0) + SPREAD_PSEUDO_GAPS)
+
+
 def gap_posterior(gap_count: np.ndarray, log_mean: np.ndarray, log_ss: np.ndarray, mu0: float, between_sd: float,
                   within_sd: float) -> GapPosterior:
     """Each customer's predictive log-gap distribution: own spread shrunk by SPREAD_PSEUDO_GAPS towards the
     store's, own location shrunk towards mu0 by the normal-normal rule, the location's uncertainty added."""
     n = np.asarray(gap_count, dtype="float64")
-    spread2 = (np.where(n >= 2, log_ss, 0.0) + SPREAD_PSEUDO_GAPS * within_sd**2) / (np.maximum(n - 1, 0) + SPREAD_PSEUDO_GAPS)
+    spread2 = own_spread2(n, log_ss, within_sd)
     precision = n / spread2 + 1.0 / between_sd**2
     mu = (n * np.where(n >= 1, log_mean, 0.0) / spread2 + mu0 / between_sd**2) / precision
     sd = np.sqrt(spread2 + 1.0 / precision)
@@ -141,7 +142,7 @@ def fit_renewal(gap_count, log_mean, log_ss, silence_days, *, prior_dropout: flo
         gap_count, log_mean, log_ss, silence_days = gap_count[idx], log_mean[idx], log_ss[idx], silence_days[idx]
     mu0, between_sd, within_sd = store_gap_prior(gap_count, log_mean, log_ss)
     n = gap_count
-    spread2 = (np.where(n >= 2, log_ss, 0.0) + SPREAD_PSEUDO_GAPS * within_sd**2) / (np.maximum(n - 1, 0) + SPREAD_PSEUDO_GAPS)
+    spread2 = own_spread2(n, log_ss, within_sd)
     rep = n >= 1
     k1, k0 = prior_customers * prior_dropout, prior_customers * (1.0 - prior_dropout)
 
@@ -174,31 +175,34 @@ def fit_renewal(gap_count, log_mean, log_ss, silence_days, *, prior_dropout: flo
 
 
 @dataclass(frozen=True)
-class RenewalScores:
+class RenewalState:
+    """Each customer at D under the store's parameters: what every horizon's scores share, computed once."""
+    silence: np.ndarray  # days since the last purchase
     p_alive: np.ndarray
-    no_purchase: np.ndarray  # P(no purchase in the horizon)
-    expected_purchases: np.ndarray  # purchase days in the horizon
+    log_s_now: np.ndarray  # log P(gap > silence)
+    post: GapPosterior
     next_order_days: np.ndarray  # days from the last purchase to the median next purchase, if alive
+    usual_gap: np.ndarray  # the predictive mean gap
+    stay_p: np.ndarray  # P(surviving dropout at each later purchase): the posterior mean (b + x + 1) / (a + b + x + 1)
+
+    def over(self, horizon_days: float) -> tuple[np.ndarray, np.ndarray]:
+        """(P(no purchase in the next horizon_days), expected purchase days in them): the first purchase as the
+        customer's next gap ends within the horizon, then renewals at their usual gap while they stay."""
+        buy_if_alive = -np.expm1(log_survival(self.post, self.silence + horizon_days) - self.log_s_now)
+        room = np.clip(self.silence + horizon_days - self.next_order_days, 0.0, None) / self.usual_gap
+        more = self.stay_p * (1.0 - self.stay_p**room) / np.maximum(1.0 - self.stay_p, 1e-12)
+        return 1.0 - self.p_alive * buy_if_alive, self.p_alive * buy_if_alive * (1.0 + more)
 
 
-def score_renewal(params: RenewalParams, gap_count, log_mean, log_ss, silence_days, horizon_days: float) -> RenewalScores:
+def renewal_state(params: RenewalParams, gap_count, log_mean, log_ss, silence_days) -> RenewalState:
     gap_count, log_mean, log_ss, s = (np.asarray(v, dtype="float64") for v in (gap_count, log_mean, log_ss, silence_days))
     post = gap_posterior(gap_count, log_mean, log_ss, params.mu0, params.between_sd, params.within_sd)
     log_s_now = log_survival(post, s)
-    log_s_later = log_survival(post, s + horizon_days)
     stay = np.log(params.b + gap_count) + log_s_now
     p_alive = np.exp(stay - np.logaddexp(stay, np.log(params.a)))
-    buy_if_alive = -np.expm1(log_s_later - log_s_now)  # P(next gap ends within the horizon | it is longer than s)
-    no_purchase = 1.0 - p_alive * buy_if_alive
     # Next purchase date if alive: the conditional median of the gap given it exceeds s.
     half = log_s_now + np.log(0.5)
-    next_days = np.exp(post.mu + post.sd * ndtri(-np.expm1(half)))
-    next_days = np.maximum(next_days, s)
-    # Purchases in the horizon: the first (above), then renewals at the customer's usual gap while they stay,
-    # each one surviving dropout with the posterior mean (b + x + 1) / (a + b + x + 1).
+    next_days = np.maximum(np.exp(post.mu + post.sd * ndtri(-np.expm1(half))), s)
     usual_gap = np.exp(post.mu + 0.5 * post.sd**2)
     stay_p = (params.b + gap_count + 1) / (params.a + params.b + gap_count + 1)
-    room = np.clip(s + horizon_days - next_days, 0.0, None) / usual_gap
-    more = stay_p * (1.0 - stay_p**room) / np.maximum(1.0 - stay_p, 1e-12)
-    expected = p_alive * buy_if_alive * (1.0 + more)
-    return RenewalScores(p_alive, no_purchase, expected, next_days)
+    return RenewalState(s, p_alive, log_s_now, post, next_days, usual_gap, stay_p)

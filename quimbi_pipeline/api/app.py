@@ -29,7 +29,14 @@ from quimbi_pipeline.api import reads
 from quimbi_pipeline.api.access import Access, request_key
 from quimbi_pipeline.api.direct_routes import DirectRoutes
 from quimbi_pipeline.api.log_text import loggable, one_line
-from quimbi_pipeline.api.models import Drift, Health, History, Population, Profile
+from quimbi_pipeline.api.models import (
+    Alerts,
+    Drift,
+    Health,
+    History,
+    Population,
+    Profile,
+)
 from quimbi_pipeline.api.pages import add_pages
 from quimbi_pipeline.api.routes import (
     ID,
@@ -259,6 +266,9 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None, h
     def population_answer(store: str, days: int) -> Response:
         return typed(Population, {"store_id": store, "series": reads.population(warehouse, store, days)})
 
+    def alerts_answer(store: str, days: int) -> Response:
+        return typed(Alerts, {"store_id": store, "alerts": reads.alerts(warehouse, settings, store, days)})
+
     add_pages(app, warehouse, settings, allowed)
 
     @app.get("/health", response_model=Health, summary="Liveness (no key needed)")
@@ -282,7 +292,7 @@ def create_app(warehouse_url: str | None = None, access: Access | None = None, h
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": "internal error (logged on the server)"}, status_code=500)
 
-    answers = {"profile": profile_answer, "drift": drift_answer, "history": history_answer, "population": population_answer}
+    answers = {"profile": profile_answer, "drift": drift_answer, "history": history_answer, "population": population_answer, "alerts": alerts_answer}
     add_routes(app, grant, answers)
     return ReadApi(app, hosts if access.open else None, grant=grant, answers=answers)
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from quimbi_pipeline.model.features import AXIS_BY_NAME
+
 WIDTH = 560
+SMALL_WIDTH = 200  # a small multiple: three across fit 1,400 px; on a phone they wrap
 DRIFT_WINDOW_DAYS = 28
 
 
@@ -75,21 +78,55 @@ def archetype_journey(snapshots: list[dict]) -> dict:
                            "tooltip": [{"field": "archetype"}, {"field": "start", "type": "temporal"}, {"field": "end", "type": "temporal"}]})
 
 
+# One colour per rung of an axis' ladder (worst -> best), the same on every axis: a red-to-blue diverging scheme, so
+# "level 1" reads the same in every small multiple; a segment off the ladder (one-segment stores) is grey.
+RUNG_COLOURS = ("#b2182b", "#ef8a62", "#fddbc7", "#d1e5f0", "#67a9cf", "#2166ac")
+OFF_LADDER = "#bdbdbd"
+RUNG_NAMES = ("1 worst", "2", "3", "4", "5", "6 best")
+
+
+def _rung(axis: str, segment: str) -> str:
+    ladder = AXIS_BY_NAME[axis].ladder if axis in AXIS_BY_NAME else ()
+    return RUNG_NAMES[ladder.index(segment)] if segment in ladder else "other"
+
+
 def segment_shares(series: list[dict]) -> dict:
-    values = [{"date": p["as_of_date"], "axis": p["axis"], "segment": segment, "share": shares["current"]}
+    """Small multiples, one per axis: the dominant segments' shares over time, coloured by their rung on the axis'
+    ladder (the same colour means the same rung on every axis), the segment's name in the tooltip."""
+    values = [{"date": p["as_of_date"], "axis": p["axis"], "segment": segment, "rung": _rung(p["axis"], segment), "share": shares["current"]}
               for p in series for segment, shares in p["segment_shares"].items()]
-    return _spec("Segment shares over time (dominant segments of the active customers)", values, mark="area",
-                 encoding={"x": {"field": "date", "type": "temporal"}, "y": {"field": "share", "type": "quantitative", "stack": "normalize"},
-                           "color": {"field": "segment", "type": "nominal"}, "row": {"field": "axis", "type": "nominal", "title": None},
-                           "tooltip": [{"field": "date", "type": "temporal"}, {"field": "axis"}, {"field": "segment"}, {"field": "share"}]},
-                 height=60, resolve={"scale": {"color": "independent"}})
+    spec = _spec("Segment shares over time (dominant segments of the active customers; colour = rung, worst to best)", values,
+                 mark="area",
+                 encoding={"x": {"field": "date", "type": "temporal", "title": None, "axis": {"format": "%b %d", "labelOverlap": True, "tickCount": 4}},
+                           "y": {"field": "share", "type": "quantitative", "stack": "normalize", "title": None, "axis": {"format": "%"}},
+                           "color": {"field": "rung", "type": "ordinal", "title": "rung",
+                                     "scale": {"domain": [*RUNG_NAMES, "other"], "range": [*RUNG_COLOURS, OFF_LADDER]}},
+                           "order": {"field": "rung", "type": "ordinal"},
+                           "facet": {"field": "axis", "type": "nominal", "columns": 3, "title": None, "header": {"labelFontSize": 12}},
+                           "tooltip": [{"field": "date", "type": "temporal"}, {"field": "axis"}, {"field": "segment"}, {"field": "share", "format": ".1%"}]},
+                 height=110)
+    spec["width"] = SMALL_WIDTH
+    return spec
 
 
-def population_drift(series: list[dict]) -> dict:
+def population_drift(series: list[dict], warn: float | None = None, error: float | None = None) -> dict:
+    """Each axis' segment-share shift over time, with the alert thresholds (QUIMBI_ALERT_SEGMENT_MIX_*) as rules."""
     values = [{"date": p["as_of_date"], "axis": p["axis"], "segment_share_shift": p["segment_share_shift"]} for p in series]
-    return _spec("Population drift: shift of segment shares against the reference date", values, mark={"type": "line", "point": True},
-                 encoding={"x": {"field": "date", "type": "temporal"}, "y": {"field": "segment_share_shift", "type": "quantitative"},
-                           "color": {"field": "axis", "type": "nominal"}})
+    line = {"mark": {"type": "line", "point": True},
+            "encoding": {"x": {"field": "date", "type": "temporal"},
+                         "y": {"field": "segment_share_shift", "type": "quantitative", "title": "segment share shift", "axis": {"format": "%"}},
+                         "color": {"field": "axis", "type": "nominal"},
+                         "tooltip": [{"field": "date", "type": "temporal"}, {"field": "axis"}, {"field": "segment_share_shift", "format": ".1%"}]}}
+    rules = [{"threshold": t, "level": f"{name} {t:.0%}"} for name, t in (("warn", warn), ("error", error)) if t is not None]
+    if not rules:
+        return _spec("Population drift: shift of segment shares against the reference date", values, **line)
+    layer = {"data": {"values": rules}, "mark": {"type": "rule", "strokeDash": [4, 4]},
+             "encoding": {"y": {"field": "threshold", "type": "quantitative"},
+                          "color": {"value": "#d62728"}, "tooltip": [{"field": "level", "title": "alert threshold"}]}}
+    text = {"data": {"values": rules}, "mark": {"type": "text", "align": "left", "dx": 4, "dy": -6, "color": "#d62728"},
+            "encoding": {"y": {"field": "threshold", "type": "quantitative"}, "x": {"value": 0}, "text": {"field": "level"}}}
+    return _spec("Population drift: shift of segment shares against the reference date, and the alert thresholds", values,
+                 layer=[line, layer, text])
 
 
 def outlier_rate(points: list[dict]) -> dict:

@@ -131,6 +131,21 @@ class Population(BaseModel):
     series: list[PopulationPoint]
 
 
+class Alert(BaseModel):
+    as_of_date: str
+    kind: str = Field(description="segment_mix, feature_distribution or outlier_rate")
+    axis: str = Field(description="the axis (segment_mix, feature_distribution) or the outlier method (outlier_rate)")
+    value: float
+    threshold: float = Field(description="the threshold it reached (QUIMBI_ALERT_*_WARN or _ERROR)")
+    severity: str = Field(description="warn or error")
+    message: str
+
+
+class Alerts(BaseModel):
+    store_id: str
+    alerts: list[Alert] = Field(description="newest date first, errors first")
+
+
 class Health(BaseModel):
     status: str
     stores: int

@@ -19,10 +19,13 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from quimbi_pipeline.api import charts, reads
 from quimbi_pipeline.api.routes import ID, link_id, path_id
 from quimbi_pipeline.settings import StoreSettings
+from quimbi_pipeline.settings.store import settings_for_store
 from quimbi_pipeline.storage import Warehouse
 
 HERE = Path(__file__).resolve().parent
 HISTORY_DAYS = 365
+ALERT_DAYS = 28  # the store page lists the alerts of its newest 28 days
+MAX_ALERTS_SHOWN = 20
 EXPLAIN = {
     "churn_risk_score": "The probability that this customer makes no purchase in the next 90 days (the churn horizon): how long "
                         "they have been silent measured against their own usual gap between orders (a weekly buyer silent five "
@@ -43,6 +46,9 @@ EXPLAIN = {
     "archetype": "The combination of the customer's dominant segments on every axis; level 1 is the worst rung on every axis, 5 the best.",
     "population_drift": "Total variation between the store's dominant-segment shares now and on the reference date: 0 = the same "
                         "mix of customers, 1 = an entirely different one.",
+    "alerts": "A store-mix alert is raised when an axis' segment mix (total variation of its dominant-segment shares against the "
+              "reference date), its features' distribution (PSI) or an outlier method's flagged share reaches its threshold "
+              "(QUIMBI_ALERT_*, docs/settings.md); stores with fewer than QUIMBI_ALERT_MIN_CUSTOMERS active customers raise none.",
     "outlier_rate": "The share of the store's customers each method flags as an outlier that day (ENABLE_OUTLIER_DETECTION).",
 }
 
@@ -85,12 +91,15 @@ def add_pages(app: FastAPI, warehouse: Warehouse, settings: StoreSettings, allow
         day = reads.newest_drift_date(warehouse, store)
         rates = reads.outlier_rates(warehouse, store)
         specs = {}
+        thresholds = settings_for_store(settings, store)
         if series:
-            specs |= {"shares": charts.segment_shares(series), "population": charts.population_drift(series)}
+            specs |= {"shares": charts.segment_shares(series),
+                      "population": charts.population_drift(series, thresholds.alert_segment_mix_warn, thresholds.alert_segment_mix_error)}
         if rates:
             specs["outliers"] = charts.outlier_rate(rates)
         html = _templates.get_template("store.html").render(
-            store=store, day=day, specs=specs, churn=reads.churn_summary(warehouse, store), anomalies=reads.anomalies_of(warehouse, store, day) if day else [],
+            store=store, day=day, specs=specs, churn=reads.churn_summary(warehouse, store), alerts=reads.alert_episodes(warehouse, settings, store, ALERT_DAYS),
+            alert_days=ALERT_DAYS, max_alerts=MAX_ALERTS_SHOWN, alert_axes=thresholds.alert_axes, anomalies=reads.anomalies_of(warehouse, store, day) if day else [],
             movers=reads.movers(warehouse, store, day, axis, direction) if day else [], axis=axis, direction=direction,
             drifted=reads.most_drifted(warehouse, store) if day else [], explain=EXPLAIN, link=_link(request))
         return HTMLResponse(html)

@@ -12,9 +12,12 @@ from datetime import date
 
 import pandas as pd
 
+from quimbi_pipeline.drift.alerts import ALERT_COLUMNS
+from quimbi_pipeline.drift.alerts import alert_episodes as episodes_of
 from quimbi_pipeline.drift.measures import EVIDENCE_AXIS, DriftTables, axis_entries
 from quimbi_pipeline.history.snapshots import RETAINED_TYPES
 from quimbi_pipeline.run import drift_on_demand
+from quimbi_pipeline.run.alerts import store_alerts
 from quimbi_pipeline.settings import StoreSettings
 from quimbi_pipeline.storage import Warehouse
 
@@ -199,6 +202,29 @@ def outlier_rates(wh: Warehouse, store: str) -> list[dict]:
     rows = wh.fetch_rows(f"SELECT flag_date, method, customers, flagged FROM {wh.qualified('outlier_rates')} "
                          "WHERE store_id = :s ORDER BY flag_date, method", {"s": store})
     return [{"date": _day(r["flag_date"]), "method": r["method"], "rate": int(r["flagged"]) / max(int(r["customers"]), 1)} for r in rows]
+
+
+def _store_alerts(wh: Warehouse, settings: StoreSettings, store: str, days: int) -> pd.DataFrame:
+    """The store's mix alerts (run/alerts.py) over the `days` days up to its newest population drift or outlier date."""
+    newest = wh.fetch_rows(f"SELECT max(d) AS d FROM (SELECT max(as_of_date) AS d FROM {wh.qualified('population_drift')} WHERE store_id = :s "
+                           f"UNION ALL SELECT max(flag_date) AS d FROM {wh.qualified('outlier_rates')} WHERE store_id = :s) newest", {"s": store})[0]["d"]
+    if newest is None:
+        return pd.DataFrame(columns=ALERT_COLUMNS)
+    end = pd.Timestamp(newest)
+    return store_alerts(wh, settings, end - pd.Timedelta(days=days - 1), end, [store])
+
+
+def alerts(wh: Warehouse, settings: StoreSettings, store: str, days: int) -> list[dict]:
+    """The store's mix alerts of the `days` days up to its newest date, newest first, errors first."""
+    found = _store_alerts(wh, settings, store, days)
+    found = found.assign(_rank=found["severity"].map({"error": 0, "warn": 1})).sort_values(["as_of_date", "_rank"], ascending=[False, True], kind="stable")
+    return [{"as_of_date": _day(r["as_of_date"]), **{k: r[k] for k in ("kind", "axis", "severity", "message")},
+             "value": float(r["value"]), "threshold": float(r["threshold"])} for r in found.to_dict("records")]
+
+
+def alert_episodes(wh: Warehouse, settings: StoreSettings, store: str, days: int) -> list[dict]:
+    """The same alerts with consecutive days of one kind and axis as one row (drift/alerts.py alert_episodes)."""
+    return [{**r, "first": _day(r["first"]), "last": _day(r["last"])} for r in episodes_of(_store_alerts(wh, settings, store, days)).to_dict("records")]
 
 
 LITTLE_HISTORY_SQL = ("CAST(history_basis AS TEXT) LIKE '%\"little_history\":true%' "

@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from quimbi_pipeline.api.access import request_key
-from quimbi_pipeline.api.models import Drift, History, Population, Profile
+from quimbi_pipeline.api.models import Alerts, Drift, History, Population, Profile
 from quimbi_pipeline.api.reads import SNAPSHOT_TYPES, WINDOWS
 from quimbi_pipeline.sources.orders import (
     MAX_ID_LENGTH,  # ids are capped at write time: a longer one is never stored
@@ -105,8 +105,8 @@ WINDOW = QueryParam("window", str, "28d", choices=WINDOWS, description="7d, 28d,
 AS_OF = QueryParam("as_of", date, None, low=date(1900, 1, 1), high=date(2999, 12, 31), direct=False)
 
 
-def _days(default: int) -> QueryParam:
-    return QueryParam("days", int, default, low=1, high=MAX_DAYS, description="days back from the customer's newest snapshot")
+def _days(default: int, since: str = "the customer's newest snapshot") -> QueryParam:
+    return QueryParam("days", int, default, low=1, high=MAX_DAYS, description=f"days back from {since}")
 
 
 SNAPSHOT_TYPE = QueryParam("snapshot_type", str, None, choices=SNAPSHOT_TYPES)
@@ -118,7 +118,10 @@ ROUTES = (
     Route("store_history", "/stores/{store}/customers/{customer}/history", "history", History, "A customer's snapshots",
           (_days(28), SNAPSHOT_TYPE)),
     Route("store_population", "/stores/{store}/population", "population", Population,
-          "Segment shares and population drift over time", (_days(90),), direct=False, thread_pool=True),
+          "Segment shares and population drift over time", (_days(90, "the store's newest date"),), direct=False, thread_pool=True),
+    Route("store_alerts", "/stores/{store}/alerts", "alerts", Alerts, "The store's mix alerts (population drift and outlier rates "
+          "past their thresholds)", (_days(28, "the store's newest date"),),
+          direct=False, thread_pool=True),
     Route("one_store_profile", "/customers/{customer}", "profile", Profile, "Profile (a warehouse of one store)"),
     Route("one_store_drift", "/customers/{customer}/drift", "drift", Drift, "Drift (a warehouse of one store)", (WINDOW, AS_OF)),
     Route("one_store_history", "/customers/{customer}/history", "history", History, "History (a warehouse of one store)",

@@ -45,6 +45,9 @@ DEPLOYMENT = (
     DeploymentSetting("QUIMBI_API_ALLOWED_HOSTS", None, "Host names an open `quimbi serve` (no API keys) answers besides "
                       "its listening address, localhost, 127.0.0.1 and ::1, comma-separated; any other Host gets 421 "
                       "(DNS rebinding)."),
+    DeploymentSetting("QUIMBI_ALERT_WEBHOOK_URL", None, "A URL the alert sensor POSTs each new store-mix alert to (JSON: "
+                      "store_id, as_of_date, kind, axis, value, threshold, severity, message); unset: alerts are logged and "
+                      "shown only."),
     DeploymentSetting("QUIMBI_TEST_POSTGRES_URL", None, "PostgreSQL the test suite uses (a database per test worker "
                       "beside it).", "Tests", shown_default="a throwaway server where PostgreSQL's binaries exist"),
     DeploymentSetting("QUIMBI_REQUIRE_POSTGRES", None, "`1`: PostgreSQL tests fail instead of skipping when no server "

@@ -8,11 +8,14 @@ A field's environment and flags-file name is DESIGN's flag name for the feature 
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # DESIGN's drift windows (days).
 DRIFT_WINDOWS = (7, 28, 90, 180, 365)
+AXIS_NAMES = ("purchase_frequency", "purchase_value", "loyalty_trajectory", "category_exploration", "discount_sensitivity", "basket_size")
+ALERT_AXES = tuple(a for a in AXIS_NAMES if a != "loyalty_trajectory")
 
 
 class ClusteringAlgorithm(str, Enum):
@@ -98,6 +101,37 @@ class DriftSettings(Section):
     change_decisive_evidence: float = Field(40.0, gt=0, description="Evidence a change shown by one purchase alone needs (far outside the customer's own history: a value x10 or /10); below it a change waits for a second purchase.")
 
 
+class AlertSettings(Section):
+    """Alerts on the store's mix"""
+
+    alert_segment_mix_warn: float = Field(0.10, gt=0, le=1, description="An axis whose dominant-segment shares moved this far (total variation: the share of customers that would have to change segment) against population drift's reference date raises a warning.")
+    alert_segment_mix_error: float = Field(0.20, gt=0, le=1, description="... and an error from this far.")
+    alert_feature_psi_warn: float = Field(0.25, gt=0, description="An axis whose features' distribution moved this far (population stability index, the largest of its features) raises a warning; 0.25 is the usual mark of a significant shift.")
+    alert_feature_psi_error: float = Field(0.50, gt=0, description="... and an error from this far.")
+    alert_outlier_rate_warn: float = Field(0.02, gt=0, le=1, description="A share of the store's customers flagged by an outlier method (ENABLE_OUTLIER_DETECTION) from which a warning is raised.")
+    alert_outlier_rate_error: float = Field(0.05, gt=0, le=1, description="... and an error from this share.")
+    alert_axes: tuple[str, ...] = Field(ALERT_AXES, description="The axes whose mix raises alerts, comma-separated. loyalty_trajectory is left out by default: its tenure grows with the calendar, so a store that acquires unevenly (a launch cohort, a season) moves on it every month without any customer changing.")
+    alert_min_customers: int = Field(200, ge=1, description="Stores with fewer active customers raise no mix alert: their shares move by chance (one customer of 100 is a 1% shift).")
+
+    @field_validator("alert_axes", mode="before")
+    @classmethod
+    def _axes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = tuple(v for v in value.replace(" ", "").split(",") if v)
+        unknown = sorted(set(value) - set(AXIS_NAMES))
+        if unknown:
+            raise ValueError(f"unknown axes {unknown}: the axes are {', '.join(AXIS_NAMES)}")
+        return tuple(value)
+
+    @model_validator(mode="after")
+    def _warn_below_error(self) -> AlertSettings:
+        for name in ("segment_mix", "feature_psi", "outlier_rate"):
+            warn, error = getattr(self, f"alert_{name}_warn"), getattr(self, f"alert_{name}_error")
+            if warn > error:
+                raise ValueError(f"QUIMBI_ALERT_{name.upper()}_WARN={warn:g} is above QUIMBI_ALERT_{name.upper()}_ERROR={error:g}: a warning must come first")
+        return self
+
+
 class ResourceSettings(Section):
     """Resources"""
 
@@ -120,4 +154,4 @@ class FeatureFlags(Section):
 
 
 # The order of the groups in PipelineSettings' bases, the reference and `quimbi --help` (flags first).
-SECTIONS = (FeatureFlags, CustomerSettings, SegmentSettings, ChurnSettings, SnapshotSettings, DriftSettings, ResourceSettings)
+SECTIONS = (FeatureFlags, CustomerSettings, SegmentSettings, ChurnSettings, SnapshotSettings, DriftSettings, AlertSettings, ResourceSettings)

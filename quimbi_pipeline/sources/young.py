@@ -30,6 +30,8 @@ VALUE_RISE = 4.0  # a value change: every order from the change on is 4 times th
 def renewal_times(starts: np.ndarray, ends: np.ndarray, mean_gap: np.ndarray, shape: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
     """(customer index, time) of the purchases of one renewal process per customer in [start, end)."""
     n = starts.size
+    if n == 0:
+        return np.zeros(0, dtype="int64"), np.zeros(0)
     need = np.ceil(np.maximum(ends - starts, 0) / (mean_gap * DAY_S) * 1.6 + 8).astype("int64")
     cust = np.repeat(np.arange(n), need)
     k = shape[cust]

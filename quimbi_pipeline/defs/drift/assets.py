@@ -15,11 +15,13 @@ from quimbi_pipeline.defs.partitions import daily_partitions
 from quimbi_pipeline.defs.profiles.assets import DRIFT_STEP, PROFILES_KEY, SNAPSHOTS_KEY
 from quimbi_pipeline.defs.resources import WarehouseResource, size_thread_pools
 from quimbi_pipeline.run import run_drift_partition
+from quimbi_pipeline.run.alerts import store_alerts
 from quimbi_pipeline.settings import StoreSettings
 from quimbi_pipeline.storage.leases import hold, release
 
 DRIFT_KEYS = {name: dg.AssetKey(name) for name in ("customer_drift", "customer_axis_drift", "customer_drift_anomalies", "population_drift")}
 DRIFT_RANGE_CHECK = "drift_rows_valid"
+MIX_CHECK = "store_mix_within_thresholds"
 
 _DESCRIPTIONS = {
     "customer_drift": "Per customer and window (7, 28, 90, 180, 365 days, or those configured): overall drift, velocity, 30-day forecast, churn-risk trend, archetype journey, recommendations.",
@@ -57,13 +59,30 @@ def profile_failures_of_run(context: dg.AssetExecutionContext) -> dict[str, str]
     return {}
 
 
+def mix_check_result(alerts) -> dg.AssetCheckResult:
+    """The store-mix check of the run's stores and date: passed without alerts, else WARN or ERROR (the worst alert),
+    each alert's sentence in the metadata under its store."""
+    if alerts is None:
+        return dg.AssetCheckResult(asset_key=DRIFT_KEYS["population_drift"], check_name=MIX_CHECK, passed=True,
+                                   metadata={"note": "no store of the run had drift rows, or they could not be read: nothing checked"})
+    metadata: dict = {"alerts": len(alerts), "errors": int((alerts["severity"] == "error").sum())}
+    for store, rows in alerts.groupby("store_id"):
+        metadata[f"alerts/{store}"] = dg.MetadataValue.md("\n".join(f"- **{r.severity}** {r.message}" for r in rows.itertuples()))
+    severity = dg.AssetCheckSeverity.ERROR if metadata["errors"] else dg.AssetCheckSeverity.WARN
+    return dg.AssetCheckResult(asset_key=DRIFT_KEYS["population_drift"], check_name=MIX_CHECK, passed=alerts.empty, severity=severity,
+                               metadata=metadata)
+
+
 @dg.multi_asset(
     name=DRIFT_STEP,
     specs=list(_SPECS),
     partitions_def=daily_partitions,
     can_subset=True,
     check_specs=[dg.AssetCheckSpec(DRIFT_RANGE_CHECK, asset=DRIFT_KEYS["customer_drift"],
-                                   description="Every drift row of D has at least two snapshots and scores within [0, 1].")],
+                                   description="Every drift row of D has at least two snapshots and scores within [0, 1]."),
+                 dg.AssetCheckSpec(MIX_CHECK, asset=DRIFT_KEYS["population_drift"],
+                                   description="No store's segment mix, feature distribution or outlier rate of D is past its alert "
+                                               "threshold (QUIMBI_ALERT_*): WARN from the _WARN thresholds, ERROR from the _ERROR ones.")],
 )
 def daily_drift(context: dg.AssetExecutionContext, config: DriftConfig, warehouse: WarehouseResource) -> Iterator:
     size_thread_pools(context)
@@ -78,9 +97,10 @@ def daily_drift(context: dg.AssetExecutionContext, config: DriftConfig, warehous
         ok = [o for o in outcomes if o.ok and o.rows]
         try:  # after the stores' commits: a failure here cannot make a written store a failed one
             violations = sum(wh.drift_violations(o.store_id, context.partition_key) for o in ok)
+            alerts = store_alerts(wh, settings, context.partition_key, stores=[o.store_id for o in ok]) if ok else None
         except sa.exc.SQLAlchemyError as exc:
             context.log.warning(f"drift rows were written but could not be checked: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}")
-            violations = -1
+            violations, alerts = -1, None
     finally:
         wh.dispose()
     for o in outcomes:
@@ -109,6 +129,8 @@ def daily_drift(context: dg.AssetExecutionContext, config: DriftConfig, warehous
     if DRIFT_KEYS["customer_drift"] in context.selected_asset_keys:
         yield dg.AssetCheckResult(asset_key=DRIFT_KEYS["customer_drift"], check_name=DRIFT_RANGE_CHECK, passed=violations == 0,
                                   metadata={"rows_violating": violations if violations >= 0 else "not checked"})
+    if DRIFT_KEYS["population_drift"] in context.selected_asset_keys:
+        yield mix_check_result(alerts)
     failed = {**{s: f"profiles: {e}" for s, e in profile_failures_of_run(context).items()},
               **{o.store_id: f"drift: {o.error}" for o in outcomes if not o.ok}}
     if failed:

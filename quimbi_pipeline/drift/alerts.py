@@ -1,0 +1,110 @@
+"""Alerts on a store's customer mix: population drift per axis and the outlier rate against thresholds.
+
+Per store and date, from population_drift (each axis' dominant-segment share shift and feature PSI against its
+reference date) and outlier_rates (each method's share of flagged customers):
+
+- segment_mix (the axes of QUIMBI_ALERT_AXES): the share shift reaches QUIMBI_ALERT_SEGMENT_MIX_WARN / _ERROR;
+- feature_distribution: the feature PSI reaches QUIMBI_ALERT_FEATURE_PSI_WARN / _ERROR;
+- outlier_rate: a method's flagged share reaches QUIMBI_ALERT_OUTLIER_RATE_WARN / _ERROR.
+
+A store with fewer than QUIMBI_ALERT_MIN_CUSTOMERS active customers raises none: its shares move by chance.
+Pure: frames in, a frame out (ALERT_COLUMNS), one row per crossed threshold, the worse severity only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from quimbi_pipeline.settings.sections import ALERT_AXES
+
+ALERT_COLUMNS = ["store_id", "as_of_date", "kind", "axis", "value", "threshold", "severity", "message"]
+SEVERITIES = ("warn", "error")
+
+
+@dataclass(frozen=True)
+class AlertThresholds:
+    """(warn, error) per measure, and the fewest customers a store needs for any alert."""
+
+    segment_mix: tuple[float, float] = (0.10, 0.20)
+    feature_psi: tuple[float, float] = (0.25, 0.50)
+    outlier_rate: tuple[float, float] = (0.02, 0.05)
+    min_customers: int = 200
+    axes: tuple[str, ...] = ALERT_AXES  # the axes whose mix raises alerts
+
+    @classmethod
+    def from_settings(cls, settings) -> AlertThresholds:
+        return cls((settings.alert_segment_mix_warn, settings.alert_segment_mix_error),
+                   (settings.alert_feature_psi_warn, settings.alert_feature_psi_error),
+                   (settings.alert_outlier_rate_warn, settings.alert_outlier_rate_error), settings.alert_min_customers,
+                   tuple(settings.alert_axes))
+
+
+def _crossed(frame: pd.DataFrame, kind: str, value: pd.Series, bounds: tuple[float, float], text) -> pd.DataFrame:
+    """The rows of `frame` whose `value` reaches a bound, with the worse severity and its threshold."""
+    v = value.to_numpy("float64", na_value=np.nan)
+    error, warn = v >= bounds[1], v >= bounds[0]
+    hit = warn | error
+    rows = frame.loc[hit]
+    if rows.empty:
+        return pd.DataFrame(columns=ALERT_COLUMNS)
+    severity = np.where(error[hit], "error", "warn")
+    threshold = np.where(error[hit], bounds[1], bounds[0])
+    out = pd.DataFrame({"store_id": rows["store_id"].to_numpy(object), "as_of_date": rows["as_of_date"].to_numpy(object), "kind": kind,
+                        "axis": rows["axis"].to_numpy(object), "value": v[hit], "threshold": threshold, "severity": severity})
+    out["message"] = text(rows.reset_index(drop=True), out)
+    return out
+
+
+def mix_alerts(population: pd.DataFrame, rates: pd.DataFrame, thresholds: AlertThresholds) -> pd.DataFrame:
+    """`population`: store_id, as_of_date, axis, reference_date, n_current, segment_share_shift, feature_psi;
+    `rates`: store_id, flag_date, method, customers, flagged. Alerts sorted by date, store, severity (errors first)."""
+    parts = []
+    if len(population):
+        big = population[(population["n_current"] >= thresholds.min_customers) & population["axis"].isin(thresholds.axes)]
+
+        def mix_text(rows: pd.DataFrame, out: pd.DataFrame) -> list[str]:
+            return [f"{a}: the segment mix shifted by {v:.0%} of customers since {r} ({s} from {t:.0%})"
+                    for a, v, r, s, t in zip(rows["axis"], out["value"], rows["reference_date"].astype(str), out["severity"], out["threshold"])]
+
+        def psi_text(rows: pd.DataFrame, out: pd.DataFrame) -> list[str]:
+            return [f"{a}: its features' distribution moved by PSI {v:.2f} since {r} ({s} from {t:g})"
+                    for a, v, r, s, t in zip(rows["axis"], out["value"], rows["reference_date"].astype(str), out["severity"], out["threshold"])]
+
+        parts.append(_crossed(big, "segment_mix", big["segment_share_shift"], thresholds.segment_mix, mix_text))
+        parts.append(_crossed(big, "feature_distribution", big["feature_psi"], thresholds.feature_psi, psi_text))
+    if len(rates):
+        big = rates[rates["customers"] >= thresholds.min_customers].rename(columns={"flag_date": "as_of_date", "method": "axis"})
+        share = big["flagged"] / big["customers"]
+
+        def rate_text(rows: pd.DataFrame, out: pd.DataFrame) -> list[str]:
+            return [f"{v:.1%} of customers ({f:,} of {c:,}) flagged by the {m} outlier method ({s} from {t:.1%})"
+                    for m, v, f, c, s, t in zip(rows["axis"], out["value"], rows["flagged"], rows["customers"], out["severity"], out["threshold"])]
+
+        parts.append(_crossed(big, "outlier_rate", share, thresholds.outlier_rate, rate_text))
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame(columns=ALERT_COLUMNS)
+    out = pd.concat(parts, ignore_index=True)
+    out["as_of_date"] = pd.to_datetime(out["as_of_date"]).dt.date
+    rank = out["severity"].map({"error": 0, "warn": 1})
+    return out.assign(_rank=rank).sort_values(["as_of_date", "store_id", "_rank", "kind", "axis"]).drop(columns="_rank").reset_index(drop=True)
+
+
+def alert_episodes(alerts: pd.DataFrame) -> pd.DataFrame:
+    """Consecutive days of the same store, kind and axis as one row (a shift stays past its threshold for weeks):
+    first and last date, days, the worst severity, the peak value and the newest day's message; newest first."""
+    if alerts.empty:
+        return pd.DataFrame(columns=["store_id", "kind", "axis", "first", "last", "days", "severity", "peak", "message"])
+    a = alerts.assign(day=pd.to_datetime(alerts["as_of_date"])).sort_values(["store_id", "kind", "axis", "day"])
+    key = ["store_id", "kind", "axis"]
+    new_key = (a[key] != a[key].shift()).any(axis=1)
+    episode = (new_key | (a["day"].diff() > pd.Timedelta(days=1))).cumsum()
+    g = a.groupby(episode)
+    out = pd.DataFrame({"store_id": g["store_id"].first(), "kind": g["kind"].first(), "axis": g["axis"].first(),
+                        "first": g["day"].min().dt.date, "last": g["day"].max().dt.date, "days": g.size(),
+                        "severity": np.where((a["severity"] == "error").groupby(episode).any(), "error", "warn"),
+                        "peak": g["value"].max(), "message": g["message"].last()})
+    return out.sort_values(["last", "severity"], ascending=[False, True], kind="stable").reset_index(drop=True)

@@ -140,9 +140,10 @@ def test_a_steady_store_raises_no_alert_in_60_days_and_a_shifted_mix_raises_one(
     assert pd.Timestamp(SHIFT_FROM) < first <= pd.Timestamp(SHIFT_FROM) + pd.Timedelta(days=28)
 
 
-class _Hook(BaseHTTPRequestHandler):
-    received: list = []
+RECEIVED: list[dict] = []  # what the test webhook was sent
 
+
+class _Hook(BaseHTTPRequestHandler):
     def do_POST(self):
         RECEIVED.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
         self.send_response(204)
@@ -217,3 +218,32 @@ def test_the_check_the_sensor_the_report_with_its_webhook_and_the_pages_show_the
     steady_page = TestClient(create_app(runs["steady"][0]).api).get("/ui/stores/planted").text
     assert "None: every axis' mix and the outlier rates are within their thresholds." in steady_page
     assert np.isfinite([a["value"] for a in answer]).all()
+
+
+def test_outlier_rate_jumps_name_a_refit_of_the_segment_model_as_their_cause():
+    from quimbi_pipeline.drift.alerts import outlier_rate_jumps
+
+    rates = pd.DataFrame({"date": ["2026-10-03", "2026-10-04", "2026-10-05", "2026-10-06", "2026-10-07", "2026-10-08"] * 2,
+                          "method": ["density"] * 6 + ["membership"] * 6,
+                          "rate": [0.002, 0.002, 0.016, 0.015, 0.004, 0.005, 0.0, 0.0, 0.001, 0.004, 0.004, 0.004]})
+    jumps = outlier_rate_jumps(rates, {date(2026, 10, 5)})
+    assert jumps[["date", "method"]].values.tolist() == [["2026-10-07", "density"], ["2026-10-05", "density"]]
+    assert jumps["cause"].tolist() == ["no refit that day: the customers' own behaviour moved",
+                                       "the segment model was refitted that day: outliers are judged against the new segments"]
+    assert outlier_rate_jumps(rates.iloc[:0], set()).empty
+
+
+def test_the_store_charts_draw_the_alert_thresholds_and_the_refits():
+    from quimbi_pipeline.api import charts
+
+    series = [{"as_of_date": f"2026-10-0{d}", "axis": "purchase_value", "segment_share_shift": 0.01 * d,
+               "segment_shares": {"mid_spender": {"current": 0.6}, "all_customers": {"current": 0.4}}} for d in (1, 2)]
+    drift = charts.population_drift(series, 0.1, 0.2)
+    assert [layer["mark"]["type"] for layer in drift["layer"]] == ["line", "rule", "text"]
+    assert drift["layer"][1]["data"]["values"] == [{"threshold": 0.1, "level": "warn 10%"}, {"threshold": 0.2, "level": "error 20%"}]
+    shares = charts.segment_shares(series)
+    assert {v["segment"]: v["rung"] for v in shares["data"]["values"]} == {"mid_spender": "4", "all_customers": "other"}
+    points = [{"date": d, "method": "density", "rate": 0.01} for d in ("2026-10-01", "2026-10-09")]
+    outliers = charts.outlier_rate(points, ["2026-09-07", "2026-10-05"])
+    assert outliers["layer"][1]["data"]["values"] == [{"date": "2026-10-05", "what": "segment model refitted"}]
+    assert "layer" not in charts.outlier_rate(points, [])

@@ -127,3 +127,18 @@ def test_the_api_docs_page_works_offline(chromium, server):
     assert all(httpx.get(base + a).status_code == 200 for a in assets)
     rendered = dom(chromium, f"{base}/docs")
     assert "quimbi_pipeline read API" in rendered and "/stores/{store}/customers/{customer}/history" in rendered
+
+
+@pytest.mark.parametrize(("width", "mobile"), [(1400, False), (390, True)], ids=["desktop", "phone"])
+def test_pages_lay_out_without_cut_or_overlapping_labels_at_desktop_and_phone_widths(chromium, server, width, mobile):
+    """Every chart label inside its chart, none shortened or on top of another, and the page no wider than the
+    window (a wide chart or table scrolls in its own box), measured from the rendered SVG text boxes."""
+    from quimbi_pipeline_tests.browser import chromium_page, layout_problems
+
+    base, url = server
+    pages = [f"{base}/ui/stores/store_a?api_key={KEY_A}", f"{base}/ui/stores/store_a/customers/{drifted_customer(url)}?api_key={KEY_A}"]
+    with chromium_page(chromium) as page:
+        for address in pages:
+            page.open(address, width, mobile=mobile)
+            assert page.evaluate("document.querySelectorAll('.chart svg').length") >= 3, address
+            assert layout_problems(page, width) == [], address

@@ -11,13 +11,13 @@ import numpy as np
 from quimbi_pipeline.model.features import AXIS_BY_NAME
 
 WIDTH = 560
+JOURNEY_WIDTH = 360  # the archetype names (every axis' segment) take the rest of the row, never shortened
 SMALL_WIDTH = 200  # a small multiple: three across fit 1,400 px; on a phone they wrap
 DRIFT_WINDOW_DAYS = 28
 
 
 def _spec(title: str, values: list[dict], **body) -> dict:
-    return {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "title": title, "width": WIDTH,
-            "data": {"values": values}, **body}
+    return {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "title": title, "width": WIDTH, "data": {"values": values}, **body}
 
 
 def memberships(fuzzy: dict[str, dict[str, float]], dominant: dict[str, str]) -> dict:
@@ -74,8 +74,9 @@ def archetype_journey(snapshots: list[dict]) -> dict:
             values.append({"archetype": name, "start": s["snapshot_date"], "end": s["snapshot_date"]})
     return _spec("Archetype journey", values, mark={"type": "bar", "height": 14, "minBandSize": 4},
                  encoding={"x": {"field": "start", "type": "temporal", "title": "date"}, "x2": {"field": "end"},
-                           "y": {"field": "archetype", "type": "nominal", "title": None, "sort": None},
-                           "tooltip": [{"field": "archetype"}, {"field": "start", "type": "temporal"}, {"field": "end", "type": "temporal"}]})
+                           "y": {"field": "archetype", "type": "nominal", "title": None, "sort": None, "axis": {"labelLimit": 0}},
+                           "tooltip": [{"field": "archetype"}, {"field": "start", "type": "temporal"}, {"field": "end", "type": "temporal"}]},
+                 width=JOURNEY_WIDTH)
 
 
 # One colour per rung of an axis' ladder (worst -> best), the same on every axis: a red-to-blue diverging scheme, so
@@ -129,7 +130,17 @@ def population_drift(series: list[dict], warn: float | None = None, error: float
                  layer=[line, layer, text])
 
 
-def outlier_rate(points: list[dict]) -> dict:
-    return _spec("Outlier rate per method", points, mark={"type": "line", "point": True},
-                 encoding={"x": {"field": "date", "type": "temporal"}, "y": {"field": "rate", "type": "quantitative", "axis": {"format": "%"}},
-                           "color": {"field": "method", "type": "nominal"}})
+def outlier_rate(points: list[dict], refits: list[str] = ()) -> dict:
+    """Each method's flagged share over time, with a dashed rule on each date the segment model was refitted
+    (outliers are judged against the segments: a refit can move the rate by itself)."""
+    line = {"mark": {"type": "line", "point": True},
+            "encoding": {"x": {"field": "date", "type": "temporal"}, "y": {"field": "rate", "type": "quantitative", "axis": {"format": "%"}},
+                         "color": {"field": "method", "type": "nominal"},
+                         "tooltip": [{"field": "date", "type": "temporal"}, {"field": "method"}, {"field": "rate", "format": ".2%"}]}}
+    dates = [p["date"] for p in points]
+    shown = [{"date": d, "what": "segment model refitted"} for d in refits if dates and min(dates) <= d <= max(dates)]
+    if not shown:
+        return _spec("Outlier rate per method", points, **line)
+    rule = {"data": {"values": shown}, "mark": {"type": "rule", "strokeDash": [4, 4], "color": "#6e7781"},
+            "encoding": {"x": {"field": "date", "type": "temporal"}, "tooltip": [{"field": "date", "type": "temporal"}, {"field": "what"}]}}
+    return _spec("Outlier rate per method (dashed: the segment model was refitted)", points, layer=[line, rule])

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlencode
 
+import pandas as pd
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -18,6 +19,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from quimbi_pipeline.api import charts, reads
 from quimbi_pipeline.api.routes import ID, link_id, path_id
+from quimbi_pipeline.drift.alerts import outlier_rate_jumps
 from quimbi_pipeline.settings import StoreSettings
 from quimbi_pipeline.settings.store import settings_for_store
 from quimbi_pipeline.storage import Warehouse
@@ -95,11 +97,14 @@ def add_pages(app: FastAPI, warehouse: Warehouse, settings: StoreSettings, allow
         if series:
             specs |= {"shares": charts.segment_shares(series),
                       "population": charts.population_drift(series, thresholds.alert_segment_mix_warn, thresholds.alert_segment_mix_error)}
+        refits = reads.model_refits(warehouse, store)
+        jumps = []
         if rates:
-            specs["outliers"] = charts.outlier_rate(rates)
+            specs["outliers"] = charts.outlier_rate(rates, refits)
+            jumps = outlier_rate_jumps(pd.DataFrame(rates), set(refits)).to_dict("records")
         html = _templates.get_template("store.html").render(
             store=store, day=day, specs=specs, churn=reads.churn_summary(warehouse, store), alerts=reads.alert_episodes(warehouse, settings, store, ALERT_DAYS),
-            alert_days=ALERT_DAYS, max_alerts=MAX_ALERTS_SHOWN, alert_axes=thresholds.alert_axes, anomalies=reads.anomalies_of(warehouse, store, day) if day else [],
+            alert_days=ALERT_DAYS, max_alerts=MAX_ALERTS_SHOWN, alert_axes=thresholds.alert_axes, jumps=jumps, anomalies=reads.anomalies_of(warehouse, store, day) if day else [],
             movers=reads.movers(warehouse, store, day, axis, direction) if day else [], axis=axis, direction=direction,
             drifted=reads.most_drifted(warehouse, store) if day else [], explain=EXPLAIN, link=_link(request))
         return HTMLResponse(html)

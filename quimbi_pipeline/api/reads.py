@@ -214,6 +214,12 @@ def _store_alerts(wh: Warehouse, settings: StoreSettings, store: str, days: int)
     return store_alerts(wh, settings, end - pd.Timedelta(days=days - 1), end, [store])
 
 
+def model_refits(wh: Warehouse, store: str) -> list[str]:
+    """The dates the store's segment model was fitted (segment_models, as retained), oldest first."""
+    rows = wh.fetch_rows(f"SELECT DISTINCT fitted_on FROM {wh.qualified('segment_models')} WHERE store_id = :s ORDER BY fitted_on", {"s": store})
+    return [_day(r["fitted_on"]) for r in rows]
+
+
 def alerts(wh: Warehouse, settings: StoreSettings, store: str, days: int) -> list[dict]:
     """The store's mix alerts of the `days` days up to its newest date, newest first, errors first."""
     found = _store_alerts(wh, settings, store, days)

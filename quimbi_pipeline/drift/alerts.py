@@ -108,3 +108,26 @@ def alert_episodes(alerts: pd.DataFrame) -> pd.DataFrame:
                         "severity": np.where((a["severity"] == "error").groupby(episode).any(), "error", "warn"),
                         "peak": g["value"].max(), "message": g["message"].last()})
     return out.sort_values(["last", "severity"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+# An outlier rate "jumps" when it at least doubles (or halves) from one date to the next and moves by at least this much.
+JUMP_MIN_CHANGE = 0.005
+
+
+def outlier_rate_jumps(rates: pd.DataFrame, refits: set) -> pd.DataFrame:
+    """Dates where a method's outlier rate doubled or halved from its previous date (and moved >= JUMP_MIN_CHANGE),
+    with the likely cause: a refit of the segment model that day (outliers are judged against the new segments) or
+    none (the customers' own features moved). `rates`: date, method, rate; `refits`: dates the model was refitted."""
+    columns = ["date", "method", "before", "after", "cause"]
+    if rates.empty:
+        return pd.DataFrame(columns=columns)
+    r = rates.sort_values(["method", "date"])
+    before = r.groupby("method")["rate"].shift()
+    after = r["rate"]
+    jump = before.notna() & ((after - before).abs() >= JUMP_MIN_CHANGE) & ((after >= 2 * before) | (after <= before / 2))
+    out = r.loc[jump, ["date", "method"]].assign(before=before[jump], after=after[jump])
+    refit_days = {str(d)[:10] for d in refits}
+    out["cause"] = np.where(out["date"].astype(str).str[:10].isin(refit_days),
+                            "the segment model was refitted that day: outliers are judged against the new segments",
+                            "no refit that day: the customers' own behaviour moved")
+    return out[columns].sort_values("date", ascending=False).reset_index(drop=True)

@@ -151,3 +151,27 @@ def test_an_empty_slice_of_customers_gives_empty_tables():
     tables = compute_drift(empty, "2026-10-31")
     assert tables.customers.empty and tables.axes.empty and tables.anomalies.empty
     assert list(tables.anomalies.columns)[:3] == ["customer_id", "as_of_date", "anomaly_type"]
+
+
+def test_a_strong_change_in_the_customers_own_orders_is_an_anomaly_even_where_the_segment_cannot_show_it():
+    """A premium spender whose orders grow 4-fold stays premium: no sudden drift, but a behavior_change anomaly on the
+    day the change is first detected, with its evidence; a 1.7-fold change is no anomaly; a fall to a tenth is one."""
+    from quimbi_pipeline.history.snapshot_blocks import FEATURE_PREFIX
+    from quimbi_pipeline.model.features import CHANGE_PREFIX
+
+    since = pd.Timestamp("2026-10-10").value // 86_400_000_000_000
+    rows = []
+    for customer, before, after in (("p", 60.0, 250.0), ("w", 60.0, 100.0), ("d", 300.0, 30.0)):
+        for day, detected in (("2026-10-20", False), ("2026-10-21", True)):
+            change = {f"{FEATURE_PREFIX}{CHANGE_PREFIX}{AXIS}.{k}": (v if detected else np.nan)
+                      for k, v in (("since", since), ("before", np.log1p(before)), ("after", np.log1p(after)))}
+            rows.append({"customer_id": customer, "snapshot_date": pd.Timestamp(day), "churn_risk_score": 0.1, "archetype_name": "x",
+                         **dict(zip(COLS, (0.05, 0.05, 0.9))), **change})
+    h = MembershipHistory.from_frame(pd.DataFrame(rows), COLS)
+    found = anomalies_at(h, pd.Timestamp("2026-10-21")).set_index("customer_id")
+    assert found["anomaly_type"].to_dict() == {"d": "behavior_change", "p": "behavior_change"}
+    assert found.loc["p", "description"] == ("purchase_value: typical order value rose 4.2-fold in the customer's own orders, which their "
+                                             "segment (premium_spender) does not show; evidence: typical order value 60.0 -> 250.0 since 2026-10-10")
+    assert found.loc["d", "description"].startswith("purchase_value: typical order value fell 10.0-fold in the customer's own orders")
+    assert found.loc["p", "severity"] == pytest.approx(np.log(250 / 60) / np.log(10), abs=1e-3)
+    assert anomalies_at(h, pd.Timestamp("2026-10-22")).empty  # reported once, on the day it is first detected

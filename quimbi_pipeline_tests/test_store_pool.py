@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -87,3 +89,25 @@ def test_a_worker_that_dies_fails_its_store_only_and_the_run_goes_on(caplog):
     # every other store ends with its own outcome.
     assert [s for s in stores if by_store[s].ok and by_store[s].n_profiles == 1] == [s for s in stores if s != "store_b"]
     assert caplog.text.count(WORKER_DIED) == 1 and f"store store_b: {WORKER_DIED}" in caplog.text
+
+
+def test_automatic_threads_take_no_more_cores_than_other_work_leaves_idle(monkeypatch):
+    from quimbi_pipeline.runtime import threads
+
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    assert threads.threads_for(threads.SMALL_ROWS - 1, 2, automatic=True) == 1  # small data: one thread, no sampling
+    monkeypatch.setattr(threads, "idle_cores", lambda sample_s: 1)
+    assert threads.threads_for(threads.SMALL_ROWS, 2, automatic=True) == 1
+    assert threads.threads_for(threads.SMALL_ROWS, 2) == 2  # QUIMBI_THREADS given: used as given
+    monkeypatch.setattr(threads, "idle_cores", lambda sample_s: 2)
+    assert threads.threads_for(threads.SMALL_ROWS, 2, automatic=True) == 2
+    monkeypatch.undo()
+    # Measured: with as many CPU-bound processes as usable cores, at most one is idle (what else runs may take more).
+    cores = threads.usable_cores()
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        time.sleep(0.5)
+        assert threads.idle_cores(0.3) <= max(1, cores // 2)
+    finally:
+        for hog in hogs:
+            hog.kill()

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from quimbi_pipeline.drift.evidence import (
+    EVIDENCE,
     day_text,
     describe,
     evidence_arrays,
@@ -42,6 +43,10 @@ VELOCITY_SPIKE_RATIO = 3.0  # the last 7 days' velocity >= 3x the customer's bas
 VELOCITY_RECENT_DAYS = 7
 VELOCITY_BASELINE_DAYS = 90  # baseline: the 90 days before the recent 7
 VELOCITY_SPIKE_MIN_DRIFT = 0.2  # a spike must also move the memberships this much in the recent 7 days
+# Behaviour change: a change in the customer's own orders of at least this factor (order value, items per order),
+# new at D, that the segments do not show as a sudden drift (a premium spender whose orders grow 4-fold stays one).
+STRONG_CHANGE_FACTOR = 3.0
+STRONG_CHANGE_AXES = ("purchase_value", "basket_size")
 # Anomalies look back this far whatever the windows: the velocity baseline, for D and for D - 1.
 ANOMALY_HISTORY_DAYS = VELOCITY_RECENT_DAYS + VELOCITY_BASELINE_DAYS + 1
 FORECAST_DAYS = 30
@@ -433,6 +438,19 @@ def anomalies_at(history: MembershipHistory, as_of: pd.Timestamp) -> pd.DataFram
                                     axis + ": moved " + pd.Series(np.round(100 * step[sudden]).astype(int)).astype(str)
                                     + "% of the way to another segment in " + _days_text(gap_days[sudden])))
 
+        if axis in STRONG_CHANGE_AXES and source in h.evidence:
+            e = h.evidence[source]
+            fresh = at_d[h.new_change(source, at_d, at_d - 1) & ~np.isin(at_d, sudden)]
+            with np.errstate(divide="ignore", invalid="ignore"):  # before/after are log1p levels (change_points' signals)
+                factor = np.expm1(e["after"][fresh]) / np.expm1(e["before"][fresh])
+            strong = (np.isfinite(factor) & (factor > 0) & (np.abs(np.log(np.where(factor > 0, factor, 1.0))) >= np.log(STRONG_CHANGE_FACTOR))
+                      & (dom[fresh] >= 0))
+            rows, factor = fresh[strong], factor[strong]
+            frames.append(_anomaly_rows(h, rows, axis, "behavior_change", np.minimum(1.0, np.abs(np.log(factor)) / np.log(10.0)),
+                                        f"{axis}: {EVIDENCE[source][0]} " + pd.Series(_factor_text(factor))
+                                        + " in the customer's own orders, which their segment (" + pd.Series(names[dom[rows]]).astype(str)
+                                        + ") does not show"))
+
         # Reversal: runs of equal dominant segment; the run starting at D returns to the segment of two runs back.
         run_start = np.flatnonzero(~same_customer | (dom != np.r_[-2, dom[:-1]]))
         is_start = np.zeros(h.day.size, dtype=bool)
@@ -464,6 +482,13 @@ def anomalies_at(history: MembershipHistory, as_of: pd.Timestamp) -> pd.DataFram
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[c for c in ANOMALY_COLUMNS if c != "as_of_date"])
     out.insert(1, "as_of_date", as_of_text)
     return out[ANOMALY_COLUMNS].sort_values(["customer_id", "anomaly_type", "axis"], kind="stable").reset_index(drop=True)
+
+
+def _factor_text(factor: np.ndarray) -> np.ndarray:
+    """"rose 3.4-fold", or "fell 5.1-fold" for a fall to a fifth."""
+    up = factor >= 1
+    size = np.round(np.where(up, factor, 1.0 / factor), 1).astype(str)
+    return np.char.add(np.char.add(np.where(up, "rose ", "fell "), size), "-fold").astype(object)
 
 
 def _days_text(days: np.ndarray) -> pd.Series:

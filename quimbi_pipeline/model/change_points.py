@@ -9,8 +9,8 @@ history, per axis, with a single change point (the newest significant one wins):
   m purchases against the older ones, a two-sample t statistic with the pooled within-customer variance
   of that split shrunk towards the store's (a customer with few orders borrows the store's spread);
   evidence = t^2 / 2, the log-likelihood ratio of a Gaussian mean shift. At least `min_after` purchases
-  after the change: one odd order is not a change, unless it alone is decisive (`decisive_evidence`, far
-  outside the customer's many steady orders: a value x10 or /10).
+  after the change: one odd order is not a change, unless it alone is decisive (`decisive_evidence` after 6 steady
+  orders: |t| >= 5.1, a value x5 after orders within +-25%).
 - purchase rate (`rate_change`): purchase days as a renewal process. Silence: the open gap against the
   customer's own gap distribution, a Gamma with the customer's mean gap and shape (regular buyers have a
   large shape, Poisson-like buyers 1), evidence = -log P(a gap this long). Bursts and slowdowns with
@@ -43,9 +43,10 @@ class ChangeRule:
     # large; the store's spread in the t statistic (prior_weight) keeps two noisy orders from being a change.
     shift_min_before: int = 2
     min_after: int = 2  # purchases after the change (mean shifts); a silence needs none
-    # ...unless the first changed purchase alone is decisive: t^2 / 2 >= this (|t| >= 8.9; a $30 order after a dozen
-    # of $300 +- 15% is |t| ~ 17) after at least decisive_min_before purchases. Weaker evidence waits for a second.
-    decisive_evidence: float = 40.0
+    # ...unless the first changed purchase alone is decisive: t^2 / 2 >= this (|t| >= 5.1, the evidence of any mean
+    # shift; a $30 order after a dozen of $300 +- 15% is |t| ~ 17, a 5-fold one after orders +- 25% |t| ~ 6) after at
+    # least decisive_min_before purchases. Weaker evidence waits for a second. docs/signals.md: 13 against 20 and 40.
+    decisive_evidence: float = 13.0
     decisive_min_before: int = 6
     max_after: int = 60  # the newest purchases a change can hold
     prior_weight: float = 4.0  # pseudo-observations of the store's spread in a customer's (mean shifts)

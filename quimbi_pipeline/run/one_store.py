@@ -89,7 +89,7 @@ def run_one_store(warehouse: Warehouse, store: str, orders: pd.DataFrame, as_of:
     """One store's profiles of D computed, written and verified (in the main process or a store_pool worker);
     a failure is recorded in the outcome, never raised."""
     try:
-        with limited_threads(len(orders), run_threads(settings.threads)):
+        with limited_threads(len(orders), run_threads(settings.threads), automatic=settings.threads == 0):
             return _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types)
     except Exception as exc:  # one store's failure is recorded and the others go on
         return failed_outcome(store, as_of, exc)

@@ -10,7 +10,10 @@ its pools itself:
   instance's run-queue limit);
 - work on small data (fewer than SMALL_ROWS rows) is single-threaded whatever the setting: there the
   threads cost more to start and synchronize than they save (813 customers: 0.42 s on one thread,
-  0.79 s on two, on a quiet 2-core machine).
+  0.79 s on two, on a quiet 2-core machine);
+- with QUIMBI_THREADS=0, work on larger data uses no more threads than the cores other work leaves idle,
+  measured from /proc/stat over IDLE_SAMPLE_S before it starts (at least one): a thread on a core another
+  process holds only waits for it (docs/performance.md, Busy machines).
 
 Results do not depend on the thread count (the golden rows are identical on 1 and 2 threads).
 """
@@ -18,6 +21,7 @@ Results do not depend on the thread count (the golden rows are identical on 1 an
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -43,13 +47,46 @@ def run_threads(setting: int = 0, concurrent_runs: int | None = None) -> int:
     return max(1, usable_cores() // max(1, runs))
 
 
-def threads_for(n_rows: int, threads: int) -> int:
-    return 1 if n_rows < SMALL_ROWS else max(1, threads)
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all cores since boot, from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields[:8])  # idle + iowait; user..steal
+
+
+def idle_cores(sample_s: float = 0.1) -> int:
+    """How many of the usable cores other work leaves idle, measured over `sample_s` while this thread sleeps
+    (at least one; all of them where /proc/stat is missing)."""
+    cores = usable_cores()
+    before = _cpu_times()
+    if before is None:
+        return cores
+    time.sleep(sample_s)
+    after = _cpu_times()
+    total = after[1] - before[1] if after else 0
+    if total <= 0:
+        return cores
+    share = (after[0] - before[0]) / total  # of all the machine's cores; affinity may allow fewer
+    machine = os.cpu_count() or cores
+    return max(1, min(cores, round(share * machine)))
+
+
+IDLE_SAMPLE_S = 0.1
+
+
+def threads_for(n_rows: int, threads: int, automatic: bool = False) -> int:
+    """1 under SMALL_ROWS rows; else `threads`, and with `automatic` (QUIMBI_THREADS=0) no more than idle_cores()."""
+    if n_rows < SMALL_ROWS or threads <= 1:
+        return 1
+    return max(1, min(threads, idle_cores(IDLE_SAMPLE_S))) if automatic else threads
 
 
 @contextmanager
-def limited_threads(n_rows: int, threads: int) -> Iterator[int]:
-    """BLAS and OpenMP pools limited to threads_for(n_rows, threads) inside the block."""
-    n = threads_for(n_rows, threads)
+def limited_threads(n_rows: int, threads: int, automatic: bool = False) -> Iterator[int]:
+    """BLAS and OpenMP pools limited to threads_for(n_rows, threads, automatic) inside the block."""
+    n = threads_for(n_rows, threads, automatic)
     with threadpool_limits(limits=n):
         yield n

@@ -98,7 +98,7 @@ class DriftSettings(Section):
     change_evidence: float = Field(13.0, gt=0, description="Evidence (log-likelihood ratio) a mean shift or rate change needs (ENABLE_ADAPTIVE_WINDOWS).")
     change_binary_evidence: float = Field(8.0, gt=0, description="Evidence a change of a 0/1 signal needs.")
     change_silence_evidence: float = Field(10.0, gt=0, description="Evidence a silence (a gap too long for the customer's own cadence) needs.")
-    change_decisive_evidence: float = Field(40.0, gt=0, description="Evidence a change shown by one purchase alone needs (far outside the customer's own history: a value x10 or /10); below it a change waits for a second purchase.")
+    change_decisive_evidence: float = Field(13.0, gt=0, description="Evidence a change shown by one purchase alone needs, after at least 6 purchases (far outside the customer's own history: |t| >= 5.1 at 13, e.g. a value x5 after orders within +-25%); below it a change waits for a second purchase.")
 
 
 class AlertSettings(Section):

@@ -26,7 +26,7 @@ MIX_CHECK = "store_mix_within_thresholds"
 _DESCRIPTIONS = {
     "customer_drift": "Per customer and window (7, 28, 90, 180, 365 days, or those configured): overall drift, velocity, 30-day forecast, churn-risk trend, archetype journey, recommendations.",
     "customer_axis_drift": "Per customer, window and axis: drift score, direction, velocity and dominant-segment transitions (a view of customer_drift.axes, written with it).",
-    "customer_drift_anomalies": "Anomalies completed at D: sudden_drift, reversal, velocity_spike.",
+    "customer_drift_anomalies": "Anomalies completed at D: sudden_drift, reversal, velocity_spike, behavior_change.",
     "population_drift": "Per store and axis: dominant-segment share shift (total variation) and feature PSI against the oldest snapshot date of the last 28 days.",
 }
 # Specs live inside a tuple: module-level AssetSpec objects would be loaded as assets of their own.

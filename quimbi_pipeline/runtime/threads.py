@@ -12,7 +12,7 @@ its pools itself:
   threads cost more to start and synchronize than they save (813 customers: 0.42 s on one thread,
   0.79 s on two, on a quiet 2-core machine);
 - with QUIMBI_THREADS=0, work on larger data uses no more threads than the cores other work leaves idle,
-  measured from /proc/stat over IDLE_SAMPLE_S before it starts (at least one): a thread on a core another
+  measured from /proc/stat over IDLE_SAMPLE_S (50 ms) before it starts (at least one): a thread on a core another
   process holds only waits for it (docs/performance.md, Busy machines).
 
 Results do not depend on the thread count (the golden rows are identical on 1 and 2 threads).
@@ -74,7 +74,7 @@ def idle_cores(sample_s: float = 0.1) -> int:
     return max(1, min(cores, round(share * machine)))
 
 
-IDLE_SAMPLE_S = 0.1
+IDLE_SAMPLE_S = 0.05  # /proc/stat counts in 10 ms ticks: 5 per core, enough to tell a busy core from an idle one
 
 
 def threads_for(n_rows: int, threads: int, automatic: bool = False) -> int:

@@ -80,7 +80,7 @@ def test_the_customer_page_draws_every_chart_with_its_data_points(chromium, serv
     assert f"Customer {customer}" in page and "The probability that this customer makes no purchase" in page
     assert re.search(r"Next order expected</div><div class=\"value\">\d{4}-\d{2}-\d{2}<", page)
     drawn = charts(page)
-    assert set(drawn) == {"memberships", "drift", "churn", "journey"}
+    assert set(drawn) == {"memberships", "behaviour", "drift", "churn", "journey"}
     for name, chart in drawn.items():
         assert 'data-rendered="true"' in chart and data_points(chart) >= 1, name
     profile = httpx.get(f"{base}/stores/store_a/customers/{customer}", headers={"X-API-Key": KEY_A}).json()
@@ -142,3 +142,24 @@ def test_pages_lay_out_without_cut_or_overlapping_labels_at_desktop_and_phone_wi
             page.open(address, width, mobile=mobile)
             assert page.evaluate("document.querySelectorAll('.chart svg').length") >= 3, address
             assert layout_problems(page, width) == [], address
+
+
+def test_the_behaviour_chart_shows_the_features_and_marks_the_changes_within_its_dates():
+    from quimbi_pipeline.api import charts
+    from quimbi_pipeline.api.pages import change_marks
+
+    snapshots = [{"snapshot_date": d, "behavioral_features": {"purchase_frequency": {"orders_per_month": f}, "purchase_value": {"avg_order_value": v}}}
+                 for d, f, v in (("2026-10-01", 1.0, 20.0), ("2026-10-09", 1.0, 227.0), ("2026-10-10", 0.9, float("nan")))]
+    drift = {"anomalies": [{"anomaly_type": "sudden_drift", "axis": "purchase_value", "date": "2026-10-09"}],
+             "recommendations": [{"evidence": {"axis": "purchase_value", "feature": "typical order value", "before": 20.24, "after": 227.27,
+                                               "since": "2026-05-05"}}, {"evidence": None}]}
+    marks = change_marks(drift)
+    assert marks == [{"date": "2026-10-09", "what": "sudden_drift on purchase_value"},
+                     {"date": "2026-05-05", "what": "change on purchase_value: typical order value 20.24 -> 227.27"}]
+    spec = charts.behaviour_over_time(snapshots, marks)
+    assert [p["title"] for p in spec["vconcat"]] == ["orders per month", "typical order value"]
+    values = spec["vconcat"][0]["layer"][0]["data"]["values"]
+    assert len(values) == 5  # the NaN order value is left out
+    assert spec["vconcat"][0]["layer"][1]["data"]["values"] == [marks[0]]  # the May change is before the chart's dates
+    assert charts.behaviour_over_time([{"snapshot_date": "2026-10-01"}], marks) is None
+    assert change_marks(None) == []

@@ -55,6 +55,35 @@ def drift_over_time(snapshots: list[dict], window_days: int = DRIFT_WINDOW_DAYS)
                            "color": {"field": "axis", "type": "nominal"}, "tooltip": [{"field": "date", "type": "temporal"}, {"field": "axis"}, {"field": "drift_score"}]})
 
 
+# The customer page's behaviour chart: the features behind the two axes an analyst reads first, as the snapshots froze
+# them (with ENABLE_ADAPTIVE_WINDOWS they follow a detected change at once).
+BEHAVIOUR = (("purchase_frequency", "orders_per_month", "orders per month"), ("purchase_value", "avg_order_value", "typical order value"))
+
+
+def behaviour_over_time(snapshots: list[dict], marks: list[dict]) -> dict | None:
+    """The customer's orders per month and typical order value per snapshot date, one panel each, with a dashed rule
+    at each date in `marks` ({date, what}: the changes detected in their orders, the anomalies); None without
+    features."""
+    values = [{"date": s["snapshot_date"], "measure": label, "value": round(float(v), 4)} for s in snapshots
+              for axis, feature, label in BEHAVIOUR
+              if (v := s.get("behavioral_features", {}).get(axis, {}).get(feature)) is not None and np.isfinite(v)]
+    if not values:
+        return None
+    dates = [v["date"] for v in values]
+    shown = [m for m in marks if min(dates) <= m["date"] <= max(dates)]
+    line = {"data": {"values": values}, "mark": {"type": "line", "point": True},
+            "encoding": {"x": {"field": "date", "type": "temporal", "title": None}, "y": {"field": "value", "type": "quantitative", "title": None},
+                         "tooltip": [{"field": "date", "type": "temporal"}, {"field": "measure"}, {"field": "value"}]}}
+    rule = {"data": {"values": shown}, "mark": {"type": "rule", "strokeDash": [4, 4], "color": "#b42318"},
+            "encoding": {"x": {"field": "date", "type": "temporal"}, "tooltip": [{"field": "date", "type": "temporal"}, {"field": "what"}]}}
+    panels = [{"title": label, "height": 110, "width": WIDTH,
+               "layer": [{**line, "transform": [{"filter": {"field": "measure", "equal": label}}]}] + ([rule] if shown else [])}
+              for _, _, label in BEHAVIOUR]
+    return {"$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+            "title": "The customer's behaviour over time (dashed: a change detected in their orders, or an anomaly)",
+            "vconcat": panels, "resolve": {"scale": {"y": "independent"}}}
+
+
 def churn_trend(snapshots: list[dict]) -> dict:
     values = [{"date": s["snapshot_date"], "churn_risk_score": round(s["churn_risk_score"], 4), "level": s["churn_risk_level"]} for s in snapshots]
     return _spec("Churn risk over time", values, mark={"type": "line", "point": True},

@@ -45,6 +45,9 @@ EXPLAIN = {
              "the customer's own orders on that axis, which the anomalies and recommendations name as their evidence.",
     "overall_drift": "The mean of the axes' drift scores over the window: one axis moving alone shows as a small mean (0.99 on "
                      "one of six axes reads 0.17), so each axis is listed too.",
+    "behaviour": "The customer's orders per month and typical order value as each day's profile measured them (over the "
+                 "orders since a detected change when there is one), with the detected changes and anomalies dashed. The "
+                 "pages read the warehouse, which keeps profiles, not orders: these are the features, not each order.",
     "archetype": "The combination of the customer's dominant segments on every axis; level 1 is the worst rung on every axis, 5 the best.",
     "population_drift": "Total variation between the store's dominant-segment shares now and on the reference date: 0 = the same "
                         "mix of customers, 1 = an entirely different one.",
@@ -68,6 +71,19 @@ def _link(request: Request):
     return link
 
 
+def change_marks(drift: dict | None) -> list[dict]:
+    """Dates to mark on the behaviour chart: each change the drift's recommendations stand on (its `since`: the last
+    order before it) and each anomaly of the window, with what it was."""
+    if not drift:
+        return []
+    marks = [{"date": a["date"], "what": f"{a['anomaly_type']} on {a['axis']}"} for a in drift.get("anomalies", [])]
+    for r in drift.get("recommendations", []):
+        e = r.get("evidence") or {}
+        if e.get("since"):
+            marks.append({"date": e["since"], "what": f"change on {e['axis']}: {e['feature']} {e['before']} -> {e['after']}"})
+    return marks
+
+
 def add_pages(app: FastAPI, warehouse: Warehouse, settings: StoreSettings, allowed) -> None:
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="static")
 
@@ -77,11 +93,14 @@ def add_pages(app: FastAPI, warehouse: Warehouse, settings: StoreSettings, allow
         profile = reads.profile(warehouse, store, customer)
         if profile is None:
             raise HTTPException(404, f"unknown customer {customer!r} in store {store!r}")
-        snapshots = reads.history(warehouse, store, customer, HISTORY_DAYS, None)
+        snapshots = reads.history(warehouse, store, customer, HISTORY_DAYS, None, with_features=True)
         drift = reads.drift(warehouse, settings, store, customer, "28d") if reads.drift_is_on(settings, store) else None
         specs = {"memberships": charts.memberships(profile["fuzzy_memberships"], profile["dominant_segments"])}
         if len(snapshots) >= 2:
             specs |= {"drift": charts.drift_over_time(snapshots), "churn": charts.churn_trend(snapshots), "journey": charts.archetype_journey(snapshots)}
+            behaviour = charts.behaviour_over_time(snapshots, change_marks(drift))
+            if behaviour is not None:
+                specs["behaviour"] = behaviour
         html = _templates.get_template("customer.html").render(
             store=store, profile=profile, drift=drift, snapshots=snapshots, specs=specs, explain=EXPLAIN, link=_link(request))
         return HTMLResponse(html)

@@ -166,9 +166,10 @@ def drift(wh: Warehouse, settings: StoreSettings, store: str, customer: str, win
 HISTORY_STORED = ("churn_risk_score", "churn_risk_level", "predicted_ltv")
 
 
-def history(wh: Warehouse, store: str, customer: str, days: int, snapshot_type: str | None) -> list[dict]:
+def history(wh: Warehouse, store: str, customer: str, days: int, snapshot_type: str | None, with_features: bool = False) -> list[dict]:
     """The customer's snapshots over the `days` days up to their newest, oldest first (one per date without a type),
-    shaped straight from the stored rows (no row of the view in between: this is most of a history read's CPU)."""
+    shaped straight from the stored rows (no row of the view in between: this is most of a history read's CPU);
+    with `with_features` each also carries its behavioral_features (the customer page's behaviour chart)."""
     window = wh.customer_history_window(store, customer, days, snapshot_type=snapshot_type, stored=HISTORY_STORED, with_archetypes=True)
     out = []
     for r in window.rows:
@@ -181,6 +182,8 @@ def history(wh: Warehouse, store: str, customer: str, days: int, snapshot_type: 
             "churn_risk_score": float(r["churn_risk_score"]), "churn_risk_level": r["churn_risk_level"],
             "predicted_ltv": float(r["predicted_ltv"]), "model_version": layout.model_version,
         })
+        if with_features:
+            out[-1]["behavioral_features"] = layout.features_of(r["feature_values"])
     return out
 
 

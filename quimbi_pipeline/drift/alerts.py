@@ -89,8 +89,14 @@ def mix_alerts(population: pd.DataFrame, rates: pd.DataFrame, thresholds: AlertT
         return pd.DataFrame(columns=ALERT_COLUMNS)
     out = pd.concat(parts, ignore_index=True)
     out["as_of_date"] = pd.to_datetime(out["as_of_date"]).dt.date
-    rank = out["severity"].map({"error": 0, "warn": 1})
-    return out.assign(_rank=rank).sort_values(["as_of_date", "store_id", "_rank", "kind", "axis"]).drop(columns="_rank").reset_index(drop=True)
+    return sorted_alerts(out)
+
+
+def sorted_alerts(alerts: pd.DataFrame) -> pd.DataFrame:
+    """By date, store, severity (errors first), kind and axis."""
+    rank = alerts["severity"].map({"error": 0, "warn": 1})
+    return (alerts.assign(_rank=rank).sort_values(["as_of_date", "store_id", "_rank", "kind", "axis"], kind="stable")
+            .drop(columns="_rank").reset_index(drop=True))
 
 
 def alert_episodes(alerts: pd.DataFrame) -> pd.DataFrame:

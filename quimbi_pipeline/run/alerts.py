@@ -10,7 +10,12 @@ from datetime import date
 
 import pandas as pd
 
-from quimbi_pipeline.drift.alerts import ALERT_COLUMNS, AlertThresholds, mix_alerts
+from quimbi_pipeline.drift.alerts import (
+    ALERT_COLUMNS,
+    AlertThresholds,
+    mix_alerts,
+    sorted_alerts,
+)
 from quimbi_pipeline.settings import PipelineSettings, StoreSettings
 from quimbi_pipeline.settings.store import settings_for_store
 from quimbi_pipeline.storage import Warehouse
@@ -36,10 +41,16 @@ def store_alerts(wh: Warehouse, settings: PipelineSettings | StoreSettings, star
                        "feature_psi", start, end, stores)
     rates = _rows(wh, "outlier_rates", "flag_date", "store_id, flag_date, method, customers, flagged", start, end, stores)
     names = sorted(set(population["store_id"]) | set(rates["store_id"]))
-    parts = [mix_alerts(population[population["store_id"] == s], rates[rates["store_id"] == s],
-                        AlertThresholds.from_settings(settings_for_store(settings, s))) for s in names]
+    # One pass per distinct set of thresholds (most stores share the defaults), not one per store: thousands of stores.
+    by_thresholds: dict[AlertThresholds, list[str]] = {}
+    for store in names:
+        by_thresholds.setdefault(AlertThresholds.from_settings(settings_for_store(settings, store)), []).append(store)
+    parts = [mix_alerts(population[population["store_id"].isin(group)], rates[rates["store_id"].isin(group)], thresholds)
+             for thresholds, group in by_thresholds.items()]
     parts = [p for p in parts if len(p)]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=ALERT_COLUMNS)
+    if not parts:
+        return pd.DataFrame(columns=ALERT_COLUMNS)
+    return sorted_alerts(pd.concat(parts, ignore_index=True))
 
 
 def post_alerts(url: str, alerts: pd.DataFrame) -> list[str]:

@@ -163,3 +163,14 @@ def test_the_behaviour_chart_shows_the_features_and_marks_the_changes_within_its
     assert spec["vconcat"][0]["layer"][1]["data"]["values"] == [marks[0]]  # the May change is before the chart's dates
     assert charts.behaviour_over_time([{"snapshot_date": "2026-10-01"}], marks) is None
     assert change_marks(None) == []
+
+
+def test_a_customer_is_placed_on_each_axis_ladder_beside_the_stores_customers():
+    from quimbi_pipeline.api.pages import compared_with_store
+
+    newest = [{"axis": "purchase_value", "as_of_date": "2026-10-31", "segment_shares": {
+        "minimal_spender": {"current": 0.3}, "mid_spender": {"current": 0.5}, "premium_spender": {"current": 0.2}}},
+        {"axis": "basket_size", "as_of_date": "2026-10-31", "segment_shares": {"all_customers": {"current": 1.0}}}]
+    compared = compared_with_store({"purchase_value": "mid_spender", "basket_size": "all_customers"}, newest)
+    assert [(c["axis"], c["segment"]) for c in compared] == [("purchase_value", "mid_spender")]  # off the ladder: not placed
+    assert (compared[0]["below"], compared[0]["same"], compared[0]["above"]) == pytest.approx((0.3, 0.5, 0.2))

@@ -20,6 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from quimbi_pipeline.api import charts, reads
 from quimbi_pipeline.api.routes import ID, link_id, path_id
 from quimbi_pipeline.drift.alerts import outlier_rate_jumps
+from quimbi_pipeline.model.features import AXIS_BY_NAME
 from quimbi_pipeline.settings import StoreSettings
 from quimbi_pipeline.settings.store import settings_for_store
 from quimbi_pipeline.storage import Warehouse
@@ -48,6 +49,8 @@ EXPLAIN = {
     "behaviour": "The customer's orders per month and typical order value as each day's profile measured them (over the "
                  "orders since a detected change when there is one), with the detected changes and anomalies dashed. The "
                  "pages read the warehouse, which keeps profiles, not orders: these are the features, not each order.",
+    "compared": "The store's active customers by where their dominant segment sits on each axis' ladder against this "
+                "customer's (population drift's newest segment shares; with drift analysis on).",
     "archetype": "The combination of the customer's dominant segments on every axis; level 1 is the worst rung on every axis, 5 the best.",
     "population_drift": "Total variation between the store's dominant-segment shares now and on the reference date: 0 = the same "
                         "mix of customers, 1 = an entirely different one.",
@@ -69,6 +72,24 @@ def _link(request: Request):
         params = {k: v for k, v in query.items() if v} | ({"api_key": key} if key else {})
         return path + ("?" + urlencode(params) if params else "")
     return link
+
+
+def compared_with_store(dominant: dict[str, str], newest: list[dict]) -> list[dict]:
+    """Per axis: the customer's dominant segment and the shares of the store's active customers whose dominant segment
+    is on a lower rung of the axis' ladder, the same one, or a higher one (population drift's newest shares)."""
+    out = []
+    for p in newest:
+        axis, segment = p["axis"], dominant.get(p["axis"])
+        ladder = AXIS_BY_NAME[axis].ladder if axis in AXIS_BY_NAME else ()
+        if segment not in ladder:
+            continue
+        rung = ladder.index(segment)
+        shares = {s: v["current"] for s, v in p["segment_shares"].items() if s in ladder}
+        below = sum(v for s, v in shares.items() if ladder.index(s) < rung)
+        same = shares.get(segment, 0.0)
+        out.append({"axis": axis, "segment": segment, "below": below, "same": same, "above": max(0.0, sum(shares.values()) - below - same),
+                    "as_of_date": p["as_of_date"]})
+    return out
 
 
 def change_marks(drift: dict | None) -> list[dict]:
@@ -101,8 +122,10 @@ def add_pages(app: FastAPI, warehouse: Warehouse, settings: StoreSettings, allow
             behaviour = charts.behaviour_over_time(snapshots, change_marks(drift))
             if behaviour is not None:
                 specs["behaviour"] = behaviour
+        newest = reads.population(warehouse, store, 1)  # the rows of the store's newest date
         html = _templates.get_template("customer.html").render(
-            store=store, profile=profile, drift=drift, snapshots=snapshots, specs=specs, explain=EXPLAIN, link=_link(request))
+            store=store, profile=profile, drift=drift, snapshots=snapshots, specs=specs, explain=EXPLAIN, link=_link(request),
+            compared=compared_with_store(profile["dominant_segments"], newest))
         return HTMLResponse(html)
 
     @app.get("/ui/stores/{store}", response_class=HTMLResponse, summary="Store page")

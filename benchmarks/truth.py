@@ -157,7 +157,7 @@ def young_loop(workdir: Path) -> None:
                 "unchanged_falsely_flagged", "unchanged_with_anomaly")
         print(f"seed {seed}: " + ", ".join(f"{k} {r.summary[k]:.3f}" for k in keys))
         with pd.option_context("display.width", 250, "display.max_columns", 20):
-            print(r.by_kind[["n", "evidence_28d", "after_evidence_28d", "recall_60d", "anomaly_28d"]].round(2).to_string())
+            print(r.by_kind[["n", "evidence_28d", "after_evidence_28d", "recall_60d", "anomaly_28d", "anomaly_after_evidence_28d"]].round(2).to_string())
 
 
 def cdnow_drift(workdir: Path) -> None:

@@ -156,12 +156,14 @@ def score(data: PlantedData, warehouse_url: str, scored_from, scored_to, setting
         "recommendations_with_evidence": float(np.mean(["evidence" in item for item in rec_items])) if rec_items else float("nan"),
     }
     by_kind = (changers.assign(recall_28d=changers["delay_days"] <= 28, recall_60d=changers["delay_days"] <= 60,
-                               after_evidence_28d=(changers["delay_after_evidence_days"] <= 28).where(has_evidence))
+                               after_evidence_28d=(changers["delay_after_evidence_days"] <= 28).where(has_evidence),
+                               anomaly_after_evidence_28d=changers["anomaly_28d_after_evidence"].astype(float).where(has_evidence))
                .groupby(["change_kind", "buyer_type"])
                .agg(n=("delay_days", "size"), recall_28d=("recall_28d", "mean"), evidence_28d=("evidence_28d", "mean"),
                     after_evidence_28d=("after_evidence_28d", "mean"), recall_60d=("recall_60d", "mean"),
                     median_delay_days=("delay_days", "median"), median_orders_to_detect=("orders_to_detect", "median"),
-                    still_shown_60d=("still_shown_60d", "mean"), anomaly_28d=("anomaly_28d", "mean")))
+                    still_shown_60d=("still_shown_60d", "mean"), anomaly_28d=("anomaly_28d", "mean"),
+                    anomaly_after_evidence_28d=("anomaly_after_evidence_28d", "mean")))
     return SignalScores(summary, by_kind, changers)
 
 

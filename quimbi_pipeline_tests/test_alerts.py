@@ -94,6 +94,13 @@ def test_stored_alerts_per_store_and_date_on_both_databases(warehouse_url):
             ["b", "2026-10-31", "outlier_rate", "density", "error"], ["b", "2026-10-31", "segment_mix", "basket_size", "error"]]
         assert store_alerts(wh, PipelineSettings(), "2026-10-31", stores=["a"]).empty
         assert store_alerts(wh, PipelineSettings(alert_segment_mix_error=0.5), "2026-10-31", stores=["b"])["kind"].tolist() == ["outlier_rate", "segment_mix"]
+        # The read API's and the store page's reads (the newest date over both tables, then the window before it).
+        from quimbi_pipeline.api import reads
+
+        assert [(a["as_of_date"], a["kind"], a["severity"]) for a in reads.alerts(wh, PipelineSettings(), "b", 28)] == [
+            ("2026-10-31", "outlier_rate", "error"), ("2026-10-31", "segment_mix", "error")]
+        assert [(e["first"], e["last"], e["days"]) for e in reads.alert_episodes(wh, PipelineSettings(), "a", 28)] == [("2026-10-30", "2026-10-30", 1)]
+        assert reads.alerts(wh, PipelineSettings(), "nobody", 28) == []
     finally:
         wh.dispose()
 

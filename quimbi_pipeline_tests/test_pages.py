@@ -162,6 +162,12 @@ def test_the_behaviour_chart_shows_the_features_and_marks_the_changes_within_its
     assert len(values) == 5  # the NaN order value is left out
     assert spec["vconcat"][0]["layer"][1]["data"]["values"] == [marks[0]]  # the May change is before the chart's dates
     assert charts.behaviour_over_time([{"snapshot_date": "2026-10-01"}], marks) is None
+    centres = {"purchase_value": [{"segment": "mid_spender", "value": 58.0}, {"segment": "premium_spender", "value": 176.0}]}
+    with_centres = charts.behaviour_over_time(snapshots, marks, centres)
+    value_panel = with_centres["vconcat"][1]["layer"]
+    assert [layer["mark"]["type"] for layer in value_panel] == ["line", "rule", "rule", "text"]
+    assert value_panel[2]["data"]["values"] == centres["purchase_value"]
+    assert len(with_centres["vconcat"][0]["layer"]) == 2  # no centres given for orders per month
     assert change_marks(None) == []
 
 

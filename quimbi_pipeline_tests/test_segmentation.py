@@ -172,3 +172,16 @@ def test_density_algorithm_finding_one_cluster_falls_back_to_kmeans():
     settings = PipelineSettings(enable_advanced_clustering=True, clustering_algorithm="dbscan", dbscan_eps=50)
     seg = segment_axis(pd.DataFrame(values, columns=["avg_order_value", "median_order_value"]), AXIS_BY_NAME["purchase_value"], settings)
     assert seg.model.algorithm == "kmeans" and "dbscan found 1 cluster(s)" in seg.model.note
+
+
+def test_a_models_centres_are_its_centroids_in_the_features_own_units():
+    """The customer page draws them on the customer's features: transform(centres) gives the centroids back."""
+    from quimbi_pipeline.model.segmentation import AxisModel
+
+    model = AxisModel(axis="purchase_value", algorithm="kmeans", feature_names=["avg_order_value", "median_order_value"],
+                      log_scale=np.array([True, False]), scaler_mean=np.array([3.0, 40.0]), scaler_scale=np.array([0.5, 10.0]),
+                      centroids=np.array([[-1.0, -1.0], [1.0, 2.0]]), segment_names=["low", "high"], silhouette=None, n_fit=10)
+    centres = model.centres()
+    np.testing.assert_allclose(centres[:, 0], np.expm1([2.5, 3.5]))
+    np.testing.assert_allclose(centres[:, 1], [30.0, 60.0])
+    np.testing.assert_allclose(model.transform(centres), model.centroids)

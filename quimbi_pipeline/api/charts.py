@@ -60,9 +60,10 @@ def drift_over_time(snapshots: list[dict], window_days: int = DRIFT_WINDOW_DAYS)
 BEHAVIOUR = (("purchase_frequency", "orders_per_month", "orders per month"), ("purchase_value", "avg_order_value", "typical order value"))
 
 
-def behaviour_over_time(snapshots: list[dict], marks: list[dict]) -> dict | None:
+def behaviour_over_time(snapshots: list[dict], marks: list[dict], centres: dict[str, list[dict]] | None = None) -> dict | None:
     """The customer's orders per month and typical order value per snapshot date, one panel each, with a dashed rule
-    at each date in `marks` ({date, what}: the changes detected in their orders, the anomalies); None without
+    at each date in `marks` ({date, what}: the changes detected in their orders, the anomalies) and a dotted line at
+    each segment's centre in `centres` ({axis: [{segment, value}]}, the profile's segment model); None without
     features."""
     values = [{"date": s["snapshot_date"], "measure": label, "value": round(float(v), 4)} for s in snapshots
               for axis, feature, label in BEHAVIOUR
@@ -76,11 +77,21 @@ def behaviour_over_time(snapshots: list[dict], marks: list[dict]) -> dict | None
                          "tooltip": [{"field": "date", "type": "temporal"}, {"field": "measure"}, {"field": "value"}]}}
     rule = {"data": {"values": shown}, "mark": {"type": "rule", "strokeDash": [4, 4], "color": "#b42318"},
             "encoding": {"x": {"field": "date", "type": "temporal"}, "tooltip": [{"field": "date", "type": "temporal"}, {"field": "what"}]}}
+    def centre_layers(axis: str) -> list[dict]:
+        found = (centres or {}).get(axis) or []
+        if not found:
+            return []
+        data = {"values": [{"segment": c["segment"], "value": round(c["value"], 4)} for c in found]}
+        return [{"data": data, "mark": {"type": "rule", "strokeDash": [1, 3], "color": "#6e7781"},
+                 "encoding": {"y": {"field": "value", "type": "quantitative"}, "tooltip": [{"field": "segment"}, {"field": "value"}]}},
+                {"data": data, "mark": {"type": "text", "align": "right", "dx": -2, "dy": -5, "fontSize": 9, "color": "#6e7781"},
+                 "encoding": {"y": {"field": "value", "type": "quantitative"}, "x": {"value": WIDTH}, "text": {"field": "segment"}}}]
+
     panels = [{"title": label, "height": 110, "width": WIDTH,
-               "layer": [{**line, "transform": [{"filter": {"field": "measure", "equal": label}}]}] + ([rule] if shown else [])}
-              for _, _, label in BEHAVIOUR]
+               "layer": [{**line, "transform": [{"filter": {"field": "measure", "equal": label}}]}] + ([rule] if shown else []) + centre_layers(axis)}
+              for axis, _, label in BEHAVIOUR]
     return {"$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-            "title": "The customer's behaviour over time (dashed: a change detected in their orders, or an anomaly)",
+            "title": "The customer's behaviour over time (dashed: a change detected in their orders, or an anomaly; dotted: the segments' centres)",
             "vconcat": panels, "resolve": {"scale": {"y": "independent"}}}
 
 

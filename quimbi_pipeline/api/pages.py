@@ -47,8 +47,10 @@ EXPLAIN = {
     "overall_drift": "The mean of the axes' drift scores over the window: one axis moving alone shows as a small mean (0.99 on "
                      "one of six axes reads 0.17), so each axis is listed too.",
     "behaviour": "The customer's orders per month and typical order value as each day's profile measured them (over the "
-                 "orders since a detected change when there is one), with the detected changes and anomalies dashed. The "
-                 "pages read the warehouse, which keeps profiles, not orders: these are the features, not each order.",
+                 "orders since a detected change when there is one), with the detected changes and anomalies dashed and "
+                 "the centre of each of the store's segments dotted (a customer belongs most to the nearest, on both of "
+                 "the axis' features). The pages read the warehouse, which keeps profiles, not orders: these are the "
+                 "features, not each order.",
     "compared": "The store's active customers by where their dominant segment sits on each axis' ladder against this "
                 "customer's (population drift's newest segment shares; with drift analysis on).",
     "archetype": "The combination of the customer's dominant segments on every axis; level 1 is the worst rung on every axis, 5 the best.",
@@ -119,7 +121,8 @@ def add_pages(app: FastAPI, warehouse: Warehouse, settings: StoreSettings, allow
         specs = {"memberships": charts.memberships(profile["fuzzy_memberships"], profile["dominant_segments"])}
         if len(snapshots) >= 2:
             specs |= {"drift": charts.drift_over_time(snapshots), "churn": charts.churn_trend(snapshots), "journey": charts.archetype_journey(snapshots)}
-            behaviour = charts.behaviour_over_time(snapshots, change_marks(drift))
+            centres = reads.segment_centres(warehouse, store, profile["model_version"], {axis: f for axis, f, _ in charts.BEHAVIOUR})
+            behaviour = charts.behaviour_over_time(snapshots, change_marks(drift), centres)
             if behaviour is not None:
                 specs["behaviour"] = behaviour
         newest = reads.population(warehouse, store, 1)  # the rows of the store's newest date

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 from datetime import date
 
+import numpy as np
 import pandas as pd
 
 from quimbi_pipeline.drift.alerts import ALERT_COLUMNS
 from quimbi_pipeline.drift.alerts import alert_episodes as episodes_of
 from quimbi_pipeline.drift.measures import EVIDENCE_AXIS, DriftTables, axis_entries
 from quimbi_pipeline.history.snapshots import RETAINED_TYPES
+from quimbi_pipeline.model.segmentation import AxisModel
 from quimbi_pipeline.run import drift_on_demand
 from quimbi_pipeline.run.alerts import store_alerts
 from quimbi_pipeline.settings import StoreSettings
@@ -215,6 +217,18 @@ def _store_alerts(wh: Warehouse, settings: StoreSettings, store: str, days: int)
         return pd.DataFrame(columns=ALERT_COLUMNS)
     end = pd.Timestamp(newest)
     return store_alerts(wh, settings, end - pd.Timedelta(days=days - 1), end, [store])
+
+
+def segment_centres(wh: Warehouse, store: str, model_version: str, features: dict[str, str]) -> dict[str, list[dict]]:
+    """{axis: [{segment, value}]}: each segment's centre in one feature's own units (`features`: {axis: feature}),
+    from the segment model the customer's profile was scored with."""
+    models = {r["axis"]: AxisModel.from_record(r) for r in wh.segment_model_records(store, model_version) if r["axis"] in features}
+    out = {}
+    for axis, model in models.items():
+        if features[axis] in model.feature_names:
+            column = model.centres()[:, model.feature_names.index(features[axis])]
+            out[axis] = [{"segment": s, "value": float(v)} for s, v in zip(model.segment_names, column) if np.isfinite(v)]
+    return out
 
 
 def model_refits(wh: Warehouse, store: str) -> list[str]:

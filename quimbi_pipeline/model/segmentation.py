@@ -85,6 +85,11 @@ class AxisModel:
         x = np.where(self.log_scale, np.log1p(np.maximum(raw, 0.0)), raw)
         return (x - self.scaler_mean) / self.scaler_scale
 
+    def centres(self) -> np.ndarray:
+        """The segments' centroids in the features' own units (k, n_features): the scaling and log1p undone."""
+        x = self.centroids * self.scaler_scale + self.scaler_mean
+        return np.where(self.log_scale, np.expm1(x), x)
+
     def memberships(self, raw: np.ndarray) -> np.ndarray:
         if self.covariances is not None:
             return gaussian_posteriors(self.transform(raw), self.centroids, self.covariances, self.weights)

@@ -71,6 +71,16 @@ def test_quimbi_run_over_60_demo_days_fills_the_drift_tables(tmp_path, monkeypat
     assert not dated.loc[~old, "description"].str.contains(r"\((no order since|the last order before the change)").any()
     assert not wh.read_sql("SELECT * FROM population_drift WHERE as_of_date = '2026-10-31'").empty
     wh.dispose()
+    # What `quimbi demo` prints after its runs, the store-mix alerts included (a line each, or none).
+    from quimbi_pipeline.run.alerts import store_alerts
+    from quimbi_pipeline.run.demo_report import demo_report
+    from quimbi_pipeline.settings import PipelineSettings
+
+    report = io.StringIO()
+    demo_report(url, pd.Timestamp("2026-10-31"), out=report)
+    alerts = store_alerts(Warehouse(url), PipelineSettings(), "2026-10-04", "2026-10-31")
+    assert "Alerts on the stores' mix over the last 28 days (/stores/{store}/alerts, the store page): " in report.getvalue()
+    assert all(message in report.getvalue() for message in alerts.drop_duplicates(["store_id", "kind", "axis"], keep="last")["message"])
 
 
 @pytest.mark.parametrize("where", ["before", "after"])

@@ -2,6 +2,7 @@
 run of a planted store whose mix shifts against a steady one: the asset check, the sensor, the report job with its
 webhook, the API and the store page."""
 
+import dataclasses
 import json
 import threading
 from datetime import date
@@ -31,11 +32,12 @@ def rate_rows(store="s", day="2026-10-31", customers=500, **flagged) -> pd.DataF
 
 
 NO_RATES = rate_rows()
+DEFAULT = AlertThresholds.from_settings(PipelineSettings())  # the documented defaults
 
 
 def test_each_measure_warns_then_errors_at_its_thresholds_with_a_sentence_each():
     population = population_rows(purchase_value=(0.12, 0.05), purchase_frequency=(0.25, 0.6), basket_size=(0.02, 0.3))
-    alerts = mix_alerts(population, rate_rows(density=20, membership=5), AlertThresholds())
+    alerts = mix_alerts(population, rate_rows(density=20, membership=5), DEFAULT)
     assert alerts[["kind", "axis", "severity"]].values.tolist() == [
         ["feature_distribution", "purchase_frequency", "error"], ["segment_mix", "purchase_frequency", "error"],
         ["feature_distribution", "basket_size", "warn"], ["outlier_rate", "density", "warn"], ["segment_mix", "purchase_value", "warn"]]
@@ -50,14 +52,14 @@ def test_each_measure_warns_then_errors_at_its_thresholds_with_a_sentence_each()
 
 
 def test_small_stores_unwatched_axes_and_values_below_the_thresholds_raise_nothing():
-    assert mix_alerts(population_rows(n=150, purchase_value=(0.5, 2.0)), rate_rows(customers=150, density=50), AlertThresholds()).empty
+    assert mix_alerts(population_rows(n=150, purchase_value=(0.5, 2.0)), rate_rows(customers=150, density=50), DEFAULT).empty
     # loyalty_trajectory is not watched by default: its tenure grows with the calendar.
-    assert mix_alerts(population_rows(loyalty_trajectory=(0.4, 3.0)), NO_RATES, AlertThresholds()).empty
-    watched = AlertThresholds(axes=("loyalty_trajectory",))
+    assert mix_alerts(population_rows(loyalty_trajectory=(0.4, 3.0)), NO_RATES, DEFAULT).empty
+    watched = dataclasses.replace(DEFAULT, axes=("loyalty_trajectory",))
     assert mix_alerts(population_rows(loyalty_trajectory=(0.4, 3.0)), NO_RATES, watched)["severity"].tolist() == ["error", "error"]
-    below = mix_alerts(population_rows(purchase_value=(0.0999, 0.2499)), rate_rows(density=9), AlertThresholds())
+    below = mix_alerts(population_rows(purchase_value=(0.0999, 0.2499)), rate_rows(density=9), DEFAULT)
     assert below.empty
-    assert mix_alerts(population_rows(purchase_value=(0.5, None)), NO_RATES, AlertThresholds())["kind"].tolist() == ["segment_mix"]
+    assert mix_alerts(population_rows(purchase_value=(0.5, None)), NO_RATES, DEFAULT)["kind"].tolist() == ["segment_mix"]
 
 
 def test_thresholds_come_from_the_settings_and_a_warning_must_come_before_its_error():
@@ -73,7 +75,7 @@ def test_thresholds_come_from_the_settings_and_a_warning_must_come_before_its_er
 def test_consecutive_days_of_one_alert_are_one_episode():
     days = [f"2026-10-{d:02d}" for d in (1, 2, 3, 10)]
     population = pd.concat([population_rows(day=d, purchase_value=(v, 0.0)) for d, v in zip(days, (0.12, 0.22, 0.15, 0.11))])
-    episodes = alert_episodes(mix_alerts(population, NO_RATES, AlertThresholds()))
+    episodes = alert_episodes(mix_alerts(population, NO_RATES, DEFAULT))
     assert episodes[["first", "last", "days", "severity"]].astype(str).values.tolist() == [
         ["2026-10-10", "2026-10-10", "1", "warn"], ["2026-10-01", "2026-10-03", "3", "error"]]
     assert episodes["peak"].tolist() == [0.11, 0.22]

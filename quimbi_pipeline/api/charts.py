@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from quimbi_pipeline.model.features import AXIS_BY_NAME
+from quimbi_pipeline.drift.measures import segment_position
+from quimbi_pipeline.model.segmentation import SINGLE_SEGMENT_NAME
 
 WIDTH = 560
 JOURNEY_WIDTH = 360  # the archetype names (every axis' segment) take the rest of the row, never shortened
@@ -127,8 +128,10 @@ RUNG_NAMES = ("1 worst", "2", "3", "4", "5", "6 best")
 
 
 def _rung(axis: str, segment: str) -> str:
-    ladder = AXIS_BY_NAME[axis].ladder if axis in AXIS_BY_NAME else ()
-    return RUNG_NAMES[ladder.index(segment)] if segment in ladder else "other"
+    """The segment's rung name (segment_position: a suffixed segment, `regular_2`, shares its base's rung)."""
+    if segment == SINGLE_SEGMENT_NAME:
+        return "other"
+    return RUNG_NAMES[round(segment_position(axis, segment) * (len(RUNG_NAMES) - 1))]
 
 
 def segment_shares(series: list[dict]) -> dict:

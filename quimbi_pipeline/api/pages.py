@@ -19,15 +19,15 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from quimbi_pipeline.api import charts, reads
 from quimbi_pipeline.api.routes import ID, link_id, path_id
-from quimbi_pipeline.drift.alerts import outlier_rate_jumps
-from quimbi_pipeline.model.features import AXIS_BY_NAME
+from quimbi_pipeline.drift.alerts import ALERT_WINDOW_DAYS, outlier_rate_jumps
+from quimbi_pipeline.drift.measures import segment_position
+from quimbi_pipeline.model.segmentation import SINGLE_SEGMENT_NAME
 from quimbi_pipeline.settings import StoreSettings
 from quimbi_pipeline.settings.store import settings_for_store
 from quimbi_pipeline.storage import Warehouse
 
 HERE = Path(__file__).resolve().parent
 HISTORY_DAYS = 365
-ALERT_DAYS = 28  # the store page lists the alerts of its newest 28 days
 MAX_ALERTS_SHOWN = 20
 EXPLAIN = {
     "churn_risk_score": "The probability that this customer makes no purchase in the next 90 days (the churn horizon): how long "
@@ -78,19 +78,17 @@ def _link(request: Request):
 
 def compared_with_store(dominant: dict[str, str], newest: list[dict]) -> list[dict]:
     """Per axis: the customer's dominant segment and the shares of the store's active customers whose dominant segment
-    is on a lower rung of the axis' ladder, the same one, or a higher one (population drift's newest shares)."""
+    is on a lower rung of the axis' ladder, the same one, or a higher one (population drift's newest shares; rungs by
+    segment_position). An axis of one segment places nobody."""
     out = []
     for p in newest:
         axis, segment = p["axis"], dominant.get(p["axis"])
-        ladder = AXIS_BY_NAME[axis].ladder if axis in AXIS_BY_NAME else ()
-        if segment not in ladder:
+        if segment in (None, SINGLE_SEGMENT_NAME):
             continue
-        rung = ladder.index(segment)
-        shares = {s: v["current"] for s, v in p["segment_shares"].items() if s in ladder}
-        below = sum(v for s, v in shares.items() if ladder.index(s) < rung)
-        same = shares.get(segment, 0.0)
-        out.append({"axis": axis, "segment": segment, "below": below, "same": same, "above": max(0.0, sum(shares.values()) - below - same),
-                    "as_of_date": p["as_of_date"]})
+        rung = segment_position(axis, segment)
+        shares = [(segment_position(axis, s), v["current"]) for s, v in p["segment_shares"].items() if s != SINGLE_SEGMENT_NAME]
+        out.append({"axis": axis, "segment": segment, "below": sum(v for r, v in shares if r < rung),
+                    "same": sum(v for r, v in shares if r == rung), "above": sum(v for r, v in shares if r > rung), "as_of_date": p["as_of_date"]})
     return out
 
 
@@ -142,14 +140,14 @@ def add_pages(app: FastAPI, warehouse: Warehouse, settings: StoreSettings, allow
         if series:
             specs |= {"shares": charts.segment_shares(series),
                       "population": charts.population_drift(series, thresholds.alert_segment_mix_warn, thresholds.alert_segment_mix_error)}
-        refits = reads.model_refits(warehouse, store)
         jumps = []
         if rates:
+            refits = reads.model_refits(warehouse, store)
             specs["outliers"] = charts.outlier_rate(rates, refits)
             jumps = outlier_rate_jumps(pd.DataFrame(rates), set(refits)).to_dict("records")
         html = _templates.get_template("store.html").render(
-            store=store, day=day, specs=specs, churn=reads.churn_summary(warehouse, store), alerts=reads.alert_episodes(warehouse, settings, store, ALERT_DAYS),
-            alert_days=ALERT_DAYS, max_alerts=MAX_ALERTS_SHOWN, alert_axes=thresholds.alert_axes, jumps=jumps, anomalies=reads.anomalies_of(warehouse, store, day) if day else [],
+            store=store, day=day, specs=specs, churn=reads.churn_summary(warehouse, store), alerts=reads.alert_episodes(warehouse, settings, store, ALERT_WINDOW_DAYS),
+            alert_days=ALERT_WINDOW_DAYS, max_alerts=MAX_ALERTS_SHOWN, alert_axes=thresholds.alert_axes, jumps=jumps, anomalies=reads.anomalies_of(warehouse, store, day) if day else [],
             movers=reads.movers(warehouse, store, day, axis, direction) if day else [], axis=axis, direction=direction,
             drifted=reads.most_drifted(warehouse, store) if day else [], explain=EXPLAIN, link=_link(request))
         return HTMLResponse(html)

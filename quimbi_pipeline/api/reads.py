@@ -13,7 +13,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from quimbi_pipeline.drift.alerts import ALERT_COLUMNS
+from quimbi_pipeline.drift.alerts import ALERT_COLUMNS, SEVERITY_RANK
 from quimbi_pipeline.drift.alerts import alert_episodes as episodes_of
 from quimbi_pipeline.drift.measures import EVIDENCE_AXIS, DriftTables, axis_entries
 from quimbi_pipeline.history.snapshots import RETAINED_TYPES
@@ -240,7 +240,7 @@ def model_refits(wh: Warehouse, store: str) -> list[str]:
 def alerts(wh: Warehouse, settings: StoreSettings, store: str, days: int) -> list[dict]:
     """The store's mix alerts of the `days` days up to its newest date, newest first, errors first."""
     found = _store_alerts(wh, settings, store, days)
-    found = found.assign(_rank=found["severity"].map({"error": 0, "warn": 1})).sort_values(["as_of_date", "_rank"], ascending=[False, True], kind="stable")
+    found = found.assign(_rank=found["severity"].map(SEVERITY_RANK)).sort_values(["as_of_date", "_rank"], ascending=[False, True], kind="stable")
     return [{"as_of_date": _day(r["as_of_date"]), **{k: r[k] for k in ("kind", "axis", "severity", "message")},
              "value": float(r["value"]), "threshold": float(r["threshold"])} for r in found.to_dict("records")]
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from quimbi_pipeline.api.access import request_key
 from quimbi_pipeline.api.models import Alerts, Drift, History, Population, Profile
 from quimbi_pipeline.api.reads import SNAPSHOT_TYPES, WINDOWS
+from quimbi_pipeline.drift.alerts import ALERT_WINDOW_DAYS
 from quimbi_pipeline.sources.orders import (
     MAX_ID_LENGTH,  # ids are capped at write time: a longer one is never stored
 )
@@ -120,7 +121,7 @@ ROUTES = (
     Route("store_population", "/stores/{store}/population", "population", Population,
           "Segment shares and population drift over time", (_days(90, "the store's newest date"),), direct=False, thread_pool=True),
     Route("store_alerts", "/stores/{store}/alerts", "alerts", Alerts, "The store's mix alerts (population drift and outlier rates "
-          "past their thresholds)", (_days(28, "the store's newest date"),),
+          "past their thresholds)", (_days(ALERT_WINDOW_DAYS, "the store's newest date"),),
           direct=False, thread_pool=True),
     Route("one_store_profile", "/customers/{customer}", "profile", Profile, "Profile (a warehouse of one store)"),
     Route("one_store_drift", "/customers/{customer}/drift", "drift", Drift, "Drift (a warehouse of one store)", (WINDOW, AS_OF)),

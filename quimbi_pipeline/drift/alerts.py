@@ -18,21 +18,21 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from quimbi_pipeline.settings.sections import ALERT_AXES
-
 ALERT_COLUMNS = ["store_id", "as_of_date", "kind", "axis", "value", "threshold", "severity", "message"]
-SEVERITIES = ("warn", "error")
+SEVERITY_RANK = {"error": 0, "warn": 1}  # errors first wherever alerts are listed
+ALERT_WINDOW_DAYS = 28  # what the store page, `quimbi demo` and /stores/{store}/alerts list by default
 
 
 @dataclass(frozen=True)
 class AlertThresholds:
-    """(warn, error) per measure, and the fewest customers a store needs for any alert."""
+    """(warn, error) per measure, the fewest customers a store needs for any alert, and the axes whose mix raises
+    alerts; from the settings (QUIMBI_ALERT_*), which hold the defaults."""
 
-    segment_mix: tuple[float, float] = (0.10, 0.20)
-    feature_psi: tuple[float, float] = (0.25, 0.50)
-    outlier_rate: tuple[float, float] = (0.02, 0.05)
-    min_customers: int = 200
-    axes: tuple[str, ...] = ALERT_AXES  # the axes whose mix raises alerts
+    segment_mix: tuple[float, float]
+    feature_psi: tuple[float, float]
+    outlier_rate: tuple[float, float]
+    min_customers: int
+    axes: tuple[str, ...]
 
     @classmethod
     def from_settings(cls, settings) -> AlertThresholds:
@@ -94,7 +94,7 @@ def mix_alerts(population: pd.DataFrame, rates: pd.DataFrame, thresholds: AlertT
 
 def sorted_alerts(alerts: pd.DataFrame) -> pd.DataFrame:
     """By date, store, severity (errors first), kind and axis."""
-    rank = alerts["severity"].map({"error": 0, "warn": 1})
+    rank = alerts["severity"].map(SEVERITY_RANK)
     return (alerts.assign(_rank=rank).sort_values(["as_of_date", "store_id", "_rank", "kind", "axis"], kind="stable")
             .drop(columns="_rank").reset_index(drop=True))
 

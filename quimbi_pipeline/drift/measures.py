@@ -443,10 +443,10 @@ def anomalies_at(history: MembershipHistory, as_of: pd.Timestamp) -> pd.DataFram
             fresh = at_d[h.new_change(source, at_d, at_d - 1) & ~np.isin(at_d, sudden)]
             with np.errstate(divide="ignore", invalid="ignore"):  # before/after are log1p levels (change_points' signals)
                 factor = np.expm1(e["after"][fresh]) / np.expm1(e["before"][fresh])
-            strong = (np.isfinite(factor) & (factor > 0) & (np.abs(np.log(np.where(factor > 0, factor, 1.0))) >= np.log(STRONG_CHANGE_FACTOR))
-                      & (dom[fresh] >= 0))
-            rows, factor = fresh[strong], factor[strong]
-            frames.append(_anomaly_rows(h, rows, axis, "behavior_change", np.minimum(1.0, np.abs(np.log(factor)) / np.log(10.0)),
+                size = np.abs(np.log(factor))  # NaN for a factor <= 0 or undefined: never strong
+            strong = np.isfinite(size) & (size >= np.log(STRONG_CHANGE_FACTOR)) & (dom[fresh] >= 0)
+            rows, factor, size = fresh[strong], factor[strong], size[strong]
+            frames.append(_anomaly_rows(h, rows, axis, "behavior_change", np.minimum(1.0, size / np.log(10.0)),
                                         f"{axis}: {EVIDENCE[source][0]} " + pd.Series(_factor_text(factor))
                                         + " in the customer's own orders, which their segment (" + pd.Series(names[dom[rows]]).astype(str)
                                         + ") does not show"))

@@ -9,14 +9,13 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from quimbi_pipeline.drift.alerts import alert_episodes
+from quimbi_pipeline.drift.alerts import ALERT_WINDOW_DAYS, alert_episodes
 from quimbi_pipeline.run.alerts import store_alerts
 from quimbi_pipeline.settings import StoreSettings
 from quimbi_pipeline.storage import Warehouse, data_dir, masked_url
 
 DEMO_FLAGS_FILE = "demo_flags.yaml"
 DEMO_PARTITIONS_FILE = "demo_partitions.env"
-ALERT_DAYS = 28
 
 
 def write_demo_flags(flags: dict[str, bool]) -> Path:
@@ -77,8 +76,8 @@ def demo_report(warehouse_url: str, as_of: pd.Timestamp, out=None) -> None:
         print("\nOutliers (outlier_rates):", file=out)
         for r in outliers.itertuples():
             print(f"  {r.store_id} {r.method}: {int(r.outliers)} of {int(r.customers):,}", file=out)
-        episodes = alert_episodes(store_alerts(wh, StoreSettings(), as_of - pd.Timedelta(days=ALERT_DAYS - 1), as_of))
-        print(f"\nAlerts on the stores' mix over the last {ALERT_DAYS} days (/stores/{{store}}/alerts, the store page): {len(episodes)}", file=out)
+        episodes = alert_episodes(store_alerts(wh, StoreSettings(), as_of - pd.Timedelta(days=ALERT_WINDOW_DAYS - 1), as_of))
+        print(f"\nAlerts on the stores' mix over the last {ALERT_WINDOW_DAYS} days (/stores/{{store}}/alerts, the store page): {len(episodes)}", file=out)
         for r in episodes.itertuples():
             days = f"{r.first} to {r.last} ({r.days} days)" if r.days > 1 else f"{r.first}"
             print(f"  {r.store_id} {r.severity} {days}: {r.message}", file=out)

@@ -30,6 +30,7 @@ from threadpoolctl import threadpool_limits
 from quimbi_pipeline.settings.deployment import value
 
 SMALL_ROWS = 50_000
+IDLE_SAMPLE_S = 0.05  # /proc/stat counts in 10 ms ticks: 5 per core, enough to tell a busy core from an idle one
 
 
 def usable_cores() -> int:
@@ -57,7 +58,7 @@ def _cpu_times() -> tuple[int, int] | None:
     return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields[:8])  # idle + iowait; user..steal
 
 
-def idle_cores(sample_s: float = 0.1) -> int:
+def idle_cores(sample_s: float = IDLE_SAMPLE_S) -> int:
     """How many of the usable cores other work leaves idle, measured over `sample_s` while this thread sleeps
     (at least one; all of them where /proc/stat is missing)."""
     cores = usable_cores()
@@ -73,8 +74,6 @@ def idle_cores(sample_s: float = 0.1) -> int:
     machine = os.cpu_count() or cores
     return max(1, min(cores, round(share * machine)))
 
-
-IDLE_SAMPLE_S = 0.05  # /proc/stat counts in 10 ms ticks: 5 per core, enough to tell a busy core from an idle one
 
 
 def threads_for(n_rows: int, threads: int, automatic: bool = False) -> int:

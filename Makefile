@@ -62,6 +62,7 @@ dev: install $(DAGSTER_HOME)/dagster.yaml
 # The read API and pages on http://localhost:$(API_PORT) over the demo's warehouse, with the demo's flags.
 API_PORT ?= 8000
 serve: install
+	if [ -z "$${QUIMBI_ORDERS:-}" ] && [ -f data/demo_partitions.env ]; then set -a; . ./data/demo_partitions.env; set +a; fi; \
 	QUIMBI_FLAGS_FILE=$${QUIMBI_FLAGS_FILE:-$$(test -f $(CURDIR)/data/demo_flags.yaml && echo $(CURDIR)/data/demo_flags.yaml)} \
 	  $(BIN)/quimbi serve --port $(API_PORT)
 

@@ -55,7 +55,8 @@ def drift_flags(monkeypatch):
         monkeypatch.setenv(name, value)
 
 
-def build(url: str, n_stores: int = 2, days=DAYS) -> None:
+def build(url: str, n_stores: int = 2, days=DAYS) -> pd.DataFrame:
+    """The pipeline run over `days` into the warehouse at `url`; returns the orders it read (validated)."""
     old = {k: os.environ.get(k) for k in FLAGS}
     os.environ.update(FLAGS)
     try:
@@ -70,6 +71,7 @@ def build(url: str, n_stores: int = 2, days=DAYS) -> None:
             assert not run_profiles_partition(orders, day, wh, settings).failed
             assert all(o.ok for o in run_drift_partition(wh, day, settings))
         wh.dispose()
+        return orders.orders
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)

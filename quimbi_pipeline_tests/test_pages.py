@@ -13,6 +13,7 @@ import shutil
 import subprocess
 
 import httpx
+import pandas as pd
 import pytest
 
 from quimbi_pipeline.api.launch import local_server
@@ -44,10 +45,13 @@ def server(tmp_path_factory):
     """A real `quimbi serve` with keys over a two-store warehouse; yields its base URL."""
     folder = tmp_path_factory.mktemp("pages")
     url = f"sqlite:///{folder / 'warehouse.sqlite'}"
-    build(url)
+    orders = build(url)
+    wh = Warehouse(url, create=False)
+    orders.to_sql("source_orders", wh.engine, index=False)  # the orders source the customer pages read (sql:)
+    wh.dispose()
     keys = folder / "keys.yaml"
     keys.write_text(f"{KEY_A}: [store_a]\n{KEY_B}: [store_b]\n")
-    env = {**os.environ, **FLAGS, "QUIMBI_API_KEYS": str(keys)}
+    env = {**os.environ, **FLAGS, "QUIMBI_API_KEYS": str(keys), "QUIMBI_ORDERS": "sql:source_orders"}
     with local_server(url, env=env, args=("--host", "127.0.0.1"), start_timeout_s=90) as running:
         yield running.base, url
 
@@ -80,12 +84,17 @@ def test_the_customer_page_draws_every_chart_with_its_data_points(chromium, serv
     assert f"Customer {customer}" in page and "The probability that this customer makes no purchase" in page
     assert re.search(r"Next order expected</div><div class=\"value\">\d{4}-\d{2}-\d{2}<", page)
     drawn = charts(page)
-    assert set(drawn) == {"memberships", "behaviour", "drift", "churn", "journey"}
+    assert set(drawn) == {"memberships", "behaviour", "orders", "drift", "churn", "journey"}
     for name, chart in drawn.items():
         assert 'data-rendered="true"' in chart and data_points(chart) >= 1, name
     profile = httpx.get(f"{base}/stores/store_a/customers/{customer}", headers={"X-API-Key": KEY_A}).json()
     assert data_points(drawn["memberships"]) == sum(len(s) for s in profile["fuzzy_memberships"].values())  # one bar per segment
     assert data_points(drawn["churn"]) >= 12  # a point per snapshot date (and the line)
+    wh = Warehouse(url, create=False)
+    seen = wh.read_sql(f"SELECT count(*) AS n FROM source_orders WHERE store_id = 'store_a' AND customer_id = '{customer}' "
+                       f"AND order_ts < '{pd.Timestamp(profile['profile_date']) + pd.Timedelta(days=1):%Y-%m-%d}'")["n"].iloc[0]
+    wh.dispose()
+    assert seen >= 2 and data_points(drawn["orders"]) == 2 * seen  # a point per order and the line; a gap bar per order after the first
     assert "Anomalies" in page and "Recommendations" in page
 
 
@@ -162,12 +171,14 @@ def test_the_behaviour_chart_shows_the_features_and_marks_the_changes_within_its
     assert len(values) == 5  # the NaN order value is left out
     assert spec["vconcat"][0]["layer"][1]["data"]["values"] == [marks[0]]  # the May change is before the chart's dates
     assert charts.behaviour_over_time([{"snapshot_date": "2026-10-01"}], marks) is None
-    centres = {"purchase_value": [{"segment": "mid_spender", "value": 58.0}, {"segment": "premium_spender", "value": 176.0}]}
-    with_centres = charts.behaviour_over_time(snapshots, marks, centres)
-    value_panel = with_centres["vconcat"][1]["layer"]
-    assert [layer["mark"]["type"] for layer in value_panel] == ["line", "rule", "rule", "text"]
-    assert value_panel[2]["data"]["values"] == centres["purchase_value"]
-    assert len(with_centres["vconcat"][0]["layer"]) == 2  # no centres given for orders per month
+    bands = {"purchase_value": [{"segment": "mid_spender", "low": 0.0, "high": 150.0}, {"segment": "premium_spender", "low": 150.0, "high": 310.0}]}
+    assert charts.behaviour_range(snapshots)["purchase_value"] == (0.0, 227.0 + 0.4 * 207.0)
+    with_bands = charts.behaviour_over_time(snapshots, marks, bands)
+    value_panel = with_bands["vconcat"][1]["layer"]
+    assert [layer["mark"]["type"] for layer in value_panel] == ["rect", "text", "line", "rule"]  # bands behind the line
+    assert [b["rung"] for b in value_panel[0]["data"]["values"]] == ["4", "6 best"]  # mid_spender is the 4th of purchase_value's 6 rungs
+    assert [b["segment"] for b in value_panel[1]["data"]["values"]] == ["mid_spender", "premium_spender"]
+    assert len(with_bands["vconcat"][0]["layer"]) == 2  # no bands given for orders per month
     assert change_marks(None) == []
 
 

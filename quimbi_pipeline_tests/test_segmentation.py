@@ -174,14 +174,17 @@ def test_density_algorithm_finding_one_cluster_falls_back_to_kmeans():
     assert seg.model.algorithm == "kmeans" and "dbscan found 1 cluster(s)" in seg.model.note
 
 
-def test_a_models_centres_are_its_centroids_in_the_features_own_units():
-    """The customer page draws them on the customer's features: transform(centres) gives the centroids back."""
+def test_a_models_segment_bands_along_one_feature_split_where_the_nearest_centroid_changes():
+    """The customer page shades them behind the customer's features: along avg_order_value, at the customer's own
+    median_order_value, the nearest centroid changes where the two scaled distances are equal (log1p(a) = 3)."""
     from quimbi_pipeline.model.segmentation import AxisModel
 
     model = AxisModel(axis="purchase_value", algorithm="kmeans", feature_names=["avg_order_value", "median_order_value"],
                       log_scale=np.array([True, False]), scaler_mean=np.array([3.0, 40.0]), scaler_scale=np.array([0.5, 10.0]),
                       centroids=np.array([[-1.0, -1.0], [1.0, 2.0]]), segment_names=["low", "high"], silhouette=None, n_fit=10)
-    centres = model.centres()
-    np.testing.assert_allclose(centres[:, 0], np.expm1([2.5, 3.5]))
-    np.testing.assert_allclose(centres[:, 1], [30.0, 60.0])
-    np.testing.assert_allclose(model.transform(centres), model.centroids)
+    values = np.linspace(1.0, 60.0, 591)  # steps of 0.1
+    bands = model.regions_along(np.array([30.0, 45.0]), "avg_order_value", values)
+    assert [name for name, _, _ in bands] == ["low", "high"]
+    assert bands[0][1] == 1.0 and bands[1][2] == 60.0 and bands[0][2] == bands[1][1]
+    assert abs(bands[0][2] - np.expm1(3.0)) <= 0.05
+    assert model.regions_along(np.array([np.nan, 45.0]), "avg_order_value", values) == []

@@ -7,6 +7,7 @@ the page's DOM (the browser test counts them).
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from quimbi_pipeline.drift.measures import segment_position
 from quimbi_pipeline.model.segmentation import SINGLE_SEGMENT_NAME
@@ -15,6 +16,7 @@ WIDTH = 560
 JOURNEY_WIDTH = 360  # the archetype names (every axis' segment) take the rest of the row, never shortened
 SMALL_WIDTH = 200  # a small multiple: three across fit 1,400 px; on a phone they wrap
 DRIFT_WINDOW_DAYS = 28
+PANEL_HEIGHT = 110
 
 
 def _spec(title: str, values: list[dict], **body) -> dict:
@@ -56,44 +58,103 @@ def drift_over_time(snapshots: list[dict], window_days: int = DRIFT_WINDOW_DAYS)
                            "color": {"field": "axis", "type": "nominal"}, "tooltip": [{"field": "date", "type": "temporal"}, {"field": "axis"}, {"field": "drift_score"}]})
 
 
+RUNG_COLOURS = ("#b2182b", "#ef8a62", "#fddbc7", "#d1e5f0", "#67a9cf", "#2166ac")
+OFF_LADDER = "#bdbdbd"
+RUNG_NAMES = ("1 worst", "2", "3", "4", "5", "6 best")
+RUNG_SCALE = {"domain": [*RUNG_NAMES, "other"], "range": [*RUNG_COLOURS, OFF_LADDER]}
+
+
 # The customer page's behaviour chart: the features behind the two axes an analyst reads first, as the snapshots froze
 # them (with ENABLE_ADAPTIVE_WINDOWS they follow a detected change at once).
 BEHAVIOUR = (("purchase_frequency", "orders_per_month", "orders per month"), ("purchase_value", "avg_order_value", "typical order value"))
 
 
-def behaviour_over_time(snapshots: list[dict], marks: list[dict], centres: dict[str, list[dict]] | None = None) -> dict | None:
+def _behaviour_values(snapshots: list[dict]) -> list[dict]:
+    return [{"date": s["snapshot_date"], "measure": label, "value": round(float(v), 4)} for s in snapshots
+            for axis, feature, label in BEHAVIOUR
+            if (v := s.get("behavioral_features", {}).get(axis, {}).get(feature)) is not None and np.isfinite(v)]
+
+
+def behaviour_range(snapshots: list[dict]) -> dict[str, tuple[float, float]]:
+    """{axis: (low, high)}: each behaviour panel's y range, the customer's values with room around them (never below 0)."""
+    out = {}
+    for axis, _, label in BEHAVIOUR:
+        found = [v["value"] for v in _behaviour_values(snapshots) if v["measure"] == label]
+        if found:
+            low, high = min(found), max(found)
+            pad = 0.4 * (high - low) if high > low else 0.5 * max(abs(high), 1.0)
+            out[axis] = (max(low - pad, 0.0), high + pad)
+    return out
+
+
+def behaviour_over_time(snapshots: list[dict], marks: list[dict], bands: dict[str, list[dict]] | None = None) -> dict | None:
     """The customer's orders per month and typical order value per snapshot date, one panel each, with a dashed rule
-    at each date in `marks` ({date, what}: the changes detected in their orders, the anomalies) and a dotted line at
-    each segment's centre in `centres` ({axis: [{segment, value}]}, the profile's segment model); None without
-    features."""
-    values = [{"date": s["snapshot_date"], "measure": label, "value": round(float(v), 4)} for s in snapshots
-              for axis, feature, label in BEHAVIOUR
-              if (v := s.get("behavioral_features", {}).get(axis, {}).get(feature)) is not None and np.isfinite(v)]
+    at each date in `marks` ({date, what}: the changes detected in their orders, the anomalies) and the segment bands
+    in `bands` ({axis: [{segment, low, high}]}, reads.segment_bands over behaviour_range) shaded behind, coloured by
+    rung and named where there is room; None without features."""
+    values = _behaviour_values(snapshots)
     if not values:
         return None
     dates = [v["date"] for v in values]
     shown = [m for m in marks if min(dates) <= m["date"] <= max(dates)]
+    ranges = behaviour_range(snapshots)
     line = {"data": {"values": values}, "mark": {"type": "line", "point": True},
-            "encoding": {"x": {"field": "date", "type": "temporal", "title": None}, "y": {"field": "value", "type": "quantitative", "title": None},
+            "encoding": {"x": {"field": "date", "type": "temporal", "title": None},
                          "tooltip": [{"field": "date", "type": "temporal"}, {"field": "measure"}, {"field": "value"}]}}
     rule = {"data": {"values": shown}, "mark": {"type": "rule", "strokeDash": [4, 4], "color": "#b42318"},
             "encoding": {"x": {"field": "date", "type": "temporal"}, "tooltip": [{"field": "date", "type": "temporal"}, {"field": "what"}]}}
-    def centre_layers(axis: str) -> list[dict]:
-        found = (centres or {}).get(axis) or []
+
+    def band_layers(axis: str) -> list[dict]:
+        found = (bands or {}).get(axis) or []
         if not found:
             return []
-        data = {"values": [{"segment": c["segment"], "value": round(c["value"], 4)} for c in found]}
-        return [{"data": data, "mark": {"type": "rule", "strokeDash": [1, 3], "color": "#6e7781"},
-                 "encoding": {"y": {"field": "value", "type": "quantitative"}, "tooltip": [{"field": "segment"}, {"field": "value"}]}},
-                {"data": data, "mark": {"type": "text", "align": "right", "dx": -2, "dy": -5, "fontSize": 9, "color": "#6e7781"},
-                 "encoding": {"y": {"field": "value", "type": "quantitative"}, "x": {"value": WIDTH}, "text": {"field": "segment"}}}]
+        low, high = ranges[axis]
+        data = [{**b, "rung": _rung(axis, b["segment"]), "middle": (b["low"] + b["high"]) / 2} for b in found]
+        named = [b for b in data if (b["high"] - b["low"]) / (high - low) * PANEL_HEIGHT >= 14]  # room for a label
+        return [{"data": {"values": data}, "mark": {"type": "rect", "opacity": 0.22},
+                 "encoding": {"y": {"field": "low", "type": "quantitative"}, "y2": {"field": "high"},
+                              "color": {"field": "rung", "type": "nominal", "scale": RUNG_SCALE, "legend": None},
+                              "tooltip": [{"field": "segment"}, {"field": "low"}, {"field": "high"}]}},
+                {"data": {"values": named}, "mark": {"type": "text", "align": "right", "dx": -4, "fontSize": 9, "color": "#57606a"},
+                 "encoding": {"y": {"field": "middle", "type": "quantitative"}, "x": {"value": WIDTH}, "text": {"field": "segment"}}}]
 
-    panels = [{"title": label, "height": 110, "width": WIDTH,
-               "layer": [{**line, "transform": [{"filter": {"field": "measure", "equal": label}}]}] + ([rule] if shown else []) + centre_layers(axis)}
-              for axis, _, label in BEHAVIOUR]
+    panels = []
+    for axis, _, label in BEHAVIOUR:
+        if axis not in ranges:
+            continue
+        y = {"field": "value", "type": "quantitative", "title": None, "scale": {"domain": list(ranges[axis]), "zero": False}}
+        own = {**line, "encoding": {**line["encoding"], "y": y}, "transform": [{"filter": {"field": "measure", "equal": label}}]}
+        panels.append({"title": label, "height": PANEL_HEIGHT, "width": WIDTH, "layer": band_layers(axis) + [own] + ([rule] if shown else [])})
     return {"$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-            "title": "The customer's behaviour over time (dashed: a change detected in their orders, or an anomaly; dotted: the segments' centres)",
+            "title": "The customer's behaviour over time (dashed: a change detected in their orders, or an anomaly; shaded: the segment "
+                     "each value would put them in)",
             "vconcat": panels, "resolve": {"scale": {"y": "independent"}}}
+
+
+def orders_over_time(orders: list[dict], marks: list[dict]) -> dict | None:
+    """Each order's value, and the days since the order before it, over time (one panel each), with the changes in
+    `marks` dashed; None without orders. `orders`: [{date, value}] oldest first."""
+    if not orders:
+        return None
+    values = [{"date": o["date"], "value": round(o["value"], 2),
+               "gap": None if i == 0 else (pd.Timestamp(o["date"]) - pd.Timestamp(orders[i - 1]["date"])).days}
+              for i, o in enumerate(orders)]
+    shown = [m for m in marks if values[0]["date"] <= m["date"] <= values[-1]["date"]]
+    rule = {"data": {"values": shown}, "mark": {"type": "rule", "strokeDash": [4, 4], "color": "#b42318"},
+            "encoding": {"x": {"field": "date", "type": "temporal"}, "tooltip": [{"field": "date", "type": "temporal"}, {"field": "what"}]}}
+
+    def panel(field: str, title: str, mark: dict) -> dict:
+        points = {"data": {"values": [v for v in values if v[field] is not None]}, "mark": mark,
+                  "encoding": {"x": {"field": "date", "type": "temporal", "title": None}, "y": {"field": field, "type": "quantitative", "title": None},
+                               "tooltip": [{"field": "date", "type": "temporal"}, {"field": "value", "title": "order value"},
+                                           {"field": "gap", "title": "days since the order before"}]}}
+        return {"title": title, "height": PANEL_HEIGHT, "width": WIDTH, "layer": [points] + ([rule] if shown else [])}
+
+    panels = [panel("value", "order value", {"type": "line", "point": True, "interpolate": "step-after", "strokeOpacity": 0.4})]
+    if len(values) >= 2:
+        panels.append(panel("gap", "days since the order before", {"type": "bar", "width": 3}))
+    return {"$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+            "title": f"Their {len(values)} orders (dashed: a change detected in their orders, or an anomaly)", "vconcat": panels}
 
 
 def churn_trend(snapshots: list[dict]) -> dict:
@@ -122,11 +183,6 @@ def archetype_journey(snapshots: list[dict]) -> dict:
 
 # One colour per rung of an axis' ladder (worst -> best), the same on every axis: a red-to-blue diverging scheme, so
 # "level 1" reads the same in every small multiple; a segment off the ladder (one-segment stores) is grey.
-RUNG_COLOURS = ("#b2182b", "#ef8a62", "#fddbc7", "#d1e5f0", "#67a9cf", "#2166ac")
-OFF_LADDER = "#bdbdbd"
-RUNG_NAMES = ("1 worst", "2", "3", "4", "5", "6 best")
-
-
 def _rung(axis: str, segment: str) -> str:
     """The segment's rung name (segment_position: a suffixed segment, `regular_2`, shares its base's rung)."""
     if segment == SINGLE_SEGMENT_NAME:
@@ -144,7 +200,7 @@ def segment_shares(series: list[dict]) -> dict:
                  encoding={"x": {"field": "date", "type": "temporal", "title": None, "axis": {"format": "%b %d", "labelOverlap": True, "tickCount": 4}},
                            "y": {"field": "share", "type": "quantitative", "stack": "normalize", "title": None, "axis": {"format": "%"}},
                            "color": {"field": "rung", "type": "ordinal", "title": "rung",
-                                     "scale": {"domain": [*RUNG_NAMES, "other"], "range": [*RUNG_COLOURS, OFF_LADDER]}},
+                                     "scale": RUNG_SCALE},
                            "order": {"field": "rung", "type": "ordinal"},
                            "facet": {"field": "axis", "type": "nominal", "columns": 3, "title": None, "header": {"labelFontSize": 12}},
                            "tooltip": [{"field": "date", "type": "temporal"}, {"field": "axis"}, {"field": "segment"}, {"field": "share", "format": ".1%"}]},

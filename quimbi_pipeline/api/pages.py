@@ -23,7 +23,9 @@ from quimbi_pipeline.drift.alerts import ALERT_WINDOW_DAYS, outlier_rate_jumps
 from quimbi_pipeline.drift.measures import segment_position
 from quimbi_pipeline.model.segmentation import SINGLE_SEGMENT_NAME
 from quimbi_pipeline.settings import StoreSettings
+from quimbi_pipeline.settings.deployment import value
 from quimbi_pipeline.settings.store import settings_for_store
+from quimbi_pipeline.sources.customer_orders import customer_orders
 from quimbi_pipeline.storage import Warehouse
 
 HERE = Path(__file__).resolve().parent
@@ -47,10 +49,11 @@ EXPLAIN = {
     "overall_drift": "The mean of the axes' drift scores over the window: one axis moving alone shows as a small mean (0.99 on "
                      "one of six axes reads 0.17), so each axis is listed too.",
     "behaviour": "The customer's orders per month and typical order value as each day's profile measured them (over the "
-                 "orders since a detected change when there is one), with the detected changes and anomalies dashed and "
-                 "the centre of each of the store's segments dotted (a customer belongs most to the nearest, on both of "
-                 "the axis' features). The pages read the warehouse, which keeps profiles, not orders: these are the "
-                 "features, not each order.",
+                 "orders since a detected change when there is one), with the detected changes and anomalies dashed. The "
+                 "shading is the store's segment model: the segment a value would put the customer in, their other "
+                 "measures staying as they are today.",
+    "orders": "Each of the customer's orders up to the profile's date, as the orders source (QUIMBI_ORDERS) holds it: its "
+              "value, and the days since the order before it.",
     "compared": "The store's active customers by where their dominant segment sits on each axis' ladder against this "
                 "customer's (population drift's newest segment shares; with drift analysis on).",
     "archetype": "The combination of the customer's dominant segments on every axis; level 1 is the worst rung on every axis, 5 the best.",
@@ -106,6 +109,7 @@ def change_marks(drift: dict | None) -> list[dict]:
 
 
 def add_pages(app: FastAPI, warehouse: Warehouse, settings: StoreSettings, allowed) -> None:
+    orders_uri = value("QUIMBI_ORDERS")  # the source the pipeline reads: the customer page's orders come from it
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @app.get("/ui/stores/{store}/customers/{customer}", response_class=HTMLResponse, summary="Customer page")
@@ -119,14 +123,20 @@ def add_pages(app: FastAPI, warehouse: Warehouse, settings: StoreSettings, allow
         specs = {"memberships": charts.memberships(profile["fuzzy_memberships"], profile["dominant_segments"])}
         if len(snapshots) >= 2:
             specs |= {"drift": charts.drift_over_time(snapshots), "churn": charts.churn_trend(snapshots), "journey": charts.archetype_journey(snapshots)}
-            centres = reads.segment_centres(warehouse, store, profile["model_version"], {axis: f for axis, f, _ in charts.BEHAVIOUR})
-            behaviour = charts.behaviour_over_time(snapshots, change_marks(drift), centres)
+            bands = reads.segment_bands(warehouse, store, profile["model_version"], {axis: f for axis, f, _ in charts.BEHAVIOUR},
+                                        profile["behavioral_features"], charts.behaviour_range(snapshots))
+            behaviour = charts.behaviour_over_time(snapshots, change_marks(drift), bands)
             if behaviour is not None:
                 specs["behaviour"] = behaviour
+        found = customer_orders(orders_uri, store, customer, profile["profile_date"], warehouse.engine)
+        orders = charts.orders_over_time([{"date": f"{ts:%Y-%m-%d}", "value": float(v)} for ts, v in found.orders.itertuples(index=False)],
+                                         change_marks(drift))
+        if orders is not None:
+            specs["orders"] = orders
         newest = reads.population(warehouse, store, 1)  # the rows of the store's newest date
         html = _templates.get_template("customer.html").render(
             store=store, profile=profile, drift=drift, snapshots=snapshots, specs=specs, explain=EXPLAIN, link=_link(request),
-            compared=compared_with_store(profile["dominant_segments"], newest))
+            compared=compared_with_store(profile["dominant_segments"], newest), orders_unavailable=found.unavailable)
         return HTMLResponse(html)
 
     @app.get("/ui/stores/{store}", response_class=HTMLResponse, summary="Store page")

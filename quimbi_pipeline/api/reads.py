@@ -219,15 +219,20 @@ def _store_alerts(wh: Warehouse, settings: StoreSettings, store: str, days: int)
     return store_alerts(wh, settings, end - pd.Timedelta(days=days - 1), end, [store])
 
 
-def segment_centres(wh: Warehouse, store: str, model_version: str, features: dict[str, str]) -> dict[str, list[dict]]:
-    """{axis: [{segment, value}]}: each segment's centre in one feature's own units (`features`: {axis: feature}),
-    from the segment model the customer's profile was scored with."""
-    models = {r["axis"]: AxisModel.from_record(r) for r in wh.segment_model_records(store, model_version) if r["axis"] in features}
+def segment_bands(wh: Warehouse, store: str, model_version: str, features: dict[str, str], customer: dict[str, dict[str, float]],
+                  shown: dict[str, tuple[float, float]], points: int = 240) -> dict[str, list[dict]]:
+    """{axis: [{segment, low, high}]}: the segment bands of one feature per axis (`features`: {axis: feature}) over
+    the range `shown` on the chart, at the customer's other features (`customer`: the profile's
+    behavioral_features), from the segment model the profile was scored with (AxisModel.regions_along)."""
+    models = {r["axis"]: AxisModel.from_record(r) for r in wh.segment_model_records(store, model_version) if r["axis"] in shown}
     out = {}
     for axis, model in models.items():
-        if features[axis] in model.feature_names:
-            column = model.centres()[:, model.feature_names.index(features[axis])]
-            out[axis] = [{"segment": s, "value": float(v)} for s, v in zip(model.segment_names, column) if np.isfinite(v)]
+        low, high = shown[axis]
+        values = (np.geomspace(low, high, points) if low > 0 else np.linspace(low, high, points))
+        raw = np.array([customer.get(axis, {}).get(f, np.nan) for f in model.feature_names], dtype=float)
+        bands = model.regions_along(raw, features[axis], values)
+        if bands:
+            out[axis] = [{"segment": s, "low": round(lo, 4), "high": round(hi, 4)} for s, lo, hi in bands]
     return out
 
 

@@ -85,10 +85,18 @@ class AxisModel:
         x = np.where(self.log_scale, np.log1p(np.maximum(raw, 0.0)), raw)
         return (x - self.scaler_mean) / self.scaler_scale
 
-    def centres(self) -> np.ndarray:
-        """The segments' centroids in the features' own units (k, n_features): the scaling and log1p undone."""
-        x = self.centroids * self.scaler_scale + self.scaler_mean
-        return np.where(self.log_scale, np.expm1(x), x)
+    def regions_along(self, raw: np.ndarray, feature: str, values: np.ndarray) -> list[tuple[str, float, float]]:
+        """The segment bands of one feature at a customer's other features: where the model would place a customer
+        with the features `raw` if only `feature` took each of the ascending `values`, as runs (segment, low, high),
+        a boundary halfway between the two grid values it falls between. [] when `raw` has a missing value."""
+        if not np.isfinite(raw).all() or feature not in self.feature_names or len(values) == 0:
+            return []
+        grid = np.repeat(np.asarray(raw, dtype=float)[None, :], len(values), axis=0)
+        grid[:, self.feature_names.index(feature)] = values
+        best = self.memberships(grid).argmax(axis=1)
+        starts = np.flatnonzero(np.r_[True, best[1:] != best[:-1]])
+        edges = np.r_[values[0], (values[starts[1:] - 1] + values[starts[1:]]) / 2, values[-1]]
+        return [(self.segment_names[best[s]], float(edges[j]), float(edges[j + 1])) for j, s in enumerate(starts)]
 
     def memberships(self, raw: np.ndarray) -> np.ndarray:
         if self.covariances is not None:

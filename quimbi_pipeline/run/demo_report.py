@@ -29,8 +29,8 @@ def write_demo_flags(flags: dict[str, bool]) -> Path:
 
 def write_demo_partitions(start: pd.Timestamp, end: pd.Timestamp, orders: str) -> Path:
     """data/demo_partitions.env: `make dev` shows the Dagster UI's daily partitions over the demo's dates only (the
-    production default starts in 2024 and runs up to today: 97% of its partitions would show as missing), and its
-    runs read the demo's orders (with the young store)."""
+    production default starts in 2024 and runs up to today: 97% of its partitions would show as missing), its
+    runs read the demo's orders (with the young store), and `make serve`'s customer pages show those orders."""
     path = data_dir() / DEMO_PARTITIONS_FILE
     path.write_text(f"QUIMBI_PARTITIONS_START={start:%Y-%m-%d}\nQUIMBI_PARTITIONS_END={end:%Y-%m-%d}\nQUIMBI_ORDERS={orders}\n")
     return path

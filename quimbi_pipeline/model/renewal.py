@@ -5,9 +5,10 @@ silent weeks read as noise, and on a store where nobody has dropped out yet the 
 and no silence can mean churn. Here each customer's gaps between purchase days are log-normal with
 their own location and spread (a regular weekly buyer: gaps 7 +- 2 days; a Poisson-like buyer: the
 spread of an exponential), shrunk towards the store's customers when they have few gaps (normal-normal
-shrinkage of the location, pseudo-gaps for the spread). After each purchase a customer drops out with
-probability p ~ Beta(a, b) across customers, as in the modified BG/NBD (Batislam et al. 2007); with
-S(s) = P(gap > s) under the customer's predictive gap distribution and x repeat purchase days:
+shrinkage of the location; the spread moderated by the store's fitted spread prior, spread_prior). After
+each purchase a customer drops out with probability p ~ Beta(a, b) across customers, as in the modified
+BG/NBD (Batislam et al. 2007); with S(s) = P(gap > s) under the customer's predictive gap distribution and
+x repeat purchase days:
 
     P(alive | silent s days) = (b + x) S(s) / ((b + x) S(s) + a)
     P(no purchase in (s, s + h]) = 1 - P(alive) (1 - S(s + h) / S(s))
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
-from scipy.special import betaln, log_ndtr, ndtri
+from scipy.special import betaln, digamma, log_ndtr, ndtri, polygamma
 
 # Prior for a store's dropout: the mean per-purchase dropout probability and its weight in customers. The mean
 # is about what this model fits on the CDNOW sample at its mature dates (0.46-0.48 from 1997-09-30 on);
@@ -41,8 +42,10 @@ PRIOR_LOG_BETWEEN_SD = 0.75
 FIT_SAMPLE_SIZE = 20_000
 # a + b of the dropout Beta at most this: beyond it every customer has the same dropout, to 1%.
 MAX_CONCENTRATION = 1e4
-# Pseudo-gaps pulling a customer's log-gap spread towards the store's pooled spread (few gaps are noisy).
+# Pseudo-gaps of DEFAULT_WITHIN_SD in a customer's log-gap spread when fewer than 3 customers have two gaps (no
+# spread prior can be fitted from their own spreads).
 SPREAD_PSEUDO_GAPS = 3.0
+MAX_SPREAD_PRIOR_GAPS = 1000.0  # customers all alike: their spread is the store's
 # Store defaults when no customer has two gaps / one gap: log-gap spread of a fairly regular buyer, a monthly gap.
 DEFAULT_WITHIN_SD = 0.6
 DEFAULT_LOG_GAP = float(np.log(30.0))
@@ -60,6 +63,8 @@ class RenewalParams:
     mu0: float
     between_sd: float
     within_sd: float
+    spread_prior_gaps: float  # d0 and s0 of the customers' log-gap variance prior (spread_prior)
+    spread_prior_sd: float
     customers: int
     repeat_buyers: int
     converged: bool = True
@@ -93,17 +98,55 @@ def store_gap_prior(gap_count: np.ndarray, log_mean: np.ndarray, log_ss: np.ndar
     return mu0, between_sd, within_sd
 
 
-def own_spread2(n: np.ndarray, log_ss: np.ndarray, within_sd: float) -> np.ndarray:
-    """Each customer's log-gap variance: their own, shrunk towards the store's with SPREAD_PSEUDO_GAPS pseudo-gaps."""
-    return (np.where(n >= 2, log_ss, 0.0) + SPREAD_PSEUDO_GAPS * within_sd**2) / (np.maximum(n - 1, 0) + SPREAD_PSEUDO_GAPS)
+def spread_prior(gap_count: np.ndarray, log_ss: np.ndarray) -> tuple[float, float]:
+    """(d0, s0): the prior of the customers' log-gap variances, s^2 ~ s0^2 F(d, d0), fitted to the customers' own
+    sample variances by moments of log s^2 (empirical Bayes, Smyth 2004, as limma's fitFDist). In a store of
+    alike buyers d0 is large and every customer's spread is the store's; in one that mixes clockwork and
+    Poisson-like buyers d0 is small, so a regular customer's own few gaps already count."""
+    d = np.asarray(gap_count, dtype="float64") - 1.0
+    two = d >= 1
+    if two.sum() < 3:
+        return SPREAD_PSEUDO_GAPS, DEFAULT_WITHIN_SD
+    d = d[two]
+    s2 = np.maximum(np.asarray(log_ss, dtype="float64")[two] / d, MIN_SD**2)
+    z = np.log(s2) - digamma(d / 2) + np.log(d / 2)
+    centre, spread = float(z.mean()), float(z.var(ddof=1))
+    # The excess over the sampling noise, less one standard error of the variance: a few customers who happen to
+    # differ do not make a store of mixed buyers (13 of CDNOW's early customers gave d0 = 1.4 where 153 give 1000).
+    excess = float(spread * (1.0 - np.sqrt(2.0 / (d.size - 1))) - polygamma(1, d / 2).mean())
+    if excess <= 0:
+        return MAX_SPREAD_PRIOR_GAPS, float(np.exp(centre / 2))
+    d0 = min(2.0 * _trigamma_inverse(excess), MAX_SPREAD_PRIOR_GAPS)
+    return d0, float(np.sqrt(np.exp(centre + digamma(d0 / 2) - np.log(d0 / 2))))
+
+
+def _trigamma_inverse(x: float) -> float:
+    """y with trigamma(y) = x (Newton's iteration on 1 / trigamma, as limma's trigammaInverse)."""
+    if x > 1e7:
+        return 1.0 / np.sqrt(x)
+    if x < 1e-6:
+        return 1.0 / x
+    y = 0.5 + 1.0 / x
+    for _ in range(50):
+        tri = float(polygamma(1, y))
+        step = tri * (1.0 - tri / x) / float(polygamma(2, y))
+        y += step
+        if -step / y < 1e-8:
+            break
+    return y
+
+
+def own_spread2(n: np.ndarray, log_ss: np.ndarray, d0: float, s0: float) -> np.ndarray:
+    """Each customer's log-gap variance: their own sample variance moderated by the store's prior (d0 pseudo-gaps of s0^2)."""
+    return (np.where(n >= 2, log_ss, 0.0) + d0 * s0**2) / (np.maximum(n - 1, 0) + d0)
 
 
 def gap_posterior(gap_count: np.ndarray, log_mean: np.ndarray, log_ss: np.ndarray, mu0: float, between_sd: float,
-                  within_sd: float) -> GapPosterior:
-    """Each customer's predictive log-gap distribution: own spread shrunk by SPREAD_PSEUDO_GAPS towards the
-    store's, own location shrunk towards mu0 by the normal-normal rule, the location's uncertainty added."""
+                  d0: float, s0: float) -> GapPosterior:
+    """Each customer's predictive log-gap distribution: own spread moderated by the store's spread prior (d0, s0),
+    own location shrunk towards mu0 by the normal-normal rule, the location's uncertainty added."""
     n = np.asarray(gap_count, dtype="float64")
-    spread2 = own_spread2(n, log_ss, within_sd)
+    spread2 = own_spread2(n, log_ss, d0, s0)
     precision = n / spread2 + 1.0 / between_sd**2
     mu = (n * np.where(n >= 1, log_mean, 0.0) / spread2 + mu0 / between_sd**2) / precision
     sd = np.sqrt(spread2 + 1.0 / precision)
@@ -141,8 +184,9 @@ def fit_renewal(gap_count, log_mean, log_ss, silence_days, *, prior_dropout: flo
         idx = np.sort(np.random.default_rng(random_state).choice(gap_count.size, sample_size, replace=False))
         gap_count, log_mean, log_ss, silence_days = gap_count[idx], log_mean[idx], log_ss[idx], silence_days[idx]
     mu0, between_sd, within_sd = store_gap_prior(gap_count, log_mean, log_ss)
+    d0, s0 = spread_prior(gap_count, log_ss)
     n = gap_count
-    spread2 = own_spread2(n, log_ss, within_sd)
+    spread2 = own_spread2(n, log_ss, d0, s0)
     rep = n >= 1
     k1, k0 = prior_customers * prior_dropout, prior_customers * (1.0 - prior_dropout)
 
@@ -155,7 +199,7 @@ def fit_renewal(gap_count, log_mean, log_ss, silence_days, *, prior_dropout: flo
         mu, tau, a, b = unpack(theta)
         v = tau**2 + spread2[rep] / n[rep]
         gaps = -0.5 * (np.log(v) + (log_mean[rep] - mu) ** 2 / v)
-        post = gap_posterior(n, log_mean, log_ss, mu, tau, within_sd)
+        post = gap_posterior(n, log_mean, log_ss, mu, tau, d0, s0)
         silence = _log_likelihood(a, b, n, log_survival(post, silence_days))
         m = a / (a + b)
         prior = (k1 * np.log(m) + k0 * np.log1p(-m) - 0.5 * (theta[3] / 2.0) ** 2
@@ -170,7 +214,7 @@ def fit_renewal(gap_count, log_mean, log_ss, silence_days, *, prior_dropout: flo
     start = np.clip(start, [b[0] for b in bounds], [b[1] for b in bounds])
     res = minimize(objective, start, method="Nelder-Mead", bounds=bounds, options={"xatol": 1e-5, "fatol": 1e-10, "maxiter": 3000})
     mu, tau, a, b = unpack(res.x)
-    return RenewalParams(float(a), float(b), float(mu), float(tau), within_sd, customers, repeat_buyers, bool(res.success),
+    return RenewalParams(float(a), float(b), float(mu), float(tau), within_sd, d0, s0, customers, repeat_buyers, bool(res.success),
                          prior_weight=prior_customers / (prior_customers + customers))
 
 
@@ -196,7 +240,7 @@ class RenewalState:
 
 def renewal_state(params: RenewalParams, gap_count, log_mean, log_ss, silence_days) -> RenewalState:
     gap_count, log_mean, log_ss, s = (np.asarray(v, dtype="float64") for v in (gap_count, log_mean, log_ss, silence_days))
-    post = gap_posterior(gap_count, log_mean, log_ss, params.mu0, params.between_sd, params.within_sd)
+    post = gap_posterior(gap_count, log_mean, log_ss, params.mu0, params.between_sd, params.spread_prior_gaps, params.spread_prior_sd)
     log_s_now = log_survival(post, s)
     stay = np.log(params.b + gap_count) + log_s_now
     p_alive = np.exp(stay - np.logaddexp(stay, np.log(params.a)))

@@ -129,3 +129,47 @@ def test_dates_within_a_period_use_the_period_model_and_reruns_are_identical(ref
     rows = wh.read_sql("SELECT snapshot_date, model_version FROM customer_profile_snapshots GROUP BY snapshot_date, model_version")
     assert dict(zip(rows["snapshot_date"].astype(str), rows["model_version"])) == {
         "2026-10-12": "kmeans-stable-2026-10-12", "2026-10-18": "kmeans-stable-2026-10-12", "2026-10-19": "kmeans-stable-2026-10-19"}
+
+
+def test_a_period_model_is_fitted_on_a_fixed_seed_sample_above_the_sample_size():
+    """Above cluster_fit_sample_size active customers a refit fits on that many (docs/performance.md: the full
+    KMeans fits were most of a 1M store's refit); the sample is the same on every run."""
+    from quimbi_pipeline.model.segment_identity import fit_period_models
+
+    validated = validate_orders(generate_demo(n_customers=600, n_stores=1, seed=3).orders)
+    store, day = validated.stores[0], pd.Timestamp("2026-10-26")
+
+    def fit(sample_size: int) -> dict[str, AxisModel]:
+        settings = PipelineSettings(enable_stable_segments=True, cluster_fit_sample_size=sample_size)
+        models, _ = fit_period_models(validated.orders, store, day, "v", settings, validated.optional_columns, {}, None)
+        return models
+
+    whole, sampled = fit(100_000), fit(200)
+    assert {m.n_fit for m in sampled.values()} == {200} and min(m.n_fit for m in whole.values()) > 200
+    again = fit(200)
+    assert all(np.array_equal(sampled[a].centroids, again[a].centroids) for a in sampled)
+
+
+def test_a_refit_on_its_anchor_day_computes_the_features_once_and_fits_the_same_model(refit_run, tmp_path, monkeypatch):
+    """On the first day of a period (a daily run's refit) D's features serve the fit and the profiles; the model is
+    the one a later day of the period fits from the anchor's own features."""
+    from quimbi_pipeline.model import profiles
+
+    demo, wh = refit_run
+    validated = validate_orders(demo.orders)
+    settings = PipelineSettings(enable_stable_segments=True, segment_refit_days=7, enable_temporal_snapshots=True)
+    calls = []
+    real = profiles.compute_customer_features
+    monkeypatch.setattr(profiles, "compute_customer_features", lambda *a, **k: calls.append(pd.Timestamp(a[1])) or real(*a, **k))
+    later = Warehouse(f"sqlite:///{tmp_path / 'later.sqlite'}")
+    assert not run_profiles_partition(validated, "2026-10-13", later, settings).failed  # fits the 10-12 model itself
+    assert calls == [pd.Timestamp("2026-10-12"), pd.Timestamp("2026-10-13")]  # the anchor's for the fit, then D's
+    on_anchor = Warehouse(f"sqlite:///{tmp_path / 'anchor.sqlite'}")
+    assert not run_profiles_partition(validated, "2026-10-12", on_anchor, settings).failed
+    assert calls[2:] == [pd.Timestamp("2026-10-12")]  # one computation for the fit and the profiles
+    query = "SELECT axis, k, segment_names, centroids, scaler FROM segment_models WHERE model_version = 'kmeans-stable-2026-10-12' ORDER BY axis"
+    fitted_later, fitted_on_anchor = later.read_sql(query), on_anchor.read_sql(query)
+    pd.testing.assert_frame_equal(fitted_later, fitted_on_anchor)
+    pd.testing.assert_frame_equal(fitted_on_anchor, wh.read_sql(query))
+    later.dispose()
+    on_anchor.dispose()

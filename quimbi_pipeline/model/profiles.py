@@ -173,11 +173,13 @@ def build_store_profiles(
     optional_columns: tuple[str, ...] | list[str] = (),
     models: dict[str, AxisModel] | None = None,
     model_version: str | None = None,
+    features: tuple[pd.DataFrame, pd.DataFrame] | None = None,
 ) -> StoreProfiles:
     """Profiles of the store's active customers at D. `orders` must already be cut at D + 1 day.
 
     Without `models` each axis is fitted afresh (the original engine); with them (the models in force,
     stable segment identity) today's customers are scored against them and `model_version` is theirs.
+    `features`: customer_features at D when the caller computed them already (to fit D's period model on D).
     """
     as_of = as_of_day(as_of)
     version = model_version or model_version_for(settings.clustering_algorithm.value, as_of)
@@ -187,7 +189,7 @@ def build_store_profiles(
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     progress.info("%s: features of %s orders", store_id, f"{len(orders):,}")
-    features, active = customer_features(orders, as_of, settings, optional_columns)
+    features, active = features if features is not None else customer_features(orders, as_of, settings, optional_columns)
     seconds["features"] = time.perf_counter() - started
     if active.empty:
         log.info("store %s: no customer active in the %d days up to %s: no profiles", store_id, settings.active_days, as_of.date())

@@ -5,6 +5,7 @@ half-writes the others.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from quimbi_pipeline.model.outliers import outlier_rates
 from quimbi_pipeline.model.profiles import (
     StoreProfiles,
     build_store_profiles,
+    customer_features,
     model_rows,
     segment_model_rows,
     stable_model_version,
@@ -109,12 +111,13 @@ def profile_changes(result: StoreProfiles, last_memberships: pd.Series, threshol
     return shift.index[(shift.max(axis=1) > threshold).to_numpy()]
 
 
-def resolve_stable_models(store, orders, as_of, optional_columns, warehouse: Warehouse, settings: PipelineSettings):
+def resolve_stable_models(store, orders, as_of, optional_columns, warehouse: Warehouse, settings: PipelineSettings, features_of_d):
     """The models in force at D (stable segment identity): (models, version, new segment_models rows, transitions).
 
     The period's model is read from segment_models; if it is not there yet it is fitted on the
     customers active at the period's anchor date (on D's if none were), named after the previous
-    period's model, and returned to be written with D's profiles.
+    period's model, and returned to be written with D's profiles. `features_of_d()`: customer_features at D,
+    computed once for the fit and the profiles when the fit is on D (a daily run's first day of a period).
     """
     anchor = refit_anchor(as_of, settings.segment_refit_days)
     algorithm = settings.clustering_algorithm.value
@@ -125,11 +128,13 @@ def resolve_stable_models(store, orders, as_of, optional_columns, warehouse: War
     previous_version = warehouse.previous_model_version(store, stable_model_version(algorithm, anchor)[: -len("YYYY-MM-DD")], version)
     previous = {r["axis"]: AxisModel.from_record(r) for r in warehouse.segment_model_records(store, previous_version)} if previous_version else {}
     fit_day = anchor
-    models, transitions = fit_period_models(orders, store, anchor, version, settings, optional_columns, previous, previous_version)
-    if not models:
+    models, transitions = fit_period_models(orders, store, anchor, version, settings, optional_columns, previous, previous_version,
+                                            active=features_of_d()[1] if anchor == as_of else None)
+    if not models and anchor != as_of:
         log.info("store %s: no customer active at the refit anchor %s: model %s fitted on %s", store, anchor.date(), version, as_of.date())
         fit_day = as_of
-        models, transitions = fit_period_models(orders, store, as_of, version, settings, optional_columns, previous, previous_version)
+        models, transitions = fit_period_models(orders, store, as_of, version, settings, optional_columns, previous, previous_version,
+                                                active=features_of_d()[1])
     log.info("store %s: fitted stable segment model %s (previous %s)", store, version, previous_version)
     return models, version, model_rows(store, version, fit_day, list(models.values())) if models else pd.DataFrame(), transitions
 
@@ -137,11 +142,14 @@ def resolve_stable_models(store, orders, as_of, optional_columns, warehouse: War
 def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types) -> StoreOutcome:
     models = version = transitions = None
     new_models = pd.DataFrame()
+    features_of_d = functools.cache(lambda: customer_features(orders, as_of, settings, optional_columns))
     if settings.enable_stable_segments and not orders.empty:
         started = time.perf_counter()
-        models, version, new_models, transitions = resolve_stable_models(store, orders, as_of, optional_columns, warehouse, settings)
+        models, version, new_models, transitions = resolve_stable_models(store, orders, as_of, optional_columns, warehouse, settings, features_of_d)
         model_seconds = time.perf_counter() - started
-    result = build_store_profiles(orders, store, as_of, settings, optional_columns, models=models, model_version=version)
+    result = build_store_profiles(orders, store, as_of, settings, optional_columns, models=models, model_version=version,
+                                  features=features_of_d() if features_of_d.cache_info().currsize else None)
+    features_of_d.cache_clear()
     if len(orders) >= SMALL_ROWS:
         release_memory()  # the features' per-order arrays are gone: the write's text does not stack on them
     if models is not None:

@@ -68,7 +68,7 @@ class SegmentSettings(Section):
     hdbscan_min_cluster_size: int = Field(50, ge=2, description="HDBSCAN's smallest segment (CLUSTERING_ALGORITHM=hdbscan).")
     dbscan_eps: float = Field(0.3, gt=0, description="DBSCAN's neighbourhood radius in standardized units (CLUSTERING_ALGORITHM=dbscan).")
     dbscan_min_samples: int = Field(10, ge=1, description="DBSCAN's core-point neighbours (CLUSTERING_ALGORITHM=dbscan).")
-    cluster_fit_sample_size: int = Field(20_000, ge=100, description="HDBSCAN, DBSCAN and GMM fits run on a fixed-seed sample of at most this many customers.")
+    cluster_fit_sample_size: int = Field(20_000, ge=100, description="HDBSCAN, DBSCAN and GMM fits, and the stable segment models' refits (ENABLE_STABLE_SEGMENTS), run on a fixed-seed sample of at most this many customers.")
 
 
 class ChurnSettings(Section):

@@ -27,8 +27,11 @@ LATE_STOP_SHARE = 0.1  # customers who stop at a random time in the horizon
 VALUE_RISE = 4.0  # a value change: every order from the change on is 4 times the customer's usual
 
 
-def renewal_times(starts: np.ndarray, ends: np.ndarray, mean_gap: np.ndarray, shape: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
-    """(customer index, time) of the purchases of one renewal process per customer in [start, end)."""
+def renewal_times(starts: np.ndarray, ends: np.ndarray, mean_gap: np.ndarray, shape: np.ndarray, rng,
+                  running: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(customer index, time) of the purchases of one renewal process per customer in [start, end). `running`: the
+    process is already under way at `start` (the first purchase at a uniform phase of a gap, as after a change of
+    cadence); False: a purchase at `start` starts the clock (the first gap after a joining order is a whole gap)."""
     n = starts.size
     if n == 0:
         return np.zeros(0, dtype="int64"), np.zeros(0)
@@ -36,9 +39,11 @@ def renewal_times(starts: np.ndarray, ends: np.ndarray, mean_gap: np.ndarray, sh
     cust = np.repeat(np.arange(n), need)
     k = shape[cust]
     gaps = rng.gamma(k, mean_gap[cust] * DAY_S / k)
-    # The first event at a uniform phase of a gap: the process is already running at `start`.
+    # The first event at a uniform phase of a gap: the process is already running at `start` (drawn either way, so
+    # the rest of the stream is the same).
     first = np.r_[True, cust[1:] != cust[:-1]]
-    gaps = np.where(first, gaps * rng.random(cust.size), gaps)
+    phase = rng.random(cust.size)
+    gaps = np.where(first & running, gaps * phase, gaps)
     csum = np.cumsum(gaps)
     group_start = np.repeat(np.flatnonzero(first), need)
     offset = np.where(group_start > 0, csum[np.maximum(group_start - 1, 0)], 0.0)
@@ -83,8 +88,11 @@ def generate_young(n_customers: int = 300, months: int = 4, seed: int = 0, *, re
     stopped_before = can_stop_before & (rng.random(n) < stop_share / max(can_stop_before.mean(), 1e-9))
     late = ~stopped_before & (rng.random(n) < LATE_STOP_SHARE)
     stop = np.where(stopped_before, stop_before, np.where(late, rng.uniform(d_end, t_end, n), t_end))
-    cust, ts = renewal_times(join, stop, cadence, shape, rng)
-    cust = np.concatenate([np.arange(n), cust])  # the first order at joining
+    # The first order at joining starts each customer's clock: their second comes a whole gap later. (Until
+    # 2026-12-05 it came at a uniform phase of a gap, so every regular buyer's first gap was short and their gaps
+    # looked irregular: docs/signals.md.)
+    cust, ts = renewal_times(join, stop, cadence, shape, rng, running=False)
+    cust = np.concatenate([np.arange(n), cust])
     ts = np.concatenate([join, ts])
     order = np.lexsort((ts, cust))
     cust, ts = cust[order], ts[order]

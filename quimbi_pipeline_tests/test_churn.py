@@ -116,6 +116,8 @@ def test_the_spread_prior_lets_a_regular_customers_own_gaps_count_where_buyers_d
     poisson = rng.chisquare(d) / d * 1.6  # sample variances of log exponential-like gaps around 1.6
     d0, s0 = renewal.spread_prior(d + 1, poisson * d)
     assert d0 >= 30 and abs(s0**2 - 1.6) < 0.2, (d0, s0)
+    # Customers whose variances differ less than sampling would make them: d0 at its cap, s0^2 the pooled mean.
+    assert renewal.spread_prior(d + 1, np.full(400, 1.6) * d) == (renewal.MAX_SPREAD_PRIOR_GAPS, pytest.approx(np.sqrt(1.6)))
     regular = rng.chisquare(d[:280]) / d[:280] * 0.06
     mixed = np.r_[regular, poisson[:120]]
     d0, s0 = renewal.spread_prior(d + 1, mixed * d)

@@ -114,9 +114,11 @@ def spread_prior(gap_count: np.ndarray, log_ss: np.ndarray) -> tuple[float, floa
     # The excess over the sampling noise, less one standard error of the variance: a few customers who happen to
     # differ do not make a store of mixed buyers (13 of CDNOW's early customers gave d0 = 1.4 where 153 give 1000).
     excess = float(spread * (1.0 - np.sqrt(2.0 / (d.size - 1))) - polygamma(1, d / 2).mean())
-    if excess <= 0:
-        return MAX_SPREAD_PRIOR_GAPS, float(np.exp(centre / 2))
-    d0 = min(2.0 * _trigamma_inverse(excess), MAX_SPREAD_PRIOR_GAPS)
+    d0 = min(2.0 * _trigamma_inverse(excess), MAX_SPREAD_PRIOR_GAPS) if excess > 0 else MAX_SPREAD_PRIOR_GAPS
+    if d0 >= MAX_SPREAD_PRIOR_GAPS:
+        # Customers alike: their common variance is the pooled mean of theirs, unbiased whatever the gaps' shape. The
+        # log moments read skewed log gaps as tighter (a store of Poisson-like buyers: s0 1.08 against 1.28).
+        return d0, float(np.sqrt(np.asarray(log_ss, dtype="float64")[two].sum() / d.sum()))
     return d0, float(np.sqrt(np.exp(centre + digamma(d0 / 2) - np.log(d0 / 2))))
 
 

@@ -118,7 +118,7 @@ def spread_prior(gap_count: np.ndarray, log_ss: np.ndarray) -> tuple[float, floa
     if d0 >= MAX_SPREAD_PRIOR_GAPS:
         # Customers alike: their common variance is the pooled mean of theirs, unbiased whatever the gaps' shape. The
         # log moments read skewed log gaps as tighter (a store of Poisson-like buyers: s0 1.08 against 1.28).
-        return d0, float(np.sqrt(np.asarray(log_ss, dtype="float64")[two].sum() / d.sum()))
+        return d0, max(float(np.sqrt(np.asarray(log_ss, dtype="float64")[two].sum() / d.sum())), MIN_SD)  # floored as s2 is
     return d0, float(np.sqrt(np.exp(centre + digamma(d0 / 2) - np.log(d0 / 2))))
 
 

@@ -77,9 +77,9 @@ def _behaviour_values(snapshots: list[dict]) -> list[dict]:
 
 def behaviour_range(snapshots: list[dict]) -> dict[str, tuple[float, float]]:
     """{axis: (low, high)}: each behaviour panel's y range, the customer's values with room around them (never below 0)."""
-    out = {}
+    out, values = {}, _behaviour_values(snapshots)
     for axis, _, label in BEHAVIOUR:
-        found = [v["value"] for v in _behaviour_values(snapshots) if v["measure"] == label]
+        found = [v["value"] for v in values if v["measure"] == label]
         if found:
             low, high = min(found), max(found)
             pad = 0.4 * (high - low) if high > low else 0.5 * max(abs(high), 1.0)

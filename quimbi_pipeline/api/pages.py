@@ -121,16 +121,17 @@ def add_pages(app: FastAPI, warehouse: Warehouse, settings: StoreSettings, allow
         snapshots = reads.history(warehouse, store, customer, HISTORY_DAYS, None, with_features=True)
         drift = reads.drift(warehouse, settings, store, customer, "28d") if reads.drift_is_on(settings, store) else None
         specs = {"memberships": charts.memberships(profile["fuzzy_memberships"], profile["dominant_segments"])}
+        marks = change_marks(drift)
         if len(snapshots) >= 2:
             specs |= {"drift": charts.drift_over_time(snapshots), "churn": charts.churn_trend(snapshots), "journey": charts.archetype_journey(snapshots)}
             bands = reads.segment_bands(warehouse, store, profile["model_version"], {axis: f for axis, f, _ in charts.BEHAVIOUR},
                                         profile["behavioral_features"], charts.behaviour_range(snapshots))
-            behaviour = charts.behaviour_over_time(snapshots, change_marks(drift), bands)
+            behaviour = charts.behaviour_over_time(snapshots, marks, bands)
             if behaviour is not None:
                 specs["behaviour"] = behaviour
         found = customer_orders(orders_uri, store, customer, profile["profile_date"], warehouse.engine)
         orders = charts.orders_over_time([{"date": f"{ts:%Y-%m-%d}", "value": float(v)} for ts, v in found.orders.itertuples(index=False)],
-                                         change_marks(drift))
+                                         marks)
         if orders is not None:
             specs["orders"] = orders
         newest = reads.population(warehouse, store, 1)  # the rows of the store's newest date

@@ -81,10 +81,7 @@ class GapPosterior:
 def store_gap_prior(gap_count: np.ndarray, log_mean: np.ndarray, log_ss: np.ndarray) -> tuple[float, float, float]:
     """(mu0, between_sd, within_sd) from the customers' gaps: the pooled within-customer spread, the mean of
     the customers' mean log gaps and their spread net of the within-customer noise (method of moments)."""
-    two = gap_count >= 2
-    within_df = float((gap_count[two] - 1).sum())
-    within_sd = float(np.sqrt(log_ss[two].sum() / within_df)) if within_df >= 2 else DEFAULT_WITHIN_SD
-    within_sd = max(within_sd, MIN_SD)
+    within_sd = pooled_within_sd(gap_count, log_ss)
     one = gap_count >= 1
     if one.sum() >= 2:
         means = log_mean[one]
@@ -96,6 +93,14 @@ def store_gap_prior(gap_count: np.ndarray, log_mean: np.ndarray, log_ss: np.ndar
     else:
         mu0, between_sd = DEFAULT_LOG_GAP, DEFAULT_BETWEEN_SD
     return mu0, between_sd, within_sd
+
+
+def pooled_within_sd(gap_count: np.ndarray, log_ss: np.ndarray) -> float:
+    """The customers' pooled within-customer spread of log gaps (DEFAULT_WITHIN_SD below 2 degrees of freedom)."""
+    two = gap_count >= 2
+    within_df = float((gap_count[two] - 1).sum())
+    within_sd = float(np.sqrt(log_ss[two].sum() / within_df)) if within_df >= 2 else DEFAULT_WITHIN_SD
+    return max(within_sd, MIN_SD)
 
 
 def spread_prior(gap_count: np.ndarray, log_ss: np.ndarray) -> tuple[float, float]:
@@ -118,7 +123,7 @@ def spread_prior(gap_count: np.ndarray, log_ss: np.ndarray) -> tuple[float, floa
     if d0 >= MAX_SPREAD_PRIOR_GAPS:
         # Customers alike: their common variance is the pooled mean of theirs, unbiased whatever the gaps' shape. The
         # log moments read skewed log gaps as tighter (a store of Poisson-like buyers: s0 1.08 against 1.28).
-        return d0, max(float(np.sqrt(np.asarray(log_ss, dtype="float64")[two].sum() / d.sum())), MIN_SD)  # floored as s2 is
+        return d0, pooled_within_sd(np.asarray(gap_count, dtype="float64"), np.asarray(log_ss, dtype="float64"))
     return d0, float(np.sqrt(np.exp(centre + digamma(d0 / 2) - np.log(d0 / 2))))
 
 

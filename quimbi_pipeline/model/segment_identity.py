@@ -19,6 +19,7 @@ from quimbi_pipeline.model.profiles import customer_features, fit_segments
 from quimbi_pipeline.model.segmentation import (
     AxisModel,
     axis_matrix,
+    fit_sample_rows,
     match_segments,
     monic_transitions,
 )
@@ -39,11 +40,10 @@ def refit_anchor(as_of, refit_days: int) -> pd.Timestamp:
 
 
 def fit_sample(active: pd.DataFrame, settings: PipelineSettings) -> pd.DataFrame:
-    """The active customers a period's models are fitted on: all, or a fixed-seed sample of cluster_fit_sample_size."""
-    n = len(active)
-    if n <= settings.cluster_fit_sample_size:
-        return active
-    return active.iloc[np.sort(np.random.RandomState(settings.random_state).permutation(n)[: settings.cluster_fit_sample_size])]
+    """The active customers a period's models are fitted on: all, or the fixed-seed sample of cluster_fit_sample_size
+    the other sampled fits take (fit_sample_rows), in the customers' order."""
+    rows = fit_sample_rows(len(active), settings)
+    return active if rows is None else active.iloc[np.sort(rows)]
 
 
 def fit_period_models(

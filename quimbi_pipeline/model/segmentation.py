@@ -319,11 +319,17 @@ def _fit_kmeans(scaled, axis, settings, k_min, k_max, common) -> AxisModel:
     return _named_model(axis, fits[best_k].cluster_centers_, scores, best_k, note, common)
 
 
-def _fit_sample(scaled: np.ndarray, settings: PipelineSettings) -> np.ndarray:
-    n = scaled.shape[0]
+def fit_sample_rows(n: int, settings: PipelineSettings) -> np.ndarray | None:
+    """The fixed-seed sample of row positions a fit runs on above cluster_fit_sample_size rows (None: every row), in
+    the permutation's order."""
     if n <= settings.cluster_fit_sample_size:
-        return scaled
-    return scaled[np.random.RandomState(settings.random_state).permutation(n)[: settings.cluster_fit_sample_size]]
+        return None
+    return np.random.RandomState(settings.random_state).permutation(n)[: settings.cluster_fit_sample_size]
+
+
+def _fit_sample(scaled: np.ndarray, settings: PipelineSettings) -> np.ndarray:
+    rows = fit_sample_rows(scaled.shape[0], settings)
+    return scaled if rows is None else scaled[rows]
 
 
 def _fit_gmm(scaled, axis, settings, k_min, k_max, common) -> AxisModel:

@@ -75,7 +75,6 @@ def idle_cores(sample_s: float = IDLE_SAMPLE_S) -> int:
     return max(1, min(cores, round(share * machine)))
 
 
-
 def threads_for(n_rows: int, threads: int, automatic: bool = False) -> int:
     """1 under SMALL_ROWS rows; else `threads`, and with `automatic` (QUIMBI_THREADS=0) no more than idle_cores()."""
     if n_rows < SMALL_ROWS or threads <= 1:

@@ -48,9 +48,10 @@ def customer_orders(uri: str | None, store: str, customer: str, as_of, engine: s
                 path = Path(uri)
                 if not path.exists():
                     return CustomerOrders(pd.DataFrame(columns=COLUMNS), f"the orders source {uri!r} is not on this machine")
-                if path.stat().st_size > FILE_LIMIT_BYTES:
+                size = path.stat().st_size
+                if size > FILE_LIMIT_BYTES:
                     return CustomerOrders(pd.DataFrame(columns=COLUMNS), (
-                        f"the orders file is {path.stat().st_size / 2**20:.0f} MiB, more than the pages read "
+                        f"the orders file is {size / 2**20:.0f} MiB, more than the pages read "
                         f"({FILE_LIMIT_BYTES // 2**20} MiB); a sql:<table> orders source shows every customer's orders"))
             orders = load_orders_cached(uri).orders
             orders = orders.loc[(orders["store_id"] == store) & (orders["customer_id"] == customer)]

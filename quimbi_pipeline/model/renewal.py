@@ -167,9 +167,12 @@ def log_survival(post: GapPosterior, days: np.ndarray) -> np.ndarray:
 
 
 def _log_likelihood(a: float, b: float, x: np.ndarray, log_s: np.ndarray) -> np.ndarray:
-    """log E[(1 - p)^x (p + (1 - p) S)] for p ~ Beta(a, b), per customer."""
-    stay = betaln(a, b + x + 1) - betaln(a, b) + log_s
-    leave = betaln(a + 1, b + x) - betaln(a, b)
+    """log E[(1 - p)^x (p + (1 - p) S)] for p ~ Beta(a, b), per customer. `x`: (its distinct values, each customer's
+    index into them): the Beta terms depend on x alone, so they are computed once per distinct purchase count (the
+    same values as per customer, at a fraction of the cost: betaln was two thirds of the fit)."""
+    values, index = x
+    stay = (betaln(a, b + values + 1) - betaln(a, b))[index] + log_s
+    leave = (betaln(a + 1, b + values) - betaln(a, b))[index]
     return np.logaddexp(stay, leave)
 
 
@@ -195,6 +198,7 @@ def fit_renewal(gap_count, log_mean, log_ss, silence_days, *, prior_dropout: flo
     n = gap_count
     spread2 = own_spread2(n, log_ss, d0, s0)
     rep = n >= 1
+    distinct_counts = np.unique(n, return_inverse=True)
     k1, k0 = prior_customers * prior_dropout, prior_customers * (1.0 - prior_dropout)
 
     def unpack(theta: np.ndarray) -> tuple[float, float, float, float]:
@@ -207,7 +211,7 @@ def fit_renewal(gap_count, log_mean, log_ss, silence_days, *, prior_dropout: flo
         v = tau**2 + spread2[rep] / n[rep]
         gaps = -0.5 * (np.log(v) + (log_mean[rep] - mu) ** 2 / v)
         post = gap_posterior(n, log_mean, log_ss, mu, tau, d0, s0)
-        silence = _log_likelihood(a, b, n, log_survival(post, silence_days))
+        silence = _log_likelihood(a, b, distinct_counts, log_survival(post, silence_days))
         m = a / (a + b)
         prior = (k1 * np.log(m) + k0 * np.log1p(-m) - 0.5 * (theta[3] / 2.0) ** 2
                  - 0.5 * ((mu - PRIOR_LOG_GAP) / PRIOR_LOG_GAP_SD) ** 2 - 0.5 * (theta[1] / PRIOR_LOG_BETWEEN_SD) ** 2)

@@ -45,7 +45,9 @@ def test_one_time_buyers_get_a_real_risk_that_varies(cdnow_orders):
     e = evaluate_churn(cdnow_orders, "1997-09-30", horizon_days=90)
     low, high = e.one_time_score_range
     assert 0 < low < high < 1 and high - low > 0.01
-    assert e.repeat_buyers_above_median_one_time > 0  # interleaved with repeat buyers, not a block of their own
+    # On CDNOW (one cohort: at 1997-09-30 every one-time buyer has been silent 6+ months) the store's own earlier window
+    # says one-time buyers lapse most, and the recalibrated score ranks every repeat buyer under their median (the
+    # renewal model alone put 24 above it). The interleaving shows where one-time buyers joined at any time:
     # A store whose one-time buyers joined at any time spreads them over the bands.
     demo = validate_orders(generate_demo(n_customers=3000, n_stores=1, seed=3).orders).orders
     bands = evaluate_churn(demo, "2026-07-31", horizon_days=90).bands
@@ -124,3 +126,43 @@ def test_the_spread_prior_lets_a_regular_customers_own_gaps_count_where_buyers_d
     assert d0 < 5, d0
     one_regular = renewal.own_spread2(np.array([9.0]), np.array([0.06 * 8]), d0, s0)[0]
     assert one_regular < 0.5 * renewal.own_spread2(np.array([9.0]), np.array([0.06 * 8]), renewal.SPREAD_PSEUDO_GAPS, 0.73)[0]
+
+
+@pytest.mark.parametrize(("end", "horizon"), [("1997-06-30", 90), ("1997-09-30", 90), ("1997-09-30", 180), ("1997-12-31", 180)])
+def test_on_a_mature_store_churn_ranks_at_least_as_well_as_a_logistic_regression_on_rfm(cdnow_orders, end, horizon):
+    """issue 33: the renewal model alone was under the analyst's logistic regression on log RFM (trained on the store's
+    own earlier window) at 5 of CDNOW's 7 holdouts; recalibrated on that same window it is at or above it (docs/signals.md:
+    +0.002..+0.034 at these four; 1997-12-31 at 90 days is 0.0005 under, within this test's 0.002)."""
+    e = evaluate_churn(cdnow_orders, end, horizon)
+    assert e.auc["churn_risk_score"] >= e.auc["rfm_logistic"] - 0.002, e.auc
+
+
+def test_recalibration_keeps_the_models_level_and_consistent_scores(cdnow_orders):
+    from quimbi_pipeline.model.churn import contradictory, fit_churn_model, fit_store_churn, score_churn
+    from quimbi_pipeline.model.features import compute_customer_features
+    from quimbi_pipeline.sources.orders import orders_as_of
+
+    end = pd.Timestamp("1997-09-30")
+    settings = PipelineSettings()
+    seen = orders_as_of(cdnow_orders, end)
+    features = compute_customer_features(seen, end, occasion_days=settings.btyd_occasion_days)
+    plain = score_churn(fit_churn_model(features, settings), features, settings)
+    model = fit_store_churn(features, seen, end, settings)
+    assert model.recalibration is not None and model.recalibration.lapsers >= 30
+    scores = score_churn(model, features, settings)
+    assert abs(scores.churn_risk_score.mean() - plain.churn_risk_score.mean()) < 1e-9  # the level is the renewal model's
+    assert not np.allclose(scores.churn_risk_score, plain.churn_risk_score)  # the ranking is not
+    assert not contradictory(scores.churn_risk_score, scores.expected_purchases, scores.predicted_ltv).any()
+    assert (scores.expected_purchases >= 1.0 - scores.churn_risk_score - 1e-9).all()
+
+
+def test_a_young_store_is_not_recalibrated():
+    """A store whose earlier window holds fewer than 30 lapsers keeps the renewal model and its prior (a handful of
+    lapses would set the ranking wrong)."""
+    from quimbi_pipeline.model.churn_recalibration import fit_recalibration
+    from quimbi_pipeline.sources.orders import orders_as_of
+    from quimbi_pipeline.sources.young import generate_young
+
+    store = generate_young(300, 4, seed=1)
+    orders = orders_as_of(validate_orders(store.orders).orders, store.as_of)
+    assert fit_recalibration(orders, store.as_of, 90, occasion_days=7, window_days=365, random_state=42) is None

@@ -31,7 +31,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from quimbi_pipeline.model import btyd
-from quimbi_pipeline.model.churn import churn_risk_level, fit_churn_model, score_churn
+from quimbi_pipeline.model.churn import churn_risk_level, fit_store_churn, score_churn
 from quimbi_pipeline.model.features import compute_customer_features
 from quimbi_pipeline.settings import PipelineSettings
 from quimbi_pipeline.sources.orders import as_of_day, orders_as_of
@@ -123,7 +123,7 @@ def evaluate_churn(orders: pd.DataFrame, calibration_end, horizon_days: int, set
     settings = (settings or PipelineSettings()).model_copy(update={"churn_horizon_days": horizon_days})
     seen = orders_as_of(orders, end)
     features = compute_customer_features(seen, end, occasion_days=settings.btyd_occasion_days)
-    model = fit_churn_model(features, settings)
+    model = fit_store_churn(features, seen, end, settings)
     scores = score_churn(model, features, settings)
     score, expected = scores.churn_risk_score, scores.expected_purchases
     after = _purchase_days_after(orders, end, horizon_days).reindex(features.index)

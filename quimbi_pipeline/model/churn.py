@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from quimbi_pipeline.model import btyd, renewal
+from quimbi_pipeline.model.churn_recalibration import Recalibration, fit_recalibration, recalibrate
 from quimbi_pipeline.settings import ChurnBands, PipelineSettings
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class ChurnModel:
     store_age_days: float
     min_customers: int  # QUIMBI_BTYD_MIN_CUSTOMERS
     notes: list[str] = field(default_factory=list)
+    recalibration: Recalibration | None = None  # on the store's own last horizon (churn_recalibration.py), where it has one
 
     @property
     def basis(self) -> str:
@@ -90,6 +92,16 @@ def fit_churn_model(features: pd.DataFrame, settings: PipelineSettings, store_id
     return model
 
 
+def fit_store_churn(features: pd.DataFrame, orders: pd.DataFrame, as_of: pd.Timestamp, settings: PipelineSettings,
+                    store_id: str = "") -> ChurnModel:
+    """The store's churn model at D: the renewal model on `features`, recalibrated on the store's own last horizon where
+    it has enough lapses and buyers there. `orders`: the store's orders cut at D + 1 day."""
+    model = fit_churn_model(features, settings, store_id)
+    model.recalibration = fit_recalibration(orders, as_of, settings.churn_horizon_days, occasion_days=settings.btyd_occasion_days,
+                                            window_days=settings.feature_window_days, random_state=settings.random_state, store_id=store_id)
+    return model
+
+
 @dataclass(frozen=True)
 class ChurnScores:
     churn_risk_score: np.ndarray  # P(no purchase in the next churn_horizon_days)
@@ -113,6 +125,13 @@ def score_churn(model: ChurnModel, features: pd.DataFrame, settings: PipelineSet
                                       features["days_since_last_order"])
         no_purchase, expected_h = state.over(settings.churn_horizon_days)
         expected = state.over(settings.ltv_horizon_days)[1]
+    if model.recalibration is not None:
+        # The recalibrated odds of any purchase scale both horizons' expected purchases alike (as a change in the chance
+        # of being alive would), so E[N] >= P(N >= 1) still holds; a certain lapse (nothing expected) stays one.
+        buys = 1.0 - no_purchase
+        recalibrated = np.where(buys > 0, recalibrate(model.recalibration, features, no_purchase), no_purchase)
+        ratio = np.where(buys > 0, (1.0 - recalibrated) / np.where(buys > 0, buys, 1.0), 1.0)
+        no_purchase, expected_h, expected = recalibrated, expected_h * ratio, expected * ratio
     bad = contradictory(no_purchase, expected_h, expected)
     if bad.any():  # only non-finite inputs get here: scored as lapsing, nothing expected (consistent), and logged
         log.warning("churn scores not finite for %d customer(s): scored as lapsing", int(bad.sum()))

@@ -27,7 +27,7 @@ from quimbi_pipeline.model.change_points import ChangeRule
 from quimbi_pipeline.model.churn import (
     ChurnModel,
     evidence_of,
-    fit_churn_model,
+    fit_store_churn,
     score_churn,
 )
 from quimbi_pipeline.model.features import (
@@ -215,7 +215,7 @@ def build_store_profiles(
     seconds["segments"] = time.perf_counter() - started
     started = time.perf_counter()
     progress.info("%s: churn risk and LTV", store_id)
-    churn = fit_churn_model(features.drop(index=active.index[outside]) if outside.any() else features, settings, store_id)
+    churn = fit_store_churn(features.drop(index=active.index[outside]) if outside.any() else features, orders, as_of, settings, store_id)
     scores = score_churn(churn, active, settings)
     churn_score, predicted_ltv, expected_purchases = scores.churn_risk_score, scores.predicted_ltv, scores.expected_purchases
     ltv_cap = None

@@ -163,6 +163,9 @@ def test_a_young_store_is_not_recalibrated():
     from quimbi_pipeline.sources.orders import orders_as_of
     from quimbi_pipeline.sources.young import generate_young
 
+    from quimbi_pipeline.model.features import compute_customer_features
+
     store = generate_young(300, 4, seed=1)
     orders = orders_as_of(validate_orders(store.orders).orders, store.as_of)
-    assert fit_recalibration(orders, store.as_of, 90, occasion_days=7, window_days=365, random_state=42) is None
+    features = compute_customer_features(orders, store.as_of, occasion_days=7)
+    assert fit_recalibration(features, orders, store.as_of, 90, occasion_days=7, window_days=365, random_state=42) is None

@@ -97,7 +97,7 @@ def fit_store_churn(features: pd.DataFrame, orders: pd.DataFrame, as_of: pd.Time
     """The store's churn model at D: the renewal model on `features`, recalibrated on the store's own last horizon where
     it has enough lapses and buyers there. `orders`: the store's orders cut at D + 1 day."""
     model = fit_churn_model(features, settings, store_id)
-    model.recalibration = fit_recalibration(orders, as_of, settings.churn_horizon_days, occasion_days=settings.btyd_occasion_days,
+    model.recalibration = fit_recalibration(features, orders, as_of, settings.churn_horizon_days, occasion_days=settings.btyd_occasion_days,
                                             window_days=settings.feature_window_days, random_state=settings.random_state, store_id=store_id)
     return model
 

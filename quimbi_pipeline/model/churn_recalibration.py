@@ -65,27 +65,30 @@ def renewal_no_purchase(features: pd.DataFrame, horizon_days: int, random_state:
     return np.where(np.isfinite(no_purchase), no_purchase, 1.0)
 
 
-def fit_recalibration(orders: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int, *, occasion_days: int, window_days: int,
-                      random_state: int, store_id: str = "") -> Recalibration | None:
+def fit_recalibration(features: pd.DataFrame, orders: pd.DataFrame, as_of: pd.Timestamp, horizon_days: int, *, occasion_days: int,
+                      window_days: int, random_state: int, store_id: str = "") -> Recalibration | None:
     """The recalibration of D's churn from the store's own window (D - H, D]; None where it has too few lapses or buyers.
-    `orders`: the store's orders cut at D + 1 day; purchases are orders with order_total >= 0."""
+    `features`: the customers' features at D (who had bought by D - H, and who bought since, are read off their first
+    and last purchase); `orders`: the store's orders cut at D + 1 day, for the sample's features at D - H."""
     earlier = as_of - pd.Timedelta(days=horizon_days)
-    before = orders["order_ts"].to_numpy("datetime64[ns]") < np.datetime64(earlier + pd.Timedelta(days=1))
-    purchase = orders["order_total"].to_numpy() >= 0
-    customers = pd.unique(orders.loc[before & purchase, "customer_id"])
-    if customers.size < 2 * MIN_CLASS_CUSTOMERS:
+    cut = earlier + pd.Timedelta(days=1)
+    then_customers = np.flatnonzero((features["first_order_ts"] < cut).to_numpy())
+    if then_customers.size < 2 * MIN_CLASS_CUSTOMERS:
         return None
-    if customers.size > FIT_SAMPLE_CUSTOMERS:
-        customers = np.random.default_rng(random_state).choice(np.sort(customers.astype(str)), FIT_SAMPLE_CUSTOMERS, replace=False)
-    mine = orders["customer_id"].isin(customers).to_numpy()
-    then = compute_customer_features(orders[mine & before], earlier, occasion_days=occasion_days, window_days=window_days)
-    bought = pd.Index(pd.unique(orders.loc[mine & ~before & purchase, "customer_id"]))
-    lapsed = (~then.index.isin(bought)).astype("float64")
+    if then_customers.size > FIT_SAMPLE_CUSTOMERS:
+        then_customers = np.sort(np.random.default_rng(random_state).choice(then_customers, FIT_SAMPLE_CUSTOMERS, replace=False))
+    sample = features.iloc[then_customers]
+    lapsed = (sample["last_order_ts"] < cut).to_numpy().astype("float64")
     n_lapsed = int(lapsed.sum())
     if min(n_lapsed, lapsed.size - n_lapsed) < MIN_CLASS_CUSTOMERS:
         log.info("store %s: churn not recalibrated: %d lapsers and %d buyers in the %d days to %s (needs %d of each)", store_id,
                  n_lapsed, lapsed.size - n_lapsed, horizon_days, as_of.date(), MIN_CLASS_CUSTOMERS)
         return None
+    before = orders["order_ts"].to_numpy("datetime64[ns]") < np.datetime64(cut)
+    rows = before & orders["customer_id"].isin(sample.index).to_numpy()
+    then = compute_customer_features(orders[rows], earlier, occasion_days=occasion_days, window_days=window_days)
+    if not then.index.equals(sample.index):  # the same customers, in the same (sorted) order
+        raise ValueError(f"store {store_id}: the recalibration's customers at {earlier.date()} are not those of the features at {as_of.date()}")
     offset, x = _inputs(then, renewal_no_purchase(then, horizon_days, random_state))
     centre, scale = x.mean(axis=0), x.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)

@@ -138,7 +138,12 @@ def test_on_a_mature_store_churn_ranks_at_least_as_well_as_a_logistic_regression
 
 
 def test_recalibration_keeps_the_models_level_and_consistent_scores(cdnow_orders):
-    from quimbi_pipeline.model.churn import contradictory, fit_churn_model, fit_store_churn, score_churn
+    from quimbi_pipeline.model.churn import (
+        contradictory,
+        fit_churn_model,
+        fit_store_churn,
+        score_churn,
+    )
     from quimbi_pipeline.model.features import compute_customer_features
     from quimbi_pipeline.sources.orders import orders_as_of
 
@@ -160,10 +165,9 @@ def test_a_young_store_is_not_recalibrated():
     """A store whose earlier window holds fewer than 30 lapsers keeps the renewal model and its prior (a handful of
     lapses would set the ranking wrong)."""
     from quimbi_pipeline.model.churn_recalibration import fit_recalibration
+    from quimbi_pipeline.model.features import compute_customer_features
     from quimbi_pipeline.sources.orders import orders_as_of
     from quimbi_pipeline.sources.young import generate_young
-
-    from quimbi_pipeline.model.features import compute_customer_features
 
     store = generate_young(300, 4, seed=1)
     orders = orders_as_of(validate_orders(store.orders).orders, store.as_of)

@@ -20,7 +20,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from quimbi_pipeline.model import btyd, renewal
-from quimbi_pipeline.model.churn_recalibration import Recalibration, fit_recalibration, recalibrate
+from quimbi_pipeline.model.churn_recalibration import (
+    Recalibration,
+    fit_recalibration,
+    recalibrate,
+)
 from quimbi_pipeline.settings import ChurnBands, PipelineSettings
 
 log = logging.getLogger(__name__)

@@ -100,7 +100,8 @@ def generate_planted(n_customers: int = 3000, seed: int = 0, start: str = "2025-
     change_t = np.where(changed, rng.uniform(c0, c1, n), np.inf)
 
     cadence_after = np.select([kind == k for k in CADENCE_AFTER], list(CADENCE_AFTER.values()), cadence)
-    c_before, t_before = renewal_times(join, np.minimum(change_t, t_end), cadence, shape, rng)
+    # The joining order starts the clock: the first gap is a whole one (a running start made it a fraction of the cadence).
+    c_before, t_before = renewal_times(join, np.minimum(change_t, t_end), cadence, shape, rng, running=False)
     has_after = np.flatnonzero(changed)
     c_after, t_after = renewal_times(change_t[has_after], np.full(has_after.size, t_end), cadence_after[has_after], shape[has_after], rng)
     c_after = has_after[c_after]

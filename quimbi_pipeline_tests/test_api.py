@@ -138,8 +138,12 @@ def test_profile_drift_history_and_population_answer_what_the_pipeline_wrote(ser
     assert set(profile["fuzzy_memberships"]) == set(profile["dominant_segments"]) and len(profile["dominant_segments"]) >= 5
     # The next order's date and what the churn risk stands on, as written (keys in one order on both databases).
     assert profile["next_order_date"] == row["next_order_date"] and profile["next_order_date"] > profile["profile_date"]
-    assert list(profile["history_basis"]) == ["purchase_days", "days_observed", "store_customers", "store_days", "churn_model", "little_history"]
+    assert list(profile["history_basis"]) == ["purchase_days", "days_observed", "store_customers", "store_days", "churn_model",
+                                              "churn_recalibrated", "little_history"]
     assert profile["history_basis"] == json.loads(row["history_basis"]) and profile["history_basis"]["churn_model"] == "store fit"
+    # A demo store with two years of orders has hundreds of lapsers in its last 90 days: its churn is recalibrated.
+    assert profile["history_basis"]["churn_recalibrated"] is True
+    assert "recalibrated on who of its customers bought again" in api.get("/ui/stores/store_a").text
 
     drift = api.get(f"/stores/store_a/customers/{customer}/drift", params={"window": "28d"}).json()
     stored = wh.customer_drift("store_a", customer, 28)
@@ -515,7 +519,7 @@ def test_a_store_too_small_for_a_churn_statement_says_so(tmp_path, client):
     profile = api.get("/stores/tiny/customers/c1").json()
     assert profile["churn_risk_level"] == "unknown"
     assert profile["history_basis"] == {"purchase_days": 3, "days_observed": 20, "store_customers": 12, "store_days": 21,
-                                        "churn_model": "prior", "little_history": True}
+                                        "churn_model": "prior", "churn_recalibrated": False, "little_history": True}
     store_page = api.get("/ui/stores/tiny").text
     assert "12 active customers on 2026-10-31: unknown 12." in store_page and "Little history</strong> behind 12 of them" in store_page
     assert "too small or too young for its own churn model" in store_page
@@ -548,3 +552,11 @@ def test_the_store_page_says_who_is_changing_how_and_why(sqlite_served, client, 
     improving = api.get("/ui/stores/store_a", params={"direction": "improving"}).text
     assert re.findall(r'<td class="(degrading|improving)">', improving) == ["improving"]
     assert api.get("/ui/stores/store_a", params={"direction": "sideways"}).status_code == 422
+
+
+def test_history_basis_written_before_the_recalibration_reads_as_not_recalibrated():
+    from quimbi_pipeline.api.reads import _basis
+
+    old = '{"purchase_days":3,"days_observed":20,"store_customers":12,"store_days":21,"churn_model":"prior","little_history":true}'
+    assert _basis(old) == {"purchase_days": 3, "days_observed": 20, "store_customers": 12, "store_days": 21, "churn_model": "prior",
+                           "churn_recalibrated": False, "little_history": True}

@@ -68,7 +68,7 @@ def test_single_customer_store_gets_a_documented_profile():
     assert "too few or too young for a churn statement" in " ".join(r.churn.notes)
     assert 0 < row.churn_risk_score < 1 and row.churn_risk_level == "unknown"
     assert json.loads(row.history_basis) == {"purchase_days": 1, "days_observed": 30, "store_customers": 1, "store_days": 30,
-                                             "churn_model": "prior", "little_history": True}
+                                             "churn_model": "prior", "churn_recalibrated": False, "little_history": True}
 
 
 def test_store_without_active_customers_writes_nothing():

@@ -11,6 +11,9 @@ class HistoryBasis(BaseModel):
     store_customers: int = Field(description="customers the store's churn model was fitted on")
     store_days: int = Field(description="days since the store's first order")
     churn_model: str = Field(description="'store fit', 'store fit shrunk to the prior' or 'prior': where the store's dropout rate comes from")
+    churn_recalibrated: bool = Field(description="the store's churn was recalibrated on its own last horizon (who of its customers then "
+                                                 "bought again), which it does once that window holds 30 lapsers and 30 buyers; false in "
+                                                 "rows written before 2026-12-05")
     little_history: bool = Field(description="fewer than 3 purchase days or 30 days observed, or a store too small or young for its own "
                                              "churn statement: read the churn risk and segments as tentative")
 

@@ -60,14 +60,15 @@ def has_store(wh: Warehouse, store: str) -> bool:
     return bool(wh.fetch_rows(f"SELECT 1 AS found FROM {wh.qualified('customer_profiles')} WHERE store_id = :s LIMIT 1", {"s": store}))
 
 
-BASIS_KEYS = ("purchase_days", "days_observed", "store_customers", "store_days", "churn_model", "little_history")
+BASIS_KEYS = ("purchase_days", "days_observed", "store_customers", "store_days", "churn_model", "churn_recalibrated", "little_history")
+BASIS_ADDED = {"churn_recalibrated": False}  # keys added later: their value in rows written before
 
 
 def _basis(value) -> dict | None:
     """history_basis in one key order on both databases (PostgreSQL's jsonb keeps its own)."""
     if value is None:
         return None
-    basis = _json(value)
+    basis = {**BASIS_ADDED, **_json(value)}
     return {k: basis[k] for k in BASIS_KEYS}
 
 
@@ -255,8 +256,10 @@ def alert_episodes(wh: Warehouse, settings: StoreSettings, store: str, days: int
     return [{**r, "first": _day(r["first"]), "last": _day(r["last"])} for r in episodes_of(_store_alerts(wh, settings, store, days)).to_dict("records")]
 
 
-LITTLE_HISTORY_SQL = ("CAST(history_basis AS TEXT) LIKE '%\"little_history\":true%' "
-                      "OR CAST(history_basis AS TEXT) LIKE '%\"little_history\": true%'")  # SQLite's JSON text, PostgreSQL's jsonb
+# SQLite's JSON text, PostgreSQL's jsonb. The patterns are binds: a ':true' inside the SQL's own text is read as a bind
+# by the driver's `:name` translation (it broke the store page on PostgreSQL until 2026-12-05).
+LITTLE_HISTORY_SQL = "CAST(history_basis AS TEXT) LIKE :little_compact OR CAST(history_basis AS TEXT) LIKE :little_spaced"
+LITTLE_HISTORY_PATTERNS = {"little_compact": '%"little_history":true%', "little_spaced": '%"little_history": true%'}
 
 
 def churn_summary(wh: Warehouse, store: str) -> dict | None:
@@ -264,7 +267,7 @@ def churn_summary(wh: Warehouse, store: str) -> dict | None:
     table = wh.qualified("customer_profiles")
     rows = wh.fetch_rows(f"SELECT churn_risk_level AS level, count(*) AS n, sum(CASE WHEN {LITTLE_HISTORY_SQL} THEN 1 ELSE 0 END) AS little "
                          f"FROM {table} WHERE store_id = :s AND profile_date = (SELECT max(profile_date) FROM {table} WHERE store_id = :s) "
-                         "GROUP BY churn_risk_level", {"s": store})
+                         "GROUP BY churn_risk_level", {"s": store, **LITTLE_HISTORY_PATTERNS})
     if not rows:
         return None
     basis = wh.fetch_rows(f"SELECT profile_date, history_basis FROM {table} WHERE store_id = :s AND history_basis IS NOT NULL "
@@ -274,6 +277,7 @@ def churn_summary(wh: Warehouse, store: str) -> dict | None:
     store_basis = _json(basis[0]["history_basis"]) if basis else None
     return {"levels": levels, "customers": sum(r["customers"] for r in levels), "little_history": sum(int(r["little"] or 0) for r in rows),
             "churn_model": store_basis["churn_model"] if store_basis else None, "store_days": store_basis["store_days"] if store_basis else None,
+            "churn_recalibrated": bool(store_basis.get("churn_recalibrated", False)) if store_basis else False,
             "profile_date": _day(basis[0]["profile_date"]) if basis else None}
 
 

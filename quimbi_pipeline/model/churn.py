@@ -156,7 +156,8 @@ def evidence_of(model: ChurnModel, features: pd.DataFrame) -> pd.Series:
     days = features["gap_count"].to_numpy().astype("int64") + 1
     observed = features["days_since_first_order"].to_numpy().astype("int64")
     little = (days < LITTLE_HISTORY_PURCHASE_DAYS) | (observed < LITTLE_HISTORY_DAYS) | (model.basis == "prior") | (not model.states_level)
-    store = f'"store_customers":{model.store_customers},"store_days":{int(model.store_age_days)},"churn_model":"{model.basis}"'
+    store = (f'"store_customers":{model.store_customers},"store_days":{int(model.store_age_days)},"churn_model":"{model.basis}",'
+             f'"churn_recalibrated":{"true" if model.recalibration is not None else "false"}')
     text = pc.binary_join_element_wise('{"purchase_days":', pc.cast(pa.array(days), pa.string()), ',"days_observed":',
                                        pc.cast(pa.array(observed), pa.string()), "," + store + ',"little_history":',
                                        pc.if_else(pa.array(little), "true", "false"), "}", "")

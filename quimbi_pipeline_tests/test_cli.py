@@ -80,6 +80,8 @@ def test_quimbi_run_over_60_demo_days_fills_the_drift_tables(tmp_path, monkeypat
     demo_report(url, pd.Timestamp("2026-10-31"), out=report)
     alerts = store_alerts(Warehouse(url), PipelineSettings(), "2026-10-04", "2026-10-31")
     assert "Alerts on the stores' mix over the last 28 days (/stores/{store}/alerts, the store page): " in report.getvalue()
+    # A demo store with two years of orders: its churn is recalibrated on its own last 90 days, and the report says so.
+    assert "churn model: store fit, recalibrated on its own last churn horizon; little history: " in report.getvalue()
     assert all(message in report.getvalue() for message in alerts.drop_duplicates(["store_id", "kind", "axis"], keep="last")["message"])
 
 

@@ -51,7 +51,8 @@ def demo_report(warehouse_url: str, as_of: pd.Timestamp, out=None) -> None:
             basis = [b if isinstance(b, dict) else json.loads(b) for b in g["history_basis"].dropna()]
             if basis:
                 little = sum(b["little_history"] for b in basis)
-                print(f"      {basis[0]['store_days']} days of orders, churn model: {basis[0]['churn_model']}; "
+                recalibrated = ", recalibrated on its own last churn horizon" if basis[0].get("churn_recalibrated") else ""
+                print(f"      {basis[0]['store_days']} days of orders, churn model: {basis[0]['churn_model']}{recalibrated}; "
                       f"little history: {little:,} customer(s) ({little / len(basis):.0%})", file=out)
             for name, n in g["archetype_name"].value_counts().head(3).items():
                 print(f"      {n:5d}  {name}", file=out)

@@ -274,10 +274,10 @@ def churn_summary(wh: Warehouse, store: str) -> dict | None:
                           "ORDER BY profile_date DESC LIMIT 1", {"s": store})
     order = ["unknown", "low", "medium", "high", "critical"]
     levels = sorted(({"level": r["level"], "customers": int(r["n"])} for r in rows), key=lambda r: order.index(r["level"]) if r["level"] in order else 9)
-    store_basis = _json(basis[0]["history_basis"]) if basis else None
+    store_basis = _basis(basis[0]["history_basis"]) if basis else None
     return {"levels": levels, "customers": sum(r["customers"] for r in levels), "little_history": sum(int(r["little"] or 0) for r in rows),
             "churn_model": store_basis["churn_model"] if store_basis else None, "store_days": store_basis["store_days"] if store_basis else None,
-            "churn_recalibrated": bool(store_basis.get("churn_recalibrated", False)) if store_basis else False,
+            "churn_recalibrated": store_basis["churn_recalibrated"] if store_basis else False,
             "profile_date": _day(basis[0]["profile_date"]) if basis else None}
 
 

@@ -32,6 +32,7 @@ from sklearn.metrics import roc_auc_score
 
 from quimbi_pipeline.model import btyd
 from quimbi_pipeline.model.churn import churn_risk_level, fit_store_churn, score_churn
+from quimbi_pipeline.model.churn_recalibration import log_rfm
 from quimbi_pipeline.model.features import compute_customer_features
 from quimbi_pipeline.settings import PipelineSettings
 from quimbi_pipeline.sources.orders import as_of_day, orders_as_of
@@ -77,11 +78,6 @@ def _purchase_days_after(orders: pd.DataFrame, end: pd.Timestamp, days: int) -> 
     return after.assign(day=after["order_ts"].dt.normalize()).groupby("customer_id")["day"].agg(["nunique", "min"])
 
 
-def _log_rfm(features: pd.DataFrame) -> np.ndarray:
-    return np.column_stack([np.log1p(features["days_since_last_order"]), np.log1p(features["gap_count"]),
-                            np.log1p(features["lifetime_value"].clip(lower=0))])
-
-
 def rfm_logistic_scores(orders: pd.DataFrame, end: pd.Timestamp, horizon_days: int, features: pd.DataFrame) -> np.ndarray | None:
     """P(lapse) from a logistic regression on log RFM features, trained at D - H on who lapsed by D; None when the
     store is not older than H or the earlier window has one class only."""
@@ -94,8 +90,8 @@ def rfm_logistic_scores(orders: pd.DataFrame, end: pd.Timestamp, horizon_days: i
     label = (bought == 0).astype(int)
     if label.min() == label.max():
         return None
-    model = LogisticRegression(max_iter=1000).fit(_log_rfm(train), label)
-    return model.predict_proba(_log_rfm(features))[:, 1]
+    model = LogisticRegression(max_iter=1000).fit(log_rfm(train), label)
+    return model.predict_proba(log_rfm(features))[:, 1]
 
 
 def previous_model_scores(features: pd.DataFrame, horizon_days: int) -> np.ndarray:

@@ -47,13 +47,17 @@ class Recalibration:
     lapsers: int
 
 
+def log_rfm(features: pd.DataFrame) -> np.ndarray:
+    """The analyst's RFM columns per customer: log recency (days), log repeat purchase days, log net spend."""
+    return np.column_stack([np.log1p(features["days_since_last_order"].to_numpy("float64")),
+                            np.log1p(features["gap_count"].to_numpy("float64")),
+                            np.log1p(features["lifetime_value"].clip(lower=0).to_numpy("float64"))])
+
+
 def _inputs(features: pd.DataFrame, no_purchase: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(the model's log-odds of no purchase, the RFM columns) per customer."""
+    """(the model's log-odds of no purchase, those log-odds beside the RFM columns) per customer."""
     offset = logit(np.clip(no_purchase, P_FLOOR, 1.0 - P_FLOOR))
-    rfm = np.column_stack([np.log1p(features["days_since_last_order"].to_numpy("float64")),
-                           np.log1p(features["gap_count"].to_numpy("float64")),
-                           np.log1p(features["lifetime_value"].clip(lower=0).to_numpy("float64"))])
-    return offset, np.column_stack([offset, rfm])
+    return offset, np.column_stack([offset, log_rfm(features)])
 
 
 def renewal_no_purchase(features: pd.DataFrame, horizon_days: int, random_state: int) -> np.ndarray:

@@ -284,8 +284,14 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
     import dagster as dg
 
     quiet_dagster_warnings()
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
+
     from quimbi_pipeline.definitions import defs
     from quimbi_pipeline.defs.drift.assets import DRIFT_KEYS, DRIFT_STEP
+    from quimbi_pipeline.defs.partitions import backfill_dates_per_run
     from quimbi_pipeline.defs.profiles.assets import (
         DAILY_STEP,
         OUTLIERS_KEY,
@@ -323,35 +329,50 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
         # Every date reads the version of the orders file the run started with, and pruning leaves the run's stores
         # alone until it ends (storage/leases.py).
         with one_version(uri), run_lease(lease_wh, stores):
-            for i, day in enumerate(dates, 1):
-                key = f"{day:%Y-%m-%d}"
+            done = 0
+            for chunk in date_runs(dates, backfill_dates_per_run()):
+                keys = [f"{day:%Y-%m-%d}" for day in chunk]
                 if line:
-                    line.prefix = f"[{i}/{len(dates)}] {key} "
+                    line.prefix = f"[{done + 1}/{len(dates)}] {keys[0]} " if len(keys) == 1 else f"[{done + 1}-{done + len(keys)}/{len(dates)}] "
                 started = time.perf_counter()
-                result = job.execute_in_process(run_config=run_config, instance=instance, partition_key=key, raise_on_error=False)
+                if len(keys) == 1:
+                    result = job.execute_in_process(run_config=run_config, instance=instance, partition_key=keys[0], raise_on_error=False)
+                else:  # one run over the dates, as a UI backfill runs them (backfill_policy)
+                    result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
+                                                    tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
                 secs = time.perf_counter() - started
                 if line:
                     line.clear()
-                rows = stores_ok = 0
-                text = ""
-                for m in result.asset_materializations_for_node(DAILY_STEP):
-                    if m.asset_key == PROFILES_KEY:
-                        rows, stores_ok = m.metadata["rows"].value, m.metadata["stores_ok"].value
-                    elif m.asset_key == SNAPSHOTS_KEY and m.metadata["rows"].value:
-                        text += f"  snapshots ({m.metadata['types'].value}): {m.metadata['rows'].value:,}"
-                    elif m.asset_key == OUTLIERS_KEY and m.metadata["rows"].value:
-                        text += f"  outlier flags: {m.metadata['rows'].value:,}"
-                drift_rows = {m.asset_key.path[-1]: m.metadata["rows"].value for m in result.asset_materializations_for_node(DRIFT_STEP)}
-                if any(drift_rows.values()):
-                    text += "  drift: " + ", ".join(f"{name} {drift_rows[name]:,}" for name in DRIFT_KEYS if name in drift_rows)
-                if first_order is not None and day < first_order:
-                    text += f"  no orders up to this date (the source's first is {first_order:%Y-%m-%d})"
-                    summary.dates_before_orders.append(key)
-                status = "ok" if result.success else "FAILED"
-                print(f"[{i}/{len(dates)}] {key}  {status:6}  stores ok {stores_ok}  profiles {rows:>9,}  {secs:6.1f}s{text}", file=out, flush=True)
-                summary.profiles += rows
-                summary.drift_rows += sum(drift_rows.values())
-                (summary.dates_ok if result.success else summary.dates_failed).append(key)
+                found = _run_metadata(result, DAILY_STEP, DRIFT_STEP)
+                failed_days = {k for k in keys if found.get(PROFILES_KEY, {}).get(f"date/{k}/stores_failed", 0)
+                               or found.get(DRIFT_KEYS["customer_drift"], {}).get(f"date/{k}/stores_failed", 0)}
+                if not result.success and not failed_days:  # a step failed as a whole: none of its dates is known good
+                    failed_days = set(keys)
+                for day, key in zip(chunk, keys):
+                    done += 1
+                    profiles, snapshots, outliers = (found.get(k, {}) for k in (PROFILES_KEY, SNAPSHOTS_KEY, OUTLIERS_KEY))
+                    rows, stores_ok = profiles.get(f"date/{key}/rows", 0), profiles.get(f"date/{key}/stores_ok", 0)
+                    text = ""
+                    if snapshots.get(f"date/{key}/rows"):
+                        text += f"  snapshots ({snapshots[f'date/{key}/types']}): {snapshots[f'date/{key}/rows']:,}"
+                    if outliers.get(f"date/{key}/rows"):
+                        text += f"  outlier flags: {outliers[f'date/{key}/rows']:,}"
+                    drift_rows = {name: found[k][f"date/{key}/rows"] for name, k in DRIFT_KEYS.items() if f"date/{key}/rows" in found.get(k, {})}
+                    if any(drift_rows.values()):
+                        text += "  drift: " + ", ".join(f"{name} {drift_rows[name]:,}" for name in DRIFT_KEYS if name in drift_rows)
+                    if first_order is not None and day < first_order:
+                        text += f"  no orders up to this date (the source's first is {first_order:%Y-%m-%d})"
+                        summary.dates_before_orders.append(key)
+                    date_secs = secs if len(keys) == 1 else (profiles.get(f"date/{key}/seconds", 0.0)
+                                                             + found.get(DRIFT_KEYS["customer_drift"], {}).get(f"date/{key}/seconds", 0.0))
+                    status = "FAILED" if key in failed_days else "ok"
+                    print(f"[{done}/{len(dates)}] {key}  {status:6}  stores ok {stores_ok}  profiles {rows:>9,}  {date_secs:6.1f}s{text}",
+                          file=out, flush=True)
+                    summary.profiles += rows
+                    summary.drift_rows += sum(drift_rows.values())
+                    (summary.dates_failed if key in failed_days else summary.dates_ok).append(key)
+                if len(keys) > 1:
+                    print(f"    one run over {keys[0]} to {keys[-1]}: {secs:.1f}s, the orders read once", file=out, flush=True)
                 if not result.success:
                     _print_failures(result, out)
     finally:
@@ -381,6 +402,21 @@ def _first_order_day(uri: str) -> pd.Timestamp | None:
     except (OrdersSourceError, ValueError):
         return None
     return orders["order_ts"].min().normalize() if len(orders) else None
+
+
+def date_runs(dates: pd.DatetimeIndex, per_run: int) -> list[pd.DatetimeIndex]:
+    """The dates in runs of up to `per_run` consecutive dates, oldest first (a UI backfill's runs of the same range)."""
+    return [dates[i:i + per_run] for i in range(0, len(dates), per_run)]
+
+
+def _run_metadata(result, *steps: str) -> dict:
+    """{asset key: {metadata key: value}} of the run's materializations by these steps (a range run records the same
+    metadata for each of its dates: the first is read)."""
+    found: dict = {}
+    for step in steps:
+        for m in result.asset_materializations_for_node(step):
+            found.setdefault(m.asset_key, {k: v.value for k, v in m.metadata.items()})
+    return found
 
 
 def _print_failures(result, out) -> None:

@@ -9,7 +9,9 @@ real schedule for each date and executes its run requests (per store batch) in d
 from __future__ import annotations
 
 import contextvars
+import io
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -103,7 +105,11 @@ def run_ui_backfill(url: str, monkeypatch, tmp_path, assets: bool = False) -> No
                     break
             assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS, backfill.status
             runs = instance.get_runs()
-            assert len(runs) >= len(DATES) and all(r.is_success for r in runs)
+            # backfill_policy: runs of QUIMBI_BACKFILL_DATES_PER_RUN consecutive dates, each date in exactly one run
+            per_run = int(os.environ.get("QUIMBI_BACKFILL_DATES_PER_RUN") or 30)
+            assert len(runs) == -(-len(DATES) // per_run) and all(r.is_success for r in runs)
+            covered = sorted(key for r in runs for key in r.partitions_subset.get_partition_keys())
+            assert covered == DATES
 
 
 @pytest.mark.slow
@@ -119,6 +125,7 @@ def test_materialize_all_over_off_calendar_dates_ends_successful(tmp_path, monke
 
 @pytest.mark.slow
 def test_ui_backfill_equals_daily_schedule(warehouse_url, tmp_path, monkeypatch):
+    """The backfill in runs of 3 dates (2026-01-03..05, then 2026-01-06), each reading the orders once."""
     monkeypatch.setenv("ENABLE_TEMPORAL_SNAPSHOTS", "1")
     if warehouse_url.startswith("sqlite"):
         schedule_url, backfill_url = warehouse_url, f"sqlite:///{tmp_path / 'backfill.sqlite'}"
@@ -129,6 +136,7 @@ def test_ui_backfill_equals_daily_schedule(warehouse_url, tmp_path, monkeypatch)
     contextvars.copy_context().run(run_schedule, schedule_url, monkeypatch)
     expected = tables(schedule_url)
     assert len(expected["snapshots"]) > 0 and set(expected["snapshots"]["snapshot_type"]) == {"daily", "weekly"}
+    monkeypatch.setenv("QUIMBI_BACKFILL_DATES_PER_RUN", "3")
     contextvars.copy_context().run(run_ui_backfill, backfill_url, monkeypatch, tmp_path)
     produced = tables(backfill_url)
     for name, frame in expected.items():
@@ -146,3 +154,43 @@ def test_ui_backfill_equals_daily_schedule(warehouse_url, tmp_path, monkeypatch)
 
                     frame[col], got[col] = frame[col].map(canon), got[col].map(canon)
         pd.testing.assert_frame_equal(frame.reset_index(drop=True), got.reset_index(drop=True), check_dtype=False, obj=name)
+
+
+def test_runs_over_ranges_leave_the_tables_a_run_per_date_leaves(tmp_path, warehouse_url, monkeypatch):
+    """`quimbi run` in runs of 5 dates (the path a UI backfill takes), every flag on, over 8 dates and then the 6 before
+    them (the later dates' drift windows gain snapshots and are recomputed), against a run per date in date order.
+    Both databases."""
+    from quimbi_pipeline.cli import execute_dates
+    from quimbi_pipeline_tests.test_reliability import assert_same_tables
+    from quimbi_pipeline_tests.test_reliability import tables as analyst_tables
+
+    for name in ("ENABLE_TEMPORAL_SNAPSHOTS", "ENABLE_DRIFT_ANALYSIS", "ENABLE_OUTLIER_DETECTION", "ENABLE_STABLE_SEGMENTS"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("QUIMBI_DRIFT_WINDOWS", "7,28")
+    orders = "demo:customers=150,stores=2,seed=12"
+
+    def history(url: str, per_run: str, spans) -> tuple[dict, list[str]]:
+        monkeypatch.setenv("QUIMBI_BACKFILL_DATES_PER_RUN", per_run)
+        out = io.StringIO()
+        for start, end in spans:
+            summary = execute_dates(pd.Timestamp(start), pd.Timestamp(end), orders=orders, warehouse=url, stores=None, out=out)
+            assert not summary.dates_failed, out.getvalue()
+        wh = Warehouse(url)
+        found = analyst_tables(wh)
+        found["segment_models"] = wh.read_sql(f"SELECT * FROM {wh.qualified('segment_models')}").map(str).sort_values(
+            ["store_id", "model_version", "axis"]).reset_index(drop=True)
+        wh.dispose()
+        return found, out.getvalue().splitlines()
+
+    expected, _ = history(f"sqlite:///{tmp_path / 'per_date.sqlite'}", "1", [("2026-10-18", "2026-10-31")])
+    assert len(expected["customer_drift"]) and len(expected["population_drift"]) and len(expected["customer_outlier_flags"])
+    produced, lines = history(warehouse_url, "5", [("2026-10-24", "2026-10-31"), ("2026-10-18", "2026-10-23")])
+    assert_same_tables(expected, produced)
+    if warehouse_url.startswith("sqlite"):
+        pd.testing.assert_frame_equal(expected["segment_models"], produced["segment_models"])
+    else:  # fitted_on is a date there and text here; the fit itself must be the same
+        assert expected["segment_models"][["store_id", "model_version", "axis"]].equals(produced["segment_models"][["store_id", "model_version", "axis"]])
+    # A line per date as before, and one per run of several: 8 dates in runs of 5 and 3; then 6 in runs of 5 and 1.
+    assert sum(line.startswith("[") for line in lines) == 14
+    assert [line.split(":")[0] for line in lines if line.startswith("    one run over")] == [
+        "    one run over 2026-10-24 to 2026-10-28", "    one run over 2026-10-29 to 2026-10-31", "    one run over 2026-10-18 to 2026-10-22"]

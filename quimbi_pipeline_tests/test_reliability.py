@@ -429,6 +429,7 @@ def test_an_orders_file_replaced_during_a_run_fails_the_remaining_dates(tmp_path
         calls.append(kwargs["partition_key"])
         return result
 
+    monkeypatch.setenv("QUIMBI_BACKFILL_DATES_PER_RUN", "1")  # a run per date: the file is replaced between runs
     monkeypatch.setattr(dg.JobDefinition, "execute_in_process", then_replace)
     out = io.StringIO()
     summary: RunSummary = execute_dates(pd.Timestamp("2026-10-29"), pd.Timestamp("2026-10-31"), orders=str(path), warehouse=sqlite_url,

@@ -86,12 +86,15 @@ def _scored_with(models: dict[str, AxisModel], frame: pd.DataFrame, store: str) 
 
 
 def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings | StoreSettings, stores: list[str] | None = None,
-                        retention: RetentionPolicy | None = None) -> list[DriftOutcome]:
+                        retention: RetentionPolicy | None = None, recompute_after=None) -> list[DriftOutcome]:
     """customer_drift, customer_axis_drift, customer_drift_anomalies and population_drift of D, per store.
 
     customer_drift and customer_axis_drift keep `retention.drift` dates per store (default: the
     environment's policy; 1 = the newest date only, the current state): older ones are removed after each
     write, and a date older than those kept writes its anomalies and population drift only.
+
+    Later dates whose snapshot inputs changed are recomputed; with `recompute_after` (the last date of a run
+    that computes its dates in order) only those after it, since the run computes the others next.
 
     Stores default to those with snapshots dated D; stores whose settings have drift off are skipped.
     Each store is written in its own transaction; a failing store is reported and the others go on.
@@ -112,7 +115,8 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
                 outcome = _drift_store(warehouse, store, as_of, store_settings, retention)
                 # An earlier date arriving late changes the inputs of later dates' drift: recompute those, so that
                 # any order of dates leaves the warehouse a date-ordered run leaves.
-                later = warehouse.stale_drift_dates(store, as_of) if outcome.rows else []
+                later = [day for day in (warehouse.stale_drift_dates(store, as_of) if outcome.rows else [])
+                         if recompute_after is None or day > as_of_day(recompute_after)]
                 for day in later:
                     _drift_store(warehouse, store, day, store_settings, retention)
                 if later:

@@ -2,16 +2,17 @@
 
 Runs after the date's profiles and snapshots (it reads the snapshots of the longest configured
 window up to D, at least 98 days for the anomalies), for stores with ENABLE_DRIFT_ANALYSIS on; with
-the flag off its outputs materialize with 0 rows. It runs for every store whose profiles were written
+the flag off its outputs materialize with 0 rows. A backfill's run computes its dates in order, after their profiles. It runs for every store whose profiles were written
 even when another store failed, and then fails the run naming every failed store.
 """
 
 from collections.abc import Iterator
 
 import dagster as dg
+import pandas as pd
 import sqlalchemy as sa
 
-from quimbi_pipeline.defs.partitions import daily_partitions
+from quimbi_pipeline.defs.partitions import backfill_policy, daily_partitions
 from quimbi_pipeline.defs.profiles.assets import DRIFT_STEP, PROFILES_KEY, SNAPSHOTS_KEY
 from quimbi_pipeline.defs.resources import WarehouseResource, size_thread_pools
 from quimbi_pipeline.run import run_drift_partition
@@ -77,6 +78,7 @@ def mix_check_result(alerts) -> dg.AssetCheckResult:
     name=DRIFT_STEP,
     specs=list(_SPECS),
     partitions_def=daily_partitions,
+    backfill_policy=backfill_policy,
     can_subset=True,
     check_specs=[dg.AssetCheckSpec(DRIFT_RANGE_CHECK, asset=DRIFT_KEYS["customer_drift"],
                                    description="Every drift row of D has at least two snapshots and scores within [0, 1]."),
@@ -85,54 +87,78 @@ def mix_check_result(alerts) -> dg.AssetCheckResult:
                                                "threshold (QUIMBI_ALERT_*): WARN from the _WARN thresholds, ERROR from the _ERROR ones.")],
 )
 def daily_drift(context: dg.AssetExecutionContext, config: DriftConfig, warehouse: WarehouseResource) -> Iterator:
+    """The drift of each of the run's dates in order (one, or a backfill's range after its profiles step)."""
+    dates = context.partition_keys
     size_thread_pools(context)
     settings = config.settings()  # per store: a store with ENABLE_DRIFT_ANALYSIS off is skipped
+    by_date: dict[str, list] = {}
+    violations, alert_frames = 0, []
     wh = warehouse.open()
     try:
         hold(wh, context.run.run_id, config.stores or None)  # taken by the profiles step already when it ran in this run
         try:
-            outcomes = run_drift_partition(wh, context.partition_key, settings, config.stores or None)
+            for day in dates:
+                # The run's later dates are computed next, in order: only drift dates after the run's are recomputed here.
+                by_date[day] = run_drift_partition(wh, day, settings, config.stores or None, recompute_after=dates[-1])
         finally:
             release(wh, context.run.run_id)
-        ok = [o for o in outcomes if o.ok and o.rows]
         try:  # after the stores' commits: a failure here cannot make a written store a failed one
-            violations = sum(wh.drift_violations(o.store_id, context.partition_key) for o in ok)
-            alerts = store_alerts(wh, settings, context.partition_key, stores=[o.store_id for o in ok]) if ok else None
+            for day, outcomes in by_date.items():
+                ok = [o for o in outcomes if o.ok and o.rows]
+                violations += sum(wh.drift_violations(o.store_id, day) for o in ok)
+                if ok:
+                    alert_frames.append(store_alerts(wh, settings, day, stores=[o.store_id for o in ok]))
+            alerts = pd.concat(alert_frames, ignore_index=True) if alert_frames else None
         except sa.exc.SQLAlchemyError as exc:
             context.log.warning(f"drift rows were written but could not be checked: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}")
             violations, alerts = -1, None
     finally:
         wh.dispose()
-    for o in outcomes:
-        if o.note:
-            context.log.warning(f"store {o.store_id}: {o.note}")
+    outcomes = [o for day in dates for o in by_date[day]]
+    for day in dates:
+        for o in by_date[day]:
+            if o.note:
+                context.log.warning(f"store {o.store_id} {day}: {o.note}")
+    ok = [o for o in outcomes if o.ok and o.rows]
+    last_ok = [o for o in by_date[dates[-1]] if o.ok and o.rows]
     note = None if ok else ("ENABLE_DRIFT_ANALYSIS is off (or has no snapshots dated D) for every store of the run: no rows" if not outcomes
-                            else "no store had drift rows for this date")
+                            else "no store had drift rows for this date" if len(dates) == 1 else "no store had drift rows for these dates")
     for name, key in DRIFT_KEYS.items():
         if key not in context.selected_asset_keys:
             continue
-        metadata: dict = {"rows": sum(o.rows.get(name, 0) for o in ok), "stores": len(ok)}
+        metadata: dict = {"rows": sum(o.rows.get(name, 0) for o in ok), "stores": len({o.store_id for o in ok})}
         if note:
             metadata["note"] = note
-        for o in ok:
+        for day in dates:
+            metadata[f"date/{day}/rows"] = sum(o.rows.get(name, 0) for o in by_date[day] if o.ok)
+            if name == "customer_drift":
+                metadata[f"date/{day}/stores_failed"] = sum(not o.ok for o in by_date[day])
+                metadata[f"date/{day}/seconds"] = round(sum(o.seconds.get("total", 0.0) for o in by_date[day]), 3)
+        for o in last_ok:  # each store's figures of the run's last date
             metadata[f"rows/{o.store_id}"] = o.rows.get(name, 0)
             if name == "customer_drift":
                 metadata.update({f"seconds/{stage}/{o.store_id}": round(v, 3) for stage, v in o.seconds.items()})
-            if name == "customer_drift_anomalies":
-                metadata.update({f"{kind}/{o.store_id}": n for kind, n in o.anomalies_by_type.items()})
             if name == "population_drift" and o.population is not None:
                 for row in o.population.itertuples():  # numeric: plotted across partitions in the UI
                     metadata[f"segment_share_shift/{o.store_id}/{row.axis}"] = float(row.segment_share_shift)
                     if row.feature_psi is not None:
                         metadata[f"feature_psi/{o.store_id}/{row.axis}"] = float(row.feature_psi)
+        if name == "customer_drift_anomalies":
+            for o in ok:  # over the run's dates
+                for kind, n in o.anomalies_by_type.items():
+                    metadata[f"{kind}/{o.store_id}"] = metadata.get(f"{kind}/{o.store_id}", 0) + n
         yield dg.MaterializeResult(asset_key=key, metadata=metadata)
     if DRIFT_KEYS["customer_drift"] in context.selected_asset_keys:
         yield dg.AssetCheckResult(asset_key=DRIFT_KEYS["customer_drift"], check_name=DRIFT_RANGE_CHECK, passed=violations == 0,
                                   metadata={"rows_violating": violations if violations >= 0 else "not checked"})
     if DRIFT_KEYS["population_drift"] in context.selected_asset_keys:
         yield mix_check_result(alerts)
-    failed = {**{s: f"profiles: {e}" for s, e in profile_failures_of_run(context).items()},
-              **{o.store_id: f"drift: {o.error}" for o in outcomes if not o.ok}}
+    drift_failed: dict[str, str] = {}
+    for day in dates:
+        for o in by_date[day]:
+            if not o.ok:
+                drift_failed.setdefault(o.store_id, f"drift: {o.error}" if len(dates) == 1 else f"drift: {day}: {o.error}")
+    failed = {**{s: f"profiles: {e}" for s, e in profile_failures_of_run(context).items()}, **drift_failed}
     if failed:
         names = ",".join(failed)
         raise dg.Failure(description=f"{len(failed)} store(s) failed: {names}; every other store got its profiles, snapshots and drift "

@@ -6,13 +6,18 @@ the step finishes (with 0 rows and a note when its flag is off), so a "Materiali
 successful and no partition waits for an output that cannot come. A store that fails is reported;
 the other stores are written, and the run still fails naming it (at the end of the drift step when
 that step is in the run, so that the other stores also get their drift).
+
+A run covers one date (the schedule) or a backfill's range of dates (backfill_policy, QUIMBI_BACKFILL_DATES_PER_RUN):
+the step then computes its dates in order, each as a run of that date alone would, and its results total them
+(each date's own figures under date/D/... in the metadata).
 """
 
+import logging
 from collections.abc import Iterator
 
 import dagster as dg
 
-from quimbi_pipeline.defs.partitions import daily_partitions
+from quimbi_pipeline.defs.partitions import backfill_policy, daily_partitions
 from quimbi_pipeline.defs.resources import (
     OrdersResource,
     WarehouseResource,
@@ -31,6 +36,7 @@ orders = dg.AssetSpec(
     kinds={"source"},
 )
 
+progress = logging.getLogger("quimbi_pipeline.progress")  # which date of a range, shown by `quimbi run`
 DAILY_STEP = "daily_profiles"
 DRIFT_STEP = "daily_drift"  # defined in defs/drift; named here to know whether it follows in the same run
 MEMBERSHIPS_CHECK = "memberships_sum_to_one"
@@ -60,24 +66,49 @@ class ProfilesConfig(dg.Config):
         return StoreSettings(self.model_dump(exclude={"stores"}))
 
 
-def report_metadata(report: PartitionReport) -> dict:
+def date_keys(reports: list[PartitionReport]) -> list[str]:
+    return [f"{r.as_of:%Y-%m-%d}" for r in reports]
+
+
+def failed_stores(reports: list[PartitionReport]) -> dict[str, str]:
+    """{store: error} of the stores that failed on any date of the run (a range names the date of the first failure)."""
+    failed: dict[str, str] = {}
+    for day, report in zip(date_keys(reports), reports):
+        for o in report.failed:
+            failed.setdefault(o.store_id, (o.error or "") if len(reports) == 1 else f"{day}: {o.error or ''}")
+    return failed
+
+
+def report_metadata(reports: list[PartitionReport]) -> dict:
+    """The profiles' metadata: totals over the run's dates, each date's own under date/D/..., and each store's
+    figures of the last date (its current state)."""
+    last = reports[-1]
+    failed = failed_stores(reports)
     metadata: dict = {
-        "rows": dg.MetadataValue.int(report.n_profiles),
-        "stores_ok": dg.MetadataValue.int(len(report.outcomes) - len(report.failed)),
-        "stores_failed": dg.MetadataValue.int(len(report.failed)),
-        "seconds_total": dg.MetadataValue.float(round(report.seconds.get("total", 0.0), 3)),
+        "rows": dg.MetadataValue.int(sum(r.n_profiles for r in reports)),
+        "stores_ok": dg.MetadataValue.int(len({o.store_id for r in reports for o in r.outcomes}) - len(failed)),
+        "stores_failed": dg.MetadataValue.int(len(failed)),
+        "seconds_total": dg.MetadataValue.float(round(sum(r.seconds.get("total", 0.0) for r in reports), 3)),
     }
-    for o in report.outcomes:
+    if len(reports) > 1:
+        days = date_keys(reports)
+        metadata["dates"] = dg.MetadataValue.text(f"{days[0]} to {days[-1]} ({len(days)} dates)")
+    for day, report in zip(date_keys(reports), reports):
+        metadata[f"date/{day}/rows"] = dg.MetadataValue.int(report.n_profiles)
+        metadata[f"date/{day}/stores_ok"] = dg.MetadataValue.int(len(report.outcomes) - len(report.failed))
+        metadata[f"date/{day}/stores_failed"] = dg.MetadataValue.int(len(report.failed))
+        metadata[f"date/{day}/seconds"] = dg.MetadataValue.float(round(report.seconds.get("total", 0.0), 3))
+    for o in last.outcomes:
         metadata[f"customers/{o.store_id}"] = dg.MetadataValue.int(o.n_profiles)
         for key, value in o.metrics.items():
             metadata[f"{key}/{o.store_id}"] = dg.MetadataValue.float(float(value))
         for name, share in o.archetype_shares.items():
             metadata[f"archetype_share/{o.store_id}/{name}"] = dg.MetadataValue.float(share)
-        if o.error:
-            metadata[f"error/{o.store_id}"] = dg.MetadataValue.text(o.error)
         for note in o.notes:
             metadata.setdefault(f"notes/{o.store_id}", dg.MetadataValue.text(""))
             metadata[f"notes/{o.store_id}"] = dg.MetadataValue.text((metadata[f"notes/{o.store_id}"].value + "\n" + note).strip())
+    for store, error in failed.items():
+        metadata[f"error/{store}"] = dg.MetadataValue.text(error)
     return metadata
 
 
@@ -119,6 +150,7 @@ def drift_step_follows(context: dg.AssetExecutionContext) -> bool:
     name=DAILY_STEP,
     specs=list(_SPECS),
     partitions_def=daily_partitions,
+    backfill_policy=backfill_policy,
     # Subsettable so that profiles can be written without snapshots or outliers (a selection in the UI).
     # The step always computes and writes the date's profiles: they are what snapshots freeze.
     can_subset=True,
@@ -133,19 +165,24 @@ def drift_step_follows(context: dg.AssetExecutionContext) -> bool:
 def daily_profiles(
     context: dg.AssetExecutionContext, config: ProfilesConfig, warehouse: WarehouseResource, orders_source: OrdersResource
 ) -> Iterator:
-    """One step per date: profiles, then (flag on) that date's snapshots, written per store in one transaction."""
-    as_of = context.partition_key  # YYYY-MM-DD, a UTC date
+    """One step per run: for each of its dates in order (one, or a backfill's range), profiles, then (flag on) that
+    date's snapshots, written per store in one transaction. The orders are read and validated once per run."""
+    dates = context.partition_keys  # YYYY-MM-DD, UTC dates, oldest first
     size_thread_pools(context)
     settings = config.settings()
     selected = context.selected_asset_keys
-    snapshot_types = snapshot_types_for(as_of) if SNAPSHOTS_KEY in selected else []
+    types_of = {day: snapshot_types_for(day) if SNAPSHOTS_KEY in selected else [] for day in dates}
+    reports: list[PartitionReport] = []
     wh = warehouse.open()
     try:
         # The run's lease on its stores (storage/leases.py): pruning leaves them alone until the drift step ends it.
         hold(wh, context.run.run_id, config.stores or None)
         try:
             validated = orders_source.load(wh.url, settings.default.bad_rows)
-            report = run_profiles_partition(validated, as_of, wh, settings, config.stores or None, snapshot_types=snapshot_types)
+            for i, day in enumerate(dates, 1):
+                if len(dates) > 1:
+                    progress.info("date %d of %d: %s", i, len(dates), day)
+                reports.append(run_profiles_partition(validated, day, wh, settings, config.stores or None, snapshot_types=types_of[day]))
         except BaseException:  # the drift step will not run: the lease ends here
             release(wh, context.run.run_id)
             raise
@@ -153,58 +190,71 @@ def daily_profiles(
             release(wh, context.run.run_id)
     finally:
         wh.dispose()
-    flags = record_run_flags(context, settings, [o.store_id for o in report.outcomes])
-    ok = [o for o in report.outcomes if o.ok]
+    flags = record_run_flags(context, settings, sorted({o.store_id for r in reports for o in r.outcomes}))
+    ok = [o for r in reports for o in r.outcomes if o.ok]
+    failed = failed_stores(reports)
     if PROFILES_KEY in selected:  # the date's profiles are always written: snapshots freeze them
-        metadata = report_metadata(report)
+        metadata = report_metadata(reports)
         metadata.update({f"flags/{store}": dg.MetadataValue.json(store_flags) for store, store_flags in flags.items()})
         yield dg.MaterializeResult(asset_key=PROFILES_KEY, metadata=metadata)
         violations = sum(o.membership_sum_violations for o in ok)
         missing = sum(o.missing_profiles for o in ok)
         unexpected = sum(o.unexpected_profiles for o in ok)
-        unverified = ", ".join(o.store_id for o in ok if not o.verified) or "none"  # written, but not read back
+        unverified = ", ".join(sorted({o.store_id for o in ok if not o.verified})) or "none"  # written, but not read back
         yield dg.AssetCheckResult(asset_key=PROFILES_KEY, check_name=MEMBERSHIPS_CHECK, passed=violations == 0 and unverified == "none",
                                   metadata={"rows_violating": violations, "stores_not_verified": unverified})
         yield dg.AssetCheckResult(
             asset_key=PROFILES_KEY, check_name=COVERAGE_CHECK, passed=missing == 0 and unexpected == 0 and unverified == "none",
-            metadata={"active_without_profile": missing, "inactive_with_profile_dated_d": unexpected, "profiles": report.n_profiles,
-                      "stores_not_verified": unverified},
+            metadata={"active_without_profile": missing, "inactive_with_profile_dated_d": unexpected,
+                      "profiles": sum(r.n_profiles for r in reports), "stores_not_verified": unverified},
         )
-        yield dg.AssetCheckResult(asset_key=PROFILES_KEY, check_name=STORES_CHECK, passed=not report.failed, severity=dg.AssetCheckSeverity.ERROR,
-                                  metadata={"failed_stores": ", ".join(o.store_id for o in report.failed) or "none"})
+        yield dg.AssetCheckResult(asset_key=PROFILES_KEY, check_name=STORES_CHECK, passed=not failed, severity=dg.AssetCheckSeverity.ERROR,
+                                  metadata={"failed_stores": ", ".join(failed) or "none"})
     if OUTLIERS_KEY in selected:
-        flagged = [o for o in ok if o.outlier_rates]
-        metadata = {"rows": sum(o.outlier_rows for o in flagged), "stores": len(flagged)}
+        flagged = [o for r in reports for o in r.outcomes if o.ok and o.outlier_rates]
+        metadata = {"rows": sum(o.outlier_rows for o in flagged), "stores": len({o.store_id for o in flagged})}
         if not flagged:
             metadata["note"] = "ENABLE_OUTLIER_DETECTION is off for every store of the run: no rows"
-        for o in flagged:  # numeric: the outlier rate per method plots across partitions
+        for day, report in zip(date_keys(reports), reports):
+            metadata[f"date/{day}/rows"] = sum(o.outlier_rows for o in report.outcomes if o.ok)
+        for o in (o for o in reports[-1].outcomes if o.ok and o.outlier_rates):  # numeric: the outlier rate per method plots across partitions
             metadata.update({f"outlier_rate/{o.store_id}/{method}": rate for method, rate in o.outlier_rates.items()})
         yield dg.MaterializeResult(asset_key=OUTLIERS_KEY, metadata=metadata)
     if SNAPSHOTS_KEY in selected:
-        yield from _snapshot_results(snapshot_types, [o for o in ok if o.snapshot_rows])
-    if report.failed:
-        failed = {o.store_id: dg.MetadataValue.text(o.error or "") for o in report.failed}
+        yield from _snapshot_results([(f"{r.as_of:%Y-%m-%d}", types_of[f"{r.as_of:%Y-%m-%d}"], [o for o in r.outcomes if o.ok and o.snapshot_rows])
+                                      for r in reports])
+    if failed:
+        context.instance.add_run_tags(context.run.run_id, {"quimbi/failed_stores": ", ".join(failed)[:4000]})
         names = ", ".join(failed)
-        context.instance.add_run_tags(context.run.run_id, {"quimbi/failed_stores": names[:4000]})
         if drift_step_follows(context):
             context.log.error(f"{len(failed)} store(s) failed and were not written: {names}; the other stores were written, "
                               "and the drift step runs for them before the run fails")
         else:
             raise dg.Failure(description=f"{len(failed)} store(s) failed: {names}; the other stores were written "
-                                         f"(re-run only those: quimbi run --stores {','.join(failed)})", metadata=failed)
+                                         f"(re-run only those: quimbi run --stores {','.join(failed)})",
+                             metadata={store: dg.MetadataValue.text(error) for store, error in failed.items()})
 
 
-def _snapshot_results(snapshot_types: list[str], snapshotted: list) -> Iterator:
-    rows_by_type = {t: sum(o.snapshot_rows.get(t, 0) for o in snapshotted) for t in snapshot_types}
-    metadata = {"rows": sum(rows_by_type.values()), "types": ", ".join(snapshot_types), "stores": len(snapshotted),
-                **{f"rows/{t}": n for t, n in rows_by_type.items()}, **{f"rows/{o.store_id}": o.snapshot_rows.get("daily", 0) for o in snapshotted}}
-    if not snapshotted:
+def _snapshot_results(dates: list[tuple[str, list[str], list]]) -> Iterator:
+    """The snapshots' materialization and checks over the run's dates: (date, its snapshot types, its snapshotted stores' outcomes)."""
+    rows_by_type: dict[str, int] = {}
+    for _, types, snapshotted in dates:
+        for t in types:
+            rows_by_type[t] = rows_by_type.get(t, 0) + sum(o.snapshot_rows.get(t, 0) for o in snapshotted)
+    every = [o for _, _, snapshotted in dates for o in snapshotted]
+    last = dates[-1][2]
+    metadata = {"rows": sum(rows_by_type.values()), "types": ", ".join(dict.fromkeys(t for _, types, _ in dates for t in types)), "stores": len({o.store_id for o in every}),
+                **{f"rows/{t}": n for t, n in rows_by_type.items()}, **{f"rows/{o.store_id}": o.snapshot_rows.get("daily", 0) for o in last}}
+    for day, types, snapshotted in dates:
+        metadata[f"date/{day}/rows"] = sum(n for o in snapshotted for n in o.snapshot_rows.values())
+        metadata[f"date/{day}/types"] = ", ".join(types)
+    if not every:
         metadata["note"] = "ENABLE_TEMPORAL_SNAPSHOTS is off for every store of the run: no rows"
     yield dg.MaterializeResult(asset_key=SNAPSHOTS_KEY, metadata=metadata)
-    active = sum(o.snapshot_expected for o in snapshotted)  # the active customers (of the rollout share)
+    active = sum(o.snapshot_expected for o in every)  # the active customers (of the rollout share), over the run's dates
     daily = rows_by_type.get("daily", 0)
     coverage = daily / active if active else 1.0
-    duplicates = sum(o.snapshot_duplicate_keys for o in snapshotted)
+    duplicates = sum(o.snapshot_duplicate_keys for o in every)
     yield dg.AssetCheckResult(asset_key=SNAPSHOTS_KEY, check_name=SNAPSHOT_COVERAGE_CHECK, passed=coverage >= MIN_SNAPSHOT_COVERAGE,
                               metadata={"coverage": round(coverage, 6), "active_customers": active, "daily_snapshots": daily})
     yield dg.AssetCheckResult(asset_key=SNAPSHOTS_KEY, check_name=SNAPSHOT_UNIQUE_CHECK, passed=duplicates == 0, metadata={"duplicate_keys": duplicates})

@@ -1,6 +1,6 @@
 """A backfill of one store over N dates: a run per date against runs of several dates, beside the last date alone.
 
-    .venv/bin/python benchmarks/backfill.py --customers 20000 --dates 30 [--per-run 30] [--postgres URL]
+    .venv/bin/python benchmarks/backfill.py --customers 20000 --dates 30 [--per-run 30] [--postgres URL] [--skip-per-date]
 
 Every flag of the daily job on (ENABLE_DRIFT_ANALYSIS, which turns on snapshots, stable segments and adaptive
 windows; ENABLE_OUTLIER_DETECTION). The orders are a demo store written to a CSV file, so that each run reads and
@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--dates", type=int, default=30)
     parser.add_argument("--per-run", type=int, default=30, help="dates per run of the batched backfill")
     parser.add_argument("--end", default="2026-10-31", help="the backfill's last date")
+    parser.add_argument("--skip-per-date", action="store_true", help="measure the last date alone and the batched runs only")
     parser.add_argument("--postgres", help="a PostgreSQL URL (its schema `platform` is dropped before each measure); default: SQLite files")
     args = parser.parse_args()
     end = pd.Timestamp(args.end)
@@ -79,12 +80,15 @@ def main() -> None:
               f"{platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
         alone = quimbi_run(last, last, str(orders), fresh_warehouse(args.postgres, folder, "alone"), 1)
         print(f"{'the last date alone':<34} {alone:8.1f} s")
-        url = fresh_warehouse(args.postgres, folder, "per_date")
-        per_date = sum(quimbi_run(f"{day:%Y-%m-%d}", f"{day:%Y-%m-%d}", str(orders), url, 1) for day in pd.date_range(start, end))
+        measures = []
+        if not args.skip_per_date:
+            url = fresh_warehouse(args.postgres, folder, "per_date")
+            measures.append((f"a run per date ({args.dates} runs)",
+                             sum(quimbi_run(f"{day:%Y-%m-%d}", f"{day:%Y-%m-%d}", str(orders), url, 1) for day in pd.date_range(start, end))))
         url = fresh_warehouse(args.postgres, folder, "batched")
-        batched = quimbi_run(first, last, str(orders), url, args.per_run)
-        for name, secs in ((f"a run per date ({args.dates} runs)", per_date),
-                           (f"runs of {args.per_run} dates ({-(-args.dates // args.per_run)} runs)", batched)):
+        measures.append((f"runs of up to {args.per_run} dates ({-(-args.dates // args.per_run)} runs)",
+                         quimbi_run(first, last, str(orders), url, args.per_run)))
+        for name, secs in measures:
             after = (secs - alone) / max(args.dates - 1, 1)
             print(f"{name:<34} {secs:8.1f} s  {after:6.1f} s per date after the first  {secs / alone:5.1f}x the last date alone")
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20

@@ -112,6 +112,21 @@ def test_a_failing_store_costs_the_others_nothing_not_even_their_drift(tmp_path,
     assert drift["store_id"].tolist() == ["store_a"] and drift["n"].iloc[0] > 0
     assert set(wh.read_sql(f"SELECT DISTINCT store_id FROM {wh.qualified('customer_profiles')}")["store_id"]) == {"store_a"}
     wh.dispose()
+    # The same two dates as one run (a backfill's range): both dates fail naming store_b and its first date, store_a gets both.
+    from quimbi_pipeline.cli import execute_dates
+
+    out = io.StringIO()
+    url = f"sqlite:///{tmp_path / 'range.sqlite'}"
+    summary = execute_dates(pd.Timestamp("2026-10-30"), pd.Timestamp("2026-10-31"), orders=str(path), warehouse=url, stores=None, out=out)
+    assert summary.dates_failed == ["2026-10-30", "2026-10-31"] and not summary.dates_ok, out.getvalue()
+    assert "1 store(s) failed: store_b" in out.getvalue() and "store_b: profiles: 2026-10-30: invalid orders" in out.getvalue()
+    assert out.getvalue().count("stores ok 1") == 2
+    wh = Warehouse(url)
+    snapshots = wh.read_sql(f"SELECT DISTINCT store_id, snapshot_date FROM {wh.qualified('profile_snapshots')}")
+    assert set(snapshots["store_id"]) == {"store_a"} and set(snapshots["snapshot_date"].astype(str).str[:10]) == {"2026-10-30", "2026-10-31"}
+    drift = wh.read_sql(f"SELECT DISTINCT store_id, as_of_date FROM {wh.qualified('population_drift')}")
+    assert drift["store_id"].tolist() == ["store_a"] and str(drift["as_of_date"].iloc[0])[:10] == "2026-10-31"  # the first date has one snapshot
+    wh.dispose()
 
 
 # ---- nothing non-finite or impossible is stored ------------------------------------------------------

@@ -97,9 +97,12 @@ def daily_drift(context: dg.AssetExecutionContext, config: DriftConfig, warehous
     try:
         hold(wh, context.run.run_id, config.stores or None)  # taken by the profiles step already when it ran in this run
         try:
-            for day in dates:
+            for i, day in enumerate(dates, 1):
                 # The run's later dates are computed next, in order: only drift dates after the run's are recomputed here.
                 by_date[day] = run_drift_partition(wh, day, settings, config.stores or None, recompute_after=dates[-1])
+                if len(dates) > 1:
+                    context.log.info(f"date {i} of {len(dates)}, {day}: drift of {sum(o.ok for o in by_date[day])} store(s), "
+                                     f"{sum(not o.ok for o in by_date[day])} failed")
         finally:
             release(wh, context.run.run_id)
         try:  # after the stores' commits: a failure here cannot make a written store a failed one

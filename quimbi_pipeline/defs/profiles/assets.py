@@ -183,6 +183,9 @@ def daily_profiles(
                 if len(dates) > 1:
                     progress.info("date %d of %d: %s", i, len(dates), day)
                 reports.append(run_profiles_partition(validated, day, wh, settings, config.stores or None, snapshot_types=types_of[day]))
+                if len(dates) > 1:  # the run's page shows how far a backfill's run has come
+                    context.log.info(f"date {i} of {len(dates)}, {day}: {reports[-1].n_profiles:,} profiles, "
+                                     f"{len(reports[-1].failed)} store(s) failed, {reports[-1].seconds.get('total', 0.0):.1f}s")
         except BaseException:  # the drift step will not run: the lease ends here
             release(wh, context.run.run_id)
             raise

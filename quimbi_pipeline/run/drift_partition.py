@@ -86,15 +86,17 @@ def _scored_with(models: dict[str, AxisModel], frame: pd.DataFrame, store: str) 
 
 
 def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings | StoreSettings, stores: list[str] | None = None,
-                        retention: RetentionPolicy | None = None, recompute_after=None) -> list[DriftOutcome]:
+                        retention: RetentionPolicy | None = None, run_last_date=None) -> list[DriftOutcome]:
     """customer_drift, customer_axis_drift, customer_drift_anomalies and population_drift of D, per store.
 
     customer_drift and customer_axis_drift keep `retention.drift` dates per store (default: the
     environment's policy; 1 = the newest date only, the current state): older ones are removed after each
     write, and a date older than those kept writes its anomalies and population drift only.
 
-    Later dates whose snapshot inputs changed are recomputed; with `recompute_after` (the last date of a run
-    that computes its dates in order) only those after it, since the run computes the others next.
+    Later dates whose snapshot inputs changed are recomputed. `run_last_date`: the last date of a run that computes
+    its dates in order (a backfill's run): only later dates past it are recomputed (the run computes the others
+    next), and a date whose drift state that last date's write expires (RetentionPolicy.drift) writes its events only,
+    as a date older than the kept state does: the tables end as a run per date leaves them.
 
     Stores default to those with snapshots dated D; stores whose settings have drift off are skipped.
     Each store is written in its own transaction; a failing store is reported and the others go on.
@@ -112,11 +114,12 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
             continue
         try:
             with limited_threads(0, run_threads(store_settings.threads)):  # array arithmetic, no large BLAS work
-                outcome = _drift_store(warehouse, store, as_of, store_settings, retention)
+                outcome = _drift_store(warehouse, store, as_of, store_settings, retention,
+                                       as_of if run_last_date is None else max(as_of, as_of_day(run_last_date)))
                 # An earlier date arriving late changes the inputs of later dates' drift: recompute those, so that
                 # any order of dates leaves the warehouse a date-ordered run leaves.
                 later = [day for day in (warehouse.stale_drift_dates(store, as_of) if outcome.rows else [])
-                         if recompute_after is None or day > as_of_day(recompute_after)]
+                         if run_last_date is None or day > as_of_day(run_last_date)]
                 for day in later:
                     _drift_store(warehouse, store, day, store_settings, retention)
                 if later:
@@ -168,7 +171,7 @@ def drift_on_demand(warehouse: Warehouse, store: str, as_of, settings: PipelineS
 
 
 def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings,
-                 retention: RetentionPolicy) -> DriftOutcome:
+                 retention: RetentionPolicy, newest: pd.Timestamp | None = None) -> DriftOutcome:
     started = time.perf_counter()
     progress.info("%s: drift", store)
     windows = settings.drift_windows
@@ -184,8 +187,9 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
     ranges = list(zip([None, *bounds], [*bounds, None]))
     seconds = {"read": 0.0, "compute": 0.0}
     anomaly_counts: dict[str, int] = {}
-    # A date older than the kept drift state (a backfill) writes its events only; its state is computed on demand.
-    state_kept = as_of >= drift_state_cutoff(warehouse, store, retention, as_of)
+    # A date older than the kept drift state (a backfill; with `newest`, the state its run's last date will keep)
+    # writes its events only; its state is computed on demand.
+    state_kept = as_of >= drift_state_cutoff(warehouse, store, retention, as_of if newest is None else newest)
 
     def chunks():
         for lo, hi in ranges:

@@ -98,8 +98,8 @@ def daily_drift(context: dg.AssetExecutionContext, config: DriftConfig, warehous
         hold(wh, context.run.run_id, config.stores or None)  # taken by the profiles step already when it ran in this run
         try:
             for i, day in enumerate(dates, 1):
-                # The run's later dates are computed next, in order: only drift dates after the run's are recomputed here.
-                by_date[day] = run_drift_partition(wh, day, settings, config.stores or None, recompute_after=dates[-1])
+                # Its later dates come next, in order: run_drift_partition leaves them (and the drift state they expire) to them.
+                by_date[day] = run_drift_partition(wh, day, settings, config.stores or None, run_last_date=dates[-1])
                 if len(dates) > 1:
                     context.log.info(f"date {i} of {len(dates)}, {day}: drift of {sum(o.ok for o in by_date[day])} store(s), "
                                      f"{sum(not o.ok for o in by_date[day])} failed")

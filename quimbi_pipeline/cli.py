@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from quimbi_pipeline.settings.deployment import value
+from quimbi_pipeline.settings.deployment import backfill_dates_per_run, value
 
 DEMO_END = "2026-10-31"  # the demo's history ends here (fixed, so the demo is reproducible)
 # The demo's orders: the three demo stores and a young one (store_new, opened 4 months before DEMO_END).
@@ -228,6 +228,7 @@ def preflight(orders: str | None, warehouse: str | None, stores: list[str] | Non
     from quimbi_pipeline.sources.orders import OrdersSourceError, load_orders_cached
     try:
         settings = StoreSettings()
+        backfill_dates_per_run()
     except ValueError as exc:
         raise UserError(f"{exc}\nFix the environment variable or the flags file (QUIMBI_FLAGS_FILE) named above; `quimbi --help` lists the settings.") from exc
     url = open_warehouse(warehouse).url
@@ -291,7 +292,6 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
 
     from quimbi_pipeline.definitions import defs
     from quimbi_pipeline.defs.drift.assets import DRIFT_KEYS, DRIFT_STEP
-    from quimbi_pipeline.defs.partitions import backfill_dates_per_run
     from quimbi_pipeline.defs.profiles.assets import (
         DAILY_STEP,
         OUTLIERS_KEY,

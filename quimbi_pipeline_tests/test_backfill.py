@@ -194,3 +194,15 @@ def test_runs_over_ranges_leave_the_tables_a_run_per_date_leaves(tmp_path, wareh
     assert sum(line.startswith("[") for line in lines) == 14
     assert [line.split(":")[0] for line in lines if line.startswith("    one run over")] == [
         "    one run over 2026-10-24 to 2026-10-28", "    one run over 2026-10-29 to 2026-10-31", "    one run over 2026-10-18 to 2026-10-22"]
+
+
+@pytest.mark.parametrize("text", ["0", "-3", "ten", "2.5"])
+def test_dates_per_run_must_be_a_whole_number_of_dates(monkeypatch, capsys, tmp_path, text):
+    """`quimbi run` says so in two lines before anything runs (the code location fails to load with the same sentence)."""
+    from quimbi_pipeline.cli import main
+
+    monkeypatch.setenv("QUIMBI_BACKFILL_DATES_PER_RUN", text)
+    assert main(["run", "--from", "2026-10-31", "--to", "2026-10-31", "--orders", "demo:customers=50",
+                 "--warehouse", f"sqlite:///{tmp_path / 'w.sqlite'}"]) == 1
+    err = capsys.readouterr().err
+    assert f"QUIMBI_BACKFILL_DATES_PER_RUN must be a whole number of dates, 1 or more; got '{text}'" in err and "Traceback" not in err

@@ -3,7 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-from quimbi_pipeline.settings.deployment import value
+from quimbi_pipeline.settings.deployment import backfill_dates_per_run, value
 
 # First partition (settings/deployment.py; the demo's orders start on 2024-01-01).
 PARTITIONS_START = value("QUIMBI_PARTITIONS_START")
@@ -13,14 +13,6 @@ PARTITIONS_END = value("QUIMBI_PARTITIONS_END")
 daily_partitions = dg.DailyPartitionsDefinition(
     start_date=PARTITIONS_START, timezone="UTC",
     end_date=f"{pd.Timestamp(PARTITIONS_END) + pd.Timedelta(days=1):%Y-%m-%d}" if PARTITIONS_END else None)
-
-
-def backfill_dates_per_run() -> int:
-    """QUIMBI_BACKFILL_DATES_PER_RUN as a positive integer (a clear error otherwise)."""
-    text = value("QUIMBI_BACKFILL_DATES_PER_RUN")
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"QUIMBI_BACKFILL_DATES_PER_RUN must be a whole number of dates, 1 or more; got {text!r}")
-    return int(text)
 
 
 # A backfill's dates go to runs of up to this many consecutive dates: each run loads and validates the orders once

@@ -66,3 +66,11 @@ DEPLOYMENT_NAMES = tuple(BY_NAME)
 def value(name: str, environ: dict[str, str] | None = None) -> str | None:
     """A deployment setting's value (its declared default when unset)."""
     return BY_NAME[name].value(environ)
+
+
+def backfill_dates_per_run(environ: dict[str, str] | None = None) -> int:
+    """QUIMBI_BACKFILL_DATES_PER_RUN as a positive integer (a clear error otherwise)."""
+    text = value("QUIMBI_BACKFILL_DATES_PER_RUN", environ)
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"QUIMBI_BACKFILL_DATES_PER_RUN must be a whole number of dates, 1 or more; got {text!r}")
+    return int(text)

@@ -358,8 +358,8 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
                     if outliers.get(f"date/{key}/rows"):
                         text += f"  outlier flags: {outliers[f'date/{key}/rows']:,}"
                     drift_rows = {name: found[k][f"date/{key}/rows"] for name, k in DRIFT_KEYS.items() if f"date/{key}/rows" in found.get(k, {})}
-                    if any(drift_rows.values()):
-                        text += "  drift: " + ", ".join(f"{name} {drift_rows[name]:,}" for name in DRIFT_KEYS if name in drift_rows)
+                    if any(drift_rows.values()):  # tables with rows (inside a run of several dates, the drift state is its last date's)
+                        text += "  drift: " + ", ".join(f"{name} {drift_rows[name]:,}" for name in DRIFT_KEYS if drift_rows.get(name))
                     if first_order is not None and day < first_order:
                         text += f"  no orders up to this date (the source's first is {first_order:%Y-%m-%d})"
                         summary.dates_before_orders.append(key)

@@ -344,13 +344,12 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
                 if line:
                     line.clear()
                 found = _run_metadata(result, DAILY_STEP, DRIFT_STEP)
-                failed_days = {k for k in keys if found.get(PROFILES_KEY, {}).get(f"date/{k}/stores_failed", 0)
-                               or found.get(DRIFT_KEYS["customer_drift"], {}).get(f"date/{k}/stores_failed", 0)}
+                profiles, snapshots, outliers, drift = (found.get(k, {}) for k in (PROFILES_KEY, SNAPSHOTS_KEY, OUTLIERS_KEY, DRIFT_KEYS["customer_drift"]))
+                failed_days = {k for k in keys if profiles.get(f"date/{k}/stores_failed", 0) or drift.get(f"date/{k}/stores_failed", 0)}
                 if not result.success and not failed_days:  # a step failed as a whole: none of its dates is known good
                     failed_days = set(keys)
                 for day, key in zip(chunk, keys):
                     done += 1
-                    profiles, snapshots, outliers = (found.get(k, {}) for k in (PROFILES_KEY, SNAPSHOTS_KEY, OUTLIERS_KEY))
                     rows, stores_ok = profiles.get(f"date/{key}/rows", 0), profiles.get(f"date/{key}/stores_ok", 0)
                     text = ""
                     if snapshots.get(f"date/{key}/rows"):
@@ -363,8 +362,7 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
                     if first_order is not None and day < first_order:
                         text += f"  no orders up to this date (the source's first is {first_order:%Y-%m-%d})"
                         summary.dates_before_orders.append(key)
-                    date_secs = secs if len(keys) == 1 else (profiles.get(f"date/{key}/seconds", 0.0)
-                                                             + found.get(DRIFT_KEYS["customer_drift"], {}).get(f"date/{key}/seconds", 0.0))
+                    date_secs = secs if len(keys) == 1 else profiles.get(f"date/{key}/seconds", 0.0) + drift.get(f"date/{key}/seconds", 0.0)
                     status = "FAILED" if key in failed_days else "ok"
                     print(f"[{done}/{len(dates)}] {key}  {status:6}  stores ok {stores_ok}  profiles {rows:>9,}  {date_secs:6.1f}s{text}",
                           file=out, flush=True)

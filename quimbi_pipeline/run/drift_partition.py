@@ -102,6 +102,7 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
     Each store is written in its own transaction; a failing store is reported and the others go on.
     """
     as_of = as_of_day(as_of)
+    run_last_date = None if run_last_date is None else as_of_day(run_last_date)
     retention = retention or RetentionPolicy.from_env()
     if stores is None:
         stores = warehouse.read_sql(
@@ -115,11 +116,11 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
         try:
             with limited_threads(0, run_threads(store_settings.threads)):  # array arithmetic, no large BLAS work
                 outcome = _drift_store(warehouse, store, as_of, store_settings, retention,
-                                       as_of if run_last_date is None else max(as_of, as_of_day(run_last_date)))
+                                       as_of if run_last_date is None else max(as_of, run_last_date))
                 # An earlier date arriving late changes the inputs of later dates' drift: recompute those, so that
                 # any order of dates leaves the warehouse a date-ordered run leaves.
                 later = [day for day in (warehouse.stale_drift_dates(store, as_of) if outcome.rows else [])
-                         if run_last_date is None or day > as_of_day(run_last_date)]
+                         if run_last_date is None or day > run_last_date]
                 for day in later:
                     _drift_store(warehouse, store, day, store_settings, retention)
                 if later:

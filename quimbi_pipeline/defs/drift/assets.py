@@ -2,8 +2,9 @@
 
 Runs after the date's profiles and snapshots (it reads the snapshots of the longest configured
 window up to D, at least 98 days for the anomalies), for stores with ENABLE_DRIFT_ANALYSIS on; with
-the flag off its outputs materialize with 0 rows. A backfill's run computes its dates in order, after their profiles. It runs for every store whose profiles were written
-even when another store failed, and then fails the run naming every failed store.
+the flag off its outputs materialize with 0 rows. A backfill's run computes its dates in order, after
+their profiles. It runs for every store whose profiles were written even when another store failed,
+and then fails the run naming every failed store.
 """
 
 from collections.abc import Iterator
@@ -13,7 +14,12 @@ import pandas as pd
 import sqlalchemy as sa
 
 from quimbi_pipeline.defs.partitions import backfill_policy, daily_partitions
-from quimbi_pipeline.defs.profiles.assets import DRIFT_STEP, PROFILES_KEY, SNAPSHOTS_KEY
+from quimbi_pipeline.defs.profiles.assets import (
+    DRIFT_STEP,
+    PROFILES_KEY,
+    SNAPSHOTS_KEY,
+    first_failures,
+)
 from quimbi_pipeline.defs.resources import WarehouseResource, size_thread_pools
 from quimbi_pipeline.run import run_drift_partition
 from quimbi_pipeline.run.alerts import store_alerts
@@ -156,12 +162,8 @@ def daily_drift(context: dg.AssetExecutionContext, config: DriftConfig, warehous
                                   metadata={"rows_violating": violations if violations >= 0 else "not checked"})
     if DRIFT_KEYS["population_drift"] in context.selected_asset_keys:
         yield mix_check_result(alerts)
-    drift_failed: dict[str, str] = {}
-    for day in dates:
-        for o in by_date[day]:
-            if not o.ok:
-                drift_failed.setdefault(o.store_id, f"drift: {o.error}" if len(dates) == 1 else f"drift: {day}: {o.error}")
-    failed = {**{s: f"profiles: {e}" for s, e in profile_failures_of_run(context).items()}, **drift_failed}
+    failed = {**{s: f"profiles: {e}" for s, e in profile_failures_of_run(context).items()},
+              **{s: f"drift: {e}" for s, e in first_failures(by_date).items()}}
     if failed:
         names = ",".join(failed)
         raise dg.Failure(description=f"{len(failed)} store(s) failed: {names}; every other store got its profiles, snapshots and drift "

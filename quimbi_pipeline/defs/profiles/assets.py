@@ -70,13 +70,20 @@ def date_keys(reports: list[PartitionReport]) -> list[str]:
     return [f"{r.as_of:%Y-%m-%d}" for r in reports]
 
 
-def failed_stores(reports: list[PartitionReport]) -> dict[str, str]:
-    """{store: error} of the stores that failed on any date of the run (a range names the date of the first failure)."""
+def first_failures(outcomes_by_date: dict[str, list]) -> dict[str, str]:
+    """{store: error} of the stores whose outcome (a step's, per store) is not ok on any of the run's dates, oldest
+    first; with several dates the error names the date of the store's first failure."""
     failed: dict[str, str] = {}
-    for day, report in zip(date_keys(reports), reports):
-        for o in report.failed:
-            failed.setdefault(o.store_id, (o.error or "") if len(reports) == 1 else f"{day}: {o.error or ''}")
+    for day, outcomes in outcomes_by_date.items():
+        for o in outcomes:
+            if not o.ok:
+                failed.setdefault(o.store_id, (o.error or "") if len(outcomes_by_date) == 1 else f"{day}: {o.error or ''}")
     return failed
+
+
+def failed_stores(reports: list[PartitionReport]) -> dict[str, str]:
+    """first_failures of the profiles step's dates."""
+    return first_failures({day: report.outcomes for day, report in zip(date_keys(reports), reports)})
 
 
 def report_metadata(reports: list[PartitionReport]) -> dict:
@@ -214,7 +221,7 @@ def daily_profiles(
         yield dg.AssetCheckResult(asset_key=PROFILES_KEY, check_name=STORES_CHECK, passed=not failed, severity=dg.AssetCheckSeverity.ERROR,
                                   metadata={"failed_stores": ", ".join(failed) or "none"})
     if OUTLIERS_KEY in selected:
-        flagged = [o for r in reports for o in r.outcomes if o.ok and o.outlier_rates]
+        flagged = [o for o in ok if o.outlier_rates]
         metadata = {"rows": sum(o.outlier_rows for o in flagged), "stores": len({o.store_id for o in flagged})}
         if not flagged:
             metadata["note"] = "ENABLE_OUTLIER_DETECTION is off for every store of the run: no rows"
@@ -224,8 +231,8 @@ def daily_profiles(
             metadata.update({f"outlier_rate/{o.store_id}/{method}": rate for method, rate in o.outlier_rates.items()})
         yield dg.MaterializeResult(asset_key=OUTLIERS_KEY, metadata=metadata)
     if SNAPSHOTS_KEY in selected:
-        yield from _snapshot_results([(f"{r.as_of:%Y-%m-%d}", types_of[f"{r.as_of:%Y-%m-%d}"], [o for o in r.outcomes if o.ok and o.snapshot_rows])
-                                      for r in reports])
+        yield from _snapshot_results([(day, types_of[day], [o for o in r.outcomes if o.ok and o.snapshot_rows])
+                                      for day, r in zip(date_keys(reports), reports)])
     if failed:
         context.instance.add_run_tags(context.run.run_id, {"quimbi/failed_stores": ", ".join(failed)[:4000]})
         names = ", ".join(failed)

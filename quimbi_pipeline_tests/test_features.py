@@ -183,3 +183,37 @@ def test_gap_statistics_by_slices_are_those_of_the_whole(demo_small, monkeypatch
     purchases = seen[seen["order_total"] >= 0]
     days = purchases.assign(d=purchases["order_ts"].dt.normalize()).groupby("customer_id")["d"].nunique()
     assert (whole["gap_count"].to_numpy() == days.reindex(whole.index).to_numpy() - 1).all()
+
+
+def test_basket_size_changes_are_judged_as_counts():
+    """issue 33: basket sizes are counts. A customer whose 22 baskets were one item each, then two of two items, has
+    not changed (with 1 + Poisson(0.2) items such a pair comes once in 30): a t statistic took the 22 equal baskets
+    as no spread and called it a 7-sigma change. A rise to 9 items shows at the second order (and at the first when
+    it alone is decisive: an 11-item basket after 20 baskets of about one)."""
+    from quimbi_pipeline.model.change_points import count_dispersion, count_shift_change
+
+    days = pd.date_range("2026-01-05", periods=24, freq="7D")
+    rng = np.random.default_rng(5)
+    baskets = {
+        "pair": [1] * 22 + [2, 2],
+        "rise": [1] * 22 + [9, 10],
+        "first": [1] * 23 + [11],
+        **{f"steady{i}": list(1 + rng.poisson(0.2, 24)) for i in range(20)},
+    }
+    rows = [{"order_id": f"{c}{i}", "customer_id": c, "order_ts": d, "order_total": 40.0, "item_count": n}
+            for c, items in baskets.items() for i, (d, n) in enumerate(zip(days, items))]
+    day = days[-1] + pd.Timedelta(days=1)
+    f = compute_customer_features(pd.DataFrame(rows), day, optional_columns=("item_count",), adaptive=ChangeRule())
+    evidence = f["change:basket_size.evidence"]
+    assert np.isnan(evidence["pair"]) and evidence.filter(like="steady").isna().all()
+    assert evidence["rise"] >= ChangeRule().evidence and evidence["first"] >= ChangeRule().decisive_evidence
+    assert np.expm1(f.at["rise", "change:basket_size.after"]) == pytest.approx(8.5)  # the mean extra items after
+    assert f.at["rise", "avg_items_per_order"] == 9.5  # the basket features follow the change
+    # The hand-computed quasi-Poisson ratio of "rise": 17 extra items in 2 orders against none in 22.
+    codes = np.repeat(np.arange(2), 24)
+    counts = np.r_[np.zeros(22), 8.0, 9.0, np.full(24, 1.0)]
+    change = count_shift_change(codes, np.tile(np.arange(24), 2), counts, 2, ChangeRule(), dispersion=1.0)
+    assert change.evidence[0] == pytest.approx(17 * np.log(24 / 2)) and change.after_n[0] == 2 and not change.changed[1]
+    # Dispersion: Poisson counts give about 1; equal counts (no spread) are tested as Poisson, not as certain.
+    assert count_dispersion(np.zeros(24, dtype=int), np.full(24, 1.0), 1) == 1.0
+    assert count_dispersion(np.zeros(5000, dtype=int), rng.negative_binomial(2, 0.5, 5000).astype(float), 1) == pytest.approx(2.0, rel=0.1)

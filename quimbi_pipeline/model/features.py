@@ -17,6 +17,8 @@ from quimbi_pipeline.model.change_points import (
     AxisChange,
     ChangeRule,
     binary_shift_change,
+    count_dispersion,
+    count_shift_change,
     mean_shift_change,
     merge_changes,
     pooled_within_variance,
@@ -279,14 +281,15 @@ def compute_customer_features(
         del disc_all, use, dc, disc
     if "item_count" in optional_columns:
         items_all = purchase_column("item_count").astype("float64")
-        log_items = np.log1p(np.maximum(items_all, 0.0)) if adaptive is not None else None
-        items_var = pooled_within_variance(codes[in_rel], log_items[in_rel], n_all) if adaptive is not None else None
-        use = window_for("basket_size", lambda w: mean_shift_change(codes[w], ts[w], log_items[w], n_all, adaptive, items_var))
+        # Items beyond the first, a count (change_points.count_shift_change); NaN stays NaN.
+        extra_items = np.maximum(items_all - 1.0, 0.0) if adaptive is not None else None
+        items_dispersion = count_dispersion(codes[in_rel], extra_items[in_rel], n_all) if adaptive is not None else None
+        use = window_for("basket_size", lambda w: count_shift_change(codes[w], ts[w], extra_items[w], n_all, adaptive, items_dispersion))
         ic, items, n_use = codes[use], items_all[use], _group_sum(codes[use], n_all)
         with np.errstate(invalid="ignore", divide="ignore"):
             out["avg_items_per_order"] = _group_sum(ic, n_all, items) / n_use
             out["multi_item_order_share"] = _group_sum(ic, n_all, (items >= 2).astype("float64")) / n_use
-        del items_all, log_items, use, ic, items
+        del items_all, extra_items, use, ic, items
     if "category" in optional_columns:
         # Codes from the Arrow strings (no Python string per order); pairs (customer, category) as one int64
         # key, grouped in order of first appearance as a two-column group-by would.

@@ -217,3 +217,28 @@ def test_basket_size_changes_are_judged_as_counts():
     # Dispersion: Poisson counts give about 1; equal counts (no spread) are tested as Poisson, not as certain.
     assert count_dispersion(np.zeros(24, dtype=int), np.full(24, 1.0), 1) == 1.0
     assert count_dispersion(np.zeros(5000, dtype=int), rng.negative_binomial(2, 0.5, 5000).astype(float), 1) == pytest.approx(2.0, rel=0.1)
+
+
+def test_a_regular_rhythm_is_believed_from_a_few_gaps_a_poisson_one_is_not():
+    """issue 33: a regular buyer's gap shape is shrunk towards Poisson on the log scale (2 pseudo degrees of freedom),
+    so 3-4 clockwork gaps already make a silence of 3 gaps a change (with one pseudo-gap at CV^2 1 averaged in,
+    0.02-0.06 of them were), while Poisson-like buyers' ordinary gaps stay ordinary. Simulated, one evaluation day each."""
+    from quimbi_pipeline.model.change_points import NS_PER_DAY, rate_change
+
+    rng = np.random.default_rng(7)
+
+    def flagged(n, gaps, shape, mean_gap, silent_gaps):
+        g = np.maximum(np.round(rng.gamma(shape, mean_gap / shape, (n, gaps))), 1)
+        days = np.c_[np.zeros(n), np.cumsum(g, axis=1)]
+        end_day = days[:, -1] + round(silent_gaps * mean_gap)
+        days += (end_day.max() - end_day)[:, None]  # every customer's silence ends on the same day
+        change = rate_change(np.repeat(np.arange(n), gaps + 1), (days.ravel() * NS_PER_DAY).astype("int64"),
+                             int((end_day.max() + 1) * NS_PER_DAY), n, ChangeRule())
+        return (change.after_n == 0).mean(), (change.after_n > 0).mean()  # (a silence, a rate change with purchases after)
+
+    assert flagged(2000, 3, 16.0, 7, 3.0)[0] >= 0.35  # measured 0.44 (0.02 before)
+    assert flagged(2000, 4, 16.0, 7, 3.0)[0] >= 0.5  # 0.59 (0.06)
+    assert flagged(2000, 10, 16.0, 14, 3.0)[0] >= 0.9  # 0.94 (0.72)
+    for gaps, mean_gap in ((4, 7), (10, 14), (30, 7)):
+        silence, rate = flagged(2000, gaps, 1.0, mean_gap, 1.0)
+        assert silence <= 0.005 and rate <= 0.005  # measured 0-0.2%

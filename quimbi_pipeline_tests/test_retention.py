@@ -19,7 +19,7 @@ from quimbi_pipeline.sources.demo import generate_demo
 from quimbi_pipeline.sources.orders import validate_orders
 from quimbi_pipeline.storage import Warehouse, customer_drift_anomalies
 from quimbi_pipeline.storage.prune import expiry, prune
-from quimbi_pipeline_tests.test_reliability import ALL_ON
+from quimbi_pipeline_tests.test_reliability import ALL_ON, tables
 
 DAYS = [f"2026-10-{d}" for d in range(24, 32)]
 KEEP_ALL = RetentionPolicy(drift=3650, anomalies=3650, outliers=3650)
@@ -136,3 +136,24 @@ def test_quimbi_prune_counts_then_deletes_with_the_environments_policy(sqlite_ur
     assert quimbi(["prune", "--warehouse", sqlite_url]) == 1
     assert "QUIMBI_RETENTION_*_DAYS" in capsys.readouterr().err
     wh.dispose()
+
+
+@pytest.mark.heavy
+def test_drift_reads_what_the_policy_keeps_at_its_date_whenever_pruning_ran(warehouse_url, orders, tmp_path):
+    """Drift at D reads the snapshots the retention policy keeps at D, not whatever pruning has left: the daily
+    schedule prunes between dates, a backfill's lease holds pruning off, and both must give the same drift. Dailies
+    kept 2 days, so most of these dates' drift sees pruned ones."""
+    policy = RetentionPolicy(daily=2, weekly=8, drift=3650, anomalies=3650)
+    days = [f"2026-10-{d}" for d in range(25, 32)]  # a Monday (weekly) among them
+    pruned, held = Warehouse(warehouse_url), Warehouse(f"sqlite:///{tmp_path / 'held.sqlite'}")
+    for day in days:
+        _run(pruned, orders, [day], policy)
+        prune(pruned, policy)
+    _run(held, orders, days, policy)
+    assert expiry(held, policy)["expired"].sum() > 0 == expiry(pruned, policy)["expired"].sum()  # the two differ in what is stored
+    a, b = tables(pruned), tables(held)
+    for table in ("customer_drift", "customer_axis_drift", "customer_drift_anomalies", "population_drift"):
+        assert table == "customer_drift_anomalies" or set(a[table]["as_of_date"]) == set(days[1:]), table
+        pd.testing.assert_frame_equal(a[table], b[table], obj=table)
+    pruned.dispose()
+    held.dispose()

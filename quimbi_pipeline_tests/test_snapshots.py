@@ -42,6 +42,23 @@ def test_calendar():
     assert snapshot_types_for("2026-01-06") == ["daily"]
 
 
+def test_drift_reads_of_each_date_the_finest_type_the_policy_keeps_at_its_own_date():
+    """history.snapshots.type_kept_at: what drift at D reads of a snapshot date, from the policy alone (pruning may
+    have cleared more or less): the finest kept type the date's rows still hold."""
+    from quimbi_pipeline.history.snapshots import TYPE_BITS, type_kept_at, type_mask
+
+    policy = RetentionPolicy()  # daily 7, weekly 60, monthly 365, profile_change 60
+    monday = "2026-10-26"
+    every = type_mask(["daily", "weekly", "profile_change"])
+    # D's run holds what the prune kept for D - 1: a daily 7 days old is still there (the prune after D removes it).
+    assert type_kept_at(monday, "2026-11-02", policy, every) == "daily"
+    assert type_kept_at(monday, "2026-11-03", policy, every) == "weekly"  # 8 days: the daily has expired, the weekly not
+    assert type_kept_at(monday, "2026-11-03", policy, TYPE_BITS["daily"]) is None  # a weekly the store no longer holds
+    assert type_kept_at("2026-10-27", "2026-11-04", policy, every) == "profile_change"  # a Tuesday: its changed customers only
+    assert type_kept_at("2026-10-27", "2026-12-27", policy, every) is None  # 61 days
+    assert type_kept_at("2026-10-01", "2027-10-01", policy, type_mask(["monthly"])) == "monthly"  # 365 days
+
+
 @pytest.mark.heavy
 def test_range_gives_the_calendar_and_a_rerun_changes_no_row(warehouse_url, monkeypatch):
     run(warehouse_url, "2025-12-29", "2026-01-06", monkeypatch)

@@ -50,6 +50,18 @@ def snapshot_types_for(day) -> list[str]:
     return types
 
 
+def type_kept_at(day, as_of, policy, present_mask: int) -> str | None:
+    """The finest type of snapshot date `day` that drift at `as_of` (D) reads, among the types its rows still hold
+    (`present_mask`), or None: what the daily schedule's run of D holds, the policy applied when D − 1 was the
+    store's newest date (the run's lease keeps the prune off until D's drift is written), plus D. The hourly prune
+    clears types as the newest date moves and a backfill's lease holds it off for a whole range: drift must not
+    depend on which happened. (A type already cleared because the store is past D cannot come back.)"""
+    age = (pd.Timestamp(as_of).normalize() - pd.Timestamp(day).normalize()).days
+    kept = [t for t in RETAINED_TYPES if (t == PROFILE_CHANGE or t in snapshot_types_for(day))
+            and present_mask & TYPE_BITS[t] and age <= policy.days(t)]
+    return kept[0] if kept else None
+
+
 # Tables pruned by date like the snapshots: table -> (date column, RetentionPolicy field).
 TABLE_RETENTION = {
     "customer_drift": ("as_of_date", "drift"),

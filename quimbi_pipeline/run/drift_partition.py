@@ -135,9 +135,11 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
     return outcomes
 
 
-def _drift_reader(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings):
-    """(reader of D's window of snapshots, their dates, D's models) or None when no snapshot is dated D."""
-    reader = SnapshotHistoryReader(warehouse, store, as_of - pd.Timedelta(days=drift.history_days(settings.drift_windows)), as_of)
+def _drift_reader(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings, retention: RetentionPolicy):
+    """(reader of D's window of snapshots, their dates, D's models) or None when no snapshot is dated D. The window
+    holds what `retention` keeps at D, whether or not pruning has caught up (a backfill holds it off)."""
+    reader = SnapshotHistoryReader(warehouse, store, as_of - pd.Timedelta(days=drift.history_days(settings.drift_windows)), as_of,
+                                   kept_at=(as_of, retention))
     dates = list(reader.sources["snapshot_date"])
     if not dates or dates[-1] != as_of:
         return None
@@ -156,14 +158,14 @@ def _drift_history(reader, models, store: str, settings: PipelineSettings, lo, h
 
 
 def drift_on_demand(warehouse: Warehouse, store: str, as_of, settings: PipelineSettings | StoreSettings,
-                    customer_id: str | None = None) -> drift.DriftTables | None:
+                    customer_id: str | None = None, retention: RetentionPolicy | None = None) -> drift.DriftTables | None:
     """The drift of any date D (one customer's, or the store's) computed from the snapshots as the daily step
     computes it, nothing written: customer_drift and customer_axis_drift keep only the current state
     (RetentionPolicy.drift). The same numbers the step wrote on D while D's window of snapshots is kept;
     None when no snapshot is dated D."""
     as_of = as_of_day(as_of)
     settings = settings_for_store(settings, store)
-    found = _drift_reader(warehouse, store, as_of, settings)
+    found = _drift_reader(warehouse, store, as_of, settings, retention or RetentionPolicy.from_env())
     if found is None:
         return None
     reader, _, models = found
@@ -176,7 +178,7 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
     started = time.perf_counter()
     progress.info("%s: drift", store)
     windows = settings.drift_windows
-    found = _drift_reader(warehouse, store, as_of, settings)
+    found = _drift_reader(warehouse, store, as_of, settings, retention)
     if found is None:
         note = f"no snapshots dated {as_of.date()}: drift not computed (run the date's profiles with ENABLE_TEMPORAL_SNAPSHOTS first)"
         log.warning("store %s: %s", store, note)

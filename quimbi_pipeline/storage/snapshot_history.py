@@ -43,9 +43,10 @@ class SnapshotHistoryReader:
     Each block is fetched and decoded once: a slice keeps, per date, the block it ended in for the next.
     """
 
-    def __init__(self, warehouse: Warehouse, store_id: str, start, end):
+    def __init__(self, warehouse: Warehouse, store_id: str, start, end, kept_at: tuple | None = None):
+        """kept_at = (as_of, RetentionPolicy): only the snapshots the policy keeps at as_of (Warehouse.snapshot_sources)."""
         self.warehouse, self.store_id = warehouse, store_id
-        self.sources = warehouse.snapshot_sources(store_id, start, end)
+        self.sources = warehouse.snapshot_sources(store_id, start, end, kept_at)
         index = warehouse.snapshot_block_index(store_id, start, end)
         calendar_days = set(self.sources.loc[self.sources["snapshot_type"] != "profile_change", "snapshot_date"])
         self.blocks = {day: group.reset_index(drop=True) for day, group in index.groupby("snapshot_date") if day in calendar_days}

@@ -32,6 +32,7 @@ from quimbi_pipeline.history.snapshots import (
     TYPE_BITS,
     finest_type,
     snapshot_types_for,
+    type_kept_at,
     type_mask,
 )
 from quimbi_pipeline.storage.connection import PG_SCHEMA, metadata, staging_metadata
@@ -461,11 +462,13 @@ class SnapshotStore:
             conn.execute(sa.insert(snapshot_blocks), [{**b, "store_id": store_id, "snapshot_date": day} for b in blocks])
 
     # ---- snapshots ------------------------------------------------------------------------------
-    def snapshot_sources(self, store_id: str, start, end) -> pd.DataFrame:
+    def snapshot_sources(self, store_id: str, start, end, kept_at: tuple | None = None) -> pd.DataFrame:
         """Per snapshot date of the store in [start, end]: the type drift reads (snapshot_date, snapshot_type).
 
         All types of a date hold the same profile: the finest calendar type present (every snapshot
-        customer of the date has it), else profile_change (a date whose calendar types were pruned)."""
+        customer of the date has it), else profile_change (a date whose calendar types were pruned).
+        kept_at = (as_of, RetentionPolicy): only what the policy keeps at as_of (history.snapshots.type_kept_at),
+        so the answer does not depend on when pruning last ran."""
         params = {"s": store_id, "a": pd.Timestamp(start).date(), "b": pd.Timestamp(end).date()}
         if self.snapshots_partitioned:
             days = [d for d in (pd.Timestamp(p[len(SNAPSHOT_PARTITION_PREFIX):]) for p in self.snapshot_partitions()) if params["a"] <= d.date() <= params["b"]]
@@ -480,8 +483,14 @@ class SnapshotStore:
         else:
             sets = self.read_sql(f"SELECT DISTINCT snapshot_date, snapshot_types FROM {self.qualified(SNAPSHOTS)} "
                                  "WHERE store_id = :s AND snapshot_date BETWEEN :a AND :b", params)
-        kinds = pd.DataFrame([(day, finest_type(int(mask))) for day, mask in zip(sets["snapshot_date"], sets["snapshot_types"])],
-                             columns=["snapshot_date", "snapshot_type"])
+        if kept_at is not None:
+            as_of, policy = kept_at
+            present = sets.assign(snapshot_types=sets["snapshot_types"].astype("int64")).groupby("snapshot_date")["snapshot_types"].agg(np.bitwise_or.reduce)
+            kinds = pd.DataFrame([(day, type_kept_at(day, as_of, policy, int(mask))) for day, mask in present.items()],
+                                 columns=["snapshot_date", "snapshot_type"]).dropna()
+        else:
+            kinds = pd.DataFrame([(day, finest_type(int(mask))) for day, mask in zip(sets["snapshot_date"], sets["snapshot_types"])],
+                                 columns=["snapshot_date", "snapshot_type"])
         rank = {t: i for i, t in enumerate(RETAINED_TYPES)}
         kinds["rank"] = kinds["snapshot_type"].map(rank).fillna(len(rank))
         kinds["snapshot_date"] = pd.to_datetime(kinds["snapshot_date"])

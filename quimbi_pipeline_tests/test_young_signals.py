@@ -31,17 +31,17 @@ def test_stopped_weekly_regular_buyers_silent_for_3_gaps_are_a_frequency_change(
 
 
 def test_a_fourfold_order_value_after_two_changed_orders_is_a_value_change(young):
-    """Before: a mean shift needed 4 orders before it (0.35-0.38 found on these stores). A usual value needs 2 orders
-    before the change (ChangeRule.shift_min_before): customers with one order before it, or none (the generator can
-    date a rise before the joining order), are not judged."""
+    """Before: a mean shift needed 4 orders before it (0.35-0.38 found on these stores), then 2 (0.86 / 0.71 of those
+    with one or more). One order before the change is enough (ChangeRule.shift_min_before; 0.91 / 0.93): customers
+    with none (the generator can date a rise before the joining order) have no usual value to judge."""
     orders, f = young
     rises = f[f["change_kind"] == "value_rise"]
     after = orders[orders["customer_id"].isin(rises.index)]
     is_changed = after["order_ts"] >= after["customer_id"].map(rises["change_ts"])
     changed_orders = is_changed.groupby(after["customer_id"]).sum().reindex(rises.index, fill_value=0)
     orders_before = (~is_changed).groupby(after["customer_id"]).sum().reindex(rises.index, fill_value=0)
-    two = rises.index[(changed_orders >= 2) & (orders_before >= 2)]
-    assert len(two) >= 10
-    assert f.loc[two, "change:purchase_value.evidence"].notna().mean() >= 0.85
+    two = rises.index[(changed_orders >= 2) & (orders_before >= 1)]
+    assert len(two) >= 14
+    assert f.loc[two, "change:purchase_value.evidence"].notna().mean() >= 0.9
     unchanged = f[f["change_kind"].isna()]
     assert unchanged[["change:purchase_value.evidence", "change:basket_size.evidence"]].notna().any(axis=1).mean() <= 0.02

@@ -40,9 +40,11 @@ class ChangeRule:
     binary_evidence: float = 9.0  # ... of a 0/1 rate change (a Bernoulli LLR grows by at most ~2 per order)
     silence_evidence: float = 8.0  # -log P(a gap this long): P < 3e-4
     min_before: int = 4  # purchases (or gaps) before the change
-    # ...of a mean shift (order value, basket size): 2 on a young store's customers is enough when the shift is
-    # large; the store's spread in the t statistic (prior_weight) keeps two noisy orders from being a change.
-    shift_min_before: int = 2
+    # ...of a mean shift (order value, basket size), with at least min_after purchases after it: one is enough, since
+    # the store's spread stands in for the customer's own (prior_weight), so a single earlier order is judged with
+    # the spread orders have in this store. (2 until 2026-12-05: a young store's 4-fold rise after one order went
+    # unflagged; with 1 the planted store, CDNOW and the young stores' unchanged customers get no more flags.)
+    shift_min_before: int = 1
     min_after: int = 2  # purchases after the change (mean shifts); a silence needs none
     # ...unless the first changed purchase alone is decisive: t^2 / 2 >= this (|t| >= 5.1, the evidence of any mean
     # shift; a $30 order after a dozen of $300 +- 15% is |t| ~ 17, a 5-fold one after orders +- 25% |t| ~ 6) after at

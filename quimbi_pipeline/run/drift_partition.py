@@ -137,7 +137,7 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
 
 def _drift_reader(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings, retention: RetentionPolicy):
     """(reader of D's window of snapshots, their dates, D's models) or None when no snapshot is dated D. The window
-    holds what `retention` keeps at D, whether or not pruning has caught up (a backfill holds it off)."""
+    holds what the daily run of D holds under `retention`, whether pruning has run since or not (a backfill holds it off)."""
     reader = SnapshotHistoryReader(warehouse, store, as_of - pd.Timedelta(days=drift.history_days(settings.drift_windows)), as_of,
                                    kept_at=(as_of, retention))
     dates = list(reader.sources["snapshot_date"])

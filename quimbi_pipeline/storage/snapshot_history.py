@@ -44,7 +44,7 @@ class SnapshotHistoryReader:
     """
 
     def __init__(self, warehouse: Warehouse, store_id: str, start, end, kept_at: tuple | None = None):
-        """kept_at = (as_of, RetentionPolicy): only the snapshots the policy keeps at as_of (Warehouse.snapshot_sources)."""
+        """kept_at = (as_of, RetentionPolicy): only what the daily run of as_of holds under the policy (Warehouse.snapshot_sources)."""
         self.warehouse, self.store_id = warehouse, store_id
         self.sources = warehouse.snapshot_sources(store_id, start, end, kept_at)
         index = warehouse.snapshot_block_index(store_id, start, end)

@@ -467,8 +467,8 @@ class SnapshotStore:
 
         All types of a date hold the same profile: the finest calendar type present (every snapshot
         customer of the date has it), else profile_change (a date whose calendar types were pruned).
-        kept_at = (as_of, RetentionPolicy): only what the policy keeps at as_of (history.snapshots.type_kept_at),
-        so the answer does not depend on when pruning last ran."""
+        kept_at = (as_of, RetentionPolicy): only what the daily run of as_of holds under the policy
+        (history.snapshots.type_kept_at), so the answer does not depend on when pruning last ran."""
         params = {"s": store_id, "a": pd.Timestamp(start).date(), "b": pd.Timestamp(end).date()}
         if self.snapshots_partitioned:
             days = [d for d in (pd.Timestamp(p[len(SNAPSHOT_PARTITION_PREFIX):]) for p in self.snapshot_partitions()) if params["a"] <= d.date() <= params["b"]]

@@ -177,18 +177,24 @@ def mean_shift_change(codes: np.ndarray, ts: np.ndarray, x: np.ndarray, n_all: i
         store_var = pooled_within_variance(codes, x, n_all)
     s_after, q_after = split.newest(v), split.newest(v * v)
     n_before = n - m
-    valid = (m >= rule.min_after) & (m <= rule.max_after) & (n_before >= rule.shift_min_before)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_after = s_after / m
         mean_before = (total - s_after) / n_before
         ss = (q_after - s_after * mean_after) + ((total2 - q_after) - (total - s_after) * mean_before)
         var = (np.maximum(ss, 0.0) + rule.prior_weight * store_var) / (n - 2 + rule.prior_weight)
         tstat = (mean_after - mean_before) / np.sqrt(var * (1.0 / m + 1.0 / n_before))
-    llr = 0.5 * tstat * tstat
-    decisive = (m == 1) & (n_before >= rule.decisive_min_before) & np.isfinite(tstat)
+    return _shift_report(n_all, split, rule, 0.5 * tstat * tstat, mean_before, mean_after)
+
+
+def _shift_report(n_all: int, split: _Splits, rule: ChangeRule, llr: np.ndarray, before: np.ndarray, after: np.ndarray) -> AxisChange:
+    """The newest significant split of a shift test (mean or count) from its per-split evidence `llr`: at least
+    shift_min_before purchases before and min_after after, or a single decisive purchase after decisive_min_before."""
+    m, n_before = split.m, split.n - split.m
+    valid = (m >= rule.min_after) & (m <= rule.max_after) & (n_before >= rule.shift_min_before)
+    decisive = (m == 1) & (n_before >= rule.decisive_min_before) & np.isfinite(llr)
     score = np.where(valid, llr, np.where(decisive & (llr >= rule.decisive_evidence), llr, 0.0))
     valid = valid | decisive
-    return _report(n_all, split, _best_per_customer(c, score, valid & (score >= rule.evidence), n_all), mean_before, mean_after, score)
+    return _report(n_all, split, _best_per_customer(split.c, score, valid & (score >= rule.evidence), n_all), before, after, score)
 
 
 def count_dispersion(codes: np.ndarray, counts: np.ndarray, n_all: int) -> float:
@@ -221,14 +227,10 @@ def count_shift_change(codes: np.ndarray, ts: np.ndarray, counts: np.ndarray, n_
     total = np.bincount(c, v, n_all)[c]
     s_after = split.newest(v)
     n_before, s_before = n - m, total - s_after
-    valid = (m >= rule.min_after) & (m <= rule.max_after) & (n_before >= rule.shift_min_before)
     with np.errstate(invalid="ignore", divide="ignore"):
         rate_after, rate_before, rate = s_after / m, s_before / n_before, total / n
         llr = (_xlogy(s_after, rate_after) + _xlogy(s_before, rate_before) - _xlogy(total, rate)) / dispersion
-    decisive = (m == 1) & (n_before >= rule.decisive_min_before) & np.isfinite(llr)
-    score = np.where(valid, llr, np.where(decisive & (llr >= rule.decisive_evidence), llr, 0.0))
-    valid = valid | decisive
-    return _report(n_all, split, _best_per_customer(c, score, valid & (score >= rule.evidence), n_all), np.log1p(rate_before), np.log1p(rate_after), score)
+    return _shift_report(n_all, split, rule, llr, np.log1p(rate_before), np.log1p(rate_after))
 
 
 def _report(n_all: int, split: _Splits, best: np.ndarray, before: np.ndarray, after: np.ndarray, evidence: np.ndarray) -> AxisChange:

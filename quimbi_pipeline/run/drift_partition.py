@@ -158,14 +158,14 @@ def _drift_history(reader, models, store: str, settings: PipelineSettings, lo, h
 
 
 def drift_on_demand(warehouse: Warehouse, store: str, as_of, settings: PipelineSettings | StoreSettings,
-                    customer_id: str | None = None, retention: RetentionPolicy | None = None) -> drift.DriftTables | None:
+                    customer_id: str | None = None) -> drift.DriftTables | None:
     """The drift of any date D (one customer's, or the store's) computed from the snapshots as the daily step
     computes it, nothing written: customer_drift and customer_axis_drift keep only the current state
     (RetentionPolicy.drift). The same numbers the step wrote on D while D's window of snapshots is kept;
     None when no snapshot is dated D."""
     as_of = as_of_day(as_of)
     settings = settings_for_store(settings, store)
-    found = _drift_reader(warehouse, store, as_of, settings, retention or RetentionPolicy.from_env())
+    found = _drift_reader(warehouse, store, as_of, settings, RetentionPolicy.from_env())
     if found is None:
         return None
     reader, _, models = found

@@ -297,7 +297,7 @@ def compute_customer_features(
         cat_all = category_codes[purchase]
         del category_codes
         use = window_for("category_exploration", lambda w: binary_shift_change(
-            codes[w], ts[w], (cat_all[w] == _modal(codes[w], cat_all[w], n_all)[codes[w]]).astype("float64"), n_all, adaptive))
+            codes[w], ts[w], (cat_all[w] == _modal(codes[w], cat_all[w], n_all)[codes[w]]).astype("float64"), n_all, adaptive, adaptive.category_evidence))
         rc = codes[use]
         rel_n = _group_sum(rc, n_all)
         cat_codes = cat_all[use]

@@ -96,7 +96,8 @@ class DriftSettings(Section):
     drift_chunk_customers: int = Field(50_000, ge=1, description="Drift is read, computed and written per slice of this many customers (bounded memory at millions).")
     drift_windows: tuple[int, ...] = Field(DRIFT_WINDOWS, description="The drift windows (days) the daily step writes, comma-separated (e.g. 7,28); anomalies and population drift do not depend on it.")
     change_evidence: float = Field(13.0, gt=0, description="Evidence (log-likelihood ratio) a mean shift or rate change needs (ENABLE_ADAPTIVE_WINDOWS).")
-    change_binary_evidence: float = Field(8.0, gt=0, description="Evidence a change of a 0/1 signal needs.")
+    change_binary_evidence: float = Field(7.0, gt=0, description="Evidence a change in the share of discounted orders needs (a 0/1 signal).")
+    change_category_evidence: float = Field(8.0, gt=0, description="Evidence a change in the share of orders in the customer's favourite category needs.")
     change_silence_evidence: float = Field(10.0, gt=0, description="Evidence a silence (a gap too long for the customer's own cadence) needs.")
     change_decisive_evidence: float = Field(13.0, gt=0, description="Evidence a change shown by one purchase alone needs, after at least 6 purchases (far outside the customer's own history: |t| >= 5.1 at 13, e.g. a value x5 after orders within +-25%); below it a change waits for a second purchase.")
 

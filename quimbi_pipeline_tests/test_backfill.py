@@ -196,6 +196,63 @@ def test_runs_over_ranges_leave_the_tables_a_run_per_date_leaves(tmp_path, wareh
         "    one run over 2026-10-24 to 2026-10-28", "    one run over 2026-10-29 to 2026-10-31", "    one run over 2026-10-18 to 2026-10-22"]
 
 
+@pytest.mark.parametrize("snapshots", ["1", "0"])
+def test_a_range_writes_each_profile_row_once_at_the_last_date_the_customer_is_active(tmp_path, warehouse_url, monkeypatch, snapshots):
+    """Inside a run over several dates a customer's customer_profiles row is written at the last of them they are active
+    on (the snapshots of every date are whole). With a 10-day active window customers leave the active set inside the
+    range; their rows must be those of the day before they leave, as a run per date leaves them. Both databases, with
+    snapshots (the rows staged beside the snapshot values) and without."""
+    from quimbi_pipeline.cli import execute_dates
+    from quimbi_pipeline_tests.test_reliability import assert_same_tables
+    from quimbi_pipeline_tests.test_reliability import tables as analyst_tables
+
+    monkeypatch.setenv("QUIMBI_ACTIVE_DAYS", "10")
+    monkeypatch.setenv("ENABLE_TEMPORAL_SNAPSHOTS", snapshots)
+    orders, first, last = "demo:customers=150,stores=2,seed=12", "2026-10-24", "2026-10-31"
+
+    def history(url: str, per_run: str) -> dict:
+        monkeypatch.setenv("QUIMBI_BACKFILL_DATES_PER_RUN", per_run)
+        out = io.StringIO()
+        summary = execute_dates(pd.Timestamp(first), pd.Timestamp(last), orders=orders, warehouse=url, stores=None, out=out)
+        assert not summary.dates_failed, out.getvalue()
+        wh = Warehouse(url)
+        found = analyst_tables(wh)
+        wh.dispose()
+        return found
+
+    expected = history(f"sqlite:///{tmp_path / 'per_date.sqlite'}", "1")
+    dates = pd.to_datetime(expected["customer_profiles"]["profile_date"])
+    left = int(((dates >= pd.Timestamp(first)) & (dates < pd.Timestamp(last))).sum())
+    assert left >= 10, f"only {left} customers left the active set inside the range: the test would not see a deferral go wrong"
+    assert_same_tables(expected, history(warehouse_url, "8"))
+
+
+def test_a_store_failing_at_the_next_date_gets_every_row_of_the_date_before(tmp_path, monkeypatch):
+    """A date of a range leaves the rows of customers active at the next date to it; if the store fails there,
+    write_left_rows runs the date again in full, so the table is a run per date's."""
+    from quimbi_pipeline.run import (
+        StoreOutcome,
+        run_profiles_partition,
+        write_left_rows,
+    )
+    from quimbi_pipeline.settings import PipelineSettings
+    from quimbi_pipeline.sources.demo import generate_demo
+    from quimbi_pipeline.sources.orders import validate_orders
+
+    validated = validate_orders(generate_demo(n_customers=120, n_stores=1, seed=4).orders)
+    settings = PipelineSettings(enable_temporal_snapshots=True, active_days=10)
+    whole, left = Warehouse(f"sqlite:///{tmp_path / 'whole.sqlite'}"), Warehouse(f"sqlite:///{tmp_path / 'left.sqlite'}")
+    assert not run_profiles_partition(validated, "2026-10-30", whole, settings).failed
+    report = run_profiles_partition(validated, "2026-10-30", left, settings, later_day="2026-10-31")
+    outcome = report.outcomes[0]
+    assert outcome.ok and 0 < outcome.deferred_profiles < outcome.n_profiles and outcome.missing_profiles == 0
+    assert len(left.profiles()) == outcome.n_profiles - outcome.deferred_profiles
+    write_left_rows(validated, left, settings, report, ["daily"], [StoreOutcome(outcome.store_id, False, error="x")])
+    pd.testing.assert_frame_equal(whole.profiles(), left.profiles())
+    whole.dispose()
+    left.dispose()
+
+
 @pytest.mark.parametrize("text", ["0", "-3", "ten", "2.5"])
 def test_dates_per_run_must_be_a_whole_number_of_dates(monkeypatch, capsys, tmp_path, text):
     """`quimbi run` says so in two lines before anything runs (the code location fails to load with the same sentence)."""

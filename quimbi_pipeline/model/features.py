@@ -416,3 +416,12 @@ CHANGE_PREFIX = "change:"  # evidence columns: change:<axis>.<field>
 def active_mask(features: pd.DataFrame, active_days: int) -> np.ndarray:
     """Active at D: a purchase within the last `active_days` days up to and including D."""
     return (features["days_since_last_order"] <= active_days).to_numpy()
+
+
+def active_orders(orders: pd.DataFrame, as_of, active_days: int) -> np.ndarray:
+    """The orders that make their customer active at D (active_mask), as a boolean mask: purchases seen at D within the
+    last `active_days` days, by the same arithmetic as days_since_last_order. A customer is active at D iff one of
+    their orders is in it, so the active customers are known from the orders alone (no features)."""
+    end_ns = (orders_mod.as_of_day(as_of) + pd.Timedelta(days=1)).value
+    ts = orders["order_ts"].to_numpy("datetime64[ns]").view("int64")
+    return (ts < end_ns) & (orders["order_total"].to_numpy("float64") >= 0) & ((end_ns - ts) / NS_PER_DAY <= active_days)

@@ -174,12 +174,15 @@ def build_store_profiles(
     models: dict[str, AxisModel] | None = None,
     model_version: str | None = None,
     features: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+    deferred: pd.Index | None = None,
 ) -> StoreProfiles:
     """Profiles of the store's active customers at D. `orders` must already be cut at D + 1 day.
 
     Without `models` each axis is fitted afresh (the original engine); with them (the models in force,
     stable segment identity) today's customers are scored against them and `model_version` is theirs.
     `features`: customer_features at D when the caller computed them already (to fit D's period model on D).
+    `deferred`: customers whose customer_profiles row waits for a later date of the same run (a backfill's range):
+    their rows' JSON objects (dominant_segments, fuzzy_memberships, behavioral_features) are left empty; every other column and the snapshot values are whole.
     """
     as_of = as_of_day(as_of)
     version = model_version or model_version_for(settings.clustering_algorithm.value, as_of)
@@ -226,22 +229,32 @@ def build_store_profiles(
     started = time.perf_counter()
     archetype_id, archetype_level, archetype_name = archetypes(segmentations, coarse=settings.enable_coarse_archetypes)
 
-    dominant = json_object([(a, json_string(np.asarray(s.model.segment_names, dtype=object)[s.dominant])) for a, s in segmentations.items()])
+    n = len(active)
+    # The JSON objects only for the rows written now (all but `deferred`): the numbers themselves serve the snapshots.
+    rows = None if deferred is None else np.flatnonzero(~active.index.isin(deferred))
+    rows = None if rows is not None and rows.size == n else rows
+
+    def written(values: pd.Series) -> pd.Series:
+        return values if rows is None else values.iloc[rows]
+
     membership_numbers = {a: [(name, json_number(s.memberships[:, j])) for j, name in enumerate(s.model.segment_names)]
                           for a, s in segmentations.items()}
     feature_numbers = {axis.name: [(f, json_number(active[f].to_numpy())) for f in axis.feature_names] for axis in axes}
-    memberships = json_object([(a, json_object(items)) for a, items in membership_numbers.items()])
-    behavioral = json_object([(a, json_object(items)) for a, items in feature_numbers.items()])
-    n = len(active)
+    json_text = {
+        "dominant_segments": json_object([(a, written(json_string(np.asarray(s.model.segment_names, dtype=object)[s.dominant])))
+                                          for a, s in segmentations.items()]),
+        "fuzzy_memberships": json_object([(a, json_object([(k, written(v)) for k, v in items])) for a, items in membership_numbers.items()]),
+        "behavioral_features": json_object([(a, json_object([(k, written(v)) for k, v in items])) for a, items in feature_numbers.items()]),
+    }
+    if rows is not None:
+        json_text = {column: _at_rows(text, rows, n) for column, text in json_text.items()}
     profiles = pd.DataFrame({
         "store_id": pd.Series([store_id] * n, dtype="string"),
         "customer_id": pd.Series(active.index.to_numpy(), dtype="string"),
         "archetype_id": archetype_id,
         "archetype_level": archetype_level.astype("int64"),
         "archetype_name": archetype_name,
-        "dominant_segments": dominant,
-        "fuzzy_memberships": memberships,
-        "behavioral_features": behavioral,
+        **json_text,
         "churn_risk_score": np.round(churn_score, DECIMALS) + 0.0,
         "churn_risk_level": scores.churn_risk_level,
         "predicted_ltv": np.round(predicted_ltv, 2) + 0.0,
@@ -273,6 +286,13 @@ def build_store_profiles(
         values = values_of(profiles["customer_id"], membership_numbers, feature_numbers, {a: s.dominant for a, s in segmentations.items()}, version)
     return StoreProfiles(store_id, as_of, profiles[PROFILE_COLUMNS], segmentations, churn, version, len(features), seconds,
                          fresh_fit=models is None, outliers=flags, snapshot_columns=numbers, snapshot_values=values)
+
+
+def _at_rows(values: pd.Series, rows: np.ndarray, n: int) -> pd.Series:
+    """`values` (one per row in `rows`) placed at those rows of a column of n, missing elsewhere."""
+    out = np.full(n, None, dtype=object)
+    out[rows] = values.to_numpy(dtype=object)
+    return pd.Series(out, dtype=values.dtype)
 
 
 def fit_segments(active: pd.DataFrame, axes: list[AxisSpec], settings: PipelineSettings, contain: bool) -> dict[str, AxisSegmentation]:

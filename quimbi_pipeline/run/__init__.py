@@ -11,7 +11,8 @@ from quimbi_pipeline.run.one_store import StoreOutcome, run_one_store
 from quimbi_pipeline.run.profiles_partition import (
            PartitionReport,
            run_profiles_partition,
+           write_left_rows,
 )
 
 __all__ = ["DriftOutcome", "PartitionReport", "StoreOutcome", "drift_on_demand", "run_drift_partition", "run_one_store",
-           "run_profiles_partition"]
+           "run_profiles_partition", "write_left_rows"]

@@ -60,6 +60,7 @@ class StoreOutcome:
     outlier_rows: int = 0
     notes: list[str] = field(default_factory=list)  # degradations taken for this store (logged as warnings too)
     verified: bool = True  # False: written, but the checks could not read it back (their results do not cover it)
+    deferred_profiles: int = 0  # active customers whose customer_profiles row the run's next date writes (a backfill's range)
 
 
 def _store_metrics(result: StoreProfiles) -> tuple[dict[str, float], dict[str, float]]:
@@ -87,12 +88,13 @@ def failed_outcome(store: str, as_of: pd.Timestamp, exc: Exception) -> StoreOutc
 
 
 def run_one_store(warehouse: Warehouse, store: str, orders: pd.DataFrame, as_of: pd.Timestamp, optional_columns,
-                  settings: PipelineSettings, snapshot_types: list[str]) -> StoreOutcome:
+                  settings: PipelineSettings, snapshot_types: list[str], active_later: pd.Index | None = None) -> StoreOutcome:
     """One store's profiles of D computed, written and verified (in the main process or a store_pool worker);
-    a failure is recorded in the outcome, never raised."""
+    a failure is recorded in the outcome, never raised. `active_later`: the customers active at the run's next date
+    (a backfill's range): their customer_profiles rows are left to it (the snapshots of D are whole)."""
     try:
         with limited_threads(len(orders), run_threads(settings.threads), automatic=settings.threads == 0):
-            return _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types)
+            return _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later)
     except Exception as exc:  # one store's failure is recorded and the others go on
         return failed_outcome(store, as_of, exc)
     finally:
@@ -139,7 +141,7 @@ def resolve_stable_models(store, orders, as_of, optional_columns, warehouse: War
     return models, version, model_rows(store, version, fit_day, list(models.values())) if models else pd.DataFrame(), transitions
 
 
-def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types) -> StoreOutcome:
+def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later) -> StoreOutcome:
     models = version = transitions = None
     new_models = pd.DataFrame()
     features_of_d = functools.cache(lambda: customer_features(orders, as_of, settings, optional_columns))
@@ -148,7 +150,7 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
         models, version, new_models, transitions = resolve_stable_models(store, orders, as_of, optional_columns, warehouse, settings, features_of_d)
         model_seconds = time.perf_counter() - started
     result = build_store_profiles(orders, store, as_of, settings, optional_columns, models=models, model_version=version,
-                                  features=features_of_d() if features_of_d.cache_info().currsize else None)
+                                  features=features_of_d() if features_of_d.cache_info().currsize else None, deferred=active_later)
     features_of_d.cache_clear()
     if len(orders) >= SMALL_ROWS:
         release_memory()  # the features' per-order arrays are gone: the write's text does not stack on them
@@ -157,6 +159,10 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
     started = time.perf_counter()
     changed = snapshot_customers = None
     customer_ids = pd.Index(result.profiles["customer_id"].astype(str))
+    # A backfill's range: the customers still active at the run's next date get their profile row there (written
+    # once, not once a date); the snapshots of D cover everyone. The last date of a run writes every row.
+    deferred = customer_ids.isin(active_later) if active_later is not None else None
+    written_ids = customer_ids if deferred is None else customer_ids[~deferred]
     if snapshot_types and settings.share("enable_temporal_snapshots") < 1.0:
         snapshot_customers = customer_ids[in_rollout(customer_ids, "enable_temporal_snapshots", settings.share("enable_temporal_snapshots"))]
     if snapshot_types and settings.snapshot_on_profile_change and len(result.profiles):
@@ -173,7 +179,7 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
     check_rows("customer_outlier_flags", result.outliers)
     progress.info("%s: writing %s profiles", store, f"{len(result.profiles):,}")
     written = warehouse.write_profiles_partition(store, as_of, result.profiles, model_frame, snapshot_types, changed, transitions, result.outliers,
-                                                 snapshot_customers, blocks, result.snapshot_values)
+                                                 snapshot_customers, blocks, result.snapshot_values, deferred)
     result.seconds["write"] = time.perf_counter() - started
     if snapshot_types:
         result.seconds["write_snapshots"] = written["snapshot_seconds"]  # part of "write"
@@ -183,7 +189,7 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
     progress.info("%s: verifying", store)
     notes = list(result.churn.notes) if result.churn else []
     try:
-        checks = _verify(warehouse, store, as_of, customer_ids, bool(snapshot_types))
+        checks = _verify(warehouse, store, as_of, written_ids, bool(snapshot_types))
     except sa.exc.SQLAlchemyError as exc:  # the store is committed: a failed check after it cannot undo that
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         log.warning("store %s %s: written, but verifying it failed: %s", store, as_of.date(), reason)
@@ -202,12 +208,13 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
         snapshot_duplicate_keys=checks.get("duplicate_keys", 0),
         outlier_rates=outlier_rates(result.outliers) if result.outliers is not None else {},
         outlier_rows=0 if result.outliers is None else len(result.outliers),
-        notes=notes, verified=checks["verified"],
+        notes=notes, verified=checks["verified"], deferred_profiles=0 if deferred is None else int(deferred.sum()),
     )
 
 
 def _verify(warehouse: Warehouse, store: str, as_of: pd.Timestamp, expected: pd.Index, snapshots: bool) -> dict:
-    """The checks' inputs, read back from the warehouse after the store's commit."""
+    """The checks' inputs, read back from the warehouse after the store's commit. `expected`: the customers whose rows D
+    writes (the active ones but those a backfill's next date writes, which that date checks)."""
     # A backfill leaves newer profiles in place: an active customer is covered by a row dated D or later.
     stored = warehouse.profile_dates_since(store, as_of)
     covered = pd.Index(stored["customer_id"])

@@ -5,6 +5,7 @@ Each store runs as its own unit (one_store.py); many small stores run in paralle
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from quimbi_pipeline.history.snapshots import snapshot_types_for
+from quimbi_pipeline.model.features import active_orders
 from quimbi_pipeline.run.one_store import StoreOutcome, failed_outcome, run_one_store
 from quimbi_pipeline.run.store_pool import pool_workers, run_in_pool
 from quimbi_pipeline.runtime.threads import SMALL_ROWS, run_threads
@@ -45,11 +47,15 @@ def run_profiles_partition(
     settings: PipelineSettings | StoreSettings,
     stores: list[str] | None = None,
     snapshot_types: list[str] | None = None,
+    later_day=None,
 ) -> PartitionReport:
     """Compute, write and verify customer_profiles of partition D for `stores` (default: all stores).
 
     Snapshots of D are written for the calendar's types (or `snapshot_types`, a subset of them) when
     settings.enable_temporal_snapshots is on. `settings` may differ per store (StoreSettings: the flags file).
+    `later_day`: the next date of the same run (a backfill's range, dates in order): the customer_profiles rows of the
+    customers still active then are left to it, so a range writes each customer's row once, at the last date they
+    are active in it (the same table as a run per date). The caller runs `later_day` next, or D again without it.
     """
     as_of = as_of_day(as_of)
     types = snapshot_types_for(as_of) if snapshot_types is None else list(snapshot_types)
@@ -60,6 +66,9 @@ def run_profiles_partition(
     in_time = seen_at(orders, as_of)
     store_codes, store_names = pd.factorize(orders["store_id"])
     rows_of = {name: np.flatnonzero(in_time & (store_codes == k)) for k, name in enumerate(store_names)}
+    store_code = {name: k for k, name in enumerate(store_names)}
+    if later_day is not None and as_of_day(later_day) <= as_of:
+        raise ValueError(f"later_day {as_of_day(later_day).date()} is not after {as_of.date()}")
     known = set(store_names) | set(validated.rejected_stores)
     wanted = sorted(known) if not stores else sorted(set(stores))
     seconds = {"cut_orders": time.perf_counter() - started}
@@ -68,8 +77,24 @@ def run_profiles_partition(
 
     def job(store: str, store_settings: PipelineSettings, rows: np.ndarray) -> tuple:
         """run_one_store's arguments after the warehouse (the store's orders copied out now)."""
+        later = None if later_day is None else active_later(store, store_settings.active_days)
         return (store, _store_orders(orders, rows), as_of, validated.optional_columns, store_settings,
-                types if store_settings.enable_temporal_snapshots else [])
+                types if store_settings.enable_temporal_snapshots else [], later)
+
+    @functools.cache
+    def active_by_store(active_days: int) -> dict[int, pd.Index]:
+        """Per store code, the customers active at later_day (one pass over the orders for all stores)."""
+        keep = np.flatnonzero(active_orders(orders, later_day, active_days))
+        codes = store_codes[keep]
+        order = np.argsort(codes, kind="stable")
+        ids = orders["customer_id"].take(keep[order])
+        bounds = np.searchsorted(codes[order], np.arange(len(store_names) + 1))
+        return {k: pd.Index(ids.iloc[bounds[k]:bounds[k + 1]].unique(), name="customer_id") for k in range(len(store_names))}
+
+    def active_later(store: str, active_days: int) -> pd.Index:
+        """The store's customers active at later_day: their profile rows wait for it."""
+        k = store_code.get(store)
+        return pd.Index([], dtype="string", name="customer_id") if k is None else active_by_store(active_days)[k]
 
     for store in wanted:
         if store in validated.rejected_stores:
@@ -104,3 +129,22 @@ def run_profiles_partition(
 
 def _store_orders(orders: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
     return orders if len(rows) == len(orders) else orders.take(rows)  # one store, nothing after D: no copy
+
+
+def write_left_rows(validated: ValidatedOrders, warehouse: Warehouse, settings: PipelineSettings | StoreSettings, report: PartitionReport,
+                    snapshot_types: list[str], failed_next: list[StoreOutcome]) -> None:
+    """The stores of `report` (a date run with later_day) that left customer_profiles rows to the run's next date and
+    then failed there (`failed_next`), or never got there, run the date again writing every row, so their table is
+    the one a run per date leaves. A failure of this second run is logged; the date that failed reports the store."""
+    stores = sorted({o.store_id for o in failed_next} & {o.store_id for o in report.outcomes if o.ok and o.deferred_profiles})
+    if not stores:
+        return
+    day = report.as_of.date()
+    log.warning("%s: writing every profile row again for %s: the run's next date did not complete for them", day, ", ".join(stores))
+    try:
+        again = run_profiles_partition(validated, report.as_of, warehouse, settings, stores, snapshot_types=snapshot_types)
+    except Exception:  # the date that failed is what the run reports
+        log.exception("%s: the profile rows of %s could not be written again", day, ", ".join(stores))
+        return
+    for o in again.failed:
+        log.error("%s: the profile rows of %s could not be written again: %s", day, o.store_id, o.error)

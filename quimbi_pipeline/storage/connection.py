@@ -90,7 +90,7 @@ SQLITE_INSERT_ROWS = 100_000  # rows per executemany on SQLite
 
 
 def _python_rows(frame: pd.DataFrame) -> list[tuple]:
-    """Rows as tuples of plain Python values (dates as ISO text, NaN as None) for DBAPI executemany."""
+    """Rows as tuples of plain Python values (dates as ISO text, NaN and missing text as None) for DBAPI executemany."""
     cols = []
     for name in frame.columns:
         values = frame[name]
@@ -100,7 +100,7 @@ def _python_rows(frame: pd.DataFrame) -> list[tuple]:
                 text = pd.to_datetime(values).dt.strftime("%Y-%m-%d")  # dates as ISO text, vectorized; NULL stays NULL
                 values = text.astype(object).where(text.notna(), None)
         arr = values.to_numpy(dtype=object)
-        if values.dtype.kind == "f":
+        if values.dtype.kind == "f" or isinstance(values.dtype, pd.StringDtype):
             arr[pd.isna(values).to_numpy()] = None
         cols.append(arr)
     return list(zip(*cols))

@@ -52,6 +52,8 @@ profile_values_stage = sa.Table(
     "customer_profiles_with_values", staging_metadata,
     *[sa.Column(c.name, c.type) for c in customer_profiles.columns],
     *[sa.Column(c, sa.Text) for c in VALUE_COLUMNS],
+    # False: the row only feeds the snapshots; a later date of the same run writes the customer's profile (NULL: written).
+    sa.Column("write_profile", sa.Boolean),
 )
 
 
@@ -82,6 +84,7 @@ class ProfileStore:
         self, store_id: str, as_of, profiles: pd.DataFrame, models: pd.DataFrame, snapshot_types: list[str] | tuple = (),
         changed: pd.Index | None = None, transitions: pd.DataFrame | None = None, outliers: pd.DataFrame | None = None,
         snapshot_customers: pd.Index | None = None, blocks: list[dict] | None = None, snapshot_values: SnapshotValues | None = None,
+        deferred: np.ndarray | None = None,
     ) -> dict:
         """Replace store S's rows of partition D in one transaction.
 
@@ -96,7 +99,9 @@ class ProfileStore:
         the snapshots to those customers. `blocks` (snapshot_blocks.encode_blocks of the same customers)
         replace the store's snapshot_blocks of D with the snapshots. `snapshot_values` (profiles.values_of, the
         same customers in the same order) are the snapshot rows' value arrays; without them they are derived from
-        the profiles' JSON text (snapshot_values.values_from_json, slower).
+        the profiles' JSON text (snapshot_values.values_from_json, slower). `deferred` (a boolean per profile row): rows
+        whose customer_profiles row a later date of the same run writes (a backfill's range); they feed the snapshots
+        only, and their JSON objects may be empty.
         """
         as_of_date = pd.Timestamp(as_of).date()
         cols = [c.name for c in customer_profiles.columns]
@@ -110,16 +115,20 @@ class ProfileStore:
             ).rowcount
             written, stage_ref, values, archetypes = 0, None, None, None
             if len(profiles):
-                staged, stage_table = profiles[cols], customer_profiles
+                staged, stage_table, which = profiles[cols], customer_profiles, "true"
                 if snapshot_types:
                     values = snapshot_values if snapshot_values is not None else values_from_json(profiles)
                     if not np.array_equal(values.frame["customer_id"].astype(str).to_numpy(object), profiles["customer_id"].astype(str).to_numpy(object)):
                         raise ValueError(f"store {store_id}: the snapshot values are not of the profiles' customers in their order")
                     staged = pd.concat([staged.reset_index(drop=True), values.frame[list(VALUE_COLUMNS)].reset_index(drop=True)], axis=1)
                     stage_table, archetypes = profile_values_stage, archetype_dictionary(values.frame["dominant_positions"], profiles)
+                    if deferred is not None:
+                        staged["write_profile"], which = ~np.asarray(deferred, dtype=bool), "write_profile"
+                elif deferred is not None:
+                    staged = staged.loc[~np.asarray(deferred, dtype=bool)]
                 stage_ref = self._stage(conn, stage_table, staged)
                 written = conn.execute(sa.text(
-                    f"INSERT INTO {target} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {stage_ref} WHERE true "
+                    f"INSERT INTO {target} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {stage_ref} WHERE {which} "
                     f"ON CONFLICT (store_id, customer_id) DO UPDATE SET {updates} "
                     f"WHERE {target}.profile_date <= excluded.profile_date"
                 )).rowcount

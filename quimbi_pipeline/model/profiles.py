@@ -155,6 +155,7 @@ class StoreProfiles:
     outliers: pd.DataFrame | None = None  # customer_outlier_flags rows (ENABLE_OUTLIER_DETECTION)
     snapshot_columns: SnapshotColumns | None = None  # the numbers of the snapshot rows (ENABLE_TEMPORAL_SNAPSHOTS)
     snapshot_values: SnapshotValues | None = None  # the snapshot rows' JSON values as arrays (ENABLE_TEMPORAL_SNAPSHOTS)
+    deferred: np.ndarray | None = None  # per profile row: its customer_profiles row waits for the run's next date (no JSON)
 
     @property
     def axes(self) -> list[str]:
@@ -174,15 +175,16 @@ def build_store_profiles(
     models: dict[str, AxisModel] | None = None,
     model_version: str | None = None,
     features: tuple[pd.DataFrame, pd.DataFrame] | None = None,
-    deferred: pd.Index | None = None,
+    active_later: pd.Index | None = None,
 ) -> StoreProfiles:
     """Profiles of the store's active customers at D. `orders` must already be cut at D + 1 day.
 
     Without `models` each axis is fitted afresh (the original engine); with them (the models in force,
     stable segment identity) today's customers are scored against them and `model_version` is theirs.
     `features`: customer_features at D when the caller computed them already (to fit D's period model on D).
-    `deferred`: customers whose customer_profiles row waits for a later date of the same run (a backfill's range):
-    their rows' JSON objects (dominant_segments, fuzzy_memberships, behavioral_features) are left empty; every other column and the snapshot values are whole.
+    `active_later`: the customers active at the run's next date (a backfill's range): their customer_profiles rows wait
+    for it (StoreProfiles.deferred), so their JSON objects (dominant_segments, fuzzy_memberships, behavioral_features)
+    are left empty; every other column and the snapshot values are whole.
     """
     as_of = as_of_day(as_of)
     version = model_version or model_version_for(settings.clustering_algorithm.value, as_of)
@@ -230,9 +232,9 @@ def build_store_profiles(
     archetype_id, archetype_level, archetype_name = archetypes(segmentations, coarse=settings.enable_coarse_archetypes)
 
     n = len(active)
-    # The JSON objects only for the rows written now (all but `deferred`): the numbers themselves serve the snapshots.
-    rows = None if deferred is None else np.flatnonzero(~active.index.isin(deferred))
-    rows = None if rows is not None and rows.size == n else rows
+    # The JSON objects only for the rows written now (all but the deferred): the numbers themselves serve the snapshots.
+    deferred = None if active_later is None else active.index.isin(active_later)
+    rows = np.flatnonzero(~deferred) if deferred is not None and deferred.any() else None
 
     def written(values: pd.Series) -> pd.Series:
         return values if rows is None else values.iloc[rows]
@@ -285,7 +287,7 @@ def build_store_profiles(
         numbers = _snapshot_columns(profiles, segmentations, active, axes)
         values = values_of(profiles["customer_id"], membership_numbers, feature_numbers, {a: s.dominant for a, s in segmentations.items()}, version)
     return StoreProfiles(store_id, as_of, profiles[PROFILE_COLUMNS], segmentations, churn, version, len(features), seconds,
-                         fresh_fit=models is None, outliers=flags, snapshot_columns=numbers, snapshot_values=values)
+                         fresh_fit=models is None, outliers=flags, snapshot_columns=numbers, snapshot_values=values, deferred=deferred)
 
 
 def _at_rows(values: pd.Series, rows: np.ndarray, n: int) -> pd.Series:

@@ -150,7 +150,7 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
         models, version, new_models, transitions = resolve_stable_models(store, orders, as_of, optional_columns, warehouse, settings, features_of_d)
         model_seconds = time.perf_counter() - started
     result = build_store_profiles(orders, store, as_of, settings, optional_columns, models=models, model_version=version,
-                                  features=features_of_d() if features_of_d.cache_info().currsize else None, deferred=active_later)
+                                  features=features_of_d() if features_of_d.cache_info().currsize else None, active_later=active_later)
     features_of_d.cache_clear()
     if len(orders) >= SMALL_ROWS:
         release_memory()  # the features' per-order arrays are gone: the write's text does not stack on them
@@ -161,7 +161,7 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
     customer_ids = pd.Index(result.profiles["customer_id"].astype(str))
     # A backfill's range: the customers still active at the run's next date get their profile row there (written
     # once, not once a date); the snapshots of D cover everyone. The last date of a run writes every row.
-    deferred = customer_ids.isin(active_later) if active_later is not None else None
+    deferred = result.deferred
     written_ids = customer_ids if deferred is None else customer_ids[~deferred]
     if snapshot_types and settings.share("enable_temporal_snapshots") < 1.0:
         snapshot_customers = customer_ids[in_rollout(customer_ids, "enable_temporal_snapshots", settings.share("enable_temporal_snapshots"))]

@@ -62,13 +62,13 @@ def run_profiles_partition(
     started = time.perf_counter()
     # Row positions per store of the orders before D + 1 day: each store's orders are copied out only
     # while that store runs (at 1M customers a full copy of the orders is 1.4 GB).
+    if later_day is not None and as_of_day(later_day) <= as_of:
+        raise ValueError(f"later_day {as_of_day(later_day).date()} is not after {as_of.date()}")
     orders = validated.orders
     in_time = seen_at(orders, as_of)
     store_codes, store_names = pd.factorize(orders["store_id"])
     rows_of = {name: np.flatnonzero(in_time & (store_codes == k)) for k, name in enumerate(store_names)}
     store_code = {name: k for k, name in enumerate(store_names)}
-    if later_day is not None and as_of_day(later_day) <= as_of:
-        raise ValueError(f"later_day {as_of_day(later_day).date()} is not after {as_of.date()}")
     known = set(store_names) | set(validated.rejected_stores)
     wanted = sorted(known) if not stores else sorted(set(stores))
     seconds = {"cut_orders": time.perf_counter() - started}

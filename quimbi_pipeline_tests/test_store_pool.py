@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from quimbi_pipeline.run import (
@@ -16,6 +18,7 @@ from quimbi_pipeline.run import (
     run_drift_partition,
     run_profiles_partition,
 )
+from quimbi_pipeline.run.profiles_partition import rows_by_store
 from quimbi_pipeline.run.store_pool import (
     MIN_POOL_STORES,
     WORKER_DIED,
@@ -111,3 +114,16 @@ def test_automatic_threads_take_no_more_cores_than_other_work_leaves_idle(monkey
     finally:
         for hog in hogs:
             hog.kill()
+
+
+def test_each_store_gets_its_own_orders_in_order_from_one_sort():
+    """rows_by_store equals a mask per store: ascending positions, the kept rows only, empty for a store with none kept."""
+    rng = np.random.default_rng(5)
+    names = pd.Index(["a", "b", "c", "d"])
+    codes = rng.integers(0, 3, 1000)  # store "d" has no orders
+    keep = rng.random(1000) < 0.7
+    keep[codes == 2] = False  # nor has "c" any kept
+    got = rows_by_store(codes, keep, names)
+    assert list(got) == list(names)
+    for k, name in enumerate(names):
+        np.testing.assert_array_equal(got[name], np.flatnonzero(keep & (codes == k)))

@@ -67,7 +67,7 @@ def run_profiles_partition(
     orders = validated.orders
     in_time = seen_at(orders, as_of)
     store_codes, store_names = pd.factorize(orders["store_id"])
-    rows_of = {name: np.flatnonzero(in_time & (store_codes == k)) for k, name in enumerate(store_names)}
+    rows_of = rows_by_store(store_codes, in_time, store_names)
     store_code = {name: k for k, name in enumerate(store_names)}
     known = set(store_names) | set(validated.rejected_stores)
     wanted = sorted(known) if not stores else sorted(set(stores))
@@ -125,6 +125,15 @@ def run_profiles_partition(
     outcomes.sort(key=lambda o: position[o.store_id])
     seconds["total"] = time.perf_counter() - started
     return PartitionReport(as_of, outcomes, seconds)
+
+
+def rows_by_store(codes: np.ndarray, keep: np.ndarray, names: pd.Index) -> dict[str, np.ndarray]:
+    """Per store (codes: positions in `names`), the ascending row positions of its orders where `keep`: one stable sort
+    for all stores (a mask per store passed over every order once per store: 1,000 stores x 20M orders)."""
+    kept = np.flatnonzero(keep)
+    rows = kept[np.argsort(codes[kept], kind="stable")]
+    bounds = np.searchsorted(codes[rows], np.arange(len(names) + 1))
+    return {name: rows[bounds[k]:bounds[k + 1]] for k, name in enumerate(names)}
 
 
 def _store_orders(orders: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:

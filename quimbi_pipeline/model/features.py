@@ -7,6 +7,7 @@ which count in lifetime_value (net) but not as purchases.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -236,13 +237,14 @@ def compute_customer_features(
         return orders[name].to_numpy()[purchase_rows]
 
     changes: dict[str, AxisChange] = {}
+    slices = functools.cache(lambda: customer_slices(codes, in_rel, n_all))  # the same purchases for every detector
 
     def window_for(axis: str, detect) -> np.ndarray:
         """The purchases an axis' features are computed over: the customer's window, or (adaptive) the
         purchases after a detected change of that axis (`detect(purchases in the window)` -> AxisChange)."""
         if adaptive is None:
             return in_rel
-        change = _detect_by_customer_slices(codes, in_rel, n_all, detect)
+        change = _detect_by_customer_slices(slices(), n_all, detect)
         changes[axis] = change
         after = change.changed[codes] & (ts > change.since_ns[codes])
         return np.where(change.changed[codes], after, in_rel)
@@ -252,7 +254,7 @@ def compute_customer_features(
         # leaving the absolute window changed the before-rate with no new information and could carry a change
         # over its threshold on a day the customer did nothing. This window moves only with a new purchase;
         # the silence still runs to D.
-        rate = _detect_by_customer_slices(codes, in_rel, n_all, lambda w: rate_change(codes[w], ts[w], end_ns, n_all, adaptive))
+        rate = _detect_by_customer_slices(slices(), n_all, lambda w: rate_change(codes[w], ts[w], end_ns, n_all, adaptive))
         changes["purchase_frequency"] = rate
         cut = rate.changed
         days_after = (end_ns - rate.since_ns) / NS_PER_DAY
@@ -386,15 +388,28 @@ def _purchase_occasions(day_codes: np.ndarray, days: np.ndarray, day_spend: np.n
 DETECTOR_SLICE_ROWS = 500_000
 
 
-def _detect_by_customer_slices(codes: np.ndarray, mask: np.ndarray, n_all: int, detect) -> AxisChange:
-    """`detect(mask of purchases)` -> AxisChange over the purchases in `mask`, run on successive slices of customers
-    of about DETECTOR_SLICE_ROWS purchases each (a customer's purchases always in one slice), merged."""
+def customer_slices(codes: np.ndarray, mask: np.ndarray, n_all: int) -> list[np.ndarray] | np.ndarray:
+    """The purchases in `mask` as the detectors read them: the mask itself when they are at most DETECTOR_SLICE_ROWS,
+    else the ascending row positions of successive slices of customers of about DETECTOR_SLICE_ROWS purchases each
+    (a customer's purchases always in one slice). One grouping for every detector: a mask per slice and detector
+    passed over every purchase (at 1M customers: 30 slices x 5 detectors x 20M purchases)."""
     per_customer = np.bincount(codes[mask], minlength=n_all)
     if per_customer.sum() <= DETECTOR_SLICE_ROWS:
-        return detect(mask)
+        return mask
     ends = np.searchsorted(np.cumsum(per_customer), np.arange(DETECTOR_SLICE_ROWS, per_customer.sum(), DETECTOR_SLICE_ROWS), side="right")
     bounds = np.unique(np.r_[0, ends, n_all])
-    return merge_changes([detect(mask & (codes >= lo) & (codes < hi)) for lo, hi in zip(bounds[:-1], bounds[1:])], n_all)
+    rows = np.flatnonzero(mask)
+    slice_of_row = np.searchsorted(bounds, codes[rows], side="right") - 1
+    rows = rows[np.argsort(slice_of_row, kind="stable")]  # grouped by slice, ascending within one (as a mask's rows)
+    cuts = np.r_[0, np.cumsum(np.bincount(slice_of_row, minlength=bounds.size - 1))]
+    return [rows[cuts[i]:cuts[i + 1]] for i in range(bounds.size - 1)]
+
+
+def _detect_by_customer_slices(slices: list[np.ndarray] | np.ndarray, n_all: int, detect) -> AxisChange:
+    """`detect(purchases)` -> AxisChange over each of customer_slices' slices (a boolean mask or row positions), merged."""
+    if not isinstance(slices, list):
+        return detect(slices)
+    return merge_changes([detect(rows) for rows in slices], n_all)
 
 
 def _modal(codes: np.ndarray, values: np.ndarray, n_all: int) -> np.ndarray:

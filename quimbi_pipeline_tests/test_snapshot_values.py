@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from quimbi_pipeline.history.json_text import float_text, json_number
 from quimbi_pipeline.history.snapshot_values import (
     SnapshotLayout,
     archetype_dictionary,
@@ -171,3 +172,17 @@ def test_a_history_reads_the_partitions_dropped_or_added_since_it_last_looked(pg
         conn.exec_driver_sql("UPDATE platform.customer_profiles SET profile_date = %(d)s WHERE customer_id = %(c)s", {"d": days[2].date(), "c": customer})
     assert dates() == [str(days[0].date()), str(days[2].date())]
     wh.dispose()
+
+
+def test_numbers_are_written_as_pythons_repr_at_every_magnitude():
+    """float_text (Arrow's cast, patched where its layout differs) is Python's repr, byte for byte: the profile JSON's
+    numbers did not change when they stopped going through Python strings. Every decade from 1e-12 to 1e25, both
+    signs, integral values, the 6-decimal roundings the profiles write, the layout boundaries and the extremes."""
+    rng = np.random.default_rng(11)
+    n = 200_000
+    spread = np.sign(rng.normal(size=n)) * 10 ** rng.uniform(-12, 25, n) * rng.uniform(1, 10, n)
+    x = np.r_[spread, np.round(spread, 6), np.round(rng.uniform(0, 1e-3, n), 6), rng.integers(-10**6, 10**6, 1000).astype(float),
+              [0.0, 1.0, -1.0, 0.1, 0.3, 1e-4, 1e-5, 2.5e-05, 1e-6, 1.5e-06, 1e-7, 1e10, 9999999999.999998, 123456789012345.6, 1e15,
+               9999999999999998.0, 1e16, 1.5e16, 1e21, 1e22, 1e100, 1e-100, 5e-324, 1.7976931348623157e308]]
+    assert float_text(x).to_pylist() == [repr(float(v)) for v in x]
+    assert json_number(np.array([np.nan, np.inf, 0.5, 3.0, 1e-05])).tolist() == ["null", "null", "0.5", "3.0", "1e-05"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 DECIMALS = 6
 
@@ -16,21 +18,64 @@ def rounded_number(values: np.ndarray) -> np.ndarray:
 
 
 def json_number(values: np.ndarray) -> pd.Series:
-    """Numbers as JSON text, rounded to 6 decimals; NaN and inf become null."""
+    """Numbers as JSON text, rounded to 6 decimals; NaN and inf become null. The text is Python's repr of the float
+    (float_text), built in Arrow: at 1M customers repr per number was 0.55 s a column, about 15 s of a write."""
     rounded = rounded_number(values)
-    return pd.Series(rounded).astype(str).where(np.isfinite(rounded), "null")
+    text = pc.if_else(pa.array(np.isfinite(rounded)), float_text(rounded), pa.scalar("null", pa.large_string()))
+    return pd.Series(pd.arrays.ArrowStringArray(text))
+
+
+# Arrow writes 1e-6 <= |x| < 1e-4 in fixed notation ("0.000015"), Python in exponent notation ("1.5e-05").
+_SMALL_FIXED_TO_EXPONENT = (
+    (r"^(-?)0\.0000([1-9])$", r"\1\2e-05"), (r"^(-?)0\.0000([1-9])(\d+)$", r"\1\2.\3e-05"),
+    (r"^(-?)0\.00000([1-9])$", r"\1\2e-06"), (r"^(-?)0\.00000([1-9])(\d+)$", r"\1\2.\3e-06"),
+)
+
+
+def float_text(values: np.ndarray) -> pa.Array:
+    """Each float as Python's repr writes it (shortest round-trip digits, fixed notation for 1e-4 <= |x| < 1e16 with
+    ".0" on integral values, else d.ddde+XX), by Arrow's cast (the same shortest digits, another layout) patched
+    where the layouts differ. NaN and inf are left as Arrow writes them (callers replace them)."""
+    x = np.asarray(values, dtype="float64")
+    text = pc.cast(pa.array(x), pa.large_string())
+    finite = np.isfinite(x)
+    size = np.abs(np.where(finite, x, 0.0))
+
+    def patch(text: pa.Array, rows: np.ndarray, fix) -> pa.Array:
+        if not rows.any():
+            return text
+        mask = pa.array(rows)
+        return pc.replace_with_mask(text, mask, fix(pc.filter(text, mask), rows))
+
+    def small(part: pa.Array, _rows) -> pa.Array:
+        for pattern, replacement in _SMALL_FIXED_TO_EXPONENT:
+            part = pc.replace_substring_regex(part, pattern, replacement)
+        return part
+
+    text = patch(text, (size > 0) & (size < 1e-4), small)
+    # Exponents: Python writes two digits at least ("1e-07"), Arrow one ("1e-7").
+    text = patch(text, (size > 0) & ((size < 1e-6) | (size >= 1e16)), lambda part, _: pc.replace_substring_regex(part, r"e([+-])(\d)$", r"e\10\2"))
+    # Arrow writes 1e10 <= |x| < 1e16 in exponent notation, Python in fixed: Python's own text for these (rare).
+    text = patch(text, (size >= 1e10) & (size < 1e16), lambda _, rows: pa.array([repr(float(v)) for v in x[rows]], pa.large_string()))
+    # Integral values in fixed notation: Arrow "15", Python "15.0".
+    return patch(text, finite & (size < 1e10) & (x == np.round(x)), lambda part, _: pc.binary_join_element_wise(part, pa.scalar(".0", pa.large_string()), pa.scalar("", pa.large_string())))
 
 
 def json_object(items: list[tuple[str, pd.Series]]) -> pd.Series:
-    """'{"k1": v1, "k2": v2}' per row from already-serialized JSON values, vectorized."""
+    """'{"k1": v1, "k2": v2}' per row from already-serialized JSON values, vectorized (one Arrow join)."""
     if not items:
         raise ValueError("json_object needs at least one item")
-    out = None
+    parts = []
     for i, (key, value) in enumerate(items):
-        prefix = ("{" if i == 0 else ", ") + f'"{key}": '
-        part = prefix + value.reset_index(drop=True)
-        out = part if out is None else out + part
-    return out + "}"
+        parts += [pa.scalar(("{" if i == 0 else ", ") + f'"{key}": ', pa.large_string()), arrow_text(value)]
+    parts.append(pa.scalar("}", pa.large_string()))
+    return pd.Series(pd.arrays.ArrowStringArray(pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string()))))
+
+
+def arrow_text(values) -> pa.Array:
+    """A column of text as an Arrow large_string array (no copy for Arrow-backed pandas strings)."""
+    array = pa.array(pd.Series(values).astype(pd.StringDtype("pyarrow")).array)
+    return (array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array).cast(pa.large_string())
 
 
 def json_string(values: np.ndarray) -> pd.Series:

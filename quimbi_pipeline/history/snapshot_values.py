@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic_core import from_json
 
-from quimbi_pipeline.history.json_text import json_object, json_string
+from quimbi_pipeline.history.json_text import arrow_text, json_object, json_string
 
 MEMBERSHIPS, FEATURES, MODEL = "m", "f", "v"  # snapshot_layouts.kind
 VALUE_COLUMNS = ("dominant_positions", "membership_values", "feature_values")
@@ -109,15 +109,11 @@ class SnapshotValues:
     frame: pd.DataFrame
 
 
-def _arrow_text(values) -> pa.Array:
-    return pa.array(pd.Series(values).astype(pd.StringDtype("pyarrow")).array).cast(pa.large_string())
-
-
 def array_text(parts: list) -> pd.Series:
     """'[v1,v2,...]' per row from already-serialized values (one series or array per position), in one pass."""
     if not parts:
         raise ValueError("array_text needs at least one part")
-    arrays = [_arrow_text(p) for p in parts]
+    arrays = [arrow_text(p) for p in parts]
     joined = pc.binary_join_element_wise(*arrays, pa.scalar(",", pa.large_string()))
     text = pc.binary_join_element_wise(pa.scalar("[", pa.large_string()), joined, pa.scalar("]", pa.large_string()), pa.scalar("", pa.large_string()))
     return pd.Series(text, dtype=pd.StringDtype("pyarrow"))

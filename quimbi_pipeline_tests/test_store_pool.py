@@ -54,6 +54,7 @@ def test_pooled_small_stores_write_the_tables_of_one_store_after_the_other(wareh
     with caplog.at_level(logging.INFO, logger="quimbi_pipeline"):
         pooled = _run(validated, warehouse_url, threads=2)
     assert f"{MIN_POOL_STORES} small stores in 2 worker processes" in caplog.text
+    assert f"{MIN_POOL_STORES} small stores' drift in 2 worker processes" in caplog.text
     assert "store store_p 2026-10-31:" in caplog.text  # a worker's own line, emitted in the parent
     if warehouse_url.startswith("postgresql"):
         _reset_pg(warehouse_url)

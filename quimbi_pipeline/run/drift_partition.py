@@ -18,6 +18,12 @@ from quimbi_pipeline.drift.evidence import rescored_memberships, with_membership
 from quimbi_pipeline.model.profiles import model_version_for, stable_model_version
 from quimbi_pipeline.model.segment_identity import refit_anchor
 from quimbi_pipeline.model.segmentation import AxisModel
+from quimbi_pipeline.run.store_pool import (
+    MIN_POOL_STORES,
+    in_worker,
+    pool_workers,
+    run_in_pool,
+)
 from quimbi_pipeline.runtime.memory import release_memory
 from quimbi_pipeline.runtime.threads import SMALL_ROWS, limited_threads, run_threads
 from quimbi_pipeline.settings import (
@@ -108,31 +114,52 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
         stores = warehouse.read_sql(
             f"SELECT DISTINCT store_id FROM {warehouse.qualified('profile_snapshots')} WHERE snapshot_date = :d ORDER BY 1",
             {"d": as_of.date()})["store_id"].tolist()
-    outcomes = []
+    jobs = []
     for store in sorted(stores):
         store_settings = settings_for_store(settings, store)
-        if not store_settings.drift_active:
-            continue
-        try:
-            with limited_threads(0, run_threads(store_settings.threads)):  # array arithmetic, no large BLAS work
-                outcome = _drift_store(warehouse, store, as_of, store_settings, retention,
-                                       as_of if run_last_date is None else max(as_of, run_last_date))
-                # An earlier date arriving late changes the inputs of later dates' drift: recompute those, so that
-                # any order of dates leaves the warehouse a date-ordered run leaves.
-                later = [day for day in (warehouse.stale_drift_dates(store, as_of) if outcome.rows else [])
-                         if run_last_date is None or day > run_last_date]
-                for day in later:
-                    _drift_store(warehouse, store, day, store_settings, retention)
-                if later:
-                    outcome.note = f"recomputed the drift of {len(later)} later date(s) whose snapshots changed: {', '.join(f'{d:%Y-%m-%d}' for d in later)}"
-                outcomes.append(outcome)
-                # Large stores only, as after profiles: a trim of a fragmented heap costs ~60 ms, a second per ~20 small stores.
-                if outcome.rows.get("customer_drift", 0) >= SMALL_ROWS:
-                    release_memory()
-        except Exception as exc:  # one store's failure is recorded and the others go on
-            log.exception("drift of store %s failed for %s", store, as_of.date())
-            outcomes.append(DriftOutcome(store, False, error=f"{type(exc).__name__}: {exc}"))
-    return outcomes
+        if store_settings.drift_active:
+            jobs.append((store, as_of, store_settings, retention, run_last_date))
+    # Small stores in worker processes, as their profiles are (store_pool.py): a small store's drift is mostly fixed
+    # cost (a few hundred array and SQL calls), and one process did them one store after the other on one core.
+    customers = warehouse.snapshot_customers_by_store(as_of) if len(jobs) >= MIN_POOL_STORES else {}
+    small = [job for job in jobs if customers.get(job[0], SMALL_ROWS) < SMALL_ROWS]
+    threads = min((run_threads(job[2].threads) for job in small), default=1)
+    workers = pool_workers(len(small), threads, warehouse.url)
+    pooled = {job[0] for job in small} if workers else set()
+    outcomes = [_drift_one_store(warehouse, *job) for job in jobs if job[0] not in pooled]
+    if pooled:
+        log.info("%d small stores' drift in %d worker processes", len(pooled), workers)
+        outcomes += run_in_pool((job for job in jobs if job[0] in pooled), warehouse.url, workers,
+                                lambda store, message: DriftOutcome(store, False, error=message), work=_drift_in_worker)
+    return sorted(outcomes, key=lambda o: o.store_id)
+
+
+def _drift_one_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings, retention: RetentionPolicy,
+                     run_last_date: pd.Timestamp | None) -> DriftOutcome:
+    """One store's drift of D and of the later dates it makes stale; a failure is the store's outcome, not raised."""
+    try:
+        with limited_threads(0, run_threads(settings.threads)):  # array arithmetic, no large BLAS work
+            outcome = _drift_store(warehouse, store, as_of, settings, retention, as_of if run_last_date is None else max(as_of, run_last_date))
+            # An earlier date arriving late changes the inputs of later dates' drift: recompute those, so that
+            # any order of dates leaves the warehouse a date-ordered run leaves.
+            later = [day for day in (warehouse.stale_drift_dates(store, as_of) if outcome.rows else [])
+                     if run_last_date is None or day > run_last_date]
+            for day in later:
+                _drift_store(warehouse, store, day, settings, retention)
+            if later:
+                outcome.note = f"recomputed the drift of {len(later)} later date(s) whose snapshots changed: {', '.join(f'{d:%Y-%m-%d}' for d in later)}"
+            # Large stores only, as after profiles: a trim of a fragmented heap costs ~60 ms, a second per ~20 small stores.
+            if outcome.rows.get("customer_drift", 0) >= SMALL_ROWS:
+                release_memory()
+            return outcome
+    except Exception as exc:  # one store's failure is recorded and the others go on
+        log.exception("drift of store %s failed for %s", store, as_of.date())
+        return DriftOutcome(store, False, error=f"{type(exc).__name__}: {exc}")
+
+
+def _drift_in_worker(warehouse_url: str, job: tuple) -> tuple:
+    """store_pool's work for a drift job: _drift_one_store in a worker process, with its log records."""
+    return in_worker(warehouse_url, lambda warehouse: _drift_one_store(warehouse, *job))
 
 
 def _drift_reader(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings, retention: RetentionPolicy):

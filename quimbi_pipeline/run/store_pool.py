@@ -1,8 +1,8 @@
-"""Many small stores of one date in parallel worker processes.
+"""Many small stores of one date in parallel worker processes: their profiles, and their drift.
 
 A store's work is mostly fixed cost at small sizes (about 300 KMeans fits of 1,000 points each, on one
-thread: threads.py), so a run of many small stores used one core where one large store of the same
-customers uses all of the run's threads. Small stores are therefore dealt to `workers` processes (the
+thread: threads.py; its drift a few hundred small array and SQL calls), so a run of many small stores used one
+core where one large store of the same customers uses all of the run's threads. Small stores are therefore dealt to `workers` processes (the
 run's thread budget, threads.run_threads), each computing and writing whole stores through its own
 connection, one transaction per store as in the main process; large stores stay in the main process
 with all the run's threads.
@@ -56,18 +56,23 @@ class _Captured(logging.Handler):
         self.records.append((record.name, record.levelno, message))
 
 
-def _store_in_worker(warehouse_url: str, job: tuple) -> tuple:
+def in_worker(warehouse_url: str, work) -> tuple:
+    """(work(warehouse), the log records it made): a store's work in a worker process, its records for the parent."""
     captured = _Captured()
     package = logging.getLogger("quimbi_pipeline")
     package.addHandler(captured)
     package.setLevel(logging.INFO)
     warehouse = Warehouse(warehouse_url, create=False)
     try:
-        outcome = run_one_store(warehouse, *job)
+        outcome = work(warehouse)
     finally:
         warehouse.dispose()
         package.removeHandler(captured)
     return outcome, captured.records
+
+
+def _store_in_worker(warehouse_url: str, job: tuple) -> tuple:
+    return in_worker(warehouse_url, lambda warehouse: run_one_store(warehouse, *job))
 
 
 def run_in_pool(jobs: Iterator[tuple], warehouse_url: str, workers: int, failed_outcome, work=None) -> list:

@@ -537,6 +537,12 @@ class SnapshotStore:
         frame["snapshot_date"] = pd.to_datetime(frame["snapshot_date"])
         return frame
 
+    def snapshot_customers_by_store(self, day) -> dict[str, int]:
+        """{store: customers in its snapshot blocks dated `day`} (stores whose snapshots have no blocks are left out)."""
+        frame = self.read_sql(f"SELECT store_id, sum(n_customers) AS n FROM {self.qualified('snapshot_blocks')} WHERE snapshot_date = :d "
+                              "GROUP BY store_id", {"d": pd.Timestamp(day).date()})
+        return dict(zip(frame["store_id"].astype(str), frame["n"].astype("int64")))
+
     def snapshot_block_data(self, store_id: str, day, blocks: list[int], column: str) -> dict[int, bytes]:
         """{block: bytes} of the "memberships" or "features" column of a date's blocks."""
         if column not in ("memberships", "features"):

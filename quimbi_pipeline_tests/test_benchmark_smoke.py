@@ -32,3 +32,12 @@ def test_drift_scale_benchmark_runs_at_10k_on_sqlite():
     for line in ("load synthetic snapshots", "drift: compute", "drift: total (windows 7,28,90,180,365 + anomalies)",
                  "drift lookups (28 days, with axes): 1000 customers", "history lookups (28 days): 1000 customers"):
         assert line in done.stdout, line
+
+
+@pytest.mark.slow
+def test_stores_benchmark_runs_with_the_daily_jobs_flags_on_sqlite():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "stores.py"), "--stores", "12", "--customers-per-store", "60", "--daily-job"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for line in ("12 stores 2026-10-31:", "1 store 2026-11-02:", "2026-10-31: ratio", "2026-11-02: ratio", "stable_models"):
+        assert line in done.stdout, line

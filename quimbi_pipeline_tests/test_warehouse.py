@@ -194,3 +194,33 @@ def test_sqlite_writes_a_slice_of_rows_at_a_time_with_dates_and_nulls_intact(sql
     expected = profiles.set_index("customer_id")["next_order_date"].map(lambda d: None if d is None else d.isoformat())
     assert written["next_order_date"].reindex(expected.index).tolist() == expected.tolist()
     assert written["next_order_date"].isna().sum() == len(profiles.index[::4])
+
+
+@pytest.mark.postgres
+def test_a_partition_is_analyzed_after_a_write_only_once_its_rows_changed_by_a_tenth(pg_url):
+    """A date's partition holds every store's rows: a small store's write re-sampling it each time cost 1,000 ANALYZEs
+    a date for 1,000 stores. A never-analyzed table is analyzed; then only when the rows changed by >= 10%."""
+    import sqlalchemy as sa
+
+    from quimbi_pipeline.storage import Warehouse
+
+    wh = Warehouse(pg_url)
+    probe = wh.qualified("analyze_probe")
+
+    def insert_and_analyze(n: int) -> float:
+        with wh.engine.begin() as conn:
+            conn.execute(sa.text(f"INSERT INTO {probe} SELECT generate_series(1, :n)"), {"n": n})
+        wh.analyze_date_partition("analyze_probe", "2026-10-31", written=n)
+        with wh.engine.connect() as conn:
+            return conn.execute(sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:t)"), {"t": probe}).scalar_one()
+
+    try:
+        with wh.engine.begin() as conn:
+            conn.execute(sa.text(f"CREATE TABLE {probe} (x integer)"))
+        assert insert_and_analyze(1000) == 1000  # never analyzed: analyzed
+        assert insert_and_analyze(50) == 1000  # 5% more: left to the next write (or autovacuum)
+        assert insert_and_analyze(200) == 1250  # 25% since the last ANALYZE: analyzed
+    finally:
+        with wh.engine.begin() as conn:
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {probe}"))
+        wh.dispose()

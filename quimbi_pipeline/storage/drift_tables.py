@@ -147,7 +147,7 @@ class DriftStore:
             written[population_drift.name] = len(population)
         started = time.perf_counter()
         for table in tables:
-            self.analyze_date_partition(table.name, day)
+            self.analyze_date_partition(table.name, day, written=written[table.name])
         copy_seconds += time.perf_counter() - started
         return written, copy_seconds
 

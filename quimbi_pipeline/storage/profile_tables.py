@@ -149,7 +149,7 @@ class ProfileStore:
             self._replace_transitions(conn, store_id, transitions)
         analyze_started = time.perf_counter()
         if snapshot_types:
-            self.analyze_date_partition("profile_snapshots", as_of_date)
+            self.analyze_date_partition("profile_snapshots", as_of_date, written=int(snapshots or 0))
         return {"deleted": int(deleted or 0), "written": int(written or 0), "snapshots": int(snapshots or 0),
                 "snapshot_seconds": snapshot_seconds, "block_seconds": block_seconds, "analyze_seconds": time.perf_counter() - analyze_started}
 

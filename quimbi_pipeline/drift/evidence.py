@@ -81,9 +81,17 @@ def evidence_sign(axis: str, before: np.ndarray, after: np.ndarray) -> np.ndarra
     return np.nan_to_num(sign, nan=0.0).astype("int64")
 
 
+# Below this many dates numpy's ISO text, above it pandas' strftime (numpy's is 2x slower at 1M dates; pandas' costs
+# 0.1 ms a call, and a small store's drift makes a few hundred calls).
+SMALL_DAY_TEXT = 10_000
+
+
 def day_text(days) -> pd.Series:
     """Whole days since 1970-01-01 as YYYY-MM-DD text (the dates in transitions, anomalies and recommendations)."""
-    return pd.Series((np.asarray(days, dtype="int64") * NS_PER_DAY).astype("datetime64[ns]")).dt.strftime("%Y-%m-%d")
+    days = np.asarray(days, dtype="int64")
+    if days.size < SMALL_DAY_TEXT:
+        return pd.Series(np.datetime_as_string(days.astype("datetime64[D]"), unit="D").astype(object), dtype=object)
+    return pd.Series((days * NS_PER_DAY).astype("datetime64[ns]")).dt.strftime("%Y-%m-%d")
 
 
 def describe(axis: str, since: np.ndarray, before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -298,11 +298,13 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
         dom = _dominant(m, cols)
         changed = same_customer & (dom != np.r_[-2, dom[:-1]]) & (dom >= 0) & (np.r_[-1, dom[:-1]] >= 0)
         n_trans = np.bincount(code[changed], minlength=n_cust)
-        names = np.array([history.columns[c].split(".", 1)[1] for c in cols], dtype=object)
+        quoted = np.array(['"' + history.columns[c].split(".", 1)[1] + '"' for c in cols], dtype=object)  # the names as JSON strings
         idx = np.flatnonzero(changed)
-        event = ('{"date": "' + day_text(h.day[idx]) + '", "from": ' + _json_str(names[dom[idx - 1]]).to_numpy(object)
-                 + ', "to": ' + _json_str(names[dom[idx]]).to_numpy(object) + "}")
-        transitions = _join_per_group(code[idx], event, n_cust)
+        if idx.size:
+            event = '{"date": "' + day_text(h.day[idx]) + '", "from": ' + quoted[dom[idx - 1]] + ', "to": ' + quoted[dom[idx]] + "}"
+            transitions = _join_per_group(code[idx], event, n_cust)
+        else:  # no customer changed segment on the axis (most windows of a small store): nothing to write out
+            transitions = np.full(n_cust, "[]", dtype=object)
         # Forecast: memberships extrapolated 30 days along their fitted slopes, clipped and renormalized.
         block = _axis_block(m, cols)
         s_m = np.stack([np.bincount(code, block[:, j], n_cust) for j in range(cols.size)], axis=1)

@@ -388,14 +388,14 @@ def _purchase_occasions(day_codes: np.ndarray, days: np.ndarray, day_spend: np.n
 DETECTOR_SLICE_ROWS = 500_000
 
 
-def customer_slices(codes: np.ndarray, mask: np.ndarray, n_all: int) -> list[np.ndarray] | np.ndarray:
-    """The purchases in `mask` as the detectors read them: the mask itself when they are at most DETECTOR_SLICE_ROWS,
+def customer_slices(codes: np.ndarray, mask: np.ndarray, n_all: int) -> list[np.ndarray]:
+    """The purchases in `mask` as the detectors read them: [the mask] when they are at most DETECTOR_SLICE_ROWS,
     else the ascending row positions of successive slices of customers of about DETECTOR_SLICE_ROWS purchases each
     (a customer's purchases always in one slice). One grouping for every detector: a mask per slice and detector
     passed over every purchase (at 1M customers: 30 slices x 5 detectors x 20M purchases)."""
     per_customer = np.bincount(codes[mask], minlength=n_all)
     if per_customer.sum() <= DETECTOR_SLICE_ROWS:
-        return mask
+        return [mask]
     ends = np.searchsorted(np.cumsum(per_customer), np.arange(DETECTOR_SLICE_ROWS, per_customer.sum(), DETECTOR_SLICE_ROWS), side="right")
     bounds = np.unique(np.r_[0, ends, n_all])
     rows = np.flatnonzero(mask)
@@ -405,11 +405,10 @@ def customer_slices(codes: np.ndarray, mask: np.ndarray, n_all: int) -> list[np.
     return [rows[cuts[i]:cuts[i + 1]] for i in range(bounds.size - 1)]
 
 
-def _detect_by_customer_slices(slices: list[np.ndarray] | np.ndarray, n_all: int, detect) -> AxisChange:
+def _detect_by_customer_slices(slices: list[np.ndarray], n_all: int, detect) -> AxisChange:
     """`detect(purchases)` -> AxisChange over each of customer_slices' slices (a boolean mask or row positions), merged."""
-    if not isinstance(slices, list):
-        return detect(slices)
-    return merge_changes([detect(rows) for rows in slices], n_all)
+    parts = [detect(rows) for rows in slices]
+    return parts[0] if len(parts) == 1 else merge_changes(parts, n_all)
 
 
 def _modal(codes: np.ndarray, values: np.ndarray, n_all: int) -> np.ndarray:

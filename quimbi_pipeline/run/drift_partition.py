@@ -21,7 +21,7 @@ from quimbi_pipeline.model.segmentation import AxisModel
 from quimbi_pipeline.run.store_pool import (
     MIN_POOL_STORES,
     in_worker,
-    pool_workers,
+    pool_workers_for,
     run_in_pool,
 )
 from quimbi_pipeline.runtime.memory import release_memory
@@ -123,8 +123,7 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
     # cost (a few hundred array and SQL calls), and one process did them one store after the other on one core.
     customers = warehouse.snapshot_customers_by_store(as_of) if len(jobs) >= MIN_POOL_STORES else {}
     small = [job for job in jobs if customers.get(job[0], SMALL_ROWS) < SMALL_ROWS]
-    threads = min((run_threads(job[2].threads) for job in small), default=1)
-    workers = pool_workers(len(small), threads, warehouse.url)
+    workers = pool_workers_for([job[2] for job in small], warehouse.url)
     pooled = {job[0] for job in small} if workers else set()
     outcomes = [_drift_one_store(warehouse, *job) for job in jobs if job[0] not in pooled]
     if pooled:

@@ -16,8 +16,8 @@ import pandas as pd
 from quimbi_pipeline.history.snapshots import snapshot_types_for
 from quimbi_pipeline.model.features import active_orders
 from quimbi_pipeline.run.one_store import StoreOutcome, failed_outcome, run_one_store
-from quimbi_pipeline.run.store_pool import pool_workers, run_in_pool
-from quimbi_pipeline.runtime.threads import SMALL_ROWS, run_threads
+from quimbi_pipeline.run.store_pool import pool_workers_for, run_in_pool
+from quimbi_pipeline.runtime.threads import SMALL_ROWS
 from quimbi_pipeline.settings import PipelineSettings, StoreSettings, settings_for_store
 from quimbi_pipeline.sources.orders import ValidatedOrders, as_of_day, seen_at
 from quimbi_pipeline.storage import Warehouse
@@ -60,15 +60,13 @@ def run_profiles_partition(
     as_of = as_of_day(as_of)
     types = snapshot_types_for(as_of) if snapshot_types is None else list(snapshot_types)
     started = time.perf_counter()
-    # Row positions per store of the orders before D + 1 day: each store's orders are copied out only
-    # while that store runs (at 1M customers a full copy of the orders is 1.4 GB).
     if later_day is not None and as_of_day(later_day) <= as_of:
         raise ValueError(f"later_day {as_of_day(later_day).date()} is not after {as_of.date()}")
     orders = validated.orders
-    in_time = seen_at(orders, as_of)
+    # Row positions per store of the orders before D + 1 day: each store's orders are copied out only
+    # while that store runs (at 1M customers a full copy of the orders is 1.4 GB).
     store_codes, store_names = pd.factorize(orders["store_id"])
-    rows_of = rows_by_store(store_codes, in_time, store_names)
-    store_code = {name: k for k, name in enumerate(store_names)}
+    rows_of = rows_by_store(store_codes, seen_at(orders, as_of), store_names)
     known = set(store_names) | set(validated.rejected_stores)
     wanted = sorted(known) if not stores else sorted(set(stores))
     seconds = {"cut_orders": time.perf_counter() - started}
@@ -82,19 +80,15 @@ def run_profiles_partition(
                 types if store_settings.enable_temporal_snapshots else [], later)
 
     @functools.cache
-    def active_by_store(active_days: int) -> dict[int, pd.Index]:
-        """Per store code, the customers active at later_day (one pass over the orders for all stores)."""
-        keep = np.flatnonzero(active_orders(orders, later_day, active_days))
-        codes = store_codes[keep]
-        order = np.argsort(codes, kind="stable")
-        ids = orders["customer_id"].take(keep[order])
-        bounds = np.searchsorted(codes[order], np.arange(len(store_names) + 1))
-        return {k: pd.Index(ids.iloc[bounds[k]:bounds[k + 1]].unique(), name="customer_id") for k in range(len(store_names))}
+    def active_by_store(active_days: int) -> dict[str, pd.Index]:
+        """Per store, the customers active at later_day (one pass over the orders for all stores)."""
+        rows = rows_by_store(store_codes, active_orders(orders, later_day, active_days), store_names)
+        return {name: pd.Index(orders["customer_id"].take(positions).unique(), name="customer_id") for name, positions in rows.items()}
 
     def active_later(store: str, active_days: int) -> pd.Index:
         """The store's customers active at later_day: their profile rows wait for it."""
-        k = store_code.get(store)
-        return pd.Index([], dtype="string", name="customer_id") if k is None else active_by_store(active_days)[k]
+        found = active_by_store(active_days).get(store)
+        return pd.Index([], dtype="string", name="customer_id") if found is None else found
 
     for store in wanted:
         if store in validated.rejected_stores:
@@ -114,8 +108,7 @@ def run_profiles_partition(
         else:
             outcomes.append(run_one_store(warehouse, *job(store, store_settings, rows)))
 
-    threads = min((run_threads(store_settings.threads) for _, store_settings, _ in small), default=1)
-    workers = pool_workers(len(small), threads, warehouse.url)
+    workers = pool_workers_for([store_settings for _, store_settings, _ in small], warehouse.url)
     if workers:
         log.info("%d small stores in %d worker processes", len(small), workers)
         outcomes += run_in_pool((job(*s) for s in small), warehouse.url, workers, lambda store, message: StoreOutcome(store, False, error=message))

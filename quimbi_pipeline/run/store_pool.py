@@ -1,9 +1,10 @@
 """Many small stores of one date in parallel worker processes: their profiles, and their drift.
 
 A store's work is mostly fixed cost at small sizes (about 300 KMeans fits of 1,000 points each, on one
-thread: threads.py; its drift a few hundred small array and SQL calls), so a run of many small stores used one
-core where one large store of the same customers uses all of the run's threads. Small stores are therefore dealt to `workers` processes (the
-run's thread budget, threads.run_threads), each computing and writing whole stores through its own
+thread: threads.py; its drift a few hundred small array and SQL calls), so a run of many small stores used
+one core where one large store of the same customers uses all of the run's threads. Small stores are
+therefore dealt to `workers` processes (the run's thread budget, threads.run_threads), each computing and
+writing whole stores through its own
 connection, one transaction per store as in the main process; large stores stay in the main process
 with all the run's threads.
 
@@ -26,6 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from quimbi_pipeline.run.one_store import run_one_store
+from quimbi_pipeline.runtime.threads import run_threads
 from quimbi_pipeline.storage import Warehouse
 
 MIN_POOL_STORES = 16
@@ -40,6 +42,13 @@ def pool_workers(n_small_stores: int, threads: int, warehouse_url: str) -> int:
     if n_small_stores < MIN_POOL_STORES or threads < 2 or warehouse_url in ("sqlite://", "sqlite:///:memory:"):
         return 0
     return min(threads, n_small_stores)
+
+
+def pool_workers_for(store_settings: list, warehouse_url: str) -> int:
+    """pool_workers for the small stores of these settings (one per store): the run's thread budget is the smallest
+    of theirs (threads.run_threads)."""
+    threads = min((run_threads(s.threads) for s in store_settings), default=1)
+    return pool_workers(len(store_settings), threads, warehouse_url)
 
 
 class _Captured(logging.Handler):

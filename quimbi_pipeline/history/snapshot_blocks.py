@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.feather as feather
 
+from quimbi_pipeline.sources.keys import is_in
+
 MICRO = 1_000_000
 FEATURE_PREFIX = "f:"  # features beside memberships in a snapshot history frame: f:<axis>.<feature>
 ID_COLUMNS = ["customer_id", "churn_risk_score", "archetype_name"]
@@ -41,7 +43,7 @@ class SnapshotColumns:
     features: pd.DataFrame  # "axis.feature" -> value rounded to 6 decimals, NaN where the JSON has null
 
     def subset(self, customers: pd.Index) -> SnapshotColumns:
-        keep = self.base.index.isin(customers)
+        keep = is_in(self.base.index, customers)
         return SnapshotColumns(self.base[keep], self.memberships[keep], self.features[keep])
 
 

@@ -48,6 +48,7 @@ from quimbi_pipeline.model.segmentation import (
 )
 from quimbi_pipeline.settings import PipelineSettings
 from quimbi_pipeline.settings.rollout import in_rollout
+from quimbi_pipeline.sources.keys import is_in
 from quimbi_pipeline.sources.orders import as_of_day
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,7 @@ def build_store_profiles(
 
     n = len(active)
     # The JSON objects only for the rows written now (all but the deferred): the numbers themselves serve the snapshots.
-    deferred = None if active_later is None else active.index.isin(active_later)
+    deferred = None if active_later is None else is_in(active.index, active_later)
     rows = np.flatnonzero(~deferred) if deferred is not None and deferred.any() else None
 
     def written(values: pd.Series) -> pd.Series:

@@ -34,6 +34,7 @@ from quimbi_pipeline.runtime.memory import release_memory
 from quimbi_pipeline.runtime.threads import SMALL_ROWS, limited_threads, run_threads
 from quimbi_pipeline.settings import PipelineSettings
 from quimbi_pipeline.settings.rollout import in_rollout
+from quimbi_pipeline.sources.keys import is_in
 from quimbi_pipeline.sources.row_checks import check_rows
 from quimbi_pipeline.storage import Warehouse
 
@@ -221,5 +222,5 @@ def _verify(warehouse: Warehouse, store: str, as_of: pd.Timestamp, expected: pd.
     dated_d = pd.Index(stored.loc[stored["profile_date"] == as_of, "customer_id"])
     stats = warehouse.snapshot_stats(store, as_of) if snapshots else {"rows_by_type": {}, "duplicate_keys": 0}
     return {"verified": True, "violations": warehouse.membership_sum_violations(store, as_of),
-            "missing": int((~expected.isin(covered)).sum()), "unexpected": int((~dated_d.isin(expected)).sum()),
+            "missing": int((~is_in(expected, covered)).sum()), "unexpected": int((~is_in(dated_d, expected)).sum()),
             "snapshot_rows": stats["rows_by_type"], "duplicate_keys": stats["duplicate_keys"]}

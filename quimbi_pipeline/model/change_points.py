@@ -117,6 +117,12 @@ def _newest_first(codes: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.nda
     return order, group_start, np.arange(c.size) - group_start
 
 
+def _sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """np.unique(keys) of int64 keys by a sort: numpy 2's default hash path took 0.2-0.35 s per 500k keys, the sort 0.03."""
+    ordered = np.sort(keys)
+    return ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if ordered.size else ordered
+
+
 def _best_per_customer(c: np.ndarray, score: np.ndarray, valid: np.ndarray, n_all: int) -> np.ndarray:
     """Row index of each customer's largest valid score (-1 when none); ties go to the fewest purchases after."""
     idx = np.flatnonzero(valid)
@@ -263,10 +269,15 @@ def rate_change(codes: np.ndarray, ts: np.ndarray, end_ns: int, n_all: int, rule
         return out
     day = ts // NS_PER_DAY
     span = int(day.max()) + 2
-    key = np.unique(codes.astype("int64") * span + day)  # one row per customer and purchase day
+    key = _sorted_unique(codes.astype("int64") * span + day)  # one row per customer and purchase day, ascending
     c_days, d = key // span, key % span
-    _, group_start, pos = _newest_first(c_days, d)
-    order = np.lexsort((-d, c_days))
+    # Keys ascending by (customer, day), days distinct: newest first is each customer's run reversed, as
+    # _newest_first's lexsort orders them, without the sort.
+    starts = np.flatnonzero(np.r_[True, c_days[1:] != c_days[:-1]])
+    sizes = np.diff(np.r_[starts, c_days.size])
+    group_start = np.repeat(starts, sizes)
+    pos = np.arange(c_days.size) - group_start
+    order = group_start + np.repeat(sizes, sizes) - 1 - pos
     c, dd = c_days[order], d[order].astype("float64")
     end_day = end_ns / NS_PER_DAY  # D + 1 day: the silence runs to the end of D
     n_days = np.bincount(c, minlength=n_all).astype("float64")

@@ -173,3 +173,35 @@ def test_a_refit_on_its_anchor_day_computes_the_features_once_and_fits_the_same_
     pd.testing.assert_frame_equal(fitted_on_anchor, wh.read_sql(query))
     later.dispose()
     on_anchor.dispose()
+
+
+def test_above_the_sample_size_a_refit_reads_the_sampled_customers_orders_only_and_any_date_fits_the_same_model(refit_run, tmp_path, monkeypatch):
+    """Above cluster_fit_sample_size the fit's features are the sampled customers' alone (the whole store's were most
+    of a 1M store's refit), computed the same way whichever date of the period runs first."""
+    from quimbi_pipeline.model import profiles
+
+    demo, _ = refit_run
+    validated = validate_orders(demo.orders)
+    settings = PipelineSettings(enable_stable_segments=True, segment_refit_days=7, enable_temporal_snapshots=True,
+                                cluster_fit_sample_size=300)
+    customers_read = []
+    real = profiles.compute_customer_features
+
+    def counting(orders, as_of, **kwargs):
+        rows = kwargs.get("rows")
+        customers_read.append((pd.Timestamp(as_of), (orders if rows is None else orders.loc[rows])["customer_id"].nunique()))
+        return real(orders, as_of, **kwargs)
+
+    monkeypatch.setattr(profiles, "compute_customer_features", counting)
+    query = "SELECT axis, k, segment_names, centroids, scaler FROM segment_models WHERE model_version = 'kmeans-stable-2026-10-12' ORDER BY axis"
+    fitted = {}
+    for day in ("2026-10-15", "2026-10-12"):
+        wh = Warehouse(f"sqlite:///{tmp_path / f'{day}.sqlite'}")
+        assert not run_profiles_partition(validated, day, wh, settings).failed
+        fitted[day] = wh.read_sql(query)
+        wh.dispose()
+    # Each run: the fit's features over the sample's orders only, D's over every customer's.
+    anchor = pd.Timestamp("2026-10-12")
+    assert [r for r in customers_read if r[1] <= 300] == [(anchor, 300), (anchor, 300)]
+    assert [r[0] for r in customers_read if r[1] > 300] == [pd.Timestamp("2026-10-15"), anchor]
+    pd.testing.assert_frame_equal(fitted["2026-10-15"], fitted["2026-10-12"])

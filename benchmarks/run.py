@@ -16,20 +16,27 @@ baseline (one pandas group-by aggregation per customer over the same orders); th
    against the pipeline's snapshot rows/s;
 4. 1,000 single-customer drift lookups and 1,000 history lookups (p50/p95).
 
---profiles-only runs the original flags-off partition (no snapshots, drift or outliers).
-Each row: wall seconds, rows/s, and the process's peak RSS so far (reset before D's partition on Linux). Figures, not assertions.
+--profiles-only runs the original flags-off partition (no snapshots, drift or outliers). --ordinary-day runs D's
+partition a second time: the first is the first run of its refit period (the period's segment model is fitted), the
+second reads the model in force, as every other day of the period does.
+Each row: wall seconds, rows/s, and the process's peak RSS so far (reset before D's partition on Linux). After each
+partition, its peak RSS per stage of the run's progress log (RSS sampled every 50 ms; Linux). Figures, not assertions.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import logging
 import os
 import platform
 import resource
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import pandas as pd
 
@@ -80,6 +87,63 @@ class Table:
         print(f"{stage:<34}{seconds:>10.2f}{(f'{rows:,}' if rows else ''):>13}{rate:>13}{peak_rss_gib():>14.2f}", flush=True)
 
 
+class StageMemory(logging.Handler):
+    """Peak RSS per stage of a run: the stages are the messages of the run's progress log (features, segments, churn,
+    writing, verifying, drift per store), the RSS is sampled every 50 ms from /proc/self/statm in a thread."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.marks: list[tuple[float, str]] = []
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.marks.append((time.perf_counter(), record.getMessage()))
+
+    def _rss_gib(self) -> float | None:
+        try:
+            with open("/proc/self/statm") as statm:
+                return int(statm.read().split()[1]) * self._page / 2**30
+        except OSError:
+            return None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.samples.append((time.perf_counter(), self._rss_gib() or 0.0))
+
+    def __enter__(self) -> Self:
+        if self._rss_gib() is None:
+            return self
+        self.progress = logging.getLogger("quimbi_pipeline.progress")
+        self.level = self.progress.level
+        self.progress.addHandler(self)
+        self.progress.setLevel(logging.INFO)
+        self.marks.append((time.perf_counter(), "(start)"))
+        self.thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if hasattr(self, "thread"):
+            self._stop.set()
+            self.thread.join()
+            self.progress.removeHandler(self)
+            self.progress.setLevel(self.level)
+            self.marks.append((time.perf_counter(), "(end)"))
+
+    def report(self) -> None:
+        if not hasattr(self, "thread"):
+            print("  (no /proc/self/statm: memory by stage not sampled)")
+            return
+        marks = self.marks
+        print("  peak RSS by stage:")
+        for (start, stage), (end, _) in itertools.pairwise(marks):
+            peak = max((rss for t, rss in self.samples if start <= t <= end), default=None)
+            if peak is not None:
+                print(f"    {stage[:60]:<60}{end - start:>8.1f} s{peak:>8.2f} GiB", flush=True)
+
+
 def timed(fn):
     started = time.perf_counter()
     value = fn()
@@ -125,14 +189,29 @@ def seed_history(wh: Warehouse, validated, as_of: pd.Timestamp, settings: Pipeli
     table.row(f"  history: copied to {len(copies)} dates", time.perf_counter() - started, rows)
 
 
-def run_partition(label: str, url: str, validated, date: str, table: Table, settings: PipelineSettings) -> None:
+def run_partition(label: str, url: str, validated, date: str, table: Table, settings: PipelineSettings, ordinary_day: bool = False) -> None:
     wh = Warehouse(url)
     as_of = pd.Timestamp(date)
     if settings.enable_drift_analysis:
         seed_history(wh, validated, as_of, settings, table)
+    report = time_partition(label, wh, validated, as_of, table, settings)
+    if ordinary_day:
+        time_partition(f"{label} ordinary", wh, validated, as_of, table, settings)
+    report_sizes_and_lookups(wh, settings, table, report)
+    wh.dispose()
+
+
+def time_partition(label: str, wh: Warehouse, validated, as_of: pd.Timestamp, table: Table, settings: PipelineSettings):
+    """D's partition end to end (profiles, then drift), a row per store and stage."""
+    date = str(as_of.date())
     if reset_peak_rss():
         print(f"  (peak RSS reset before the partition of {as_of.date()}: the rows below show its own peak, orders held included)", flush=True)
-    report, profile_secs = timed(lambda: run_profiles_partition(validated, date, wh, settings))
+    memory = StageMemory()
+    with memory:
+        report, profile_secs = timed(lambda: run_profiles_partition(validated, date, wh, settings))
+        drift_secs, outcomes = 0.0, []
+        if settings.enable_drift_analysis:
+            outcomes, drift_secs = timed(lambda: run_drift_partition(wh, as_of, settings))
     for o in report.outcomes:
         if not o.ok:
             print(f"  store {o.store_id} FAILED: {o.error}")
@@ -142,9 +221,7 @@ def run_partition(label: str, url: str, validated, date: str, table: Table, sett
                 rows = sum(o.snapshot_rows.values()) if key == "seconds/write_snapshots" else o.n_profiles
                 table.row(f"{label} {o.store_id} {key[8:]}", value, rows)
     table.row(f"{label} profiles total", profile_secs, report.n_profiles)
-    drift_secs = 0.0
     if settings.enable_drift_analysis:
-        outcomes, drift_secs = timed(lambda: run_drift_partition(wh, as_of, settings))
         for o in outcomes:
             if not o.ok:
                 print(f"  store {o.store_id} drift FAILED: {o.error}")
@@ -155,6 +232,11 @@ def run_partition(label: str, url: str, validated, date: str, table: Table, sett
         windows = ",".join(str(w) for w in settings.drift_windows)
         table.row(f"{label} drift total (windows {windows})", drift_secs, sum(o.rows.get("customer_drift", 0) for o in outcomes))
     table.row(f"{label} partition total", profile_secs + drift_secs, report.n_profiles)
+    memory.report()
+    return report
+
+
+def report_sizes_and_lookups(wh: Warehouse, settings: PipelineSettings, table: Table, report) -> None:
     for name in ("profile_snapshots", "snapshot_blocks", "customer_profiles", "customer_drift"):
         size = wh.table_bytes(name)
         if size:
@@ -168,7 +250,6 @@ def run_partition(label: str, url: str, validated, date: str, table: Table, sett
         if keys:
             window = 28 if 28 in settings.drift_windows else settings.drift_windows[0]
             time_lookups(f"drift lookups ({window} days, with axes)", lambda s, c: wh.customer_drift(s, c, window), keys)
-    wh.dispose()
 
 
 SEED_SAMPLE = 10_000
@@ -255,6 +336,7 @@ def main() -> None:
     # 1.33: about 20 orders per customer over the two years (1.0 gives about 15).
     parser.add_argument("--rate-scale", type=float, default=1.33, help="demo purchase rates x this (default 1.33: ~20 orders a customer)")
     parser.add_argument("--profiles-only", action="store_true", help="the original flags-off partition: no snapshots, drift or outliers")
+    parser.add_argument("--ordinary-day", action="store_true", help="run D's partition again with the period's model in force")
     parser.add_argument("--windows", default="28", help="drift windows (days) of the partition, as QUIMBI_DRIFT_WINDOWS (default 28)")
     args = parser.parse_args()
     if args.profiles_only:
@@ -283,10 +365,10 @@ def main() -> None:
     if not args.skip_sqlite:
         with tempfile.TemporaryDirectory() as tmp:
             path = args.sqlite or os.path.join(tmp, "bench.sqlite")
-            run_partition("sqlite", f"sqlite:///{path}", validated, args.date, table, settings)
+            run_partition("sqlite", f"sqlite:///{path}", validated, args.date, table, settings, args.ordinary_day)
     if args.postgres:
         drop_postgres_schema(args.postgres)
-        run_partition("postgres", args.postgres, validated, args.date, table, settings)
+        run_partition("postgres", args.postgres, validated, args.date, table, settings, args.ordinary_day)
 
 
 if __name__ == "__main__":

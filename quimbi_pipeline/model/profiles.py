@@ -223,7 +223,7 @@ def build_store_profiles(
     progress.info("%s: churn risk and LTV", store_id)
     churn = fit_store_churn(features.drop(index=active.index[outside]) if outside.any() else features, orders, as_of, settings, store_id)
     n_customers = len(features)
-    del features  # every customer's features (0.4 GB at 1M) are not needed past the churn fit
+    del features  # every customer's features are not needed past the churn fit (the caller may still hold them)
     scores = score_churn(churn, active, settings)
     churn_score, predicted_ltv, expected_purchases = scores.churn_risk_score, scores.predicted_ltv, scores.expected_purchases
     ltv_cap = None

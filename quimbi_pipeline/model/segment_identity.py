@@ -68,7 +68,8 @@ def fit_period_models(
 
     Returns the models (rounded as stored, named after `previous` where it has the axis) and the MONIC
     transitions from the previous models (TRANSITION_COLUMNS). No active customer at fit_day: ({}, empty).
-    `active`: the customers active at fit_day when the caller has them already (D's own, when D is the anchor).
+    `active`: the customers active at fit_day when the caller has them already (D's own, when D is the anchor); used
+    only when at most cluster_fit_sample_size are active (above, the sample's own features are computed, see below).
 
     Above `cluster_fit_sample_size` active customers the models are fitted on a fixed-seed sample of that many
     (every customer is still scored with them): at 81,585 active customers a 20,000 sample gave every customer

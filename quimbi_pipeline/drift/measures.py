@@ -298,7 +298,7 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
         dom = _dominant(m, cols)
         changed = same_customer & (dom != np.r_[-2, dom[:-1]]) & (dom >= 0) & (np.r_[-1, dom[:-1]] >= 0)
         n_trans = np.bincount(code[changed], minlength=n_cust)
-        quoted = np.array(['"' + history.columns[c].split(".", 1)[1] + '"' for c in cols], dtype=object)  # the names as JSON strings
+        quoted = _json_str([history.columns[c].split(".", 1)[1] for c in cols]).to_numpy(object)  # once per axis, not per event
         idx = np.flatnonzero(changed)
         if idx.size:
             event = '{"date": "' + day_text(h.day[idx]) + '", "from": ' + quoted[dom[idx - 1]] + ', "to": ' + quoted[dom[idx]] + "}"

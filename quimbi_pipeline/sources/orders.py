@@ -20,6 +20,7 @@ import pandas as pd
 
 from quimbi_pipeline.runtime.memory import release_memory
 from quimbi_pipeline.settings import deployment
+from quimbi_pipeline.sources.keys import repeated as repeated_keys
 from quimbi_pipeline.sources.sql_table import distinct_values, read_table
 
 log = logging.getLogger(__name__)
@@ -330,7 +331,7 @@ def validate_orders(raw: pd.DataFrame, *, now: pd.Timestamp | None = None, bad_r
     # Full-row comparison only among rows whose key repeats (usually none): the key check is the cheap one.
     exact_dup = np.zeros(len(out), dtype=bool)
     key_dup = np.zeros(len(out), dtype=bool)
-    repeated = out.duplicated(subset=["store_id", "order_id"], keep=False).to_numpy()
+    repeated = repeated_keys(out, ["store_id", "order_id"])
     if repeated.any():
         sub = out.loc[repeated]
         exact_dup[repeated] = sub.duplicated(keep="first").to_numpy()

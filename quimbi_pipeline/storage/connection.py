@@ -277,8 +277,7 @@ class Connection:
 
     def _bulk_load(self, conn: sa.Connection, target: str, frame: pd.DataFrame) -> None:
         """Append `frame` to the table `target` (as referenced in SQL): COPY on PostgreSQL, executemany on SQLite."""
-        # PostgreSQL parses a piece while Arrow writes the next in a thread (it releases the GIL): one piece ahead.
-        payload = prefetched(_csv_pieces(frame)) if self.is_postgres else frame
+        payload = _csv_pieces(frame) if self.is_postgres else frame  # one piece in memory at a time
         self._load_serialized(conn, target, list(frame.columns), payload)
 
     def _serialize(self, frame: pd.DataFrame) -> list[memoryview] | pd.DataFrame:

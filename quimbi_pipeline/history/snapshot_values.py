@@ -119,21 +119,27 @@ def array_text(parts: list) -> pd.Series:
     return pd.Series(text, dtype=pd.StringDtype("pyarrow"))
 
 
-def values_of(customer_ids, memberships: dict[str, list[tuple[str, pd.Series]]], features: dict[str, list[tuple[str, pd.Series]]],
-              dominant: dict[str, np.ndarray], model_version: str) -> SnapshotValues:
-    """The snapshot values of a store's profiles from the serialized numbers its JSON was built from
-    ({axis: [(name, text)]}) and each axis' dominant segment (its index among the axis' segments)."""
-    layout = SnapshotLayout(tuple((a, n) for a, items in memberships.items() for n, _ in items),
-                            tuple((a, n) for a, items in features.items() for n, _ in items), model_version)
-    offsets, position = {}, 0
-    for axis, items in memberships.items():
-        offsets[axis] = position
-        position += len(items)
+def numbers_text(numbers: dict[str, list[tuple[str, pd.Series]]]) -> tuple[tuple[tuple[str, str], ...], pd.Series]:
+    """Serialized numbers ({axis: [(name, text)]}, what the profile JSON is built from) as a layout's (axis, name)
+    pairs and one '[v1,v2,...]' text per row: what values_of takes, so the numbers' text can go once it is made."""
+    return (tuple((a, n) for a, items in numbers.items() for n, _ in items),
+            array_text([v for items in numbers.values() for _, v in items]))
+
+
+def values_of(customer_ids, memberships: tuple[tuple[tuple[str, str], ...], pd.Series],
+              features: tuple[tuple[tuple[str, str], ...], pd.Series], dominant: dict[str, np.ndarray], model_version: str) -> SnapshotValues:
+    """The snapshot values of a store's profiles: the memberships' and features' numbers_text and each axis' dominant
+    segment (its index among the axis' segments)."""
+    (membership_pairs, membership_values), (feature_pairs, feature_values) = memberships, features
+    layout = SnapshotLayout(membership_pairs, feature_pairs, model_version)
+    offsets: dict[str, int] = {}
+    for position, (axis, _) in enumerate(membership_pairs):
+        offsets.setdefault(axis, position)
     frame = pd.DataFrame({
         "customer_id": pd.Series(np.asarray(customer_ids, dtype=object), dtype="string"),
         "dominant_positions": array_text([pd.Series(offsets[a] + np.asarray(idx, dtype="int64")).astype(str) for a, idx in dominant.items()]),
-        "membership_values": array_text([v for items in memberships.values() for _, v in items]),
-        "feature_values": array_text([v for items in features.values() for _, v in items]),
+        "membership_values": membership_values,
+        "feature_values": feature_values,
     })
     return SnapshotValues(layout, frame)
 

@@ -22,7 +22,11 @@ from quimbi_pipeline.history.json_text import (
     rounded_number,
 )
 from quimbi_pipeline.history.snapshot_blocks import SnapshotColumns
-from quimbi_pipeline.history.snapshot_values import SnapshotValues, values_of
+from quimbi_pipeline.history.snapshot_values import (
+    SnapshotValues,
+    numbers_text,
+    values_of,
+)
 from quimbi_pipeline.model.change_points import ChangeRule
 from quimbi_pipeline.model.churn import (
     ChurnModel,
@@ -242,23 +246,43 @@ def build_store_profiles(
     def written(values: pd.Series) -> pd.Series:
         return values if rows is None else values.iloc[rows]
 
+    customer_ids = pd.Series(active.index.to_numpy(), dtype="string")
+    flags = None
+    if settings.enable_outlier_detection:  # before the JSON text: the scaled features are not needed past the flags
+        started_flags = time.perf_counter()
+        flags = outlier_flags(segmentations, scaled, customer_ids.to_numpy(object), f"{as_of:%Y-%m-%d}")
+        if ltv_cap is not None:
+            capped = (flags["method"] == "density").to_numpy() & np.tile(outside, len(flags) // len(outside))
+            flags.loc[capped, "explanation"] = flags.loc[capped, "explanation"] + f"; left out of the model fits, predicted_ltv capped at {ltv_cap:.2f}"
+        share = settings.share("enable_outlier_detection")
+        if share < 1.0:  # a rollout: scores use the whole store, rows are kept for its share of customers
+            flags = flags[in_rollout(flags["customer_id"], "enable_outlier_detection", share)].reset_index(drop=True)
+        seconds["outliers"] = time.perf_counter() - started_flags
+    del scaled
+    # One group of numbers' text at a time (memberships, then features: about 0.4 GB each at 1M customers), each made
+    # into its JSON column and its snapshot values and dropped before the next: the profiles step's peak.
+    snapshots = settings.enable_temporal_snapshots
     membership_numbers = {a: [(name, json_number(s.memberships[:, j])) for j, name in enumerate(s.model.segment_names)]
                           for a, s in segmentations.items()}
+    fuzzy_memberships = json_object([(a, json_object([(k, written(v)) for k, v in items])) for a, items in membership_numbers.items()])
+    membership_values = numbers_text(membership_numbers) if snapshots else None
+    del membership_numbers
     feature_numbers = {axis.name: [(f, json_number(active[f].to_numpy())) for f in axis.feature_names] for axis in axes}
+    behavioral_features = json_object([(a, json_object([(k, written(v)) for k, v in items])) for a, items in feature_numbers.items()])
+    feature_values = numbers_text(feature_numbers) if snapshots else None
+    del feature_numbers
     json_text = {
         "dominant_segments": json_object([(a, written(json_string(np.asarray(s.model.segment_names, dtype=object)[s.dominant])))
                                           for a, s in segmentations.items()]),
-        "fuzzy_memberships": json_object([(a, json_object([(k, written(v)) for k, v in items])) for a, items in membership_numbers.items()]),
-        "behavioral_features": json_object([(a, json_object([(k, written(v)) for k, v in items])) for a, items in feature_numbers.items()]),
+        "fuzzy_memberships": fuzzy_memberships,
+        "behavioral_features": behavioral_features,
     }
+    del fuzzy_memberships, behavioral_features
     if rows is not None:
         json_text = {column: _at_rows(text, rows, n) for column, text in json_text.items()}
-    customer_ids = pd.Series(active.index.to_numpy(), dtype="string")
-    # The snapshot values now, so the numbers' text (about 0.6 GB at 1M customers) is gone before the outlier flags
-    # and the snapshot columns are built: it was part of the profiles step's peak.
-    values = (values_of(customer_ids, membership_numbers, feature_numbers, {a: s.dominant for a, s in segmentations.items()}, version)
-              if settings.enable_temporal_snapshots else None)
-    del membership_numbers, feature_numbers
+    values = (values_of(customer_ids, membership_values, feature_values, {a: s.dominant for a, s in segmentations.items()}, version)
+              if snapshots else None)
+    del membership_values, feature_values
     profiles = pd.DataFrame({
         "store_id": pd.Series([store_id] * n, dtype="string"),
         "customer_id": customer_ids,
@@ -279,18 +303,7 @@ def build_store_profiles(
         "next_order_date": next_order_dates(active["last_order_ts"], scores.next_order_days),
         "history_basis": evidence_of(churn, active),
     })
-    seconds["assemble"] = time.perf_counter() - started
-    flags = None
-    if settings.enable_outlier_detection:
-        started = time.perf_counter()
-        flags = outlier_flags(segmentations, scaled, profiles["customer_id"].to_numpy(object), f"{as_of:%Y-%m-%d}")
-        if ltv_cap is not None:
-            capped = (flags["method"] == "density").to_numpy() & np.tile(outside, len(flags) // len(outside))
-            flags.loc[capped, "explanation"] = flags.loc[capped, "explanation"] + f"; left out of the model fits, predicted_ltv capped at {ltv_cap:.2f}"
-        share = settings.share("enable_outlier_detection")
-        if share < 1.0:  # a rollout: scores use the whole store, rows are kept for its share of customers
-            flags = flags[in_rollout(flags["customer_id"], "enable_outlier_detection", share)].reset_index(drop=True)
-        seconds["outliers"] = time.perf_counter() - started
+    seconds["assemble"] = time.perf_counter() - started - seconds.get("outliers", 0.0)
     numbers = _snapshot_columns(profiles, segmentations, active, axes) if settings.enable_temporal_snapshots else None
     return StoreProfiles(store_id, as_of, profiles[PROFILE_COLUMNS], segmentations, churn, version, n_customers, seconds,
                          fresh_fit=models is None, outliers=flags, snapshot_columns=numbers, snapshot_values=values, deferred=deferred)

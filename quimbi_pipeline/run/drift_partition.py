@@ -35,7 +35,7 @@ from quimbi_pipeline.settings import (
 from quimbi_pipeline.settings.rollout import in_rollout
 from quimbi_pipeline.sources.orders import as_of_day
 from quimbi_pipeline.sources.row_checks import check_rows
-from quimbi_pipeline.storage import Warehouse, prefetched
+from quimbi_pipeline.storage import Warehouse
 from quimbi_pipeline.storage.prune import drift_state_cutoff, keep_drift_state
 from quimbi_pipeline.storage.snapshot_history import BASE_COLUMNS, SnapshotHistoryReader
 
@@ -220,17 +220,10 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
     # writes its events only; its state is computed on demand.
     state_kept = as_of >= drift_state_cutoff(warehouse, store, retention, as_of if newest is None else newest)
 
-    def histories():
+    def chunks():
         for lo, hi in ranges:
             t0 = time.perf_counter()
             history = _drift_history(reader, models, store, settings, lo, hi)
-            seconds["read"] += time.perf_counter() - t0
-            yield history
-
-    def chunks():
-        # On PostgreSQL the next slice is read (Arrow decoding, mostly without the GIL) while this one is computed,
-        # and the write's own thread sends the one before (write_drift_partition).
-        for history in (prefetched(histories()) if warehouse.is_postgres and len(ranges) > 1 else histories()):
             t1 = time.perf_counter()
             tables = drift.compute_drift(history, as_of, windows)
             check_rows("customer_drift", tables.customers)
@@ -238,6 +231,7 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
             check_rows("customer_drift_anomalies", tables.anomalies)
             for kind, n in tables.anomalies["anomaly_type"].value_counts().items():
                 anomaly_counts[kind] = anomaly_counts.get(kind, 0) + int(n)
+            seconds["read"] += t1 - t0
             seconds["compute"] += time.perf_counter() - t1
             if state_kept:
                 yield tables.customers, tables.n_axis_rows, tables.anomalies

@@ -8,7 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quimbi_pipeline.history.json_text import float_text, json_number
+from quimbi_pipeline.history.json_text import (
+    float_text,
+    json_nested_object,
+    json_number,
+    json_object,
+)
 from quimbi_pipeline.history.snapshot_values import (
     SnapshotLayout,
     archetype_dictionary,
@@ -186,3 +191,16 @@ def test_numbers_are_written_as_pythons_repr_at_every_magnitude():
                9999999999999998.0, 1e16, 1.5e16, 1e21, 1e22, 1e100, 1e-100, 5e-324, 1.7976931348623157e308]]
     assert float_text(x).to_pylist() == [repr(float(v)) for v in x]
     assert json_number(np.array([np.nan, np.inf, 0.5, 3.0, 1e-05])).tolist() == ["null", "null", "0.5", "3.0", "1e-05"]
+
+
+def test_a_nested_object_in_one_join_is_json_object_of_json_objects_byte_for_byte():
+    rng = np.random.default_rng(4)
+    groups = [(f"axis_{g}", [(f"k{j}", json_number(rng.normal(size=50) * 10 ** g)) for j in range(size)])
+              for g, size in enumerate((1, 3, 2))]
+    groups[1][1][1][1].iloc[5] = "null"
+    nested = json_object([(group, json_object(items)) for group, items in groups])
+    assert json_nested_object(groups).tolist() == nested.tolist()
+    assert json.loads(nested.iloc[5])["axis_1"]["k1"] is None
+    assert json_nested_object(groups[:1]).tolist() == json_object([(groups[0][0], json_object(groups[0][1]))]).tolist()
+    with pytest.raises(ValueError):
+        json_nested_object([("axis", [])])

@@ -72,6 +72,23 @@ def json_object(items: list[tuple[str, pd.Series]]) -> pd.Series:
     return pd.Series(pd.arrays.ArrowStringArray(pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string()))))
 
 
+def json_nested_object(groups: list[tuple[str, list[tuple[str, pd.Series]]]]) -> pd.Series:
+    """'{"g1": {"k1": v1, ...}, "g2": {...}}' per row: json_object of json_objects, the same bytes, in one Arrow join
+    (the inner objects of every group are never held as columns of their own: about 0.4 GB at 1M customers)."""
+    if not groups or not all(items for _, items in groups):
+        raise ValueError("json_nested_object needs at least one group, each with at least one item")
+    parts: list = []
+    literal = ""
+    for i, (group, items) in enumerate(groups):
+        literal += ("{" if i == 0 else ", ") + f'"{group}": '
+        for j, (key, value) in enumerate(items):
+            parts += [pa.scalar(literal + ("{" if j == 0 else ", ") + f'"{key}": ', pa.large_string()), arrow_text(value)]
+            literal = ""
+        literal = "}"
+    parts.append(pa.scalar(literal + "}", pa.large_string()))
+    return pd.Series(pd.arrays.ArrowStringArray(pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string()))))
+
+
 def arrow_text(values) -> pa.Array:
     """A column of text as an Arrow large_string array (no copy for Arrow-backed pandas strings)."""
     array = pa.array(pd.Series(values).astype(pd.StringDtype("pyarrow")).array)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from quimbi_pipeline.history.json_text import (
     DECIMALS,
+    json_nested_object,
     json_number,
     json_object,
     json_string,
@@ -264,11 +265,11 @@ def build_store_profiles(
     snapshots = settings.enable_temporal_snapshots
     membership_numbers = {a: [(name, json_number(s.memberships[:, j])) for j, name in enumerate(s.model.segment_names)]
                           for a, s in segmentations.items()}
-    fuzzy_memberships = json_object([(a, json_object([(k, written(v)) for k, v in items])) for a, items in membership_numbers.items()])
+    fuzzy_memberships = json_nested_object([(a, [(k, written(v)) for k, v in items]) for a, items in membership_numbers.items()])
     membership_values = numbers_text(membership_numbers) if snapshots else None
     del membership_numbers
     feature_numbers = {axis.name: [(f, json_number(active[f].to_numpy())) for f in axis.feature_names] for axis in axes}
-    behavioral_features = json_object([(a, json_object([(k, written(v)) for k, v in items])) for a, items in feature_numbers.items()])
+    behavioral_features = json_nested_object([(a, [(k, written(v)) for k, v in items]) for a, items in feature_numbers.items()])
     feature_values = numbers_text(feature_numbers) if snapshots else None
     del feature_numbers
     json_text = {

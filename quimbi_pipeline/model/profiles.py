@@ -52,6 +52,8 @@ from quimbi_pipeline.model.segmentation import (
     score_axis,
     segment_axis,
 )
+from quimbi_pipeline.runtime.memory import release_memory
+from quimbi_pipeline.runtime.threads import SMALL_ROWS
 from quimbi_pipeline.settings import PipelineSettings
 from quimbi_pipeline.settings.rollout import in_rollout
 from quimbi_pipeline.sources.keys import is_in
@@ -203,6 +205,9 @@ def build_store_profiles(
     progress.info("%s: features of %s orders", store_id, f"{len(orders):,}")
     features, active = features if features is not None else customer_features(orders, as_of, settings, optional_columns)
     seconds["features"] = time.perf_counter() - started
+    large = len(orders) >= SMALL_ROWS  # a store whose freed pages are worth handing back between the stages below
+    if large:
+        release_memory()  # the features' per-order arrays: numpy's pages, which Arrow's text below cannot reuse
     if active.empty:
         log.info("store %s: no customer active in the %d days up to %s: no profiles", store_id, settings.active_days, as_of.date())
         return StoreProfiles(store_id, as_of, _empty_profiles(), {}, None, version, len(features))
@@ -306,6 +311,8 @@ def build_store_profiles(
         "history_basis": evidence_of(churn, active),
     })
     seconds["assemble"] = time.perf_counter() - started - seconds.get("outliers", 0.0)
+    if large and settings.enable_temporal_snapshots:
+        release_memory()  # the JSON's transient text, in Arrow's pool, before numpy's snapshot columns
     numbers = _snapshot_columns(profiles, segmentations, active, axes) if settings.enable_temporal_snapshots else None
     return StoreProfiles(store_id, as_of, profiles[PROFILE_COLUMNS], segmentations, churn, version, n_customers, seconds,
                          fresh_fit=models is None, outliers=flags, snapshot_columns=numbers, snapshot_values=values, deferred=deferred)

@@ -18,10 +18,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
-def _arrow(keys) -> pa.Array:
+def _arrow_chunks(keys) -> pa.Array | pa.ChunkedArray:
+    """Keys as Arrow, chunks as they are (no copy of Arrow-backed pandas strings; pandas' nulls and NaN as nulls)."""
     if isinstance(keys, (pd.Index, pd.Series)):
         keys = keys.array
-    array = pa.array(keys) if not isinstance(keys, (pa.Array, pa.ChunkedArray)) else keys
+    return pa.array(keys) if not isinstance(keys, (pa.Array, pa.ChunkedArray)) else keys
+
+
+def _arrow(keys) -> pa.Array:
+    array = _arrow_chunks(keys)
     return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
 
 
@@ -67,11 +72,7 @@ def _hash_slice(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
 
 def string_hash(values) -> np.ndarray:
     """A 64-bit hash of each string (nulls all alike), from the Arrow buffers: no Python string is made."""
-    if isinstance(values, (pd.Index, pd.Series)):
-        array = values.array
-        array = pa.array(array) if hasattr(array, "__arrow_array__") else pa.array(values.to_numpy(object), from_pandas=True)
-    else:
-        array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, from_pandas=True)
+    array = _arrow_chunks(values)  # a chunked column stays chunked: hashed chunk by chunk, never concatenated
     chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
     out = np.empty(len(array), dtype=np.uint64)
     pos = 0

@@ -115,10 +115,12 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
             f"SELECT DISTINCT store_id FROM {warehouse.qualified('profile_snapshots')} WHERE snapshot_date = :d ORDER BY 1",
             {"d": as_of.date()})["store_id"].tolist()
     jobs = []
+    # One store: its write refreshes the date's statistics. Several: the run does, once, after them all.
+    analyze_each = len(stores) <= 1
     for store in sorted(stores):
         store_settings = settings_for_store(settings, store)
         if store_settings.drift_active:
-            jobs.append((store, as_of, store_settings, retention, run_last_date))
+            jobs.append((store, as_of, store_settings, retention, run_last_date, analyze_each))
     # Small stores in worker processes, as their profiles are (store_pool.py): a small store's drift is mostly fixed
     # cost (a few hundred array and SQL calls), and one process did them one store after the other on one core.
     customers = warehouse.snapshot_customers_by_store(as_of) if len(jobs) >= MIN_POOL_STORES else {}
@@ -130,15 +132,19 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
         log.info("%d small stores' drift in %d worker processes", len(pooled), workers)
         outcomes += run_in_pool((job for job in jobs if job[0] in pooled), warehouse.url, workers,
                                 lambda store, message: DriftOutcome(store, False, error=message), work=_drift_in_worker)
+    if not analyze_each and any(o.ok and o.rows for o in outcomes):
+        warehouse.analyze_date_partitions(["customer_drift", "customer_drift_anomalies"], as_of)
     return sorted(outcomes, key=lambda o: o.store_id)
 
 
 def _drift_one_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings, retention: RetentionPolicy,
-                     run_last_date: pd.Timestamp | None) -> DriftOutcome:
-    """One store's drift of D and of the later dates it makes stale; a failure is the store's outcome, not raised."""
+                     run_last_date: pd.Timestamp | None, analyze: bool = True) -> DriftOutcome:
+    """One store's drift of D and of the later dates it makes stale; a failure is the store's outcome, not raised.
+    `analyze=False`: D's partitions' statistics are left to the run (run_drift_partition, after all its stores)."""
     try:
         with limited_threads(0, run_threads(settings.threads)):  # array arithmetic, no large BLAS work
-            outcome = _drift_store(warehouse, store, as_of, settings, retention, as_of if run_last_date is None else max(as_of, run_last_date))
+            outcome = _drift_store(warehouse, store, as_of, settings, retention, as_of if run_last_date is None else max(as_of, run_last_date),
+                                   analyze)
             # An earlier date arriving late changes the inputs of later dates' drift: recompute those, so that
             # any order of dates leaves the warehouse a date-ordered run leaves.
             later = [day for day in (warehouse.stale_drift_dates(store, as_of) if outcome.rows else [])
@@ -200,7 +206,7 @@ def drift_on_demand(warehouse: Warehouse, store: str, as_of, settings: PipelineS
 
 
 def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings,
-                 retention: RetentionPolicy, newest: pd.Timestamp | None = None) -> DriftOutcome:
+                 retention: RetentionPolicy, newest: pd.Timestamp | None = None, analyze: bool = True) -> DriftOutcome:
     started = time.perf_counter()
     progress.info("%s: drift", store)
     windows = settings.drift_windows
@@ -245,7 +251,7 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
         population = drift.population_drift(_scored_with(models, reader.population_frame(reference_date), store),
                                             _scored_with(models, reader.population_frame(as_of), store), reference_date, as_of)
     seconds["population"] = time.perf_counter() - t0
-    rows, seconds["write"] = warehouse.write_drift_partition(store, as_of, chunks(), population)  # on PostgreSQL the write overlaps read and compute
+    rows, seconds["write"] = warehouse.write_drift_partition(store, as_of, chunks(), population, analyze)  # on PostgreSQL the write overlaps read and compute
     warehouse.record_drift_inputs(store, as_of, drift.history_days(windows))
     t0 = time.perf_counter()
     rows["expired_drift_state"] = keep_drift_state(warehouse, store, retention)

@@ -89,13 +89,15 @@ def failed_outcome(store: str, as_of: pd.Timestamp, exc: Exception) -> StoreOutc
 
 
 def run_one_store(warehouse: Warehouse, store: str, orders: pd.DataFrame, as_of: pd.Timestamp, optional_columns,
-                  settings: PipelineSettings, snapshot_types: list[str], active_later: pd.Index | None = None) -> StoreOutcome:
+                  settings: PipelineSettings, snapshot_types: list[str], active_later: pd.Index | None = None,
+                  analyze: bool = True) -> StoreOutcome:
     """One store's profiles of D computed, written and verified (in the main process or a store_pool worker);
     a failure is recorded in the outcome, never raised. `active_later`: the customers active at the run's next date
-    (a backfill's range): their customer_profiles rows are left to it (the snapshots of D are whole)."""
+    (a backfill's range): their customer_profiles rows are left to it (the snapshots of D are whole). `analyze=False`:
+    the date's snapshot partition's statistics are left to the run (run_profiles_partition, after all its stores)."""
     try:
         with limited_threads(len(orders), run_threads(settings.threads), automatic=settings.threads == 0):
-            return _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later)
+            return _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later, analyze)
     except Exception as exc:  # one store's failure is recorded and the others go on
         return failed_outcome(store, as_of, exc)
     finally:
@@ -142,7 +144,7 @@ def resolve_stable_models(store, orders, as_of, optional_columns, warehouse: War
     return models, version, model_rows(store, version, fit_day, list(models.values())) if models else pd.DataFrame(), transitions
 
 
-def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later) -> StoreOutcome:
+def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later, analyze) -> StoreOutcome:
     models = version = transitions = None
     new_models = pd.DataFrame()
     features_of_d = functools.cache(lambda: customer_features(orders, as_of, settings, optional_columns))
@@ -180,7 +182,7 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
     check_rows("customer_outlier_flags", result.outliers)
     progress.info("%s: writing %s profiles", store, f"{len(result.profiles):,}")
     written = warehouse.write_profiles_partition(store, as_of, result.profiles, model_frame, snapshot_types, changed, transitions, result.outliers,
-                                                 snapshot_customers, blocks, result.snapshot_values, deferred)
+                                                 snapshot_customers, blocks, result.snapshot_values, deferred, analyze)
     result.seconds["write"] = time.perf_counter() - started
     if snapshot_types:
         result.seconds["write_snapshots"] = written["snapshot_seconds"]  # part of "write"

@@ -72,12 +72,14 @@ def run_profiles_partition(
     seconds = {"cut_orders": time.perf_counter() - started}
     outcomes: list[StoreOutcome] = []
     small: list[tuple[str, PipelineSettings, np.ndarray]] = []
+    # One store: its write refreshes the date's snapshot statistics. Several: the run does, once, after them all.
+    analyze_each = len(wanted) <= 1
 
     def job(store: str, store_settings: PipelineSettings, rows: np.ndarray) -> tuple:
         """run_one_store's arguments after the warehouse (the store's orders copied out now)."""
         later = None if later_day is None else active_later(store, store_settings.active_days)
         return (store, _store_orders(orders, rows), as_of, validated.optional_columns, store_settings,
-                types if store_settings.enable_temporal_snapshots else [], later)
+                types if store_settings.enable_temporal_snapshots else [], later, analyze_each)
 
     @functools.cache
     def active_by_store(active_days: int) -> dict[str, pd.Index]:
@@ -114,6 +116,10 @@ def run_profiles_partition(
         outcomes += run_in_pool((job(*s) for s in small), warehouse.url, workers, lambda store, message: StoreOutcome(store, False, error=message))
     else:
         outcomes += [run_one_store(warehouse, *job(*s)) for s in small]
+    if not analyze_each and types and any(o.ok for o in outcomes):
+        analyze_started = time.perf_counter()
+        warehouse.analyze_date_partitions(["profile_snapshots"], as_of)
+        seconds["analyze_snapshots"] = time.perf_counter() - analyze_started
     position = {store: i for i, store in enumerate(wanted)}
     outcomes.sort(key=lambda o: position[o.store_id])
     seconds["total"] = time.perf_counter() - started

@@ -242,6 +242,18 @@ class Connection:
             log.warning("ANALYZE of %s for %s failed after the rows were committed: %s", table, pd.Timestamp(day).date(),
                         str(getattr(exc, "orig", None) or exc).strip().splitlines()[0])
 
+    def analyze_date_partitions(self, tables, day) -> None:
+        """analyze_date_partition of each of `tables`' partitions of `day` that exists, whatever was written. A run of
+        several stores writes theirs without (`analyze=False`) and calls this once after them: each small store's
+        ANALYZE of the date's growing partition (a sample of up to 30,000 rows, 0.1-0.5 s) cost more than its write."""
+        if not self.is_postgres:
+            return
+        with self.engine.connect() as conn:
+            existing = [table for table in tables if conn.execute(sa.text("SELECT to_regclass(:n) IS NOT NULL"),
+                                                                  {"n": self._date_partition_name(table, day)}).scalar_one()]
+        for table in existing:
+            self.analyze_date_partition(table, day)
+
     def date_partitions(self, table: str, conn: sa.Connection | None = None) -> list[str]:
         """The table's date partitions (PostgreSQL), as `conn`'s transaction sees them when given (it may have dropped some)."""
         if table not in self.partitioned:

@@ -103,7 +103,7 @@ class DriftStore:
         if AXIS_DRIFT_VIEW not in sa.inspect(conn).get_view_names(schema=schema):
             conn.execute(sa.text(axis_drift_view_sql(self.qualified(AXIS_DRIFT_VIEW), self.qualified("customer_drift"), self.is_postgres)))
 
-    def write_drift_partition(self, store_id: str, as_of, chunks, population: pd.DataFrame) -> tuple[dict[str, int], float]:
+    def write_drift_partition(self, store_id: str, as_of, chunks, population: pd.DataFrame, analyze: bool = True) -> tuple[dict[str, int], float]:
         """Replace store S's drift rows of as_of D in one transaction.
 
         `chunks` yields (customer_drift frame, customer_axis_drift row count, customer_drift_anomalies frame), one
@@ -111,7 +111,8 @@ class DriftStore:
         in customer_drift.axes already: they are counted, not written. On PostgreSQL the
         slices are computed and serialized in a background thread while the server ingests the previous
         slice's COPY (two cores: the client's work and the server's overlap). Returns (rows written per
-        table, seconds spent waiting on the loads and the statistics update).
+        table, seconds spent waiting on the loads and the statistics update). `analyze=False`: the date's partitions
+        are left for the caller's analyze_date_partitions (a run of several stores).
         """
         day = pd.Timestamp(as_of).date()
         tables = (customer_drift, customer_drift_anomalies)
@@ -146,7 +147,7 @@ class DriftStore:
                 conn.execute(sa.insert(population_drift), _model_records(pd.DataFrame(records)))
             written[population_drift.name] = len(population)
         started = time.perf_counter()
-        for table in tables:
+        for table in tables if analyze else ():
             self.analyze_date_partition(table.name, day, written=written[table.name])
         copy_seconds += time.perf_counter() - started
         return written, copy_seconds

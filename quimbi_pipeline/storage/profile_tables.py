@@ -84,7 +84,7 @@ class ProfileStore:
         self, store_id: str, as_of, profiles: pd.DataFrame, models: pd.DataFrame, snapshot_types: list[str] | tuple = (),
         changed: pd.Index | None = None, transitions: pd.DataFrame | None = None, outliers: pd.DataFrame | None = None,
         snapshot_customers: pd.Index | None = None, blocks: list[dict] | None = None, snapshot_values: SnapshotValues | None = None,
-        deferred: np.ndarray | None = None,
+        deferred: np.ndarray | None = None, analyze: bool = True,
     ) -> dict:
         """Replace store S's rows of partition D in one transaction.
 
@@ -101,7 +101,8 @@ class ProfileStore:
         same customers in the same order) are the snapshot rows' value arrays; without them they are derived from
         the profiles' JSON text (snapshot_values.values_from_json, slower). `deferred` (a boolean per profile row): rows
         whose customer_profiles row a later date of the same run writes (a backfill's range); they feed the snapshots
-        only, and their JSON objects may be empty.
+        only, and their JSON objects may be empty. `analyze=False`: the date's snapshot partition is left for the
+        caller's analyze_date_partitions (a run of several stores).
         """
         as_of_date = pd.Timestamp(as_of).date()
         cols = [c.name for c in customer_profiles.columns]
@@ -148,7 +149,7 @@ class ProfileStore:
                 self._replace_outlier_flags(conn, store_id, as_of_date, outliers)
             self._replace_transitions(conn, store_id, transitions)
         analyze_started = time.perf_counter()
-        if snapshot_types:
+        if snapshot_types and analyze:
             self.analyze_date_partition("profile_snapshots", as_of_date, written=int(snapshots or 0))
         return {"deleted": int(deleted or 0), "written": int(written or 0), "snapshots": int(snapshots or 0),
                 "snapshot_seconds": snapshot_seconds, "block_seconds": block_seconds, "analyze_seconds": time.perf_counter() - analyze_started}

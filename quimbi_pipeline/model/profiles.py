@@ -234,7 +234,9 @@ def build_store_profiles(
     progress.info("%s: churn risk and LTV", store_id)
     churn = fit_store_churn(features.drop(index=active.index[outside]) if outside.any() else features, orders, as_of, settings, store_id)
     n_customers = len(features)
-    del features  # every customer's features are not needed past the churn fit (the caller may still hold them)
+    del features  # every customer's features are not needed past the churn fit
+    if large:
+        release_memory()  # their pages, before the JSON text's Arrow buffers (which cannot reuse glibc's freed heap)
     scores = score_churn(churn, active, settings)
     churn_score, predicted_ltv, expected_purchases = scores.churn_risk_score, scores.predicted_ltv, scores.expected_purchases
     ltv_cap = None

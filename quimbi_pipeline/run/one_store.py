@@ -164,7 +164,7 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
     result = build_store_profiles(orders, store, as_of, settings, optional_columns, models=models, model_version=version,
                                   features=_handed_over(features_of_d), active_later=active_later)
     if len(orders) >= SMALL_ROWS:
-        release_memory()  # the features' per-order arrays are gone: the write's text does not stack on them
+        release_memory()  # the profiles step's numpy temporaries (snapshot columns' rounding): the write's Arrow text does not stack on them
     if models is not None:
         result.seconds["stable_models"] = model_seconds
     started = time.perf_counter()

@@ -175,3 +175,19 @@ def test_a_strong_change_in_the_customers_own_orders_is_an_anomaly_even_where_th
     assert found.loc["d", "description"].startswith("purchase_value: typical order value fell 10.0-fold in the customer's own orders")
     assert found.loc["p", "severity"] == pytest.approx(np.log(250 / 60) / np.log(10), abs=1e-3)
     assert anomalies_at(h, pd.Timestamp("2026-10-22")).empty  # reported once, on the day it is first detected
+
+
+def test_number_text_is_numpys_text_of_each_number():
+    """_number_text writes each float by repr; that must be numpy's astype(str) text, which the drift tables
+    always held (shortest round-trip digits, the same switch to exponents), at every magnitude and sign."""
+    from quimbi_pipeline.drift.measures import _number_text
+
+    rng = np.random.default_rng(5)
+    values = np.concatenate([
+        rng.standard_normal(20_000) * 10.0 ** rng.integers(-30, 30, 20_000),
+        np.round(rng.random(5_000), 6), np.round(rng.standard_normal(5_000) * 1e4, 2),
+        [0.0, -0.0, 1e16, 1e-4, 9.999e-5, 1e15, 123456789012345678.0, 5e-324, 1.7976931348623157e308, 0.1, 1 / 3, 1e22],
+    ])
+    assert _number_text(values).tolist() == values.astype(str).tolist()
+    # Not finite: 0 (callers show only rows that have a value).
+    assert _number_text(np.array([np.nan, np.inf, -np.inf, 2.5])).tolist() == ["0.0", "0.0", "0.0", "2.5"]

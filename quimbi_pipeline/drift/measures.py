@@ -198,9 +198,13 @@ def _text_array(values: pd.Series) -> np.ndarray:
     return values.astype(str).to_numpy(object)
 
 
-def _json_str(values) -> pd.Series:
-    # Segment and archetype names come from fixed ladders joined by ", ": no escaping needed.
-    return '"' + pd.Series(values, dtype="object").astype(str) + '"'
+def _json_str(values) -> np.ndarray:
+    """Names as JSON strings (object array). Segment and archetype names come from fixed ladders joined by ", ": no
+    escaping needed, and few distinct ones, so each is quoted once (a pandas text op costs ~0.1 ms a call at a
+    small store's size, and per row at a large one's)."""
+    codes, names = pd.factorize(np.asarray(values, dtype=object))
+    quoted = np.array(['"' + str(name) + '"' for name in names] + ['"nan"'], dtype=object)
+    return quoted[codes]  # a missing name (code -1; profiles always have their names) reads "nan"
 
 
 def _num(values: np.ndarray, decimals: int = 6) -> np.ndarray:
@@ -210,7 +214,10 @@ def _num(values: np.ndarray, decimals: int = 6) -> np.ndarray:
 def _number_text(values: np.ndarray) -> np.ndarray:
     """Finite numbers as JSON number text (object array); non-finite ones as 0 (callers only show rows that have a value)."""
     values = np.asarray(values, dtype="float64")
-    return np.where(np.isfinite(values), values, 0.0).astype(str).astype(object)
+    # repr of each float is numpy's astype(str) text (shortest round-trip, the same exponent rules), 1.4-2x faster.
+    out = np.empty(values.shape, dtype=object)  # 1-D
+    out[:] = list(map(repr, np.where(np.isfinite(values), values, 0.0).tolist()))
+    return out
 
 
 def _groups(customer_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -298,7 +305,7 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
         dom = _dominant(m, cols)
         changed = same_customer & (dom != np.r_[-2, dom[:-1]]) & (dom >= 0) & (np.r_[-1, dom[:-1]] >= 0)
         n_trans = np.bincount(code[changed], minlength=n_cust)
-        quoted = _json_str([history.columns[c].split(".", 1)[1] for c in cols]).to_numpy(object)  # once per axis, not per event
+        quoted = _json_str([history.columns[c].split(".", 1)[1] for c in cols])  # once per axis, not per event
         idx = np.flatnonzero(changed)
         if idx.size:
             event = '{"date": "' + day_text(h.day[idx]) + '", "from": ' + quoted[dom[idx - 1]] + ', "to": ' + quoted[dom[idx]] + "}"
@@ -348,7 +355,7 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
 def archetype_journey(h: MembershipHistory, code: np.ndarray, same_customer: np.ndarray, n_cust: int) -> np.ndarray:
     """[{"date": first date, "archetype": name}, ...]: the customer's archetypes in the window, in order, one per run."""
     starts = np.flatnonzero(~same_customer | (h.archetype != np.r_[None, h.archetype[:-1]]))
-    item = '{"date": "' + day_text(h.day[starts]) + '", "archetype": ' + _json_str(h.archetype[starts]).to_numpy(object) + "}"
+    item = '{"date": "' + day_text(h.day[starts]) + '", "archetype": ' + _json_str(h.archetype[starts]) + "}"
     return _join_per_group(code[starts], item, n_cust)
 
 
@@ -382,7 +389,11 @@ def recommendations(overall: np.ndarray, churn_trend: np.ndarray, churn_then: np
     any_backed = np.zeros(overall.shape, dtype=bool)
     for axis, d in directions.items():
         any_backed |= d != "stable"
-    churn = '"evidence": {"feature": "churn_risk_score", "before": ' + _number_text(np.round(churn_then, 3)) + ', "after": ' + _number_text(np.round(churn_now, 3)) + "}"
+
+    def churn_evidence(rows: np.ndarray) -> np.ndarray:
+        return ('"evidence": {"feature": "churn_risk_score", "before": ' + _number_text(np.round(churn_then[rows], 3))
+                + ', "after": ' + _number_text(np.round(churn_now[rows], 3)) + "}")
+
     rules = [
         ("win_back", (churn_trend >= 0.1) & (churn_now >= 0.6) & (on("purchase_frequency", "degrading") | (not evidence)),
          "churn risk rose to high: send a win-back offer", "purchase_frequency"),
@@ -394,22 +405,30 @@ def recommendations(overall: np.ndarray, churn_trend: np.ndarray, churn_then: np
         ("reward_loyalty", on("loyalty_trajectory", "improving"), "growing loyalty: loyalty-programme rewards", "purchase_frequency"),
         ("review_profile", (overall >= 0.5) & (any_backed | (not evidence)), "behavior changed a lot: review this customer's segment-based treatment", None),
     ]
-    out = pd.Series([""] * overall.size, dtype="object")
     first_backed = np.full(overall.size, "", dtype=object)  # review_profile names the first backed axis
     for axis, d in directions.items():
         named = evidence.get(EVIDENCE_AXIS.get(axis, axis))
         if named is not None:
             first_backed = np.where((first_backed == "") & (d != "stable"), named, first_backed)
+    # Text for the rows a rule applies to only: most rows get none ("[]").
+    out = np.full(overall.size, "", dtype=object)
     for code, mask, text, axis in rules:
-        item = pd.Series([f'{{"code": "{code}", "text": "{text}"'] * overall.size, dtype="object")
+        rows = np.flatnonzero(np.broadcast_to(mask, overall.shape))
+        if not rows.size:
+            continue
+        item = np.full(rows.size, f'{{"code": "{code}", "text": "{text}"', dtype=object)
         named = evidence.get(axis) if axis else (first_backed if evidence else None)
-        if code == "win_back" and named is not None:
-            named = np.where(named != "", named, churn)
         if named is not None:
-            item = item + np.where(named != "", ", " + pd.Series(named, dtype="object"), "")
+            named = np.asarray(named, dtype=object)[rows]
+            if code == "win_back":
+                unnamed = named == ""
+                named[unnamed] = churn_evidence(rows[unnamed])
+            has = named != ""
+            item[has] = item[has] + ", " + named[has]
         item = item + "}"
-        out = out + np.where(mask, np.where(out == "", item, ", " + item), "")
-    return ("[" + out + "]").to_numpy(object)
+        before = out[rows]
+        out[rows] = np.where(before == "", item, before + ", " + item)
+    return "[" + out + "]"
 
 
 def anomalies_at(history: MembershipHistory, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -436,9 +455,10 @@ def anomalies_at(history: MembershipHistory, as_of: pd.Timestamp) -> pd.DataFram
         # With change detection on, an anomaly needs the change it reports: new at D (sudden drift, velocity
         # spike) or gone at D (a reversal); a model's movement or a customer's noise is not one.
         sudden = at_d[(step[at_d] > SUDDEN_DRIFT) & (gap_days[at_d] <= SUDDEN_DRIFT_DAYS) & h.new_change(source, at_d, at_d - 1)]
-        frames.append(_anomaly_rows(h, sudden, axis, "sudden_drift", step[sudden],
-                                    axis + ": moved " + pd.Series(np.round(100 * step[sudden]).astype(int)).astype(str)
-                                    + "% of the way to another segment in " + _days_text(gap_days[sudden])))
+        if sudden.size:  # (each kind's text only where it has rows: most days most kinds have none)
+            frames.append(_anomaly_rows(h, sudden, axis, "sudden_drift", step[sudden],
+                                        axis + ": moved " + pd.Series(np.round(100 * step[sudden]).astype(int)).astype(str)
+                                        + "% of the way to another segment in " + _days_text(gap_days[sudden])))
 
         if axis in STRONG_CHANGE_AXES and source in h.evidence:
             e = h.evidence[source]
@@ -448,10 +468,11 @@ def anomalies_at(history: MembershipHistory, as_of: pd.Timestamp) -> pd.DataFram
                 size = np.abs(np.log(factor))  # NaN for a factor <= 0 or undefined: never strong
             strong = np.isfinite(size) & (size >= np.log(STRONG_CHANGE_FACTOR)) & (dom[fresh] >= 0)
             rows, factor, size = fresh[strong], factor[strong], size[strong]
-            frames.append(_anomaly_rows(h, rows, axis, "behavior_change", np.minimum(1.0, size / np.log(10.0)),
-                                        f"{axis}: {EVIDENCE[source][0]} " + pd.Series(_factor_text(factor))
-                                        + " in the customer's own orders, which their segment (" + pd.Series(names[dom[rows]]).astype(str)
-                                        + ") does not show"))
+            if rows.size:
+                frames.append(_anomaly_rows(h, rows, axis, "behavior_change", np.minimum(1.0, size / np.log(10.0)),
+                                            f"{axis}: {EVIDENCE[source][0]} " + pd.Series(_factor_text(factor))
+                                            + " in the customer's own orders, which their segment (" + pd.Series(names[dom[rows]]).astype(str)
+                                            + ") does not show"))
 
         # Reversal: runs of equal dominant segment; the run starting at D returns to the segment of two runs back.
         run_start = np.flatnonzero(~same_customer | (dom != np.r_[-2, dom[:-1]]))
@@ -468,9 +489,10 @@ def anomalies_at(history: MembershipHistory, as_of: pd.Timestamp) -> pd.DataFram
         if h.evidence:  # the stay in B began with a new change, which D no longer holds
             is_rev &= h.new_change(source, b_start, np.maximum(b_start - 1, 0)) & h.new_change(source, b_start, rows)
         rows, b_start = rows[is_rev], b_start[is_rev]
-        frames.append(_anomaly_rows(h, rows, axis, "reversal", step[rows], evidence_rows=b_start, description=
-                                    axis + ": " + pd.Series(names[dom[rows]]).astype(str) + " -> " + pd.Series(names[dom[b_start]]).astype(str)
-                                    + " -> " + pd.Series(names[dom[rows]]).astype(str) + " within " + _days_text(h.day[rows] - h.day[b_start])))
+        if rows.size:
+            frames.append(_anomaly_rows(h, rows, axis, "reversal", step[rows], evidence_rows=b_start, description=
+                                        axis + ": " + pd.Series(names[dom[rows]]).astype(str) + " -> " + pd.Series(names[dom[b_start]]).astype(str)
+                                        + " -> " + pd.Series(names[dom[rows]]).astype(str) + " within " + _days_text(h.day[rows] - h.day[b_start])))
 
         # Velocity spike: the pace of the last 7 days against the customer's pace over the 90 days before.
         rows, ratio, recent, reference = _velocity_spikes(h, code, first, cols, d)
@@ -478,10 +500,14 @@ def anomalies_at(history: MembershipHistory, as_of: pd.Timestamp) -> pd.DataFram
             yesterday = _velocity_spikes(h, code, first, cols, d - 1)[0]
             new = ~np.isin(code[rows], code[yesterday]) & h.new_change(source, rows, reference)  # once, on the day it starts
             rows, ratio, recent = rows[new], ratio[new], recent[new]
-        frames.append(_anomaly_rows(h, rows, axis, "velocity_spike", np.minimum(1.0, ratio / (2 * VELOCITY_SPIKE_RATIO)),
-                                    axis + ": moved " + pd.Series(np.round(100 * recent * VELOCITY_RECENT_DAYS).astype(int)).astype(str)
-                                    + f"% of the way to another segment over the last {VELOCITY_RECENT_DAYS} days, " + pd.Series(_pace_text(ratio))))
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[c for c in ANOMALY_COLUMNS if c != "as_of_date"])
+        if rows.size:
+            frames.append(_anomaly_rows(h, rows, axis, "velocity_spike", np.minimum(1.0, ratio / (2 * VELOCITY_SPIKE_RATIO)),
+                                        axis + ": moved " + pd.Series(np.round(100 * recent * VELOCITY_RECENT_DAYS).astype(int)).astype(str)
+                                        + f"% of the way to another segment over the last {VELOCITY_RECENT_DAYS} days, " + pd.Series(_pace_text(ratio))))
+    if not frames:  # the columns as a day with anomalies has them
+        frames.append(_anomaly_rows(h, np.zeros(0, dtype="int64"), "", "", np.zeros(0), pd.Series([], dtype=object)))
+    # Object text columns whether or not a day has anomalies (pandas makes non-empty ones str, empty ones object).
+    out = pd.concat(frames, ignore_index=True).astype({"customer_id": object, "anomaly_date": object, "description": object})
     out.insert(1, "as_of_date", as_of_text)
     return out[ANOMALY_COLUMNS].sort_values(["customer_id", "anomaly_type", "axis"], kind="stable").reset_index(drop=True)
 

@@ -108,8 +108,11 @@ def merge_changes(parts: list[AxisChange], n_all: int) -> AxisChange:
 
 
 def _newest_first(codes: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(order, group start per sorted row, position from newest) for rows sorted by customer then newest first."""
-    order = np.lexsort((-ts, codes))
+    """(order, group start per sorted row, position from newest) for rows sorted by customer then newest first
+    (equal times in their given order). Rows given in that order already (features.customer_slices) are not sorted
+    again: a stable sort of sorted rows is the identity."""
+    ordered = codes.size < 2 or bool(np.all((codes[1:] > codes[:-1]) | ((codes[1:] == codes[:-1]) & (ts[1:] <= ts[:-1]))))
+    order = np.arange(codes.size) if ordered else np.lexsort((-ts, codes))
     c = codes[order]
     new = np.r_[True, c[1:] != c[:-1]] if c.size else np.zeros(0, dtype=bool)
     starts = np.flatnonzero(new)

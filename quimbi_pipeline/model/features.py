@@ -239,7 +239,7 @@ def compute_customer_features(
         return orders[name].to_numpy()[purchase_rows]
 
     changes: dict[str, AxisChange] = {}
-    slices = functools.cache(lambda: customer_slices(codes, in_rel, n_all))  # the same purchases for every detector
+    slices = functools.cache(lambda: customer_slices(codes, ts, in_rel, n_all))  # the same purchases for every detector
 
     def window_for(axis: str, detect) -> np.ndarray:
         """The purchases an axis' features are computed over: the customer's window, or (adaptive) the
@@ -391,23 +391,30 @@ def _purchase_occasions(day_codes: np.ndarray, days: np.ndarray, day_spend: np.n
 DETECTOR_SLICE_ROWS = 500_000
 
 
-def customer_slices(codes: np.ndarray, mask: np.ndarray, n_all: int) -> list[np.ndarray]:
-    """The purchases in `mask` as the detectors read them: [the mask] when they are at most DETECTOR_SLICE_ROWS,
-    else the ascending row positions of successive slices of customers of about DETECTOR_SLICE_ROWS purchases each
-    (a customer's purchases always in one slice). One grouping for every detector: a mask per slice and detector
-    passed over every purchase (at 1M customers: 30 slices x 5 detectors x 20M purchases)."""
-    per_customer = np.bincount(codes[mask], minlength=n_all)
-    if per_customer.sum() <= DETECTOR_SLICE_ROWS:
-        return [mask]
-    ends = np.searchsorted(np.cumsum(per_customer), np.arange(DETECTOR_SLICE_ROWS, per_customer.sum(), DETECTOR_SLICE_ROWS), side="right")
-    bounds = np.unique(np.r_[0, ends, n_all])
+def customer_slices(codes: np.ndarray, ts: np.ndarray, mask: np.ndarray, n_all: int) -> list[np.ndarray]:
+    """The purchases in `mask` as the detectors read them: the row positions of successive slices of customers of
+    about DETECTOR_SLICE_ROWS purchases each (one slice when there are no more; a customer's purchases always in one
+    slice), each slice ordered by customer, newest first (ties in their row order). That is the order every detector
+    sorts its purchases into (change_points._newest_first), so sorted here once per slice it is found sorted there:
+    one sort per slice instead of one per slice and detector. One grouping for every detector: a mask per slice and
+    detector passed over every purchase (at 1M customers: 30 slices x 5 detectors x 20M purchases)."""
     rows = np.flatnonzero(mask)
+    per_customer = np.bincount(codes[rows], minlength=n_all)
+    if rows.size <= DETECTOR_SLICE_ROWS:
+        return [_newest_first_rows(codes, ts, rows)]
+    ends = np.searchsorted(np.cumsum(per_customer), np.arange(DETECTOR_SLICE_ROWS, rows.size, DETECTOR_SLICE_ROWS), side="right")
+    bounds = np.unique(np.r_[0, ends, n_all])
     slice_of_row = np.searchsorted(bounds, codes[rows], side="right") - 1
     # Grouped by slice, ascending within one (as a mask's rows); int16 keys sort by radix (2.5x int64's stable sort).
     slice_key = slice_of_row.astype(np.int16) if bounds.size <= np.iinfo(np.int16).max else slice_of_row
     rows = rows[np.argsort(slice_key, kind="stable")]
     cuts = np.r_[0, np.cumsum(np.bincount(slice_of_row, minlength=bounds.size - 1))]
-    return [rows[cuts[i]:cuts[i + 1]] for i in range(bounds.size - 1)]
+    return [_newest_first_rows(codes, ts, rows[cuts[i]:cuts[i + 1]]) for i in range(bounds.size - 1)]
+
+
+def _newest_first_rows(codes: np.ndarray, ts: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Ascending row positions reordered by customer, then newest first; equal times keep their row order (a stable sort)."""
+    return rows[np.lexsort((-ts[rows], codes[rows]))]
 
 
 def _detect_by_customer_slices(slices: list[np.ndarray], n_all: int, detect) -> AxisChange:

@@ -399,9 +399,9 @@ def customer_slices(codes: np.ndarray, ts: np.ndarray, mask: np.ndarray, n_all: 
     one sort per slice instead of one per slice and detector. One grouping for every detector: a mask per slice and
     detector passed over every purchase (at 1M customers: 30 slices x 5 detectors x 20M purchases)."""
     rows = np.flatnonzero(mask)
-    per_customer = np.bincount(codes[rows], minlength=n_all)
     if rows.size <= DETECTOR_SLICE_ROWS:
         return [_newest_first_rows(codes, ts, rows)]
+    per_customer = np.bincount(codes[rows], minlength=n_all)
     ends = np.searchsorted(np.cumsum(per_customer), np.arange(DETECTOR_SLICE_ROWS, rows.size, DETECTOR_SLICE_ROWS), side="right")
     bounds = np.unique(np.r_[0, ends, n_all])
     slice_of_row = np.searchsorted(bounds, codes[rows], side="right") - 1

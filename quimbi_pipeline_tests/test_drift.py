@@ -180,7 +180,7 @@ def test_a_strong_change_in_the_customers_own_orders_is_an_anomaly_even_where_th
 def test_number_text_is_numpys_text_of_each_number():
     """_number_text writes each float by repr; that must be numpy's astype(str) text, which the drift tables
     always held (shortest round-trip digits, the same switch to exponents), at every magnitude and sign."""
-    from quimbi_pipeline.drift.measures import _number_text
+    from quimbi_pipeline.drift.measures import _finite_text, _number_text
 
     rng = np.random.default_rng(5)
     values = np.concatenate([
@@ -191,3 +191,6 @@ def test_number_text_is_numpys_text_of_each_number():
     assert _number_text(values).tolist() == values.astype(str).tolist()
     # Not finite: 0 (callers show only rows that have a value).
     assert _number_text(np.array([np.nan, np.inf, -np.inf, 2.5])).tolist() == ["0.0", "0.0", "0.0", "2.5"]
+    # The Arrow twin that drift's axes text is joined from writes the same text.
+    with_non_finite = np.r_[values, np.nan, np.inf, -np.inf]
+    assert _finite_text(with_non_finite).to_pylist() == _number_text(with_non_finite).tolist()

@@ -193,6 +193,20 @@ def test_numbers_are_written_as_pythons_repr_at_every_magnitude():
     assert json_number(np.array([np.nan, np.inf, 0.5, 3.0, 1e-05])).tolist() == ["null", "null", "0.5", "3.0", "1e-05"]
 
 
+def test_a_value_given_as_pieces_is_their_concatenation_byte_for_byte():
+    """json_object joins a value given as pieces (literals, numpy text, object text, Arrow text) in its one Arrow join:
+    the same bytes as the value concatenated first (drift's axes are built this way)."""
+    rng = np.random.default_rng(7)
+    score = np.round(rng.random(300), 6)
+    direction = np.where(rng.random(300) < 0.5, "stable", "improving")  # numpy fixed-width text
+    transitions = np.where(rng.random(300) < 0.9, "[]", '[{"to": "a"}]').astype(object)  # Python strings
+    pieces = ["[", float_text(score), ', "', direction, '", ', transitions, "]"]
+    joined = pd.Series("[" + np.array([repr(float(v)) for v in score], dtype=object) + ', "' + direction.astype(object) + '", '
+                       + transitions + "]")
+    assert json_object([("a", pieces), ("b", joined)]).tolist() == json_object([("a", joined), ("b", joined)]).tolist()
+    assert json.loads(json_object([("a", pieces)]).iloc[0])["a"][0] == score[0]
+
+
 def test_a_nested_object_in_one_join_is_json_object_of_json_objects_byte_for_byte():
     rng = np.random.default_rng(4)
     groups = [(f"axis_{g}", [(f"k{j}", json_number(rng.normal(size=50) * 10 ** g)) for j in range(size)])

@@ -25,7 +25,7 @@ from quimbi_pipeline.drift.evidence import (
     evidence_arrays,
     evidence_sign,
 )
-from quimbi_pipeline.history.json_text import json_object
+from quimbi_pipeline.history.json_text import float_text, json_object
 from quimbi_pipeline.model.features import AXIS_BY_NAME
 from quimbi_pipeline.model.memberships import SQRT2
 from quimbi_pipeline.model.segmentation import SINGLE_SEGMENT_NAME
@@ -220,6 +220,11 @@ def _number_text(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _finite_text(values: np.ndarray):
+    """_number_text's text as an Arrow column, for columns joined in Arrow (json_object)."""
+    return float_text(np.nan_to_num(np.asarray(values, dtype="float64"), nan=0.0, posinf=0.0, neginf=0.0))
+
+
 def _groups(customer_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(group code per row, first row of each group, last row of each group) of rows sorted by customer."""
     new = np.r_[True, customer_id[1:] != customer_id[:-1]] if customer_id.size else np.zeros(0, dtype=bool)
@@ -328,8 +333,8 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
             "customer_id": h.customer_id[first], "as_of_date": as_of_text, "window_days": window_days, "axis": axis, "drift_score": score,
             "direction": direction, "velocity": speed, "n_transitions": n_trans.astype("int64"), "transitions": transitions,
         })
-        axes_text.append((axis, pd.Series("[" + _number_text(score) + ', "' + direction.astype(object) + '", '
-                                          + _number_text(speed) + ", " + transitions + "]")))
+        # Joined in Arrow by json_object; the numbers as _number_text writes them (float_text is repr, in Arrow).
+        axes_text.append((axis, ["[", _finite_text(score), ', "', direction, '", ', _finite_text(speed), ", ", transitions, "]"]))
     n_axes = len(columns_out)
     overall = np.mean([c[1] for c in columns_out], axis=0)
     churn_trend = h.churn[last] - h.churn[first]

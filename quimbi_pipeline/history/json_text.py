@@ -61,15 +61,32 @@ def float_text(values: np.ndarray) -> pa.Array:
     return patch(text, finite & (size < 1e10) & (x == np.round(x)), lambda part, _: pc.binary_join_element_wise(part, pa.scalar(".0", pa.large_string()), pa.scalar("", pa.large_string())))
 
 
-def json_object(items: list[tuple[str, pd.Series]]) -> pd.Series:
-    """'{"k1": v1, "k2": v2}' per row from already-serialized JSON values, vectorized (one Arrow join)."""
+def json_object(items: list[tuple[str, pd.Series | list]]) -> pd.Series:
+    """'{"k1": v1, "k2": v2}' per row from already-serialized JSON values, vectorized (one Arrow join). A value may be
+    given as a list of pieces, text columns and literal strings, which it is the concatenation of (no column of the
+    joined value is built first)."""
     if not items:
         raise ValueError("json_object needs at least one item")
     parts = []
     for i, (key, value) in enumerate(items):
-        parts += [pa.scalar(("{" if i == 0 else ", ") + f'"{key}": ', pa.large_string()), arrow_text(value)]
-    parts.append(pa.scalar("}", pa.large_string()))
-    return pd.Series(pd.arrays.ArrowStringArray(pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string()))))
+        parts.append(("{" if i == 0 else ", ") + f'"{key}": ')
+        parts += value if isinstance(value, list) else [value]
+    parts.append("}")
+    return pd.Series(pd.arrays.ArrowStringArray(pc.binary_join_element_wise(*_join_parts(parts), pa.scalar("", pa.large_string()))))
+
+
+def _join_parts(parts: list) -> list:
+    """Arrow join arguments of pieces: adjacent literal strings merged into one scalar, columns as Arrow text."""
+    out: list = []
+    for part in parts:
+        if isinstance(part, str):
+            if out and isinstance(out[-1], str):
+                out[-1] += part
+            else:
+                out.append(part)
+        else:
+            out.append(part if isinstance(part, pa.Array) else arrow_text(part))
+    return [pa.scalar(p, pa.large_string()) if isinstance(p, str) else p.cast(pa.large_string()) for p in out]
 
 
 def json_nested_object(groups: list[tuple[str, list[tuple[str, pd.Series]]]]) -> pd.Series:
@@ -91,6 +108,8 @@ def json_nested_object(groups: list[tuple[str, list[tuple[str, pd.Series]]]]) ->
 
 def arrow_text(values) -> pa.Array:
     """A column of text as an Arrow large_string array (no copy for Arrow-backed pandas strings)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "U":  # numpy's fixed-width text: straight to Arrow
+        return pa.array(values, pa.large_string())
     array = pa.array(pd.Series(values).astype(pd.StringDtype("pyarrow")).array)
     return (array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array).cast(pa.large_string())
 

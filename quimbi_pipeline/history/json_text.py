@@ -95,15 +95,13 @@ def json_nested_object(groups: list[tuple[str, list[tuple[str, pd.Series]]]]) ->
     if not groups or not all(items for _, items in groups):
         raise ValueError("json_nested_object needs at least one group, each with at least one item")
     parts: list = []
-    literal = ""
     for i, (group, items) in enumerate(groups):
-        literal += ("{" if i == 0 else ", ") + f'"{group}": '
+        parts.append(("{" if i == 0 else ", ") + f'"{group}": ')
         for j, (key, value) in enumerate(items):
-            parts += [pa.scalar(literal + ("{" if j == 0 else ", ") + f'"{key}": ', pa.large_string()), arrow_text(value)]
-            literal = ""
-        literal = "}"
-    parts.append(pa.scalar(literal + "}", pa.large_string()))
-    return pd.Series(pd.arrays.ArrowStringArray(pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string()))))
+            parts += [("{" if j == 0 else ", ") + f'"{key}": ', value]
+        parts.append("}")
+    parts.append("}")
+    return pd.Series(pd.arrays.ArrowStringArray(pc.binary_join_element_wise(*_join_parts(parts), pa.scalar("", pa.large_string()))))
 
 
 def arrow_text(values) -> pa.Array:

@@ -107,12 +107,16 @@ def merge_changes(parts: list[AxisChange], n_all: int) -> AxisChange:
     return out
 
 
-def _newest_first(codes: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(order, group start per sorted row, position from newest) for rows sorted by customer then newest first
-    (equal times in their given order). Rows given in that order already (features.customer_slices) are not sorted
-    again: a stable sort of sorted rows is the identity."""
+def newest_first_order(codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """The rows' order by customer, then newest first, equal times in their given order (a stable sort). Rows given in
+    that order already (features.customer_slices sorts each slice once by this) are not sorted again: the identity."""
     ordered = codes.size < 2 or bool(np.all((codes[1:] > codes[:-1]) | ((codes[1:] == codes[:-1]) & (ts[1:] <= ts[:-1]))))
-    order = np.arange(codes.size) if ordered else np.lexsort((-ts, codes))
+    return np.arange(codes.size) if ordered else np.lexsort((-ts, codes))
+
+
+def _newest_first(codes: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, group start per sorted row, position from newest) for rows sorted by customer then newest first."""
+    order = newest_first_order(codes, ts)
     c = codes[order]
     new = np.r_[True, c[1:] != c[:-1]] if c.size else np.zeros(0, dtype=bool)
     starts = np.flatnonzero(new)

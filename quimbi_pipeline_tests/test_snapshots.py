@@ -1,6 +1,8 @@
 """Snapshots: calendar, idempotent writes, shadow mode, retention sensor and prune job, schedule, history."""
 
 import io
+import logging
+import threading
 import time
 
 import dagster as dg
@@ -18,6 +20,7 @@ from quimbi_pipeline.defs.snapshots.jobs import (
 from quimbi_pipeline.history.snapshots import snapshot_types_for
 from quimbi_pipeline.settings import RetentionPolicy
 from quimbi_pipeline.storage import Warehouse
+from quimbi_pipeline.storage.partition_rewrites import pending_rewrites
 
 ORDERS = "demo:customers=300,stores=2,seed=5"
 
@@ -228,36 +231,71 @@ def test_postgres_snapshots_are_partitioned_by_date_and_prune_drops_expired_date
     wh.dispose()
 
 
+def _snapshot_partitions(wh: Warehouse) -> pd.DataFrame:
+    """Each snapshot partition's file, bytes and rows."""
+    return wh.read_sql("SELECT c.relname, c.relfilenode, pg_relation_size(c.oid) AS bytes, "
+                       "(SELECT count(*) FROM platform.profile_snapshots s WHERE s.snapshot_date = to_date(right(c.relname, 8), 'YYYYMMDD')) AS n "
+                       "FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace "
+                       "WHERE ns.nspname = 'platform' AND c.relname LIKE 'profile_snapshots_p%' AND c.relkind = 'r'").set_index("relname")
+
+
+CLEARED = ["profile_snapshots_p20251229", "profile_snapshots_p20260101"]  # lose their daily bit at daily=2
+
+
+def _open_snapshot(wh: Warehouse) -> tuple[sa.Connection, sa.Transaction]:
+    """A session whose snapshot predates what comes next (as an analyst's long REPEATABLE READ transaction's would).
+    It reads another table: one that read the snapshots would hold locks the prune's DROP and VACUUM wait for."""
+    reader = wh.engine.connect().execution_options(isolation_level="REPEATABLE READ")
+    tx = reader.begin()
+    reader.execute(sa.text("SELECT count(*) FROM platform.customer_profiles")).scalar_one()
+    return reader, tx
+
+
 @pytest.mark.postgres
-def test_a_postgresql_partition_whose_types_expire_is_rewritten_not_left_twice_its_size(pg_url, monkeypatch):
+def test_a_postgresql_partition_whose_types_expire_is_rewritten_not_left_twice_its_size(pg_url, monkeypatch, caplog):
+    """The rewrite waits for sessions whose snapshot predates the prune; one held past the wait leaves the partitions
+    pending, and the next prune rewrites them."""
     run(pg_url, "2025-12-29", "2026-01-06", monkeypatch)
     wh = Warehouse(pg_url)
-
-    def partitions() -> pd.DataFrame:
-        return wh.read_sql("SELECT c.relname, c.relfilenode, pg_relation_size(c.oid) AS bytes, "
-                           "(SELECT count(*) FROM platform.profile_snapshots s WHERE s.snapshot_date = to_date(right(c.relname, 8), 'YYYYMMDD')) AS n "
-                           "FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace "
-                           "WHERE ns.nspname = 'platform' AND c.relname LIKE 'profile_snapshots_p%' AND c.relkind = 'r'").set_index("relname")
-
-    before = partitions()
+    before = _snapshot_partitions(wh)
     customer = wh.read_sql("SELECT min(customer_id) AS c FROM platform.profile_snapshots WHERE store_id = 'store_a' "
                            "AND snapshot_date = DATE '2025-12-29'")["c"].iloc[0]
     history = wh.customer_history("store_a", customer, days=30)
-    # A snapshot older than the prune's update keeps the dead versions for any VACUUM: wait until no other session of
-    # this database holds one (an autovacuum ANALYZE of the tables the run just wrote does, in a busy test run).
-    for _ in range(600):
-        if not wh.read_sql("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
-                           "AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL")["n"].iloc[0]:
-            break
-        time.sleep(0.1)
-    wh.prune_snapshots(RetentionPolicy(daily=2))  # 2025-12-29 (weekly) and 2026-01-01 (monthly...) lose their daily bit
-    after = partitions()
-    cleared = ["profile_snapshots_p20251229", "profile_snapshots_p20260101"]
-    assert set(after.index) == set(cleared) | {"profile_snapshots_p20260105", "profile_snapshots_p20260106"}
-    assert (after.loc[cleared, "relfilenode"] != before.loc[cleared, "relfilenode"]).all()  # rewritten
-    assert (after.loc[cleared, "n"] == before.loc[cleared, "n"]).all()  # the same rows
+    cleared_daily = ("SELECT count(*) AS n FROM platform.profile_snapshots WHERE snapshot_types & 1 <> 0 "
+                     "AND snapshot_date IN (DATE '2025-12-29', DATE '2026-01-01')")
+    rows_seen = int(wh.read_sql(cleared_daily)["n"].iloc[0])
+
+    reader, tx = _open_snapshot(wh)
+    held_by = reader.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    with caplog.at_level(logging.WARNING, logger="quimbi_pipeline.storage.partition_rewrites"):
+        wh.prune_snapshots(RetentionPolicy(daily=2), rewrite_wait_seconds=0.5)  # 12-29 and 01-01 lose their daily bit
+    assert f"pid {held_by} " in caplog.text and all(p in caplog.text for p in CLEARED)
+    with wh.engine.connect() as conn:
+        assert pending_rewrites(conn) == CLEARED
+    per_row = (lambda t: t["bytes"] / t["n"])(_snapshot_partitions(wh))
+    assert per_row[CLEARED].min() >= 1.6 * per_row["profile_snapshots_p20260106"]  # the held versions kept their space
+    # The held snapshot still reads the rows it could see there (a dropped partition is gone for everyone).
+    assert reader.execute(sa.text(cleared_daily)).scalar_one() == rows_seen > 0
+    assert int(wh.read_sql(cleared_daily)["n"].iloc[0]) == 0
+    tx.rollback()
+    reader.close()
+
+    # The next prune (nothing new expires) rewrites the pending partitions, after waiting for a session whose snapshot
+    # predates it and which lets go a second into the wait (rewritten at once, the dead versions would all be kept).
+    reader, tx = _open_snapshot(wh)
+    release = threading.Timer(1.0, lambda: (tx.rollback(), reader.close()))
+    release.start()
+    counts = wh.prune_snapshots(RetentionPolicy(daily=2))
+    release.join()
+    assert int(counts["deleted"].sum()) == 0
+    with wh.engine.connect() as conn:
+        assert pending_rewrites(conn) == []
+    after = _snapshot_partitions(wh)
+    assert set(after.index) == set(CLEARED) | {"profile_snapshots_p20260105", "profile_snapshots_p20260106"}
+    assert (after.loc[CLEARED, "relfilenode"] != before.loc[CLEARED, "relfilenode"]).all()  # rewritten
+    assert (after.loc[CLEARED, "n"] == before.loc[CLEARED, "n"]).all()  # the same rows
     per_row = after["bytes"] / after["n"]
-    assert per_row[cleared].max() <= 1.2 * per_row["profile_snapshots_p20260106"]  # was 2x: the dead versions kept their space
+    assert per_row[CLEARED].max() <= 1.2 * per_row["profile_snapshots_p20260106"]  # was 2x: the dead versions kept their space
     kept = wh.customer_history("store_a", customer, days=30)
     assert len(history) == 9 and kept["snapshot_date"].tolist() == [d for d in history["snapshot_date"]
                                                                      if str(d) in ("2025-12-29", "2026-01-01", "2026-01-05", "2026-01-06")]

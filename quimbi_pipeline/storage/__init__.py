@@ -8,7 +8,7 @@ exactly that partition's rows and a failure leaves the previous rows intact.
 - connection.py: URLs, engine, schema creation and in-place upgrade, date partitions, bulk loads, reads;
 - profile_tables.py: customer_profiles, and the write of a store's partition (one transaction over the families);
 - snapshot_tables.py: profile_snapshots (its views customer_profile_snapshots and the history view), snapshot_blocks,
-  snapshot_writes;
+  snapshot_writes; partition_rewrites.py: snapshot_rewrites (date partitions the prune rewrites, pending ones);
 - drift_tables.py: customer_drift (its axes; the view customer_axis_drift), customer_drift_anomalies, population_drift,
   drift_inputs;
 - outlier_tables.py: customer_outlier_flags, outlier_rates;

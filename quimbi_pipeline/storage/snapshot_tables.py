@@ -37,6 +37,12 @@ from quimbi_pipeline.history.snapshots import (
 )
 from quimbi_pipeline.storage.connection import PG_SCHEMA, metadata, staging_metadata
 from quimbi_pipeline.storage.drift_tables import AXIS_DRIFT_VIEW
+from quimbi_pipeline.storage.partition_rewrites import (
+    REWRITE_WAIT_SECONDS,
+    current_xid,
+    pending_rewrites,
+    rewrite_partitions,
+)
 from quimbi_pipeline.storage.profile_tables import JSON_COLUMNS, customer_profiles
 
 # Copied from the profile as they are. The three JSON objects are stored as arrays of their values in the
@@ -613,20 +619,25 @@ class SnapshotStore:
                 rows.append({"store_id": store, "snapshot_type": snapshot_type, "newest": newest, "cutoff": cutoff, "expired": int(n)})
         return pd.DataFrame(rows, columns=["store_id", "snapshot_type", "newest", "cutoff", "expired"])
 
-    def prune_snapshots(self, policy, leased: frozenset[str] = frozenset()) -> pd.DataFrame:
+    def prune_snapshots(self, policy, leased: frozenset[str] = frozenset(),
+                        rewrite_wait_seconds: float = REWRITE_WAIT_SECONDS) -> pd.DataFrame:
         """Expire snapshots in bulk, per store and type, in one transaction; returns the counts (a row per type).
 
         An expired type's bit is cleared and a row left with no type is deleted. On a partitioned PostgreSQL
         table, a date partition whose every type is expired is dropped whole (its rows are counted first), and
-        a partition whose rows were updated is rewritten after the commit (VACUUM FULL): an old date never
-        receives new rows to reuse its dead versions' space, which doubled it for good (measured: 1,072 bytes
-        a row in the updated partitions, 538 in the others). The `leased` stores (a run uses them) are left alone.
+        a partition whose rows were updated is rewritten after the commit (VACUUM FULL, partition_rewrites.py:
+        once no session holds a snapshot from before the commit, waiting up to `rewrite_wait_seconds`): an old
+        date never receives new rows to reuse its dead versions' space, which doubled it for good (measured:
+        1,072 bytes a row in the updated partitions, 538 in the others). The `leased` stores (a run uses them)
+        are left alone.
         """
         table = self.qualified(SNAPSHOTS)
         cutoffs = {key: cutoff for key, (_, cutoff) in self._snapshot_cutoffs(policy).items() if key[0] not in leased}
         counts = {key: 0 for key in cutoffs}
-        rewrite = []
+        rewrite, xid = [], None
         with self.engine.begin() as conn:
+            if self.snapshots_partitioned:
+                rewrite, xid = pending_rewrites(conn), current_xid(conn)  # a rewrite an earlier prune could not finish
             for partition in self.snapshot_partitions():
                 day = pd.Timestamp(partition[len(SNAPSHOT_PARTITION_PREFIX):]).date()
                 held = conn.execute(sa.text(
@@ -661,10 +672,8 @@ class SnapshotStore:
             conn.execute(sa.text(
                 f"DELETE FROM {blocks} WHERE NOT EXISTS (SELECT 1 FROM {table} s WHERE s.store_id = {blocks}.store_id "
                 f"AND s.snapshot_date = {blocks}.snapshot_date AND (s.snapshot_types & {CALENDAR_MASK}) <> 0)"))
-        if rewrite:
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                for partition in rewrite:
-                    conn.execute(sa.text(f"VACUUM (FULL, ANALYZE) {PG_SCHEMA}.{partition}"))
+        if xid is not None:
+            rewrite_partitions(self.engine, rewrite, xid, rewrite_wait_seconds)
         rows = [{"store_id": s, "snapshot_type": t, "cutoff": cutoffs[(s, t)], "deleted": n} for (s, t), n in counts.items()]
         return pd.DataFrame(rows, columns=["store_id", "snapshot_type", "cutoff", "deleted"])
 

@@ -3,7 +3,6 @@
 import io
 import logging
 import threading
-import time
 
 import dagster as dg
 import pandas as pd
@@ -19,7 +18,7 @@ from quimbi_pipeline.defs.snapshots.jobs import (
 )
 from quimbi_pipeline.history.snapshots import snapshot_types_for
 from quimbi_pipeline.settings import RetentionPolicy
-from quimbi_pipeline.storage import Warehouse
+from quimbi_pipeline.storage import Warehouse, partition_rewrites
 from quimbi_pipeline.storage.partition_rewrites import pending_rewrites
 
 ORDERS = "demo:customers=300,stores=2,seed=5"
@@ -239,6 +238,11 @@ def _snapshot_partitions(wh: Warehouse) -> pd.DataFrame:
                        "WHERE ns.nspname = 'platform' AND c.relname LIKE 'profile_snapshots_p%' AND c.relkind = 'r'").set_index("relname")
 
 
+def _bytes_per_row(wh: Warehouse) -> pd.Series:
+    partitions = _snapshot_partitions(wh)
+    return partitions["bytes"] / partitions["n"]
+
+
 CLEARED = ["profile_snapshots_p20251229", "profile_snapshots_p20260101"]  # lose their daily bit at daily=2
 
 
@@ -267,18 +271,33 @@ def test_a_postgresql_partition_whose_types_expire_is_rewritten_not_left_twice_i
 
     reader, tx = _open_snapshot(wh)
     held_by = reader.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    wh.prune_snapshots(RetentionPolicy(daily=2), rewrite=False)  # 12-29 and 01-01 lose their daily bit
+    with wh.engine.connect() as conn:  # recorded with the prune's commit: a prune killed here leaves the record
+        assert pending_rewrites(conn) == CLEARED
     with caplog.at_level(logging.WARNING, logger="quimbi_pipeline.storage.partition_rewrites"):
-        wh.prune_snapshots(RetentionPolicy(daily=2), rewrite_wait_seconds=0.5)  # 12-29 and 01-01 lose their daily bit
+        assert wh.rewrite_snapshot_partitions(wait_seconds=0.5) == CLEARED
     assert f"pid {held_by} " in caplog.text and all(p in caplog.text for p in CLEARED)
     with wh.engine.connect() as conn:
         assert pending_rewrites(conn) == CLEARED
-    per_row = (lambda t: t["bytes"] / t["n"])(_snapshot_partitions(wh))
+    per_row = _bytes_per_row(wh)
     assert per_row[CLEARED].min() >= 1.6 * per_row["profile_snapshots_p20260106"]  # the held versions kept their space
     # The held snapshot still reads the rows it could see there (a dropped partition is gone for everyone).
     assert reader.execute(sa.text(cleared_daily)).scalar_one() == rows_seen > 0
     assert int(wh.read_sql(cleared_daily)["n"].iloc[0]) == 0
     tx.rollback()
     reader.close()
+
+    # A writer holding one partition past the lock timeout: that one stays recorded, the other is rewritten.
+    with monkeypatch.context() as patched, wh.engine.connect() as writer:
+        patched.setattr(partition_rewrites, "LOCK_TIMEOUT", "300ms")
+        writer.execute(sa.text(f"LOCK TABLE platform.{CLEARED[0]} IN ROW EXCLUSIVE MODE"))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="quimbi_pipeline.storage.partition_rewrites"):
+            assert wh.rewrite_snapshot_partitions() == [CLEARED[0]]
+        assert f"snapshot partition {CLEARED[0]} not rewritten: " in caplog.text and "lock timeout" in caplog.text
+        writer.rollback()
+    per_row = _bytes_per_row(wh)
+    assert per_row[CLEARED[1]] <= 1.2 * per_row["profile_snapshots_p20260106"] <= 0.8 * per_row[CLEARED[0]]
 
     # The next prune (nothing new expires) rewrites the pending partitions, after waiting for a session whose snapshot
     # predates it and which lets go a second into the wait (rewritten at once, the dead versions would all be kept).

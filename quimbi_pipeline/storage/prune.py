@@ -131,18 +131,22 @@ def _prune_models(wh: Warehouse, conn: sa.Connection, policy: RetentionPolicy, l
 def prune(wh: Warehouse, policy: RetentionPolicy) -> pd.DataFrame:
     """Every table's expired rows deleted (snapshots first, in their own transaction; then the dated tables and
     the models in one); returns rows deleted per table and store. Stores a run is using (leases.py) are left alone
-    until a prune after that run."""
+    until a prune after that run. The snapshot partitions it updated are rewritten after it has let runs start again
+    (a rewrite changes no row, and may wait for sessions: partition_rewrites.py)."""
     with pruning(wh) as leased:
         if EVERY_STORE in leased:
             log.warning("pruning left every store alone: a run is using the whole warehouse (pruned by a later prune)")
-            return pd.DataFrame(columns=["table", "store_id", "cutoff", "deleted"])
-        if leased:
-            log.warning("pruning left store(s) %s alone: a run is using them (pruned by a later prune)", ", ".join(sorted(leased)))
-        return _prune(wh, policy, frozenset(leased))
+            pruned = pd.DataFrame(columns=["table", "store_id", "cutoff", "deleted"])
+        else:
+            if leased:
+                log.warning("pruning left store(s) %s alone: a run is using them (pruned by a later prune)", ", ".join(sorted(leased)))
+            pruned = _prune(wh, policy, frozenset(leased))
+    wh.rewrite_snapshot_partitions()
+    return pruned
 
 
 def _prune(wh: Warehouse, policy: RetentionPolicy, leased: frozenset[str]) -> pd.DataFrame:
-    snapshots = wh.prune_snapshots(policy, leased)
+    snapshots = wh.prune_snapshots(policy, leased, rewrite=False)
     rows = [{"table": f"customer_profile_snapshots/{r.snapshot_type}", "store_id": r.store_id, "cutoff": r.cutoff, "deleted": r.deleted}
             for r in snapshots.itertuples()]
     cutoffs = {table: dated_cutoffs(wh, table, policy) for table in TABLE_RETENTION}

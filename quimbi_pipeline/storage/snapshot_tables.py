@@ -39,9 +39,8 @@ from quimbi_pipeline.storage.connection import PG_SCHEMA, metadata, staging_meta
 from quimbi_pipeline.storage.drift_tables import AXIS_DRIFT_VIEW
 from quimbi_pipeline.storage.partition_rewrites import (
     REWRITE_WAIT_SECONDS,
-    current_xid,
-    pending_rewrites,
-    rewrite_partitions,
+    request_rewrites,
+    rewrite_requested,
 )
 from quimbi_pipeline.storage.profile_tables import JSON_COLUMNS, customer_profiles
 
@@ -619,25 +618,23 @@ class SnapshotStore:
                 rows.append({"store_id": store, "snapshot_type": snapshot_type, "newest": newest, "cutoff": cutoff, "expired": int(n)})
         return pd.DataFrame(rows, columns=["store_id", "snapshot_type", "newest", "cutoff", "expired"])
 
-    def prune_snapshots(self, policy, leased: frozenset[str] = frozenset(),
+    def prune_snapshots(self, policy, leased: frozenset[str] = frozenset(), rewrite: bool = True,
                         rewrite_wait_seconds: float = REWRITE_WAIT_SECONDS) -> pd.DataFrame:
         """Expire snapshots in bulk, per store and type, in one transaction; returns the counts (a row per type).
 
         An expired type's bit is cleared and a row left with no type is deleted. On a partitioned PostgreSQL
         table, a date partition whose every type is expired is dropped whole (its rows are counted first), and
-        a partition whose rows were updated is rewritten after the commit (VACUUM FULL, partition_rewrites.py:
-        once no session holds a snapshot from before the commit, waiting up to `rewrite_wait_seconds`): an old
-        date never receives new rows to reuse its dead versions' space, which doubled it for good (measured:
-        1,072 bytes a row in the updated partitions, 538 in the others). The `leased` stores (a run uses them)
-        are left alone.
+        a partition whose rows were updated is recorded in the same transaction and rewritten after the commit
+        (VACUUM FULL once no session holds a snapshot from before it, waiting up to `rewrite_wait_seconds`;
+        partition_rewrites.py; `rewrite=False`: left to rewrite_snapshot_partitions): an old date never receives
+        new rows to reuse its dead versions' space, which doubled it for good (measured: 1,072 bytes a row in the
+        updated partitions, 538 in the others). The `leased` stores (a run uses them) are left alone.
         """
         table = self.qualified(SNAPSHOTS)
         cutoffs = {key: cutoff for key, (_, cutoff) in self._snapshot_cutoffs(policy).items() if key[0] not in leased}
         counts = {key: 0 for key in cutoffs}
-        rewrite, xid = [], None
+        updated = []
         with self.engine.begin() as conn:
-            if self.snapshots_partitioned:
-                rewrite, xid = pending_rewrites(conn), current_xid(conn)  # a rewrite an earlier prune could not finish
             for partition in self.snapshot_partitions():
                 day = pd.Timestamp(partition[len(SNAPSHOT_PARTITION_PREFIX):]).date()
                 held = conn.execute(sa.text(
@@ -649,7 +646,7 @@ class SnapshotStore:
                     for store, t, n in per_type:
                         counts[(store, t)] += n
                 elif any(expired):
-                    rewrite.append(partition)
+                    updated.append(partition)
             for (store, snapshot_type), cutoff in cutoffs.items():
                 cleared = conn.execute(sa.text(
                     f"UPDATE {table} SET snapshot_types = snapshot_types - {TYPE_BITS[snapshot_type]} "
@@ -672,10 +669,15 @@ class SnapshotStore:
             conn.execute(sa.text(
                 f"DELETE FROM {blocks} WHERE NOT EXISTS (SELECT 1 FROM {table} s WHERE s.store_id = {blocks}.store_id "
                 f"AND s.snapshot_date = {blocks}.snapshot_date AND (s.snapshot_types & {CALENDAR_MASK}) <> 0)"))
-        if xid is not None:
-            rewrite_partitions(self.engine, rewrite, xid, rewrite_wait_seconds)
+            request_rewrites(conn, updated)
+        if rewrite:
+            self.rewrite_snapshot_partitions(rewrite_wait_seconds)
         rows = [{"store_id": s, "snapshot_type": t, "cutoff": cutoffs[(s, t)], "deleted": n} for (s, t), n in counts.items()]
         return pd.DataFrame(rows, columns=["store_id", "snapshot_type", "cutoff", "deleted"])
+
+    def rewrite_snapshot_partitions(self, wait_seconds: float = REWRITE_WAIT_SECONDS) -> list[str]:
+        """Rewrite the date partitions prunes recorded (partition_rewrites.py); returns those left for the next prune."""
+        return rewrite_requested(self.engine, wait_seconds) if self.snapshots_partitioned else []
 
     def customer_history(self, store_id: str, customer_id: str, days: int, as_of=None, snapshot_type: str | None = None) -> pd.DataFrame:
         """One customer's snapshots over the `days` days up to as_of (default: their newest), oldest first.

@@ -9,6 +9,7 @@ from quimbi_pipeline.model.features import (
     AXES,
     available_axes,
     compute_customer_features,
+    sum_by_key,
 )
 from quimbi_pipeline.sources.orders import orders_as_of, validate_orders
 
@@ -144,6 +145,26 @@ def test_change_detection_by_customer_slices_finds_the_same_changes(monkeypatch)
     assert len(since) == 5 and whole[since].notna().sum().sum() > 20  # changes were found on every kind of axis
     pd.testing.assert_frame_equal(whole[since], sliced[since])  # the same changes, since the same purchase
     pd.testing.assert_frame_equal(whole, sliced, check_exact=False, rtol=1e-9)
+
+
+def test_sum_by_key_is_pandas_sorted_group_sum_bit_for_bit():
+    """Groups of one value (0.0, -0.0, tiny, huge), several values where Kahan's compensation differs from a plain
+    sum, NaN and infinities, keys in any order, as the spend per purchase day is summed."""
+    rng = np.random.default_rng(5)
+    n = 200_000
+    keys = rng.integers(0, 150_000, n) * 400 + rng.integers(0, 3, n)
+    values = np.exp(rng.normal(3, 2, n)) * rng.choice([1.0, 1.0, 1.0, -1.0], n)
+    special = rng.choice(n, 2_000, replace=False)
+    values[special] = rng.choice([0.0, -0.0, np.nan, np.inf, -np.inf, 1e16, -1e16, 5e-324, 1e308], special.size)
+    for k in (keys, keys[::-1].copy(), np.sort(keys), np.array([], dtype="int64")):
+        v = values[: k.size]
+        expected = pd.Series(v).groupby(k, sort=True).sum()
+        unique, sums = sum_by_key(v, k)
+        assert np.array_equal(unique, expected.index.to_numpy())
+        assert np.array_equal(sums.view("int64"), expected.to_numpy().view("int64"))  # -0.0 and NaN bits too
+    kahan = np.array([1e16, 1.0, 1.0, -1e16, 3.0])  # Kahan keeps the ones a plain left-to-right sum loses
+    _, sums = sum_by_key(kahan, np.zeros(5, dtype="int64"))
+    assert sums[0] == pd.Series(kahan).groupby(np.zeros(5, dtype="int64")).sum().iloc[0] != float(np.cumsum(kahan)[-1])
 
 
 def test_detectors_read_rows_presorted_by_customer_slices_exactly_as_they_sort_them():

@@ -109,6 +109,28 @@ def _group_sum(codes: np.ndarray, n: int, weights: np.ndarray | None = None) -> 
     return np.bincount(codes, weights=weights, minlength=n).astype("float64")
 
 
+def sum_by_key(values: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct int64 keys ascending, the sum of `values` over each), exactly as
+    `pd.Series(values).groupby(keys, sort=True).sum()` gives them, bit for bit.
+
+    pandas hashes every key and then sorts the distinct ones (2.3 s of a 200,000-customer store's 6.5 s of
+    features, spend per purchase day); one sort of the keys does both. pandas sums a group with Kahan
+    compensation in row order, skipping NaN: a group of one finite value sums to 0.0 + value, and every other
+    group (several values, or a non-finite one) is handed to pandas itself with its rows in their order."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]] if keys.size else np.zeros(0, dtype=bool)
+    first_rows = np.flatnonzero(starts)
+    first_values = values[order[first_rows]]
+    sums = 0.0 + first_values  # -0.0 becomes 0.0, as in pandas' sum starting from 0.0
+    several = np.diff(np.r_[first_rows, keys.size]) > 1
+    pandas_groups = several | ~np.isfinite(first_values)
+    if pandas_groups.any():
+        rows = np.sort(order[pandas_groups[np.cumsum(starts) - 1]])  # those groups' rows, in the order given
+        sums[pandas_groups] = pd.Series(values[rows]).groupby(keys[rows], sort=True).sum().to_numpy()
+    return sorted_keys[first_rows], sums
+
+
 def compute_customer_features(
     orders: pd.DataFrame,
     as_of: pd.Timestamp,
@@ -180,10 +202,9 @@ def compute_customer_features(
     span = int(day.max()) - first_day_all + 1 if day.size else 1
     day_key = codes.astype("int64") * span + (day - first_day_all)
     del day
-    spend_per_day = pd.Series(total).groupby(day_key, sort=True).sum()
+    day_keys, day_spend = sum_by_key(total, day_key)
     del day_key
-    day_codes = (spend_per_day.index.to_numpy() // span).astype(codes.dtype)
-    day_spend = spend_per_day.to_numpy()
+    day_codes = (day_keys // span).astype(codes.dtype)
     n_days = _group_sum(day_codes, n_all)
     is_first_day = np.r_[True, day_codes[1:] != day_codes[:-1]] if day_codes.size else np.zeros(0, dtype=bool)
     first_day_spend = np.full(n_all, np.nan)
@@ -207,13 +228,13 @@ def compute_customer_features(
         out["btyd_x"], out["btyd_t_x"], out["btyd_monetary"] = x, t_x_weeks, monetary
         out["btyd_days_per_occasion"] = 1.0
     else:
-        occ_x, occ_t_x, occ_monetary = _purchase_occasions(day_codes, spend_per_day.index.to_numpy() % span + first_day_all,
+        occ_x, occ_t_x, occ_monetary = _purchase_occasions(day_codes, day_keys % span + first_day_all,
                                                            day_spend, first_day // NS_PER_DAY, occasion_days, n_all)
         out["btyd_x"], out["btyd_t_x"], out["btyd_monetary"] = occ_x, occ_t_x, occ_monetary
         out["btyd_days_per_occasion"] = n_days / np.maximum(occ_x + 1, 1)
     out["btyd_T"] = T_weeks
-    out["gap_count"], out["gap_log_mean"], out["gap_log_ss"] = _gap_statistics(day_codes, spend_per_day.index.to_numpy(), span, n_all)
-    del spend_per_day, day_codes, day_spend, is_first_day
+    out["gap_count"], out["gap_log_mean"], out["gap_log_ss"] = _gap_statistics(day_codes, day_keys, span, n_all)
+    del day_keys, day_codes, day_spend, is_first_day
 
     # Frequency over the absolute window before D (a customer who stops buying slows down).
     window_ns = window_days * NS_PER_DAY

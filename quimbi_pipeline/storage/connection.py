@@ -33,6 +33,7 @@ from quimbi_pipeline.settings.locations import (  # noqa: F401 (re-exported)
     resolve_warehouse_url,
 )
 from quimbi_pipeline.sources.sql_table import read_sql_table
+from quimbi_pipeline.storage import parallel_stage
 
 log = logging.getLogger("quimbi_pipeline.storage")
 # Rows per COPY piece: pieces of 200,000 profile rows (about 0.45 GB of CSV each) raised the 1M-customer write's peak
@@ -280,6 +281,9 @@ class Connection:
         if self.is_postgres:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {stage}"))
             conn.execute(sa.text(f"CREATE TEMP TABLE {stage} ({columns_ddl}) ON COMMIT DROP"))
+            if len(frame) >= parallel_stage.PARALLEL_STAGE_ROWS:  # half of it through a second session (parallel_stage.py)
+                parallel_stage.stage_in_two(self, conn, stage, columns_ddl, frame, PG_SCHEMA)
+                return stage
         else:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS temp.{stage}"))
             conn.execute(sa.text(f"CREATE TEMP TABLE {stage} ({columns_ddl})"))

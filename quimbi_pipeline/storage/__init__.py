@@ -6,6 +6,7 @@ A partition's write for one store is one transaction: staged rows are merged, so
 exactly that partition's rows and a failure leaves the previous rows intact.
 
 - connection.py: URLs, engine, schema creation and in-place upgrade, date partitions, bulk loads, reads;
+  parallel_stage.py: a large write's stage COPYed by two PostgreSQL sessions;
 - profile_tables.py: customer_profiles, and the write of a store's partition (one transaction over the families);
 - snapshot_tables.py: profile_snapshots (its views customer_profile_snapshots and the history view), snapshot_blocks,
   snapshot_writes; partition_rewrites.py: snapshot_rewrites (date partitions the prune rewrites, pending ones);

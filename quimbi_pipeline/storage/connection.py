@@ -273,15 +273,17 @@ class Connection:
 
     # ---- bulk load ------------------------------------------------------------------------------
     # ---- bulk load ------------------------------------------------------------------------------
-    def _stage(self, conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> str:
-        """Load `frame` into a temporary copy of `table` on this connection; returns its name (as referenced)."""
+    def _stage(self, conn: sa.Connection, table: sa.Table, frame: pd.DataFrame, two_sessions: bool = False) -> str:
+        """Load `frame` into a temporary copy of `table` on this connection; returns its name (as referenced).
+        `two_sessions`: on PostgreSQL, from PARALLEL_STAGE_ROWS rows on, half of them COPYed by a second session
+        (parallel_stage.py; worth it for wide rows whose parsing is the cost, the profiles')."""
         stage = f"stage_{table.name}"
         # The temporary table is declared from the SQLAlchemy table, on both databases.
         columns_ddl = ", ".join(f"{c.name} {c.type.compile(dialect=conn.dialect)}" for c in table.columns)
         if self.is_postgres:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {stage}"))
             conn.execute(sa.text(f"CREATE TEMP TABLE {stage} ({columns_ddl}) ON COMMIT DROP"))
-            if len(frame) >= parallel_stage.PARALLEL_STAGE_ROWS:  # half of it through a second session (parallel_stage.py)
+            if two_sessions and len(frame) >= parallel_stage.PARALLEL_STAGE_ROWS:
                 parallel_stage.stage_in_two(self, conn, stage, columns_ddl, frame, PG_SCHEMA)
                 return stage
         else:

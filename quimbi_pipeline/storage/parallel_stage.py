@@ -4,7 +4,8 @@ PostgreSQL parses a COPY on one core: the staged profiles of a 1M-customer store
 31-37 s of the write while the machine's other core waited. Measured with psql on those 814k rows: one session 17.3 s,
 two sessions each COPYing half 8.8 s; moving 400k staged rows from one table into another (no parsing) 1.7 s.
 
-So from PARALLEL_STAGE_ROWS rows on, a second connection COPYs the second half of the rows into an UNLOGGED table of
+So a profiles write of PARALLEL_STAGE_ROWS rows or more (Connection._stage(two_sessions=True); the one-column stages
+of customer ids keep one session) has a second connection COPY the second half of the rows into an UNLOGGED table of
 its own, in a thread, while the write's connection COPYs the first half into its temporary stage; the second half is
 then moved into the stage and its table dropped, both inside the write's transaction. The side table is committed by
 its own connection (the write's transaction could not read it otherwise): if the write's transaction rolls back, or

@@ -127,7 +127,7 @@ class ProfileStore:
                         staged["write_profile"], which = ~np.asarray(deferred, dtype=bool), "write_profile"
                 elif deferred is not None:
                     staged = staged.loc[~np.asarray(deferred, dtype=bool)]
-                stage_ref = self._stage(conn, stage_table, staged)
+                stage_ref = self._stage(conn, stage_table, staged, two_sessions=True)
                 written = conn.execute(sa.text(
                     f"INSERT INTO {target} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {stage_ref} WHERE {which} "
                     f"ON CONFLICT (store_id, customer_id) DO UPDATE SET {updates} "

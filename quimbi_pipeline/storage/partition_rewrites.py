@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -72,9 +73,11 @@ def sessions_older_than(conn: sa.Connection, xid: int) -> list[dict]:
     return [dict(row._mapping) for row in conn.execute(sa.text(_OLDER_SESSIONS_SQL), {"xid": str(xid % XID_MODULUS)})]
 
 
-def rewrite_requested(engine: sa.Engine, wait_seconds: float = REWRITE_WAIT_SECONDS) -> list[str]:
+def rewrite_requested(engine: sa.Engine, partitions: Callable[[sa.Connection], list[str]],
+                      wait_seconds: float = REWRITE_WAIT_SECONDS) -> list[str]:
     """VACUUM FULL every recorded partition once no session holds a snapshot from before the newest recorded prune
-    (waiting up to `wait_seconds`); returns the partitions whose record stays (see the module's docstring)."""
+    (waiting up to `wait_seconds`); returns the partitions whose record stays (see the module's docstring).
+    `partitions(conn)`: the snapshot table's partitions as they are now (Connection.date_partitions)."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         requested = dict(conn.execute(sa.select(snapshot_rewrites.c.partition_name, snapshot_rewrites.c.requested_xid)).all())
         if not requested:
@@ -85,9 +88,7 @@ def rewrite_requested(engine: sa.Engine, wait_seconds: float = REWRITE_WAIT_SECO
         while older and time.monotonic() < deadline:
             time.sleep(0.2)
             older = sessions_older_than(conn, newest)
-        existing = set(conn.execute(sa.text(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :s"),
-            {"s": PG_SCHEMA}).scalars())
+        existing = set(partitions(conn))
         done, locked = [p for p in requested if p not in existing], []  # a dropped partition needs nothing more
         conn.execute(sa.text(f"SET lock_timeout = '{LOCK_TIMEOUT}'"))
         try:

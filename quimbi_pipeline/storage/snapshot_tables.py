@@ -677,7 +677,9 @@ class SnapshotStore:
 
     def rewrite_snapshot_partitions(self, wait_seconds: float = REWRITE_WAIT_SECONDS) -> list[str]:
         """Rewrite the date partitions prunes recorded (partition_rewrites.py); returns those left for the next prune."""
-        return rewrite_requested(self.engine, wait_seconds) if self.snapshots_partitioned else []
+        if not self.snapshots_partitioned:
+            return []
+        return rewrite_requested(self.engine, lambda conn: self.date_partitions(SNAPSHOTS, conn), wait_seconds)
 
     def customer_history(self, store_id: str, customer_id: str, days: int, as_of=None, snapshot_type: str | None = None) -> pd.DataFrame:
         """One customer's snapshots over the `days` days up to as_of (default: their newest), oldest first.

@@ -21,6 +21,7 @@ from quimbi_pipeline.cli import main as quimbi
 from quimbi_pipeline.sources.demo import generate_demo
 from quimbi_pipeline.sources.orders import validate_orders
 from quimbi_pipeline.storage import NeedsMigration, Warehouse
+from quimbi_pipeline.storage.outlier_tables import FLAGGED_INDEX, FULL_INDEX
 from quimbi_pipeline_tests.conftest import _reset_pg
 from quimbi_pipeline_tests.test_reliability import (
     ALL_ON,
@@ -125,6 +126,10 @@ def test_an_earlier_version_warehouse_migrates_to_what_this_version_writes(commi
         assert "rows of JSON objects -> value arrays" in printed
     assert "customer_axis_drift rows -> customer_drift.axes" in printed
     migrated = Warehouse(legacy_url)
+    with migrated.engine.connect() as conn:  # the flags' index of every row became this version's of the flagged rows
+        indexes = sa.inspect(conn).get_indexes("customer_outlier_flags", schema="platform" if migrated.is_postgres else None)
+    assert [i["name"] for i in indexes] == [FLAGGED_INDEX]
+    assert (f"index of every row ({FULL_INDEX}) replaced" in printed) == (not (migrated.is_postgres and commit == ROW_PER_TYPE_COMMIT))
     if migrated.is_postgres and commit == ROW_PER_TYPE_COMMIT:  # the flags' date partitions became one table, as this version creates it
         assert "its date partitions became one table" in printed
         assert "customer_outlier_flags" not in migrated.partitioned and not migrated.date_partitions("customer_outlier_flags")

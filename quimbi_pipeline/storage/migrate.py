@@ -18,6 +18,9 @@ Steps, each done only when the warehouse needs it (running it twice changes noth
    flags (dates it has no counts for), then unflagged rows dated before their store's newest flag date go;
    on PostgreSQL a customer_outlier_flags created date-partitioned becomes one table (outlier_tables.py
    says why).
+4. customer_outlier_flags' index over every row (store, date, method, is_outlier) becomes one over the flagged
+   rows only: a large store's daily write no longer keeps its unflagged rows in it. A warehouse not migrated
+   works as before, with the slower write.
 
 Tables and columns added since (nullable ones) are created as every start does (create_tables).
 """
@@ -36,7 +39,7 @@ from quimbi_pipeline.history.snapshot_values import (
 from quimbi_pipeline.history.snapshots import RETAINED_TYPES, TYPE_BITS
 from quimbi_pipeline.storage.connection import PG_SCHEMA
 from quimbi_pipeline.storage.drift_tables import AXIS_DRIFT_VIEW, axis_drift_view_sql
-from quimbi_pipeline.storage.outlier_tables import customer_outlier_flags
+from quimbi_pipeline.storage.outlier_tables import FULL_INDEX, customer_outlier_flags
 from quimbi_pipeline.storage.profile_tables import JSON_COLUMNS
 from quimbi_pipeline.storage.snapshot_tables import (
     HISTORY_VIEW,
@@ -74,6 +77,9 @@ def migrate(wh) -> list[str]:
         outliers = _outlier_flags_as_events(wh, conn)
         if outliers:
             done.append(outliers)
+        index = _flag_index_narrowed(wh, conn)
+        if index:
+            done.append(index)
     return done
 
 
@@ -180,3 +186,14 @@ def _outlier_flags_as_events(wh, conn: sa.Connection) -> str | None:
     conn.execute(sa.text(f"DROP TABLE {wh.qualified(legacy)}"))
     wh.partitioned.discard("customer_outlier_flags")
     return done + "; its date partitions became one table"
+
+
+def _flag_index_narrowed(wh, conn: sa.Connection) -> str | None:
+    """customer_outlier_flags' index over every row replaced by the one over its flagged rows."""
+    names = {i["name"] for i in sa.inspect(conn).get_indexes("customer_outlier_flags", schema=PG_SCHEMA if wh.is_postgres else None)}
+    if FULL_INDEX not in names:
+        return None
+    conn.execute(sa.text(f"DROP INDEX {wh.qualified(FULL_INDEX)}"))
+    for index in customer_outlier_flags.indexes:
+        index.create(conn, checkfirst=True)
+    return f"outlier flags: the index of every row ({FULL_INDEX}) replaced by one of the flagged rows only"

@@ -19,6 +19,9 @@ import sqlalchemy as sa
 
 from quimbi_pipeline.storage.connection import Json, metadata
 
+FLAGGED_INDEX = "ix_customer_outlier_flags_flagged"
+FULL_INDEX = "ix_customer_outlier_flags_store_date_method"  # every row's, until 2026-12-06 (`quimbi migrate` replaces it)
+
 customer_outlier_flags = sa.Table(
     "customer_outlier_flags", metadata,
     sa.Column("store_id", sa.Text, primary_key=True),
@@ -29,7 +32,10 @@ customer_outlier_flags = sa.Table(
     sa.Column("outlier_score", sa.Float, nullable=False),
     sa.Column("outlier_axes", Json, nullable=False),
     sa.Column("explanation", sa.Text),  # NULL when not an outlier
-    sa.Index("ix_customer_outlier_flags_store_date_method", "store_id", "flag_date", "method", "is_outlier"),
+    # The flagged rows only (what readers list; a date's counts are in outlier_rates): an index over every row cost
+    # a 1M-customer store's daily write of 2.4M unflagged rows about 5 s of upkeep.
+    sa.Index(FLAGGED_INDEX, "store_id", "flag_date", "method",
+             postgresql_where=sa.text("is_outlier"), sqlite_where=sa.text("is_outlier")),
 )
 
 outlier_rates = sa.Table(

@@ -80,6 +80,36 @@ def test_membership_check_query_finds_bad_rows(warehouse, built):
     assert warehouse.membership_sum_violations("store_b", "2026-10-31") == 1
 
 
+def test_a_large_stores_checks_read_side_by_side_count_what_one_read_counts(warehouse, built, monkeypatch):
+    """From SIDE_BY_SIDE_CHECK_ROWS customers on PostgreSQL the membership sums are counted in two ranges of customer
+    ids at once: bad rows on both sides of the split and on it are all counted, once."""
+    from quimbi_pipeline.run import one_store
+
+    result = built[("store_b", "2026-10-31")]
+    write(warehouse, result)
+    ids = sorted(result.profiles["customer_id"])
+    bad_ids = [ids[0], ids[len(ids) // 2], ids[len(ids) // 2 + 1], ids[-1]]
+    bad = result.profiles[result.profiles["customer_id"].isin(bad_ids)].copy()
+    bad["fuzzy_memberships"] = [json.dumps({axis: {k: v * 0.9 for k, v in m.items()} for axis, m in json.loads(text).items()})
+                                for text in bad["fuzzy_memberships"]]
+    warehouse.write_profiles_partition("store_b", result.as_of, bad, segment_model_rows(result))
+    pivot = ids[len(ids) // 2]
+    assert warehouse.membership_sum_violations("store_b", "2026-10-31", customers=(None, pivot)) == 1
+    assert warehouse.membership_sum_violations("store_b", "2026-10-31", customers=(pivot, None)) == 3
+    expected = pd.Index(result.profiles["customer_id"])
+    one_read = one_store._verify(warehouse, "store_b", result.as_of, expected, snapshots=False)
+    ranges = []
+    real = type(warehouse).membership_sum_violations
+    monkeypatch.setattr(type(warehouse), "membership_sum_violations", lambda self, *a, **k: ranges.append(k.get("customers")) or real(self, *a, **k))
+    monkeypatch.setattr(one_store, "SIDE_BY_SIDE_CHECK_ROWS", 10)
+    side_by_side = one_store._verify(warehouse, "store_b", result.as_of, expected, snapshots=False)
+    assert side_by_side == one_read and one_read["violations"] == 4
+    if warehouse.is_postgres:  # two ranges split at one id; SQLite keeps one read
+        assert len(ranges) == 2 and ranges[0][1] == ranges[1][0] and ranges[0][0] is None and ranges[1][1] is None
+    else:
+        assert ranges == [None]
+
+
 @pytest.mark.postgres
 def test_postgres_uses_platform_schema_and_jsonb(pg_url, built):
     from quimbi_pipeline.storage import Warehouse

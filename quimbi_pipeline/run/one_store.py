@@ -5,11 +5,13 @@ half-writes the others.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -41,6 +43,7 @@ from quimbi_pipeline.storage import Warehouse
 log = logging.getLogger(__name__)
 progress = logging.getLogger("quimbi_pipeline.progress")  # stage and store, shown by `quimbi run` while a date runs
 TOP_ARCHETYPES = 10
+SIDE_BY_SIDE_CHECK_ROWS = 100_000  # from here a store's checks read back side by side on PostgreSQL (_verify)
 
 
 @dataclass
@@ -226,11 +229,32 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
 def _verify(warehouse: Warehouse, store: str, as_of: pd.Timestamp, expected: pd.Index, snapshots: bool) -> dict:
     """The checks' inputs, read back from the warehouse after the store's commit. `expected`: the customers whose rows D
     writes (the active ones but those a backfill's next date writes, which that date checks)."""
+    reads = {"stored": lambda: warehouse.profile_dates_since(store, as_of),
+             "stats": (lambda: warehouse.snapshot_stats(store, as_of)) if snapshots else (lambda: {"rows_by_type": {}, "duplicate_keys": 0})}
+    if not warehouse.is_postgres or len(expected) < SIDE_BY_SIDE_CHECK_ROWS:
+        reads["violations"] = lambda: warehouse.membership_sum_violations(store, as_of)
+        done = {name: read() for name, read in reads.items()}
+    else:
+        # Each read is one PostgreSQL backend on one core, and the memberships' sums (JSONB parsed) are most of the
+        # time: the reads side by side, the sums in two halves of the customers (1M customers: 15 s -> 8 s).
+        pivot = _median_id(expected)
+        reads["violations"] = lambda: warehouse.membership_sum_violations(store, as_of, customers=(None, pivot))
+        reads["violations_upper"] = lambda: warehouse.membership_sum_violations(store, as_of, customers=(pivot, None))
+        with concurrent.futures.ThreadPoolExecutor(len(reads), thread_name_prefix="verify") as pool:
+            futures = {name: pool.submit(read) for name, read in reads.items()}
+            done = {name: future.result() for name, future in futures.items()}
+        done["violations"] += done.pop("violations_upper")
     # A backfill leaves newer profiles in place: an active customer is covered by a row dated D or later.
-    stored = warehouse.profile_dates_since(store, as_of)
+    stored = done["stored"]
     covered = pd.Index(stored["customer_id"])
     dated_d = pd.Index(stored.loc[stored["profile_date"] == as_of, "customer_id"])
-    stats = warehouse.snapshot_stats(store, as_of) if snapshots else {"rows_by_type": {}, "duplicate_keys": 0}
-    return {"verified": True, "violations": warehouse.membership_sum_violations(store, as_of),
+    return {"verified": True, "violations": done["violations"],
             "missing": int((~is_in(expected, covered)).sum()), "unexpected": int((~is_in(dated_d, expected)).sum()),
-            "snapshot_rows": stats["rows_by_type"], "duplicate_keys": stats["duplicate_keys"]}
+            "snapshot_rows": done["stats"]["rows_by_type"], "duplicate_keys": done["stats"]["duplicate_keys"]}
+
+
+def _median_id(ids: pd.Index) -> str:
+    """About the middle customer id (of a sample): where the checks split the customers in two. Any id splits them
+    exactly (>= and < it); the sample only keeps the halves near equal."""
+    sample = sorted(map(str, ids[np.random.default_rng(0).choice(len(ids), size=min(len(ids), 1001), replace=False)]))
+    return sample[len(sample) // 2]

@@ -57,7 +57,8 @@ class OutlierStore:
         flags, rates = customer_outlier_flags, outlier_rates
         newest = conn.execute(sa.select(sa.func.max(flags.c.flag_date)).where(flags.c.store_id == store_id)).scalar()
         newest = None if newest is None else pd.Timestamp(newest).date()
-        conn.execute(sa.delete(flags).where(flags.c.store_id == store_id, flags.c.flag_date == day))
+        if newest is not None and day <= newest:  # a date after the newest has no rows yet (the daily run): no scan for them
+            conn.execute(sa.delete(flags).where(flags.c.store_id == store_id, flags.c.flag_date == day))
         conn.execute(sa.delete(rates).where(rates.c.store_id == store_id, rates.c.flag_date == day))
         by_method = outliers.groupby("method")["is_outlier"].agg(["size", "sum"])
         if len(by_method):

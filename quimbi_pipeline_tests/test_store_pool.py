@@ -22,6 +22,7 @@ from quimbi_pipeline.run.profiles_partition import rows_by_store
 from quimbi_pipeline.run.store_pool import (
     MIN_POOL_STORES,
     WORKER_DIED,
+    kept_pools,
     pool_workers,
     run_in_pool,
 )
@@ -29,6 +30,7 @@ from quimbi_pipeline.sources.demo import generate_demo
 from quimbi_pipeline.sources.orders import validate_orders
 from quimbi_pipeline.storage import Warehouse
 from quimbi_pipeline_tests.conftest import _reset_pg
+from quimbi_pipeline_tests.pool_work import dies_on_store_b, worker_pid
 from quimbi_pipeline_tests.test_reliability import ALL_ON, assert_same_tables, tables
 
 DAYS = ["2026-10-30", "2026-10-31"]
@@ -37,11 +39,12 @@ DAYS = ["2026-10-30", "2026-10-31"]
 def _run(validated, url: str, threads: int) -> dict:
     settings = ALL_ON.model_copy(update={"threads": threads})
     wh = Warehouse(url)
-    for day in DAYS:
-        report = run_profiles_partition(validated, day, wh, settings)
-        assert not report.failed, [o.error for o in report.failed]
-        assert [o.store_id for o in report.outcomes] == sorted(o.store_id for o in report.outcomes)
-        assert all(o.ok for o in run_drift_partition(wh, day, settings))
+    with kept_pools():  # as a run of several dates keeps them: the same workers for both dates and both steps
+        for day in DAYS:
+            report = run_profiles_partition(validated, day, wh, settings)
+            assert not report.failed, [o.error for o in report.failed]
+            assert [o.store_id for o in report.outcomes] == sorted(o.store_id for o in report.outcomes)
+            assert all(o.ok for o in run_drift_partition(wh, day, settings))
     out = tables(wh)
     wh.dispose()
     return out
@@ -72,15 +75,6 @@ def test_no_pool_for_few_stores_one_thread_or_an_in_memory_warehouse():
     assert pool_workers(MIN_POOL_STORES, 8, "sqlite:///w.sqlite") == 8
 
 
-def dies_on_store_b(_url: str, job: tuple):
-    """A worker's work that kills its process on store_b (as the kernel's OOM killer would); the other stores
-    take a moment, so some are in flight when it dies."""
-    if job[0] == "store_b":
-        os._exit(9)
-    time.sleep(0.5)
-    return StoreOutcome(job[0], True, n_profiles=1), [("quimbi_pipeline.run.one_store", logging.INFO, f"done {job[0]}")]
-
-
 def test_a_worker_that_dies_fails_its_store_only_and_the_run_goes_on(caplog):
     stores = ("store_a", "store_b", "store_c", "store_d", "store_e", "store_f")
     with caplog.at_level(logging.ERROR, logger="quimbi_pipeline"):
@@ -93,6 +87,36 @@ def test_a_worker_that_dies_fails_its_store_only_and_the_run_goes_on(caplog):
     # every other store ends with its own outcome.
     assert [s for s in stores if by_store[s].ok and by_store[s].n_profiles == 1] == [s for s in stores if s != "store_b"]
     assert caplog.text.count(WORKER_DIED) == 1 and f"store store_b: {WORKER_DIED}" in caplog.text
+
+
+def _pids(stores: tuple[str, ...]) -> dict[str, int]:
+    outcomes = run_in_pool(iter([(store,) for store in stores]), "sqlite:///unused.sqlite", 2,
+                           lambda store, message: StoreOutcome(store, False, error=message), work=worker_pid)
+    return {o.store_id: (o.n_profiles if o.ok else None) for o in outcomes}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a child that ended but was not reaped yet is a zombie ("Z")
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_kept_pools_reuse_their_workers_across_dates_and_replace_a_broken_one():
+    stores = ("store_a", "store_c", "store_d", "store_e")
+    first, second = _pids(stores), _pids(stores)  # outside the block: a new pool, new processes, for each call
+    assert not set(first.values()) & set(second.values())
+    with kept_pools():
+        dates = [_pids(stores) for _ in range(3)]  # a run's dates
+        workers = set(dates[0].values())
+        assert len(workers) == 2 and all(set(d.values()) <= workers for d in dates[1:])
+        broken = _pids(("store_a", "store_b", "store_c"))  # a worker dies: its store fails, the others are retried
+        assert broken["store_b"] is None and broken["store_a"] and broken["store_c"]
+        after = _pids(stores)  # the broken pool was replaced, not reused
+        assert len(set(after.values())) == 2 and not set(after.values()) & workers
+    assert not any(_alive(pid) for pid in after.values())  # the block ended the kept pool's processes
 
 
 def test_automatic_threads_take_no_more_cores_than_other_work_leaves_idle(monkeypatch):

@@ -13,6 +13,7 @@ from quimbi_pipeline.run.profiles_partition import (
            run_profiles_partition,
            write_left_rows,
 )
+from quimbi_pipeline.run.store_pool import kept_pools
 
-__all__ = ["DriftOutcome", "PartitionReport", "StoreOutcome", "drift_on_demand", "run_drift_partition", "run_one_store",
+__all__ = ["DriftOutcome", "PartitionReport", "StoreOutcome", "drift_on_demand", "kept_pools", "run_drift_partition", "run_one_store",
            "run_profiles_partition", "write_left_rows"]

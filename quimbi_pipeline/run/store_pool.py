@@ -19,6 +19,7 @@ others go on.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -99,10 +100,45 @@ def run_in_pool(jobs: Iterator[tuple], warehouse_url: str, workers: int, failed_
     outcomes: list = []
     context = multiprocessing.get_context("spawn")
     while pending is not None:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        kept = _kept is not None
+        pool = _kept.get(workers) if kept else None
+        if pool is None:
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+            if kept:
+                _kept[workers] = pool
+        broken = True
+        try:
             pending, suspects = _run_until_done_or_broken(pool, pending, warehouse_url, workers, work, outcomes)
+            broken = bool(suspects)
+        finally:
+            if broken or not kept:  # a broken pool cannot take work again
+                if kept:
+                    _kept.pop(workers, None)
+                pool.shutdown(wait=True)
         _run_alone(suspects, warehouse_url, work, failed_outcome, context, outcomes)
     return outcomes
+
+
+_kept: dict[int, ProcessPoolExecutor] | None = None  # inside kept_pools(): the pools run_in_pool reuses, by size
+
+
+@contextlib.contextmanager
+def kept_pools() -> Iterator[None]:
+    """Inside the block (a step's loop over a run's dates), run_in_pool keeps its worker processes from one call to
+    the next instead of spawning them, and importing the package in each, for every date (about 2.4 s of a date's
+    wall time on 2 cores). A pool that broke is replaced; every pool ends with the block. Jobs are independent (each
+    opens its own warehouse connection), so a store's results are the same in a kept pool as in a new one."""
+    global _kept
+    if _kept is not None:  # an outer block keeps them
+        yield
+        return
+    _kept = {}
+    try:
+        yield
+    finally:
+        pools, _kept = _kept, None
+        for pool in pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_until_done_or_broken(pool, jobs, warehouse_url, workers, work, outcomes) -> tuple[Iterator[tuple] | None, list]:

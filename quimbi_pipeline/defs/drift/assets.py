@@ -21,7 +21,7 @@ from quimbi_pipeline.defs.profiles.assets import (
     first_failures,
 )
 from quimbi_pipeline.defs.resources import WarehouseResource, size_thread_pools
-from quimbi_pipeline.run import run_drift_partition
+from quimbi_pipeline.run import kept_pools, run_drift_partition
 from quimbi_pipeline.run.alerts import store_alerts
 from quimbi_pipeline.settings import StoreSettings
 from quimbi_pipeline.storage.leases import hold, release
@@ -103,12 +103,13 @@ def daily_drift(context: dg.AssetExecutionContext, config: DriftConfig, warehous
     try:
         hold(wh, context.run.run_id, config.stores or None)  # taken by the profiles step already when it ran in this run
         try:
-            for i, day in enumerate(dates, 1):
-                # Its later dates come next, in order: run_drift_partition leaves them (and the drift state they expire) to them.
-                by_date[day] = run_drift_partition(wh, day, settings, config.stores or None, run_last_date=dates[-1])
-                if len(dates) > 1:
-                    context.log.info(f"date {i} of {len(dates)}, {day}: drift of {sum(o.ok for o in by_date[day])} store(s), "
-                                     f"{sum(not o.ok for o in by_date[day])} failed")
+            with kept_pools():  # many small stores: one set of worker processes for all the run's dates
+                for i, day in enumerate(dates, 1):
+                    # Its later dates come next, in order: run_drift_partition leaves them (and the drift state they expire) to them.
+                    by_date[day] = run_drift_partition(wh, day, settings, config.stores or None, run_last_date=dates[-1])
+                    if len(dates) > 1:
+                        context.log.info(f"date {i} of {len(dates)}, {day}: drift of {sum(o.ok for o in by_date[day])} store(s), "
+                                         f"{sum(not o.ok for o in by_date[day])} failed")
         finally:
             release(wh, context.run.run_id)
         try:  # after the stores' commits: a failure here cannot make a written store a failed one

@@ -25,7 +25,12 @@ from quimbi_pipeline.defs.resources import (
     size_thread_pools,
 )
 from quimbi_pipeline.history.snapshots import snapshot_types_for
-from quimbi_pipeline.run import PartitionReport, run_profiles_partition, write_left_rows
+from quimbi_pipeline.run import (
+    PartitionReport,
+    kept_pools,
+    run_profiles_partition,
+    write_left_rows,
+)
 from quimbi_pipeline.settings import ClusteringAlgorithm, StoreSettings
 from quimbi_pipeline.storage.leases import hold, release
 
@@ -186,17 +191,18 @@ def daily_profiles(
         hold(wh, context.run.run_id, config.stores or None)
         try:
             validated = orders_source.load(wh.url, settings.default.bad_rows)
-            for i, day in enumerate(dates, 1):
-                if len(dates) > 1:
-                    progress.info("date %d of %d: %s", i, len(dates), day)
-                later = dates[i] if i < len(dates) else None  # its customers active then get their profile row there
-                reports.append(run_profiles_partition(validated, day, wh, settings, config.stores or None, snapshot_types=types_of[day],
-                                                      later_day=later))
-                if len(reports) > 1:
-                    write_left_rows(validated, wh, settings, reports[-2], types_of[dates[i - 2]], reports[-1].failed)
-                if len(dates) > 1:  # the run's page shows how far a backfill's run has come
-                    context.log.info(f"date {i} of {len(dates)}, {day}: {reports[-1].n_profiles:,} profiles, "
-                                     f"{len(reports[-1].failed)} store(s) failed, {reports[-1].seconds.get('total', 0.0):.1f}s")
+            with kept_pools():  # many small stores: one set of worker processes for all the run's dates
+                for i, day in enumerate(dates, 1):
+                    if len(dates) > 1:
+                        progress.info("date %d of %d: %s", i, len(dates), day)
+                    later = dates[i] if i < len(dates) else None  # its customers active then get their profile row there
+                    reports.append(run_profiles_partition(validated, day, wh, settings, config.stores or None, snapshot_types=types_of[day],
+                                                          later_day=later))
+                    if len(reports) > 1:
+                        write_left_rows(validated, wh, settings, reports[-2], types_of[dates[i - 2]], reports[-1].failed)
+                    if len(dates) > 1:  # the run's page shows how far a backfill's run has come
+                        context.log.info(f"date {i} of {len(dates)}, {day}: {reports[-1].n_profiles:,} profiles, "
+                                         f"{len(reports[-1].failed)} store(s) failed, {reports[-1].seconds.get('total', 0.0):.1f}s")
         except BaseException:  # the drift step will not run: the lease ends here
             if len(reports) and len(reports) < len(dates):  # the last date done left rows to one that did not run
                 write_left_rows(validated, wh, settings, reports[-1], types_of[dates[len(reports) - 1]], [o for o in reports[-1].outcomes if o.ok])

@@ -1,0 +1,35 @@
+"""Work for store_pool's worker processes in tests. Spawned workers import the module of the function they run:
+this one imports nothing of the product, so a test's pool starts in a fraction of a second."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import NamedTuple
+
+
+class Done(NamedTuple):
+    """What a store's outcome holds that run_in_pool's tests read."""
+
+    store_id: str
+    ok: bool
+    n_profiles: int
+    error: str | None = None
+
+
+def dies_on_store_b(_url: str, job: tuple):
+    """Kills its process on store_b (as the kernel's OOM killer would); the other stores take a moment, so some are
+    in flight when it dies."""
+    if job[0] == "store_b":
+        os._exit(9)
+    time.sleep(0.5)
+    return Done(job[0], True, 1), [("quimbi_pipeline.run.one_store", logging.INFO, f"done {job[0]}")]
+
+
+def worker_pid(_url: str, job: tuple):
+    """Reports which process ran it (store_b's kills its process, as above)."""
+    if job[0] == "store_b":
+        os._exit(9)
+    time.sleep(0.2)  # long enough that both workers of a pool take a job
+    return Done(job[0], True, os.getpid()), []

@@ -299,6 +299,7 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
         SNAPSHOTS_KEY,
     )
     from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
+    from quimbi_pipeline.run import kept_pools
     from quimbi_pipeline.sources.orders import one_version
     from quimbi_pipeline.storage import Warehouse
     from quimbi_pipeline.storage.leases import run_lease
@@ -328,7 +329,8 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
     try:
         # Every date reads the version of the orders file the run started with, and pruning leaves the run's stores
         # alone until it ends (storage/leases.py).
-        with one_version(uri), run_lease(lease_wh, stores):
+        # One set of small stores' worker processes for both steps of every date (steps run in this process here).
+        with one_version(uri), run_lease(lease_wh, stores), kept_pools():
             done = 0
             for chunk in date_runs(dates, backfill_dates_per_run()):
                 keys = [f"{day:%Y-%m-%d}" for day in chunk]

@@ -109,7 +109,10 @@ def test_kept_pools_reuse_their_workers_across_dates_and_replace_a_broken_one():
     first, second = _pids(stores), _pids(stores)  # outside the block: a new pool, new processes, for each call
     assert not set(first.values()) & set(second.values())
     with kept_pools():
-        dates = [_pids(stores) for _ in range(3)]  # a run's dates
+        dates = [_pids(stores) for _ in range(2)]  # a run's dates
+        with kept_pools():  # a step's own block inside the run's (quimbi run): the outer block keeps the pool
+            dates.append(_pids(stores))
+        dates.append(_pids(stores))
         workers = set(dates[0].values())
         assert len(workers) == 2 and all(set(d.values()) <= workers for d in dates[1:])
         broken = _pids(("store_a", "store_b", "store_c"))  # a worker dies: its store fails, the others are retried

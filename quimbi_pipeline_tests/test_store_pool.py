@@ -22,6 +22,7 @@ from quimbi_pipeline.run.profiles_partition import rows_by_store
 from quimbi_pipeline.run.store_pool import (
     MIN_POOL_STORES,
     WORKER_DIED,
+    end_kept_pools,
     kept_pools,
     pool_workers,
     run_in_pool,
@@ -120,6 +121,32 @@ def test_kept_pools_reuse_their_workers_across_dates_and_replace_a_broken_one():
         after = _pids(stores)  # the broken pool was replaced, not reused
         assert len(set(after.values())) == 2 and not set(after.values()) & workers
     assert not any(_alive(pid) for pid in after.values())  # the block ended the kept pool's processes
+    with kept_pools():
+        before = _pids(stores)
+        end_kept_pools()  # what a large store in the main process does first
+        assert not any(_alive(pid) for pid in before.values())
+        assert not set(_pids(stores).values()) & set(before.values())  # the block goes on with new workers
+
+
+def test_a_large_store_in_the_main_process_ends_the_kept_workers_first(monkeypatch, tmp_path):
+    """Idle workers would hold their memory beside a large store's peak: the partitions end them before it runs."""
+    from quimbi_pipeline.run import drift_partition, profiles_partition
+
+    validated = validate_orders(generate_demo(n_customers=60, n_stores=2, seed=3).orders)
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.sqlite'}")
+    calls: list[str] = []
+    real_one_store = profiles_partition.run_one_store
+    monkeypatch.setattr(profiles_partition, "SMALL_ROWS", 1)  # every store is large
+    monkeypatch.setattr(profiles_partition, "end_kept_pools", lambda: calls.append("end"))
+    monkeypatch.setattr(profiles_partition, "run_one_store", lambda *a, **k: calls.append("store") or real_one_store(*a, **k))
+    settings = ALL_ON.model_copy(update={"threads": 1})
+    assert not run_profiles_partition(validated, "2026-10-31", wh, settings).failed
+    assert calls == ["end", "store", "end", "store"]
+    ended = []
+    monkeypatch.setattr(drift_partition, "end_kept_pools", lambda: ended.append(1))
+    assert all(o.ok for o in run_drift_partition(wh, "2026-10-31", settings))
+    assert ended == [1]
+    wh.dispose()
 
 
 def test_automatic_threads_take_no_more_cores_than_other_work_leaves_idle(monkeypatch):

@@ -20,6 +20,7 @@ from quimbi_pipeline.model.segment_identity import refit_anchor
 from quimbi_pipeline.model.segmentation import AxisModel
 from quimbi_pipeline.run.store_pool import (
     MIN_POOL_STORES,
+    end_kept_pools,
     in_worker,
     pool_workers_for,
     run_in_pool,
@@ -127,7 +128,10 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
     small = [job for job in jobs if customers.get(job[0], SMALL_ROWS) < SMALL_ROWS]
     workers = pool_workers_for([job[2] for job in small], warehouse.url)
     pooled = {job[0] for job in small} if workers else set()
-    outcomes = [_drift_one_store(warehouse, *job) for job in jobs if job[0] not in pooled]
+    in_process = [job for job in jobs if job[0] not in pooled]
+    if any(customers.get(job[0], SMALL_ROWS) >= SMALL_ROWS for job in in_process):  # a large store, or sizes not read
+        end_kept_pools()
+    outcomes = [_drift_one_store(warehouse, *job) for job in in_process]
     if pooled:
         log.info("%d small stores' drift in %d worker processes", len(pooled), workers)
         outcomes += run_in_pool((job for job in jobs if job[0] in pooled), warehouse.url, workers,

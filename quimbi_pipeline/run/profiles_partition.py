@@ -16,7 +16,7 @@ import pandas as pd
 from quimbi_pipeline.history.snapshots import snapshot_types_for
 from quimbi_pipeline.model.features import active_orders
 from quimbi_pipeline.run.one_store import StoreOutcome, failed_outcome, run_one_store
-from quimbi_pipeline.run.store_pool import pool_workers_for, run_in_pool
+from quimbi_pipeline.run.store_pool import end_kept_pools, pool_workers_for, run_in_pool
 from quimbi_pipeline.runtime.threads import SMALL_ROWS
 from quimbi_pipeline.settings import PipelineSettings, StoreSettings, settings_for_store
 from quimbi_pipeline.sources.orders import ValidatedOrders, as_of_day, seen_at
@@ -108,6 +108,7 @@ def run_profiles_partition(
         if len(rows) < SMALL_ROWS:
             small.append((store, store_settings, rows))
         else:
+            end_kept_pools()
             outcomes.append(run_one_store(warehouse, *job(store, store_settings, rows)))
 
     workers = pool_workers_for([store_settings for _, store_settings, _ in small], warehouse.url)

@@ -94,13 +94,13 @@ def test_a_large_stores_checks_read_side_by_side_count_what_one_read_counts(ware
                                 for text in bad["fuzzy_memberships"]]
     warehouse.write_profiles_partition("store_b", result.as_of, bad, segment_model_rows(result))
     pivot = ids[len(ids) // 2]
-    assert warehouse.membership_sum_violations("store_b", "2026-10-31", customers=(None, pivot)) == 1
-    assert warehouse.membership_sum_violations("store_b", "2026-10-31", customers=(pivot, None)) == 3
+    assert warehouse.membership_sum_violations("store_b", "2026-10-31", customer_range=(None, pivot)) == 1
+    assert warehouse.membership_sum_violations("store_b", "2026-10-31", customer_range=(pivot, None)) == 3
     expected = pd.Index(result.profiles["customer_id"])
     one_read = one_store._verify(warehouse, "store_b", result.as_of, expected, snapshots=False)
     ranges = []
     real = type(warehouse).membership_sum_violations
-    monkeypatch.setattr(type(warehouse), "membership_sum_violations", lambda self, *a, **k: ranges.append(k.get("customers")) or real(self, *a, **k))
+    monkeypatch.setattr(type(warehouse), "membership_sum_violations", lambda self, *a, **k: ranges.append(k.get("customer_range")) or real(self, *a, **k))
     monkeypatch.setattr(one_store, "SIDE_BY_SIDE_CHECK_ROWS", 10)
     side_by_side = one_store._verify(warehouse, "store_b", result.as_of, expected, snapshots=False)
     assert side_by_side == one_read and one_read["violations"] == 4

@@ -238,8 +238,8 @@ def _verify(warehouse: Warehouse, store: str, as_of: pd.Timestamp, expected: pd.
         # Each read is one PostgreSQL backend on one core, and the memberships' sums (JSONB parsed) are most of the
         # time: the reads side by side, the sums in two halves of the customers (1M customers: 15 s -> 8 s).
         pivot = _median_id(expected)
-        reads["violations"] = lambda: warehouse.membership_sum_violations(store, as_of, customers=(None, pivot))
-        reads["violations_upper"] = lambda: warehouse.membership_sum_violations(store, as_of, customers=(pivot, None))
+        reads["violations"] = lambda: warehouse.membership_sum_violations(store, as_of, customer_range=(None, pivot))
+        reads["violations_upper"] = lambda: warehouse.membership_sum_violations(store, as_of, customer_range=(pivot, None))
         with concurrent.futures.ThreadPoolExecutor(len(reads), thread_name_prefix="verify") as pool:
             futures = {name: pool.submit(read) for name, read in reads.items()}
             done = {name: future.result() for name, future in futures.items()}

@@ -148,9 +148,8 @@ def kept_pools() -> Iterator[None]:
     try:
         yield
     finally:
-        pools, _kept = _kept, None
-        for pool in pools.values():
-            pool.shutdown(wait=True, cancel_futures=True)
+        end_kept_pools()
+        _kept = None
 
 
 def _run_until_done_or_broken(pool, jobs, warehouse_url, workers, work, outcomes) -> tuple[Iterator[tuple] | None, list]:

@@ -271,7 +271,20 @@ class Connection:
     def qualified(self, table: str) -> str:
         return f"{PG_SCHEMA}.{table}" if self.is_postgres else table
 
-    # ---- bulk load ------------------------------------------------------------------------------
+    def customer_range_sql(self, customer_range: tuple[str | None, str | None], params: dict, column: str = "customer_id") -> str:
+        """" AND ..." conditions keeping `column` in [lo, hi) (None: unbounded) in code-point order, as Python compares
+        ids (slice bounds and split points are computed in Python); lo and hi are added to `params`."""
+        lo, hi = customer_range
+        collate = ' COLLATE "C"' if self.is_postgres else ""  # SQLite compares text by code point already
+        sql = ""
+        if lo is not None:
+            sql += f" AND {column}{collate} >= :lo"
+            params["lo"] = lo
+        if hi is not None:
+            sql += f" AND {column}{collate} < :hi"
+            params["hi"] = hi
+        return sql
+
     # ---- bulk load ------------------------------------------------------------------------------
     def _stage(self, conn: sa.Connection, table: sa.Table, frame: pd.DataFrame, two_sessions: bool = False) -> str:
         """Load `frame` into a temporary copy of `table` on this connection; returns its name (as referenced).

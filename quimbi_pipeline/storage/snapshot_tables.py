@@ -513,15 +513,7 @@ class SnapshotStore:
         for i, (day, kind) in enumerate(zip(pd.to_datetime(sources["snapshot_date"]), sources["snapshot_type"])):
             params[f"d{i}"] = day.date()
             pairs.append(f"(snapshot_date = :d{i} AND {has_type(kind)})")
-        lo, hi = customer_range
-        collate = ' COLLATE "C"' if self.is_postgres else ""  # SQLite compares text by code point already
-        bounds = ""
-        if lo is not None:
-            bounds += f" AND customer_id{collate} >= :lo"
-            params["lo"] = lo
-        if hi is not None:
-            bounds += f" AND customer_id{collate} < :hi"
-            params["hi"] = hi
+        bounds = self.customer_range_sql(customer_range, params)
         stored = [c for c in columns if c not in DERIVED_COLUMNS] + ["layout_id", *VALUE_COLUMNS]
         frame = self.read_sql(f"SELECT {', '.join(stored)} FROM {self.qualified(SNAPSHOTS)} WHERE store_id = :s AND ({' OR '.join(pairs)}){bounds}", params)
         frame = self._with_profile_columns(store_id, frame, columns)[columns]

@@ -132,6 +132,17 @@ def test_compute_drift_covers_all_windows_where_history_allows():
     assert tables.customers.set_index("window_days")["n_snapshots"].to_dict() == {28: 3, 90: 7, 180: 13, 365: 27}
 
 
+def test_a_date_without_kept_state_gets_the_same_anomalies_and_no_state():
+    days = pd.date_range("2026-07-01", "2026-10-21", freq="7D")
+    rows = [("a", d, 0.1, "x", (0.8, 0.1, 0.1)) for d in days[:-1]] + [("a", days[-1], 0.1, "x", (0.05, 0.05, 0.9))]
+    h, day = history(rows), days[-1]
+    full, events = compute_drift(h, day), compute_drift(h, day, with_state=False)
+    assert "sudden_drift" in set(full.anomalies["anomaly_type"])
+    pd.testing.assert_frame_equal(events.anomalies, full.anomalies)
+    assert not full.customers.empty and events.customers.empty and events.n_axis_rows == 0
+    assert list(events.customers.columns) == list(full.customers.columns)
+
+
 def test_population_drift_share_shift_and_psi():
     rng = np.random.default_rng(1)
     ref = pd.DataFrame({COLS[0]: np.r_[np.ones(80), np.zeros(20)], COLS[2]: np.r_[np.zeros(80), np.ones(20)],

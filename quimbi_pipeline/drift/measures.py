@@ -595,8 +595,12 @@ def history_days(windows=WINDOWS) -> int:
     return max(max(windows), ANOMALY_HISTORY_DAYS)
 
 
-def compute_drift(history: MembershipHistory, as_of, windows=WINDOWS) -> DriftTables:
+def compute_drift(history: MembershipHistory, as_of, windows=WINDOWS, with_state: bool = True) -> DriftTables:
+    """The drift tables of D. `with_state=False`: the anomalies only (customer_drift and its axes empty), for a date
+    whose drift state is not kept (a backfill's earlier dates): the windows are most of the arithmetic."""
     as_of = pd.Timestamp(as_of).normalize()
+    if not with_state:
+        return DriftTables(pd.DataFrame(columns=CUSTOMER_DRIFT_COLUMNS), [], anomalies_at(history, as_of))
     customers, axis_parts = zip(*(window_drift(history, as_of, w) for w in windows))
     return DriftTables(pd.concat(customers, ignore_index=True), [part for parts in axis_parts for part in parts], anomalies_at(history, as_of))
 

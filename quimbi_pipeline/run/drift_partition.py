@@ -235,7 +235,7 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
             t0 = time.perf_counter()
             history = _drift_history(reader, models, store, settings, lo, hi)
             t1 = time.perf_counter()
-            tables = drift.compute_drift(history, as_of, windows)
+            tables = drift.compute_drift(history, as_of, windows, with_state=state_kept)
             check_rows("customer_drift", tables.customers)
             check_rows("customer_axis_drift", tables.axis_numbers())
             check_rows("customer_drift_anomalies", tables.anomalies)
@@ -243,10 +243,7 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
                 anomaly_counts[kind] = anomaly_counts.get(kind, 0) + int(n)
             seconds["read"] += t1 - t0
             seconds["compute"] += time.perf_counter() - t1
-            if state_kept:
-                yield tables.customers, tables.n_axis_rows, tables.anomalies
-            else:
-                yield tables.customers.iloc[:0], 0, tables.anomalies
+            yield tables.customers, tables.n_axis_rows, tables.anomalies
 
     t0 = time.perf_counter()
     reference_date = next(d for d in dates if d >= as_of - pd.Timedelta(days=drift.POPULATION_REFERENCE_DAYS))

@@ -17,6 +17,15 @@ def test_is_in_answers_as_pandas_isin(dtype):
     assert is_in(pd.Series(keys), among.to_numpy(object)).tolist() == keys.isin(among).tolist()
 
 
+def test_is_in_reads_keys_of_several_arrow_chunks_as_they_are():
+    parts = [pd.Series([f"c{i}" for i in range(k, k + 50)] + [None], dtype="string[pyarrow]") for k in (0, 40, 200)]
+    keys = pd.concat(parts, ignore_index=True)
+    assert keys.array._pa_array.num_chunks == 3  # pandas keeps the chunks: is_in does not join them
+    among = pd.Index(["c5", "c45", "c210", None, "c999"], dtype="string[pyarrow]")
+    assert is_in(keys, among).tolist() == keys.isin(among).tolist()
+    assert is_in(keys, among).sum() == 7  # c5; c45 twice (the first two parts overlap); c210; the three nulls
+
+
 def test_is_in_matches_nulls_and_empty_sides():
     assert is_in(pd.Index(["a", None, "b"], dtype="string"), pd.Index([None, "b"], dtype="string")).tolist() == [False, True, True]
     assert is_in(pd.Index(["a", "b"], dtype="str"), []).tolist() == [False, False]

@@ -28,6 +28,7 @@ from scipy.special import expit, logit
 
 from quimbi_pipeline.model import renewal
 from quimbi_pipeline.model.features import compute_customer_features
+from quimbi_pipeline.sources.keys import is_in
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def fit_recalibration(features: pd.DataFrame, orders: pd.DataFrame, as_of: pd.Ti
                  n_lapsed, lapsed.size - n_lapsed, horizon_days, as_of.date(), MIN_CLASS_CUSTOMERS)
         return None
     before = orders["order_ts"].to_numpy("datetime64[ns]") < np.datetime64(cut)
-    rows = before & orders["customer_id"].isin(sample.index).to_numpy()
+    rows = before & is_in(orders["customer_id"], sample.index)  # Arrow's is_in: pandas' isin on Arrow strings is a Python loop
     then = compute_customer_features(orders[rows], earlier, occasion_days=occasion_days, window_days=window_days)
     if not then.index.equals(sample.index):  # the same customers, in the same (sorted) order
         raise ValueError(f"store {store_id}: the recalibration's customers at {earlier.date()} are not those of the features at {as_of.date()}")

@@ -115,9 +115,9 @@ def repeated(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
 
 def is_in(keys, among) -> np.ndarray:
     """A boolean per key of `keys`: is it one of `among` (pandas' `keys.isin(among)`, a null matching a null)."""
-    values, value_set = _arrow(keys), _arrow(among)
+    values, value_set = _arrow_chunks(keys), _arrow(among)  # the keys' chunks as they are: joining 20M strings costs 0.3 s
     if len(values) == 0:
         return np.zeros(0, dtype=bool)
     if value_set.type != values.type:
         value_set = value_set.cast(values.type)
-    return pc.is_in(values, value_set=value_set).to_numpy(zero_copy_only=False)
+    return np.asarray(pc.is_in(values, value_set=value_set), dtype=bool)

@@ -75,6 +75,30 @@ def test_p_no_purchase_closed_form_matches_simulating_the_model():
     assert btyd.mbgnbd_p_no_purchase(p, horizon, x, t_x, T) == pytest.approx(simulated, abs=0.003)
 
 
+@pytest.mark.parametrize("cut", ["1997-02-28", "1997-09-30"])
+def test_the_renewal_fits_gradient_is_the_objectives(cdnow_orders, cut):
+    """_MapObjective's exact gradient against central differences of its own value, at the start, the optimum and a
+    point far from it (the fit trusts the gradient: L-BFGS-B with jac=True)."""
+    from scipy.optimize import approx_fprime
+
+    from quimbi_pipeline.model.features import compute_customer_features
+    from quimbi_pipeline.sources.orders import orders_as_of
+
+    day = pd.Timestamp(cut)
+    f = compute_customer_features(orders_as_of(cdnow_orders, day), day, occasion_days=PipelineSettings().btyd_occasion_days)
+    n, log_mean, log_ss, silence = (f[c].to_numpy("float64") for c in ("gap_count", "gap_log_mean", "gap_log_ss", "days_since_last_order"))
+    d0, s0 = renewal.spread_prior(n, log_ss)
+    objective = renewal._MapObjective(n, log_mean, log_ss, silence, renewal.own_spread2(n, log_ss, d0, s0), d0, s0, 0.5, 40.0)
+    fit = renewal.fit_renewal(n, log_mean, log_ss, silence)
+    optimum = np.array([fit.mu0, np.log(fit.between_sd), np.log(fit.a / fit.b), np.log(fit.a + fit.b)])
+    for theta in (np.array([3.8, 0.0, 0.0, 0.0]), optimum, np.array([2.0, -1.0, 2.5, 3.0])):
+        value, gradient = objective.value_and_gradient(theta)
+        numeric = approx_fprime(theta, lambda t: objective.value_and_gradient(t)[0], 1e-6)
+        assert np.isfinite(value)
+        assert gradient == pytest.approx(numeric, rel=1e-4, abs=1e-6), (theta, gradient, numeric)
+    assert np.abs(objective.value_and_gradient(optimum)[1]).max() < 1e-6  # the fit ends where the gradient vanishes
+
+
 def test_fits_converge_on_every_demo_store_date():
     from quimbi_pipeline.model.features import compute_customer_features
     from quimbi_pipeline.sources.orders import orders_as_of

@@ -228,8 +228,8 @@ def test_a_range_writes_each_profile_row_once_at_the_last_date_the_customer_is_a
 
 
 def test_a_store_failing_at_the_next_date_gets_every_row_of_the_date_before(tmp_path, monkeypatch):
-    """A date of a range leaves the rows of customers active at the next date to it; if the store fails there,
-    write_left_rows runs the date again in full, so the table is a run per date's."""
+    """A date of a range leaves the rows of customers active at the next date, and its unflagged outlier rows, to it;
+    if the store fails there, write_left_rows runs the date again in full, so the tables are a run per date's."""
     from quimbi_pipeline.run import (
         StoreOutcome,
         run_profiles_partition,
@@ -240,15 +240,23 @@ def test_a_store_failing_at_the_next_date_gets_every_row_of_the_date_before(tmp_
     from quimbi_pipeline.sources.orders import validate_orders
 
     validated = validate_orders(generate_demo(n_customers=120, n_stores=1, seed=4).orders)
-    settings = PipelineSettings(enable_temporal_snapshots=True, active_days=10)
+    settings = PipelineSettings(enable_temporal_snapshots=True, enable_outlier_detection=True, active_days=10)
     whole, left = Warehouse(f"sqlite:///{tmp_path / 'whole.sqlite'}"), Warehouse(f"sqlite:///{tmp_path / 'left.sqlite'}")
     assert not run_profiles_partition(validated, "2026-10-30", whole, settings).failed
     report = run_profiles_partition(validated, "2026-10-30", left, settings, later_day="2026-10-31")
     outcome = report.outcomes[0]
     assert outcome.ok and 0 < outcome.deferred_profiles < outcome.n_profiles and outcome.missing_profiles == 0
     assert len(left.profiles()) == outcome.n_profiles - outcome.deferred_profiles
+
+    def flags(wh: Warehouse) -> pd.DataFrame:
+        return wh.read_sql(f"SELECT * FROM {wh.qualified('customer_outlier_flags')} ORDER BY customer_id, method")
+
+    every_flag = flags(whole)
+    assert outcome.deferred_outlier_rows == int((~every_flag["is_outlier"].astype(bool)).sum()) > 0
+    assert flags(left)["is_outlier"].astype(bool).all() and len(flags(left)) == len(every_flag) - outcome.deferred_outlier_rows
     write_left_rows(validated, left, settings, report, ["daily"], [StoreOutcome(outcome.store_id, False, error="x")])
     pd.testing.assert_frame_equal(whole.profiles(), left.profiles())
+    pd.testing.assert_frame_equal(every_flag, flags(left))
     whole.dispose()
     left.dispose()
 

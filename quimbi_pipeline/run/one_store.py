@@ -65,6 +65,12 @@ class StoreOutcome:
     notes: list[str] = field(default_factory=list)  # degradations taken for this store (logged as warnings too)
     verified: bool = True  # False: written, but the checks could not read it back (their results do not cover it)
     deferred_profiles: int = 0  # active customers whose customer_profiles row the run's next date writes (a backfill's range)
+    deferred_outlier_rows: int = 0  # unflagged customer_outlier_flags rows not written: the run's next date cuts them
+
+    @property
+    def left_rows(self) -> bool:
+        """Rows of this date are left to the run's next date (write_left_rows writes them if that date fails)."""
+        return bool(self.deferred_profiles or self.deferred_outlier_rows)
 
 
 def _store_metrics(result: StoreProfiles) -> tuple[dict[str, float], dict[str, float]]:
@@ -223,6 +229,7 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
         outlier_rates=outlier_rates(result.outliers) if result.outliers is not None else {},
         outlier_rows=0 if result.outliers is None else len(result.outliers),
         notes=notes, verified=checks["verified"], deferred_profiles=0 if deferred is None else int(deferred.sum()),
+        deferred_outlier_rows=0 if deferred is None or result.outliers is None else int((~result.outliers["is_outlier"].astype(bool)).sum()),
     )
 
 

@@ -2,7 +2,8 @@
 
 Every customer's score per method is kept for the store's newest flag date only; earlier dates keep
 their flagged rows (the events), and outlier_rates keeps each date's customers and flagged per method,
-so a date's share stays known after its unflagged rows are cut. A row per customer, method and date for
+so a date's share stays known after its unflagged rows are cut. Inside a run of several dates (a backfill)
+a date followed by another writes its flagged rows only: the next date would cut the others. A row per customer, method and date for
 28 days was 238 of 1,328 bytes per customer per daily run (benchmarks/storage.py).
 
 Not date-partitioned on PostgreSQL (unlike the snapshots): the cut deletes a date's unflagged rows the day
@@ -49,9 +50,10 @@ outlier_rates = sa.Table(
 
 
 class OutlierStore:
-    def _replace_outlier_flags(self, conn: sa.Connection, store_id: str, day, outliers: pd.DataFrame) -> None:
+    def _replace_outlier_flags(self, conn: sa.Connection, store_id: str, day, outliers: pd.DataFrame, left_to_next: bool = False) -> None:
         """In the caller's transaction: the store's flags and rates of the date become `outliers`'; the
-        unflagged rows are kept for the store's newest date only."""
+        unflagged rows are kept for the store's newest date only. `left_to_next`: the run's next date follows for this
+        store (a backfill's range), whose write would cut this date's unflagged rows: they are not written."""
         day = pd.Timestamp(day).date()
         self._ensure_date_partition(conn, "customer_outlier_flags", day)
         flags, rates = customer_outlier_flags, outlier_rates
@@ -65,7 +67,7 @@ class OutlierStore:
             conn.execute(sa.insert(rates), [{"store_id": store_id, "flag_date": day, "method": str(m), "customers": int(n), "flagged": int(k)}
                                             for m, (n, k) in by_method.iterrows()])
         is_newest = newest is None or day >= newest
-        kept = outliers if is_newest else outliers[outliers["is_outlier"].astype(bool)]
+        kept = outliers if is_newest and not left_to_next else outliers[outliers["is_outlier"].astype(bool)]
         if len(kept):
             self._bulk_load(conn, self.qualified(flags.name), kept.assign(store_id=store_id)[[c.name for c in flags.columns]])
         if is_newest:

@@ -101,7 +101,8 @@ class ProfileStore:
         same customers in the same order) are the snapshot rows' value arrays; without them they are derived from
         the profiles' JSON text (snapshot_values.values_from_json, slower). `deferred` (a boolean per profile row): rows
         whose customer_profiles row a later date of the same run writes (a backfill's range); they feed the snapshots
-        only, and their JSON objects may be empty. `analyze=False`: the date's snapshot partition is left for the
+        only, and their JSON objects may be empty; with it, the date's unflagged outlier rows are left out too (the
+        next date's write cuts them). `analyze=False`: the date's snapshot partition is left for the
         caller's analyze_date_partitions (a run of several stores).
         """
         as_of_date = pd.Timestamp(as_of).date()
@@ -146,7 +147,7 @@ class ProfileStore:
             block_seconds = time.perf_counter() - blocks_started
             self._replace_models(conn, store_id, models)
             if outliers is not None:
-                self._replace_outlier_flags(conn, store_id, as_of_date, outliers)
+                self._replace_outlier_flags(conn, store_id, as_of_date, outliers, left_to_next=deferred is not None)
             self._replace_transitions(conn, store_id, transitions)
         analyze_started = time.perf_counter()
         if snapshot_types and analyze:

@@ -278,8 +278,8 @@ def fit_renewal(gap_count, log_mean, log_ss, silence_days, *, prior_dropout: flo
     # unbounded simplex walked that ridge for minutes; at the bound the fit stops (the predictions no longer move).
     bounds = [(np.log(0.5), np.log(3650.0)), (np.log(MIN_SD), np.log(5.0)), (-12.0, 12.0), (np.log(0.01), np.log(MAX_CONCENTRATION))]
     start = np.clip(start, [b[0] for b in bounds], [b[1] for b in bounds])
-    # L-BFGS-B on the exact gradient (_MapObjective.gradient): one evaluation of the likelihood and its gradient per step,
-    # where central differences took nine (docs/performance.md, "The renewal fit's gradient").
+    # L-BFGS-B on the exact gradient (_MapObjective.value_and_gradient): one evaluation of the likelihood and its gradient per step,
+    # where central differences took nine (docs/performance.md, "The renewal fit on its exact gradient").
     res = minimize(objective.value_and_gradient, start, method="L-BFGS-B", jac=True, bounds=bounds,
                    options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 500})
     mu, tau, a, b = _unpack(res.x)

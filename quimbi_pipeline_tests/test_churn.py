@@ -88,7 +88,7 @@ def test_the_renewal_fits_gradient_is_the_objectives(cdnow_orders, cut):
     f = compute_customer_features(orders_as_of(cdnow_orders, day), day, occasion_days=PipelineSettings().btyd_occasion_days)
     n, log_mean, log_ss, silence = (f[c].to_numpy("float64") for c in ("gap_count", "gap_log_mean", "gap_log_ss", "days_since_last_order"))
     d0, s0 = renewal.spread_prior(n, log_ss)
-    objective = renewal._MapObjective(n, log_mean, log_ss, silence, renewal.own_spread2(n, log_ss, d0, s0), d0, s0, 0.5, 40.0)
+    objective = renewal._MapObjective(n, log_mean, silence, renewal.own_spread2(n, log_ss, d0, s0), 0.5, 40.0)
     fit = renewal.fit_renewal(n, log_mean, log_ss, silence)
     optimum = np.array([fit.mu0, np.log(fit.between_sd), np.log(fit.a / fit.b), np.log(fit.a + fit.b)])
     for theta in (np.array([3.8, 0.0, 0.0, 0.0]), optimum, np.array([2.0, -1.0, 2.5, 3.0])):

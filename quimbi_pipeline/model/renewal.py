@@ -154,11 +154,17 @@ def gap_posterior(gap_count: np.ndarray, log_mean: np.ndarray, log_ss: np.ndarra
     """Each customer's predictive log-gap distribution: own spread moderated by the store's spread prior (d0, s0),
     own location shrunk towards mu0 by the normal-normal rule, the location's uncertainty added."""
     n = np.asarray(gap_count, dtype="float64")
-    spread2 = own_spread2(n, log_ss, d0, s0)
+    mu, sd, _ = _posterior_terms(n, log_mean, own_spread2(n, log_ss, d0, s0), mu0, between_sd)
+    return GapPosterior(mu, np.maximum(sd, MIN_SD))
+
+
+def _posterior_terms(n: np.ndarray, log_mean: np.ndarray, spread2: np.ndarray, mu0: float, between_sd: float
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """gap_posterior's (location, spread before its floor, location precision), given each customer's spread2: the
+    fit's gradient needs the precision and the unfloored spread too."""
     precision = n / spread2 + 1.0 / between_sd**2
     mu = (n * np.where(n >= 1, log_mean, 0.0) / spread2 + mu0 / between_sd**2) / precision
-    sd = np.sqrt(spread2 + 1.0 / precision)
-    return GapPosterior(mu, np.maximum(sd, MIN_SD))
+    return mu, np.sqrt(spread2 + 1.0 / precision), precision
 
 
 def log_survival(post: GapPosterior, days: np.ndarray) -> np.ndarray:
@@ -183,8 +189,8 @@ class _MapObjective:
     The gradient follows the same terms by the chain rule (d log S / dz = -phi(z) / Phi(-z); the Beta terms' digammas
     once per distinct purchase count); test_churn checks it against finite differences."""
 
-    def __init__(self, n, log_mean, log_ss, silence_days, spread2, d0, s0, prior_dropout, prior_customers):
-        self.n, self.log_mean, self.log_ss, self.spread2, self.d0, self.s0 = n, log_mean, log_ss, spread2, d0, s0
+    def __init__(self, n, log_mean, silence_days, spread2, prior_dropout, prior_customers):
+        self.n, self.log_mean, self.spread2 = n, log_mean, spread2  # spread2: own_spread2, fixed through the fit
         self.rep = n >= 1
         self.values, self.index = np.unique(n, return_inverse=True)
         self.log_days = np.log(np.maximum(silence_days, MIN_SILENCE_DAYS))
@@ -200,9 +206,8 @@ class _MapObjective:
         d_gaps_mu = float((r / v).sum())
         d_gaps_theta1 = float((-0.5 * (1.0 / v - r**2 / v**2) * 2.0 * tau**2).sum())
         # Silences, through each customer's predictive log-gap N(post_mu, post_sd^2).
-        post = gap_posterior(n, self.log_mean, self.log_ss, mu, tau, self.d0, self.s0)
-        precision = n / self.spread2 + 1.0 / tau**2
-        raw_sd = np.sqrt(self.spread2 + 1.0 / precision)
+        post_mu, raw_sd, precision = _posterior_terms(n, self.log_mean, self.spread2, mu, tau)
+        post = GapPosterior(post_mu, np.maximum(raw_sd, MIN_SD))  # gap_posterior's, its spread2 computed once per fit
         z = (self.log_days - post.mu) / post.sd
         log_s = log_ndtr(-z)
         mills = np.exp(-0.5 * z**2 - 0.5 * np.log(2.0 * np.pi) - log_s)  # phi(z) / Phi(-z): d log S / dz = -mills
@@ -272,7 +277,7 @@ def fit_renewal(gap_count, log_mean, log_ss, silence_days, *, prior_dropout: flo
     n = gap_count
     spread2 = own_spread2(n, log_ss, d0, s0)
 
-    objective = _MapObjective(n, log_mean, log_ss, silence_days, spread2, d0, s0, prior_dropout, prior_customers)
+    objective = _MapObjective(n, log_mean, silence_days, spread2, prior_dropout, prior_customers)
     start = np.array([mu0, np.log(between_sd), np.log(prior_dropout / (1 - prior_dropout)), 0.0])
     # Bounded: when every customer has much the same dropout the likelihood keeps rising as a + b -> infinity, and an
     # unbounded simplex walked that ridge for minutes; at the bound the fit stops (the predictions no longer move).

@@ -143,8 +143,9 @@ def _store_orders(orders: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
 def write_left_rows(validated: ValidatedOrders, warehouse: Warehouse, settings: PipelineSettings | StoreSettings, report: PartitionReport,
                     snapshot_types: list[str], failed_next: list[StoreOutcome]) -> None:
     """The stores of `report` (a date run with later_day) that left customer_profiles rows (or unflagged outlier rows) to
-    the run's next date and then failed there (`failed_next`), or never got there, run the date again writing every row, so their table is
-    the one a run per date leaves. A failure of this second run is logged; the date that failed reports the store."""
+    the run's next date and then failed there (`failed_next`), or never got there, run the date again writing every
+    row, so their tables are the ones a run per date leaves. A failure of this second run is logged; the date that
+    failed reports the store."""
     stores = sorted({o.store_id for o in failed_next} & {o.store_id for o in report.outcomes if o.ok and o.left_rows})
     if not stores:
         return

@@ -3,8 +3,8 @@
 Every customer's score per method is kept for the store's newest flag date only; earlier dates keep
 their flagged rows (the events), and outlier_rates keeps each date's customers and flagged per method,
 so a date's share stays known after its unflagged rows are cut. Inside a run of several dates (a backfill)
-a date followed by another writes its flagged rows only: the next date would cut the others. A row per customer, method and date for
-28 days was 238 of 1,328 bytes per customer per daily run (benchmarks/storage.py).
+a date followed by another writes its flagged rows only: the next date would cut the others. A row per
+customer, method and date for 28 days was 238 of 1,328 bytes per customer per daily run (benchmarks/storage.py).
 
 Not date-partitioned on PostgreSQL (unlike the snapshots): the cut deletes a date's unflagged rows the day
 after they were written, and in a partition of their own their space stays with that date's file until

@@ -159,8 +159,10 @@ def test_ui_backfill_equals_daily_schedule(warehouse_url, tmp_path, monkeypatch)
 def test_runs_over_ranges_leave_the_tables_a_run_per_date_leaves(tmp_path, warehouse_url, monkeypatch):
     """`quimbi run` in runs of 5 dates (the path a UI backfill takes), every flag on, over 8 dates and then the 6 before
     them (the later dates' drift windows gain snapshots and are recomputed), against a run per date in date order.
-    Both databases."""
+    The ranges compute each next store-date's features ahead (features_ahead.py, for these small stores too), the run
+    per date never does. Both databases."""
     from quimbi_pipeline.cli import execute_dates
+    from quimbi_pipeline.run import FeaturesAhead
     from quimbi_pipeline_tests.test_reliability import assert_same_tables
     from quimbi_pipeline_tests.test_reliability import tables as analyst_tables
 
@@ -169,8 +171,19 @@ def test_runs_over_ranges_leave_the_tables_a_run_per_date_leaves(tmp_path, wareh
     monkeypatch.setenv("QUIMBI_DRIFT_WINDOWS", "7,28")
     orders = "demo:customers=150,stores=2,seed=12"
 
-    def history(url: str, per_run: str, spans) -> tuple[dict, list[str]]:
+    taken = []
+    take = FeaturesAhead.take
+
+    def counted_take(self, *args):
+        found = take(self, *args)
+        taken.append(found is not None)
+        return found
+
+    monkeypatch.setattr(FeaturesAhead, "take", counted_take)
+
+    def history(url: str, per_run: str, spans, ahead: bool) -> tuple[dict, list[str]]:
         monkeypatch.setenv("QUIMBI_BACKFILL_DATES_PER_RUN", per_run)
+        monkeypatch.setattr(FeaturesAhead, "wanted", lambda self, unit: ahead)
         out = io.StringIO()
         for start, end in spans:
             summary = execute_dates(pd.Timestamp(start), pd.Timestamp(end), orders=orders, warehouse=url, stores=None, out=out)
@@ -182,9 +195,12 @@ def test_runs_over_ranges_leave_the_tables_a_run_per_date_leaves(tmp_path, wareh
         wh.dispose()
         return found, out.getvalue().splitlines()
 
-    expected, _ = history(f"sqlite:///{tmp_path / 'per_date.sqlite'}", "1", [("2026-10-18", "2026-10-31")])
+    expected, _ = history(f"sqlite:///{tmp_path / 'per_date.sqlite'}", "1", [("2026-10-18", "2026-10-31")], ahead=False)
     assert len(expected["customer_drift"]) and len(expected["population_drift"]) and len(expected["customer_outlier_flags"])
-    produced, lines = history(warehouse_url, "5", [("2026-10-24", "2026-10-31"), ("2026-10-18", "2026-10-23")])
+    assert not any(taken)
+    produced, lines = history(warehouse_url, "5", [("2026-10-24", "2026-10-31"), ("2026-10-18", "2026-10-23")], ahead=True)
+    # 14 dates x 2 stores in 4 runs: every store-date but each run's first took features computed ahead.
+    assert sum(taken) == 14 * 2 - 4, taken
     assert_same_tables(expected, produced)
     if warehouse_url.startswith("sqlite"):
         pd.testing.assert_frame_equal(expected["segment_models"], produced["segment_models"])

@@ -7,6 +7,7 @@ from quimbi_pipeline.run.drift_partition import (
            drift_on_demand,
            run_drift_partition,
 )
+from quimbi_pipeline.run.features_ahead import FeaturesAhead
 from quimbi_pipeline.run.one_store import StoreOutcome, run_one_store
 from quimbi_pipeline.run.profiles_partition import (
            PartitionReport,
@@ -15,5 +16,5 @@ from quimbi_pipeline.run.profiles_partition import (
 )
 from quimbi_pipeline.run.store_pool import kept_pools
 
-__all__ = ["DriftOutcome", "PartitionReport", "StoreOutcome", "drift_on_demand", "kept_pools", "run_drift_partition", "run_one_store",
+__all__ = ["DriftOutcome", "FeaturesAhead", "PartitionReport", "StoreOutcome", "drift_on_demand", "kept_pools", "run_drift_partition", "run_one_store",
            "run_profiles_partition", "write_left_rows"]

@@ -9,6 +9,7 @@ import concurrent.futures
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,7 @@ from quimbi_pipeline.model.profiles import (
 )
 from quimbi_pipeline.model.segment_identity import fit_period_models, refit_anchor
 from quimbi_pipeline.model.segmentation import AxisModel
+from quimbi_pipeline.run.features_ahead import FeaturesAhead, StoreDate
 from quimbi_pipeline.runtime.memory import release_memory
 from quimbi_pipeline.runtime.threads import SMALL_ROWS, limited_threads, run_threads
 from quimbi_pipeline.settings import PipelineSettings
@@ -99,14 +101,16 @@ def failed_outcome(store: str, as_of: pd.Timestamp, exc: Exception) -> StoreOutc
 
 def run_one_store(warehouse: Warehouse, store: str, orders: pd.DataFrame, as_of: pd.Timestamp, optional_columns,
                   settings: PipelineSettings, snapshot_types: list[str], active_later: pd.Index | None = None,
-                  analyze: bool = True) -> StoreOutcome:
+                  analyze: bool = True, ahead: FeaturesAhead | None = None, then: Callable[[], StoreDate | None] | None = None) -> StoreOutcome:
     """One store's profiles of D computed, written and verified (in the main process or a store_pool worker);
     a failure is recorded in the outcome, never raised. `active_later`: the customers active at the run's next date
     (a backfill's range): their customer_profiles rows are left to it (the snapshots of D are whole). `analyze=False`:
-    the date's snapshot partition's statistics are left to the run (run_profiles_partition, after all its stores)."""
+    the date's snapshot partition's statistics are left to the run (run_profiles_partition, after all its stores).
+    `ahead`, `then`: the store's features may have been computed ahead (features_ahead.py); once they are at hand, the
+    store-date `then()` names is started there."""
     try:
         with limited_threads(len(orders), run_threads(settings.threads), automatic=settings.threads == 0):
-            return _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later, analyze)
+            return _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later, analyze, ahead, then)
     except Exception as exc:  # one store's failure is recorded and the others go on
         return failed_outcome(store, as_of, exc)
     finally:
@@ -160,10 +164,18 @@ def _handed_over(cached):
     return value
 
 
-def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later, analyze) -> StoreOutcome:
+def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later, analyze, ahead, then) -> StoreOutcome:
     models = version = transitions = None
     new_models = pd.DataFrame()
-    features_of_d = functools.cache(lambda: customer_features(orders, as_of, settings, optional_columns))
+    features_started = time.perf_counter()
+    given = [found] if ahead is not None and (found := ahead.take(store, as_of, settings)) is not None else []
+    # given.pop(): the thunk does not keep the features once handed over (they are dropped after the churn fit).
+    features_of_d = functools.cache(lambda: given.pop() if given else customer_features(orders, as_of, settings, optional_columns))
+    features_seconds = None
+    if ahead is not None and not orders.empty:
+        features_of_d()  # D's features first; then the next store-date's in the background while D is scored and written
+        features_seconds = time.perf_counter() - features_started
+        ahead.start(then() if then is not None else None)
     if settings.enable_stable_segments and not orders.empty:
         started = time.perf_counter()
         models, version, new_models, transitions = resolve_stable_models(store, orders, as_of, optional_columns, warehouse, settings, features_of_d)
@@ -176,6 +188,8 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
         release_memory()  # the profiles step's numpy temporaries (snapshot columns' rounding): the write's Arrow text does not stack on them
     if models is not None:
         result.seconds["stable_models"] = model_seconds
+    if features_seconds is not None:
+        result.seconds["features"] = features_seconds  # computing them, or waiting for those computed ahead
     started = time.perf_counter()
     changed = snapshot_customers = None
     customer_ids = pd.Index(result.profiles["customer_id"].astype(str))

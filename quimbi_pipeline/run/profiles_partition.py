@@ -5,6 +5,7 @@ Each store runs as its own unit (one_store.py); many small stores run in paralle
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -15,6 +16,7 @@ import pandas as pd
 
 from quimbi_pipeline.history.snapshots import snapshot_types_for
 from quimbi_pipeline.model.features import active_orders
+from quimbi_pipeline.run.features_ahead import FeaturesAhead, StoreDate
 from quimbi_pipeline.run.one_store import StoreOutcome, failed_outcome, run_one_store
 from quimbi_pipeline.run.store_pool import end_kept_pools, pool_workers_for, run_in_pool
 from quimbi_pipeline.runtime.threads import SMALL_ROWS
@@ -48,6 +50,7 @@ def run_profiles_partition(
     stores: list[str] | None = None,
     snapshot_types: list[str] | None = None,
     later_day=None,
+    ahead: FeaturesAhead | None = None,
 ) -> PartitionReport:
     """Compute, write and verify customer_profiles of partition D for `stores` (default: all stores).
 
@@ -56,6 +59,9 @@ def run_profiles_partition(
     `later_day`: the next date of the same run (a backfill's range, dates in order): the customer_profiles rows of the
     customers still active then are left to it, so a range writes each customer's row once, at the last date they
     are active in it (the same table as a run per date). The caller runs `later_day` next, or D again without it.
+    `ahead`: the run's FeaturesAhead across its dates (default: one for this date's large stores): while a large store
+    is scored and written, the next large store's features (or, after the last, the first one's at `later_day`) are
+    computed in the background.
     """
     as_of = as_of_day(as_of)
     types = snapshot_types_for(as_of) if snapshot_types is None else list(snapshot_types)
@@ -72,6 +78,7 @@ def run_profiles_partition(
     seconds = {"cut_orders": time.perf_counter() - started}
     outcomes: list[StoreOutcome] = []
     small: list[tuple[str, PipelineSettings, np.ndarray]] = []
+    large: list[tuple[str, PipelineSettings, np.ndarray]] = []
     # One store: its write refreshes the date's snapshot statistics. Several: the run does, once, after them all.
     analyze_each = len(wanted) <= 1
 
@@ -105,18 +112,31 @@ def run_profiles_partition(
             outcomes.append(failed_outcome(store, as_of, exc))
             continue
         rows = rows_of.get(store, np.zeros(0, dtype="int64"))
-        if len(rows) < SMALL_ROWS:
-            small.append((store, store_settings, rows))
-        else:
-            end_kept_pools()
-            outcomes.append(run_one_store(warehouse, *job(store, store_settings, rows)))
+        (small if len(rows) < SMALL_ROWS else large).append((store, store_settings, rows))
 
     workers = pool_workers_for([store_settings for _, store_settings, _ in small], warehouse.url)
+    in_process = large + ([] if workers else small)  # in this process, one after the other
+
+    def following(i: int) -> StoreDate | None:
+        """The store-date after in_process[i]: the next store of D, or the first one's at later_day."""
+        if i + 1 < len(in_process):
+            store, store_settings, rows = in_process[i + 1]
+            return StoreDate(store, as_of, store_settings, len(rows), lambda: _store_orders(orders, rows), tuple(validated.optional_columns))
+        if later_day is None:
+            return None
+        store, store_settings, _ = in_process[0]
+        rows = np.flatnonzero((store_codes == store_names.get_loc(store)) & seen_at(orders, later_day))
+        return StoreDate(store, as_of_day(later_day), store_settings, len(rows), lambda: _store_orders(orders, rows),
+                         tuple(validated.optional_columns))
+
+    with contextlib.nullcontext(ahead) if ahead is not None else FeaturesAhead() as features_ahead:
+        for i, (store, store_settings, rows) in enumerate(in_process):
+            if len(rows) >= SMALL_ROWS:
+                end_kept_pools()
+            outcomes.append(run_one_store(warehouse, *job(store, store_settings, rows), ahead=features_ahead, then=lambda i=i: following(i)))
     if workers:
         log.info("%d small stores in %d worker processes", len(small), workers)
         outcomes += run_in_pool((job(*s) for s in small), warehouse.url, workers, lambda store, message: StoreOutcome(store, False, error=message))
-    else:
-        outcomes += [run_one_store(warehouse, *job(*s)) for s in small]
     if not analyze_each and types and any(o.ok for o in outcomes):
         analyze_started = time.perf_counter()
         warehouse.analyze_date_partitions(["profile_snapshots"], as_of)

@@ -26,6 +26,7 @@ from quimbi_pipeline.defs.resources import (
 )
 from quimbi_pipeline.history.snapshots import snapshot_types_for
 from quimbi_pipeline.run import (
+    FeaturesAhead,
     PartitionReport,
     kept_pools,
     run_profiles_partition,
@@ -191,13 +192,15 @@ def daily_profiles(
         hold(wh, context.run.run_id, config.stores or None)
         try:
             validated = orders_source.load(wh.url, settings.default.bad_rows)
-            with kept_pools():  # many small stores: one set of worker processes for all the run's dates
+            # Many small stores: one set of worker processes for all the run's dates; large ones: the next date's
+            # features computed while a date is written (features_ahead.py).
+            with kept_pools(), FeaturesAhead() as ahead:
                 for i, day in enumerate(dates, 1):
                     if len(dates) > 1:
                         progress.info("date %d of %d: %s", i, len(dates), day)
                     later = dates[i] if i < len(dates) else None  # its customers active then get their profile row there
                     reports.append(run_profiles_partition(validated, day, wh, settings, config.stores or None, snapshot_types=types_of[day],
-                                                          later_day=later))
+                                                          later_day=later, ahead=ahead))
                     if len(reports) > 1:
                         write_left_rows(validated, wh, settings, reports[-2], types_of[dates[i - 2]], reports[-1].failed)
                     if len(dates) > 1:  # the run's page shows how far a backfill's run has come

@@ -167,19 +167,21 @@ def _handed_over(cached):
 def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later, analyze, ahead, then) -> StoreOutcome:
     models = version = transitions = None
     new_models = pd.DataFrame()
-    features_started = time.perf_counter()
+    waited = time.perf_counter()
     given = [found] if ahead is not None and (found := ahead.take(store, as_of, settings)) is not None else []
+    waited = time.perf_counter() - waited
     # given.pop(): the thunk does not keep the features once handed over (they are dropped after the churn fit).
     features_of_d = functools.cache(lambda: given.pop() if given else customer_features(orders, as_of, settings, optional_columns))
-    features_seconds = None
-    if ahead is not None and not orders.empty:
-        features_of_d()  # D's features first; then the next store-date's in the background while D is scored and written
-        features_seconds = time.perf_counter() - features_started
-        ahead.start(then() if then is not None else None)
     if settings.enable_stable_segments and not orders.empty:
         started = time.perf_counter()
         models, version, new_models, transitions = resolve_stable_models(store, orders, as_of, optional_columns, warehouse, settings, features_of_d)
         model_seconds = time.perf_counter() - started
+    features_seconds = None
+    if ahead is not None and not orders.empty:
+        started = time.perf_counter()
+        features_of_d()  # D's features (unless the refit made them); then the next store-date's, in the background
+        features_seconds = waited + time.perf_counter() - started
+        ahead.start(then() if then is not None else None)
     # The features a refit computed are handed over, not kept: build_store_profiles drops every customer's features
     # after the churn fit, and the cache holding them too kept ~0.5 GB at 1M customers through the JSON text.
     result = build_store_profiles(orders, store, as_of, settings, optional_columns, models=models, model_version=version,

@@ -90,3 +90,45 @@ def test_features_are_computed_in_the_background_while_the_caller_goes_on(valida
         ahead.start(unit(validated, orders=orders))  # returns at once: the computation waits for `release`
         release.set()
         assert ahead.take("store_a", DAY, SETTINGS) is not None
+
+
+def test_a_run_over_dates_hands_each_next_store_date_its_features_and_a_store_without_orders_is_skipped(validated, tmp_path):
+    """run_profiles_partition with the run's FeaturesAhead, where the first store of the run has no orders: it has no
+    features to compute ahead, at D or at the next date, and store_a (computing its own) writes the same profiles as a
+    run of that date alone."""
+    from quimbi_pipeline.run import run_profiles_partition
+    from quimbi_pipeline.storage import Warehouse
+
+    settings = SETTINGS.model_copy(update={"enable_temporal_snapshots": True})
+    ahead_wh, alone_wh = Warehouse(f"sqlite:///{tmp_path / 'ahead.sqlite'}"), Warehouse(f"sqlite:///{tmp_path / 'alone.sqlite'}")
+    with FeaturesAhead(min_orders=0) as ahead:
+        first = run_profiles_partition(validated, DAY - pd.Timedelta(days=1), ahead_wh, settings, ["store_0", "store_a"], later_day=DAY, ahead=ahead)
+        assert [o.ok for o in first.outcomes] == [True, True] and first.outcomes[0].n_profiles == 0
+        assert ahead.taken == 0
+        second = run_profiles_partition(validated, DAY, ahead_wh, settings, ["store_0", "store_a"], ahead=ahead)
+        assert ahead.taken == 0 and all(o.ok for o in second.outcomes)
+    assert not run_profiles_partition(validated, DAY, alone_wh, settings, ["store_a"]).failed
+    pd.testing.assert_frame_equal(ahead_wh.profiles(), alone_wh.profiles())
+    ahead_wh.dispose()
+    alone_wh.dispose()
+
+
+def test_the_next_store_of_the_date_and_the_first_at_the_next_date_take_features_computed_ahead(tmp_path):
+    """Two stores over two dates in one run: store_b at D, then store_a and store_b at the next date, take features
+    computed ahead (3 of the 4 store-dates); the profiles are those of a run per date without it."""
+    from quimbi_pipeline.run import run_profiles_partition
+    from quimbi_pipeline.storage import Warehouse
+
+    two = validate_orders(generate_demo(n_customers=300, n_stores=2, seed=3).orders)
+    ahead_wh, alone_wh = Warehouse(f"sqlite:///{tmp_path / 'ahead.sqlite'}"), Warehouse(f"sqlite:///{tmp_path / 'alone.sqlite'}")
+    before = DAY - pd.Timedelta(days=1)
+    with FeaturesAhead(min_orders=0) as ahead:
+        assert not run_profiles_partition(two, before, ahead_wh, SETTINGS, later_day=DAY, ahead=ahead).failed
+        assert ahead.taken == 1
+        assert not run_profiles_partition(two, DAY, ahead_wh, SETTINGS, ahead=ahead).failed
+        assert ahead.taken == 3
+    for day in (before, DAY):
+        assert not run_profiles_partition(two, day, alone_wh, SETTINGS).failed
+    pd.testing.assert_frame_equal(ahead_wh.profiles(), alone_wh.profiles())
+    ahead_wh.dispose()
+    alone_wh.dispose()

@@ -66,7 +66,7 @@ class FeaturesAhead:
 
     def wanted(self, unit: StoreDate) -> bool:
         """Within the size bounds, and two threads for the run (with QUIMBI_THREADS=0, two cores idle now)."""
-        if not self.min_orders <= unit.n_orders <= self.max_orders or run_threads(unit.settings.threads) < 2:
+        if not max(self.min_orders, 1) <= unit.n_orders <= self.max_orders or run_threads(unit.settings.threads) < 2:
             return False
         return unit.settings.threads != 0 or idle_cores() >= 2
 

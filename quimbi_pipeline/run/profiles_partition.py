@@ -59,9 +59,9 @@ def run_profiles_partition(
     `later_day`: the next date of the same run (a backfill's range, dates in order): the customer_profiles rows of the
     customers still active then are left to it, so a range writes each customer's row once, at the last date they
     are active in it (the same table as a run per date). The caller runs `later_day` next, or D again without it.
-    `ahead`: the run's FeaturesAhead across its dates (default: one for this date's large stores): while a large store
-    is scored and written, the next large store's features (or, after the last, the first one's at `later_day`) are
-    computed in the background.
+    `ahead`: the run's FeaturesAhead across its dates (default: one for this date): while a store of this process (not
+    a worker's) is scored and written, the next one's features (after the last, the first one's at `later_day`) are
+    computed in the background, where FeaturesAhead.wanted says it pays.
     """
     as_of = as_of_day(as_of)
     types = snapshot_types_for(as_of) if snapshot_types is None else list(snapshot_types)
@@ -122,9 +122,9 @@ def run_profiles_partition(
         if i + 1 < len(in_process):
             store, store_settings, rows = in_process[i + 1]
             return StoreDate(store, as_of, store_settings, len(rows), lambda: _store_orders(orders, rows), tuple(validated.optional_columns))
-        if later_day is None:
-            return None
         store, store_settings, _ = in_process[0]
+        if later_day is None or store not in store_names:  # a store without orders has no features to compute
+            return None
         rows = np.flatnonzero((store_codes == store_names.get_loc(store)) & seen_at(orders, later_day))
         return StoreDate(store, as_of_day(later_day), store_settings, len(rows), lambda: _store_orders(orders, rows),
                          tuple(validated.optional_columns))

@@ -17,7 +17,7 @@ from quimbi_pipeline.settings import PipelineSettings, RetentionPolicy
 from quimbi_pipeline.sources.demo import generate_demo
 from quimbi_pipeline.sources.orders import validate_orders
 from quimbi_pipeline.storage import Warehouse
-from quimbi_pipeline.storage.snapshot_history import SnapshotHistoryReader, numeric_rows
+from quimbi_pipeline.storage.snapshot_history import BlockCache, SnapshotHistoryReader, numeric_rows
 
 DAY = pd.Timestamp("2026-10-20")
 START = pd.Timestamp("2026-10-05")  # a Monday: its weekly snapshot outlives the daily ones
@@ -94,3 +94,38 @@ def test_drift_from_blocks_equals_drift_from_the_rows_and_prune_keeps_them_in_st
     calendar = set(pd.to_datetime(wh.read_sql(f"SELECT DISTINCT snapshot_date FROM {wh.qualified('customer_profile_snapshots')}")["snapshot_date"]))
     assert kept == calendar and START in kept and pd.Timestamp("2026-10-08") not in kept
     wh.dispose()
+
+
+def test_a_runs_block_cache_reads_each_block_once_and_its_drift_is_the_drift_without_it(tmp_path):
+    """A BlockCache over the drift of several dates: every date's window reads only the blocks no earlier date read,
+    the history read through it is the history read without it, and so are the drift tables; past its byte bound the
+    least recently used blocks are dropped (and read again when wanted)."""
+    validated = validate_orders(generate_demo(n_customers=300, n_stores=1, seed=21).orders)
+    settings = PipelineSettings(enable_temporal_snapshots=True, enable_drift_analysis=True, snapshot_block_customers=50,
+                                drift_windows=(7, 28))
+    days = pd.date_range(DAY - pd.Timedelta(days=3), DAY)
+    cached, plain = Warehouse(f"sqlite:///{tmp_path / 'cached.sqlite'}"), Warehouse(f"sqlite:///{tmp_path / 'plain.sqlite'}")
+    for wh in (cached, plain):
+        for day in pd.date_range(START, DAY, freq="2D").union(days):
+            assert not run_profiles_partition(validated, day, wh, settings).failed
+    cache = BlockCache()
+    for day in days:
+        assert all(o.ok for o in run_drift_partition(cached, day, settings, ["store_a"], blocks=cache))
+        assert all(o.ok for o in run_drift_partition(plain, day, settings, ["store_a"]))
+    for table, frame in _drift_tables(plain).items():
+        pd.testing.assert_frame_equal(frame, _drift_tables(cached)[table], obj=table)
+    blocks = cached.snapshot_block_index("store_a", START, DAY)
+    assert 0 < cache.reads <= 2 * len(blocks) and cache.hits > cache.reads  # memberships and features of a block: once
+    reads = cache.reads
+    for day in days:  # the same windows again: nothing left to read
+        assert all(o.ok for o in run_drift_partition(cached, day, settings, ["store_a"], blocks=cache))
+    assert cache.reads == reads
+
+    tiny = BlockCache(max_bytes=cache.nbytes // 10)
+    read = SnapshotHistoryReader(cached, "store_a", START, DAY, cache=tiny).history(with_features=True)
+    again = SnapshotHistoryReader(cached, "store_a", START, DAY, cache=tiny).history(with_features=True)
+    assert tiny.nbytes <= tiny.max_bytes and tiny.reads > 2 * len(blocks)  # dropped blocks were read again
+    pd.testing.assert_frame_equal(read, again)
+    pd.testing.assert_frame_equal(read, SnapshotHistoryReader(cached, "store_a", START, DAY).history(with_features=True))
+    cached.dispose()
+    plain.dispose()

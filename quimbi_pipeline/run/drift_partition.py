@@ -38,7 +38,7 @@ from quimbi_pipeline.sources.orders import as_of_day
 from quimbi_pipeline.sources.row_checks import check_rows
 from quimbi_pipeline.storage import Warehouse
 from quimbi_pipeline.storage.prune import drift_state_cutoff, keep_drift_state
-from quimbi_pipeline.storage.snapshot_history import BASE_COLUMNS, SnapshotHistoryReader
+from quimbi_pipeline.storage.snapshot_history import BASE_COLUMNS, BlockCache, SnapshotHistoryReader
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger("quimbi_pipeline.progress")
@@ -93,7 +93,7 @@ def _scored_with(models: dict[str, AxisModel], frame: pd.DataFrame, store: str) 
 
 
 def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings | StoreSettings, stores: list[str] | None = None,
-                        retention: RetentionPolicy | None = None, run_last_date=None) -> list[DriftOutcome]:
+                        retention: RetentionPolicy | None = None, run_last_date=None, blocks: BlockCache | None = None) -> list[DriftOutcome]:
     """customer_drift, customer_axis_drift, customer_drift_anomalies and population_drift of D, per store.
 
     customer_drift and customer_axis_drift keep `retention.drift` dates per store (default: the
@@ -107,6 +107,7 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
 
     Stores default to those with snapshots dated D; stores whose settings have drift off are skipped.
     Each store is written in its own transaction; a failing store is reported and the others go on.
+    `blocks`: the run's BlockCache across its dates (the stores of this process; a worker's read their own).
     """
     as_of = as_of_day(as_of)
     run_last_date = None if run_last_date is None else as_of_day(run_last_date)
@@ -131,7 +132,7 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
     in_process = [job for job in jobs if job[0] not in pooled]
     if any(customers.get(job[0], SMALL_ROWS) >= SMALL_ROWS for job in in_process):  # a large store, or sizes not read
         end_kept_pools()
-    outcomes = [_drift_one_store(warehouse, *job) for job in in_process]
+    outcomes = [_drift_one_store(warehouse, *job, blocks=blocks) for job in in_process]
     if pooled:
         log.info("%d small stores' drift in %d worker processes", len(pooled), workers)
         outcomes += run_in_pool((job for job in jobs if job[0] in pooled), warehouse.url, workers,
@@ -142,19 +143,19 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
 
 
 def _drift_one_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings, retention: RetentionPolicy,
-                     run_last_date: pd.Timestamp | None, analyze: bool = True) -> DriftOutcome:
+                     run_last_date: pd.Timestamp | None, analyze: bool = True, blocks: BlockCache | None = None) -> DriftOutcome:
     """One store's drift of D and of the later dates it makes stale; a failure is the store's outcome, not raised.
     `analyze=False`: D's partitions' statistics are left to the run (run_drift_partition, after all its stores)."""
     try:
         with limited_threads(0, run_threads(settings.threads)):  # array arithmetic, no large BLAS work
             outcome = _drift_store(warehouse, store, as_of, settings, retention, as_of if run_last_date is None else max(as_of, run_last_date),
-                                   analyze)
+                                   analyze, blocks)
             # An earlier date arriving late changes the inputs of later dates' drift: recompute those, so that
             # any order of dates leaves the warehouse a date-ordered run leaves.
             later = [day for day in (warehouse.stale_drift_dates(store, as_of) if outcome.rows else [])
                      if run_last_date is None or day > run_last_date]
             for day in later:
-                _drift_store(warehouse, store, day, settings, retention)
+                _drift_store(warehouse, store, day, settings, retention, blocks=blocks)
             if later:
                 outcome.note = f"recomputed the drift of {len(later)} later date(s) whose snapshots changed: {', '.join(f'{d:%Y-%m-%d}' for d in later)}"
             # Large stores only, as after profiles: a trim of a fragmented heap costs ~60 ms, a second per ~20 small stores.
@@ -171,11 +172,12 @@ def _drift_in_worker(warehouse_url: str, job: tuple) -> tuple:
     return in_worker(warehouse_url, lambda warehouse: _drift_one_store(warehouse, *job))
 
 
-def _drift_reader(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings, retention: RetentionPolicy):
+def _drift_reader(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings, retention: RetentionPolicy,
+                  blocks: BlockCache | None = None):
     """(reader of D's window of snapshots, their dates, D's models) or None when no snapshot is dated D. The window
     holds what the daily run of D holds under `retention`, whether pruning has run since or not (a backfill holds it off)."""
     reader = SnapshotHistoryReader(warehouse, store, as_of - pd.Timedelta(days=drift.history_days(settings.drift_windows)), as_of,
-                                   kept_at=(as_of, retention))
+                                   kept_at=(as_of, retention), cache=blocks)
     dates = list(reader.sources["snapshot_date"])
     if not dates or dates[-1] != as_of:
         return None
@@ -210,11 +212,11 @@ def drift_on_demand(warehouse: Warehouse, store: str, as_of, settings: PipelineS
 
 
 def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings,
-                 retention: RetentionPolicy, newest: pd.Timestamp | None = None, analyze: bool = True) -> DriftOutcome:
+                 retention: RetentionPolicy, newest: pd.Timestamp | None = None, analyze: bool = True, blocks: BlockCache | None = None) -> DriftOutcome:
     started = time.perf_counter()
     progress.info("%s: drift", store)
     windows = settings.drift_windows
-    found = _drift_reader(warehouse, store, as_of, settings, retention)
+    found = _drift_reader(warehouse, store, as_of, settings, retention, blocks)
     if found is None:
         note = f"no snapshots dated {as_of.date()}: drift not computed (run the date's profiles with ENABLE_TEMPORAL_SNAPSHOTS first)"
         log.warning("store %s: %s", store, note)

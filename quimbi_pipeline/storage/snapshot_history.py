@@ -5,6 +5,8 @@ whose calendar snapshots were pruned and only profile_change rows remain). Both 
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -37,15 +39,69 @@ def _id_slice(table: pa.Table, lo: str | None, hi: str | None) -> pa.Table:
     return table.slice(start, stop - start)
 
 
+# Decoded snapshot blocks a run of several dates keeps (BlockCache): a 100,000-customer date's blocks are ~25 MB, so
+# a window of ~20 dates fits; at 1M customers only the newest few dates do.
+BLOCK_CACHE_BYTES = 1 << 30
+
+
+class BlockCache:
+    """Snapshot blocks fetched and decoded once for a run's dates (the drift step of a backfill's range), where each
+    date's window shares all but one of its snapshot dates with the date before: (store, date, block, column) -> the
+    block's Arrow table, the least recently used dropped beyond `max_bytes`. A date's blocks do not change during the
+    drift step (its profiles step wrote them; pruning waits for the run's lease), so a cached block is the stored one.
+    """
+
+    def __init__(self, max_bytes: int = BLOCK_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self.hits = self.reads = 0  # blocks found here, blocks read from the warehouse
+        self._tables: OrderedDict[tuple, pa.Table] = OrderedDict()
+
+    def tables(self, warehouse: Warehouse, store_id: str, day, blocks: list[int], column: str) -> dict[int, pa.Table]:
+        """{block: its table} of the date's blocks' `column`, read from the warehouse only where not held."""
+        day = pd.Timestamp(day)
+        found, missing = {}, []
+        for block in blocks:
+            key = (store_id, day, block, column)
+            if key in self._tables:
+                self._tables.move_to_end(key)
+                found[block] = self._tables[key]
+            else:
+                missing.append(block)
+        self.hits += len(found)
+        if missing:
+            data = warehouse.snapshot_block_data(store_id, day, missing, column)
+            self.reads += len(missing)
+            for block in missing:
+                found[block] = read_block(data[block])
+                self._put((store_id, day, block, column), found[block])
+        return found
+
+    def _put(self, key: tuple, table: pa.Table) -> None:
+        self._tables[key] = table
+        self.nbytes += table.nbytes
+        while self.nbytes > self.max_bytes and self._tables:
+            self.nbytes -= self._tables.popitem(last=False)[1].nbytes
+
+
+def read_block_tables(warehouse: Warehouse, store_id: str, day, blocks: list[int], column: str, cache: BlockCache | None = None) -> dict[int, pa.Table]:
+    """{block: its table} of the date's blocks' `column` (memberships or features), through `cache` when given."""
+    if cache is not None:
+        return cache.tables(warehouse, store_id, day, blocks, column)
+    data = warehouse.snapshot_block_data(store_id, day, blocks, column)
+    return {block: read_block(data[block]) for block in blocks}
+
+
 class SnapshotHistoryReader:
     """Reads a store's snapshot history in [start, end] slice by slice of customers, in ascending id order.
 
-    Each block is fetched and decoded once: a slice keeps, per date, the block it ended in for the next.
+    Each block is fetched and decoded once: a slice keeps, per date, the block it ended in for the next; a run's
+    BlockCache (`cache`) keeps them for its later dates.
     """
 
-    def __init__(self, warehouse: Warehouse, store_id: str, start, end, kept_at: tuple | None = None):
+    def __init__(self, warehouse: Warehouse, store_id: str, start, end, kept_at: tuple | None = None, cache: BlockCache | None = None):
         """kept_at = (as_of, RetentionPolicy): only what the daily run of as_of holds under the policy (Warehouse.snapshot_sources)."""
-        self.warehouse, self.store_id = warehouse, store_id
+        self.warehouse, self.store_id, self.cache = warehouse, store_id, cache
         self.sources = warehouse.snapshot_sources(store_id, start, end, kept_at)
         index = warehouse.snapshot_block_index(store_id, start, end)
         calendar_days = set(self.sources.loc[self.sources["snapshot_type"] != "profile_change", "snapshot_date"])
@@ -75,10 +131,10 @@ class SnapshotHistoryReader:
         missing = [b for b in wanted if b != held_block]
         tables = {}
         if missing:
-            data = self.warehouse.snapshot_block_data(self.store_id, day, missing, "memberships")
-            features = self.warehouse.snapshot_block_data(self.store_id, day, missing, "features") if with_features else {}
+            members = read_block_tables(self.warehouse, self.store_id, day, missing, "memberships", self.cache)
+            features = read_block_tables(self.warehouse, self.store_id, day, missing, "features", self.cache) if with_features else {}
             for b in missing:
-                tables[b] = join_block_tables(read_block(data[b]), read_block(features[b]) if with_features else None)
+                tables[b] = join_block_tables(members[b], features[b] if with_features else None)
         if held_block in wanted:
             tables[held_block] = held
         if wanted:

@@ -25,6 +25,7 @@ from quimbi_pipeline.run import kept_pools, run_drift_partition
 from quimbi_pipeline.run.alerts import store_alerts
 from quimbi_pipeline.settings import StoreSettings
 from quimbi_pipeline.storage.leases import hold, release
+from quimbi_pipeline.storage.snapshot_history import BlockCache
 
 DRIFT_KEYS = {name: dg.AssetKey(name) for name in ("customer_drift", "customer_axis_drift", "customer_drift_anomalies", "population_drift")}
 DRIFT_RANGE_CHECK = "drift_rows_valid"
@@ -103,10 +104,11 @@ def daily_drift(context: dg.AssetExecutionContext, config: DriftConfig, warehous
     try:
         hold(wh, context.run.run_id, config.stores or None)  # taken by the profiles step already when it ran in this run
         try:
+            blocks = BlockCache()  # each date's window shares all but one snapshot date with the date before
             with kept_pools():  # many small stores: one set of worker processes for all the run's dates
                 for i, day in enumerate(dates, 1):
                     # Its later dates come next, in order: run_drift_partition leaves them (and the drift state they expire) to them.
-                    by_date[day] = run_drift_partition(wh, day, settings, config.stores or None, run_last_date=dates[-1])
+                    by_date[day] = run_drift_partition(wh, day, settings, config.stores or None, run_last_date=dates[-1], blocks=blocks)
                     if len(dates) > 1:
                         context.log.info(f"date {i} of {len(dates)}, {day}: drift of {sum(o.ok for o in by_date[day])} store(s), "
                                          f"{sum(not o.ok for o in by_date[day])} failed")

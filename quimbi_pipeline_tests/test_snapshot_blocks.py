@@ -98,8 +98,8 @@ def test_drift_from_blocks_equals_drift_from_the_rows_and_prune_keeps_them_in_st
 
 def test_a_runs_block_cache_reads_each_block_once_and_its_drift_is_the_drift_without_it(tmp_path):
     """A BlockCache over the drift of several dates: every date's window reads only the blocks no earlier date read,
-    the history read through it is the history read without it, and so are the drift tables; past its byte bound the
-    least recently used blocks are dropped (and read again when wanted)."""
+    the history read through it is the history read without it, and so are the drift tables; blocks past its byte
+    bound are not kept (and are read again when wanted); dates that left a reader's window are dropped."""
     validated = validate_orders(generate_demo(n_customers=300, n_stores=1, seed=21).orders)
     settings = PipelineSettings(enable_temporal_snapshots=True, enable_drift_analysis=True, snapshot_block_customers=50,
                                 drift_windows=(7, 28))
@@ -117,15 +117,21 @@ def test_a_runs_block_cache_reads_each_block_once_and_its_drift_is_the_drift_wit
     blocks = cached.snapshot_block_index("store_a", START, DAY)
     assert 0 < cache.reads <= 2 * len(blocks) and cache.hits > cache.reads  # memberships and features of a block: once
     reads = cache.reads
-    for day in days:  # the same windows again: nothing left to read
-        assert all(o.ok for o in run_drift_partition(cached, day, settings, ["store_a"], blocks=cache))
+    # The last date again: its whole window is held, nothing is read.
+    assert all(o.ok for o in run_drift_partition(cached, days[-1], settings, ["store_a"], blocks=cache))
     assert cache.reads == reads
 
     tiny = BlockCache(max_bytes=cache.nbytes // 10)
     read = SnapshotHistoryReader(cached, "store_a", START, DAY, cache=tiny).history(with_features=True)
+    first_reads, kept = tiny.reads, tiny.nbytes
     again = SnapshotHistoryReader(cached, "store_a", START, DAY, cache=tiny).history(with_features=True)
-    assert tiny.nbytes <= tiny.max_bytes and tiny.reads > 2 * len(blocks)  # dropped blocks were read again
+    assert 0 < kept <= tiny.max_bytes and tiny.nbytes == kept  # what fits is kept, nothing evicted
+    assert 0 < tiny.hits and tiny.reads - first_reads == first_reads - tiny.hits  # the rest is read again
     pd.testing.assert_frame_equal(read, again)
     pd.testing.assert_frame_equal(read, SnapshotHistoryReader(cached, "store_a", START, DAY).history(with_features=True))
+    # A reader of a later window drops the store's dates that left it.
+    before = cache.nbytes
+    SnapshotHistoryReader(cached, "store_a", DAY - pd.Timedelta(days=3), DAY, cache=cache)
+    assert 0 < cache.nbytes < before and {key[1] for key in cache._tables} <= set(days)
     cached.dispose()
     plain.dispose()

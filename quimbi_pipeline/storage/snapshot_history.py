@@ -5,8 +5,6 @@ whose calendar snapshots were pruned and only profile_change rows remain). Both 
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -39,23 +37,27 @@ def _id_slice(table: pa.Table, lo: str | None, hi: str | None) -> pa.Table:
     return table.slice(start, stop - start)
 
 
-# Decoded snapshot blocks a run of several dates keeps (BlockCache): a 100,000-customer date's blocks are ~25 MB, so
-# a window of ~20 dates fits; at 1M customers only the newest few dates do.
+# Decoded snapshot blocks a run of several dates keeps (BlockCache): a 100,000-customer date's are ~28 MiB (a window of
+# 18 dates 506 MiB, measured); at 1M customers 3-4 dates of a window fit.
 BLOCK_CACHE_BYTES = 1 << 30
 
 
 class BlockCache:
     """Snapshot blocks fetched and decoded once for a run's dates (the drift step of a backfill's range), where each
     date's window shares all but one of its snapshot dates with the date before: (store, date, block, column) -> the
-    block's Arrow table, the least recently used dropped beyond `max_bytes`. A date's blocks do not change during the
-    drift step (its profiles step wrote them; pruning waits for the run's lease), so a cached block is the stored one.
+    block's Arrow table. A date's blocks do not change during the drift step (its profiles step wrote them; pruning
+    waits for the run's lease), so a cached block is the stored one.
+
+    Bounded by `max_bytes`: a reader drops the store's dates that left its window (keep_days: the run's dates come in
+    order), and a block that would pass the bound is not kept. Not least-recently-used eviction: every date reads its
+    whole window in the same order, and a window larger than the bound would evict each block before its next use.
     """
 
     def __init__(self, max_bytes: int = BLOCK_CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
         self.nbytes = 0
         self.hits = self.reads = 0  # blocks found here, blocks read from the warehouse
-        self._tables: OrderedDict[tuple, pa.Table] = OrderedDict()
+        self._tables: dict[tuple, pa.Table] = {}
 
     def tables(self, warehouse: Warehouse, store_id: str, day, blocks: list[int], column: str) -> dict[int, pa.Table]:
         """{block: its table} of the date's blocks' `column`, read from the warehouse only where not held."""
@@ -64,7 +66,6 @@ class BlockCache:
         for block in blocks:
             key = (store_id, day, block, column)
             if key in self._tables:
-                self._tables.move_to_end(key)
                 found[block] = self._tables[key]
             else:
                 missing.append(block)
@@ -77,11 +78,16 @@ class BlockCache:
                 self._put((store_id, day, block, column), found[block])
         return found
 
+    def keep_days(self, store_id: str, days) -> None:
+        """Drop the store's blocks of dates not in `days` (those that left the window)."""
+        keep = {pd.Timestamp(d) for d in days}
+        for key in [k for k in self._tables if k[0] == store_id and k[1] not in keep]:
+            self.nbytes -= self._tables.pop(key).nbytes
+
     def _put(self, key: tuple, table: pa.Table) -> None:
-        self._tables[key] = table
-        self.nbytes += table.nbytes
-        while self.nbytes > self.max_bytes and self._tables:
-            self.nbytes -= self._tables.popitem(last=False)[1].nbytes
+        if self.nbytes + table.nbytes <= self.max_bytes:
+            self._tables[key] = table
+            self.nbytes += table.nbytes
 
 
 def read_block_tables(warehouse: Warehouse, store_id: str, day, blocks: list[int], column: str, cache: BlockCache | None = None) -> dict[int, pa.Table]:
@@ -106,6 +112,8 @@ class SnapshotHistoryReader:
         index = warehouse.snapshot_block_index(store_id, start, end)
         calendar_days = set(self.sources.loc[self.sources["snapshot_type"] != "profile_change", "snapshot_date"])
         self.blocks = {day: group.reset_index(drop=True) for day, group in index.groupby("snapshot_date") if day in calendar_days}
+        if cache is not None:
+            cache.keep_days(store_id, self.blocks)
         self.row_sources = self.sources[~self.sources["snapshot_date"].isin(list(self.blocks))]
         self._held: dict[pd.Timestamp, tuple[int, pa.Table]] = {}  # date -> (block, its table)
 

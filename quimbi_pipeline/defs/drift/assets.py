@@ -104,7 +104,9 @@ def daily_drift(context: dg.AssetExecutionContext, config: DriftConfig, warehous
     try:
         hold(wh, context.run.run_id, config.stores or None)  # taken by the profiles step already when it ran in this run
         try:
-            blocks = BlockCache()  # each date's window shares all but one snapshot date with the date before
+            # Each date's window shares all but one snapshot date with the date before. A single date (the schedule's
+            # run) would gain one re-read of D's blocks and hold its whole window: its reader holds one block a date.
+            blocks = BlockCache() if len(dates) > 1 else None
             with kept_pools():  # many small stores: one set of worker processes for all the run's dates
                 for i, day in enumerate(dates, 1):
                     # Its later dates come next, in order: run_drift_partition leaves them (and the drift state they expire) to them.

@@ -120,14 +120,14 @@ def run_profiles_partition(
     def following(i: int) -> StoreDate | None:
         """The store-date after in_process[i]: the next store of D, or the first one's at later_day."""
         if i + 1 < len(in_process):
-            store, store_settings, rows = in_process[i + 1]
-            return StoreDate(store, as_of, store_settings, len(rows), lambda: _store_orders(orders, rows), tuple(validated.optional_columns))
-        store, store_settings, _ = in_process[0]
-        if later_day is None or store not in store_names:  # a store without orders has no features to compute
-            return None
-        rows = np.flatnonzero((store_codes == store_names.get_loc(store)) & seen_at(orders, later_day))
-        return StoreDate(store, as_of_day(later_day), store_settings, len(rows), lambda: _store_orders(orders, rows),
-                         tuple(validated.optional_columns))
+            (store, store_settings, rows), day = in_process[i + 1], as_of
+        else:
+            store, store_settings, _ = in_process[0]
+            if later_day is None or store not in store_names:  # a store without orders has no features to compute
+                return None
+            day = as_of_day(later_day)
+            rows = np.flatnonzero((store_codes == store_names.get_loc(store)) & seen_at(orders, day))
+        return StoreDate(store, day, store_settings, len(rows), lambda: _store_orders(orders, rows), tuple(validated.optional_columns))
 
     with contextlib.nullcontext(ahead) if ahead is not None else FeaturesAhead() as features_ahead:
         for i, (store, store_settings, rows) in enumerate(in_process):

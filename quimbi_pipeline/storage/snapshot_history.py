@@ -71,11 +71,10 @@ class BlockCache:
                 missing.append(block)
         self.hits += len(found)
         if missing:
-            data = warehouse.snapshot_block_data(store_id, day, missing, column)
             self.reads += len(missing)
-            for block in missing:
-                found[block] = read_block(data[block])
-                self._put((store_id, day, block, column), found[block])
+            for block, table in read_block_tables(warehouse, store_id, day, missing, column).items():
+                found[block] = table
+                self._put((store_id, day, block, column), table)
         return found
 
     def keep_days(self, store_id: str, days) -> None:
@@ -90,10 +89,8 @@ class BlockCache:
             self.nbytes += table.nbytes
 
 
-def read_block_tables(warehouse: Warehouse, store_id: str, day, blocks: list[int], column: str, cache: BlockCache | None = None) -> dict[int, pa.Table]:
-    """{block: its table} of the date's blocks' `column` (memberships or features), through `cache` when given."""
-    if cache is not None:
-        return cache.tables(warehouse, store_id, day, blocks, column)
+def read_block_tables(warehouse: Warehouse, store_id: str, day, blocks: list[int], column: str) -> dict[int, pa.Table]:
+    """{block: its table} of the date's blocks' `column` (memberships or features), read from the warehouse."""
     data = warehouse.snapshot_block_data(store_id, day, blocks, column)
     return {block: read_block(data[block]) for block in blocks}
 
@@ -139,8 +136,9 @@ class SnapshotHistoryReader:
         missing = [b for b in wanted if b != held_block]
         tables = {}
         if missing:
-            members = read_block_tables(self.warehouse, self.store_id, day, missing, "memberships", self.cache)
-            features = read_block_tables(self.warehouse, self.store_id, day, missing, "features", self.cache) if with_features else {}
+            read = read_block_tables if self.cache is None else self.cache.tables
+            members = read(self.warehouse, self.store_id, day, missing, "memberships")
+            features = read(self.warehouse, self.store_id, day, missing, "features") if with_features else {}
             for b in missing:
                 tables[b] = join_block_tables(members[b], features[b] if with_features else None)
         if held_block in wanted:

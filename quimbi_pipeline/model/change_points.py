@@ -329,8 +329,12 @@ def rate_change(codes: np.ndarray, ts: np.ndarray, end_ns: int, n_all: int, rule
         mean_all = (s_before + s_after) / (n_before + n_after)
         gaps_evidence = k * (n_before * np.log(mean_all / mean_before) + _xlogy(n_after, mean_all) - _xlogy(n_after, s_after / np.maximum(n_after, 1)))
         silence_days = end_day - dd
-        k_silence = np.maximum(k, rule.silence_min_shape)
-        silence = -np.log(np.maximum(gammaincc(k_silence, k_silence * silence_days / mean_before), 1e-300))
+        # The incomplete gamma on the open gaps only (one row per customer; the others never read it): on every row it
+        # was 2.6 s of a 1M-customer store's 20.9M orders.
+        gap_rows = np.flatnonzero(open_gap)
+        k_silence = np.maximum(k[gap_rows], rule.silence_min_shape)
+        silence = np.zeros(dd.size)
+        silence[gap_rows] = -np.log(np.maximum(gammaincc(k_silence, k_silence * silence_days[gap_rows] / mean_before[gap_rows]), 1e-300))
     # Each kind of evidence in units of its own threshold, so the best split is the most significant one.
     score = np.where(j == 0, np.where(silence_days > mean_before, silence / rule.silence_evidence, 0.0), gaps_evidence / rule.evidence)
     score = np.where(valid & np.isfinite(score), score, 0.0)

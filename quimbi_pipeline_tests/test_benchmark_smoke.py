@@ -41,3 +41,19 @@ def test_stores_benchmark_runs_with_the_daily_jobs_flags_on_sqlite():
     assert done.returncode == 0, done.stderr[-2000:]
     for line in ("12 stores 2026-10-31:", "1 store 2026-11-02:", "2026-10-31: ratio", "2026-11-02: ratio", "stable_models"):
         assert line in done.stdout, line
+
+
+
+@pytest.mark.slow
+def test_engines_benchmark_agrees_with_the_pipeline_at_5k():
+    """Polars' and DuckDB's versions of four feature kernels give the pipeline's answers (the script stops otherwise):
+    an independent check of the purchase-day keys, the gaps and the rate detector's splits."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "engines.py"), "--customers", "5000", "--repeats", "1", "--threads", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
+    timed = [line.strip() for line in done.stdout.splitlines() if line.startswith("  ")]
+    for kernel in ("duplicates", "summary", "gaps", "rate change"):
+        for engine in ("numpy (pipeline)", "polars", "duckdb"):
+            assert sum(line.startswith(kernel) and engine in line for line in timed) == 1, (kernel, engine, timed)
+    # The rate detector's relational part is integers and its arithmetic the pipeline's: the same bits.
+    assert [line for line in timed if line.startswith("rate change") and "not bit for bit" in line] == []

@@ -16,8 +16,8 @@ once per engine and checked against the pipeline's answer before it is timed:
 - rate change: the purchase-rate detector (change detection's costliest test): each customer's purchase days newest
   first, every split's Gamma likelihood ratio and the silence since the last one, the best split per customer (the
   pipeline: change_points.rate_change). Polars and DuckDB do the relational part (purchase days, newest-first
-  positions, running sums); the arithmetic of each split runs in numpy and the silence's incomplete gamma function in
-  scipy, as in the pipeline (neither engine has that function).
+  positions, running sums) and hand the rows to the pipeline's own arithmetic (change_points.rate_splits: numpy, and
+  scipy's incomplete gamma function, which neither engine has).
 
 Then the pipeline's whole `compute_customer_features` of D, without and with change detection, for scale. Prints the
 best of `--repeats` wall times per kernel and engine, orders per second, and the conversion of the frame into each
@@ -121,42 +121,16 @@ def rate_frame(customers, after_n, since_day, evidence) -> pd.DataFrame:
 
 
 def rate_scores(split: pd.DataFrame) -> pd.DataFrame:
-    """The detector's arithmetic on every split row (customer_id, day, j, n_days, first_day, newest_day, newest_sq, sq_all),
-    in numpy as change_points.rate_change does it, then the best split per customer."""
-    from scipy.special import gammaincc
-
-    from quimbi_pipeline.model.change_points import MIN_CV2, ChangeRule
-    rule = ChangeRule()
+    """The detector's arithmetic (change_points.rate_splits, as rate_change runs it) on split rows an engine made
+    (customer_id, day, j, n_days, first_day, newest_day, newest_sq, sq_all), then the best split per customer."""
+    from quimbi_pipeline.model.change_points import ChangeRule, rate_splits
     j, dd = split["j"].to_numpy("float64"), split["day"].to_numpy("float64")
-    first_day, newest_day = split["first_day"].to_numpy("float64"), split["newest_day"].to_numpy("float64")
-    newest_sq = split["newest_sq"].to_numpy("float64")
-    n_before = split["n_days"].to_numpy("float64") - 1 - j
-    sq_before = split["sq_all"].to_numpy("float64") - newest_sq
-    end_day = (D + pd.Timedelta(days=1)).value / NS_PER_DAY
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_b = (dd - first_day) / n_before
-        mean_a = (newest_day - dd) / np.maximum(j, 1.0)
-        spread_b = np.nan_to_num(np.maximum(sq_before / (mean_b * mean_b) - n_before, 0.0))
-        spread_a = np.where(j >= 2, np.nan_to_num(np.maximum(newest_sq / (mean_a * mean_a) - j, 0.0)), 0.0)
-        dof = np.maximum(n_before - 1, 0) + np.maximum(j - 1, 0)
-        observed = np.maximum(np.divide(spread_b + spread_a, dof, out=np.ones_like(dof), where=dof > 0), MIN_CV2)
-        k = np.clip(1.0 / np.exp(dof * np.log(observed) / (rule.shape_prior_gaps + dof)), 0.5, rule.max_shape)
-        s_after, s_before = newest_day - dd, dd - first_day
-        open_gap = j == 0
-        valid = ((n_before >= np.where(open_gap, rule.silence_min_before, rule.min_before))
-                 & (s_before >= np.where(open_gap, rule.silence_min_before_days, rule.min_before_days)) & (j <= rule.max_after))
-        mean_before = s_before / n_before
-        mean_all = (s_before + s_after) / (n_before + j)
-        xlogy = lambda x, y: np.where(x > 0, x * np.log(np.where(y > 0, y, 1.0)), 0.0)
-        gaps_evidence = k * (n_before * np.log(mean_all / mean_before) + xlogy(j, mean_all) - xlogy(j, s_after / np.maximum(j, 1.0)))
-        silence_days = end_day - dd
-        k_silence = np.maximum(k, rule.silence_min_shape)
-        silence = -np.log(np.maximum(gammaincc(k_silence, k_silence * silence_days / mean_before), 1e-300))
-    score = np.where(open_gap, np.where(silence_days > mean_before, silence / rule.silence_evidence, 0.0), gaps_evidence / rule.evidence)
-    score = np.where(valid & np.isfinite(score), score, 0.0)
-    evidence = np.where(open_gap, silence, gaps_evidence)
-    rows = pd.DataFrame({"customer_id": split["customer_id"].to_numpy(object), "j": j, "score": score, "day": dd, "evidence": evidence})
-    rows = rows[valid & (score >= 1.0)].sort_values(["customer_id", "score", "j"], ascending=[True, False, True], kind="stable")
+    scored = rate_splits(dd, j, *(split[c].to_numpy("float64") for c in ("n_days", "first_day", "newest_day", "newest_sq", "sq_all")),
+                         (D + pd.Timedelta(days=1)).value, ChangeRule())
+    evidence = np.where(j == 0, scored.silence, scored.gaps_evidence)
+    rows = pd.DataFrame({"customer_id": split["customer_id"].to_numpy(object), "j": j, "score": scored.score, "day": dd, "evidence": evidence})
+    # Per customer the highest score, ties to the fewest purchases after (change_points._best_per_customer's rule).
+    rows = rows[scored.score >= 1.0].sort_values(["customer_id", "score", "j"], ascending=[True, False, True], kind="stable")
     best = rows.drop_duplicates("customer_id")
     return rate_frame(best["customer_id"].to_numpy(object), best["j"].to_numpy("int64"), best["day"].to_numpy("int64"),
                       best["evidence"].to_numpy("float64"))

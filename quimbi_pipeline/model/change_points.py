@@ -286,7 +286,7 @@ def rate_change(codes: np.ndarray, ts: np.ndarray, end_ns: int, n_all: int, rule
     pos = np.arange(c_days.size) - group_start
     order = group_start + np.repeat(sizes, sizes) - 1 - pos
     c, dd = c_days[order], d[order].astype("float64")
-    end_day = end_ns / NS_PER_DAY  # D + 1 day: the silence runs to the end of D
+    end_day = end_ns / NS_PER_DAY
     n_days = np.bincount(c, minlength=n_all).astype("float64")
     oldest = np.flatnonzero(np.r_[c[1:] != c[:-1], True])
     first_day = np.full(n_all, np.nan)
@@ -294,6 +294,43 @@ def rate_change(codes: np.ndarray, ts: np.ndarray, end_ns: int, n_all: int, rule
     newest_day = dd[group_start]  # per row: its customer's newest purchase day
     has_prev = np.r_[c[1:] == c[:-1], False]
     gap = np.where(has_prev, dd - np.r_[dd[1:], 0.0], 0.0)  # the gap before each purchase day (0 for the oldest)
+    cum2 = np.cumsum(gap * gap)
+    at_start = np.where(group_start > 0, group_start - 1, -1)
+    newest_sq = np.where(pos > 0, cum2 - np.where(at_start >= 0, cum2[np.maximum(at_start, 0)], 0.0) - gap * gap, 0.0)
+    j = pos.astype("float64")  # purchases after a split at this row's day
+    split = rate_splits(dd, j, n_days[c], first_day[c], newest_day, newest_sq, np.bincount(c, gap * gap, n_all)[c], end_ns, rule)
+    score, mean_before = split.score, split.mean_before
+    best = _best_per_customer(c, score, score >= 1.0, n_all)  # an invalid split scores 0
+    has = best >= 0
+    rows = best[has]
+    out.after_n[has] = j[rows].astype("int64")
+    out.since_ns[has] = (dd[rows] * NS_PER_DAY).astype("int64")
+    out.before[has] = DAYS_PER_MONTH / mean_before[rows]
+    out.after[has] = j[rows] / (end_day - dd[rows]) * DAYS_PER_MONTH
+    out.evidence[has] = np.where(j[rows] == 0, split.silence[rows], split.gaps_evidence[rows])
+    return out
+
+
+@dataclass
+class RateSplits:
+    """Per split row of rate_change: its score (evidence over its threshold, 0 where the split is not valid), the
+    evidence of a silence (open gaps only, 0 elsewhere) and of a rate change, and the mean gap before the split."""
+
+    score: np.ndarray
+    silence: np.ndarray
+    gaps_evidence: np.ndarray
+    mean_before: np.ndarray
+
+
+def rate_splits(dd: np.ndarray, j: np.ndarray, n_days: np.ndarray, first_day: np.ndarray, newest_day: np.ndarray,
+                newest_sq: np.ndarray, sq_all: np.ndarray, end_ns: int, rule: ChangeRule) -> RateSplits:
+    """rate_change's arithmetic on its split rows: each a customer's purchase day `dd` (days since 1970), newest first,
+    with j purchase days after it; per row the customer's purchase days, first and newest day, the sum of squared gaps
+    before the j newest purchase days (newest_sq) and of all their gaps (sq_all). benchmarks/engines.py hands it rows
+    made by Polars and DuckDB."""
+    end_day = end_ns / NS_PER_DAY  # D + 1 day: the silence runs to the end of D
+    n_before_gaps = n_days - 1 - j
+    sq_before = sq_all - newest_sq
     # The gaps' Gamma shape k (1 / CV^2) from the spread of the gaps on both sides of each split, each side around
     # its own mean (a change moves the mean, not the shape; the gaps after a Poisson buyer's random slowdown are as
     # spread as ever), shrunk towards k = 1 (Poisson) on the log scale with `shape_prior_gaps` pseudo degrees of
@@ -302,14 +339,8 @@ def rate_change(codes: np.ndarray, ts: np.ndarray, end_ns: int, n_all: int, rule
     # pseudo-gap at CV^2 1 averaged in) and a Poisson buyer's k stays near 1. (Shrinking towards the store's mean
     # CV^2 instead found 5 more of 18 young fortnightly stoppers but raised the planted store's unchanged customers
     # with an anomaly from 2.2% to 3.3%.) docs/signals.md has the figures.
-    cum2 = np.cumsum(gap * gap)
-    at_start = np.where(group_start > 0, group_start - 1, -1)
-    newest_sq = np.where(pos > 0, cum2 - np.where(at_start >= 0, cum2[np.maximum(at_start, 0)], 0.0) - gap * gap, 0.0)
-    j = pos.astype("float64")  # purchases after a split at this row's day
-    n_before_gaps = n_days[c] - 1 - j
-    sq_before = np.bincount(c, gap * gap, n_all)[c] - newest_sq
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_b = (dd - first_day[c]) / n_before_gaps
+        mean_b = (dd - first_day) / n_before_gaps
         mean_a = (newest_day - dd) / np.maximum(j, 1.0)
         # Squared deviations from each side's mean, relative to it: sum((g / mean)^2) - n on each side.
         spread_b = np.nan_to_num(np.maximum(sq_before / (mean_b * mean_b) - n_before_gaps, 0.0))
@@ -320,7 +351,7 @@ def rate_change(codes: np.ndarray, ts: np.ndarray, end_ns: int, n_all: int, rule
         k = np.clip(1.0 / cv2, 0.5, rule.max_shape)
 
     n_after, s_after = j, newest_day - dd  # the j newest closed gaps
-    n_before, s_before = n_before_gaps, dd - first_day[c]
+    n_before, s_before = n_before_gaps, dd - first_day
     open_gap = j == 0
     valid = ((n_before >= np.where(open_gap, rule.silence_min_before, rule.min_before))
              & (s_before >= np.where(open_gap, rule.silence_min_before_days, rule.min_before_days)) & (j <= rule.max_after))
@@ -338,15 +369,7 @@ def rate_change(codes: np.ndarray, ts: np.ndarray, end_ns: int, n_all: int, rule
     # Each kind of evidence in units of its own threshold, so the best split is the most significant one.
     score = np.where(j == 0, np.where(silence_days > mean_before, silence / rule.silence_evidence, 0.0), gaps_evidence / rule.evidence)
     score = np.where(valid & np.isfinite(score), score, 0.0)
-    best = _best_per_customer(c, score, valid & (score >= 1.0), n_all)
-    has = best >= 0
-    rows = best[has]
-    out.after_n[has] = j[rows].astype("int64")
-    out.since_ns[has] = (dd[rows] * NS_PER_DAY).astype("int64")
-    out.before[has] = DAYS_PER_MONTH / mean_before[rows]
-    out.after[has] = j[rows] / (end_day - dd[rows]) * DAYS_PER_MONTH
-    out.evidence[has] = np.where(j[rows] == 0, silence[rows], gaps_evidence[rows])
-    return out
+    return RateSplits(score, silence, gaps_evidence, mean_before)
 
 
 def binary_shift_change(codes: np.ndarray, ts: np.ndarray, y: np.ndarray, n_all: int, rule: ChangeRule,

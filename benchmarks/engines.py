@@ -122,11 +122,15 @@ def rate_frame(customers, after_n, since_day, evidence) -> pd.DataFrame:
 
 def rate_scores(split: pd.DataFrame) -> pd.DataFrame:
     """The detector's arithmetic (change_points.rate_splits, as rate_change runs it) on split rows an engine made
-    (customer_id, day, j, n_days, first_day, newest_day, newest_sq, sq_all), then the best split per customer."""
-    from quimbi_pipeline.model.change_points import ChangeRule, rate_splits
+    (customer_id, day, j, n_days, first_day, newest_day, newest_sq, sq_all, log_sum_all), then the best split per customer."""
+    from quimbi_pipeline.model.change_points import ChangeRule, rate_splits, rows_shape_prior
+    # The pipeline's row order (customers ascending, newest first), so the store's shape mixture sums its customers alike.
+    split = split.sort_values(["customer_id", "j"], kind="stable", ignore_index=True)
     j, dd = split["j"].to_numpy("float64"), split["day"].to_numpy("float64")
-    scored = rate_splits(dd, j, *(split[c].to_numpy("float64") for c in ("n_days", "first_day", "newest_day", "newest_sq", "sq_all")),
-                         (D + pd.Timedelta(days=1)).value, ChangeRule())
+    n_days, first_day, newest_day, newest_sq, sq_all, log_sum_all = (split[c].to_numpy("float64") for c in (
+        "n_days", "first_day", "newest_day", "newest_sq", "sq_all", "log_sum_all"))
+    prior = rows_shape_prior(j, n_days, first_day, newest_day, log_sum_all)
+    scored = rate_splits(dd, j, n_days, first_day, newest_day, newest_sq, sq_all, log_sum_all, (D + pd.Timedelta(days=1)).value, ChangeRule(), prior)
     evidence = np.where(j == 0, scored.silence, scored.gaps_evidence)
     rows = pd.DataFrame({"customer_id": split["customer_id"].to_numpy(object), "j": j, "score": scored.score, "day": dd, "evidence": evidence})
     # Per customer the highest score, ties to the fewest purchases after (change_points._best_per_customer's rule).
@@ -186,7 +190,9 @@ def polars_rate_change(frame) -> pd.DataFrame:
              .with_columns(pl.int_range(pl.len()).over(by).alias("j"), pl.len().over(by).alias("n_days"),
                            pl.col("day").min().over(by).alias("first_day"), pl.col("day").max().over(by).alias("newest_day"),
                            ((pl.col("gap") ** 2).cum_sum().over(by) - pl.col("gap") ** 2).alias("newest_sq"),
-                           (pl.col("gap") ** 2).sum().over(by).alias("sq_all"))
+                           (pl.col("gap") ** 2).sum().over(by).alias("sq_all"),
+                           pl.when(pl.col("gap") > 0).then(((pl.col("gap") - 0.5).log() * 2.0**30).round() / 2.0**30).otherwise(0.0).sum().over(by)
+                           .alias("log_sum_all"))
              .collect())
     return rate_scores(split.to_pandas())
 
@@ -230,7 +236,7 @@ def duckdb_rate_change(con, orders: pd.DataFrame) -> pd.DataFrame:
                      row_number() OVER w - 1 AS j FROM d WINDOW w AS (PARTITION BY customer_id ORDER BY day DESC))
         SELECT customer_id, day, j, count(*) OVER c AS n_days, min(day) OVER c AS first_day, max(day) OVER c AS newest_day,
                sum(gap * gap) OVER (PARTITION BY customer_id ORDER BY j ROWS UNBOUNDED PRECEDING) - gap * gap AS newest_sq,
-               sum(gap * gap) OVER c AS sq_all
+               sum(gap * gap) OVER c AS sq_all, sum(CASE WHEN gap > 0 THEN round(ln(gap - 0.5) * 1073741824) / 1073741824 ELSE 0 END) OVER c AS log_sum_all
         FROM g WINDOW c AS (PARTITION BY customer_id)""").df()
     return rate_scores(split)
 

@@ -13,9 +13,10 @@ history, per axis, with a single change point (the newest significant one wins):
   orders: |t| >= 5.1, a value x5 after orders within +-25%).
 - purchase rate (`rate_change`): purchase days as a renewal process. Silence: the open gap against the
   customer's own gap distribution, a Gamma with the customer's mean gap and shape (regular buyers have a
-  large shape, Poisson-like buyers 1), evidence = -log P(a gap this long). Bursts and slowdowns with
-  purchases since: the Poisson log-likelihood ratio of two rates, times the customer's gap shape (a
-  regular buyer's counts vary less than a Poisson's).
+  large shape, Poisson-like buyers 1), evidence = -log P(a gap this long); a customer with many gaps takes their
+  shape from the store's mixture of shapes (regular and Poisson-like buyers; empirical Bayes, gap_shapes.py).
+  Bursts and slowdowns with purchases since: the Poisson log-likelihood ratio of two rates, times the
+  customer's gap shape (a regular buyer's counts vary less than a Poisson's).
 
 A change is reported when its evidence reaches `rule.evidence` (about 2e-6 for a fixed split of a
 Gaussian shift; splits tried per customer are at most `max_after`). Its `since` is the time of the
@@ -28,6 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import gammaincc
+
+from quimbi_pipeline.model import gap_shapes
+from quimbi_pipeline.model.gap_shapes import ShapePrior
 
 NS_PER_DAY = 86_400 * 10**9
 DAYS_PER_MONTH = 30.4375
@@ -69,6 +73,14 @@ class ChangeRule:
     # buyers have a few weeks of history; the silence evidence itself still has to reach its threshold.
     silence_min_before: int = 2
     silence_min_before_days: int = 14
+    # From this many gaps a silence is judged under the customer's place in the store's mixture of gap shapes
+    # (ShapePrior) instead of their own shrunk shape: 8+ gaps place a customer in it. Below, the mixture's weight on
+    # Poisson-like buyers delayed a young store's stoppers with 3-7 gaps (found 0.59 / 0.48 -> 0.38 / 0.22); from 8 it
+    # found more planted changes and gave fewer unchanged customers an anomaly. docs/signals.md has the figures.
+    shape_mixture_min_gaps: int = 8
+    # The mixture's evidence is a posterior predictive tail (the shape's uncertainty integrated, not a point estimate's),
+    # so it reaches a false-alarm rate at less evidence: it is held to silence_evidence minus this.
+    mixture_silence_credit: float = 1.0
 
     @classmethod
     def from_settings(cls, settings) -> ChangeRule:
@@ -262,14 +274,16 @@ def _report(n_all: int, split: _Splits, best: np.ndarray, before: np.ndarray, af
     return out
 
 
-def rate_change(codes: np.ndarray, ts: np.ndarray, end_ns: int, n_all: int, rule: ChangeRule) -> AxisChange:
+def rate_change(codes: np.ndarray, ts: np.ndarray, end_ns: int, n_all: int, rule: ChangeRule, shape_prior: ShapePrior | None = None) -> AxisChange:
     """The newest significant change of each customer's purchase rate (purchase days), or a silence too long for them.
 
     Gaps between purchase days are a customer's Gamma(k) renewal process with their own shape k. A split
     after the j newest purchase days (j >= 1) compares the mean gap of the j newest gaps with the older
     ones: the Gamma log-likelihood ratio with k known, k [n0 log(g/g0) + n1 log(g/g1)]. The open gap
-    (j = 0) is a silence: -log P(gap >= days since the last purchase). before / after are purchases per
-    month: after = j purchases over the days since the change (0 for a silence).
+    (j = 0) is a silence: -log P(gap >= days since the last purchase); from rule.shape_mixture_min_gaps gaps, P under
+    the customer's posterior over `shape_prior`, the store's mixture of gap shapes (default: fitted on these customers;
+    compute_customer_features fits one per store and date). before / after are purchases per month: after = j
+    purchases over the days since the change (0 for a silence).
     """
     out = AxisChange.none(n_all)
     if codes.size == 0:
@@ -298,7 +312,13 @@ def rate_change(codes: np.ndarray, ts: np.ndarray, end_ns: int, n_all: int, rule
     at_start = np.where(group_start > 0, group_start - 1, -1)
     newest_sq = np.where(pos > 0, cum2 - np.where(at_start >= 0, cum2[np.maximum(at_start, 0)], 0.0) - gap * gap, 0.0)
     j = pos.astype("float64")  # purchases after a split at this row's day
-    split = rate_splits(dd, j, n_days[c], first_day[c], newest_day, newest_sq, np.bincount(c, gap * gap, n_all)[c], end_ns, rule)
+    log_gap = np.zeros(gap.size)
+    log_gap[has_prev] = gap_shapes.corrected_log(gap[has_prev])
+    log_sum = np.bincount(c, log_gap, n_all)[c]  # per row, its customer's
+    if shape_prior is None:
+        shape_prior = rows_shape_prior(j, n_days[c], first_day[c], newest_day, log_sum)
+    split = rate_splits(dd, j, n_days[c], first_day[c], newest_day, newest_sq, np.bincount(c, gap * gap, n_all)[c], log_sum, end_ns, rule,
+                        shape_prior)
     score, mean_before = split.score, split.mean_before
     best = _best_per_customer(c, score, score >= 1.0, n_all)  # an invalid split scores 0
     has = best >= 0
@@ -323,11 +343,13 @@ class RateSplits:
 
 
 def rate_splits(dd: np.ndarray, j: np.ndarray, n_days: np.ndarray, first_day: np.ndarray, newest_day: np.ndarray,
-                newest_sq: np.ndarray, sq_all: np.ndarray, end_ns: int, rule: ChangeRule) -> RateSplits:
+                newest_sq: np.ndarray, sq_all: np.ndarray, log_sum_all: np.ndarray, end_ns: int, rule: ChangeRule,
+                shape_prior: ShapePrior) -> RateSplits:
     """rate_change's arithmetic on its split rows: each a customer's purchase day `dd` (days since 1970), newest first,
     with j purchase days after it; per row the customer's purchase days, first and newest day, the sum of squared gaps
-    before the j newest purchase days (newest_sq) and of all their gaps (sq_all). benchmarks/engines.py hands it rows
-    made by Polars and DuckDB."""
+    before the j newest purchase days (newest_sq), of all their gaps (sq_all) and of gap_shapes.corrected_log of all
+    their gaps (log_sum_all); `shape_prior` the store's mixture of gap shapes. benchmarks/engines.py hands it rows made by Polars
+    and DuckDB."""
     end_day = end_ns / NS_PER_DAY  # D + 1 day: the silence runs to the end of D
     n_before_gaps = n_days - 1 - j
     sq_before = sq_all - newest_sq
@@ -366,10 +388,22 @@ def rate_splits(dd: np.ndarray, j: np.ndarray, n_days: np.ndarray, first_day: np
         k_silence = np.maximum(k[gap_rows], rule.silence_min_shape)
         silence = np.zeros(dd.size)
         silence[gap_rows] = -np.log(np.maximum(gammaincc(k_silence, k_silence * silence_days[gap_rows] / mean_before[gap_rows]), 1e-300))
+        silence_threshold = np.full(dd.size, rule.silence_evidence)
+        if rule.shape_mixture_min_gaps > 0:
+            rows = gap_rows[(silence_days[gap_rows] > mean_before[gap_rows]) & (n_before[gap_rows] >= rule.shape_mixture_min_gaps)]
+            silence[rows] = gap_shapes.silence_evidence(n_before[rows], s_before[rows], log_sum_all[rows], silence_days[rows] / mean_before[rows],
+                                                        shape_prior, rule.silence_min_shape)
+            silence_threshold[rows] -= rule.mixture_silence_credit
     # Each kind of evidence in units of its own threshold, so the best split is the most significant one.
-    score = np.where(j == 0, np.where(silence_days > mean_before, silence / rule.silence_evidence, 0.0), gaps_evidence / rule.evidence)
+    score = np.where(j == 0, np.where(silence_days > mean_before, silence / silence_threshold, 0.0), gaps_evidence / rule.evidence)
     score = np.where(valid & np.isfinite(score), score, 0.0)
     return RateSplits(score, silence, gaps_evidence, mean_before)
+
+
+def rows_shape_prior(j: np.ndarray, n_days: np.ndarray, first_day: np.ndarray, newest_day: np.ndarray, log_sum_all: np.ndarray) -> ShapePrior:
+    """gap_shapes.fit_prior on the customers of rate_splits' rows (their open-gap rows, one per customer)."""
+    own = j == 0
+    return gap_shapes.fit_prior(n_days[own] - 1, newest_day[own] - first_day[own], log_sum_all[own])
 
 
 def binary_shift_change(codes: np.ndarray, ts: np.ndarray, y: np.ndarray, n_all: int, rule: ChangeRule,

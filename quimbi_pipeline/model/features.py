@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from quimbi_pipeline.model import gap_shapes
 from quimbi_pipeline.model.change_points import (
     AxisChange,
     ChangeRule,
@@ -234,6 +235,8 @@ def compute_customer_features(
         out["btyd_days_per_occasion"] = n_days / np.maximum(occ_x + 1, 1)
     out["btyd_T"] = T_weeks
     out["gap_count"], out["gap_log_mean"], out["gap_log_ss"] = _gap_statistics(day_codes, day_keys, span, n_all)
+    # The store's mixture of gap shapes, from its customers' whole histories: one fit, shared by the detector's slices.
+    shape_prior = gap_shapes.store_prior(day_codes, day_keys, out["gap_count"].to_numpy()) if adaptive is not None else None
     del day_keys, day_codes, day_spend, is_first_day
 
     # Frequency over the absolute window before D (a customer who stops buying slows down).
@@ -278,7 +281,7 @@ def compute_customer_features(
         # leaving the absolute window changed the before-rate with no new information and could carry a change
         # over its threshold on a day the customer did nothing. This window moves only with a new purchase;
         # the silence still runs to D.
-        rate = _detect_by_customer_slices(slices(), n_all, lambda w: rate_change(codes[w], ts[w], end_ns, n_all, adaptive))
+        rate = _detect_by_customer_slices(slices(), n_all, lambda w: rate_change(codes[w], ts[w], end_ns, n_all, adaptive, shape_prior))
         changes["purchase_frequency"] = rate
         cut = rate.changed
         days_after = (end_ns - rate.since_ns) / NS_PER_DAY

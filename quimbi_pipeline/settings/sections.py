@@ -98,7 +98,7 @@ class DriftSettings(Section):
     change_evidence: float = Field(13.0, gt=0, description="Evidence (log-likelihood ratio) a mean shift or rate change needs (ENABLE_ADAPTIVE_WINDOWS).")
     change_binary_evidence: float = Field(7.0, gt=0, description="Evidence a change in the share of discounted orders needs (a 0/1 signal).")
     change_category_evidence: float = Field(8.0, gt=0, description="Evidence a change in the share of orders in the customer's favourite category needs.")
-    change_silence_evidence: float = Field(10.0, gt=0, description="Evidence a silence (a gap too long for the customer's own cadence) needs.")
+    change_silence_evidence: float = Field(10.0, gt=1, description="Evidence a silence (a gap too long for the customer's own cadence) needs; a customer with 8+ gaps, read through the store's mixture of rhythms, 1 less.")
     change_decisive_evidence: float = Field(13.0, gt=0, description="Evidence a change shown by one purchase alone needs, after at least 6 purchases (far outside the customer's own history: |t| >= 5.1 at 13, e.g. a value x5 after orders within +-25%); below it a change waits for a second purchase.")
 
 

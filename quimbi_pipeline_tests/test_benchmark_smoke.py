@@ -57,3 +57,10 @@ def test_engines_benchmark_agrees_with_the_pipeline_at_5k():
             assert sum(line.startswith(kernel) and engine in line for line in timed) == 1, (kernel, engine, timed)
     # The rate detector's relational part is integers and its arithmetic the pipeline's: the same bits.
     assert [line for line in timed if line.startswith("rate change") and "not bit for bit" in line] == []
+
+
+def test_young_stoppers_benchmark_runs_on_a_small_young_store():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "young_stoppers.py"), "--customers", "80", "--seeds", "0", "--days", "30",
+                           "--taus", "0.01"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "80 customers, 4 months, seed 0" in done.stdout and "P(alive) <= 0.01, customers with 1-2 gaps:" in done.stdout, done.stdout

@@ -39,6 +39,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from quimbi_pipeline.model.gap_shapes import CONTINUITY_DAYS, LOG_QUANTUM
+
 D = pd.Timestamp("2026-10-31")
 NS_PER_DAY = 86_400 * 10**9
 WINDOW_DAYS = 365
@@ -123,7 +125,11 @@ def rate_frame(customers, after_n, since_day, evidence) -> pd.DataFrame:
 def rate_scores(split: pd.DataFrame) -> pd.DataFrame:
     """The detector's arithmetic (change_points.rate_splits, as rate_change runs it) on split rows an engine made
     (customer_id, day, j, n_days, first_day, newest_day, newest_sq, sq_all, log_sum_all), then the best split per customer."""
-    from quimbi_pipeline.model.change_points import ChangeRule, rate_splits, rows_shape_prior
+    from quimbi_pipeline.model.change_points import (
+        ChangeRule,
+        rate_splits,
+        rows_shape_prior,
+    )
     # The pipeline's row order (customers ascending, newest first), so the store's shape mixture sums its customers alike.
     split = split.sort_values(["customer_id", "j"], kind="stable", ignore_index=True)
     j, dd = split["j"].to_numpy("float64"), split["day"].to_numpy("float64")
@@ -191,8 +197,8 @@ def polars_rate_change(frame) -> pd.DataFrame:
                            pl.col("day").min().over(by).alias("first_day"), pl.col("day").max().over(by).alias("newest_day"),
                            ((pl.col("gap") ** 2).cum_sum().over(by) - pl.col("gap") ** 2).alias("newest_sq"),
                            (pl.col("gap") ** 2).sum().over(by).alias("sq_all"),
-                           pl.when(pl.col("gap") > 0).then(((pl.col("gap") - 0.5).log() * 2.0**30).round() / 2.0**30).otherwise(0.0).sum().over(by)
-                           .alias("log_sum_all"))
+                           pl.when(pl.col("gap") > 0).then(((pl.col("gap") - CONTINUITY_DAYS).log() * LOG_QUANTUM).round() / LOG_QUANTUM)
+                           .otherwise(0.0).sum().over(by).alias("log_sum_all"))
              .collect())
     return rate_scores(split.to_pandas())
 
@@ -230,13 +236,13 @@ def duckdb_gaps(con, orders: pd.DataFrame) -> pd.DataFrame:
 
 
 def duckdb_rate_change(con, orders: pd.DataFrame) -> pd.DataFrame:
-    split = con.execute("""
+    split = con.execute(f"""
         WITH d AS (SELECT DISTINCT customer_id, date_diff('day', TIMESTAMP '1970-01-01', date_trunc('day', order_ts)) AS day FROM orders),
         g AS (SELECT customer_id, day, coalesce(day - lead(day) OVER w, 0)::DOUBLE AS gap,
                      row_number() OVER w - 1 AS j FROM d WINDOW w AS (PARTITION BY customer_id ORDER BY day DESC))
         SELECT customer_id, day, j, count(*) OVER c AS n_days, min(day) OVER c AS first_day, max(day) OVER c AS newest_day,
                sum(gap * gap) OVER (PARTITION BY customer_id ORDER BY j ROWS UNBOUNDED PRECEDING) - gap * gap AS newest_sq,
-               sum(gap * gap) OVER c AS sq_all, sum(CASE WHEN gap > 0 THEN round(ln(gap - 0.5) * 1073741824) / 1073741824 ELSE 0 END) OVER c AS log_sum_all
+               sum(gap * gap) OVER c AS sq_all, sum(CASE WHEN gap > 0 THEN round(ln(gap - {CONTINUITY_DAYS}) * {LOG_QUANTUM}) / {LOG_QUANTUM} ELSE 0 END) OVER c AS log_sum_all
         FROM g WINDOW c AS (PARTITION BY customer_id)""").df()
     return rate_scores(split)
 

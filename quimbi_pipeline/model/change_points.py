@@ -384,16 +384,19 @@ def rate_splits(dd: np.ndarray, j: np.ndarray, n_days: np.ndarray, first_day: np
         silence_days = end_day - dd
         # The incomplete gamma on the open gaps only (one row per customer; the others never read it): on every row it
         # was 2.6 s of a 1M-customer store's 20.9M orders.
+        # Each open gap by one test: the store's mixture from shape_mixture_min_gaps gaps (a silence longer than the
+        # mean gap, the only ones scored), the customer's own shrunk shape otherwise.
         gap_rows = np.flatnonzero(open_gap)
-        k_silence = np.maximum(k[gap_rows], rule.silence_min_shape)
+        by_mixture = ((rule.shape_mixture_min_gaps > 0) & (silence_days[gap_rows] > mean_before[gap_rows])
+                      & (n_before[gap_rows] >= rule.shape_mixture_min_gaps))
+        own, mixed = gap_rows[~by_mixture], gap_rows[by_mixture]
+        k_silence = np.maximum(k[own], rule.silence_min_shape)
         silence = np.zeros(dd.size)
-        silence[gap_rows] = -np.log(np.maximum(gammaincc(k_silence, k_silence * silence_days[gap_rows] / mean_before[gap_rows]), 1e-300))
+        silence[own] = -np.log(np.maximum(gammaincc(k_silence, k_silence * silence_days[own] / mean_before[own]), 1e-300))
+        silence[mixed] = gap_shapes.silence_evidence(n_before[mixed], s_before[mixed], log_sum_all[mixed], silence_days[mixed] / mean_before[mixed],
+                                                     shape_prior, rule.silence_min_shape)
         silence_threshold = np.full(dd.size, rule.silence_evidence)
-        if rule.shape_mixture_min_gaps > 0:
-            rows = gap_rows[(silence_days[gap_rows] > mean_before[gap_rows]) & (n_before[gap_rows] >= rule.shape_mixture_min_gaps)]
-            silence[rows] = gap_shapes.silence_evidence(n_before[rows], s_before[rows], log_sum_all[rows], silence_days[rows] / mean_before[rows],
-                                                        shape_prior, rule.silence_min_shape)
-            silence_threshold[rows] -= rule.mixture_silence_credit
+        silence_threshold[mixed] -= rule.mixture_silence_credit
     # Each kind of evidence in units of its own threshold, so the best split is the most significant one.
     score = np.where(j == 0, np.where(silence_days > mean_before, silence / silence_threshold, 0.0), gaps_evidence / rule.evidence)
     score = np.where(valid & np.isfinite(score), score, 0.0)

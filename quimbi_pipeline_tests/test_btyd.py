@@ -101,6 +101,28 @@ def test_gamma_gamma_matches_lifetimes_fit(cdnow):
     assert spend[0] < spend[1] < spend[2] < 50.0  # shrunk towards the population mean, less with more purchases
 
 
+def test_gamma_gamma_terms_equal_the_formula_row_by_row_and_their_gradient_is_exact(cdnow):
+    """GammaGammaTerms evaluates the (di)gamma functions on the distinct purchase counts only: each row must still be
+    the float the full formula gives, and the gradient must be the derivative of the value."""
+    from scipy.special import digamma, gammaln
+
+    keep = cdnow["x"] >= 1
+    x, m = cdnow.loc[keep, "x"].to_numpy("float64"), cdnow.loc[keep, "monetary"].to_numpy("float64")
+    terms = btyd.GammaGammaTerms(x, m)
+    for p, q, v in [(6.25, 3.74, 15.44), (0.3, 40.0, 0.01), (120.0, 1.5, 2.0)]:
+        px = p * x
+        formula = gammaln(px + q) - gammaln(px) - gammaln(q) + q * np.log(v) + (px - 1) * np.log(m) + px * np.log(x) - (px + q) * np.log(x * m + v)
+        assert np.array_equal(terms.loglik(np.array([p, q, v])), formula)
+        d_p = x * (digamma(px + q) - digamma(px) + np.log(m) + np.log(x) - np.log(x * m + v))
+        assert np.array_equal(terms.grad(np.array([p, q, v]))[0], d_p)
+        grad = terms.grad(np.array([p, q, v])).sum(axis=1)
+        for i in range(3):
+            step = np.zeros(3)
+            step[i] = 1e-6 * [p, q, v][i]
+            numeric = (terms.loglik(np.array([p, q, v]) + step).sum() - terms.loglik(np.array([p, q, v]) - step).sum()) / (2 * step[i])
+            assert grad[i] == pytest.approx(numeric, rel=1e-4, abs=1e-3)
+
+
 def test_fit_uses_weighted_unique_rows_so_duplicates_do_not_change_the_fit(cdnow):
     single = btyd.fit_mbgnbd(cdnow["x"], cdnow["t_x"], cdnow["T"])
     tripled = btyd.fit_mbgnbd(*(np.tile(cdnow[c].to_numpy(), 3) for c in ("x", "t_x", "T")))

@@ -199,21 +199,39 @@ def mbgnbd_p_no_purchase(p: BGParams, t: float, x, t_x, T) -> np.ndarray:
     return (1.0 - alive) + alive * ((p.alpha + T) / (p.alpha + T + t)) ** (p.r + x)
 
 
+class GammaGammaTerms:
+    """Per-customer Gamma-Gamma log-likelihood and gradient over fixed (x, m), with what does not depend on the
+    parameters computed once: log m, log x, x m, and the (di)gamma functions on the distinct purchase counts only
+    (a handful of values, taken back to the rows). Each row's value is the same float as computing it in full."""
+
+    def __init__(self, x: np.ndarray, m: np.ndarray):
+        self.x, self.log_m, self.log_x, self.xm = x, np.log(m), np.log(x), x * m
+        self.counts, self.row_count = np.unique(x, return_inverse=True)
+
+    def _at_counts(self, fn, p: float, q: float):
+        pc = p * self.counts
+        return fn(pc + q)[self.row_count], fn(pc)[self.row_count]
+
+    def loglik(self, params: np.ndarray, log_xm_v: np.ndarray | None = None) -> np.ndarray:
+        p, q, v = params
+        px = p * self.x
+        g_pxq, g_px = self._at_counts(gammaln, p, q)
+        log_xm_v = np.log(self.xm + v) if log_xm_v is None else log_xm_v
+        return g_pxq - g_px - gammaln(q) + q * np.log(v) + (px - 1) * self.log_m + px * self.log_x - (px + q) * log_xm_v
+
+    def grad(self, params: np.ndarray, log_xm_v: np.ndarray | None = None) -> np.ndarray:
+        p, q, v = params
+        px = p * self.x
+        d_pxq, d_px = self._at_counts(digamma, p, q)
+        log_xm_v = np.log(self.xm + v) if log_xm_v is None else log_xm_v
+        d_p = self.x * (d_pxq - d_px + self.log_m + self.log_x - log_xm_v)
+        d_q = d_pxq - digamma(q) + np.log(v) - log_xm_v
+        d_v = q / v - (px + q) / (self.xm + v)
+        return np.stack([d_p, d_q, d_v])
+
+
 def gamma_gamma_loglik(params: np.ndarray, x: np.ndarray, m: np.ndarray) -> np.ndarray:
-    p, q, v = params
-    px = p * x
-    return gammaln(px + q) - gammaln(px) - gammaln(q) + q * np.log(v) + (px - 1) * np.log(m) + px * np.log(x) - (px + q) * np.log(x * m + v)
-
-
-def _gamma_gamma_grad(params: np.ndarray, x: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Per-customer gradient of gamma_gamma_loglik w.r.t. (p, q, v), shape (3, n)."""
-    p, q, v = params
-    px = p * x
-    log_xm_v = np.log(x * m + v)
-    d_p = x * (digamma(px + q) - digamma(px) + np.log(m) + np.log(x) - log_xm_v)
-    d_q = digamma(px + q) - digamma(q) + np.log(v) - log_xm_v
-    d_v = q / v - (px + q) / (x * m + v)
-    return np.stack([d_p, d_q, d_v])
+    return GammaGammaTerms(x, m).loglik(params)
 
 
 def fit_gamma_gamma(x, m, *, sample_size: int | None = None, random_state: int = 42) -> GammaGammaParams:
@@ -232,6 +250,7 @@ def fit_gamma_gamma(x, m, *, sample_size: int | None = None, random_state: int =
     # Unique (x, spend) rows weighted by their counts, as for the purchase models.
     (ux, um), w = _compress(x, ms)
     total_w = w.sum()
+    terms = GammaGammaTerms(ux, um)
 
     # Searched over (log p, log q, log p*v): when customers' spend barely varies around their own mean the
     # likelihood keeps rising as p -> infinity with p*v (which sets the mean spend) fixed; in these
@@ -239,8 +258,9 @@ def fit_gamma_gamma(x, m, *, sample_size: int | None = None, random_state: int =
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         p, q, pv = np.exp(theta)
         params = np.array([p, q, pv / p])
-        value = -(w * gamma_gamma_loglik(params, ux, um)).sum() / total_w
-        d_p, d_q, d_v = -(_gamma_gamma_grad(params, ux, um) @ w) / total_w
+        log_xm_v = np.log(terms.xm + params[2])  # shared by the value and the gradient
+        value = -(w * terms.loglik(params, log_xm_v)).sum() / total_w
+        d_p, d_q, d_v = -(terms.grad(params, log_xm_v) @ w) / total_w
         grad = np.array([p * d_p - params[2] * d_v, q * d_q, params[2] * d_v])  # chain rule for v = pv / p
         if not (np.isfinite(value) and np.isfinite(grad).all()):
             return 1e10, np.zeros(3)

@@ -17,7 +17,11 @@ from quimbi_pipeline.settings import PipelineSettings, RetentionPolicy
 from quimbi_pipeline.sources.demo import generate_demo
 from quimbi_pipeline.sources.orders import validate_orders
 from quimbi_pipeline.storage import Warehouse
-from quimbi_pipeline.storage.snapshot_history import BlockCache, SnapshotHistoryReader, numeric_rows
+from quimbi_pipeline.storage.snapshot_history import (
+    BlockCache,
+    SnapshotHistoryReader,
+    numeric_rows,
+)
 
 DAY = pd.Timestamp("2026-10-20")
 START = pd.Timestamp("2026-10-05")  # a Monday: its weekly snapshot outlives the daily ones
@@ -135,3 +139,49 @@ def test_a_runs_block_cache_reads_each_block_once_and_its_drift_is_the_drift_wit
     assert 0 < cache.nbytes < before and {key[1] for key in cache._tables} <= set(days)
     cached.dispose()
     plain.dispose()
+
+
+def test_a_runs_scored_blocks_give_the_rows_scoring_the_whole_history_gives(tmp_path):
+    """The drift of a run's dates scores each date's blocks once with D's models (scored_history, the BlockCache keeping
+    them); cut into slices that cut through blocks, the rows are bit for bit those of scoring the whole frame, and a
+    later date's reader scores only what its window adds."""
+    from quimbi_pipeline.drift.evidence import (
+        block_memberships,
+        models_tag,
+        rescored_memberships,
+        rescored_names,
+    )
+    from quimbi_pipeline.run.drift_partition import models_in_force
+
+    validated = validate_orders(generate_demo(n_customers=300, n_stores=1, seed=21).orders)
+    settings = PipelineSettings(enable_temporal_snapshots=True, enable_drift_analysis=True, snapshot_block_customers=37,
+                                drift_windows=(7, 28))
+    wh = Warehouse(f"sqlite:///{tmp_path / 'scored.sqlite'}")
+    days = pd.date_range(DAY - pd.Timedelta(days=2), DAY)
+    for day in pd.date_range(START, DAY, freq="3D").union(days):
+        assert not run_profiles_partition(validated, day, wh, settings).failed
+    models = models_in_force(wh, "store_a", DAY, settings)
+    assert models
+    score, tag = (lambda table: block_memberships(models, table)), models_tag(models)
+    cache = BlockCache()
+    calls = []
+    counted = lambda table: calls.append(table.num_rows) or score(table)
+    slices = list(zip([None, "c0000100", "c0000251"], ["c0000100", "c0000251", None]))
+    for day in days:
+        reader = SnapshotHistoryReader(wh, "store_a", START, day, cache=cache)
+        calls.clear()
+        for lo, hi in slices:
+            frame, scored = reader.scored_history(lo, hi, counted, tag)
+            assert scored is not None and scored.flags.f_contiguous
+            names, whole = rescored_memberships(frame, models)
+            assert names == rescored_names(models)
+            assert np.array_equal(scored, whole)  # bit for bit
+            pd.testing.assert_frame_equal(frame, SnapshotHistoryReader(wh, "store_a", START, day).history(lo, hi, with_features=True))
+        if day == days[0]:
+            scored_at_first = len(calls)
+        else:  # only the new date's blocks were scored
+            assert 0 < len(calls) < scored_at_first and len(calls) == len(reader.blocks[day])
+    # A block that cannot be scored alone (a feature missing): no rows, the caller scores the whole frame.
+    frame, scored = SnapshotHistoryReader(wh, "store_a", START, DAY).scored_history(None, None, lambda table: None, tag)
+    assert scored is None and len(frame)
+    wh.dispose()

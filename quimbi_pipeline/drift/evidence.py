@@ -12,8 +12,11 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from quimbi_pipeline.history.snapshot_blocks import FEATURE_PREFIX
 from quimbi_pipeline.model.features import CHANGE_PREFIX
@@ -53,6 +56,33 @@ def rescored_memberships(frame: pd.DataFrame, models: dict[str, AxisModel]) -> t
         block, column = sources[i]
         matrix[:, j] = block[:, column]
     return [names[i] for i in order], matrix
+
+
+def rescored_names(models: dict[str, AxisModel]) -> list[str]:
+    """The "axis.segment" names of rescored_memberships' columns, in its order."""
+    return sorted(f"{axis}.{name}" for axis, model in models.items() for name in model.segment_names)
+
+
+def block_memberships(models: dict[str, AxisModel], table: pa.Table) -> np.ndarray | None:
+    """rescored_memberships' rows for one snapshot block's customers (an Arrow table with "f:axis.feature" columns);
+    None when a feature is missing or null there (rescored_memberships fills those with the whole frame's median)."""
+    columns = [f"{FEATURE_PREFIX}{axis}.{f}" for axis, model in models.items() for f in model.feature_names]
+    if not set(columns) <= set(table.column_names) or any(table[c].null_count for c in columns):
+        return None
+    frame = pd.DataFrame({c: table[c].to_numpy() for c in dict.fromkeys(columns)})
+    if np.isnan(frame.to_numpy("float64")).any():
+        return None
+    return rescored_memberships(frame, models)[1]
+
+
+def models_tag(models: dict[str, AxisModel]) -> str:
+    """A key naming what the models score: their axes, features, scalers and centroids (a cache of scored rows)."""
+    digest = hashlib.sha1()
+    for axis, model in sorted(models.items()):
+        digest.update(repr((axis, model.algorithm, model.feature_names, model.segment_names)).encode())
+        for part in (model.log_scale, model.scaler_mean, model.scaler_scale, model.centroids, model.weights, model.covariances):
+            digest.update(b"-" if part is None else np.ascontiguousarray(part).tobytes())
+    return f"scored:{digest.hexdigest()}"
 
 
 def with_memberships(frame: pd.DataFrame, names: list[str], matrix: np.ndarray) -> pd.DataFrame:

@@ -5,6 +5,8 @@ whose calendar snapshots were pruned and only profile_change rows remain). Both 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -29,11 +31,17 @@ def numeric_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([rows[BASE_COLUMNS], parse_memberships(rows["fuzzy_memberships"])], axis=1)
 
 
-def _id_slice(table: pa.Table, lo: str | None, hi: str | None) -> pa.Table:
-    """Rows of a table sorted by customer_id with lo <= id < hi (a zero-copy slice)."""
+def _id_range(table: pa.Table, lo: str | None, hi: str | None) -> tuple[int, int]:
+    """[start, stop): the rows of a table sorted by customer_id with lo <= id < hi."""
     ids = table["customer_id"]
     start = 0 if lo is None else pc.sum(pc.less(ids, lo)).as_py() or 0
     stop = table.num_rows if hi is None else pc.sum(pc.less(ids, hi)).as_py() or 0
+    return start, stop
+
+
+def _id_slice(table: pa.Table, lo: str | None, hi: str | None) -> pa.Table:
+    """Rows of a table sorted by customer_id with lo <= id < hi (a zero-copy slice)."""
+    start, stop = _id_range(table, lo, hi)
     return table.slice(start, stop - start)
 
 
@@ -77,13 +85,22 @@ class BlockCache:
                 self._put((store_id, day, block, column), table)
         return found
 
+    def array(self, key: tuple, compute: Callable[[], np.ndarray | None]) -> np.ndarray | None:
+        """The array held under `key` = (store, date, ...), else compute()'s (kept within the bound; None is not kept)."""
+        if key in self._tables:
+            return self._tables[key]
+        value = compute()
+        if value is not None:
+            self._put(key, value)
+        return value
+
     def keep_days(self, store_id: str, days) -> None:
         """Drop the store's blocks of dates not in `days` (those that left the window)."""
         keep = {pd.Timestamp(d) for d in days}
         for key in [k for k in self._tables if k[0] == store_id and k[1] not in keep]:
             self.nbytes -= self._tables.pop(key).nbytes
 
-    def _put(self, key: tuple, table: pa.Table) -> None:
+    def _put(self, key: tuple, table: pa.Table | np.ndarray) -> None:
         if self.nbytes + table.nbytes <= self.max_bytes:
             self._tables[key] = table
             self.nbytes += table.nbytes
@@ -123,8 +140,8 @@ class SnapshotHistoryReader:
         step = max(1, round(every_customers / max(int(blocks["n_customers"].max()), 1)))
         return blocks["first_customer_id"].iloc[step::step].tolist()
 
-    def _block_table(self, day: pd.Timestamp, lo: str | None, hi: str | None, with_features: bool) -> pa.Table | None:
-        """The date's customers with lo <= id < hi as they are in the blocks (Arrow: no copy of their values)."""
+    def _day_blocks(self, day: pd.Timestamp, lo: str | None, hi: str | None, with_features: bool) -> tuple[list[int], dict[int, pa.Table]]:
+        """The date's blocks holding customers with lo <= id < hi, in order, and their tables as stored."""
         blocks = self.blocks[day]
         overlaps = np.ones(len(blocks), dtype=bool)
         if hi is not None:
@@ -145,6 +162,11 @@ class SnapshotHistoryReader:
             tables[held_block] = held
         if wanted:
             self._held[day] = (wanted[-1], tables[wanted[-1]])
+        return wanted, tables
+
+    def _block_table(self, day: pd.Timestamp, lo: str | None, hi: str | None, with_features: bool) -> pa.Table | None:
+        """The date's customers with lo <= id < hi as they are in the blocks (Arrow: no copy of their values)."""
+        wanted, tables = self._day_blocks(day, lo, hi, with_features)
         if not tables:
             return None
         return _id_slice(pa.concat_tables([tables[b] for b in wanted]), lo, hi)
@@ -152,8 +174,39 @@ class SnapshotHistoryReader:
     def history(self, lo: str | None = None, hi: str | None = None, with_features: bool = False) -> pd.DataFrame:
         """BASE_COLUMNS + "axis.segment" memberships of customers with lo <= id < hi, one row per customer and date;
         with_features also "f:axis.feature" features and "f:change:axis.field" change evidence (blocks only)."""
-        found = {day: self._block_table(day, lo, hi, with_features) for day in self.blocks}
-        found = {day: t for day, t in found.items() if t is not None and t.num_rows}
+        return self._history(lo, hi, with_features)[0]
+
+    def scored_history(self, lo: str | None, hi: str | None, score: Callable[[pa.Table], np.ndarray | None], tag: str) -> tuple[pd.DataFrame, np.ndarray | None]:
+        """history(lo, hi, with_features=True) and score's rows for it, column-major. score(a block's table) gives one row
+        per customer of the block, each row from that customer's values alone, or None when the block cannot be scored
+        alone; a run's BlockCache keeps each (date, block, tag)'s, which its later dates reuse (a backfill's windows share
+        all but one date). The rows are None when a block says None or some dates come from snapshot rows' JSON."""
+        return self._history(lo, hi, True, (score, tag))
+
+    def _history(self, lo, hi, with_features: bool, scoring: tuple | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
+        found, parts = {}, []
+        scorable = scoring is not None and self.row_sources.empty
+        for day in self.blocks:
+            wanted, tables = self._day_blocks(day, lo, hi, with_features)
+            if not tables:
+                continue
+            whole = pa.concat_tables([tables[b] for b in wanted])
+            start, stop = _id_range(whole, lo, hi)
+            if stop <= start:
+                continue
+            found[day] = whole.slice(start, stop - start)
+            if scorable:
+                offset = 0
+                for b in wanted:  # each block's rows inside [start, stop) of the date's
+                    n = tables[b].num_rows
+                    a, z = max(start - offset, 0), min(stop - offset, n)
+                    if z > a:
+                        rows = self._scored_block(day, b, tables[b], *scoring)
+                        if rows is None:
+                            scorable = False
+                            break
+                        parts.append(rows[a:z])
+                    offset += n
         frames = [decode_tables(list(found.values()), list(found))] if found else []
         if not self.row_sources.empty:
             rows = self.warehouse.snapshot_rows(self.store_id, self.row_sources, with_features=with_features, customer_range=(lo, hi))
@@ -163,8 +216,21 @@ class SnapshotHistoryReader:
             frames.append(frame)
         frames = [f for f in frames if len(f)]
         if not frames:
-            return pd.DataFrame(columns=BASE_COLUMNS)
-        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+            return pd.DataFrame(columns=BASE_COLUMNS), None
+        frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        if not (scorable and parts):
+            return frame, None
+        scored = np.empty((len(frame), parts[0].shape[1]), dtype="float64", order="F")
+        at = 0
+        for rows in parts:
+            scored[at:at + len(rows)] = rows
+            at += len(rows)
+        return frame, scored
+
+    def _scored_block(self, day: pd.Timestamp, block: int, table: pa.Table, score, tag: str) -> np.ndarray | None:
+        if self.cache is None:
+            return score(table)
+        return self.cache.array((self.store_id, day, block, tag), lambda: score(table))
 
     def population_frame(self, day) -> pd.DataFrame:
         """Every snapshot customer of `day`: "axis.segment" memberships and "f:axis.feature" features (population drift)."""

@@ -106,7 +106,7 @@ def run_ui_backfill(url: str, monkeypatch, tmp_path, assets: bool = False) -> No
             assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS, backfill.status
             runs = instance.get_runs()
             # backfill_policy: runs of QUIMBI_BACKFILL_DATES_PER_RUN consecutive dates, each date in exactly one run
-            per_run = int(os.environ.get("QUIMBI_BACKFILL_DATES_PER_RUN") or 30)
+            per_run = int(os.environ.get("QUIMBI_BACKFILL_DATES_PER_RUN") or 90)
             assert len(runs) == -(-len(DATES) // per_run) and all(r.is_success for r in runs)
             covered = sorted(key for r in runs for key in r.partitions_subset.get_partition_keys())
             assert covered == DATES

@@ -38,8 +38,9 @@ DEPLOYMENT = (
     DeploymentSetting("QUIMBI_PARTITIONS_END", None, "Last date of the Dagster daily partitions (`make dev` shows the demo's "
                       "dates: it sets both from data/demo_partitions.env).", shown_default="unset: up to today"),
     DeploymentSetting("QUIMBI_STORE_BATCH_SIZE", "50", "Stores per run request of the daily schedule."),
-    DeploymentSetting("QUIMBI_BACKFILL_DATES_PER_RUN", "30", "Dates per run of a backfill (the UI's and `quimbi run "
-                      "--from --to`): a run reads the orders once and computes its dates in order; 1 = a run per date."),
+    DeploymentSetting("QUIMBI_BACKFILL_DATES_PER_RUN", "90", "Dates per run of a backfill (the UI's and `quimbi run "
+                      "--from --to`): a run reads the orders once and computes its dates in order; 1 = a run per date. "
+                      "A failed run is retried whole: lower it where dates often fail."),
     DeploymentSetting("QUIMBI_CONCURRENT_RUNS", None, "Runs sharing the machine at once (each run's threads are the cores "
                       "divided by it).", shown_default="the Dagster run queue's limit, else 1"),
     DeploymentSetting("QUIMBI_API_KEYS", None, "A YAML file mapping API keys to the stores they read; without it "

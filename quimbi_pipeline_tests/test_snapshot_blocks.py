@@ -181,6 +181,11 @@ def test_a_runs_scored_blocks_give_the_rows_scoring_the_whole_history_gives(tmp_
             scored_at_first = len(calls)
         else:  # only the new date's blocks were scored
             assert 0 < len(calls) < scored_at_first and len(calls) == len(reader.blocks[day])
+    # Population drift's frames of a date: its rows held already, the same floats.
+    calls.clear()
+    frame, scored = reader.scored_population_frame(DAY, counted, tag)
+    assert not calls and np.array_equal(scored, rescored_memberships(frame, models)[1])
+    pd.testing.assert_frame_equal(frame, SnapshotHistoryReader(wh, "store_a", START, DAY).population_frame(DAY))
     # A block that cannot be scored alone (a feature missing): no rows, the caller scores the whole frame.
     frame, scored = SnapshotHistoryReader(wh, "store_a", START, DAY).scored_history(None, None, lambda table: None, tag)
     assert scored is None and len(frame)

@@ -195,6 +195,16 @@ def _drift_reader(warehouse: Warehouse, store: str, as_of: pd.Timestamp, setting
     return reader, dates, models_in_force(warehouse, store, as_of, settings)  # every snapshot of the window is scored with D's models
 
 
+def _population_scored(reader: SnapshotHistoryReader, models: dict[str, AxisModel], day: pd.Timestamp, store: str) -> pd.DataFrame:
+    """The population frame of `day` scored with D's models; in a run, from the blocks' rows _drift_history keeps."""
+    if models and reader.cache is not None:
+        frame, rows = reader.scored_population_frame(day, functools.partial(block_memberships, models), models_tag(models))
+        if rows is not None:
+            return with_memberships(frame, rescored_names(models), rows)
+        return _scored_with(models, frame, store)
+    return _scored_with(models, reader.population_frame(day), store)
+
+
 def _drift_history(reader, models, store: str, settings: PipelineSettings, lo, hi) -> drift.MembershipHistory:
     """The snapshot history of the customers with lo <= id < hi (None: unbounded), scored with D's models."""
     scored = None
@@ -268,8 +278,8 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
     reference_date = next(d for d in dates if d >= as_of - pd.Timedelta(days=drift.POPULATION_REFERENCE_DAYS))
     population = pd.DataFrame(columns=drift.POPULATION_COLUMNS)
     if reference_date < as_of:
-        population = drift.population_drift(_scored_with(models, reader.population_frame(reference_date), store),
-                                            _scored_with(models, reader.population_frame(as_of), store), reference_date, as_of)
+        population = drift.population_drift(_population_scored(reader, models, reference_date, store),
+                                            _population_scored(reader, models, as_of, store), reference_date, as_of)
     seconds["population"] = time.perf_counter() - t0
     rows, seconds["write"] = warehouse.write_drift_partition(store, as_of, chunks(), population, analyze)  # on PostgreSQL the write overlaps read and compute
     warehouse.record_drift_inputs(store, as_of, drift.history_days(windows))

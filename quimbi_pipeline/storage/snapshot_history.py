@@ -234,10 +234,21 @@ class SnapshotHistoryReader:
 
     def population_frame(self, day) -> pd.DataFrame:
         """Every snapshot customer of `day`: "axis.segment" memberships and "f:axis.feature" features (population drift)."""
-        day = pd.Timestamp(day)
+        return self._population(pd.Timestamp(day))[0]
+
+    def scored_population_frame(self, day, score: Callable[[pa.Table], np.ndarray | None], tag: str) -> tuple[pd.DataFrame, np.ndarray | None]:
+        """population_frame(day) and score's rows for it, as scored_history gives them (None: score it whole)."""
+        return self._population(pd.Timestamp(day), (score, tag))
+
+    def _population(self, day: pd.Timestamp, scoring: tuple | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
         if day in self.blocks:
-            frame = decode_tables([self._block_table(day, None, None, with_features=True)], [day])
-            return frame[[c for c in frame.columns if c not in BASE_COLUMNS and not c.startswith(FEATURE_PREFIX + CHANGE_PREFIX)]]
+            wanted, tables = self._day_blocks(day, None, None, True)
+            frame = decode_tables([pa.concat_tables([tables[b] for b in wanted])], [day])
+            frame = frame[[c for c in frame.columns if c not in BASE_COLUMNS and not c.startswith(FEATURE_PREFIX + CHANGE_PREFIX)]]
+            rows = None if scoring is None else [self._scored_block(day, b, tables[b], *scoring) for b in wanted]
+            if rows is None or any(r is None for r in rows):
+                return frame, None
+            return frame, np.asfortranarray(np.concatenate(rows))
         sources = self.sources[self.sources["snapshot_date"] == day]
         rows = self.warehouse.snapshot_rows(self.store_id, sources, with_features=True).reset_index(drop=True)
-        return pd.concat([parse_memberships(rows["fuzzy_memberships"]), parse_memberships(rows["behavioral_features"]).add_prefix("f:")], axis=1)
+        return pd.concat([parse_memberships(rows["fuzzy_memberships"]), parse_memberships(rows["behavioral_features"]).add_prefix("f:")], axis=1), None

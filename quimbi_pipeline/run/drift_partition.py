@@ -195,26 +195,27 @@ def _drift_reader(warehouse: Warehouse, store: str, as_of: pd.Timestamp, setting
     return reader, dates, models_in_force(warehouse, store, as_of, settings)  # every snapshot of the window is scored with D's models
 
 
+def _run_scoring(reader: SnapshotHistoryReader, models: dict[str, AxisModel]) -> tuple | None:
+    """(score of a block, its cache tag) in a run of several dates, whose BlockCache keeps each date's blocks scored with
+    D's models (consecutive windows share all but one date and, within a refit period, the models); None otherwise."""
+    if models and reader.cache is not None:
+        return functools.partial(block_memberships, models), models_tag(models)
+    return None
+
+
 def _population_scored(reader: SnapshotHistoryReader, models: dict[str, AxisModel], day: pd.Timestamp, store: str) -> pd.DataFrame:
     """The population frame of `day` scored with D's models; in a run, from the blocks' rows _drift_history keeps."""
-    if models and reader.cache is not None:
-        frame, rows = reader.scored_population_frame(day, functools.partial(block_memberships, models), models_tag(models))
-        if rows is not None:
-            return with_memberships(frame, rescored_names(models), rows)
-        return _scored_with(models, frame, store)
-    return _scored_with(models, reader.population_frame(day), store)
+    scoring = _run_scoring(reader, models)
+    frame, rows = reader.scored_population_frame(day, *scoring) if scoring else (reader.population_frame(day), None)
+    return _scored_with(models, frame, store) if rows is None else with_memberships(frame, rescored_names(models), rows)
 
 
 def _drift_history(reader, models, store: str, settings: PipelineSettings, lo, hi) -> drift.MembershipHistory:
     """The snapshot history of the customers with lo <= id < hi (None: unbounded), scored with D's models."""
-    scored = None
-    if models and reader.cache is not None:  # a run of several dates: each date's blocks scored once while D's models hold
-        frame, matrix = reader.scored_history(lo, hi, functools.partial(block_memberships, models), models_tag(models))
-        scored = None if matrix is None else (rescored_names(models), matrix)
-    else:
-        frame = reader.history(lo, hi, with_features=bool(models))
-    if scored is None:
-        scored = _scored_memberships(models, frame, store)  # a matrix: a frame of them was copied three times on its way (1M: ~6 s)
+    scoring = _run_scoring(reader, models)
+    frame, matrix = reader.scored_history(lo, hi, *scoring) if scoring else (reader.history(lo, hi, with_features=bool(models)), None)
+    # A matrix: a frame of them was copied three times on its way (1M: ~6 s).
+    scored = _scored_memberships(models, frame, store) if matrix is None else (rescored_names(models), matrix)
     if settings.share("enable_drift_analysis") < 1.0:  # a rollout: drift for its share of customers only
         keep = in_rollout(frame["customer_id"], "enable_drift_analysis", settings.share("enable_drift_analysis"))
         frame = frame[keep]

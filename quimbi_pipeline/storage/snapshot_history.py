@@ -39,12 +39,6 @@ def _id_range(table: pa.Table, lo: str | None, hi: str | None) -> tuple[int, int
     return start, stop
 
 
-def _id_slice(table: pa.Table, lo: str | None, hi: str | None) -> pa.Table:
-    """Rows of a table sorted by customer_id with lo <= id < hi (a zero-copy slice)."""
-    start, stop = _id_range(table, lo, hi)
-    return table.slice(start, stop - start)
-
-
 # Decoded snapshot blocks a run of several dates keeps (BlockCache): a 100,000-customer date's are ~28 MiB (a window of
 # 18 dates 506 MiB, measured); at 1M customers 3-4 dates of a window fit.
 BLOCK_CACHE_BYTES = 1 << 30
@@ -163,13 +157,6 @@ class SnapshotHistoryReader:
         if wanted:
             self._held[day] = (wanted[-1], tables[wanted[-1]])
         return wanted, tables
-
-    def _block_table(self, day: pd.Timestamp, lo: str | None, hi: str | None, with_features: bool) -> pa.Table | None:
-        """The date's customers with lo <= id < hi as they are in the blocks (Arrow: no copy of their values)."""
-        wanted, tables = self._day_blocks(day, lo, hi, with_features)
-        if not tables:
-            return None
-        return _id_slice(pa.concat_tables([tables[b] for b in wanted]), lo, hi)
 
     def history(self, lo: str | None = None, hi: str | None = None, with_features: bool = False) -> pd.DataFrame:
         """BASE_COLUMNS + "axis.segment" memberships of customers with lo <= id < hi, one row per customer and date;

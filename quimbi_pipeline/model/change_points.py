@@ -180,6 +180,21 @@ class _Splits:
         before = np.where(self.group_start > 0, self.group_start - 1, -1)
         return cum - np.where(before >= 0, cum[np.maximum(before, 0)], 0.0)
 
+    def newest_within(self, values: np.ndarray, limit: int) -> np.ndarray:
+        """newest() summed within each customer, for the rows with m <= limit (NaN beyond): a customer's own values
+        added in order, the bits a store of that customer alone gives. newest()'s running sum over all rows rounds a
+        customer's non-integer sums by the customers before them in the rows (integer values are exact either way)."""
+        out = np.full(values.size, np.nan)
+        starts = np.flatnonzero(self.m == 1.0)
+        sizes = np.diff(np.r_[starts, values.size])
+        order = np.argsort(-sizes, kind="stable")
+        starts, sizes = starts[order], sizes[order]
+        out[starts] = values[starts]
+        for p in range(1, min(limit, int(sizes[0])) if sizes.size else 0):  # the customers with more than p values
+            rows = starts[: np.searchsorted(-sizes, -p, side="left")] + p
+            out[rows] = out[rows - 1] + values[rows]
+        return out
+
     def before_split(self) -> np.ndarray:
         """Per row, the time of the newest value before the split (the change happened after it)."""
         return self.t[np.minimum(np.arange(self.t.size) + 1, self.t.size - 1)]
@@ -206,7 +221,7 @@ def mean_shift_change(codes: np.ndarray, ts: np.ndarray, x: np.ndarray, n_all: i
     total, total2 = np.bincount(c, v, n_all)[c], np.bincount(c, v * v, n_all)[c]
     if store_var is None:
         store_var = pooled_within_variance(codes, x, n_all)
-    s_after, q_after = split.newest(v), split.newest(v * v)
+    s_after, q_after = split.newest_within(v, rule.max_after), split.newest_within(v * v, rule.max_after)
     n_before = n - m
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_after = s_after / m

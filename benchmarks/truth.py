@@ -199,7 +199,7 @@ def honest() -> None:
     for flag in (False, True):
         settings = PipelineSettings(enable_honest_segments=flag)
         result = build_store_profiles(orders_as_of(v.orders, day), "cdnow", day, settings, v.optional_columns)
-        _, active = customer_features(orders_as_of(v.orders, day), day, settings, v.optional_columns)
+        active = customer_features(orders_as_of(v.orders, day), day, settings, v.optional_columns).active
         print(f"ENABLE_HONEST_SEGMENTS={flag}:")
         for axis, feature in (("purchase_frequency", "orders_per_month"), ("loyalty_trajectory", "activity_trend")):
             seg = result.segmentations[axis]

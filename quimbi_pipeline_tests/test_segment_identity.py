@@ -159,8 +159,8 @@ def test_a_refit_on_its_anchor_day_computes_the_features_once_and_fits_the_same_
     validated = validate_orders(demo.orders)
     settings = PipelineSettings(enable_stable_segments=True, segment_refit_days=7, enable_temporal_snapshots=True)
     calls = []
-    real = profiles.compute_customer_features
-    monkeypatch.setattr(profiles, "compute_customer_features", lambda *a, **k: calls.append(pd.Timestamp(a[1])) or real(*a, **k))
+    real = profiles.features_and_statistics
+    monkeypatch.setattr(profiles, "features_and_statistics", lambda *a, **k: calls.append(pd.Timestamp(a[1])) or real(*a, **k))
     later = Warehouse(f"sqlite:///{tmp_path / 'later.sqlite'}")
     assert not run_profiles_partition(validated, "2026-10-13", later, settings).failed  # fits the 10-12 model itself
     assert calls == [pd.Timestamp("2026-10-12"), pd.Timestamp("2026-10-13")]  # the anchor's for the fit, then D's
@@ -185,14 +185,14 @@ def test_above_the_sample_size_a_refit_reads_the_sampled_customers_orders_only_a
     settings = PipelineSettings(enable_stable_segments=True, segment_refit_days=7, enable_temporal_snapshots=True,
                                 cluster_fit_sample_size=300)
     customers_read = []
-    real = profiles.compute_customer_features
+    real = profiles.features_and_statistics
 
     def counting(orders, as_of, **kwargs):
         rows = kwargs.get("rows")
         customers_read.append((pd.Timestamp(as_of), (orders if rows is None else orders.loc[rows])["customer_id"].nunique()))
         return real(orders, as_of, **kwargs)
 
-    monkeypatch.setattr(profiles, "compute_customer_features", counting)
+    monkeypatch.setattr(profiles, "features_and_statistics", counting)
     query = "SELECT axis, k, segment_names, centroids, scaler FROM segment_models WHERE model_version = 'kmeans-stable-2026-10-12' ORDER BY axis"
     fitted = {}
     for day in ("2026-10-15", "2026-10-12"):

@@ -35,7 +35,7 @@ def test_honest_segments_stop_loyalty_splitting_by_join_month_and_names_follow_b
     for flag in (False, True):
         settings = PipelineSettings(enable_honest_segments=flag)
         result = build_store_profiles(orders_as_of(v.orders, day), "cdnow", day, settings, v.optional_columns)
-        _, active = customer_features(orders_as_of(v.orders, day), day, settings, v.optional_columns)
+        active = customer_features(orders_as_of(v.orders, day), day, settings, v.optional_columns).active
         loyalty = result.segmentations["loyalty_trajectory"]
         joined = pd.Series(active["first_order_ts"].dt.month.to_numpy()).groupby(loyalty.dominant).mean()
         spread[flag] = float(joined.max() - joined.min())

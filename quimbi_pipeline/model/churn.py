@@ -113,6 +113,7 @@ class ChurnScores:
     expected_purchases: np.ndarray  # purchase days over the churn horizon
     predicted_ltv: np.ndarray  # expected spend over the LTV horizon
     next_order_days: np.ndarray  # days after the last purchase day of the expected next one, if the customer stays
+    recalibration_shift: float | None = None  # the recalibration's level used (Recalibration.shift), if recalibrated
 
 
 def contradictory(no_purchase: np.ndarray, expected_h: np.ndarray, expected: np.ndarray) -> np.ndarray:
@@ -133,7 +134,8 @@ def score_churn(model: ChurnModel, features: pd.DataFrame, settings: PipelineSet
         # The recalibrated odds of any purchase scale both horizons' expected purchases alike (as a change in the chance
         # of being alive would), so E[N] >= P(N >= 1) still holds; a certain lapse (nothing expected) stays one.
         buys = 1.0 - no_purchase
-        recalibrated = np.where(buys > 0, recalibrate(model.recalibration, features, no_purchase), no_purchase)
+        recalibrated, shift = recalibrate(model.recalibration, features, no_purchase)
+        recalibrated = np.where(buys > 0, recalibrated, no_purchase)
         ratio = np.where(buys > 0, (1.0 - recalibrated) / np.where(buys > 0, buys, 1.0), 1.0)
         no_purchase, expected_h, expected = recalibrated, expected_h * ratio, expected * ratio
     bad = contradictory(no_purchase, expected_h, expected)
@@ -146,7 +148,8 @@ def score_churn(model: ChurnModel, features: pd.DataFrame, settings: PipelineSet
     else:
         spend = features["lifetime_value"].to_numpy() / np.maximum(features["gap_count"].to_numpy() + 1, 1)
     level = churn_risk_level(no_purchase, settings.churn_bands) if model.states_level else np.full(len(features), UNKNOWN_LEVEL)
-    return ChurnScores(no_purchase, level, expected_h, expected * np.nan_to_num(spend, nan=0.0), state.next_order_days)
+    return ChurnScores(no_purchase, level, expected_h, expected * np.nan_to_num(spend, nan=0.0), state.next_order_days,
+                       None if model.recalibration is None else shift)
 
 
 def evidence_of(model: ChurnModel, features: pd.DataFrame) -> pd.Series:

@@ -46,6 +46,9 @@ class Recalibration:
     scale: np.ndarray
     customers: int  # in the fit
     lapsers: int
+    # The level at D (added to every customer's log-odds; NaN: none): set from the store's scoring (ChurnScores), so
+    # that a part of the store scored later gets the level of the whole store, not its own. None: not scored yet.
+    shift: float | None = None
 
 
 def log_rfm(features: pd.DataFrame) -> np.ndarray:
@@ -110,18 +113,26 @@ def fit_recalibration(features: pd.DataFrame, orders: pd.DataFrame, as_of: pd.Ti
     return Recalibration(float(beta[0]), beta[1:], centre, scale, int(lapsed.size), n_lapsed)
 
 
-def recalibrate(recalibration: Recalibration, features: pd.DataFrame, no_purchase: np.ndarray) -> np.ndarray:
+def recalibrate(recalibration: Recalibration, features: pd.DataFrame, no_purchase: np.ndarray) -> tuple[np.ndarray, float]:
     """P(no purchase in the horizon) at D, recalibrated: ranked by the fitted coefficients, at the renewal model's own
     level (the customers' mean churn risk is the model's at D). The earlier window's lapse rate is that of the store
     H days younger; the renewal model's dropout is fitted on D's customers (in a cohort such as CDNOW lapses rise with
-    age, and the earlier window's level put the 180-day risk 4-7 points under the lapse share)."""
+    age, and the earlier window's level put the 180-day risk 4-7 points under the lapse share). Returns the risks and
+    the level used (recalibration.shift when set: the store's, for a part of its customers)."""
     offset, x = _inputs(features, no_purchase)
     eta = offset + ((x - recalibration.centre) / recalibration.scale) @ recalibration.coefficients
+    shift = recalibration_shift(eta, no_purchase) if recalibration.shift is None else recalibration.shift
+    return (no_purchase if np.isnan(shift) else expit(eta + shift)), shift
+
+
+def recalibration_shift(eta: np.ndarray, no_purchase: np.ndarray) -> float:
+    """The level c at which the mean of expit(eta + c) is the renewal model's mean churn risk (NaN: no level, the
+    model's risks all 0 or all 1, left as they are)."""
     target = float(np.mean(no_purchase))
     if not 0.0 < target < 1.0:
-        return no_purchase
+        return float("nan")
     low, high = -60.0, 60.0  # the mean of expit(eta + c) rises with c: bisect for the model's mean
     for _ in range(80):
         mid = 0.5 * (low + high)
         low, high = (mid, high) if np.mean(expit(eta + mid)) < target else (low, mid)
-    return expit(eta + 0.5 * (low + high))
+    return 0.5 * (low + high)

@@ -96,6 +96,21 @@ AXIS_BY_NAME = {a.name: a for a in AXES}
 TREND_DAYS = 90
 
 
+@dataclass(frozen=True)
+class FeatureStatistics:
+    """The store's numbers that a customer's features are measured against: the change detectors' store priors
+    (ENABLE_ADAPTIVE_WINDOWS) and the categories. Fitted over the customers whose features are computed, or given
+    (compute_customer_features' `statistics`): customers computed in parts against the same statistics get the
+    rows of one computation over them all."""
+
+    shape_prior: gap_shapes.ShapePrior | None = None  # the mixture of gap shapes (adaptive)
+    value_variance: float | None = None  # pooled within-customer variance of log order values (adaptive)
+    items_dispersion: float | None = None  # quasi-Poisson dispersion of items beyond the first (adaptive)
+    # In order of first appearance: a customer's modal category among ties is the earliest (features._modal).
+    categories: tuple[str, ...] | None = None
+    used_categories: int | None = None  # distinct categories of the purchases in the customers' windows (entropy's scale)
+
+
 def available_axes(optional_columns: tuple[str, ...] | list[str]) -> list[AxisSpec]:
     axes = []
     for axis in AXES:
@@ -142,7 +157,23 @@ def compute_customer_features(
     occasion_days: int = 1,
     rows: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """One row per customer with at least one purchase, indexed by customer_id (sorted).
+    """features_and_statistics' features: see there."""
+    return features_and_statistics(orders, as_of, optional_columns=optional_columns, window_days=window_days, adaptive=adaptive,
+                                   occasion_days=occasion_days, rows=rows)[0]
+
+
+def features_and_statistics(
+    orders: pd.DataFrame,
+    as_of: pd.Timestamp,
+    *,
+    optional_columns: tuple[str, ...] | list[str] = (),
+    window_days: int = 365,
+    adaptive: ChangeRule | None = None,
+    occasion_days: int = 1,
+    rows: np.ndarray | None = None,
+    statistics: FeatureStatistics | None = None,
+) -> tuple[pd.DataFrame, FeatureStatistics]:
+    """(features, the store's FeatureStatistics they were measured against). Features: one row per customer with at least one purchase, indexed by customer_id (sorted).
 
     Columns: summary (total_orders, lifetime_value, first/last order, days_since_*, tenure_months),
     BTYD inputs in weeks over purchase occasions of `occasion_days` (btyd_x repeat occasions, btyd_t_x the
@@ -157,7 +188,11 @@ def compute_customer_features(
     CHANGE_PREFIX columns (`change:<axis>.since|before|after|evidence`).
     `rows` (a boolean mask) limits the orders read, as `orders.loc[rows]` would without copying the frame
     (a refit's cut at an earlier date: the whole frame is 1.9 GB at 20M orders).
+    `statistics`: the store's, fitted elsewhere (a store's customers computed in parts); None: fitted on these orders.
+    Every other number of a customer's row comes from their own orders only.
     """
+    if statistics is not None and adaptive is not None and statistics.shape_prior is None:
+        raise ValueError("feature statistics fitted without adaptive windows cannot measure features with them")
     as_of_day = orders_mod.as_of_day(as_of)
     end_ns = (as_of_day + pd.Timedelta(days=1)).value
     as_of_day_ns = as_of_day.value
@@ -236,7 +271,12 @@ def compute_customer_features(
     out["btyd_T"] = T_weeks
     out["gap_count"], out["gap_log_mean"], out["gap_log_ss"] = _gap_statistics(day_codes, day_keys, span, n_all)
     # The store's mixture of gap shapes, from its customers' whole histories: one fit, shared by the detector's slices.
-    shape_prior = gap_shapes.store_prior(day_codes, day_keys, out["gap_count"].to_numpy()) if adaptive is not None else None
+    if adaptive is None:
+        shape_prior = None
+    elif statistics is not None:
+        shape_prior = statistics.shape_prior
+    else:
+        shape_prior = gap_shapes.store_prior(day_codes, day_keys, out["gap_count"].to_numpy())
     del day_keys, day_codes, day_spend, is_first_day
 
     # Frequency over the absolute window before D (a customer who stops buying slows down).
@@ -290,7 +330,9 @@ def compute_customer_features(
             out["avg_days_between_orders"] = np.where(cut, days_after / np.maximum(rate.after_n, 1), out["avg_days_between_orders"].to_numpy())
 
     log_value = np.log1p(np.maximum(total, 0.0)) if adaptive is not None else None
-    value_var = pooled_within_variance(codes[in_rel], log_value[in_rel], n_all) if adaptive is not None else None
+    value_var = None
+    if adaptive is not None:
+        value_var = statistics.value_variance if statistics is not None else pooled_within_variance(codes[in_rel], log_value[in_rel], n_all)
     use = window_for("purchase_value", lambda w: mean_shift_change(codes[w], ts[w], log_value[w], n_all, adaptive, value_var))
     rel_total = total[use]
     rel_n = _group_sum(codes[use], n_all)
@@ -308,21 +350,26 @@ def compute_customer_features(
             gross = _group_sum(dc, n_all, total[use] + disc)
             out["avg_discount_rate"] = np.where(gross > 0, _group_sum(dc, n_all, disc) / gross, 0.0)
         del disc_all, use, dc, disc
+    items_dispersion = None
     if "item_count" in optional_columns:
         items_all = purchase_column("item_count").astype("float64")
         # Items beyond the first, a count (change_points.count_shift_change); NaN stays NaN.
         extra_items = np.maximum(items_all - 1.0, 0.0) if adaptive is not None else None
-        items_dispersion = count_dispersion(codes[in_rel], extra_items[in_rel], n_all) if adaptive is not None else None
+        if adaptive is not None:
+            items_dispersion = statistics.items_dispersion if statistics is not None else count_dispersion(codes[in_rel], extra_items[in_rel], n_all)
         use = window_for("basket_size", lambda w: count_shift_change(codes[w], ts[w], extra_items[w], n_all, adaptive, items_dispersion))
         ic, items, n_use = codes[use], items_all[use], _group_sum(codes[use], n_all)
         with np.errstate(invalid="ignore", divide="ignore"):
             out["avg_items_per_order"] = _group_sum(ic, n_all, items) / n_use
             out["multi_item_order_share"] = _group_sum(ic, n_all, (items >= 2).astype("float64")) / n_use
         del items_all, extra_items, use, ic, items
+    categories = n_categories = None
     if "category" in optional_columns:
+        if statistics is not None and statistics.categories is None:
+            raise ValueError("feature statistics fitted on orders without categories cannot measure the category features")
         # Codes from the Arrow strings (no Python string per order); pairs (customer, category) as one int64
         # key, grouped in order of first appearance as a two-column group-by would.
-        category_codes, _ = pd.factorize(read("category"))
+        category_codes, categories = _category_codes(read("category"), None if statistics is None else statistics.categories)
         cat_all = category_codes[purchase]
         del category_codes
         use = window_for("category_exploration", lambda w: binary_shift_change(
@@ -330,7 +377,7 @@ def compute_customer_features(
         rc = codes[use]
         rel_n = _group_sum(rc, n_all)
         cat_codes = cat_all[use]
-        n_categories = np.unique(cat_codes).size
+        n_categories = np.unique(cat_codes).size if statistics is None else statistics.used_categories
         code_span = int(cat_codes.max()) + 1 if cat_codes.size else 1
         pair_key = rc.astype("int64") * code_span + cat_codes
         pair = pd.Series(pair_key).groupby(pair_key, sort=False).size()
@@ -346,13 +393,30 @@ def compute_customer_features(
             out["top_category_share"] = np.where(rel_n > 0, top / rel_n, 1.0)
         out["category_entropy"] = np.clip(entropy / norm, 0.0, 1.0)
 
+    fitted = statistics if statistics is not None else FeatureStatistics(shape_prior, value_var, items_dispersion, categories, n_categories)
     for axis, change in changes.items():  # the evidence of each detected change (adaptive only)
         on = change.changed
         out[f"{CHANGE_PREFIX}{axis}.since"] = np.where(on, change.since_ns / NS_PER_DAY, np.nan)  # days since 1970-01-01
         out[f"{CHANGE_PREFIX}{axis}.before"] = np.where(on, change.before, np.nan)
         out[f"{CHANGE_PREFIX}{axis}.after"] = np.where(on, change.after, np.nan)
         out[f"{CHANGE_PREFIX}{axis}.evidence"] = np.where(on, change.evidence, np.nan)
-    return out.loc[has_purchase]
+    return out.loc[has_purchase], fitted
+
+
+def _category_codes(values: pd.Series, known: tuple[str, ...] | None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Codes of the orders' categories (-1 missing) and the categories in code order. Without `known`: in order of
+    first appearance (pd.factorize). With: `known`'s codes, and categories not in it after them, sorted by name, so
+    that any part of the store's customers codes a category alike."""
+    if known is None:
+        codes, uniques = pd.factorize(values)
+        return codes, tuple(map(str, uniques))
+    vocabulary = pd.Index(known, dtype="object")
+    codes = vocabulary.get_indexer(values)
+    unseen = (codes < 0) & values.notna().to_numpy()
+    if unseen.any():
+        extra = pd.Index(sorted(set(values[unseen].astype(str))), dtype="object")
+        codes[unseen] = len(vocabulary) + extra.get_indexer(values[unseen].astype(str))
+    return codes, tuple(known)
 
 
 # Purchase days per slice of the gap statistics: the gaps' temporaries stay ~50 MB instead of 0.4 GB at 16M days.

@@ -44,11 +44,13 @@ def _rows(customers, flag_date, method, flagged, score, axis_mask, axes, explana
     })
 
 
-def outlier_flags(segmentations: dict, scaled: dict[str, np.ndarray], customers: np.ndarray, flag_date: str) -> pd.DataFrame:
+def outlier_flags(segmentations: dict, scaled: dict[str, np.ndarray], customers: np.ndarray, flag_date: str,
+                  segment_sizes: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Rows of customer_outlier_flags (without store_id) for every customer and method.
 
     `segmentations`: axis -> AxisSegmentation (memberships, model); `scaled`: axis -> the customers'
-    features in the model's scaled space.
+    features in the model's scaled space; `segment_sizes`: axis -> customers per segment in the whole store
+    (store_state.StoreState, when these customers are a part of it); None: counted over these customers.
     """
     axes = list(segmentations)
     u_max = np.column_stack([segmentations[a].memberships.max(axis=1) for a in axes])
@@ -65,7 +67,7 @@ def outlier_flags(segmentations: dict, scaled: dict[str, np.ndarray], customers:
         frames.append(_rows(customers, flag_date, method, flagged, score, certainty < SEED_AXIS_MAX, axes,
                             _explain(flagged, text + pd.Series(np.round(1 - score, 3)).astype(str) + ")")))
 
-    z, micro = _density(segmentations, scaled)
+    z, micro = _density(segmentations, scaled, segment_sizes)
     dens_axes = (z >= DENSITY_DISTANCE) | micro
     dens_score = np.where(micro.any(axis=1), 1.0, np.clip(z.max(axis=1) / (2 * DENSITY_DISTANCE), 0.0, 1.0))
     dens_flag = dens_axes.any(axis=1)
@@ -76,19 +78,21 @@ def outlier_flags(segmentations: dict, scaled: dict[str, np.ndarray], customers:
     return pd.concat(frames, ignore_index=True)[OUTLIER_COLUMNS]
 
 
-def density_outliers(segmentations: dict, scaled: dict[str, np.ndarray]) -> np.ndarray:
+def density_outliers(segmentations: dict, scaled: dict[str, np.ndarray], segment_sizes: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """The default method's verdict per customer (density: far from every segment, or in a segment of its own):
-    the customers left out of the fits when ENABLE_OUTLIER_DETECTION is on (profiles.build_store_profiles)."""
-    z, micro = _density(segmentations, scaled)
+    the customers left out of the fits when ENABLE_OUTLIER_DETECTION is on (profiles.build_store_profiles).
+    `segment_sizes` as in outlier_flags."""
+    z, micro = _density(segmentations, scaled, segment_sizes)
     return ((z >= DENSITY_DISTANCE) | micro).any(axis=1)
 
 
-def _density(segmentations: dict, scaled: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _density(segmentations: dict, scaled: dict[str, np.ndarray], segment_sizes: dict[str, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
     """(distance to the nearest centroid, in a segment of its own) per customer and axis."""
     axes = list(segmentations)
-    n = next(iter(segmentations.values())).memberships.shape[0] if axes else 0
+    if segment_sizes is None:
+        segment_sizes = {a: np.bincount(segmentations[a].dominant, minlength=segmentations[a].model.k) for a in axes}
     z = np.column_stack([_nearest_distance(scaled[a], segmentations[a].model.centroids) for a in axes])
-    micro = np.column_stack([_in_micro_segment(segmentations[a].dominant, segmentations[a].model.k, n) for a in axes])
+    micro = np.column_stack([_in_micro_segment(segmentations[a].dominant, segmentations[a].model.k, segment_sizes[a]) for a in axes])
     return z, micro
 
 
@@ -96,9 +100,9 @@ def _explain(flagged: np.ndarray, text: pd.Series) -> pd.Series:
     return pd.Series(np.where(flagged, text.to_numpy(object), None), dtype="object")  # NULL when not an outlier
 
 
-def _in_micro_segment(dominant: np.ndarray, k: int, n: int) -> np.ndarray:
-    size = np.bincount(dominant, minlength=k)
-    return size[dominant] <= max(1.0, MICRO_SEGMENT_SHARE * n) if k > 1 else np.zeros(n, dtype=bool)
+def _in_micro_segment(dominant: np.ndarray, k: int, size: np.ndarray) -> np.ndarray:
+    """`size`: customers per segment (of the store: its sum is the store's customers)."""
+    return size[dominant] <= max(1.0, MICRO_SEGMENT_SHARE * size.sum()) if k > 1 else np.zeros(dominant.size, dtype=bool)
 
 
 def _nearest_distance(scaled: np.ndarray, centroids: np.ndarray) -> np.ndarray:

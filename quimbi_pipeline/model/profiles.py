@@ -10,7 +10,8 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -39,9 +40,10 @@ from quimbi_pipeline.model.churn import (
 from quimbi_pipeline.model.features import (
     CHANGE_PREFIX,
     AxisSpec,
+    FeatureStatistics,
     active_mask,
     available_axes,
-    compute_customer_features,
+    features_and_statistics,
 )
 from quimbi_pipeline.model.outliers import density_outliers, outlier_flags
 from quimbi_pipeline.model.segmentation import (
@@ -52,6 +54,7 @@ from quimbi_pipeline.model.segmentation import (
     score_axis,
     segment_axis,
 )
+from quimbi_pipeline.model.store_state import StoreState, segment_sizes_of
 from quimbi_pipeline.runtime.memory import release_memory
 from quimbi_pipeline.runtime.threads import SMALL_ROWS
 from quimbi_pipeline.settings import PipelineSettings
@@ -85,14 +88,21 @@ def stable_model_version(algorithm: str, fitted_on: pd.Timestamp) -> str:
     return f"{algorithm}-stable-{pd.Timestamp(fitted_on):%Y-%m-%d}"
 
 
+class CustomerFeatures(NamedTuple):
+    features: pd.DataFrame  # every customer with a purchase
+    active: pd.DataFrame  # the active ones
+    statistics: FeatureStatistics  # the store's, they were measured against
+
+
 def customer_features(orders: pd.DataFrame, as_of: pd.Timestamp, settings: PipelineSettings, optional_columns,
-                      rows: np.ndarray | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(features of every customer with a purchase, the active ones) at D, as the settings define them, over the
-    orders in `rows` (a boolean mask; None: all)."""
-    features = compute_customer_features(orders, as_of, optional_columns=optional_columns, window_days=settings.feature_window_days,
-                                         adaptive=ChangeRule.from_settings(settings) if settings.enable_adaptive_windows else None,
-                                         occasion_days=settings.btyd_occasion_days, rows=rows)
-    return features, features.loc[active_mask(features, settings.active_days)]
+                      rows: np.ndarray | None = None, statistics: FeatureStatistics | None = None) -> CustomerFeatures:
+    """The customers' features at D, as the settings define them, over the orders in `rows` (a boolean mask; None:
+    all), against the store's `statistics` (None: fitted on these orders)."""
+    features, fitted = features_and_statistics(
+        orders, as_of, optional_columns=optional_columns, window_days=settings.feature_window_days,
+        adaptive=ChangeRule.from_settings(settings) if settings.enable_adaptive_windows else None,
+        occasion_days=settings.btyd_occasion_days, rows=rows, statistics=statistics)
+    return CustomerFeatures(features, features.loc[active_mask(features, settings.active_days)], fitted)
 
 
 def next_order_dates(last_order_ts: pd.Series, days_after: np.ndarray) -> pd.Series:
@@ -165,6 +175,7 @@ class StoreProfiles:
     snapshot_columns: SnapshotColumns | None = None  # the numbers of the snapshot rows (ENABLE_TEMPORAL_SNAPSHOTS)
     snapshot_values: SnapshotValues | None = None  # the snapshot rows' JSON values as arrays (ENABLE_TEMPORAL_SNAPSHOTS)
     deferred: np.ndarray | None = None  # per profile row: its customer_profiles row waits for the run's next date (no JSON)
+    state: StoreState | None = None  # what the rows were scored against (None: no active customer)
 
     @property
     def axes(self) -> list[str]:
@@ -183,8 +194,9 @@ def build_store_profiles(
     optional_columns: tuple[str, ...] | list[str] = (),
     models: dict[str, AxisModel] | None = None,
     model_version: str | None = None,
-    features: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+    features: CustomerFeatures | None = None,
     active_later: pd.Index | None = None,
+    state: StoreState | None = None,
 ) -> StoreProfiles:
     """Profiles of the store's active customers at D. `orders` must already be cut at D + 1 day.
 
@@ -194,6 +206,9 @@ def build_store_profiles(
     `active_later`: the customers active at the run's next date (a backfill's range): their customer_profiles rows wait
     for it (StoreProfiles.deferred), so their JSON objects (dominant_segments, fuzzy_memberships, behavioral_features)
     are left empty; every other column and the snapshot values are whole.
+    `state`: the store's StoreState (store_state.py) when `orders` hold a part of its customers: they are scored
+    against it, nothing is fitted, and the rows are those the whole store's scoring gives them. Without it the
+    state is fitted here (StoreProfiles.state).
     """
     as_of = as_of_day(as_of)
     version = model_version or model_version_for(settings.clustering_algorithm.value, as_of)
@@ -203,7 +218,13 @@ def build_store_profiles(
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     progress.info("%s: features of %s orders", store_id, f"{len(orders):,}")
-    features, active = features if features is not None else customer_features(orders, as_of, settings, optional_columns)
+    if state is not None and models is not None:
+        raise ValueError(f"store {store_id}: a store state and models in force given: the state holds its models")
+    if features is None:
+        features = customer_features(orders, as_of, settings, optional_columns, statistics=None if state is None else state.statistics)
+    elif state is not None and features.statistics is not state.statistics:
+        raise ValueError(f"store {store_id}: features given were not measured against the store state given")
+    features, active, statistics = features
     seconds["features"] = time.perf_counter() - started
     large = len(orders) >= SMALL_ROWS  # a store whose freed pages are worth handing back between the stages below
     if large:
@@ -216,7 +237,12 @@ def build_store_profiles(
     started = time.perf_counter()
     progress.info("%s: segments of %s customers", store_id, f"{len(active):,}")
     contain = settings.enable_outlier_detection and settings.share("enable_outlier_detection") >= 1.0
-    if models is None:
+    if state is not None:
+        missing = [axis.name for axis in axes if axis.name not in state.models]
+        if missing:
+            raise ValueError(f"store {store_id}: the store state has no segments for axes {missing}")
+        segmentations = {axis.name: score_axis(active, axis, state.models[axis.name]) for axis in axes}
+    elif models is None:
         segmentations = fit_segments(active, axes, settings, contain)
     else:
         missing = [axis.name for axis in axes if axis.name not in models]
@@ -228,20 +254,26 @@ def build_store_profiles(
               if settings.enable_outlier_detection else None)
     # Outlier containment (ENABLE_OUTLIER_DETECTION): the default method's outliers stay out of the BTYD fits
     # and their predicted_ltv is capped, so a bot or a $50k order cannot bend the models for everyone else.
-    outside = density_outliers(segmentations, scaled) if contain else np.zeros(len(active), dtype=bool)
+    sizes = segment_sizes_of(segmentations) if state is None else state.segment_sizes  # micro segments: the store's
+    outside = density_outliers(segmentations, scaled, sizes) if contain else np.zeros(len(active), dtype=bool)
     seconds["segments"] = time.perf_counter() - started
     started = time.perf_counter()
     progress.info("%s: churn risk and LTV", store_id)
-    churn = fit_store_churn(features.drop(index=active.index[outside]) if outside.any() else features, orders, as_of, settings, store_id)
+    if state is None:
+        churn = fit_store_churn(features.drop(index=active.index[outside]) if outside.any() else features, orders, as_of, settings, store_id)
+    else:
+        churn = state.churn
     n_customers = len(features)
     del features  # every customer's features are not needed past the churn fit
     if large:
         release_memory()  # their pages, before the JSON text's Arrow buffers (which cannot reuse glibc's freed heap)
     scores = score_churn(churn, active, settings)
     churn_score, predicted_ltv, expected_purchases = scores.churn_risk_score, scores.predicted_ltv, scores.expected_purchases
-    ltv_cap = None
-    if outside.any() and (~outside).any():
-        ltv_cap = float(np.quantile(predicted_ltv[~outside], OUTLIER_LTV_CAP_QUANTILE))
+    if state is None:  # the cap is the store's: fitted wherever a part of it could have outliers
+        ltv_cap = float(np.quantile(predicted_ltv[~outside], OUTLIER_LTV_CAP_QUANTILE)) if contain and (~outside).any() else None
+        state = StoreState(statistics, {a: seg.model for a, seg in segmentations.items()}, sizes, _leveled(churn, scores), ltv_cap, models is None)
+    ltv_cap = state.ltv_cap if outside.any() else None
+    if ltv_cap is not None:
         predicted_ltv = np.where(outside, np.minimum(predicted_ltv, ltv_cap), predicted_ltv)
     seconds["churn_ltv"] = time.perf_counter() - started
     started = time.perf_counter()
@@ -259,7 +291,7 @@ def build_store_profiles(
     flags = None
     if settings.enable_outlier_detection:  # before the JSON text: the scaled features are not needed past the flags
         started_flags = time.perf_counter()
-        flags = outlier_flags(segmentations, scaled, customer_ids.to_numpy(object), f"{as_of:%Y-%m-%d}")
+        flags = outlier_flags(segmentations, scaled, customer_ids.to_numpy(object), f"{as_of:%Y-%m-%d}", sizes)
         if ltv_cap is not None:
             capped = (flags["method"] == "density").to_numpy() & np.tile(outside, len(flags) // len(outside))
             flags.loc[capped, "explanation"] = flags.loc[capped, "explanation"] + f"; left out of the model fits, predicted_ltv capped at {ltv_cap:.2f}"
@@ -317,7 +349,15 @@ def build_store_profiles(
         release_memory()  # the JSON's transient text, in Arrow's pool, before numpy's snapshot columns
     numbers = _snapshot_columns(profiles, segmentations, active, axes) if settings.enable_temporal_snapshots else None
     return StoreProfiles(store_id, as_of, profiles[PROFILE_COLUMNS], segmentations, churn, version, n_customers, seconds,
-                         fresh_fit=models is None, outliers=flags, snapshot_columns=numbers, snapshot_values=values, deferred=deferred)
+                         fresh_fit=state.fresh_fit, outliers=flags, snapshot_columns=numbers, snapshot_values=values, deferred=deferred,
+                         state=state)
+
+
+def _leveled(churn: ChurnModel, scores) -> ChurnModel:
+    """The churn model with its recalibration's level at D (the store's), for parts of the store scored with it."""
+    if churn.recalibration is None:
+        return churn
+    return replace(churn, recalibration=replace(churn.recalibration, shift=scores.recalibration_shift))
 
 
 def _at_rows(values: pd.Series, rows: np.ndarray, n: int) -> pd.Series:

@@ -82,9 +82,9 @@ def fit_period_models(
     chosen = fit_customers(orders, fit_day, settings)
     if chosen is not None:
         rows = seen_at(orders, fit_day) & is_in(orders["customer_id"], chosen)
-        _, active = customer_features(orders, fit_day, settings, optional_columns, rows=rows)
+        active = customer_features(orders, fit_day, settings, optional_columns, rows=rows).active
     elif active is None:
-        _, active = customer_features(orders, fit_day, settings, optional_columns, rows=seen_at(orders, fit_day))  # cut, not copied
+        active = customer_features(orders, fit_day, settings, optional_columns, rows=seen_at(orders, fit_day)).active  # cut, not copied
     if active.empty:
         return {}, pd.DataFrame(columns=TRANSITION_COLUMNS)
     models: dict[str, AxisModel] = {}

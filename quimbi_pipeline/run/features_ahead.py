@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from quimbi_pipeline.model.profiles import customer_features
+from quimbi_pipeline.model.profiles import CustomerFeatures, customer_features
 from quimbi_pipeline.runtime.threads import SMALL_ROWS, idle_cores, run_threads
 from quimbi_pipeline.settings import PipelineSettings
 
@@ -42,9 +42,6 @@ class StoreDate:
     n_orders: int
     orders: Callable[[], pd.DataFrame]
     optional_columns: tuple[str, ...]
-
-
-Features = tuple[pd.DataFrame, pd.DataFrame]  # customer_features' (every customer with a purchase, the active ones)
 
 
 class FeaturesAhead:
@@ -80,14 +77,14 @@ class FeaturesAhead:
             self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="features-ahead")
         self._pending = (unit, self._pool.submit(self._compute, unit))
 
-    def _compute(self, unit: StoreDate) -> Features:
+    def _compute(self, unit: StoreDate) -> CustomerFeatures:
         started = time.perf_counter()
         try:
             return customer_features(unit.orders(), unit.as_of, unit.settings, unit.optional_columns)
         finally:
             self.seconds += time.perf_counter() - started
 
-    def take(self, store: str, as_of: pd.Timestamp, settings: PipelineSettings) -> Features | None:
+    def take(self, store: str, as_of: pd.Timestamp, settings: PipelineSettings) -> CustomerFeatures | None:
         """The features computed ahead for this store-date under these settings (waiting for them if they are still
         being computed); None when none were, or their computation failed (the store-date computes them itself)."""
         if self._pending is None:

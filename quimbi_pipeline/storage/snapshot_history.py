@@ -177,7 +177,7 @@ class SnapshotHistoryReader:
             wanted, tables = self._day_blocks(day, lo, hi, with_features)
             if not tables:
                 continue
-            whole = pa.concat_tables([tables[b] for b in wanted])
+            whole = pa.concat_tables([tables[b] for b in wanted], promote_options="permissive")
             start, stop = _id_range(whole, lo, hi)
             if stop <= start:
                 continue
@@ -230,7 +230,7 @@ class SnapshotHistoryReader:
     def _population(self, day: pd.Timestamp, scoring: tuple | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
         if day in self.blocks:
             wanted, tables = self._day_blocks(day, None, None, True)
-            frame = decode_tables([pa.concat_tables([tables[b] for b in wanted])], [day])
+            frame = decode_tables([pa.concat_tables([tables[b] for b in wanted], promote_options="permissive")], [day])
             frame = frame[[c for c in frame.columns if c not in BASE_COLUMNS and not c.startswith(FEATURE_PREFIX + CHANGE_PREFIX)]]
             rows = None if scoring is None else [self._scored_block(day, b, tables[b], *scoring) for b in wanted]
             if rows is None or any(r is None for r in rows):

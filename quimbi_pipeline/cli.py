@@ -277,7 +277,9 @@ def run_dates(
     return len(summary.dates_failed)
 
 
-def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING", out=None, progress=False) -> RunSummary:
+def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING", out=None, progress=False, shard: int | None = None) -> RunSummary:
+    """run_dates' work, its summary returned. `shard` (0-based; `stores` one sharded store): that shard's profiles a date
+    at a time, and the store's drift of each date whose shards are then all written (what the sensor launches)."""
     out = out or sys.stdout
     if end < start:
         raise SystemExit(f"--to {end.date()} is before --from {start.date()}")
@@ -299,7 +301,9 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
         SNAPSHOTS_KEY,
     )
     from quimbi_pipeline.defs.profiles.jobs import DAILY_PIPELINE_JOB
+    from quimbi_pipeline.defs.profiles.schedules import SHARD_ASSETS
     from quimbi_pipeline.run import kept_pools
+    from quimbi_pipeline.settings import StoreSettings
     from quimbi_pipeline.sources.orders import one_version
     from quimbi_pipeline.storage import Warehouse
     from quimbi_pipeline.storage.leases import run_lease
@@ -310,6 +314,8 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
         run_config["resources"] = {"orders_source": {"config": {"uri": orders}}}
     if stores:
         run_config["ops"] = {step: {"config": {"stores": stores}} for step in (DAILY_STEP, DRIFT_STEP)}
+    if shard is not None:
+        run_config["ops"][DAILY_STEP]["config"]["shard"] = shard + 1
     saved_url = os.environ.get("QUIMBI_WAREHOUSE_URL")
     if warehouse:
         os.environ["QUIMBI_WAREHOUSE_URL"] = warehouse
@@ -332,12 +338,25 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
         # One set of small stores' worker processes for both steps of every date (steps run in this process here).
         with one_version(uri), run_lease(lease_wh, stores), kept_pools():
             done = 0
-            for chunk in date_runs(dates, backfill_dates_per_run()):
+            for chunk in date_runs(dates, 1 if shard is not None else backfill_dates_per_run()):
                 keys = [f"{day:%Y-%m-%d}" for day in chunk]
                 if line:
                     line.prefix = f"[{done + 1}/{len(dates)}] {keys[0]} " if len(keys) == 1 else f"[{done + 1}-{done + len(keys)}/{len(dates)}] "
                 started = time.perf_counter()
-                if len(keys) == 1:
+                drift_note = ""
+                if shard is not None:  # the shard's profiles; the store's drift once the date is whole
+                    result = job.execute_in_process(run_config=run_config, instance=instance, partition_key=keys[0], raise_on_error=False,
+                                                    asset_selection=SHARD_ASSETS)
+                    found = _run_metadata(result, DAILY_STEP)
+                    waiting = lease_wh.shards_missing(stores[0], keys[0], StoreSettings().for_store(stores[0]).store_shards) if result.success else None
+                    if result.success and waiting is None:
+                        drift_run = job.execute_in_process(run_config=run_config, instance=instance, partition_key=keys[0], raise_on_error=False,
+                                                           asset_selection=list(DRIFT_KEYS.values()))
+                        found.update(_run_metadata(drift_run, DRIFT_STEP))
+                        result = result if not drift_run.success else drift_run
+                    elif waiting is not None:
+                        drift_note = f"  drift waits: {waiting}"
+                elif len(keys) == 1:
                     result = job.execute_in_process(run_config=run_config, instance=instance, partition_key=keys[0], raise_on_error=False)
                 else:  # one run over the dates, as a UI backfill runs them (backfill_policy)
                     result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
@@ -345,7 +364,8 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
                 secs = time.perf_counter() - started
                 if line:
                     line.clear()
-                found = _run_metadata(result, DAILY_STEP, DRIFT_STEP)
+                if shard is None:
+                    found = _run_metadata(result, DAILY_STEP, DRIFT_STEP)
                 profiles, snapshots, outliers, drift = (found.get(k, {}) for k in (PROFILES_KEY, SNAPSHOTS_KEY, OUTLIERS_KEY, DRIFT_KEYS["customer_drift"]))
                 failed_days = {k for k in keys if profiles.get(f"date/{k}/stores_failed", 0) or drift.get(f"date/{k}/stores_failed", 0)}
                 if not result.success and not failed_days:  # a step failed as a whole: none of its dates is known good
@@ -361,6 +381,7 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
                     drift_rows = {name: found[k][f"date/{key}/rows"] for name, k in DRIFT_KEYS.items() if f"date/{key}/rows" in found.get(k, {})}
                     if any(drift_rows.values()):  # tables with rows (inside a run of several dates, the drift state is its last date's)
                         text += "  drift: " + ", ".join(f"{name} {drift_rows[name]:,}" for name in DRIFT_KEYS if drift_rows.get(name))
+                    text += drift_note
                     if first_order is not None and day < first_order:
                         text += f"  no orders up to this date (the source's first is {first_order:%Y-%m-%d})"
                         summary.dates_before_orders.append(key)
@@ -465,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--orders", help="orders source (default: QUIMBI_ORDERS, else demo)")
     run.add_argument("--warehouse", help="SQLAlchemy URL (default: QUIMBI_WAREHOUSE_URL, else the project's SQLite file)")
     run.add_argument("--stores", help="comma-separated store ids (default: all); each must have orders in the source")
+    run.add_argument("--shard", help="one shard of a sharded store (QUIMBI_STORE_SHARDS > 1; --stores names that one store), 1 to its "
+                                     "shard count: its profiles; the run that finds every shard of a date written also computes the store's drift")
     prune = sub.add_parser("prune", parents=[verbose], help="delete what the retention policy (QUIMBI_RETENTION_*_DAYS) expires, in every table")
     prune.add_argument("--warehouse", help="SQLAlchemy URL (default: QUIMBI_WAREHOUSE_URL, else the project's SQLite file)")
     prune.add_argument("--dry-run", action="store_true", help="count the expired rows per table, delete nothing")
@@ -500,8 +523,19 @@ def _command(args) -> int:
         stores = [s.strip() for s in args.stores.split(",") if s.strip()] if args.stores else None
         if args.end < args.start:
             raise SystemExit(f"--to {args.end.date()} is before --from {args.start.date()}")
+        shard = None
+        if args.shard is not None:
+            from quimbi_pipeline.run.sharded_store import shard_index
+
+            try:
+                shard = shard_index(args.shard)
+            except ValueError as exc:
+                raise SystemExit(f"--shard: {exc}") from None
+            if not stores or len(stores) != 1:
+                raise SystemExit("--shard: a shard belongs to one store: name it with --stores")
         url, _ = preflight(args.orders, args.warehouse, stores)
-        summary = execute_dates(args.start, args.end, orders=args.orders, warehouse=url, stores=stores, log_level=level, progress=progress)
+        summary = execute_dates(args.start, args.end, orders=args.orders, warehouse=url, stores=stores, log_level=level, progress=progress,
+                                shard=shard)
         print_summary(summary, url)
         return 1 if summary.dates_failed else 0
 

@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 progress = logging.getLogger("quimbi_pipeline.progress")
 
 
+class ShardsNotWritten(RuntimeError):
+    """A sharded store's date whose shards are not all written (run/shards.py): its drift cannot be computed yet."""
+
+
 @dataclass
 class DriftOutcome:
     store_id: str
@@ -243,6 +247,10 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
                  retention: RetentionPolicy, newest: pd.Timestamp | None = None, analyze: bool = True, blocks: BlockCache | None = None) -> DriftOutcome:
     started = time.perf_counter()
     progress.info("%s: drift", store)
+    if settings.store_shards > 1:  # a sharded store's drift reads every shard's snapshots of D
+        missing = warehouse.shards_missing(store, as_of, settings.store_shards)
+        if missing is not None:
+            raise ShardsNotWritten(f"the drift of {as_of.date()} waits for the store's shards: {missing}")
     windows = settings.drift_windows
     found = _drift_reader(warehouse, store, as_of, settings, retention, blocks)
     if found is None:

@@ -34,6 +34,7 @@ from quimbi_pipeline.model.profiles import (
 from quimbi_pipeline.model.segment_identity import fit_period_models, refit_anchor
 from quimbi_pipeline.model.segmentation import AxisModel
 from quimbi_pipeline.run.features_ahead import FeaturesAhead, StoreDate
+from quimbi_pipeline.run.shards import ShardWork
 from quimbi_pipeline.runtime.memory import release_memory
 from quimbi_pipeline.runtime.threads import SMALL_ROWS, limited_threads, run_threads
 from quimbi_pipeline.settings import PipelineSettings
@@ -101,16 +102,18 @@ def failed_outcome(store: str, as_of: pd.Timestamp, exc: Exception) -> StoreOutc
 
 def run_one_store(warehouse: Warehouse, store: str, orders: pd.DataFrame, as_of: pd.Timestamp, optional_columns,
                   settings: PipelineSettings, snapshot_types: list[str], active_later: pd.Index | None = None,
-                  analyze: bool = True, ahead: FeaturesAhead | None = None, then: Callable[[], StoreDate | None] | None = None) -> StoreOutcome:
+                  analyze: bool = True, ahead: FeaturesAhead | None = None, then: Callable[[], StoreDate | None] | None = None,
+                  sharded: ShardWork | None = None) -> StoreOutcome:
     """One store's profiles of D computed, written and verified (in the main process or a store_pool worker);
     a failure is recorded in the outcome, never raised. `active_later`: the customers active at the run's next date
     (a backfill's range): their customer_profiles rows are left to it (the snapshots of D are whole). `analyze=False`:
     the date's snapshot partition's statistics are left to the run (run_profiles_partition, after all its stores).
     `ahead`, `then`: the store's features may have been computed ahead (features_ahead.py); once they are at hand, the
-    store-date `then()` names is started there."""
+    store-date `then()` names is started there. `sharded`: `orders` are one shard's customers (run/shards.py), scored
+    against the store state given and written as that shard."""
     try:
         with limited_threads(len(orders), run_threads(settings.threads), automatic=settings.threads == 0):
-            return _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later, analyze, ahead, then)
+            return _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later, analyze, ahead, then, sharded)
     except Exception as exc:  # one store's failure is recorded and the others go on
         return failed_outcome(store, as_of, exc)
     finally:
@@ -164,7 +167,10 @@ def _handed_over(cached):
     return value
 
 
-def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later, analyze, ahead, then) -> StoreOutcome:
+def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later, analyze, ahead, then, sharded) -> StoreOutcome:
+    if sharded is not None:
+        result = build_store_profiles(orders, store, as_of, settings, optional_columns, model_version=sharded.version, state=sharded.state)
+        return _write_store(store, as_of, warehouse, settings, snapshot_types, analyze, result, sharded.model_frame, sharded.transitions, sharded)
     models = version = transitions = None
     new_models = pd.DataFrame()
     waited = time.perf_counter()
@@ -192,6 +198,14 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
         result.seconds["stable_models"] = model_seconds
     if features_seconds is not None:
         result.seconds["features"] = features_seconds  # computing them, or waiting for those computed ahead
+    return _write_store(store, as_of, warehouse, settings, snapshot_types, analyze, result, new_models, transitions)
+
+
+def _write_store(store, as_of, warehouse: Warehouse, settings: PipelineSettings, snapshot_types, analyze, result: StoreProfiles,
+                 new_models: pd.DataFrame, transitions, sharded: ShardWork | None = None) -> StoreOutcome:
+    """A store's (or a shard's) profiles written and verified: its outcome."""
+    shard = None if sharded is None else sharded.shard
+    customer_range = (None, None) if shard is None else shard.customer_range
     started = time.perf_counter()
     changed = snapshot_customers = None
     customer_ids = pd.Index(result.profiles["customer_id"].astype(str))
@@ -215,7 +229,8 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
     check_rows("customer_outlier_flags", result.outliers)
     progress.info("%s: writing %s profiles", store, f"{len(result.profiles):,}")
     written = warehouse.write_profiles_partition(store, as_of, result.profiles, model_frame, snapshot_types, changed, transitions, result.outliers,
-                                                 snapshot_customers, blocks, result.snapshot_values, deferred, analyze)
+                                                 snapshot_customers, blocks, result.snapshot_values, deferred, analyze, shard,
+                                                 "" if sharded is None else sharded.digest)
     result.seconds["write"] = time.perf_counter() - started
     if snapshot_types:
         result.seconds["write_snapshots"] = written["snapshot_seconds"]  # part of "write"
@@ -225,7 +240,7 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
     progress.info("%s: verifying", store)
     notes = list(result.churn.notes) if result.churn else []
     try:
-        checks = _verify(warehouse, store, as_of, written_ids, bool(snapshot_types))
+        checks = _verify(warehouse, store, as_of, written_ids, bool(snapshot_types), customer_range)
     except sa.exc.SQLAlchemyError as exc:  # the store is committed: a failed check after it cannot undo that
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         log.warning("store %s %s: written, but verifying it failed: %s", store, as_of.date(), reason)
@@ -249,20 +264,23 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
     )
 
 
-def _verify(warehouse: Warehouse, store: str, as_of: pd.Timestamp, expected: pd.Index, snapshots: bool) -> dict:
+def _verify(warehouse: Warehouse, store: str, as_of: pd.Timestamp, expected: pd.Index, snapshots: bool,
+            customer_range: tuple[str | None, str | None] = (None, None)) -> dict:
     """The checks' inputs, read back from the warehouse after the store's commit. `expected`: the customers whose rows D
-    writes (the active ones but those a backfill's next date writes, which that date checks)."""
-    reads = {"stored": lambda: warehouse.profile_dates_since(store, as_of),
-             "stats": (lambda: warehouse.snapshot_stats(store, as_of)) if snapshots else (lambda: {"rows_by_type": {}, "duplicate_keys": 0})}
+    writes (the active ones but those a backfill's next date writes, which that date checks); `customer_range`: the
+    shard's (run/shards.py), whose rows alone are read."""
+    lo, hi = customer_range
+    reads = {"stored": lambda: warehouse.profile_dates_since(store, as_of, customer_range),
+             "stats": (lambda: warehouse.snapshot_stats(store, as_of, customer_range)) if snapshots else (lambda: {"rows_by_type": {}, "duplicate_keys": 0})}
     if not warehouse.is_postgres or len(expected) < SIDE_BY_SIDE_CHECK_ROWS:
-        reads["violations"] = lambda: warehouse.membership_sum_violations(store, as_of)
+        reads["violations"] = lambda: warehouse.membership_sum_violations(store, as_of, customer_range=customer_range)
         done = {name: read() for name, read in reads.items()}
     else:
         # Each read is one PostgreSQL backend on one core, and the memberships' sums (JSONB parsed) are most of the
         # time: the reads side by side, the sums in two halves of the customers (1M customers: 15 s -> 8 s).
         pivot = _median_id(expected)
-        reads["violations"] = lambda: warehouse.membership_sum_violations(store, as_of, customer_range=(None, pivot))
-        reads["violations_upper"] = lambda: warehouse.membership_sum_violations(store, as_of, customer_range=(pivot, None))
+        reads["violations"] = lambda: warehouse.membership_sum_violations(store, as_of, customer_range=(lo, pivot))
+        reads["violations_upper"] = lambda: warehouse.membership_sum_violations(store, as_of, customer_range=(pivot, hi))
         with concurrent.futures.ThreadPoolExecutor(len(reads), thread_name_prefix="verify") as pool:
             futures = {name: pool.submit(read) for name, read in reads.items()}
             done = {name: future.result() for name, future in futures.items()}

@@ -18,6 +18,7 @@ from quimbi_pipeline.history.snapshots import snapshot_types_for
 from quimbi_pipeline.model.features import active_orders
 from quimbi_pipeline.run.features_ahead import FeaturesAhead, StoreDate
 from quimbi_pipeline.run.one_store import StoreOutcome, failed_outcome, run_one_store
+from quimbi_pipeline.run.sharded_store import run_sharded_store
 from quimbi_pipeline.run.store_pool import end_kept_pools, pool_workers_for, run_in_pool
 from quimbi_pipeline.runtime.threads import SMALL_ROWS
 from quimbi_pipeline.settings import PipelineSettings, StoreSettings, settings_for_store
@@ -51,6 +52,7 @@ def run_profiles_partition(
     snapshot_types: list[str] | None = None,
     later_day=None,
     ahead: FeaturesAhead | None = None,
+    shard: int | None = None,
 ) -> PartitionReport:
     """Compute, write and verify customer_profiles of partition D for `stores` (default: all stores).
 
@@ -62,6 +64,8 @@ def run_profiles_partition(
     `ahead`: the run's FeaturesAhead across its dates (default: one for this date): while a store of this process (not
     a worker's) is scored and written, the next one's features (after the last, the first one's at `later_day`) are
     computed in the background, where FeaturesAhead.wanted says it pays.
+    A store with QUIMBI_STORE_SHARDS > 1 runs its shards in turn (sharded_store.py), or only shard `shard` (0-based;
+    a store with one shard is then an error); its rows wait for no later date.
     """
     as_of = as_of_day(as_of)
     types = snapshot_types_for(as_of) if snapshot_types is None else list(snapshot_types)
@@ -79,6 +83,7 @@ def run_profiles_partition(
     outcomes: list[StoreOutcome] = []
     small: list[tuple[str, PipelineSettings, np.ndarray]] = []
     large: list[tuple[str, PipelineSettings, np.ndarray]] = []
+    sharded: list[tuple[str, PipelineSettings, np.ndarray]] = []
     # One store: its write refreshes the date's snapshot statistics. Several: the run does, once, after them all.
     analyze_each = len(wanted) <= 1
 
@@ -112,7 +117,11 @@ def run_profiles_partition(
             outcomes.append(failed_outcome(store, as_of, exc))
             continue
         rows = rows_of.get(store, np.zeros(0, dtype="int64"))
-        (small if len(rows) < SMALL_ROWS else large).append((store, store_settings, rows))
+        if shard is not None and (store_settings.store_shards == 1 or not 0 <= shard < store_settings.store_shards):
+            outcomes.append(StoreOutcome(store, False, error=f"no shard {shard + 1}: the store has {store_settings.store_shards} "
+                                                             "(QUIMBI_STORE_SHARDS); run it without a shard, or name one of its shards"))
+            continue
+        (sharded if store_settings.store_shards > 1 else small if len(rows) < SMALL_ROWS else large).append((store, store_settings, rows))
 
     workers = pool_workers_for([store_settings for _, store_settings, _ in small], warehouse.url)
     in_process = large + ([] if workers else small)  # in this process, one after the other
@@ -134,6 +143,10 @@ def run_profiles_partition(
             if len(rows) >= SMALL_ROWS:
                 end_kept_pools()
             outcomes.append(run_one_store(warehouse, *job(store, store_settings, rows), ahead=features_ahead, then=lambda i=i: following(i)))
+    for store, store_settings, rows in sharded:
+        end_kept_pools()
+        outcomes.append(run_sharded_store(warehouse, store, _store_orders(orders, rows), as_of, validated.optional_columns, store_settings,
+                                          types if store_settings.enable_temporal_snapshots else [], analyze_each, shard))
     if workers:
         log.info("%d small stores in %d worker processes", len(small), workers)
         outcomes += run_in_pool((job(*s) for s in small), warehouse.url, workers, lambda store, message: StoreOutcome(store, False, error=message))

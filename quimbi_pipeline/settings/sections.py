@@ -137,6 +137,8 @@ class ResourceSettings(Section):
     """Resources"""
 
     threads: int = Field(0, ge=0, le=512, description="BLAS/OpenMP threads of a run: 0 = the usable cores divided by QUIMBI_CONCURRENT_RUNS. Small stores always run single-threaded.")
+    store_shards: int = Field(1, ge=1, le=1024, description="Shards a store's customers are split into (ranges of customer ids; set per store in the flags file): each can run as a run of its own, on another machine (deploy/README.md). 1 = the store in one piece.")
+    shard_sample_customers: int = Field(100_000, ge=1000, description="A sharded store's models (segments, churn, the detectors' priors) are fitted on this many of its customers, chosen by a hash of their ids, and shared by its shards.")
 
 
 class FeatureFlags(Section):

@@ -14,6 +14,7 @@ exactly that partition's rows and a failure leaves the previous rows intact.
   drift_inputs;
 - outlier_tables.py: customer_outlier_flags, outlier_rates;
 - model_tables.py: segment_models, segment_transitions;
+- shard_tables.py: store_shards (the written shards of a sharded store's dates);
 - snapshot_history.py: a store's snapshot history as numbers (what drift reads);
 - prune.py: retention of every table, beside runs (leases.py: run_leases); migrate.py: upgrading a warehouse written by an
   earlier version.
@@ -64,6 +65,7 @@ from quimbi_pipeline.storage.profile_tables import (
     customer_profiles,
     normalize_profiles,
 )
+from quimbi_pipeline.storage.shard_tables import ShardStore, store_shards
 from quimbi_pipeline.storage.snapshot_tables import (
     HISTORY_VIEW,
     LAYOUTS,
@@ -81,7 +83,7 @@ from quimbi_pipeline.storage.snapshot_tables import (
 )
 
 
-class Warehouse(ProfileStore, SnapshotStore, DriftStore, OutlierStore, ModelStore, Connection):
+class Warehouse(ProfileStore, SnapshotStore, DriftStore, OutlierStore, ModelStore, ShardStore, Connection):
     """One warehouse: every table family's writes and reads over one connection layer."""
 
     def _finish_schema(self, conn: sa.Connection) -> None:
@@ -93,5 +95,5 @@ __all__ = [
     "DATE_PARTITIONED", "DRIFT_TABLES", "HISTORY_VIEW", "JSON_COLUMNS", "LAYOUTS", "NeedsMigration", "PG_SCHEMA", "SNAPSHOT_COPIED_COLUMNS", "SNAPSHOT_PARTITION_PREFIX", "SNAPSHOTS", "SNAPSHOTS_VIEW",
     "Warehouse", "AXIS_DRIFT_VIEW", "customer_drift", "customer_drift_anomalies", "customer_outlier_flags",
     "customer_profiles", "data_dir", "default_warehouse_url", "drift_inputs", "drop_postgres_schema", "existing_only", "masked_url", "metadata", "normalize_profiles",
-    "outlier_rates", "pending_migration", "population_drift", "prefetched", "profile_snapshots", "resolve_warehouse_url", "run_leases", "segment_models", "segment_transitions", "snapshot_blocks", "snapshot_layouts", "snapshot_writes",
+    "outlier_rates", "pending_migration", "population_drift", "prefetched", "profile_snapshots", "resolve_warehouse_url", "run_leases", "segment_models", "segment_transitions", "snapshot_blocks", "snapshot_layouts", "snapshot_writes", "store_shards",
 ]

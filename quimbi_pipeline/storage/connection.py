@@ -271,6 +271,27 @@ class Connection:
     def qualified(self, table: str) -> str:
         return f"{PG_SCHEMA}.{table}" if self.is_postgres else table
 
+    def insert_new(self, conn: sa.Connection, table: sa.Table, rows: list[dict], update: list[str] | None = None) -> None:
+        """Insert `rows`, leaving a row whose key is already there as it is, or with `update`, setting those columns
+        from the new row: safe beside another transaction writing the same keys (store shards written side by side),
+        where reading first and inserting what is missing is not."""
+        if not rows:
+            return
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert = (postgresql if self.is_postgres else sqlite).insert(table)
+        keys = [c.name for c in table.primary_key.columns]
+        statement = (insert.on_conflict_do_nothing(index_elements=keys) if not update else
+                     insert.on_conflict_do_update(index_elements=keys, set_={c: insert.excluded[c] for c in update}))
+        conn.execute(statement, rows)
+
+    def customer_range_clause(self, column: sa.ColumnElement, customer_range: tuple[str | None, str | None]) -> sa.ColumnElement:
+        """customer_range_sql as a SQLAlchemy condition on `column` (true when the range is unbounded)."""
+        lo, hi = customer_range
+        compared = column.collate("C") if self.is_postgres else column
+        clauses = ([compared >= lo] if lo is not None else []) + ([compared < hi] if hi is not None else [])
+        return sa.and_(sa.true(), *clauses)
+
     def customer_range_sql(self, customer_range: tuple[str | None, str | None], params: dict, column: str = "customer_id") -> str:
         """" AND ..." conditions keeping `column` in [lo, hi) (None: unbounded) in code-point order, as Python compares
         ids (slice bounds and split points are computed in Python); lo and hi are added to `params`."""

@@ -128,6 +128,10 @@ class DriftStore:
         copy_seconds = 0.0
         self.prepare_date_partitions([table.name for table in tables], day)
         with self.engine.begin() as conn:
+            if self.is_postgres:
+                # Two writers of one store's date (a sharded store's last shards finishing together) wait for each other
+                # here: the later one's delete then sees the earlier one's rows (SQLite writes one at a time anyway).
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"drift|{store_id}|{day}"})
             for table in tables:
                 self._ensure_date_partition(conn, table.name, day)
                 conn.execute(sa.delete(table).where(table.c.store_id == store_id, table.c.as_of_date == day))

@@ -50,19 +50,23 @@ outlier_rates = sa.Table(
 
 
 class OutlierStore:
-    def _replace_outlier_flags(self, conn: sa.Connection, store_id: str, day, outliers: pd.DataFrame, left_to_next: bool = False) -> None:
+    def _replace_outlier_flags(self, conn: sa.Connection, store_id: str, day, outliers: pd.DataFrame, left_to_next: bool = False,
+                               shard=None) -> None:
         """In the caller's transaction: the store's flags and rates of the date become `outliers`'; the
         unflagged rows are kept for the store's newest date only. `left_to_next`: the run's next date follows for this
-        store (a backfill's range), whose write would cut this date's unflagged rows: they are not written."""
+        store (a backfill's range), whose write would cut this date's unflagged rows: they are not written. `shard`
+        (run/shards.Shard): the flags of its customer range only; the rates wait for every shard (store_shards)."""
         day = pd.Timestamp(day).date()
         self._ensure_date_partition(conn, "customer_outlier_flags", day)
         flags, rates = customer_outlier_flags, outlier_rates
         newest = conn.execute(sa.select(sa.func.max(flags.c.flag_date)).where(flags.c.store_id == store_id)).scalar()
         newest = None if newest is None else pd.Timestamp(newest).date()
         if newest is not None and day <= newest:  # a date after the newest has no rows yet (the daily run): no scan for them
-            conn.execute(sa.delete(flags).where(flags.c.store_id == store_id, flags.c.flag_date == day))
-        conn.execute(sa.delete(rates).where(rates.c.store_id == store_id, rates.c.flag_date == day))
-        by_method = outliers.groupby("method")["is_outlier"].agg(["size", "sum"])
+            within = sa.true() if shard is None else self.customer_range_clause(flags.c.customer_id, shard.customer_range)
+            conn.execute(sa.delete(flags).where(flags.c.store_id == store_id, flags.c.flag_date == day, within))
+        by_method = outliers.groupby("method")["is_outlier"].agg(["size", "sum"]) if shard is None else []
+        if shard is None:
+            conn.execute(sa.delete(rates).where(rates.c.store_id == store_id, rates.c.flag_date == day))
         if len(by_method):
             conn.execute(sa.insert(rates), [{"store_id": store_id, "flag_date": day, "method": str(m), "customers": int(n), "flagged": int(k)}
                                             for m, (n, k) in by_method.iterrows()])

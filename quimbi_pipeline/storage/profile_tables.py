@@ -84,7 +84,7 @@ class ProfileStore:
         self, store_id: str, as_of, profiles: pd.DataFrame, models: pd.DataFrame, snapshot_types: list[str] | tuple = (),
         changed: pd.Index | None = None, transitions: pd.DataFrame | None = None, outliers: pd.DataFrame | None = None,
         snapshot_customers: pd.Index | None = None, blocks: list[dict] | None = None, snapshot_values: SnapshotValues | None = None,
-        deferred: np.ndarray | None = None, analyze: bool = True,
+        deferred: np.ndarray | None = None, analyze: bool = True, shard=None, state_digest: str = "",
     ) -> dict:
         """Replace store S's rows of partition D in one transaction.
 
@@ -104,8 +104,13 @@ class ProfileStore:
         only, and their JSON objects may be empty; with it, the date's unflagged outlier rows are left out too (the
         next date's write cuts them). `analyze=False`: the date's snapshot partition is left for the
         caller's analyze_date_partitions (a run of several stores).
+        `shard` (run/shards.Shard, with the `state_digest` of the store state its rows were scored against): the
+        rows are one shard of the store's customers: only its customer range is replaced (the profiles, snapshots,
+        blocks and outlier flags of D), the first shard alone writes `models` and `transitions`, and the shard is
+        recorded in store_shards; the store's outlier_rates of D are written once every shard is.
         """
         as_of_date = pd.Timestamp(as_of).date()
+        customer_range = (None, None) if shard is None else shard.customer_range
         cols = [c.name for c in customer_profiles.columns]
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in ("store_id", "customer_id"))
         target = self.qualified("customer_profiles")
@@ -113,7 +118,8 @@ class ProfileStore:
                                      as_of_date)
         with self.engine.begin() as conn:
             deleted = conn.execute(
-                sa.delete(customer_profiles).where(customer_profiles.c.store_id == store_id, customer_profiles.c.profile_date == as_of_date)
+                sa.delete(customer_profiles).where(customer_profiles.c.store_id == store_id, customer_profiles.c.profile_date == as_of_date,
+                                                   self.customer_range_clause(customer_profiles.c.customer_id, customer_range))
             ).rowcount
             written, stage_ref, values, archetypes = 0, None, None, None
             if len(profiles):
@@ -138,17 +144,22 @@ class ProfileStore:
             snapshots = 0
             if snapshot_types:
                 snapshots = self._replace_snapshots(conn, store_id, as_of_date, stage_ref if len(profiles) else None, snapshot_types,
-                                                    changed, snapshot_customers, values, archetypes)
+                                                    changed, snapshot_customers, values, archetypes, customer_range)
             snapshot_seconds = time.perf_counter() - snapshot_started
             blocks_started = time.perf_counter()
             if snapshot_types:
-                self.replace_snapshot_blocks(conn, store_id, as_of_date, blocks if len(profiles) else None)
+                self.replace_snapshot_blocks(conn, store_id, as_of_date, blocks if len(profiles) else None, shard)
                 self._log_snapshot_write(conn, store_id, as_of_date)
             block_seconds = time.perf_counter() - blocks_started
-            self._replace_models(conn, store_id, models)
+            if shard is None or shard.first:  # the shards' shared models: one shard writes them
+                self._replace_models(conn, store_id, models)
+                self._replace_transitions(conn, store_id, transitions)
             if outliers is not None:
-                self._replace_outlier_flags(conn, store_id, as_of_date, outliers, left_to_next=deferred is not None)
-            self._replace_transitions(conn, store_id, transitions)
+                self._replace_outlier_flags(conn, store_id, as_of_date, outliers, left_to_next=deferred is not None, shard=shard)
+            if shard is not None:
+                self._record_shard(conn, store_id, as_of_date, shard, state_digest, len(profiles), outliers)
+        if shard is not None and outliers is not None:
+            self.write_shard_outlier_rates(store_id, as_of_date, shard.shards)  # after the commit: the last shard's sees every shard
         analyze_started = time.perf_counter()
         if snapshot_types and analyze:
             self.analyze_date_partition("profile_snapshots", as_of_date, written=int(snapshots or 0))
@@ -167,12 +178,11 @@ class ProfileStore:
         frame = self.read_sql(f"SELECT * FROM {self.qualified('customer_profiles')}{where} ORDER BY store_id, customer_id", params)
         return normalize_profiles(frame)
 
-    def profile_dates_since(self, store_id: str, profile_date) -> pd.DataFrame:
-        """customer_id and profile_date of the store's rows dated D or later."""
-        frame = self.read_sql(
-            f"SELECT customer_id, profile_date FROM {self.qualified('customer_profiles')} WHERE store_id = :s AND profile_date >= :d",
-            {"s": store_id, "d": pd.Timestamp(profile_date).date()},
-        )
+    def profile_dates_since(self, store_id: str, profile_date, customer_range: tuple[str | None, str | None] = (None, None)) -> pd.DataFrame:
+        """customer_id and profile_date of the store's rows dated D or later (of the customers in `customer_range`)."""
+        params = {"s": store_id, "d": pd.Timestamp(profile_date).date()}
+        sql = f"SELECT customer_id, profile_date FROM {self.qualified('customer_profiles')} WHERE store_id = :s AND profile_date >= :d"
+        frame = self.read_sql(sql + self.customer_range_sql(customer_range, params), params)
         frame["customer_id"] = frame["customer_id"].astype(str)
         frame["profile_date"] = pd.to_datetime(frame["profile_date"])
         return frame

@@ -1,7 +1,7 @@
 """Retention for every table the pipeline writes (RetentionPolicy in snapshots.py), in bulk, per store.
 
-- snapshots by type (Warehouse.prune_snapshots: the type's bit cleared, a row without types deleted); snapshot_blocks and snapshot_writes go
-  with the last snapshot of their date;
+- snapshots by type (Warehouse.prune_snapshots: the type's bit cleared, a row without types deleted); snapshot_blocks,
+  snapshot_writes and store_shards go with the last snapshot of their date;
 - the drift tables, anomalies, drift inputs, population drift and outlier flags by date (TABLE_RETENTION),
   counted from the store's newest date in that table, as the snapshots are; customer_drift (with
   its axes, the customer_axis_drift view) keeps `drift` days (1 = the current state) and are also cut at every drift write;
@@ -156,10 +156,13 @@ def _prune(wh: Warehouse, policy: RetentionPolicy, leased: frozenset[str]) -> pd
                 if store not in leased:
                     rows.append({"table": table, "store_id": store, "cutoff": cutoff, "deleted": expire_dated_rows(wh, conn, table, store, cutoff)})
         rows += _prune_models(wh, conn, policy, leased)
-        # Bookkeeping of snapshot dates no snapshot is kept of (a rewrite of such a date starts afresh).
-        writes, snaps = wh.qualified("snapshot_writes"), wh.qualified("profile_snapshots")
-        conn.execute(sa.text(f"DELETE FROM {writes} WHERE NOT EXISTS (SELECT 1 FROM {snaps} s "
-                             f"WHERE s.store_id = {writes}.store_id AND s.snapshot_date = {writes}.snapshot_date)"
-                             + (f" AND store_id NOT IN ({', '.join(f':l{i}' for i in range(len(leased)))})" if leased else "")),
-                     {f"l{i}": s for i, s in enumerate(sorted(leased))})
+        # Bookkeeping of snapshot dates no snapshot is kept of (a rewrite of such a date starts afresh): the snapshot
+        # writes and a sharded store's written shards.
+        snaps = wh.qualified("profile_snapshots")
+        for table, day in (("snapshot_writes", "snapshot_date"), ("store_shards", "as_of_date")):
+            kept = wh.qualified(table)
+            conn.execute(sa.text(f"DELETE FROM {kept} WHERE NOT EXISTS (SELECT 1 FROM {snaps} s "
+                                 f"WHERE s.store_id = {kept}.store_id AND s.snapshot_date = {kept}.{day})"
+                                 + (f" AND store_id NOT IN ({', '.join(f':l{i}' for i in range(len(leased)))})" if leased else "")),
+                         {f"l{i}": s for i, s in enumerate(sorted(leased))})
     return pd.DataFrame(rows, columns=["table", "store_id", "cutoff", "deleted"])

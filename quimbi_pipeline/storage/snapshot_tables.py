@@ -58,6 +58,8 @@ DERIVED_COLUMNS = (*JSON_COLUMNS, *ARCHETYPE_COLUMNS, "model_version")
 SNAPSHOTS = "profile_snapshots"
 SNAPSHOTS_VIEW = "customer_profile_snapshots"  # the analysts' name: a row per (customer, date, type)
 LAYOUTS = "snapshot_layouts"
+# Snapshot block numbers per shard of a sharded store (run/shards.py): shard k's blocks are k * SHARD_BLOCKS onwards.
+SHARD_BLOCKS = 1_000_000
 
 
 class HistoryWindow(NamedTuple):
@@ -275,15 +277,16 @@ class SnapshotStore:
 
     def _replace_snapshots(self, conn: sa.Connection, store_id: str, day, stage_ref: str | None, snapshot_types,
                            changed: pd.Index | None, snapshot_customers: pd.Index | None, values: SnapshotValues | None,
-                           archetypes: pd.DataFrame | None) -> int:
+                           archetypes: pd.DataFrame | None, customer_range: tuple[str | None, str | None] = (None, None)) -> int:
         """In the caller's transaction: the store's snapshots dated `day` become the staged profiles
         (`stage_ref`, staged with their value arrays in `values.layout`; None: no profiles) with the date's
         calendar types, limited to `snapshot_customers`, and the profile_change type for the `changed`
-        customers; `archetypes` (archetype_dictionary) are the profiles' archetypes. Returns the rows written
-        (a row per customer)."""
+        customers; `archetypes` (archetype_dictionary) are the profiles' archetypes; `customer_range`: only the store's
+        snapshots of those customers are replaced (a shard). Returns the rows written (a row per customer)."""
         self._ensure_date_partition(conn, SNAPSHOTS, day)
         snap = profile_snapshots
-        conn.execute(sa.delete(snap).where(snap.c.store_id == store_id, snap.c.snapshot_date == day))
+        conn.execute(sa.delete(snap).where(snap.c.store_id == store_id, snap.c.snapshot_date == day,
+                                           self.customer_range_clause(snap.c.customer_id, customer_range)))
         if stage_ref is None or values is None or archetypes is None:
             return 0
         calendar, change = type_mask(snapshot_types), TYPE_BITS[PROFILE_CHANGE]
@@ -307,13 +310,13 @@ class SnapshotStore:
         ident = layout_id(layout)
         known = conn.execute(sa.select(sa.func.count()).select_from(snapshot_layouts).where(
             snapshot_layouts.c.store_id == store_id, snapshot_layouts.c.layout_id == ident)).scalar_one()
+        # insert_new: the shards of a store, written side by side, may both find a layout or an archetype missing.
         if not known:
-            conn.execute(sa.insert(snapshot_layouts), [{**row, "store_id": store_id, "layout_id": ident} for row in layout.rows().to_dict("records")])
+            self.insert_new(conn, snapshot_layouts, [{**row, "store_id": store_id, "layout_id": ident} for row in layout.rows().to_dict("records")])
         held = set(conn.execute(sa.select(snapshot_archetypes.c.dominant_positions).where(
             snapshot_archetypes.c.store_id == store_id, snapshot_archetypes.c.layout_id == ident)).scalars())
         new = archetypes[~archetypes["dominant_positions"].isin(held)]
-        if len(new):
-            conn.execute(sa.insert(snapshot_archetypes), [{**row, "store_id": store_id, "layout_id": ident} for row in new.to_dict("records")])
+        self.insert_new(conn, snapshot_archetypes, [{**row, "store_id": store_id, "layout_id": ident} for row in new.to_dict("records")])
         return ident
 
     def _insert_snapshots(self, conn: sa.Connection, ident: int, mask_sql: str, from_sql: str) -> int:
@@ -376,9 +379,8 @@ class SnapshotStore:
 
     def _log_snapshot_write(self, conn: sa.Connection, store_id: str, day) -> None:
         """snapshot_writes: when the store's snapshots of the date were written (drift_tables reads it)."""
-        conn.execute(sa.delete(snapshot_writes).where(snapshot_writes.c.store_id == store_id, snapshot_writes.c.snapshot_date == day))
-        conn.execute(sa.insert(snapshot_writes), [{"store_id": store_id, "snapshot_date": day,
-                                                   "written_at": pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%dT%H:%M:%S.%f")}])
+        self.insert_new(conn, snapshot_writes, [{"store_id": store_id, "snapshot_date": day,
+                                                 "written_at": pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%dT%H:%M:%S.%f")}], update=["written_at"])
 
     @property
     def snapshots_partitioned(self) -> bool:
@@ -459,12 +461,18 @@ class SnapshotStore:
             return None
         return rows if rows[-1]["snapshot_date"] == guess else None
 
-    def replace_snapshot_blocks(self, conn: sa.Connection, store_id: str, day, blocks: list[dict] | None) -> None:
-        """In the caller's transaction: the store's snapshot_blocks of the date become `blocks`."""
+    def replace_snapshot_blocks(self, conn: sa.Connection, store_id: str, day, blocks: list[dict] | None, shard=None) -> None:
+        """In the caller's transaction: the store's snapshot_blocks of the date become `blocks`; a `shard`'s (run/shards.Shard)
+        are numbered from index * SHARD_BLOCKS and replace that shard's (the last shard's, every block from there)."""
         day = pd.Timestamp(day).date()
-        conn.execute(sa.delete(snapshot_blocks).where(snapshot_blocks.c.store_id == store_id, snapshot_blocks.c.snapshot_date == day))
+        b = snapshot_blocks
+        first = 0 if shard is None else shard.index * SHARD_BLOCKS
+        within = sa.true() if shard is None else sa.and_(b.c.block >= first, sa.true() if shard.index == shard.shards - 1 else b.c.block < first + SHARD_BLOCKS)
+        conn.execute(sa.delete(b).where(b.c.store_id == store_id, b.c.snapshot_date == day, within))
         if blocks:
-            conn.execute(sa.insert(snapshot_blocks), [{**b, "store_id": store_id, "snapshot_date": day} for b in blocks])
+            if len(blocks) > SHARD_BLOCKS:
+                raise ValueError(f"store {store_id}: {len(blocks)} snapshot blocks in one shard (at most {SHARD_BLOCKS:,})")
+            conn.execute(sa.insert(b), [{**block, "block": first + block["block"], "store_id": store_id, "snapshot_date": day} for block in blocks])
 
     # ---- snapshots ------------------------------------------------------------------------------
     def snapshot_sources(self, store_id: str, start, end, kept_at: tuple | None = None) -> pd.DataFrame:
@@ -564,20 +572,26 @@ class SnapshotStore:
             {"s": store_id, "d": pd.Timestamp(day).date()})["customer_id"].astype(str).sort_values(kind="stable").to_numpy()
         return [str(v) for v in ids[chunk_customers::chunk_customers]]
 
-    def _rows_by_type(self, conn: sa.Connection, store_id: str, snapshot_date) -> dict[str, int]:
-        """{type: rows} of a store's snapshots dated D, as rows of the view (grouped by the date's few type sets)."""
+    def _rows_by_type(self, conn: sa.Connection, store_id: str, snapshot_date, customer_range: tuple[str | None, str | None] = (None, None)) -> dict[str, int]:
+        """{type: rows} of a store's snapshots dated D (of the customers in `customer_range`), as rows of the view
+        (grouped by the date's few type sets)."""
+        params = {"s": store_id, "d": pd.Timestamp(snapshot_date).date()}
+        within = self.customer_range_sql(customer_range, params)
         sets = conn.execute(sa.text(f"SELECT snapshot_types, count(*) FROM {self.qualified(SNAPSHOTS)} WHERE store_id = :s AND snapshot_date = :d "
-                                    "GROUP BY snapshot_types"), {"s": store_id, "d": pd.Timestamp(snapshot_date).date()}).all()
+                                    f"{within} GROUP BY snapshot_types"), params).all()
         counts = {t: sum(int(n) for mask, n in sets if int(mask) & bit) for t, bit in TYPE_BITS.items()}
         return {t: n for t, n in counts.items() if n}
 
-    def snapshot_stats(self, store_id: str, snapshot_date) -> dict:
-        """Rows per type and duplicate keys of a store's snapshots dated D (the checks' inputs)."""
+    def snapshot_stats(self, store_id: str, snapshot_date, customer_range: tuple[str | None, str | None] = (None, None)) -> dict:
+        """Rows per type and duplicate keys of a store's snapshots dated D (of the customers in `customer_range`): the
+        checks' inputs."""
         params = {"s": store_id, "d": pd.Timestamp(snapshot_date).date()}
+        within = self.customer_range_sql(customer_range, params)
         dupes = (f"SELECT count(*) FROM (SELECT 1 FROM {self.qualified(SNAPSHOTS)} WHERE store_id = :s AND snapshot_date = :d "
-                 "GROUP BY customer_id HAVING count(*) > 1) d")
+                 f"{within} GROUP BY customer_id HAVING count(*) > 1) d")
         with self.engine.connect() as conn:
-            return {"rows_by_type": self._rows_by_type(conn, store_id, snapshot_date), "duplicate_keys": int(conn.execute(sa.text(dupes), params).scalar_one())}
+            return {"rows_by_type": self._rows_by_type(conn, store_id, snapshot_date, customer_range),
+                    "duplicate_keys": int(conn.execute(sa.text(dupes), params).scalar_one())}
 
     def last_snapshot_memberships(self, store_id: str, before) -> pd.Series:
         """Each customer's fuzzy_memberships (JSON text) from their newest snapshot dated before D."""

@@ -32,6 +32,7 @@ from quimbi_pipeline.run import (
     run_profiles_partition,
     write_left_rows,
 )
+from quimbi_pipeline.run.sharded_store import shard_index
 from quimbi_pipeline.settings import ClusteringAlgorithm, StoreSettings
 from quimbi_pipeline.storage.leases import hold, release
 
@@ -54,6 +55,9 @@ class ProfilesConfig(dg.Config):
     """Run config (launchpad). Empty stores = every store in the source; unset values come from the environment."""
 
     stores: list[str] = []
+    # One shard of a sharded store (QUIMBI_STORE_SHARDS > 1; `stores` names that one store): 1 to its shard count.
+    # The store's drift then runs once every shard is written (the sharded_store_drift sensor).
+    shard: int | None = None
     active_days: int | None = None
     min_k: int | None = None
     max_k: int | None = None
@@ -69,7 +73,7 @@ class ProfilesConfig(dg.Config):
 
     def settings(self) -> StoreSettings:
         """Per-store settings: environment < flags file (QUIMBI_FLAGS_FILE) < this run config; validated here, before any work."""
-        return StoreSettings(self.model_dump(exclude={"stores"}))
+        return StoreSettings(self.model_dump(exclude={"stores", "shard"}))
 
 
 def date_keys(reports: list[PartitionReport]) -> list[str]:
@@ -181,6 +185,8 @@ def daily_profiles(
     """One step per run: for each of its dates in order (one, or a backfill's range), profiles, then (flag on) that
     date's snapshots, written per store in one transaction. The orders are read and validated once per run."""
     dates = context.partition_keys  # YYYY-MM-DD, UTC dates, oldest first
+    if config.shard is not None and len(config.stores) != 1:
+        raise dg.Failure(description=f"shard {config.shard}: a shard belongs to one store: name exactly one in `stores` (got {len(config.stores)})")
     size_thread_pools(context)
     settings = config.settings()
     selected = context.selected_asset_keys
@@ -200,7 +206,7 @@ def daily_profiles(
                         progress.info("date %d of %d: %s", i, len(dates), day)
                     later = dates[i] if i < len(dates) else None  # its customers active then get their profile row there
                     reports.append(run_profiles_partition(validated, day, wh, settings, config.stores or None, snapshot_types=types_of[day],
-                                                          later_day=later, ahead=ahead))
+                                                          later_day=later, ahead=ahead, shard=shard_index(config.shard)))
                     if len(reports) > 1:
                         write_left_rows(validated, wh, settings, reports[-2], types_of[dates[i - 2]], reports[-1].failed)
                     if len(dates) > 1:  # the run's page shows how far a backfill's run has come

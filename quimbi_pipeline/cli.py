@@ -221,8 +221,9 @@ def serve(warehouse: str | None, host: str | None, port: int, workers: int = 1, 
     return 0
 
 
-def preflight(orders: str | None, warehouse: str | None, stores: list[str] | None) -> tuple[str, str]:
-    """Check settings, the warehouse and the orders before any date runs; returns (warehouse URL, orders URI)."""
+def preflight(orders: str | None, warehouse: str | None, stores: list[str] | None, read_orders: bool = True) -> tuple[str, str]:
+    """Check settings, the warehouse and the orders before any date runs; returns (warehouse URL, orders URI).
+    `read_orders=False` (a shard's run, which reads its own part of the orders): the orders are not read here."""
 
     from quimbi_pipeline.settings import StoreSettings
     from quimbi_pipeline.sources.orders import OrdersSourceError, load_orders_cached
@@ -233,6 +234,8 @@ def preflight(orders: str | None, warehouse: str | None, stores: list[str] | Non
         raise UserError(f"{exc}\nFix the environment variable or the flags file (QUIMBI_FLAGS_FILE) named above; `quimbi --help` lists the settings.") from exc
     url = open_warehouse(warehouse).url
     uri = orders or value("QUIMBI_ORDERS")
+    if not read_orders:
+        return url, uri
     try:
         validated = load_orders_cached(uri, warehouse_url=url, bad_rows=settings.default.bad_rows)
     except OrdersSourceError as exc:
@@ -329,7 +332,7 @@ def execute_dates(start, end, *, orders, warehouse, stores, log_level="WARNING",
     summary = RunSummary()
     dates = pd.date_range(start, end, freq="D")
     uri = orders or value("QUIMBI_ORDERS")
-    first_order = _first_order_day(uri)
+    first_order = _first_order_day(uri) if shard is None else None  # a shard's run reads no more of the orders than its own
     started_all = time.perf_counter()
     lease_wh = Warehouse(warehouse)  # the URL as the job resolves it (the environment was set above)
     try:
@@ -533,7 +536,7 @@ def _command(args) -> int:
                 raise SystemExit(f"--shard: {exc}") from None
             if not stores or len(stores) != 1:
                 raise SystemExit("--shard: a shard belongs to one store: name it with --stores")
-        url, _ = preflight(args.orders, args.warehouse, stores)
+        url, _ = preflight(args.orders, args.warehouse, stores, read_orders=shard is None)
         summary = execute_dates(args.start, args.end, orders=args.orders, warehouse=url, stores=stores, log_level=level, progress=progress,
                                 shard=shard)
         print_summary(summary, url)

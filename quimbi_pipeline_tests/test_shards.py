@@ -132,7 +132,7 @@ def test_the_plan_is_the_same_for_any_order_of_ids_and_its_ranges_cover_every_id
         lo, hi = plan.shard(k).customer_range
         inside = np.array([(lo is None or i >= lo) and (hi is None or i < hi) for i in ids])
         assert np.array_equal(inside, shard_of == k) and inside.sum() > 1000
-    assert sample_keys(np.array(["c1"], dtype=object))[0] == "a9f7e979"  # md5("c1")[:8], as PostgreSQL's substr(md5(...), 1, 8)
+    assert sample_keys(np.array(["c1"], dtype=object))[0] == 0xA9F7E979  # md5("c1")'s first 4 bytes, as PostgreSQL's substr(md5(...), 1, 8)
 
 
 def test_the_schedule_runs_each_shard_of_a_sharded_store_apart():
@@ -186,3 +186,43 @@ def test_shard_runs_and_the_sensor_s_drift_run_through_dagster(sqlite_url, tmp_p
     warehouse = Warehouse(sqlite_url)
     assert len(warehouse.read_sql("SELECT * FROM customer_drift")) > 2000
     warehouse.dispose()
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv", "sql"])
+def test_a_shard_s_rows_read_alone_are_those_the_whole_source_gives_it(kind, warehouse_url, tmp_path):
+    """store_part.py: the store's customer ids, and the rows of a shard's range and the sample, read from a Parquet file
+    (an Arrow scan), a sql: table (the filter in the query) or a CSV (read whole and cut), are what validating the whole
+    source gives those customers; blanks around ids and a row without a store id (the default store) included."""
+    from quimbi_pipeline.run.sharded_store import load_shard_orders
+    from quimbi_pipeline.sources.orders import DEFAULT_STORE, load_orders
+    from quimbi_pipeline.sources.store_part import store_customer_ids
+
+    raw = generate_demo(n_customers=5000, n_stores=2, seed=8).orders
+    raw["customer_id"] = raw["customer_id"].astype(str)
+    raw.loc[raw.index[::7], "customer_id"] = "  " + raw.loc[raw.index[::7], "customer_id"] + " "
+    raw["store_id"] = raw["store_id"].astype(object)
+    raw.loc[raw["store_id"] == "store_b", "store_id"] = None  # store_b's rows: the default store's
+    raw["order_ts"] = raw["order_ts"].astype(str)
+    if kind == "sql":
+        warehouse = Warehouse(warehouse_url)
+        raw.to_sql("shard_orders", warehouse.engine, schema="platform" if warehouse.is_postgres else None, index=False, if_exists="replace")
+        warehouse.dispose()
+        uri = "sql:shard_orders"
+    else:
+        uri = str(tmp_path / f"orders.{kind}")
+        raw.to_parquet(uri, index=False) if kind == "parquet" else raw.to_csv(uri, index=False)
+    whole = load_orders(uri, warehouse_url=warehouse_url).orders
+    settings = PipelineSettings(store_shards=3, shard_sample_customers=1000)
+    for store in ("store_a", DEFAULT_STORE):
+        of_store = whole[whole["store_id"] == store]
+        ids = store_customer_ids(uri, store, warehouse_url)
+        assert ids.tolist() == sorted(of_store["customer_id"].unique())
+        for shard in range(3):
+            validated, plan = load_shard_orders(uri, store, shard, settings, warehouse_url)
+            lo, hi = plan.shard(shard).customer_range
+            wanted = of_store[of_store["customer_id"].isin(set(plan.sample)) | of_store["customer_id"].map(
+                lambda c: (lo is None or c >= lo) and (hi is None or c < hi))]
+            key = ["order_id"]
+            pd.testing.assert_frame_equal(validated.orders.sort_values(key, ignore_index=True)[list(whole.columns)],
+                                          wanted.sort_values(key, ignore_index=True), check_dtype=False)
+            assert 0 < len(validated.orders) < len(of_store)

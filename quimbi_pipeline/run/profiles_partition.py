@@ -18,7 +18,8 @@ from quimbi_pipeline.history.snapshots import snapshot_types_for
 from quimbi_pipeline.model.features import active_orders
 from quimbi_pipeline.run.features_ahead import FeaturesAhead, StoreDate
 from quimbi_pipeline.run.one_store import StoreOutcome, failed_outcome, run_one_store
-from quimbi_pipeline.run.sharded_store import run_sharded_store
+from quimbi_pipeline.run.sharded_store import run_sharded_store, store_plan
+from quimbi_pipeline.run.shards import ShardPlan
 from quimbi_pipeline.run.store_pool import end_kept_pools, pool_workers_for, run_in_pool
 from quimbi_pipeline.runtime.threads import SMALL_ROWS
 from quimbi_pipeline.settings import PipelineSettings, StoreSettings, settings_for_store
@@ -53,6 +54,7 @@ def run_profiles_partition(
     later_day=None,
     ahead: FeaturesAhead | None = None,
     shard: int | None = None,
+    shard_plan: ShardPlan | None = None,
 ) -> PartitionReport:
     """Compute, write and verify customer_profiles of partition D for `stores` (default: all stores).
 
@@ -65,7 +67,9 @@ def run_profiles_partition(
     a worker's) is scored and written, the next one's features (after the last, the first one's at `later_day`) are
     computed in the background, where FeaturesAhead.wanted says it pays.
     A store with QUIMBI_STORE_SHARDS > 1 runs its shards in turn (sharded_store.py), or only shard `shard` (0-based;
-    a store with one shard is then an error); its rows wait for no later date.
+    a store with one shard is then an error); its rows wait for no later date. `shard_plan`: the plan `validated` was
+    read for (sharded_store.load_shard_orders: one shard's and the sample's orders); without it, each sharded store's
+    plan comes from its customer ids in `validated`.
     """
     as_of = as_of_day(as_of)
     types = snapshot_types_for(as_of) if snapshot_types is None else list(snapshot_types)
@@ -145,8 +149,10 @@ def run_profiles_partition(
             outcomes.append(run_one_store(warehouse, *job(store, store_settings, rows), ahead=features_ahead, then=lambda i=i: following(i)))
     for store, store_settings, rows in sharded:
         end_kept_pools()
+        ids = orders["customer_id"].take(np.flatnonzero(store_codes == store_names.get_loc(store))).unique() if store in store_names else []
+        plan = shard_plan or store_plan(np.asarray(ids, dtype=object), store_settings)
         outcomes.append(run_sharded_store(warehouse, store, _store_orders(orders, rows), as_of, validated.optional_columns, store_settings,
-                                          types if store_settings.enable_temporal_snapshots else [], analyze_each, shard))
+                                          types if store_settings.enable_temporal_snapshots else [], analyze_each, plan, shard))
     if workers:
         log.info("%d small stores in %d worker processes", len(small), workers)
         outcomes += run_in_pool((job(*s) for s in small), warehouse.url, workers, lambda store, message: StoreOutcome(store, False, error=message))

@@ -8,24 +8,45 @@ import functools
 import hashlib
 import logging
 
+import numpy as np
 import pandas as pd
 
 from quimbi_pipeline.model.profiles import build_store_profiles, customer_features, segment_model_rows
 from quimbi_pipeline.run.one_store import StoreOutcome, failed_outcome, resolve_stable_models, run_one_store
 from quimbi_pipeline.run.shards import ShardPlan, ShardWork, plan_shards, sample_orders, shard_orders
-from quimbi_pipeline.settings import PipelineSettings
+from quimbi_pipeline.settings import PipelineSettings, deployment
+from quimbi_pipeline.sources.orders import TS_FORMAT_SETTING, ValidatedOrders, validate_orders
+from quimbi_pipeline.sources.store_part import store_customer_ids, store_rows_of
 from quimbi_pipeline.storage import Warehouse
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger("quimbi_pipeline.progress")
 
 
+def load_shard_orders(uri: str, store: str, shard: int, settings: PipelineSettings, warehouse_url: str | None,
+                      bad_rows: str = "reject_store") -> tuple[ValidatedOrders, ShardPlan]:
+    """A shard's run's orders, read alone (sources/store_part.py): the store's customer ids give the plan, then the rows
+    of the shard's customers and of the sample are read and validated. Problems are those of the rows read (a
+    duplicate order id shared with another shard's customer goes unseen)."""
+    plan = store_plan(store_customer_ids(uri, store, warehouse_url), settings)
+    if not 0 <= shard < plan.shards:
+        raise ValueError(f"store {store}: no shard {shard + 1}: the store has {plan.shards} (QUIMBI_STORE_SHARDS)")
+    raw = store_rows_of(uri, store, plan.shard(shard).customer_range, plan.sample, warehouse_url)
+    progress.info("%s: %s order rows of shard %d of %d and its sample read", store, f"{len(raw):,}", shard + 1, plan.shards)
+    return validate_orders(raw, bad_rows=bad_rows, ts_format=deployment.value(TS_FORMAT_SETTING)), plan
+
+
+def store_plan(customer_ids, settings: PipelineSettings) -> ShardPlan:
+    """The store's shard plan from every customer id of the store in the source (not only those seen at D: every date
+    of the store has the same shards while no customer is added)."""
+    return plan_shards(np.asarray(customer_ids, dtype=object), settings.store_shards, settings.shard_sample_customers)
+
+
 def shard_work(warehouse: Warehouse, store: str, orders: pd.DataFrame, as_of: pd.Timestamp, optional_columns,
-               settings: PipelineSettings) -> tuple[ShardPlan, ShardWork]:
-    """The store's shard plan at D and what its shards share: the state fitted on the plan's sample (with the stable
-    segment models in force, fitted on the sample's customers when the period has none yet). `orders`: the store's,
-    cut at D + 1 day. The returned ShardWork is shard 1's; `dataclasses.replace(work, shard=plan.shard(k))` another's."""
-    plan = plan_shards(orders["customer_id"].astype(str).unique(), settings.store_shards, settings.shard_sample_customers)
+               settings: PipelineSettings, plan: ShardPlan) -> ShardWork:
+    """What the store's shards share at D: the state fitted on the plan's sample (with the stable segment models in
+    force, fitted on the sample's customers when the period has none yet). `orders`: the store's (or a shard's and
+    the sample's), cut at D + 1 day. The ShardWork returned is shard 1's."""
     sample = sample_orders(orders, plan)
     progress.info("%s: store state on a sample of %s customers", store, f"{plan.sample.size:,}")
     models = version = transitions = None
@@ -40,8 +61,7 @@ def shard_work(warehouse: Warehouse, store: str, orders: pd.DataFrame, as_of: pd
         raise ValueError(f"store {store}: none of the {plan.sample.size:,} sampled customers is active at {as_of.date()}: no store state "
                          "to score its shards with (raise QUIMBI_SHARD_SAMPLE_CUSTOMERS, or run the store in one shard)")
     model_frame = segment_model_rows(fitted) if fitted.fresh_fit else new_models
-    return plan, ShardWork(plan.shard(0), fitted.state, fitted.model_version, model_frame, transitions,
-                           _digest(plan, sample, settings))
+    return ShardWork(plan.shard(0), fitted.state, fitted.model_version, model_frame, transitions, _digest(plan, sample, settings))
 
 
 def _digest(plan: ShardPlan, sample: pd.DataFrame, settings: PipelineSettings) -> str:
@@ -53,11 +73,12 @@ def _digest(plan: ShardPlan, sample: pd.DataFrame, settings: PipelineSettings) -
 
 
 def run_sharded_store(warehouse: Warehouse, store: str, orders: pd.DataFrame, as_of: pd.Timestamp, optional_columns,
-                      settings: PipelineSettings, snapshot_types: list[str], analyze: bool, shard: int | None = None) -> StoreOutcome:
+                      settings: PipelineSettings, snapshot_types: list[str], analyze: bool, plan: ShardPlan,
+                      shard: int | None = None) -> StoreOutcome:
     """Shard `shard` (0-based) of the store at D, or every shard in turn (None): the same tables either way. A failure
     is recorded in the outcome, never raised; a shard that fails does not stop the next."""
     try:
-        plan, first = shard_work(warehouse, store, orders, as_of, optional_columns, settings)
+        first = shard_work(warehouse, store, orders, as_of, optional_columns, settings, plan)
         indices = range(plan.shards) if shard is None else [shard]
         works = [first if k == 0 else ShardWork(plan.shard(k), first.state, first.version, first.model_frame, first.transitions, first.digest)
                  for k in indices]

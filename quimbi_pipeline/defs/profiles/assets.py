@@ -32,7 +32,7 @@ from quimbi_pipeline.run import (
     run_profiles_partition,
     write_left_rows,
 )
-from quimbi_pipeline.run.sharded_store import shard_index
+from quimbi_pipeline.run.sharded_store import load_shard_orders, shard_index
 from quimbi_pipeline.settings import ClusteringAlgorithm, StoreSettings
 from quimbi_pipeline.storage.leases import hold, release
 
@@ -197,7 +197,12 @@ def daily_profiles(
         # The run's lease on its stores (storage/leases.py): pruning leaves them alone until the drift step ends it.
         hold(wh, context.run.run_id, config.stores or None)
         try:
-            validated = orders_source.load(wh.url, settings.default.bad_rows)
+            shard, plan = shard_index(config.shard), None
+            if shard is None:
+                validated = orders_source.load(wh.url, settings.default.bad_rows)
+            else:  # a shard's run reads its customers' and the sample's orders alone
+                validated, plan = load_shard_orders(orders_source.resolved_uri(), config.stores[0], shard, settings.for_store(config.stores[0]),
+                                                    wh.url, settings.default.bad_rows)
             # Many small stores: one set of worker processes for all the run's dates; large ones: the next date's
             # features computed while a date is written (features_ahead.py).
             with kept_pools(), FeaturesAhead() as ahead:
@@ -206,7 +211,7 @@ def daily_profiles(
                         progress.info("date %d of %d: %s", i, len(dates), day)
                     later = dates[i] if i < len(dates) else None  # its customers active then get their profile row there
                     reports.append(run_profiles_partition(validated, day, wh, settings, config.stores or None, snapshot_types=types_of[day],
-                                                          later_day=later, ahead=ahead, shard=shard_index(config.shard)))
+                                                          later_day=later, ahead=ahead, shard=shard, shard_plan=plan))
                     if len(reports) > 1:
                         write_left_rows(validated, wh, settings, reports[-2], types_of[dates[i - 2]], reports[-1].failed)
                     if len(dates) > 1:  # the run's page shows how far a backfill's run has come

@@ -67,7 +67,8 @@ def shard_work(warehouse: Warehouse, store: str, orders: pd.DataFrame, as_of: pd
 def _digest(plan: ShardPlan, sample: pd.DataFrame, settings: PipelineSettings) -> str:
     """What the state depends on: the ranges, the sample's orders and the computation's settings (not the threads)."""
     digest = hashlib.sha1("\x1f".join(plan.bounds).encode())
-    digest.update(pd.util.hash_pandas_object(sample, index=False).to_numpy().tobytes())
+    # The rows' hashes sorted: a sql: source returns rows in no fixed order.
+    digest.update(np.sort(pd.util.hash_pandas_object(sample, index=False).to_numpy()).tobytes())
     digest.update(settings.model_dump_json(exclude={"threads"}).encode())
     return digest.hexdigest()
 

@@ -226,3 +226,15 @@ def test_a_shard_s_rows_read_alone_are_those_the_whole_source_gives_it(kind, war
             pd.testing.assert_frame_equal(validated.orders.sort_values(key, ignore_index=True)[list(whole.columns)],
                                           wanted.sort_values(key, ignore_index=True), check_dtype=False)
             assert 0 < len(validated.orders) < len(of_store)
+
+
+@pytest.mark.postgres
+def test_the_sample_keys_are_what_postgresql_computes_from_the_ids(pg_url):
+    """A source could pick a store's sample itself: PostgreSQL's ('x' || substr(md5(id), 1, 8))::bit(32)::bigint is the key."""
+    ids = np.array(["c1", "k3-c0004521", "é-ü", " padded"], dtype=object)
+    warehouse = Warehouse(pg_url)
+    try:
+        found = [warehouse.fetch_rows("SELECT ('x' || substr(md5(:c), 1, 8))::bit(32)::bigint AS k", {"c": c})[0]["k"] for c in ids]
+    finally:
+        warehouse.dispose()
+    assert found == sample_keys(ids).tolist()

@@ -67,7 +67,8 @@ def store_rows_of(uri: str, store: str, customer_range: tuple[str | None, str | 
         if hi is not None:
             in_range = in_range & (ident < hi)
         chosen = in_range | ident.isin(wanted)
-        return dataset.to_table(filter=_store_filter(dataset, store) & chosen, batch_size=SCAN_BATCH_ROWS).to_pandas()
+        table = dataset.to_table(filter=_store_filter(dataset, store) & chosen, batch_size=SCAN_BATCH_ROWS)
+        return table.to_pandas(split_blocks=True, self_destruct=True)  # each column's Arrow buffers freed as it is converted
     if uri.startswith("sql:"):
         with _engine(warehouse_url) as engine, engine.begin() as conn:
             ref, where, params = _sql_store(conn, uri, store)

@@ -149,8 +149,10 @@ def run_profiles_partition(
             outcomes.append(run_one_store(warehouse, *job(store, store_settings, rows), ahead=features_ahead, then=lambda i=i: following(i)))
     for store, store_settings, rows in sharded:
         end_kept_pools()
-        ids = orders["customer_id"].take(np.flatnonzero(store_codes == store_names.get_loc(store))).unique() if store in store_names else []
-        plan = shard_plan or store_plan(np.asarray(ids, dtype=object), store_settings)
+        plan = shard_plan
+        if plan is None:  # every customer id of the store in the orders (not only those seen at D), as the source holds them
+            ids = orders["customer_id"].take(np.flatnonzero(store_codes == store_names.get_loc(store))).unique() if store in store_names else []
+            plan = store_plan(np.asarray(ids, dtype=object), store_settings)
         outcomes.append(run_sharded_store(warehouse, store, _store_orders(orders, rows), as_of, validated.optional_columns, store_settings,
                                           types if store_settings.enable_temporal_snapshots else [], analyze_each, plan, shard))
     if workers:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -81,8 +82,7 @@ def run_sharded_store(warehouse: Warehouse, store: str, orders: pd.DataFrame, as
     try:
         first = shard_work(warehouse, store, orders, as_of, optional_columns, settings, plan)
         indices = range(plan.shards) if shard is None else [shard]
-        works = [first if k == 0 else ShardWork(plan.shard(k), first.state, first.version, first.model_frame, first.transitions, first.digest)
-                 for k in indices]
+        works = [replace(first, shard=plan.shard(k)) for k in indices]
     except Exception as exc:  # one store's failure is recorded and the others go on
         return failed_outcome(store, as_of, exc)
     outcomes = []

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from quimbi_pipeline.model.store_state import StoreState
+from quimbi_pipeline.sources.store_part import in_customer_range
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,6 @@ class ShardPlan:
         edges = (None, *self.bounds, None)
         return Shard(index, self.shards, edges[index], edges[index + 1])
 
-    def shard_of(self, customer_ids: np.ndarray) -> np.ndarray:
-        """Each id's shard index."""
-        return np.searchsorted(np.asarray(self.bounds, dtype=object), np.asarray(customer_ids, dtype=object), side="right")
-
 
 def sample_keys(customer_ids: np.ndarray) -> np.ndarray:
     """The first 4 bytes of each id's MD5 (of its UTF-8 bytes) as an unsigned integer: the same on any machine, and in
@@ -95,20 +92,9 @@ def plan_shards(customer_ids: np.ndarray, shards: int, sample_customers: int) ->
     return ShardPlan(shards, bounds, sample)
 
 
-def in_range(customer_ids: pd.Series, customer_range: tuple[str | None, str | None]) -> np.ndarray:
-    """Which ids are in [lo, hi) (Arrow strings compare by code point, as Python does)."""
-    lo, hi = customer_range
-    keep = np.ones(len(customer_ids), dtype=bool)
-    if lo is not None:
-        keep &= (customer_ids >= lo).to_numpy(dtype=bool)
-    if hi is not None:
-        keep &= (customer_ids < hi).to_numpy(dtype=bool)
-    return keep
-
-
 def shard_orders(orders: pd.DataFrame, shard: Shard) -> pd.DataFrame:
     """The orders of the shard's customers."""
-    return orders.loc[in_range(orders["customer_id"], shard.customer_range)]
+    return orders.loc[in_customer_range(orders["customer_id"], shard.customer_range)]
 
 
 def sample_orders(orders: pd.DataFrame, plan: ShardPlan) -> pd.DataFrame:

@@ -87,12 +87,19 @@ def store_rows_of(uri: str, store: str, customer_range: tuple[str | None, str | 
     raw = _whole_store(uri, store, warehouse_url)
     ids = raw["customer_id"].astype("string").str.strip()
     keep = ids.isin(pd.Index(np.asarray(customer_ids, dtype=object))).fillna(False).to_numpy(bool)
-    in_range = ids.notna().to_numpy(bool).copy()
+    return raw.loc[keep | in_customer_range(ids, customer_range)].reset_index(drop=True)
+
+
+def in_customer_range(customer_ids: pd.Series, customer_range: tuple[str | None, str | None]) -> np.ndarray:
+    """Which ids are in [lo, hi) (None: unbounded; a missing id is in none): Arrow strings compare by code point, as
+    Python and the warehouse's range conditions (Connection.customer_range_sql) do."""
+    lo, hi = customer_range
+    keep = customer_ids.notna().to_numpy(bool).copy()
     if lo is not None:
-        in_range &= (ids >= lo).fillna(False).to_numpy(bool)
+        keep &= (customer_ids >= lo).fillna(False).to_numpy(bool)
     if hi is not None:
-        in_range &= (ids < hi).fillna(False).to_numpy(bool)
-    return raw.loc[keep | in_range].reset_index(drop=True)
+        keep &= (customer_ids < hi).fillna(False).to_numpy(bool)
+    return keep
 
 
 def _store_filter(dataset: ds.Dataset, store: str) -> ds.Expression:

@@ -49,6 +49,19 @@ outlier_rates = sa.Table(
 )
 
 
+def outlier_counts(outliers: pd.DataFrame | None) -> dict[str, list[int]]:
+    """{method: [customers, flagged]} of outlier flag rows (what outlier_rates keeps of a store's date)."""
+    if outliers is None or outliers.empty:
+        return {}
+    by_method = outliers.groupby("method")["is_outlier"].agg(["size", "sum"])
+    return {str(m): [int(n), int(k)] for m, (n, k) in by_method.iterrows()}
+
+
+def rate_rows(store_id: str, day, counts: dict[str, list[int]]) -> list[dict]:
+    """outlier_rates rows of a store's date from outlier_counts."""
+    return [{"store_id": store_id, "flag_date": day, "method": m, "customers": n, "flagged": k} for m, (n, k) in sorted(counts.items())]
+
+
 class OutlierStore:
     def _replace_outlier_flags(self, conn: sa.Connection, store_id: str, day, outliers: pd.DataFrame, left_to_next: bool = False,
                                shard=None) -> None:
@@ -62,14 +75,13 @@ class OutlierStore:
         newest = conn.execute(sa.select(sa.func.max(flags.c.flag_date)).where(flags.c.store_id == store_id)).scalar()
         newest = None if newest is None else pd.Timestamp(newest).date()
         if newest is not None and day <= newest:  # a date after the newest has no rows yet (the daily run): no scan for them
-            within = sa.true() if shard is None else self.customer_range_clause(flags.c.customer_id, shard.customer_range)
+            within = self.customer_range_clause(flags.c.customer_id, (None, None) if shard is None else shard.customer_range)
             conn.execute(sa.delete(flags).where(flags.c.store_id == store_id, flags.c.flag_date == day, within))
-        by_method = outliers.groupby("method")["is_outlier"].agg(["size", "sum"]) if shard is None else []
         if shard is None:
             conn.execute(sa.delete(rates).where(rates.c.store_id == store_id, rates.c.flag_date == day))
-        if len(by_method):
-            conn.execute(sa.insert(rates), [{"store_id": store_id, "flag_date": day, "method": str(m), "customers": int(n), "flagged": int(k)}
-                                            for m, (n, k) in by_method.iterrows()])
+            rows = rate_rows(store_id, day, outlier_counts(outliers))
+            if rows:
+                conn.execute(sa.insert(rates), rows)
         is_newest = newest is None or day >= newest
         kept = outliers if is_newest and not left_to_next else outliers[outliers["is_outlier"].astype(bool)]
         if len(kept):

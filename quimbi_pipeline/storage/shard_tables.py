@@ -15,7 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from quimbi_pipeline.storage.connection import metadata
-from quimbi_pipeline.storage.outlier_tables import outlier_rates
+from quimbi_pipeline.storage.outlier_tables import outlier_counts, outlier_rates, rate_rows
 
 store_shards = sa.Table(
     "store_shards", metadata,
@@ -30,13 +30,6 @@ store_shards = sa.Table(
     sa.Column("outlier_counts", sa.Text, nullable=False),  # JSON {method: [customers, flagged]}
     sa.Column("written_at", sa.Text, nullable=False),
 )
-
-
-def outlier_counts(outliers: pd.DataFrame | None) -> dict[str, list[int]]:
-    if outliers is None or outliers.empty:
-        return {}
-    by_method = outliers.groupby("method")["is_outlier"].agg(["size", "sum"])
-    return {str(m): [int(n), int(k)] for m, (n, k) in by_method.iterrows()}
 
 
 class ShardStore:
@@ -89,8 +82,6 @@ class ShardStore:
                 total = totals.setdefault(method, [0, 0])
                 total[0] += n
                 total[1] += k
-        day = pd.Timestamp(day).date()
         with self.engine.begin() as conn:
-            self.insert_new(conn, outlier_rates, [{"store_id": store_id, "flag_date": day, "method": m, "customers": n, "flagged": k}
-                                                  for m, (n, k) in sorted(totals.items())], update=["customers", "flagged"])
+            self.insert_new(conn, outlier_rates, rate_rows(store_id, pd.Timestamp(day).date(), totals), update=["customers", "flagged"])
         return True

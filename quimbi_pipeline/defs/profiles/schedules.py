@@ -1,5 +1,5 @@
 """The daily schedule: at 03:00 UTC, the previous day's partition, one run per batch of stores, and one run per shard
-of each sharded store (QUIMBI_STORE_SHARDS > 1: its profiles; its drift once every shard is written, shard_sensors.py)."""
+of each sharded store (QUIMBI_STORE_SHARDS > 1: its profiles; its drift once every shard is written, defs/drift/shards.py)."""
 
 from datetime import timedelta
 

@@ -12,10 +12,16 @@ from quimbi_pipeline.drift.measures import (
     axis_entries,
     axis_frame,
     compute_drift,
-    population_drift,
-    psi,
     segment_position,
     window_drift,
+)
+from quimbi_pipeline.drift.population import (
+    POPULATION_COLUMNS,
+    PopulationSide,
+    SlicesDiffer,
+    population_drift,
+    population_rows,
+    psi,
 )
 
 AXIS = "purchase_value"
@@ -155,6 +161,70 @@ def test_population_drift_share_shift_and_psi():
     same = population_drift(ref, ref, "2026-10-01", "2026-10-28").set_index("axis").loc[AXIS]
     assert same["segment_share_shift"] == 0 and same["feature_psi"] == pytest.approx(0.0, abs=1e-9)
     assert psi(np.arange(100.0), np.arange(100.0)) == pytest.approx(0.0, abs=1e-12)
+
+
+def _population_drift_of_whole_frames(reference, current, reference_date, as_of):
+    """population_drift as it was computed from two whole frames, before it read dates slice by slice."""
+    rows = []
+    member_cols = [c for c in reference.columns.union(current.columns) if not c.startswith("f:")]
+    for axis in dict.fromkeys(c.split(".", 1)[0] for c in member_cols):
+        cols = [c for c in member_cols if c.startswith(axis + ".")]
+        shares = {}
+        for label, frame in (("reference", reference), ("current", current)):
+            block = frame.reindex(columns=cols).fillna(0.0).to_numpy()
+            has = block.sum(axis=1) > 0
+            shares[label] = np.bincount(block[has].argmax(axis=1), minlength=len(cols)) / max(int(has.sum()), 1)
+        feature_cols = [c for c in reference.columns.intersection(current.columns) if c.startswith(f"f:{axis}.")]
+        by_feature = {c.split(".", 1)[1]: round(psi(reference[c].to_numpy("float64"), current[c].to_numpy("float64")), 6) for c in feature_cols}
+        finite = [v for v in by_feature.values() if np.isfinite(v)]
+        rows.append({"as_of_date": as_of, "axis": axis, "reference_date": reference_date, "n_reference": len(reference),
+                     "n_current": len(current), "segment_share_shift": round(0.5 * float(np.abs(shares["current"] - shares["reference"]).sum()), 6),
+                     "feature_psi": round(float(np.mean(finite)), 6) if finite else None,
+                     "segment_shares": {c.split(".", 1)[1]: {"reference": round(float(p), 6), "current": round(float(q), 6)}
+                                        for c, p, q in zip(cols, shares["reference"], shares["current"])},
+                     "feature_psi_by_feature": by_feature})
+    return pd.DataFrame(rows, columns=POPULATION_COLUMNS)
+
+
+@pytest.mark.parametrize("columns_differ", [False, True])
+def test_population_drift_read_slice_by_slice_is_the_whole_frames_drift(columns_differ):
+    """Slices of any size give the whole frames' rows bit for bit: equal memberships (ties) go to the first segment in
+    the order of both dates' columns, NaN memberships count as 0, features' NaN are left out, a date may lack a
+    segment (a refit) and a feature may be all NaN."""
+    rng = np.random.default_rng(7)
+
+    def frame(n, segments, shift):
+        u = np.round(rng.dirichlet(np.ones(len(segments)), n), 2)
+        u[: n // 10] = 1.0 / len(segments)  # ties
+        u[n // 10: n // 8, :2] = 0.5
+        u[n // 10: n // 8, 2:] = 0.0
+        out = pd.DataFrame(u, columns=[f"{AXIS}.{s}" for s in segments])
+        out.iloc[5:9, 0] = np.nan
+        out["other.a"], out["other.b"] = rng.random(n), rng.random(n)
+        out[f"f:{AXIS}.avg_order_value"] = rng.normal(50 + shift, 5, n)
+        out.loc[rng.random(n) < 0.05, f"f:{AXIS}.avg_order_value"] = np.nan
+        out[f"f:{AXIS}.empty"] = np.nan
+        out["f:other.x"] = rng.integers(0, 4, n).astype(float)  # few distinct values: merged bins
+        return out
+
+    segments = ["minimal_spender", "mid_spender", "premium_spender", "z_whale"]
+    reference = frame(997, segments, 0.0)
+    current = frame(1201, segments[1:] + ["a_new"] if columns_differ else segments, 8.0)
+    expected = _population_drift_of_whole_frames(reference, current, "2026-10-01", "2026-10-28")
+    assert expected.loc[expected["axis"] == AXIS, "segment_share_shift"].iloc[0] > 0
+    for every in (1, 50, 333, 5000):
+        ref = PopulationSide()
+        for start in range(0, len(reference), every):
+            ref.add(reference.iloc[start:start + every])
+        cur = PopulationSide(ref.binned())
+        for start in range(0, len(current), every):
+            cur.add(current.iloc[start:start + every])
+        pd.testing.assert_frame_equal(population_rows(ref, cur, "2026-10-01", "2026-10-28"), expected)
+    pd.testing.assert_frame_equal(population_drift(reference, current, "2026-10-01", "2026-10-28"), expected)
+    with pytest.raises(SlicesDiffer):
+        side = PopulationSide()
+        side.add(reference)
+        side.add(reference[reference.columns[::-1]])
 
 
 def test_an_empty_slice_of_customers_gives_empty_tables():

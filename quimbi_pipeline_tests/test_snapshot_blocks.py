@@ -49,7 +49,7 @@ def test_blocks_hold_exactly_the_numbers_the_json_parses_to():
 def _drift_tables(wh: Warehouse) -> dict[str, pd.DataFrame]:
     out = {}
     for table, key in (("customer_drift", ["customer_id", "window_days"]), ("customer_axis_drift", ["customer_id", "window_days", "axis"]),
-                       ("customer_drift_anomalies", ["customer_id", "anomaly_type", "axis", "anomaly_date"])):
+                       ("customer_drift_anomalies", ["customer_id", "anomaly_type", "axis", "anomaly_date"]), ("population_drift", ["axis"])):
         frame = wh.read_sql(f"SELECT * FROM {wh.qualified(table)} WHERE store_id = 'store_a' AND as_of_date = :d", {"d": DAY.date()})
         out[table] = frame.astype(str).sort_values(key).reset_index(drop=True)
     return out

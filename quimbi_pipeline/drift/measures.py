@@ -1,4 +1,4 @@
-"""Per-customer drift between snapshots, anomalies, a 30-day forecast, and population drift (pure, vectorized).
+"""Per-customer drift between snapshots, anomalies and a 30-day forecast (pure, vectorized; population drift: population.py).
 
 Semantics (DESIGN "Drift"): the drift of customer c at D over window W uses c's snapshots dated in
 [D - W, D], one per date, at least two. Per axis: drift = ||m_last - m_first||_2 / sqrt(2) over the
@@ -50,9 +50,6 @@ STRONG_CHANGE_AXES = ("purchase_value", "basket_size")
 # Anomalies look back this far whatever the windows: the velocity baseline, for D and for D - 1.
 ANOMALY_HISTORY_DAYS = VELOCITY_RECENT_DAYS + VELOCITY_BASELINE_DAYS + 1
 FORECAST_DAYS = 30
-POPULATION_REFERENCE_DAYS = 28
-PSI_BINS = 10
-PSI_EPSILON = 1e-4
 
 CUSTOMER_DRIFT_COLUMNS = [
     "customer_id", "as_of_date", "window_days", "overall_drift", "drift_velocity", "predicted_30d_drift", "churn_risk_trend",
@@ -63,8 +60,6 @@ CUSTOMER_DRIFT_COLUMNS = [
 AXES_ENTRY = ("drift_score", "direction", "velocity", "transitions")
 AXIS_DRIFT_COLUMNS = ["customer_id", "as_of_date", "window_days", "axis", "drift_score", "direction", "velocity", "n_transitions", "transitions"]
 ANOMALY_COLUMNS = ["customer_id", "as_of_date", "anomaly_type", "axis", "anomaly_date", "severity", "description"]
-POPULATION_COLUMNS = ["as_of_date", "axis", "reference_date", "n_reference", "n_current", "segment_share_shift", "feature_psi",
-                      "segment_shares", "feature_psi_by_feature"]
 
 
 def segment_position(axis: str, segment: str) -> float:
@@ -603,47 +598,3 @@ def compute_drift(history: MembershipHistory, as_of, windows=WINDOWS, with_state
         return DriftTables(pd.DataFrame(columns=CUSTOMER_DRIFT_COLUMNS), [], anomalies_at(history, as_of))
     customers, axis_parts = zip(*(window_drift(history, as_of, w) for w in windows))
     return DriftTables(pd.concat(customers, ignore_index=True), [part for parts in axis_parts for part in parts], anomalies_at(history, as_of))
-
-
-def psi(reference: np.ndarray, current: np.ndarray, bins: int = PSI_BINS) -> float:
-    """Population stability index of `current` against `reference` on the reference's quantile bins."""
-    reference, current = reference[np.isfinite(reference)], current[np.isfinite(current)]
-    if reference.size == 0 or current.size == 0:
-        return float("nan")
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
-    p = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=edges.size + 1) / reference.size
-    q = np.bincount(np.searchsorted(edges, current, side="right"), minlength=edges.size + 1) / current.size
-    p, q = np.maximum(p, PSI_EPSILON), np.maximum(q, PSI_EPSILON)
-    return float(np.sum((q - p) * np.log(q / p)))
-
-
-def population_drift(reference: pd.DataFrame, current: pd.DataFrame, reference_date, as_of) -> pd.DataFrame:
-    """Per axis: total-variation shift of dominant-segment shares and PSI of the features, current vs reference.
-
-    Both frames: one row per customer with "axis.segment" membership columns and "axis.feature" columns
-    prefixed "f:" (features). Reference = the store's oldest snapshot date in the last 28 days.
-    """
-    rows = []
-    member_cols = [c for c in reference.columns.union(current.columns) if not c.startswith("f:")]
-    axes = dict.fromkeys(c.split(".", 1)[0] for c in member_cols)
-    for axis in axes:
-        cols = [c for c in member_cols if c.startswith(axis + ".")]
-        names = [c.split(".", 1)[1] for c in cols]
-        shares = {}
-        for label, frame in (("reference", reference), ("current", current)):
-            block = frame.reindex(columns=cols).fillna(0.0).to_numpy()
-            has = block.sum(axis=1) > 0
-            dom = block[has].argmax(axis=1)
-            shares[label] = np.bincount(dom, minlength=len(cols)) / max(int(has.sum()), 1)
-        shift = 0.5 * float(np.abs(shares["current"] - shares["reference"]).sum())
-        feature_cols = [c for c in reference.columns.intersection(current.columns) if c.startswith(f"f:{axis}.")]
-        by_feature = {c.split(".", 1)[1]: round(psi(reference[c].to_numpy("float64"), current[c].to_numpy("float64")), 6) for c in feature_cols}
-        finite = [v for v in by_feature.values() if np.isfinite(v)]
-        rows.append({
-            "as_of_date": f"{pd.Timestamp(as_of):%Y-%m-%d}", "axis": axis, "reference_date": f"{pd.Timestamp(reference_date):%Y-%m-%d}",
-            "n_reference": len(reference), "n_current": len(current), "segment_share_shift": round(shift, 6),
-            "feature_psi": round(float(np.mean(finite)), 6) if finite else None,
-            "segment_shares": {n: {"reference": round(float(p), 6), "current": round(float(q), 6)} for n, p, q in zip(names, shares["reference"], shares["current"])},
-            "feature_psi_by_feature": by_feature,
-        })
-    return pd.DataFrame(rows, columns=POPULATION_COLUMNS)

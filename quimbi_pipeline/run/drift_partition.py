@@ -15,6 +15,14 @@ import numpy as np
 import pandas as pd
 
 from quimbi_pipeline.drift import measures as drift
+from quimbi_pipeline.drift.population import (
+    POPULATION_COLUMNS,
+    POPULATION_REFERENCE_DAYS,
+    PopulationSide,
+    SlicesDiffer,
+    population_drift,
+    population_rows,
+)
 from quimbi_pipeline.drift.evidence import (
     block_memberships,
     models_tag,
@@ -214,6 +222,34 @@ def _population_scored(reader: SnapshotHistoryReader, models: dict[str, AxisMode
     return _scored_with(models, frame, store) if rows is None else with_memberships(frame, rescored_names(models), rows)
 
 
+class _NotScoredBySlice(Exception):
+    """A block of the population cannot be scored alone (a feature missing or null): score the whole date instead."""
+
+
+def _population_drift(reader: SnapshotHistoryReader, models: dict[str, AxisModel], reference_date: pd.Timestamp, as_of: pd.Timestamp,
+                      store: str, every_customers: int) -> pd.DataFrame:
+    """population_drift of D against the reference date, both scored with D's models. Dates stored in blocks are read
+    slice by slice of about every_customers (the whole frames of two dates of a 10M store held ~10 GiB); the same
+    rows as the whole frames give, which remain the path for dates stored as rows or blocks that cannot be scored alone."""
+    if reference_date in reader.blocks and as_of in reader.blocks:
+        scoring = _run_scoring(reader, models) or ((functools.partial(block_memberships, models), models_tag(models)) if models else None)
+        names = rescored_names(models)
+        try:
+            sides: list[PopulationSide] = []
+            for day in (reference_date, as_of):
+                side = PopulationSide(sides[0].binned() if sides else None)
+                for frame, rows in reader.population_slices(day, every_customers, scoring):
+                    if scoring is not None and rows is None:
+                        raise _NotScoredBySlice(f"a block of {day.date()} cannot be scored alone")
+                    side.add(frame if scoring is None else with_memberships(frame, names, rows))
+                sides.append(side)
+            return population_rows(*sides, reference_date, as_of)
+        except (_NotScoredBySlice, SlicesDiffer) as exc:
+            log.info("store %s: population drift from the whole dates: %s", store, exc)
+    return population_drift(_population_scored(reader, models, reference_date, store),
+                            _population_scored(reader, models, as_of, store), reference_date, as_of)
+
+
 def _drift_history(reader, models, store: str, settings: PipelineSettings, lo, hi) -> drift.MembershipHistory:
     """The snapshot history of the customers with lo <= id < hi (None: unbounded), scored with D's models."""
     scoring = _run_scoring(reader, models)
@@ -284,11 +320,10 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
             yield tables.customers, tables.n_axis_rows, tables.anomalies
 
     t0 = time.perf_counter()
-    reference_date = next(d for d in dates if d >= as_of - pd.Timedelta(days=drift.POPULATION_REFERENCE_DAYS))
-    population = pd.DataFrame(columns=drift.POPULATION_COLUMNS)
+    reference_date = next(d for d in dates if d >= as_of - pd.Timedelta(days=POPULATION_REFERENCE_DAYS))
+    population = pd.DataFrame(columns=POPULATION_COLUMNS)
     if reference_date < as_of:
-        population = drift.population_drift(_population_scored(reader, models, reference_date, store),
-                                            _population_scored(reader, models, as_of, store), reference_date, as_of)
+        population = _population_drift(reader, models, reference_date, as_of, store, settings.drift_chunk_customers)
     seconds["population"] = time.perf_counter() - t0
     rows, seconds["write"] = warehouse.write_drift_partition(store, as_of, chunks(), population, analyze)  # on PostgreSQL the write overlaps read and compute
     warehouse.record_drift_inputs(store, as_of, drift.history_days(windows))

@@ -5,7 +5,7 @@ whose calendar snapshots were pruned and only profile_change rows remain). Both 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -144,19 +144,21 @@ class SnapshotHistoryReader:
             overlaps &= (blocks["last_customer_id"] >= lo).to_numpy(bool)
         wanted = blocks.loc[overlaps, "block"].astype(int).tolist()
         held_block, held = self._held.get(day, (None, None))
-        missing = [b for b in wanted if b != held_block]
-        tables = {}
-        if missing:
-            read = read_block_tables if self.cache is None else self.cache.tables
-            members = read(self.warehouse, self.store_id, day, missing, "memberships")
-            features = read(self.warehouse, self.store_id, day, missing, "features") if with_features else {}
-            for b in missing:
-                tables[b] = join_block_tables(members[b], features[b] if with_features else None)
+        tables = self._read_blocks(day, [b for b in wanted if b != held_block], with_features)
         if held_block in wanted:
             tables[held_block] = held
         if wanted:
             self._held[day] = (wanted[-1], tables[wanted[-1]])
         return wanted, tables
+
+    def _read_blocks(self, day: pd.Timestamp, blocks: list[int], with_features: bool) -> dict[int, pa.Table]:
+        """{block: its memberships (and features) table}, through the run's cache when there is one."""
+        if not blocks:
+            return {}
+        read = read_block_tables if self.cache is None else self.cache.tables
+        members = read(self.warehouse, self.store_id, day, blocks, "memberships")
+        features = read(self.warehouse, self.store_id, day, blocks, "features") if with_features else {}
+        return {b: join_block_tables(members[b], features[b] if with_features else None) for b in blocks}
 
     def history(self, lo: str | None = None, hi: str | None = None, with_features: bool = False) -> pd.DataFrame:
         """BASE_COLUMNS + "axis.segment" memberships of customers with lo <= id < hi, one row per customer and date;
@@ -227,15 +229,30 @@ class SnapshotHistoryReader:
         """population_frame(day) and score's rows for it, as scored_history gives them (None: score it whole)."""
         return self._population(pd.Timestamp(day), (score, tag))
 
+    def population_slices(self, day, every_customers: int, scoring: tuple | None = None) -> Iterator[tuple[pd.DataFrame, np.ndarray | None]]:
+        """population_frame(day) slice by slice of whole blocks of about every_customers, in id order, each with the
+        rows of scoring = (score, tag) as scored_population_frame gives them (a date stored in blocks only: `blocks`)."""
+        day = pd.Timestamp(day)
+        blocks = self.blocks[day]
+        step = max(1, round(every_customers / max(int(blocks["n_customers"].max()), 1)))
+        ids = blocks["block"].astype(int).tolist()
+        for i in range(0, len(ids), step):
+            wanted = ids[i:i + step]
+            yield self._population_of(day, wanted, self._read_blocks(day, wanted, True), scoring)
+
+    def _population_of(self, day: pd.Timestamp, wanted: list[int], tables: dict[int, pa.Table],
+                       scoring: tuple | None) -> tuple[pd.DataFrame, np.ndarray | None]:
+        frame = decode_tables([pa.concat_tables([tables[b] for b in wanted], promote_options="permissive")], [day])
+        frame = frame[[c for c in frame.columns if c not in BASE_COLUMNS and not c.startswith(FEATURE_PREFIX + CHANGE_PREFIX)]]
+        rows = None if scoring is None else [self._scored_block(day, b, tables[b], *scoring) for b in wanted]
+        if rows is None or any(r is None for r in rows):
+            return frame, None
+        return frame, np.asfortranarray(np.concatenate(rows))
+
     def _population(self, day: pd.Timestamp, scoring: tuple | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
         if day in self.blocks:
             wanted, tables = self._day_blocks(day, None, None, True)
-            frame = decode_tables([pa.concat_tables([tables[b] for b in wanted], promote_options="permissive")], [day])
-            frame = frame[[c for c in frame.columns if c not in BASE_COLUMNS and not c.startswith(FEATURE_PREFIX + CHANGE_PREFIX)]]
-            rows = None if scoring is None else [self._scored_block(day, b, tables[b], *scoring) for b in wanted]
-            if rows is None or any(r is None for r in rows):
-                return frame, None
-            return frame, np.asfortranarray(np.concatenate(rows))
+            return self._population_of(day, wanted, tables, scoring)
         sources = self.sources[self.sources["snapshot_date"] == day]
         rows = self.warehouse.snapshot_rows(self.store_id, sources, with_features=True).reset_index(drop=True)
         return pd.concat([parse_memberships(rows["fuzzy_memberships"]), parse_memberships(rows["behavioral_features"]).add_prefix("f:")], axis=1), None

@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=100_000, help="QUIMBI_SHARD_SAMPLE_CUSTOMERS")
     parser.add_argument("--date", default="2026-10-31")
     parser.add_argument("--postgres", help="the warehouse (PostgreSQL URL)")
+    parser.add_argument("--windows", help="QUIMBI_DRIFT_WINDOWS (default: the setting's five; each window keeps a drift row per customer)")
     args = parser.parse_args()
     if args.make_orders:
         make_orders(args.orders, args.make_orders)
@@ -75,6 +76,8 @@ def main() -> None:
         return
     env = {**os.environ, "QUIMBI_STORE_SHARDS": str(args.shards), "QUIMBI_SHARD_SAMPLE_CUSTOMERS": str(args.sample),
            "ENABLE_DRIFT_ANALYSIS": "1", "ENABLE_OUTLIER_DETECTION": "1", "QUIMBI_CONCURRENT_RUNS": str(args.parallel)}
+    if args.windows:
+        env["QUIMBI_DRIFT_WINDOWS"] = args.windows
     print(f"{'shard':>5} {'started':>9} {'seconds':>8} {'peak RSS GiB':>13}  the run's line", flush=True)
     started = time.perf_counter()
     results = []

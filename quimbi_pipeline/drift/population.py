@@ -14,12 +14,13 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
+from quimbi_pipeline.history.snapshot_blocks import FEATURE_PREFIX
+
 POPULATION_REFERENCE_DAYS = 28
 PSI_BINS = 10
 PSI_EPSILON = 1e-4
 POPULATION_COLUMNS = ["as_of_date", "axis", "reference_date", "n_reference", "n_current", "segment_share_shift", "feature_psi",
                       "segment_shares", "feature_psi_by_feature"]
-FEATURE_PREFIX = "f:"
 
 
 class SlicesDiffer(ValueError):

@@ -232,7 +232,8 @@ def _population_drift(reader: SnapshotHistoryReader, models: dict[str, AxisModel
     slice by slice of about every_customers (the whole frames of two dates of a 10M store held ~10 GiB); the same
     rows as the whole frames give, which remain the path for dates stored as rows or blocks that cannot be scored alone."""
     if reference_date in reader.blocks and as_of in reader.blocks:
-        scoring = _run_scoring(reader, models) or ((functools.partial(block_memberships, models), models_tag(models)) if models else None)
+        # Block by block (through the run's BlockCache when there is one), whatever the run: a slice is never scored whole.
+        scoring = (functools.partial(block_memberships, models), models_tag(models)) if models else None
         names = rescored_names(models)
         try:
             sides: list[PopulationSide] = []

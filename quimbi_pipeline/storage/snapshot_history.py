@@ -44,6 +44,11 @@ def _id_range(table: pa.Table, lo: str | None, hi: str | None) -> tuple[int, int
 BLOCK_CACHE_BYTES = 1 << 30
 
 
+def _blocks_per_slice(blocks: pd.DataFrame, every_customers: int) -> int:
+    """How many of a date's blocks (snapshot_block_index rows) make a slice of about every_customers."""
+    return max(1, round(every_customers / max(int(blocks["n_customers"].max()), 1)))
+
+
 class BlockCache:
     """Snapshot blocks fetched and decoded once for a run's dates (the drift step of a backfill's range), where each
     date's window shares all but one of its snapshot dates with the date before: (store, date, block, column) -> the
@@ -131,7 +136,7 @@ class SnapshotHistoryReader:
         blocks = self.blocks.get(pd.Timestamp(day))
         if blocks is None:
             return None
-        step = max(1, round(every_customers / max(int(blocks["n_customers"].max()), 1)))
+        step = _blocks_per_slice(blocks, every_customers)
         return blocks["first_customer_id"].iloc[step::step].tolist()
 
     def _day_blocks(self, day: pd.Timestamp, lo: str | None, hi: str | None, with_features: bool) -> tuple[list[int], dict[int, pa.Table]]:
@@ -234,7 +239,7 @@ class SnapshotHistoryReader:
         rows of scoring = (score, tag) as scored_population_frame gives them (a date stored in blocks only: `blocks`)."""
         day = pd.Timestamp(day)
         blocks = self.blocks[day]
-        step = max(1, round(every_customers / max(int(blocks["n_customers"].max()), 1)))
+        step = _blocks_per_slice(blocks, every_customers)
         ids = blocks["block"].astype(int).tolist()
         for i in range(0, len(ids), step):
             wanted = ids[i:i + step]

@@ -15,6 +15,13 @@ import numpy as np
 import pandas as pd
 
 from quimbi_pipeline.drift import measures as drift
+from quimbi_pipeline.drift.evidence import (
+    block_memberships,
+    models_tag,
+    rescored_memberships,
+    rescored_names,
+    with_memberships,
+)
 from quimbi_pipeline.drift.population import (
     POPULATION_COLUMNS,
     POPULATION_REFERENCE_DAYS,
@@ -22,13 +29,6 @@ from quimbi_pipeline.drift.population import (
     SlicesDiffer,
     population_drift,
     population_rows,
-)
-from quimbi_pipeline.drift.evidence import (
-    block_memberships,
-    models_tag,
-    rescored_memberships,
-    rescored_names,
-    with_memberships,
 )
 from quimbi_pipeline.model.profiles import model_version_for, stable_model_version
 from quimbi_pipeline.model.segment_identity import refit_anchor

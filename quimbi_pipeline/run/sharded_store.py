@@ -12,12 +12,31 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from quimbi_pipeline.model.profiles import build_store_profiles, customer_features, segment_model_rows
-from quimbi_pipeline.run.one_store import StoreOutcome, failed_outcome, resolve_stable_models, run_one_store
-from quimbi_pipeline.run.shards import ShardPlan, ShardWork, plan_shards, sample_orders, shard_orders
+from quimbi_pipeline.model.profiles import (
+    build_store_profiles,
+    customer_features,
+    segment_model_rows,
+)
+from quimbi_pipeline.run.one_store import (
+    StoreOutcome,
+    failed_outcome,
+    resolve_stable_models,
+    run_one_store,
+)
+from quimbi_pipeline.run.shards import (
+    ShardPlan,
+    ShardWork,
+    plan_shards,
+    sample_orders,
+    shard_orders,
+)
 from quimbi_pipeline.runtime.memory import release_memory
 from quimbi_pipeline.settings import PipelineSettings, deployment
-from quimbi_pipeline.sources.orders import TS_FORMAT_SETTING, ValidatedOrders, validate_orders
+from quimbi_pipeline.sources.orders import (
+    TS_FORMAT_SETTING,
+    ValidatedOrders,
+    validate_orders,
+)
 from quimbi_pipeline.sources.store_part import store_customer_ids, store_rows_of
 from quimbi_pipeline.storage import Warehouse
 

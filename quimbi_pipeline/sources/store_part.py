@@ -19,7 +19,12 @@ import pyarrow.dataset as ds
 import sqlalchemy as sa
 
 from quimbi_pipeline.runtime.memory import release_memory
-from quimbi_pipeline.sources.orders import DEFAULT_STORE, OrdersSourceError, file_suffix, read_orders_source
+from quimbi_pipeline.sources.orders import (
+    DEFAULT_STORE,
+    OrdersSourceError,
+    file_suffix,
+    read_orders_source,
+)
 from quimbi_pipeline.sources.sql_table import _engine, table_ref
 
 SCAN_BATCH_ROWS = 1_000_000

@@ -15,7 +15,11 @@ import pandas as pd
 import sqlalchemy as sa
 
 from quimbi_pipeline.storage.connection import metadata
-from quimbi_pipeline.storage.outlier_tables import outlier_counts, outlier_rates, rate_rows
+from quimbi_pipeline.storage.outlier_tables import (
+    outlier_counts,
+    outlier_rates,
+    rate_rows,
+)
 
 store_shards = sa.Table(
     "store_shards", metadata,

@@ -64,3 +64,12 @@ def test_young_stoppers_benchmark_runs_on_a_small_young_store():
                            "--taus", "0.01"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "80 customers, 4 months, seed 0" in done.stdout and "P(alive) <= 0.01, customers with 1-2 gaps:" in done.stdout, done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_next_day_benchmark_writes_dates_in_turn(pg_url):
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "next_day.py"), "--postgres", pg_url, "--customers", "3000",
+                           "--dates", "2026-10-30,2026-10-31"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count(" s\n") == 2 and "2026-10-31 (" in done.stdout and " write " in done.stdout

@@ -22,6 +22,7 @@ from quimbi_pipeline.sources.demo import generate_demo
 from quimbi_pipeline.sources.orders import validate_orders
 from quimbi_pipeline.storage import NeedsMigration, Warehouse
 from quimbi_pipeline.storage.outlier_tables import FLAGGED_INDEX, FULL_INDEX
+from quimbi_pipeline.storage.profile_tables import DATE_INDEX
 from quimbi_pipeline_tests.conftest import _reset_pg
 from quimbi_pipeline_tests.test_reliability import (
     ALL_ON,
@@ -129,6 +130,9 @@ def test_an_earlier_version_warehouse_migrates_to_what_this_version_writes(commi
     with migrated.engine.connect() as conn:  # the flags' index of every row became this version's of the flagged rows
         indexes = sa.inspect(conn).get_indexes("customer_outlier_flags", schema="platform" if migrated.is_postgres else None)
     assert [i["name"] for i in indexes] == [FLAGGED_INDEX]
+    with migrated.engine.connect() as conn:  # customer_profiles: no index on profile_date (profile_tables.py)
+        indexes = sa.inspect(conn).get_indexes("customer_profiles", schema="platform" if migrated.is_postgres else None)
+    assert DATE_INDEX not in [i["name"] for i in indexes] and "customer profiles: the (store, profile date) index" in printed
     assert (f"index of every row ({FULL_INDEX}) replaced" in printed) == (not (migrated.is_postgres and commit == ROW_PER_TYPE_COMMIT))
     if migrated.is_postgres and commit == ROW_PER_TYPE_COMMIT:  # the flags' date partitions became one table, as this version creates it
         assert "its date partitions became one table" in printed

@@ -4,10 +4,12 @@ import json
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from quimbi_pipeline.model.profiles import build_store_profiles, segment_model_rows
 from quimbi_pipeline.settings import PipelineSettings
 from quimbi_pipeline.sources.orders import orders_as_of, validate_orders
+from quimbi_pipeline.storage.profile_tables import profile_writes
 
 
 @pytest.fixture(scope="module")
@@ -291,3 +293,89 @@ def test_a_run_of_several_stores_analyzes_each_date_partition_once_after_them_al
         assert analyzed == [partitions[0]]  # one store: analyzed after its own write (rewritten rows: over a tenth changed)
     finally:
         wh.dispose()
+
+
+def test_a_rerun_of_a_date_keeps_its_new_customers_only(warehouse, built):
+    """A re-run of D updates the rows it stages in place and deletes the store's other rows dated D (customers no
+    longer active at D); other stores and other dates are untouched."""
+    full = built[("store_a", "2026-10-31")]
+    write(warehouse, built[("store_a", "2026-10-20")])
+    write(warehouse, built[("store_b", "2026-10-31")])
+    write(warehouse, full)
+    before = warehouse.profiles()
+    kept = full.profiles.iloc[::3]
+    warehouse.write_profiles_partition("store_a", full.as_of, kept, segment_model_rows(full))
+    after = warehouse.profiles()
+    dated_d = after[(after["store_id"] == "store_a") & (after["profile_date"] == "2026-10-31")]
+    assert sorted(dated_d["customer_id"]) == sorted(kept["customer_id"])
+    untouched = (before["store_id"] == "store_b") | (before["profile_date"] != "2026-10-31")
+    pd.testing.assert_frame_equal(before[untouched].reset_index(drop=True),
+                                  after[(after["store_id"] == "store_b") | (after["profile_date"] != "2026-10-31")].reset_index(drop=True))
+    same = before[(before["store_id"] == "store_a") & before["customer_id"].isin(kept["customer_id"])]
+    pd.testing.assert_frame_equal(same.reset_index(drop=True), dated_d.reset_index(drop=True))
+
+
+@pytest.mark.postgres
+def test_postgres_updates_a_profile_within_its_page(pg_url, built):
+    """customer_profiles has no index on profile_date and pages half filled by inserts, so a date's update of a row
+    stays in its page (a HOT update: no new index entries, the old version pruned in place)."""
+    from quimbi_pipeline.storage import Warehouse
+    from quimbi_pipeline.storage.profile_tables import DATE_INDEX, PROFILES_FILLFACTOR
+
+    wh = Warehouse(pg_url)
+    with wh.engine.connect() as conn:
+        indexes = {i["name"]: i["column_names"] for i in sa.inspect(conn).get_indexes("customer_profiles", schema="platform")}
+        options = conn.execute(sa.text("SELECT reloptions FROM pg_class WHERE oid = 'platform.customer_profiles'::regclass")).scalar_one()
+    assert DATE_INDEX not in indexes and not any("profile_date" in columns for columns in indexes.values())
+    assert f"fillfactor={PROFILES_FILLFACTOR}" in options
+
+    def pages() -> pd.Series:
+        rows = wh.read_sql("SELECT customer_id, (ctid::text::point)[0] AS page FROM platform.customer_profiles WHERE store_id = 'store_a'")
+        return rows.set_index("customer_id")["page"]
+
+    write(wh, built[("store_a", "2026-10-20")])
+    first = pages()
+    write(wh, built[("store_a", "2026-10-31")])
+    both = first.index.intersection(built[("store_a", "2026-10-31")].profiles["customer_id"])
+    assert len(both) > 100
+    assert (pages().loc[both] == first.loc[both]).mean() >= 0.95
+    wh.dispose()
+
+
+def test_a_warehouse_written_before_profile_writes_has_its_dates_recorded_at_start(warehouse_url, built):
+    """profile_writes tells a write of D whether rows dated D may be there to replace. A warehouse whose profiles were
+    written before the table existed gets every stored (store, date) recorded at its first start, so that a re-run of
+    such a date still removes the customers it no longer has."""
+    from quimbi_pipeline.storage import Warehouse
+
+    full = built[("store_a", "2026-10-31")]
+    wh = Warehouse(warehouse_url)
+    write(wh, full)
+    with wh.engine.begin() as conn:
+        conn.execute(sa.delete(profile_writes))  # as before the table existed
+    wh.dispose()
+    wh = Warehouse(warehouse_url)
+    assert str(wh.newest_profile_date("store_a")) == "2026-10-31"
+    kept = full.profiles.iloc[::4]
+    wh.write_profiles_partition("store_a", full.as_of, kept, segment_model_rows(full))
+    assert sorted(wh.profiles(store_id="store_a", profile_date="2026-10-31")["customer_id"]) == sorted(kept["customer_id"])
+    wh.dispose()
+
+
+@pytest.mark.parametrize(("earlier", "now", "overlaps"), [
+    ([("", "")], (None, None), True), ([("", "")], ("k", "m"), True), ([], (None, None), False),
+    ([("", "k")], ("k", None), False), ([("", "k")], ("j", None), True), ([("k", "")], (None, "k"), False),
+    ([("k", "")], (None, "ka"), True), ([("a", "c"), ("e", "g")], ("c", "e"), False), ([("a", "c"), ("e", "g")], ("d", "f"), True),
+])
+def test_a_write_looks_for_rows_to_replace_only_where_an_earlier_write_of_the_date_covered_its_customers(sqlite_url, earlier, now, overlaps):
+    from quimbi_pipeline.storage import Warehouse
+
+    wh = Warehouse(sqlite_url)
+    with wh.engine.begin() as conn:
+        wh.insert_new(conn, profile_writes, [{"store_id": "s", "profile_date": pd.Timestamp("2026-10-31").date(), "range_start": lo, "range_end": hi,
+                                              "written_at": "t"} for lo, hi in earlier])
+        wh.insert_new(conn, profile_writes, [{"store_id": "s", "profile_date": pd.Timestamp("2026-10-30").date(), "range_start": "", "range_end": "",
+                                              "written_at": "t"}, {"store_id": "other", "profile_date": pd.Timestamp("2026-10-31").date(),
+                                                                   "range_start": "", "range_end": "", "written_at": "t"}])
+        assert wh._written_before(conn, "s", pd.Timestamp("2026-10-31").date(), now) == overlaps
+    wh.dispose()

@@ -265,13 +265,14 @@ LITTLE_HISTORY_PATTERNS = {"little_compact": '%"little_history":true%', "little_
 def churn_summary(wh: Warehouse, store: str) -> dict | None:
     """The store's newest profiles by churn_risk_level, with how much history they stand on (history_basis)."""
     table = wh.qualified("customer_profiles")
-    rows = wh.fetch_rows(f"SELECT churn_risk_level AS level, count(*) AS n, sum(CASE WHEN {LITTLE_HISTORY_SQL} THEN 1 ELSE 0 END) AS little "
-                         f"FROM {table} WHERE store_id = :s AND profile_date = (SELECT max(profile_date) FROM {table} WHERE store_id = :s) "
-                         "GROUP BY churn_risk_level", {"s": store, **LITTLE_HISTORY_PATTERNS})
+    newest = wh.newest_profile_date(store)  # profile_writes: customer_profiles has no index on profile_date
+    rows = [] if newest is None else wh.fetch_rows(
+        f"SELECT churn_risk_level AS level, count(*) AS n, sum(CASE WHEN {LITTLE_HISTORY_SQL} THEN 1 ELSE 0 END) AS little "
+        f"FROM {table} WHERE store_id = :s AND profile_date = :d GROUP BY churn_risk_level", {"s": store, "d": newest, **LITTLE_HISTORY_PATTERNS})
     if not rows:
         return None
-    basis = wh.fetch_rows(f"SELECT profile_date, history_basis FROM {table} WHERE store_id = :s AND history_basis IS NOT NULL "
-                          "ORDER BY profile_date DESC LIMIT 1", {"s": store})
+    basis = wh.fetch_rows(f"SELECT profile_date, history_basis FROM {table} WHERE store_id = :s AND profile_date = :d AND history_basis IS NOT NULL "
+                          "LIMIT 1", {"s": store, "d": newest})
     order = ["unknown", "low", "medium", "high", "critical"]
     levels = sorted(({"level": r["level"], "customers": int(r["n"])} for r in rows), key=lambda r: order.index(r["level"]) if r["level"] in order else 9)
     store_basis = _basis(basis[0]["history_basis"]) if basis else None

@@ -7,7 +7,8 @@ exactly that partition's rows and a failure leaves the previous rows intact.
 
 - connection.py: URLs, engine, schema creation and in-place upgrade, date partitions, bulk loads, reads;
   parallel_stage.py: a large write's stage COPYed by two PostgreSQL sessions;
-- profile_tables.py: customer_profiles, and the write of a store's partition (one transaction over the families);
+- profile_tables.py: customer_profiles, profile_writes (the store dates written), and the write of a store's partition (one
+  transaction over the families);
 - snapshot_tables.py: profile_snapshots (its views customer_profile_snapshots and the history view), snapshot_blocks,
   snapshot_writes; partition_rewrites.py: snapshot_rewrites (date partitions the prune rewrites, pending ones);
 - drift_tables.py: customer_drift (its axes; the view customer_axis_drift), customer_drift_anomalies, population_drift,
@@ -64,6 +65,7 @@ from quimbi_pipeline.storage.profile_tables import (
     ProfileStore,
     customer_profiles,
     normalize_profiles,
+    profile_writes,
 )
 from quimbi_pipeline.storage.shard_tables import ShardStore, store_shards
 from quimbi_pipeline.storage.snapshot_tables import (
@@ -89,11 +91,12 @@ class Warehouse(ProfileStore, SnapshotStore, DriftStore, OutlierStore, ModelStor
     def _finish_schema(self, conn: sa.Connection) -> None:
         self._finish_snapshot_schema(conn)  # raises NeedsMigration first if the warehouse needs it
         self._finish_drift_schema(conn)
+        self.record_earlier_profile_writes(conn)
 
 
 __all__ = [
     "DATE_PARTITIONED", "DRIFT_TABLES", "HISTORY_VIEW", "JSON_COLUMNS", "LAYOUTS", "NeedsMigration", "PG_SCHEMA", "SNAPSHOT_COPIED_COLUMNS", "SNAPSHOT_PARTITION_PREFIX", "SNAPSHOTS", "SNAPSHOTS_VIEW",
     "Warehouse", "AXIS_DRIFT_VIEW", "customer_drift", "customer_drift_anomalies", "customer_outlier_flags",
     "customer_profiles", "data_dir", "default_warehouse_url", "drift_inputs", "drop_postgres_schema", "existing_only", "masked_url", "metadata", "normalize_profiles",
-    "outlier_rates", "pending_migration", "population_drift", "prefetched", "profile_snapshots", "resolve_warehouse_url", "run_leases", "segment_models", "segment_transitions", "snapshot_blocks", "snapshot_layouts", "snapshot_writes", "store_shards",
+    "outlier_rates", "pending_migration", "population_drift", "profile_writes", "prefetched", "profile_snapshots", "resolve_warehouse_url", "run_leases", "segment_models", "segment_transitions", "snapshot_blocks", "snapshot_layouts", "snapshot_writes", "store_shards",
 ]

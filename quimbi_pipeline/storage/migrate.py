@@ -21,6 +21,9 @@ Steps, each done only when the warehouse needs it (running it twice changes noth
 4. customer_outlier_flags' index over every row (store, date, method, is_outlier) becomes one over the flagged
    rows only: a large store's daily write no longer keeps its unflagged rows in it. A warehouse not migrated
    works as before, with the slower write.
+5. customer_profiles loses its (store_id, profile_date) index and, on PostgreSQL, is given a fillfactor of 45: a
+   date's write then updates every row within its page (HOT) instead of writing a new version and index entries
+   elsewhere. A warehouse not migrated works as before, with the slower write.
 
 Tables and columns added since (nullable ones) are created as every start does (create_tables).
 """
@@ -40,7 +43,11 @@ from quimbi_pipeline.history.snapshots import RETAINED_TYPES, TYPE_BITS
 from quimbi_pipeline.storage.connection import PG_SCHEMA
 from quimbi_pipeline.storage.drift_tables import AXIS_DRIFT_VIEW, axis_drift_view_sql
 from quimbi_pipeline.storage.outlier_tables import FULL_INDEX, customer_outlier_flags
-from quimbi_pipeline.storage.profile_tables import JSON_COLUMNS
+from quimbi_pipeline.storage.profile_tables import (
+    DATE_INDEX,
+    JSON_COLUMNS,
+    PROFILES_FILLFACTOR,
+)
 from quimbi_pipeline.storage.snapshot_tables import (
     HISTORY_VIEW,
     SNAPSHOT_COPIED_COLUMNS,
@@ -77,9 +84,10 @@ def migrate(wh) -> list[str]:
         outliers = _outlier_flags_as_events(wh, conn)
         if outliers:
             done.append(outliers)
-        index = _flag_index_narrowed(wh, conn)
-        if index:
-            done.append(index)
+        for step in (_flag_index_narrowed, _profiles_updated_in_place):
+            change = step(wh, conn)
+            if change:
+                done.append(change)
     return done
 
 
@@ -197,3 +205,22 @@ def _flag_index_narrowed(wh, conn: sa.Connection) -> str | None:
     for index in customer_outlier_flags.indexes:
         index.create(conn, checkfirst=True)
     return f"outlier flags: the index of every row ({FULL_INDEX}) replaced by one of the flagged rows only"
+
+
+def _profiles_updated_in_place(wh, conn: sa.Connection) -> str | None:
+    """customer_profiles without its (store_id, profile_date) index, and on PostgreSQL with pages half filled by
+    inserts: each date's update of a row then stays in its page (profile_tables.py says why)."""
+    schema = PG_SCHEMA if wh.is_postgres else None
+    names = {i["name"] for i in sa.inspect(conn).get_indexes("customer_profiles", schema=schema)}
+    options = conn.execute(sa.text("SELECT reloptions FROM pg_class WHERE oid = CAST(:t AS regclass)"),
+                           {"t": wh.qualified("customer_profiles")}).scalar_one() if wh.is_postgres else None
+    fill = f"fillfactor={PROFILES_FILLFACTOR}"
+    if DATE_INDEX not in names and (not wh.is_postgres or fill in (options or [])):
+        return None
+    conn.execute(sa.text(f"DROP INDEX IF EXISTS {wh.qualified(DATE_INDEX)}"))
+    if wh.is_postgres:
+        # New pages only: the rows already stored move to half-filled pages as the next date updates them.
+        conn.execute(sa.text(f"ALTER TABLE {wh.qualified('customer_profiles')} SET (fillfactor = {PROFILES_FILLFACTOR})"))
+    return (f"customer profiles: the (store, profile date) index ({DATE_INDEX}) dropped"
+            + (f" and pages {PROFILES_FILLFACTOR}% filled by inserts" if wh.is_postgres else "")
+            + ": a date's write updates each row in place")

@@ -437,8 +437,7 @@ class SnapshotStore:
 
     def _newest_profile_date(self, store_id: str, refresh: bool = False) -> date | None:
         """The store's newest profile date (`_kept`)."""
-        return self._kept(("newest_profile_date", store_id), lambda: self.fetch_rows(
-            f"SELECT max(profile_date) AS d FROM {self.qualified('customer_profiles')} WHERE store_id = :s", {"s": store_id})[0]["d"], refresh)
+        return self._kept(("newest_profile_date", store_id), lambda: self.newest_profile_date(store_id), refresh)
 
     def _rows_up_to_the_stores_newest(self, columns: str, where: str, params: dict, days: int) -> list[dict] | None:
         """PostgreSQL with date partitions: a customer's window up to their profile date in one statement, taking that

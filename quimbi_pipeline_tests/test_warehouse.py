@@ -359,7 +359,13 @@ def test_a_warehouse_written_before_profile_writes_has_its_dates_recorded_at_sta
     kept = full.profiles.iloc[::4]
     wh.write_profiles_partition("store_a", full.as_of, kept, segment_model_rows(full))
     assert sorted(wh.profiles(store_id="store_a", profile_date="2026-10-31")["customer_id"]) == sorted(kept["customer_id"])
+    # A reader opened before any run of this version (the read API: create=False) finds the date without the table.
+    with wh.engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TABLE {wh.qualified('profile_writes')}"))
     wh.dispose()
+    reader = Warehouse(warehouse_url, create=False)
+    assert str(reader.newest_profile_date("store_a")) == "2026-10-31" and reader.newest_profile_date("store_c") is None
+    reader.dispose()
 
 
 @pytest.mark.parametrize(("earlier", "now", "overlaps"), [

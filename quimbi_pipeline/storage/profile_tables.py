@@ -16,7 +16,12 @@ from quimbi_pipeline.history.snapshot_values import (
     archetype_dictionary,
     values_from_json,
 )
-from quimbi_pipeline.storage.connection import Json, metadata, staging_metadata
+from quimbi_pipeline.storage.connection import (
+    PG_SCHEMA,
+    Json,
+    metadata,
+    staging_metadata,
+)
 
 PROFILES_FILLFACTOR = 45  # percent of a page filled by inserts: room for each row's next version (rows under 2 kB)
 
@@ -209,16 +214,14 @@ class ProfileStore:
         """The store's newest profile date (None before its first write), from profile_writes' key; from customer_profiles
         (a read of the store's rows) in a warehouse no run of this version has opened yet (a read API started first on an
         upgraded warehouse), where profile_writes is missing or not filled."""
-        if self.__dict__.get("_profile_writes_seen") or self._has_table("profile_writes"):
-            self._profile_writes_seen = True
+        if not self.__dict__.get("_profile_writes_seen"):
+            with self.engine.connect() as conn:
+                self._profile_writes_seen = sa.inspect(conn).has_table("profile_writes", schema=PG_SCHEMA if self.is_postgres else None)
+        if self._profile_writes_seen:
             found = self.fetch_rows(f"SELECT max(profile_date) AS d FROM {self.qualified('profile_writes')} WHERE store_id = :s", {"s": store_id})[0]["d"]
             if found is not None:
                 return found
         return self.fetch_rows(f"SELECT max(profile_date) AS d FROM {self.qualified('customer_profiles')} WHERE store_id = :s", {"s": store_id})[0]["d"]
-
-    def _has_table(self, name: str) -> bool:
-        sql = "SELECT to_regclass(:n) IS NOT NULL AS found" if self.is_postgres else "SELECT count(*) > 0 AS found FROM sqlite_master WHERE name = :n"
-        return bool(self.fetch_rows(sql, {"n": self.qualified(name) if self.is_postgres else name})[0]["found"])
 
     def record_earlier_profile_writes(self, conn: sa.Connection) -> None:
         """profile_writes filled from customer_profiles when it is empty and the profiles are not (a warehouse written

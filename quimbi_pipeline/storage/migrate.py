@@ -196,10 +196,13 @@ def _outlier_flags_as_events(wh, conn: sa.Connection) -> str | None:
     return done + "; its date partitions became one table"
 
 
+def _index_names(wh, conn: sa.Connection, table: str) -> set[str]:
+    return {i["name"] for i in sa.inspect(conn).get_indexes(table, schema=PG_SCHEMA if wh.is_postgres else None)}
+
+
 def _flag_index_narrowed(wh, conn: sa.Connection) -> str | None:
     """customer_outlier_flags' index over every row replaced by the one over its flagged rows."""
-    names = {i["name"] for i in sa.inspect(conn).get_indexes("customer_outlier_flags", schema=PG_SCHEMA if wh.is_postgres else None)}
-    if FULL_INDEX not in names:
+    if FULL_INDEX not in _index_names(wh, conn, "customer_outlier_flags"):
         return None
     conn.execute(sa.text(f"DROP INDEX {wh.qualified(FULL_INDEX)}"))
     for index in customer_outlier_flags.indexes:
@@ -210,8 +213,7 @@ def _flag_index_narrowed(wh, conn: sa.Connection) -> str | None:
 def _profiles_updated_in_place(wh, conn: sa.Connection) -> str | None:
     """customer_profiles without its (store_id, profile_date) index, and on PostgreSQL with pages half filled by
     inserts: each date's update of a row then stays in its page (profile_tables.py says why)."""
-    schema = PG_SCHEMA if wh.is_postgres else None
-    names = {i["name"] for i in sa.inspect(conn).get_indexes("customer_profiles", schema=schema)}
+    names = _index_names(wh, conn, "customer_profiles")
     options = conn.execute(sa.text("SELECT reloptions FROM pg_class WHERE oid = CAST(:t AS regclass)"),
                            {"t": wh.qualified("customer_profiles")}).scalar_one() if wh.is_postgres else None
     fill = f"fillfactor={PROFILES_FILLFACTOR}"

@@ -275,3 +275,33 @@ def test_number_text_is_numpys_text_of_each_number():
     # The Arrow twin that drift's axes text is joined from writes the same text.
     with_non_finite = np.r_[values, np.nan, np.inf, -np.inf]
     assert _finite_text(with_non_finite).to_pylist() == _number_text(with_non_finite).tolist()
+
+
+def test_a_move_the_ladder_cannot_order_takes_the_direction_of_its_detected_change():
+    """rare and rare_2 share the lowest rung, so a stopped monthly buyer's move from one to the other does not move
+    the ladder position. With a new frequency change backing it (change detection on), the move is degrading; without
+    a change, or with the change already held at the window's first snapshot, it stays stable; a change with no move
+    shows no direction either."""
+    from quimbi_pipeline.history.snapshot_blocks import FEATURE_PREFIX
+    from quimbi_pipeline.model.features import CHANGE_PREFIX
+
+    axis = "purchase_frequency"
+    cols = [f"{axis}.rare", f"{axis}.rare_2", f"{axis}.very_frequent"]
+    since = pd.Timestamp("2026-09-01").value // 86_400_000_000_000
+    stay, move = (0.97, 0.02, 0.01), (0.02, 0.97, 0.01)
+    # customer: (memberships first, last), (change held first, last)
+    cases = {"stopped": ((stay, move), (False, True)), "unbacked": ((stay, move), (False, False)),
+             "old_change": ((stay, move), (True, True)), "unmoved": ((stay, stay), (False, True))}
+    rows = []
+    for customer, (members, held) in cases.items():
+        for day, u, has in zip(("2026-10-01", "2026-10-21"), members, held):
+            change = {f"{FEATURE_PREFIX}{CHANGE_PREFIX}{axis}.{k}": (v if has else np.nan) for k, v in (("since", since), ("before", 1.0), ("after", 0.0))}
+            rows.append({"customer_id": customer, "snapshot_date": pd.Timestamp(day), "churn_risk_score": 0.1, "archetype_name": "x",
+                         **dict(zip(cols, u)), **change})
+    h = MembershipHistory.from_frame(pd.DataFrame(rows), cols)
+    axes = axis_frame(window_drift(h, pd.Timestamp("2026-10-21"), 28)[1]).set_index("customer_id")
+    assert axes["direction"].to_dict() == {"old_change": "stable", "stopped": "degrading", "unbacked": "stable", "unmoved": "stable"}
+    assert axes.loc["stopped", "drift_score"] > 0.9
+    # Without change detection (no evidence columns: every flag off) the same move is stable, as the ladder has it.
+    plain = MembershipHistory.from_frame(pd.DataFrame(rows)[["customer_id", "snapshot_date", "churn_risk_score", "archetype_name", *cols]], cols)
+    assert set(axis_frame(window_drift(plain, pd.Timestamp("2026-10-21"), 28)[1])["direction"]) == {"stable"}

@@ -300,8 +300,13 @@ def window_drift(history: MembershipHistory, as_of: pd.Timestamp, window_days: i
         direction = np.select([moved > DIRECTION_THRESHOLD, moved < -DIRECTION_THRESHOLD], ["improving", "degrading"], "stable")
         if h.evidence:  # change detection on: a direction needs a change of this axis, detected within the window, the same way
             source = EVIDENCE_AXIS.get(axis, axis)
-            backed = h.new_change(source, last, first) & (h.change_sign(source, last) == np.where(moved > 0, 1, -1))
-            direction = np.where(backed, direction, "stable")
+            new, sign = h.new_change(source, last, first), h.change_sign(source, last)
+            backed = new & (sign == np.where(moved > 0, 1, -1))
+            # The ladder cannot order every move: segments sharing a rung (rare, rare_2: the lowest rung split in two)
+            # and moves of less than a rung. A large move there (drift over the threshold) that comes with a new change
+            # takes the change's direction: a monthly buyer's stop moves them from rare to rare_2 and nowhere else.
+            unordered = new & (sign != 0) & (drift > DIRECTION_THRESHOLD) & (np.abs(moved) <= DIRECTION_THRESHOLD)
+            direction = np.where(backed & (direction != "stable"), direction, np.where(unordered, np.where(sign > 0, "improving", "degrading"), "stable"))
         dom = _dominant(m, cols)
         changed = same_customer & (dom != np.r_[-2, dom[:-1]]) & (dom >= 0) & (np.r_[-1, dom[:-1]] >= 0)
         n_trans = np.bincount(code[changed], minlength=n_cust)

@@ -368,6 +368,29 @@ def test_a_warehouse_written_before_profile_writes_has_its_dates_recorded_at_sta
     reader.dispose()
 
 
+def test_the_fill_of_profile_writes_leaves_what_a_run_wrote_between_its_looks(warehouse_url, built):
+    """record_earlier_profile_writes looks twice (profile_writes empty? profiles there?) and then fills. Eight first runs
+    on an empty warehouse showed a run writing its profiles and their profile_writes row between those looks, and the
+    fill then failed the starting run on the row's key. The fill leaves a table that is no longer empty as it is."""
+    from quimbi_pipeline.storage import Warehouse
+
+    full = built[("store_a", "2026-10-31")]
+    wh = Warehouse(warehouse_url)
+    write(wh, full)  # the other run: its profiles and its profile_writes row, committed after the looks
+    before = wh.read_sql(f"SELECT * FROM {wh.qualified('profile_writes')}")
+    with wh.engine.begin() as conn:
+        wh.fill_profile_writes(conn)
+    after = wh.read_sql(f"SELECT * FROM {wh.qualified('profile_writes')}")
+    assert len(before) == 1 and after.equals(before)
+    # On a table still empty it fills every stored (store, date), as at a first start.
+    with wh.engine.begin() as conn:
+        conn.execute(sa.delete(profile_writes))
+        wh.fill_profile_writes(conn)
+    filled = wh.read_sql(f"SELECT store_id, profile_date, range_start, range_end, written_at FROM {wh.qualified('profile_writes')}")
+    assert filled.astype(str).values.tolist() == [["store_a", "2026-10-31", "", "", "before profile_writes"]]
+    wh.dispose()
+
+
 @pytest.mark.parametrize(("earlier", "now", "overlaps"), [
     ([("", "")], (None, None), True), ([("", "")], ("k", "m"), True), ([], (None, None), False),
     ([("", "k")], ("k", None), False), ([("", "k")], ("j", None), True), ([("k", "")], (None, "k"), False),

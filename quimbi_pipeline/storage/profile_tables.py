@@ -230,9 +230,18 @@ class ProfileStore:
             return
         if conn.execute(sa.select(customer_profiles.c.store_id).limit(1)).first() is None:
             return
+        self.fill_profile_writes(conn)
+
+    def fill_profile_writes(self, conn: sa.Connection) -> None:
+        """The fill itself, as one statement that is safe beside runs starting and writing at the same time: the two
+        looks above are separate reads, so another run may have written profiles and their profile_writes rows
+        between them (eight first runs on an empty warehouse did). The statement fills only while the table is still
+        empty, and leaves any key another run writes meanwhile as that run wrote it."""
+        written = self.qualified("profile_writes")
         conn.execute(sa.text(
-            f"INSERT INTO {self.qualified('profile_writes')} (store_id, profile_date, range_start, range_end, written_at) "
-            f"SELECT DISTINCT store_id, profile_date, '', '', 'before profile_writes' FROM {self.qualified('customer_profiles')}"))
+            f"INSERT INTO {written} (store_id, profile_date, range_start, range_end, written_at) "
+            f"SELECT DISTINCT store_id, profile_date, '', '', 'before profile_writes' FROM {self.qualified('customer_profiles')} "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {written}) ON CONFLICT DO NOTHING"))
 
     def profiles(self, store_id: str | None = None, profile_date=None) -> pd.DataFrame:
         clauses, params = [], {}

@@ -369,9 +369,9 @@ def test_a_warehouse_written_before_profile_writes_has_its_dates_recorded_at_sta
 
 
 def test_the_fill_of_profile_writes_leaves_what_a_run_wrote_between_its_looks(warehouse_url, built):
-    """record_earlier_profile_writes looks twice (profile_writes empty? profiles there?) and then fills. Eight first runs
-    on an empty warehouse showed a run writing its profiles and their profile_writes row between those looks, and the
-    fill then failed the starting run on the row's key. The fill leaves a table that is no longer empty as it is."""
+    """record_earlier_profile_writes looks whether profile_writes is empty and then fills. Eight first runs on an empty
+    warehouse showed a run writing its profiles and their profile_writes row after that look, and the fill then failed
+    the starting run on the row's key. The fill leaves a table that is no longer empty as it is."""
     from quimbi_pipeline.storage import Warehouse
 
     full = built[("store_a", "2026-10-31")]

@@ -225,18 +225,18 @@ class ProfileStore:
 
     def record_earlier_profile_writes(self, conn: sa.Connection) -> None:
         """profile_writes filled from customer_profiles when it is empty and the profiles are not (a warehouse written
-        before the table existed): every stored (store, date) counts as written whole. One scan, at the first start."""
+        before the table existed): every stored (store, date) counts as written whole. One scan, at the first start;
+        a start that finds the table filled returns at one look (SQLite runs the fill's statement over the profiles'
+        key even then: 0.09 s at 2M rows)."""
         if conn.execute(sa.select(profile_writes.c.store_id).limit(1)).first() is not None:
-            return
-        if conn.execute(sa.select(customer_profiles.c.store_id).limit(1)).first() is None:
             return
         self.fill_profile_writes(conn)
 
     def fill_profile_writes(self, conn: sa.Connection) -> None:
-        """The fill itself, as one statement that is safe beside runs starting and writing at the same time: the two
-        looks above are separate reads, so another run may have written profiles and their profile_writes rows
-        between them (eight first runs on an empty warehouse did). The statement fills only while the table is still
-        empty, and leaves any key another run writes meanwhile as that run wrote it."""
+        """The fill itself, as one statement that is safe beside runs starting and writing at the same time: the look
+        above is a read of its own, so another run may write profiles and their profile_writes rows after it (eight
+        first runs on an empty warehouse did). The statement fills only while the table is still empty, and leaves any
+        key another run writes meanwhile as that run wrote it (on an empty warehouse it inserts nothing)."""
         written = self.qualified("profile_writes")
         conn.execute(sa.text(
             f"INSERT INTO {written} (store_id, profile_date, range_start, range_end, written_at) "

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from quimbi_pipeline.history.snapshot_blocks import (
@@ -18,8 +19,10 @@ from quimbi_pipeline.sources.demo import generate_demo
 from quimbi_pipeline.sources.orders import validate_orders
 from quimbi_pipeline.storage import Warehouse
 from quimbi_pipeline.storage.snapshot_history import (
+    BASE_COLUMNS,
     BlockCache,
     SnapshotHistoryReader,
+    changed_customers,
     numeric_rows,
 )
 
@@ -173,10 +176,14 @@ def test_a_runs_scored_blocks_give_the_rows_scoring_the_whole_history_gives(tmp_
         for lo, hi in slices:
             frame, scored = reader.scored_history(lo, hi, counted, tag)
             assert scored is not None and scored.flags.f_contiguous
-            names, whole = rescored_memberships(frame, models)
+            full = SnapshotHistoryReader(wh, "store_a", START, day).history(lo, hi, with_features=True)
+            names, whole = rescored_memberships(full, models)
             assert names == rescored_names(models)
             assert np.array_equal(scored, whole)  # bit for bit
-            pd.testing.assert_frame_equal(frame, SnapshotHistoryReader(wh, "store_a", START, day).history(lo, hi, with_features=True))
+            # The rows stand for the memberships and features: the frame keeps the rest (the evidence among it).
+            kept = [c for c in full.columns if c in BASE_COLUMNS or c.startswith("f:change:")]
+            assert any(c.startswith("f:change:") for c in kept)
+            pd.testing.assert_frame_equal(frame, full[kept])
         if day == days[0]:
             scored_at_first = len(calls)
         else:  # only the new date's blocks were scored
@@ -190,3 +197,70 @@ def test_a_runs_scored_blocks_give_the_rows_scoring_the_whole_history_gives(tmp_
     frame, scored = SnapshotHistoryReader(wh, "store_a", START, DAY).scored_history(None, None, lambda table: None, tag)
     assert scored is None and len(frame)
     wh.dispose()
+
+
+def test_the_anomalies_of_the_customers_whose_evidence_moved_are_the_anomalies_of_all(tmp_path):
+    """A backfill's earlier dates compute anomalies only, and with change evidence every anomaly needs a change new at
+    one of the customer's snapshots: scored_history(changed_at=D) reads only the customers whose evidence moved in the
+    window. Their anomalies are those of the whole history, row for row, on every date; the others are left out."""
+    from quimbi_pipeline.drift import measures
+    from quimbi_pipeline.drift.evidence import (
+        block_memberships,
+        models_tag,
+        rescored_memberships,
+    )
+    from quimbi_pipeline.evaluation.young_signals import young_planted
+    from quimbi_pipeline.run.drift_partition import (
+        history_from_snapshots,
+        models_in_force,
+    )
+
+    data, as_of = young_planted(300, 4, seed=0)  # stoppers and 4-fold value rises: anomalies within weeks
+    validated = validate_orders(data.orders)
+    store = str(data.orders["store_id"].iloc[0])
+    settings = PipelineSettings(enable_temporal_snapshots=True, enable_drift_analysis=True, snapshot_block_customers=70,
+                                drift_windows=(7, 28))
+    wh = Warehouse(f"sqlite:///{tmp_path / 'changed.sqlite'}")
+    days = pd.date_range(as_of - pd.Timedelta(days=34), as_of, freq="2D")
+    for day in days:
+        assert not run_profiles_partition(validated, day, wh, settings).failed
+    cache, found, left_out = BlockCache(), 0, 0
+    for day in days[3:]:
+        models = models_in_force(wh, store, day, settings)
+        score, tag = (lambda table, m=models: block_memberships(m, table)), models_tag(models)
+        reader = SnapshotHistoryReader(wh, store, day - pd.Timedelta(days=measures.ANOMALY_HISTORY_DAYS), day, cache=cache)
+        frame, scored = reader.scored_history(None, None, score, tag, changed_at=day)
+        full = reader.history(None, None, with_features=True)
+        expected = measures.anomalies_at(history_from_snapshots(full, rescored_memberships(full, models)), day)
+        produced = (measures.anomalies_at(history_from_snapshots(frame, (rescored_memberships(full, models)[0], scored)), day)
+                    if len(frame) else expected.iloc[:0])
+        pd.testing.assert_frame_equal(produced, expected)
+        found += len(expected)
+        at_day = full["snapshot_date"] == day
+        left_out += int(at_day.sum()) - int((frame["snapshot_date"] == day).sum())
+    assert found > 0 and left_out > 0, (found, left_out)
+    # Without change evidence every customer stays.
+    plain = {day: pa.table({"customer_id": ["a", "b"], "x": [1.0, 2.0]}) for day in days[:2]}
+    assert changed_customers(plain, days[1]) is None
+    wh.dispose()
+
+
+def test_changed_customers_compares_each_date_with_the_last():
+    """A since that differs, appears or goes on another date marks the customer; equal values and nulls on both do not;
+    a customer missing from the other date is compared on the dates it has."""
+    d0, d1, d2 = pd.Timestamp("2026-10-01"), pd.Timestamp("2026-10-02"), pd.Timestamp("2026-10-03")
+    since = "f:change:purchase_value.since"
+
+    def table(ids, value_since, basket_since=None):
+        columns = {"customer_id": ids, since: value_since, "f:change:purchase_value.before": [1.0] * len(ids),
+                   "f:change:purchase_value.after": [2.0] * len(ids)}
+        if basket_since is not None:
+            columns |= {"f:change:basket_size.since": basket_since, "f:change:basket_size.before": [1.0] * len(ids),
+                        "f:change:basket_size.after": [2.0] * len(ids)}
+        return pa.table(columns)
+
+    tables = {d0: table(["a", "b", "c", "e"], [5.0, None, 7.0, 9.0]), d1: table(["a", "b", "c", "d"], [5.0, None, 8.0, 1.0]),
+              d2: table(["a", "b", "c", "d", "e"], [5.0, None, 8.0, None, 9.0], [None, None, None, None, 3.0])}
+    assert changed_customers(tables, d2).tolist() == [False, False, True, True, True]
+    # A since without its before and after is no evidence drift reads: no filter.
+    assert changed_customers({d0: tables[d0], d1: pa.table({"customer_id": ["a"], since: [5.0]})}, d1) is None

@@ -196,11 +196,12 @@ def _drift_in_worker(warehouse_url: str, job: tuple) -> tuple:
 
 
 def _drift_reader(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings: PipelineSettings, retention: RetentionPolicy,
-                  blocks: BlockCache | None = None):
+                  blocks: BlockCache | None = None, anomalies_only: bool = False):
     """(reader of D's window of snapshots, their dates, D's models) or None when no snapshot is dated D. The window
-    holds what the daily run of D holds under `retention`, whether pruning has run since or not (a backfill holds it off)."""
-    reader = SnapshotHistoryReader(warehouse, store, as_of - pd.Timedelta(days=drift.history_days(settings.drift_windows)), as_of,
-                                   kept_at=(as_of, retention), cache=blocks)
+    holds what the daily run of D holds under `retention`, whether pruning has run since or not (a backfill holds it off);
+    `anomalies_only`: the anomalies' window alone (a date whose drift state is not kept reads no longer windows)."""
+    days = drift.ANOMALY_HISTORY_DAYS if anomalies_only else drift.history_days(settings.drift_windows)
+    reader = SnapshotHistoryReader(warehouse, store, as_of - pd.Timedelta(days=days), as_of, kept_at=(as_of, retention), cache=blocks)
     dates = list(reader.sources["snapshot_date"])
     if not dates or dates[-1] != as_of:
         return None
@@ -251,10 +252,15 @@ def _population_drift(reader: SnapshotHistoryReader, models: dict[str, AxisModel
                             _population_scored(reader, models, as_of, store), reference_date, as_of)
 
 
-def _drift_history(reader, models, store: str, settings: PipelineSettings, lo, hi) -> drift.MembershipHistory:
-    """The snapshot history of the customers with lo <= id < hi (None: unbounded), scored with D's models."""
+def _drift_history(reader, models, store: str, settings: PipelineSettings, lo, hi, anomalies_at=None) -> drift.MembershipHistory:
+    """The snapshot history of the customers with lo <= id < hi (None: unbounded), scored with D's models.
+    `anomalies_at` (D, in a run's cached path): only the customers whose change evidence moved in the window, all
+    that D's anomalies read (SnapshotHistoryReader.scored_history)."""
     scoring = _run_scoring(reader, models)
-    frame, matrix = reader.scored_history(lo, hi, *scoring) if scoring else (reader.history(lo, hi, with_features=bool(models)), None)
+    frame, matrix = (reader.scored_history(lo, hi, *scoring, changed_at=anomalies_at) if scoring
+                     else (reader.history(lo, hi, with_features=bool(models)), None))
+    if anomalies_at is not None and not len(frame):  # no customer's evidence moved: no anomalies, nothing to score
+        return history_from_snapshots(frame)
     # A matrix: a frame of them was copied three times on its way (1M: ~6 s).
     scored = _scored_memberships(models, frame, store) if matrix is None else (rescored_names(models), matrix)
     if settings.share("enable_drift_analysis") < 1.0:  # a rollout: drift for its share of customers only
@@ -289,7 +295,10 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
         if missing is not None:
             raise ShardsNotWritten(f"the drift of {as_of.date()} waits for the store's shards: {missing}")
     windows = settings.drift_windows
-    found = _drift_reader(warehouse, store, as_of, settings, retention, blocks)
+    # A date older than the kept drift state (a backfill; with `newest`, the state its run's last date will keep)
+    # writes its events only; its state is computed on demand.
+    state_kept = as_of >= drift_state_cutoff(warehouse, store, retention, as_of if newest is None else newest)
+    found = _drift_reader(warehouse, store, as_of, settings, retention, blocks, anomalies_only=not state_kept)
     if found is None:
         note = f"no snapshots dated {as_of.date()}: drift not computed (run the date's profiles with ENABLE_TEMPORAL_SNAPSHOTS first)"
         log.warning("store %s: %s", store, note)
@@ -301,14 +310,11 @@ def _drift_store(warehouse: Warehouse, store: str, as_of: pd.Timestamp, settings
     ranges = list(zip([None, *bounds], [*bounds, None]))
     seconds = {"read": 0.0, "compute": 0.0}
     anomaly_counts: dict[str, int] = {}
-    # A date older than the kept drift state (a backfill; with `newest`, the state its run's last date will keep)
-    # writes its events only; its state is computed on demand.
-    state_kept = as_of >= drift_state_cutoff(warehouse, store, retention, as_of if newest is None else newest)
 
     def chunks():
         for lo, hi in ranges:
             t0 = time.perf_counter()
-            history = _drift_history(reader, models, store, settings, lo, hi)
+            history = _drift_history(reader, models, store, settings, lo, hi, None if state_kept else as_of)
             t1 = time.perf_counter()
             tables = drift.compute_drift(history, as_of, windows, with_state=state_kept)
             check_rows("customer_drift", tables.customers)

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from quimbi_pipeline.history.snapshot_blocks import (
     FEATURE_PREFIX,
+    ID_COLUMNS,
     decode_tables,
     join_block_tables,
     read_block,
@@ -23,6 +24,7 @@ from quimbi_pipeline.model.memberships import parse_memberships
 from quimbi_pipeline.storage import Warehouse
 
 BASE_COLUMNS = ["customer_id", "snapshot_date", "churn_risk_score", "archetype_name"]
+EVIDENCE_PREFIX = FEATURE_PREFIX + CHANGE_PREFIX  # a history frame's change evidence columns: f:change:<axis>.<field>
 
 
 def numeric_rows(rows: pd.DataFrame) -> pd.DataFrame:
@@ -111,6 +113,53 @@ def read_block_tables(warehouse: Warehouse, store_id: str, day, blocks: list[int
     return {block: read_block(data[block]) for block in blocks}
 
 
+def changed_customers(tables: dict[pd.Timestamp, pa.Table], day: pd.Timestamp) -> np.ndarray | None:
+    """Per customer of `day`'s table (sorted by id): whether the "since" of any change evidence column differs on
+    another date's table (a value against none counts). None when `day` has no evidence columns (change detection
+    off: every customer can have anomalies). A customer whose evidence never moves in the window holds no change
+    new at any of its snapshots, and with evidence every anomaly needs one (measures.anomalies_at)."""
+    at_day = tables[day]
+    names = set(at_day.column_names)
+    # An axis' evidence counts with its three fields (drift.evidence.evidence_arrays reads no other).
+    since = [n for n in at_day.column_names if n.startswith(EVIDENCE_PREFIX) and n.endswith(".since")
+             and {n[:-len("since")] + f for f in ("before", "after")} <= names]
+    if not since:
+        return None
+    changed = np.zeros(at_day.num_rows, dtype=bool)
+    ids = at_day["customer_id"]
+    for other, table in tables.items():
+        if other == day or not table.num_rows:
+            continue
+        position = pc.index_in(table["customer_id"], value_set=ids)  # each row's place in `day`'s table, null: not there
+        present = position.is_valid().to_numpy(zero_copy_only=False)
+        at = position.drop_null().to_numpy()
+        for name in since:
+            now = at_day[name].to_numpy(zero_copy_only=False).astype("float64")[at]
+            then = (table[name].to_numpy(zero_copy_only=False).astype("float64")[present] if name in table.column_names
+                    else np.full(at.size, np.nan))
+            moved = ~((now == then) | (np.isnan(now) & np.isnan(then)))
+            changed[at[moved]] = True
+    return changed
+
+
+def _changed_only(found: dict, day_parts: dict, day: pd.Timestamp) -> tuple[dict, dict]:
+    """found's tables and day_parts' rows of changed_customers(found, day) only (as they are without evidence)."""
+    if day not in found:
+        return found, day_parts
+    changed = changed_customers(found, day)
+    if changed is None:
+        return found, day_parts
+    keep_ids = found[day]["customer_id"].filter(pa.array(changed))
+    kept, kept_parts = {}, {}
+    for d, table in found.items():
+        mask = changed if d == day else pc.is_in(table["customer_id"], value_set=keep_ids).to_numpy(zero_copy_only=False)
+        if mask.any():
+            kept[d] = table.filter(pa.array(mask))
+            if d in day_parts:
+                kept_parts[d] = [np.concatenate(day_parts[d])[mask]]
+    return kept, kept_parts
+
+
 class SnapshotHistoryReader:
     """Reads a store's snapshot history in [start, end] slice by slice of customers, in ascending id order.
 
@@ -170,15 +219,19 @@ class SnapshotHistoryReader:
         with_features also "f:axis.feature" features and "f:change:axis.field" change evidence (blocks only)."""
         return self._history(lo, hi, with_features)[0]
 
-    def scored_history(self, lo: str | None, hi: str | None, score: Callable[[pa.Table], np.ndarray | None], tag: str) -> tuple[pd.DataFrame, np.ndarray | None]:
+    def scored_history(self, lo: str | None, hi: str | None, score: Callable[[pa.Table], np.ndarray | None], tag: str,
+                       changed_at=None) -> tuple[pd.DataFrame, np.ndarray | None]:
         """history(lo, hi, with_features=True) and score's rows for it, column-major. score(a block's table) gives one row
         per customer of the block, each row from that customer's values alone, or None when the block cannot be scored
         alone; a run's BlockCache keeps each (date, block, tag)'s, which its later dates reuse (a backfill's windows share
-        all but one date). The rows are None when a block says None or some dates come from snapshot rows' JSON."""
-        return self._history(lo, hi, True, (score, tag))
+        all but one date). The rows are None when a block says None or some dates come from snapshot rows' JSON.
+        With rows, the frame holds no membership or feature columns but the change evidence (the rows stand for them).
+        `changed_at` (a date): only the customers of that date whose change evidence moved in the window
+        (changed_customers), when every date is read from blocks; the others' anomalies need no history."""
+        return self._history(lo, hi, True, (score, tag), changed_at)
 
-    def _history(self, lo, hi, with_features: bool, scoring: tuple | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
-        found, parts = {}, []
+    def _history(self, lo, hi, with_features: bool, scoring: tuple | None = None, changed_at=None) -> tuple[pd.DataFrame, np.ndarray | None]:
+        found, parts, day_parts = {}, [], {}
         scorable = scoring is not None and self.row_sources.empty
         for day in self.blocks:
             wanted, tables = self._day_blocks(day, lo, hi, with_features)
@@ -199,8 +252,14 @@ class SnapshotHistoryReader:
                         if rows is None:
                             scorable = False
                             break
-                        parts.append(rows[a:z])
+                        day_parts.setdefault(day, []).append(rows[a:z])
                     offset += n
+        if changed_at is not None and scorable and found:
+            found, day_parts = _changed_only(found, day_parts, pd.Timestamp(changed_at))
+        parts = [rows for day in found for rows in day_parts.get(day, [])]
+        if scorable and parts:  # the rows stand for the memberships and features: only the evidence is decoded
+            found = {day: table.select([n for n in table.column_names if n in ID_COLUMNS or n.startswith(EVIDENCE_PREFIX)])
+                     for day, table in found.items()}
         frames = [decode_tables(list(found.values()), list(found))] if found else []
         if not self.row_sources.empty:
             rows = self.warehouse.snapshot_rows(self.store_id, self.row_sources, with_features=with_features, customer_range=(lo, hi))

@@ -121,6 +121,8 @@ def test_a_runs_block_cache_reads_each_block_once_and_its_drift_is_the_drift_wit
         assert all(o.ok for o in run_drift_partition(plain, day, settings, ["store_a"]))
     for table, frame in _drift_tables(plain).items():
         pd.testing.assert_frame_equal(frame, _drift_tables(cached)[table], obj=table)
+    # The four dates share population drift's reference (the oldest date in 28 days): its binned side is kept once.
+    assert [key[1:3] for key in cache._kept] == [(START, "population reference")]
     blocks = cached.snapshot_block_index("store_a", START, DAY)
     assert 0 < cache.reads <= 2 * len(blocks) and cache.hits > cache.reads  # memberships and features of a block: once
     reads = cache.reads
@@ -139,7 +141,7 @@ def test_a_runs_block_cache_reads_each_block_once_and_its_drift_is_the_drift_wit
     # A reader of a later window drops the store's dates that left it.
     before = cache.nbytes
     SnapshotHistoryReader(cached, "store_a", DAY - pd.Timedelta(days=3), DAY, cache=cache)
-    assert 0 < cache.nbytes < before and {key[1] for key in cache._tables} <= set(days)
+    assert 0 < cache.nbytes < before and {key[1] for key in cache._tables} <= set(days) and not cache._kept
     cached.dispose()
     plain.dispose()
 

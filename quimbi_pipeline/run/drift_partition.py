@@ -236,16 +236,23 @@ def _population_drift(reader: SnapshotHistoryReader, models: dict[str, AxisModel
         # Block by block (through the run's BlockCache when there is one), whatever the run: a slice is never scored whole.
         scoring = (functools.partial(block_memberships, models), models_tag(models)) if models else None
         names = rescored_names(models)
+
+        def side_of(day: pd.Timestamp, reference: PopulationSide | None) -> PopulationSide:
+            side = PopulationSide(reference)
+            for frame, rows in reader.population_slices(day, every_customers, scoring):
+                if scoring is not None and rows is None:
+                    raise _NotScoredBySlice(f"a block of {day.date()} cannot be scored alone")
+                side.add(frame if scoring is None else with_memberships(frame, names, rows))
+            return side
+
         try:
-            sides: list[PopulationSide] = []
-            for day in (reference_date, as_of):
-                side = PopulationSide(sides[0].binned() if sides else None)
-                for frame, rows in reader.population_slices(day, every_customers, scoring):
-                    if scoring is not None and rows is None:
-                        raise _NotScoredBySlice(f"a block of {day.date()} cannot be scored alone")
-                    side.add(frame if scoring is None else with_memberships(frame, names, rows))
-                sides.append(side)
-            return population_rows(*sides, reference_date, as_of)
+            # A run's consecutive dates mostly share their reference (a weekly snapshot): its binned side, read only
+            # after binning, is kept in the run's cache with the blocks.
+            binned_reference = lambda: side_of(reference_date, None).binned()
+            reference = (binned_reference() if reader.cache is None else
+                         reader.cache.kept((store, reference_date, "population reference", scoring[1] if scoring else "", every_customers),
+                                           binned_reference))
+            return population_rows(reference, side_of(as_of, reference), reference_date, as_of)
         except (_NotScoredBySlice, SlicesDiffer) as exc:
             log.info("store %s: population drift from the whole dates: %s", store, exc)
     return population_drift(_population_scored(reader, models, reference_date, store),

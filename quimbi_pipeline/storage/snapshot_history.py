@@ -67,6 +67,7 @@ class BlockCache:
         self.nbytes = 0
         self.hits = self.reads = 0  # blocks found here, blocks read from the warehouse
         self._tables: dict[tuple, pa.Table] = {}
+        self._kept: dict[tuple, object] = {}  # small results of a date's blocks (population drift's binned reference)
 
     def tables(self, warehouse: Warehouse, store_id: str, day, blocks: list[int], column: str) -> dict[int, pa.Table]:
         """{block: its table} of the date's blocks' `column`, read from the warehouse only where not held."""
@@ -95,11 +96,20 @@ class BlockCache:
             self._put(key, value)
         return value
 
+    def kept(self, key: tuple, compute: Callable[[], object]) -> object:
+        """The small object held under `key` = (store, date, ...), else compute()'s, kept while its date is in the window
+        (not counted against the bound: a few kilobytes)."""
+        if key not in self._kept:
+            self._kept[key] = compute()
+        return self._kept[key]
+
     def keep_days(self, store_id: str, days) -> None:
         """Drop the store's blocks of dates not in `days` (those that left the window)."""
         keep = {pd.Timestamp(d) for d in days}
         for key in [k for k in self._tables if k[0] == store_id and k[1] not in keep]:
             self.nbytes -= self._tables.pop(key).nbytes
+        for key in [k for k in self._kept if k[0] == store_id and k[1] not in keep]:
+            del self._kept[key]
 
     def _put(self, key: tuple, table: pa.Table | np.ndarray) -> None:
         if self.nbytes + table.nbytes <= self.max_bytes:

@@ -137,6 +137,7 @@ def changed_customers(tables: dict[pd.Timestamp, pa.Table], day: pd.Timestamp) -
         return None
     changed = np.zeros(at_day.num_rows, dtype=bool)
     ids = at_day["customer_id"]
+    at_day_since = {name: at_day[name].to_numpy(zero_copy_only=False).astype("float64") for name in since}
     for other, table in tables.items():
         if other == day or not table.num_rows:
             continue
@@ -144,7 +145,7 @@ def changed_customers(tables: dict[pd.Timestamp, pa.Table], day: pd.Timestamp) -
         present = position.is_valid().to_numpy(zero_copy_only=False)
         at = position.drop_null().to_numpy()
         for name in since:
-            now = at_day[name].to_numpy(zero_copy_only=False).astype("float64")[at]
+            now = at_day_since[name][at]
             then = (table[name].to_numpy(zero_copy_only=False).astype("float64")[present] if name in table.column_names
                     else np.full(at.size, np.nan))
             moved = ~((now == then) | (np.isnan(now) & np.isnan(then)))
@@ -241,7 +242,7 @@ class SnapshotHistoryReader:
         return self._history(lo, hi, True, (score, tag), changed_at)
 
     def _history(self, lo, hi, with_features: bool, scoring: tuple | None = None, changed_at=None) -> tuple[pd.DataFrame, np.ndarray | None]:
-        found, parts, day_parts = {}, [], {}
+        found, day_parts = {}, {}
         scorable = scoring is not None and self.row_sources.empty
         for day in self.blocks:
             wanted, tables = self._day_blocks(day, lo, hi, with_features)
@@ -317,7 +318,7 @@ class SnapshotHistoryReader:
     def _population_of(self, day: pd.Timestamp, wanted: list[int], tables: dict[int, pa.Table],
                        scoring: tuple | None) -> tuple[pd.DataFrame, np.ndarray | None]:
         frame = decode_tables([pa.concat_tables([tables[b] for b in wanted], promote_options="permissive")], [day])
-        frame = frame[[c for c in frame.columns if c not in BASE_COLUMNS and not c.startswith(FEATURE_PREFIX + CHANGE_PREFIX)]]
+        frame = frame[[c for c in frame.columns if c not in BASE_COLUMNS and not c.startswith(EVIDENCE_PREFIX)]]
         rows = None if scoring is None else [self._scored_block(day, b, tables[b], *scoring) for b in wanted]
         if rows is None or any(r is None for r in rows):
             return frame, None

@@ -241,3 +241,46 @@ def test_the_sample_keys_are_what_postgresql_computes_from_the_ids(pg_url):
     finally:
         warehouse.dispose()
     assert found == sample_keys(ids).tolist()
+
+
+@pytest.mark.postgres
+def test_two_writers_inserting_the_same_new_keys_in_different_orders_never_deadlock(pg_url):
+    """Warehouse.insert_new beside another transaction inserting the same keys (the archetypes of a store's shards, written
+    side by side): one writer holds key 1 and then wants key 2, while the other inserts [2, 1]. In that order the second
+    held 2 and waited for 1 (PostgreSQL: deadlock detected, a shard failed in the suite); in key order it waits at 1."""
+    import threading
+    import time
+
+    import sqlalchemy as sa
+
+    from quimbi_pipeline.storage.snapshot_tables import snapshot_archetypes
+
+    wh = Warehouse(pg_url)
+
+    def row(positions: str) -> dict:
+        return {"store_id": "s", "layout_id": 1, "dominant_positions": positions, "archetype_id": positions, "archetype_level": 1,
+                "archetype_name": positions}
+
+    errors = []
+    with wh.engine.connect() as first:
+        wh.insert_new(first, snapshot_archetypes, [row("1")])
+
+        def other():
+            try:
+                with wh.engine.begin() as second:
+                    wh.insert_new(second, snapshot_archetypes, [row("2"), row("1")])
+            except sa.exc.DBAPIError as exc:  # deadlock detected: the assertion below names it
+                errors.append(exc)
+
+        writer = threading.Thread(target=other)
+        writer.start()
+        time.sleep(0.5)  # the other writer is waiting now (at key 1 in key order; at 1 after taking 2 in its own)
+        try:
+            wh.insert_new(first, snapshot_archetypes, [row("2")])
+            first.commit()
+        except sa.exc.DBAPIError as exc:
+            errors.append(exc)
+        writer.join(30)
+    assert not errors, errors
+    assert sorted(wh.read_sql(f"SELECT dominant_positions FROM {wh.qualified('snapshot_archetypes')} WHERE store_id = 's'")["dominant_positions"]) == ["1", "2"]
+    wh.dispose()

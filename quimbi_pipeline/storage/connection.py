@@ -274,13 +274,16 @@ class Connection:
     def insert_new(self, conn: sa.Connection, table: sa.Table, rows: list[dict], update: list[str] | None = None) -> None:
         """Insert `rows`, leaving a row whose key is already there as it is, or with `update`, setting those columns
         from the new row: safe beside another transaction writing the same keys (store shards written side by side),
-        where reading first and inserting what is missing is not."""
+        where reading first and inserting what is missing is not. The rows go in key order: two such transactions
+        inserting overlapping keys each in its own order waited for each other's row (PostgreSQL: deadlock detected; the
+        archetypes of shards written side by side)."""
         if not rows:
             return
         from sqlalchemy.dialects import postgresql, sqlite
 
         insert = (postgresql if self.is_postgres else sqlite).insert(table)
         keys = [c.name for c in table.primary_key.columns]
+        rows = sorted(rows, key=lambda row: tuple(str(row[k]) for k in keys))
         statement = (insert.on_conflict_do_nothing(index_elements=keys) if not update else
                      insert.on_conflict_do_update(index_elements=keys, set_={c: insert.excluded[c] for c in update}))
         conn.execute(statement, rows)

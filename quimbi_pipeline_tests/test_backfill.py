@@ -163,7 +163,10 @@ def test_runs_over_ranges_leave_the_tables_a_run_per_date_leaves(tmp_path, wareh
     per date never does. Both databases."""
     from quimbi_pipeline.cli import execute_dates
     from quimbi_pipeline.run import FeaturesAhead
-    from quimbi_pipeline_tests.test_reliability import assert_same_tables
+    from quimbi_pipeline_tests.test_reliability import (
+        ANALYST_TABLES,
+        assert_same_tables,
+    )
     from quimbi_pipeline_tests.test_reliability import tables as analyst_tables
 
     for name in ("ENABLE_TEMPORAL_SNAPSHOTS", "ENABLE_DRIFT_ANALYSIS", "ENABLE_OUTLIER_DETECTION", "ENABLE_STABLE_SEGMENTS"):
@@ -181,7 +184,7 @@ def test_runs_over_ranges_leave_the_tables_a_run_per_date_leaves(tmp_path, wareh
 
     monkeypatch.setattr(FeaturesAhead, "take", counted_take)
 
-    def history(url: str, per_run: str, spans, ahead: bool) -> tuple[dict, list[str]]:
+    def history(url: str, per_run: str, spans, ahead: bool) -> tuple[dict, dict, list[str]]:
         monkeypatch.setenv("QUIMBI_BACKFILL_DATES_PER_RUN", per_run)
         monkeypatch.setattr(FeaturesAhead, "wanted", lambda self, unit: ahead)
         out = io.StringIO()
@@ -192,16 +195,22 @@ def test_runs_over_ranges_leave_the_tables_a_run_per_date_leaves(tmp_path, wareh
         found = analyst_tables(wh)
         found["segment_models"] = wh.read_sql(f"SELECT * FROM {wh.qualified('segment_models')}").map(str).sort_values(
             ["store_id", "model_version", "axis"]).reset_index(drop=True)
+        pruned = pruned_tables(wh)
         wh.dispose()
-        return found, out.getvalue().splitlines()
+        return found, pruned, out.getvalue().splitlines()
 
-    expected, _ = history(f"sqlite:///{tmp_path / 'per_date.sqlite'}", "1", [("2026-10-18", "2026-10-31")], ahead=False)
+    expected, expected_pruned, _ = history(f"sqlite:///{tmp_path / 'per_date.sqlite'}", "1", [("2026-10-18", "2026-10-31")], ahead=False)
     assert len(expected["customer_drift"]) and len(expected["population_drift"]) and len(expected["customer_outlier_flags"])
     assert not any(taken)
-    produced, lines = history(warehouse_url, "5", [("2026-10-24", "2026-10-31"), ("2026-10-18", "2026-10-23")], ahead=True)
+    produced, produced_pruned, lines = history(warehouse_url, "5", [("2026-10-24", "2026-10-31"), ("2026-10-18", "2026-10-23")], ahead=True)
     # 14 dates x 2 stores in 4 runs: every store-date but each run's first took features computed ahead.
     assert sum(taken) == 14 * 2 - 4, taken
-    assert_same_tables(expected, produced)
+    # The run over 2026-10-18..22: its dates but the Monday (weekly, 2026-10-19) are expired at the store's newest date
+    # (daily: 7 days) and were written as blocks alone; their drift, and the later dates' recomputed drift, read them.
+    # 2026-10-23, a run of one date, writes its rows as the schedule does.
+    assert_same_tables(expected, produced, names=[t for t in ANALYST_TABLES if t != "customer_profile_snapshots"])
+    assert_expired_on_arrival(expected, produced, ["2026-10-18", "2026-10-20", "2026-10-21", "2026-10-22"])
+    assert_same_tables(expected_pruned, produced_pruned, names=[*ANALYST_TABLES, "snapshot_blocks"])
     if warehouse_url.startswith("sqlite"):
         pd.testing.assert_frame_equal(expected["segment_models"], produced["segment_models"])
     else:  # fitted_on is a date there and text here; the fit itself must be the same
@@ -212,6 +221,31 @@ def test_runs_over_ranges_leave_the_tables_a_run_per_date_leaves(tmp_path, wareh
         "    one run over 2026-10-24 to 2026-10-28", "    one run over 2026-10-29 to 2026-10-31", "    one run over 2026-10-18 to 2026-10-22"]
 
 
+def pruned_tables(wh: Warehouse) -> dict[str, pd.DataFrame]:
+    """The analysts' tables and the snapshot blocks' index after a prune under the retention policy in force (the
+    snapshot rows a range leaves out are the rows it deletes)."""
+    from quimbi_pipeline.settings import RetentionPolicy
+    from quimbi_pipeline.storage.prune import prune
+    from quimbi_pipeline_tests.test_reliability import tables as analyst_tables
+
+    prune(wh, RetentionPolicy.from_env())
+    found = analyst_tables(wh)
+    found["snapshot_blocks"] = wh.read_sql(f"SELECT store_id, snapshot_date, block, n_customers FROM {wh.qualified('snapshot_blocks')}").map(str).sort_values(
+        ["store_id", "snapshot_date", "block"]).reset_index(drop=True)
+    return found
+
+
+def assert_expired_on_arrival(per_date: dict, ranged: dict, days: list[str]) -> None:
+    """The range left out exactly the snapshot rows of `days` (every store's), and wrote every other row the run per date wrote."""
+    key = ["store_id", "customer_id", "snapshot_date", "snapshot_type"]
+    left_out = per_date["customer_profile_snapshots"].merge(ranged["customer_profile_snapshots"][key], on=key, how="left", indicator=True)
+    assert (left_out["_merge"] != "right_only").all()
+    missing = left_out[left_out["_merge"] == "left_only"]
+    assert sorted(missing["snapshot_date"].str[:10].unique()) == days
+    assert set(missing["snapshot_type"]) == {"daily"}
+    assert len(missing) == int(per_date["customer_profile_snapshots"]["snapshot_date"].str[:10].isin(days).sum())
+
+
 @pytest.mark.parametrize("snapshots", ["1", "0"])
 def test_a_range_writes_each_profile_row_once_at_the_last_date_the_customer_is_active(tmp_path, warehouse_url, monkeypatch, snapshots):
     """Inside a run over several dates a customer's customer_profiles row is written at the last of them they are active
@@ -219,28 +253,37 @@ def test_a_range_writes_each_profile_row_once_at_the_last_date_the_customer_is_a
     range; their rows must be those of the day before they leave, as a run per date leaves them. Both databases, with
     snapshots (the rows staged beside the snapshot values) and without."""
     from quimbi_pipeline.cli import execute_dates
-    from quimbi_pipeline_tests.test_reliability import assert_same_tables
+    from quimbi_pipeline_tests.test_reliability import (
+        ANALYST_TABLES,
+        assert_same_tables,
+    )
     from quimbi_pipeline_tests.test_reliability import tables as analyst_tables
 
     monkeypatch.setenv("QUIMBI_ACTIVE_DAYS", "10")
     monkeypatch.setenv("ENABLE_TEMPORAL_SNAPSHOTS", snapshots)
     orders, first, last = "demo:customers=150,stores=2,seed=12", "2026-10-24", "2026-10-31"
 
-    def history(url: str, per_run: str) -> dict:
+    def history(url: str, per_run: str) -> tuple[dict, dict]:
         monkeypatch.setenv("QUIMBI_BACKFILL_DATES_PER_RUN", per_run)
         out = io.StringIO()
         summary = execute_dates(pd.Timestamp(first), pd.Timestamp(last), orders=orders, warehouse=url, stores=None, out=out)
         assert not summary.dates_failed, out.getvalue()
         wh = Warehouse(url)
         found = analyst_tables(wh)
+        pruned = pruned_tables(wh)
         wh.dispose()
-        return found
+        return found, pruned
 
-    expected = history(f"sqlite:///{tmp_path / 'per_date.sqlite'}", "1")
+    expected, expected_pruned = history(f"sqlite:///{tmp_path / 'per_date.sqlite'}", "1")
     dates = pd.to_datetime(expected["customer_profiles"]["profile_date"])
     left = int(((dates >= pd.Timestamp(first)) & (dates < pd.Timestamp(last))).sum())
     assert left >= 10, f"only {left} customers left the active set inside the range: the test would not see a deferral go wrong"
-    assert_same_tables(expected, history(warehouse_url, "8"))
+    produced, produced_pruned = history(warehouse_url, "8")
+    # 2026-10-24 is a Saturday 7 days before the range's end: its daily snapshot is expired on arrival.
+    assert_same_tables(expected, produced, names=[t for t in ANALYST_TABLES if t != "customer_profile_snapshots"])
+    if snapshots == "1":
+        assert_expired_on_arrival(expected, produced, ["2026-10-24"])
+    assert_same_tables(expected_pruned, produced_pruned, names=[*ANALYST_TABLES, "snapshot_blocks"])
 
 
 def test_a_store_failing_at_the_next_date_gets_every_row_of_the_date_before(tmp_path, monkeypatch):

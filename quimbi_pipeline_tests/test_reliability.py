@@ -65,8 +65,8 @@ def tables(wh: Warehouse) -> dict[str, pd.DataFrame]:
     return out
 
 
-def assert_same_tables(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> None:
-    for table in ANALYST_TABLES:
+def assert_same_tables(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame], names=tuple(ANALYST_TABLES)) -> None:
+    for table in names:
         assert a[table].shape == b[table].shape, f"{table}: {a[table].shape} rows x columns vs {b[table].shape}"
         differ = (a[table] != b[table]).any()
         assert not differ.any(), f"{table}: columns {list(differ[differ].index)} differ"
@@ -645,6 +645,39 @@ def test_pruning_leaves_leased_stores_alone_and_a_run_waits_for_a_prune(warehous
     waiting.join(10)
     assert leased_at and leased_at[0] >= ended
     release(wh, "late-run")
+    wh.dispose()
+
+
+def test_a_ranges_expired_date_is_blocks_alone_which_a_prune_keeps_while_the_run_holds_the_store(warehouse_url):
+    """A date of a backfill range whose snapshots the policy expires by the range's end (range_end) writes its blocks and
+    no rows; the drift step finds the store and the date's calendar type there; a prune beside the run leaves the
+    blocks, the first prune after it removes them."""
+    from quimbi_pipeline.settings import RetentionPolicy
+    from quimbi_pipeline.storage.leases import run_lease
+    from quimbi_pipeline.storage.prune import prune
+
+    validated = validate_orders(generate_demo(n_customers=40, n_stores=1, seed=8, end="2026-10-31").orders)
+    wh = Warehouse(warehouse_url)
+    settings = PipelineSettings(enable_temporal_snapshots=True)
+    report = run_profiles_partition(validated, "2026-10-20", wh, settings, range_end="2026-10-31")  # a Tuesday, 11 days back
+    assert [(o.ok, o.snapshots_expired, o.snapshot_rows) for o in report.outcomes] == [(True, True, {})]
+    kept = run_profiles_partition(validated, "2026-10-25", wh, settings, range_end="2026-10-31")  # the 7 newest dates: rows
+    assert [o.snapshots_expired for o in kept.outcomes] == [False] and kept.outcomes[0].snapshot_rows == {"daily": kept.n_profiles}
+
+    def block_dates() -> list[str]:
+        frame = wh.snapshot_block_index("store_a", "2026-10-01", "2026-10-31")
+        return sorted({str(d.date()) for d in frame["snapshot_date"]})
+
+    assert _snapshot_dates(wh, "store_a") == ["2026-10-25"] and block_dates() == ["2026-10-20", "2026-10-25"]
+    assert wh.snapshot_stores("2026-10-20") == ["store_a"]
+    sources = wh.snapshot_sources("store_a", "2026-10-19", "2026-10-25", kept_at=(pd.Timestamp("2026-10-25"), RetentionPolicy()))
+    assert [(str(d.date()), t) for d, t in zip(sources["snapshot_date"], sources["snapshot_type"])] == [
+        ("2026-10-20", "daily"), ("2026-10-25", "daily")]
+    with run_lease(wh, ["store_a"]):
+        prune(wh, RetentionPolicy())
+        assert block_dates() == ["2026-10-20", "2026-10-25"]
+    prune(wh, RetentionPolicy())
+    assert block_dates() == ["2026-10-25"] and _snapshot_dates(wh, "store_a") == ["2026-10-25"]
     wh.dispose()
 
 

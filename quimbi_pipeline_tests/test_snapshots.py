@@ -25,7 +25,10 @@ ORDERS = "demo:customers=300,stores=2,seed=5"
 
 
 def run(warehouse_url, start, end, monkeypatch, snapshots=True):
+    """`quimbi run` over the dates, a run per date: the rows the daily schedule leaves before any prune (a run of several
+    dates leaves out the rows the policy expires on arrival: test_backfill.py)."""
     monkeypatch.setenv("ENABLE_TEMPORAL_SNAPSHOTS", "1" if snapshots else "0")
+    monkeypatch.setenv("QUIMBI_BACKFILL_DATES_PER_RUN", "1")
     assert run_dates(pd.Timestamp(start), pd.Timestamp(end), orders=ORDERS, warehouse=warehouse_url, stores=None, out=io.StringIO()) == 0
 
 
@@ -59,6 +62,19 @@ def test_drift_reads_of_each_date_the_finest_type_the_policy_keeps_at_its_own_da
     assert type_kept_at("2026-10-27", "2026-11-04", policy, every) == "profile_change"  # a Tuesday: its changed customers only
     assert type_kept_at("2026-10-27", "2026-12-27", policy, every) is None  # 61 days
     assert type_kept_at("2026-10-01", "2027-10-01", policy, type_mask(["monthly"])) == "monthly"  # 365 days
+
+
+def test_a_snapshot_date_is_expired_on_arrival_when_the_policy_expires_every_type_it_has():
+    """history.snapshots.expired_on_arrival: what a backfill range writes as blocks alone (counted from its last date)."""
+    from quimbi_pipeline.history.snapshots import expired_on_arrival
+
+    policy, end = RetentionPolicy(), "2026-10-31"  # daily 7, weekly 60, monthly 365
+    assert expired_on_arrival("2026-10-24", end, policy)  # a Saturday 7 days back: the 7 newest dates are 10-25..31
+    assert not expired_on_arrival("2026-10-25", end, policy)
+    assert not expired_on_arrival("2026-10-19", end, policy)  # a Monday: its weekly type is kept
+    assert expired_on_arrival("2026-08-31", end, policy)  # a Monday 61 days back
+    assert not expired_on_arrival("2026-09-01", end, policy)  # a 1st: monthly
+    assert not expired_on_arrival("2026-10-20", end, RetentionPolicy(daily=30))
 
 
 @pytest.mark.heavy

@@ -62,6 +62,13 @@ def type_kept_at(day, as_of, policy, present_mask: int) -> str | None:
     return kept[0] if kept else None
 
 
+def expired_on_arrival(day, horizon, policy) -> bool:
+    """Whether every calendar type of snapshot date `day` is already expired when the store's newest snapshot date is
+    `horizon` (a backfill range's last date, or the store's newest when later): the prune would delete a row of `day`
+    with only those types, so a range writes none (its blocks stand for it inside the range: drift reads them)."""
+    return all(pd.Timestamp(day).normalize() < policy.cutoff(t, horizon) for t in snapshot_types_for(day))
+
+
 # Tables pruned by date like the snapshots: table -> (date column, RetentionPolicy field).
 TABLE_RETENTION = {
     "customer_drift": ("as_of_date", "drift"),

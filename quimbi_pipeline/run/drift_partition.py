@@ -136,9 +136,7 @@ def run_drift_partition(warehouse: Warehouse, as_of, settings: PipelineSettings 
     run_last_date = None if run_last_date is None else as_of_day(run_last_date)
     retention = retention or RetentionPolicy.from_env()
     if stores is None:
-        stores = warehouse.read_sql(
-            f"SELECT DISTINCT store_id FROM {warehouse.qualified('profile_snapshots')} WHERE snapshot_date = :d ORDER BY 1",
-            {"d": as_of.date()})["store_id"].tolist()
+        stores = warehouse.snapshot_stores(as_of)
     jobs = []
     # One store: its write refreshes the date's statistics. Several: the run does, once, after them all.
     analyze_each = len(stores) <= 1

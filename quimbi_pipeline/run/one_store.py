@@ -63,6 +63,7 @@ class StoreOutcome:
     snapshot_rows: dict[str, int] = field(default_factory=dict)  # by type, as stored
     snapshot_duplicate_keys: int = 0
     snapshot_expected: int = 0  # customers the date's snapshots must cover (all, or the rollout share)
+    snapshots_expired: bool = False  # D's snapshot rows not written: expired by the backfill range's end (its blocks are)
     outlier_rates: dict[str, float] = field(default_factory=dict)  # by method (ENABLE_OUTLIER_DETECTION)
     outlier_rows: int = 0
     notes: list[str] = field(default_factory=list)  # degradations taken for this store (logged as warnings too)
@@ -102,18 +103,21 @@ def failed_outcome(store: str, as_of: pd.Timestamp, exc: Exception) -> StoreOutc
 
 def run_one_store(warehouse: Warehouse, store: str, orders: pd.DataFrame, as_of: pd.Timestamp, optional_columns,
                   settings: PipelineSettings, snapshot_types: list[str], active_later: pd.Index | None = None,
-                  analyze: bool = True, ahead: FeaturesAhead | None = None, then: Callable[[], StoreDate | None] | None = None,
-                  sharded: ShardWork | None = None) -> StoreOutcome:
+                  analyze: bool = True, snapshot_rows: bool = True, ahead: FeaturesAhead | None = None,
+                  then: Callable[[], StoreDate | None] | None = None, sharded: ShardWork | None = None) -> StoreOutcome:
     """One store's profiles of D computed, written and verified (in the main process or a store_pool worker);
     a failure is recorded in the outcome, never raised. `active_later`: the customers active at the run's next date
     (a backfill's range): their customer_profiles rows are left to it (the snapshots of D are whole). `analyze=False`:
     the date's snapshot partition's statistics are left to the run (run_profiles_partition, after all its stores).
+    `snapshot_rows=False`: D's snapshot rows are not written, only its snapshot blocks (a backfill range's date whose
+    snapshots the retention policy expires by the range's end: history.snapshots.expired_on_arrival).
     `ahead`, `then`: the store's features may have been computed ahead (features_ahead.py); once they are at hand, the
     store-date `then()` names is started there. `sharded`: `orders` are one shard's customers (run/shards.py), scored
     against the store state given and written as that shard."""
     try:
         with limited_threads(len(orders), run_threads(settings.threads), automatic=settings.threads == 0):
-            return _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later, analyze, ahead, then, sharded)
+            return _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later, analyze, snapshot_rows,
+                              ahead, then, sharded)
     except Exception as exc:  # one store's failure is recorded and the others go on
         return failed_outcome(store, as_of, exc)
     finally:
@@ -167,7 +171,8 @@ def _handed_over(cached):
     return value
 
 
-def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later, analyze, ahead, then, sharded) -> StoreOutcome:
+def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snapshot_types, active_later, analyze, snapshot_rows, ahead, then,
+               sharded) -> StoreOutcome:
     if sharded is not None:
         result = build_store_profiles(orders, store, as_of, settings, optional_columns, model_version=sharded.version, state=sharded.state)
         return _write_store(store, as_of, warehouse, settings, snapshot_types, analyze, result, sharded.model_frame, sharded.transitions, sharded)
@@ -198,12 +203,13 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
         result.seconds["stable_models"] = model_seconds
     if features_seconds is not None:
         result.seconds["features"] = features_seconds  # computing them, or waiting for those computed ahead
-    return _write_store(store, as_of, warehouse, settings, snapshot_types, analyze, result, new_models, transitions)
+    return _write_store(store, as_of, warehouse, settings, snapshot_types, analyze, result, new_models, transitions, snapshot_rows=snapshot_rows)
 
 
 def _write_store(store, as_of, warehouse: Warehouse, settings: PipelineSettings, snapshot_types, analyze, result: StoreProfiles,
-                 new_models: pd.DataFrame, transitions, sharded: ShardWork | None = None) -> StoreOutcome:
-    """A store's (or a shard's) profiles written and verified: its outcome."""
+                 new_models: pd.DataFrame, transitions, sharded: ShardWork | None = None, snapshot_rows: bool = True) -> StoreOutcome:
+    """A store's (or a shard's) profiles written and verified: its outcome. `snapshot_rows=False`: D's snapshots are its
+    blocks alone (run_one_store)."""
     shard = None if sharded is None else sharded.shard
     customer_range = (None, None) if shard is None else shard.customer_range
     started = time.perf_counter()
@@ -215,7 +221,7 @@ def _write_store(store, as_of, warehouse: Warehouse, settings: PipelineSettings,
     written_ids = customer_ids if deferred is None else customer_ids[~deferred]
     if snapshot_types and settings.share("enable_temporal_snapshots") < 1.0:
         snapshot_customers = customer_ids[in_rollout(customer_ids, "enable_temporal_snapshots", settings.share("enable_temporal_snapshots"))]
-    if snapshot_types and settings.snapshot_on_profile_change and len(result.profiles):
+    if snapshot_types and settings.snapshot_on_profile_change and snapshot_rows and len(result.profiles):
         changed = profile_changes(result, warehouse.last_snapshot_memberships(store, as_of), settings.profile_change_threshold)
         changed = changed if snapshot_customers is None else changed.intersection(snapshot_customers)
     model_frame = segment_model_rows(result) if result.fresh_fit else new_models
@@ -230,7 +236,7 @@ def _write_store(store, as_of, warehouse: Warehouse, settings: PipelineSettings,
     progress.info("%s: writing %s profiles", store, f"{len(result.profiles):,}")
     written = warehouse.write_profiles_partition(store, as_of, result.profiles, model_frame, snapshot_types, changed, transitions, result.outliers,
                                                  snapshot_customers, blocks, result.snapshot_values, deferred, analyze, shard,
-                                                 "" if sharded is None else sharded.digest)
+                                                 "" if sharded is None else sharded.digest, snapshot_rows)
     result.seconds["write"] = time.perf_counter() - started
     if snapshot_types:
         result.seconds["write_snapshots"] = written["snapshot_seconds"]  # part of "write"
@@ -256,6 +262,7 @@ def _write_store(store, as_of, warehouse: Warehouse, settings: PipelineSettings,
         missing_profiles=checks.get("missing", 0), unexpected_profiles=checks.get("unexpected", 0),
         snapshot_rows=checks.get("snapshot_rows", {}),
         snapshot_expected=len(customer_ids) if snapshot_customers is None else len(snapshot_customers),
+        snapshots_expired=bool(snapshot_types) and not snapshot_rows,
         snapshot_duplicate_keys=checks.get("duplicate_keys", 0),
         outlier_rates=outlier_rates(result.outliers) if result.outliers is not None else {},
         outlier_rows=0 if result.outliers is None else len(result.outliers),

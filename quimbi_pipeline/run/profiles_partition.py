@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from quimbi_pipeline.history.snapshots import snapshot_types_for
+from quimbi_pipeline.history.snapshots import expired_on_arrival, snapshot_types_for
 from quimbi_pipeline.model.features import active_orders
 from quimbi_pipeline.run.features_ahead import FeaturesAhead, StoreDate
 from quimbi_pipeline.run.one_store import StoreOutcome, failed_outcome, run_one_store
@@ -22,7 +22,12 @@ from quimbi_pipeline.run.sharded_store import run_sharded_store, store_plan
 from quimbi_pipeline.run.shards import ShardPlan
 from quimbi_pipeline.run.store_pool import end_kept_pools, pool_workers_for, run_in_pool
 from quimbi_pipeline.runtime.threads import SMALL_ROWS
-from quimbi_pipeline.settings import PipelineSettings, StoreSettings, settings_for_store
+from quimbi_pipeline.settings import (
+    PipelineSettings,
+    RetentionPolicy,
+    StoreSettings,
+    settings_for_store,
+)
 from quimbi_pipeline.sources.orders import ValidatedOrders, as_of_day, seen_at
 from quimbi_pipeline.storage import Warehouse
 
@@ -55,6 +60,7 @@ def run_profiles_partition(
     ahead: FeaturesAhead | None = None,
     shard: int | None = None,
     shard_plan: ShardPlan | None = None,
+    range_end=None,
 ) -> PartitionReport:
     """Compute, write and verify customer_profiles of partition D for `stores` (default: all stores).
 
@@ -70,12 +76,17 @@ def run_profiles_partition(
     a store with one shard is then an error); its rows wait for no later date. `shard_plan`: the plan `validated` was
     read for (sharded_store.load_shard_orders: one shard's and the sample's orders); without it, each sharded store's
     plan comes from its customer ids in `validated`.
+    `range_end`: the last date of the run (a backfill's range): a store whose every snapshot type of D the retention
+    policy expires by then (counted from the range's end, or from the store's newest snapshot date when later) writes
+    D's snapshot blocks only, not its snapshot rows, which the next prune would delete (expired_on_arrival; inside the
+    range drift reads the blocks). Not with QUIMBI_SNAPSHOT_ON_PROFILE_CHANGE (its next date compares with D's rows).
     """
     as_of = as_of_day(as_of)
     types = snapshot_types_for(as_of) if snapshot_types is None else list(snapshot_types)
     started = time.perf_counter()
     if later_day is not None and as_of_day(later_day) <= as_of:
         raise ValueError(f"later_day {as_of_day(later_day).date()} is not after {as_of.date()}")
+    policy = RetentionPolicy.from_env() if range_end is not None and types == snapshot_types_for(as_of) else None
     orders = validated.orders
     # Row positions per store of the orders before D + 1 day: each store's orders are copied out only
     # while that store runs (at 1M customers a full copy of the orders is 1.4 GB).
@@ -95,7 +106,15 @@ def run_profiles_partition(
         """run_one_store's arguments after the warehouse (the store's orders copied out now)."""
         later = None if later_day is None else active_later(store, store_settings.active_days)
         return (store, _store_orders(orders, rows), as_of, validated.optional_columns, store_settings,
-                types if store_settings.enable_temporal_snapshots else [], later, analyze_each)
+                types if store_settings.enable_temporal_snapshots else [], later, analyze_each, snapshot_rows(store, store_settings))
+
+    def snapshot_rows(store: str, store_settings: PipelineSettings) -> bool:
+        """Whether D's snapshot rows are written (run_one_store): not when they are expired on arrival (range_end)."""
+        if policy is None or not store_settings.enable_temporal_snapshots or store_settings.snapshot_on_profile_change:
+            return True
+        newest = warehouse.newest_snapshot_date(store)
+        horizon = as_of_day(range_end) if newest is None else max(as_of_day(range_end), as_of_day(newest))
+        return not expired_on_arrival(as_of, horizon, policy)
 
     @functools.cache
     def active_by_store(active_days: int) -> dict[str, pd.Index]:

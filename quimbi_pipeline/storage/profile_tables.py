@@ -110,7 +110,7 @@ class ProfileStore:
         self, store_id: str, as_of, profiles: pd.DataFrame, models: pd.DataFrame, snapshot_types: list[str] | tuple = (),
         changed: pd.Index | None = None, transitions: pd.DataFrame | None = None, outliers: pd.DataFrame | None = None,
         snapshot_customers: pd.Index | None = None, blocks: list[dict] | None = None, snapshot_values: SnapshotValues | None = None,
-        deferred: np.ndarray | None = None, analyze: bool = True, shard=None, state_digest: str = "",
+        deferred: np.ndarray | None = None, analyze: bool = True, shard=None, state_digest: str = "", snapshot_rows: bool = True,
     ) -> dict:
         """Replace store S's rows of partition D in one transaction.
 
@@ -134,13 +134,16 @@ class ProfileStore:
         rows are one shard of the store's customers: only its customer range is replaced (the profiles, snapshots,
         blocks and outlier flags of D), the first shard alone writes `models` and `transitions`, and the shard is
         recorded in store_shards; the store's outlier_rates of D are written once every shard is.
+        `snapshot_rows=False` (with snapshot_types): the store's snapshot rows of D are removed and none are written, only
+        `blocks` (a backfill range's date the retention policy expires by the range's end; snapshot_sources reads a date
+        with blocks and no rows as holding its calendar types).
         """
         as_of_date = pd.Timestamp(as_of).date()
         customer_range = (None, None) if shard is None else shard.customer_range
         cols = [c.name for c in customer_profiles.columns]
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in ("store_id", "customer_id"))
         target = self.qualified("customer_profiles")
-        self.prepare_date_partitions((["profile_snapshots"] if snapshot_types else []) + (["customer_outlier_flags"] if outliers is not None else []),
+        self.prepare_date_partitions((["profile_snapshots"] if snapshot_types and snapshot_rows else []) + (["customer_outlier_flags"] if outliers is not None else []),
                                      as_of_date)
         dated_d = sa.delete(customer_profiles).where(customer_profiles.c.store_id == store_id, customer_profiles.c.profile_date == as_of_date,
                                                      self.customer_range_clause(customer_profiles.c.customer_id, customer_range))
@@ -150,7 +153,7 @@ class ProfileStore:
             written, stage_ref, values, archetypes = 0, None, None, None
             if len(profiles):
                 staged, stage_table, which = profiles[cols], customer_profiles, "true"
-                if snapshot_types:
+                if snapshot_types and snapshot_rows:
                     values = snapshot_values if snapshot_values is not None else values_from_json(profiles)
                     if not np.array_equal(values.frame["customer_id"].astype(str).to_numpy(object), profiles["customer_id"].astype(str).to_numpy(object)):
                         raise ValueError(f"store {store_id}: the snapshot values are not of the profiles' customers in their order")
@@ -179,8 +182,8 @@ class ProfileStore:
             snapshot_started = time.perf_counter()
             snapshots = 0
             if snapshot_types:
-                snapshots = self._replace_snapshots(conn, store_id, as_of_date, stage_ref if len(profiles) else None, snapshot_types,
-                                                    changed, snapshot_customers, values, archetypes, customer_range)
+                snapshots = self._replace_snapshots(conn, store_id, as_of_date, stage_ref if len(profiles) and snapshot_rows else None,
+                                                    snapshot_types, changed, snapshot_customers, values, archetypes, customer_range)
             snapshot_seconds = time.perf_counter() - snapshot_started
             blocks_started = time.perf_counter()
             if snapshot_types:
@@ -197,7 +200,7 @@ class ProfileStore:
         if shard is not None and outliers is not None:
             self.write_shard_outlier_rates(store_id, as_of_date, shard.shards)  # after the commit: the last shard's sees every shard
         analyze_started = time.perf_counter()
-        if snapshot_types and analyze:
+        if snapshot_types and snapshot_rows and analyze:
             self.analyze_date_partition("profile_snapshots", as_of_date, written=int(snapshots or 0))
         return {"deleted": int(deleted or 0), "written": int(written or 0), "snapshots": int(snapshots or 0),
                 "snapshot_seconds": snapshot_seconds, "block_seconds": block_seconds, "analyze_seconds": time.perf_counter() - analyze_started}

@@ -283,7 +283,8 @@ class SnapshotStore:
         calendar types, limited to `snapshot_customers`, and the profile_change type for the `changed`
         customers; `archetypes` (archetype_dictionary) are the profiles' archetypes; `customer_range`: only the store's
         snapshots of those customers are replaced (a shard). Returns the rows written (a row per customer)."""
-        self._ensure_date_partition(conn, SNAPSHOTS, day)
+        if stage_ref is not None:  # without rows to write, no new date partition (a range's expired dates)
+            self._ensure_date_partition(conn, SNAPSHOTS, day)
         snap = profile_snapshots
         conn.execute(sa.delete(snap).where(snap.c.store_id == store_id, snap.c.snapshot_date == day,
                                            self.customer_range_clause(snap.c.customer_id, customer_range)))
@@ -495,6 +496,7 @@ class SnapshotStore:
         else:
             sets = self.read_sql(f"SELECT DISTINCT snapshot_date, snapshot_types FROM {self.qualified(SNAPSHOTS)} "
                                  "WHERE store_id = :s AND snapshot_date BETWEEN :a AND :b", params)
+        sets = self._with_blocks_only_dates(sets, params)
         if kept_at is not None:
             as_of, policy = kept_at
             present = sets.assign(snapshot_types=sets["snapshot_types"].astype("int64")).groupby("snapshot_date")["snapshot_types"].agg(np.bitwise_or.reduce)
@@ -507,6 +509,19 @@ class SnapshotStore:
         kinds["rank"] = kinds["snapshot_type"].map(rank).fillna(len(rank))
         kinds["snapshot_date"] = pd.to_datetime(kinds["snapshot_date"])
         return kinds.sort_values(["snapshot_date", "rank"]).drop_duplicates("snapshot_date")[["snapshot_date", "snapshot_type"]].reset_index(drop=True)
+
+    def _with_blocks_only_dates(self, sets: pd.DataFrame, params: dict) -> pd.DataFrame:
+        """`sets` (snapshot_date, snapshot_types) and a row per date of the store's snapshot blocks in [:a, :b] that has
+        no snapshot row: a backfill range wrote its blocks alone (expired_on_arrival), for its calendar types. (A prune
+        removes a date's blocks with its last calendar row, so blocks without rows mean nothing else.)"""
+        sets = sets.assign(snapshot_date=pd.to_datetime(sets["snapshot_date"]))
+        dated = self.read_sql(f"SELECT DISTINCT snapshot_date FROM {self.qualified('snapshot_blocks')} "
+                              "WHERE store_id = :s AND snapshot_date BETWEEN :a AND :b", params)
+        alone = sorted(set(pd.to_datetime(dated["snapshot_date"])) - set(sets["snapshot_date"]))
+        if not alone:
+            return sets
+        return pd.concat([sets, pd.DataFrame({"snapshot_date": alone, "snapshot_types": [type_mask(snapshot_types_for(d)) for d in alone]})],
+                         ignore_index=True)
 
     def snapshot_rows(self, store_id: str, sources: pd.DataFrame, with_features: bool = False,
                       customer_range: tuple[str | None, str | None] = (None, None)) -> pd.DataFrame:
@@ -592,6 +607,17 @@ class SnapshotStore:
             return {"rows_by_type": self._rows_by_type(conn, store_id, snapshot_date, customer_range),
                     "duplicate_keys": int(conn.execute(sa.text(dupes), params).scalar_one())}
 
+    def snapshot_stores(self, day) -> list[str]:
+        """The stores with snapshots dated `day`: rows, or blocks alone (a backfill range's expired dates)."""
+        return self.read_sql(
+            f"SELECT store_id FROM {self.qualified(SNAPSHOTS)} WHERE snapshot_date = :d "
+            f"UNION SELECT store_id FROM {self.qualified('snapshot_blocks')} WHERE snapshot_date = :d ORDER BY 1",
+            {"d": pd.Timestamp(day).date()})["store_id"].tolist()
+
+    def newest_snapshot_date(self, store_id: str):
+        """The store's newest snapshot date (what retention counts from), None before its first snapshot."""
+        return self.fetch_rows(f"SELECT max(snapshot_date) AS d FROM {self.qualified(SNAPSHOTS)} WHERE store_id = :s", {"s": store_id})[0]["d"]
+
     def last_snapshot_memberships(self, store_id: str, before) -> pd.Series:
         """Each customer's fuzzy_memberships (JSON text) from their newest snapshot dated before D."""
         frame = self.read_sql(
@@ -669,11 +695,14 @@ class SnapshotStore:
                 used = conn.execute(sa.text(f"SELECT DISTINCT layout_id FROM {table} WHERE store_id = :s"), {"s": store}).scalars().all()
                 for table_ in (snapshot_layouts, snapshot_archetypes):
                     conn.execute(sa.delete(table_).where(table_.c.store_id == store, table_.c.layout_id.not_in(used)))
-            # A date's blocks copy its calendar snapshots: they go when the last of those goes.
+            # A date's blocks copy its calendar snapshots: they go when the last of those goes, or when there were none
+            # (a backfill range's expired dates, written as blocks alone). A leased store's are left: its run reads them.
             blocks = self.qualified("snapshot_blocks")
             conn.execute(sa.text(
                 f"DELETE FROM {blocks} WHERE NOT EXISTS (SELECT 1 FROM {table} s WHERE s.store_id = {blocks}.store_id "
-                f"AND s.snapshot_date = {blocks}.snapshot_date AND (s.snapshot_types & {CALENDAR_MASK}) <> 0)"))
+                f"AND s.snapshot_date = {blocks}.snapshot_date AND (s.snapshot_types & {CALENDAR_MASK}) <> 0)"
+                + (f" AND store_id NOT IN ({', '.join(f':l{i}' for i in range(len(leased)))})" if leased else "")),
+                {f"l{i}": s for i, s in enumerate(sorted(leased))})
             request_rewrites(conn, updated)
         if rewrite:
             self.rewrite_snapshot_partitions(rewrite_wait_seconds)

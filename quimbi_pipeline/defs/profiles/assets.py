@@ -211,7 +211,8 @@ def daily_profiles(
                         progress.info("date %d of %d: %s", i, len(dates), day)
                     later = dates[i] if i < len(dates) else None  # its customers active then get their profile row there
                     reports.append(run_profiles_partition(validated, day, wh, settings, config.stores or None, snapshot_types=types_of[day],
-                                                          later_day=later, ahead=ahead, shard=shard, shard_plan=plan))
+                                                          later_day=later, ahead=ahead, shard=shard, shard_plan=plan,
+                                                          range_end=dates[-1] if len(dates) > 1 else None))
                     if len(reports) > 1:
                         write_left_rows(validated, wh, settings, reports[-2], types_of[dates[i - 2]], reports[-1].failed)
                     if len(dates) > 1:  # the run's page shows how far a backfill's run has come
@@ -258,7 +259,8 @@ def daily_profiles(
         yield dg.MaterializeResult(asset_key=OUTLIERS_KEY, metadata=metadata)
     if SNAPSHOTS_KEY in selected:
         yield from _snapshot_results([(day, types_of[day], [o for o in r.outcomes if o.ok and o.snapshot_rows])
-                                      for day, r in zip(date_keys(reports), reports)])
+                                      for day, r in zip(date_keys(reports), reports)],
+                                     sum(o.snapshots_expired for r in reports for o in r.outcomes if o.ok))
     if failed:
         context.instance.add_run_tags(context.run.run_id, {"quimbi/failed_stores": ", ".join(failed)[:4000]})
         names = ", ".join(failed)
@@ -271,8 +273,9 @@ def daily_profiles(
                              metadata={store: dg.MetadataValue.text(error) for store, error in failed.items()})
 
 
-def _snapshot_results(dates: list[tuple[str, list[str], list]]) -> Iterator:
-    """The snapshots' materialization and checks over the run's dates: (date, its snapshot types, its snapshotted stores' outcomes)."""
+def _snapshot_results(dates: list[tuple[str, list[str], list]], expired: int = 0) -> Iterator:
+    """The snapshots' materialization and checks over the run's dates: (date, its snapshot types, its snapshotted stores' outcomes);
+    `expired`: the store-dates of a backfill's range written as blocks alone (their rows expired by the range's end)."""
     rows_by_type: dict[str, int] = {}
     for _, types, snapshotted in dates:
         for t in types:
@@ -284,7 +287,10 @@ def _snapshot_results(dates: list[tuple[str, list[str], list]]) -> Iterator:
     for day, types, snapshotted in dates:
         metadata[f"date/{day}/rows"] = sum(n for o in snapshotted for n in o.snapshot_rows.values())
         metadata[f"date/{day}/types"] = ", ".join(types)
-    if not every:
+    if expired:
+        metadata["expired_on_arrival"] = (f"{expired} store-date(s) of the range: snapshot blocks only, no rows (the retention "
+                                          "policy expires them by the range's end)")
+    if not every and not expired:
         metadata["note"] = "ENABLE_TEMPORAL_SNAPSHOTS is off for every store of the run: no rows"
     yield dg.MaterializeResult(asset_key=SNAPSHOTS_KEY, metadata=metadata)
     active = sum(o.snapshot_expected for o in every)  # the active customers (of the rollout share), over the run's dates

@@ -197,6 +197,7 @@ def build_store_profiles(
     features: CustomerFeatures | None = None,
     active_later: pd.Index | None = None,
     state: StoreState | None = None,
+    snapshot_values: bool = True,
 ) -> StoreProfiles:
     """Profiles of the store's active customers at D. `orders` must already be cut at D + 1 day.
 
@@ -209,6 +210,7 @@ def build_store_profiles(
     `state`: the store's StoreState (store_state.py) when `orders` hold a part of its customers: they are scored
     against it, nothing is fitted, and the rows are those the whole store's scoring gives them. Without it the
     state is fitted here (StoreProfiles.state).
+    `snapshot_values=False`: no StoreProfiles.snapshot_values (the caller writes no snapshot rows: blocks alone).
     """
     as_of = as_of_day(as_of)
     version = model_version or model_version_for(settings.clustering_algorithm.value, as_of)
@@ -302,14 +304,24 @@ def build_store_profiles(
     del scaled
     # One group of numbers' text at a time (memberships, then features: about 0.4 GB each at 1M customers), each made
     # into its JSON column and its snapshot values and dropped before the next: the profiles step's peak.
-    snapshots = settings.enable_temporal_snapshots
-    membership_numbers = {a: [(name, json_number(s.memberships[:, j])) for j, name in enumerate(s.model.segment_names)]
+    snapshots = settings.enable_temporal_snapshots and snapshot_values
+    # Without snapshot values (snapshots off, or a range's date whose snapshot rows are not written) the numbers' text
+    # is needed for the written rows alone.
+    text_rows = rows if not snapshots else None
+
+    def number_text(values: np.ndarray) -> pd.Series:
+        return json_number(values if text_rows is None else values[text_rows])
+
+    def written_text(text: pd.Series) -> pd.Series:
+        return text if text_rows is not None else written(text)
+
+    membership_numbers = {a: [(name, number_text(s.memberships[:, j])) for j, name in enumerate(s.model.segment_names)]
                           for a, s in segmentations.items()}
-    fuzzy_memberships = json_nested_object([(a, [(k, written(v)) for k, v in items]) for a, items in membership_numbers.items()])
+    fuzzy_memberships = json_nested_object([(a, [(k, written_text(v)) for k, v in items]) for a, items in membership_numbers.items()])
     membership_values = numbers_text(membership_numbers) if snapshots else None
     del membership_numbers
-    feature_numbers = {axis.name: [(f, json_number(active[f].to_numpy())) for f in axis.feature_names] for axis in axes}
-    behavioral_features = json_nested_object([(a, [(k, written(v)) for k, v in items]) for a, items in feature_numbers.items()])
+    feature_numbers = {axis.name: [(f, number_text(active[f].to_numpy())) for f in axis.feature_names] for axis in axes}
+    behavioral_features = json_nested_object([(a, [(k, written_text(v)) for k, v in items]) for a, items in feature_numbers.items()])
     feature_values = numbers_text(feature_numbers) if snapshots else None
     del feature_numbers
     json_text = {

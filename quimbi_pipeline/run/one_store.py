@@ -196,7 +196,7 @@ def _run_store(store, orders, as_of, optional_columns, warehouse, settings, snap
     # The features a refit computed are handed over, not kept: build_store_profiles drops every customer's features
     # after the churn fit, and the cache holding them too kept ~0.5 GB at 1M customers through the JSON text.
     result = build_store_profiles(orders, store, as_of, settings, optional_columns, models=models, model_version=version,
-                                  features=_handed_over(features_of_d), active_later=active_later)
+                                  features=_handed_over(features_of_d), active_later=active_later, snapshot_values=snapshot_rows)
     if len(orders) >= SMALL_ROWS:
         release_memory()  # the profiles step's numpy temporaries (snapshot columns' rounding): the write's Arrow text does not stack on them
     if models is not None:

@@ -112,9 +112,10 @@ def run_profiles_partition(
         """Whether D's snapshot rows are written (run_one_store): not when they are expired on arrival (range_end)."""
         if policy is None or not store_settings.enable_temporal_snapshots or store_settings.snapshot_on_profile_change:
             return True
-        newest = warehouse.newest_snapshot_date(store)
-        horizon = as_of_day(range_end) if newest is None else max(as_of_day(range_end), as_of_day(newest))
-        return not expired_on_arrival(as_of, horizon, policy)
+        if expired_on_arrival(as_of, range_end, policy):  # expired at the range's end: at any later newest date too
+            return False
+        newest = warehouse.newest_snapshot_date(store)  # a store already past the range (a backfill of older dates)
+        return newest is None or not expired_on_arrival(as_of, max(as_of_day(range_end), as_of_day(newest)), policy)
 
     @functools.cache
     def active_by_store(active_days: int) -> dict[str, pd.Index]:

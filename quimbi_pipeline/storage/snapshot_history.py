@@ -181,8 +181,8 @@ class SnapshotHistoryReader:
     def __init__(self, warehouse: Warehouse, store_id: str, start, end, kept_at: tuple | None = None, cache: BlockCache | None = None):
         """kept_at = (as_of, RetentionPolicy): only what the daily run of as_of holds under the policy (Warehouse.snapshot_sources)."""
         self.warehouse, self.store_id, self.cache = warehouse, store_id, cache
-        self.sources = warehouse.snapshot_sources(store_id, start, end, kept_at)
         index = warehouse.snapshot_block_index(store_id, start, end)
+        self.sources = warehouse.snapshot_sources(store_id, start, end, kept_at, block_dates=index["snapshot_date"].unique())
         calendar_days = set(self.sources.loc[self.sources["snapshot_type"] != "profile_change", "snapshot_date"])
         self.blocks = {day: group.reset_index(drop=True) for day, group in index.groupby("snapshot_date") if day in calendar_days}
         if cache is not None:

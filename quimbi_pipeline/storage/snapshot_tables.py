@@ -475,13 +475,15 @@ class SnapshotStore:
             conn.execute(sa.insert(b), [{**block, "block": first + block["block"], "store_id": store_id, "snapshot_date": day} for block in blocks])
 
     # ---- snapshots ------------------------------------------------------------------------------
-    def snapshot_sources(self, store_id: str, start, end, kept_at: tuple | None = None) -> pd.DataFrame:
+    def snapshot_sources(self, store_id: str, start, end, kept_at: tuple | None = None, block_dates=None) -> pd.DataFrame:
         """Per snapshot date of the store in [start, end]: the type drift reads (snapshot_date, snapshot_type).
 
         All types of a date hold the same profile: the finest calendar type present (every snapshot
         customer of the date has it), else profile_change (a date whose calendar types were pruned).
         kept_at = (as_of, RetentionPolicy): only what the daily run of as_of holds under the policy
-        (history.snapshots.type_kept_at), so the answer does not depend on when pruning last ran."""
+        (history.snapshots.type_kept_at), so the answer does not depend on when pruning last ran.
+        `block_dates`: the dates of the store's snapshot blocks in [start, end] when the caller read them already
+        (snapshot_block_index), for the dates written as blocks alone."""
         params = {"s": store_id, "a": pd.Timestamp(start).date(), "b": pd.Timestamp(end).date()}
         if self.snapshots_partitioned:
             days = [d for d in (pd.Timestamp(p[len(SNAPSHOT_PARTITION_PREFIX):]) for p in self.snapshot_partitions()) if params["a"] <= d.date() <= params["b"]]
@@ -496,7 +498,7 @@ class SnapshotStore:
         else:
             sets = self.read_sql(f"SELECT DISTINCT snapshot_date, snapshot_types FROM {self.qualified(SNAPSHOTS)} "
                                  "WHERE store_id = :s AND snapshot_date BETWEEN :a AND :b", params)
-        sets = self._with_blocks_only_dates(sets, params)
+        sets = self._with_blocks_only_dates(sets, params, block_dates)
         if kept_at is not None:
             as_of, policy = kept_at
             present = sets.assign(snapshot_types=sets["snapshot_types"].astype("int64")).groupby("snapshot_date")["snapshot_types"].agg(np.bitwise_or.reduce)
@@ -510,14 +512,16 @@ class SnapshotStore:
         kinds["snapshot_date"] = pd.to_datetime(kinds["snapshot_date"])
         return kinds.sort_values(["snapshot_date", "rank"]).drop_duplicates("snapshot_date")[["snapshot_date", "snapshot_type"]].reset_index(drop=True)
 
-    def _with_blocks_only_dates(self, sets: pd.DataFrame, params: dict) -> pd.DataFrame:
-        """`sets` (snapshot_date, snapshot_types) and a row per date of the store's snapshot blocks in [:a, :b] that has
-        no snapshot row: a backfill range wrote its blocks alone (expired_on_arrival), for its calendar types. (A prune
-        removes a date's blocks with its last calendar row, so blocks without rows mean nothing else.)"""
+    def _with_blocks_only_dates(self, sets: pd.DataFrame, params: dict, block_dates=None) -> pd.DataFrame:
+        """`sets` (snapshot_date, snapshot_types) and a row per date of the store's snapshot blocks in [:a, :b] (given as
+        `block_dates`, or read) that has no snapshot row: a backfill range wrote its blocks alone (expired_on_arrival),
+        for its calendar types. (A prune removes a date's blocks with its last calendar row, so blocks without rows mean
+        nothing else.)"""
         sets = sets.assign(snapshot_date=pd.to_datetime(sets["snapshot_date"]))
-        dated = self.read_sql(f"SELECT DISTINCT snapshot_date FROM {self.qualified('snapshot_blocks')} "
-                              "WHERE store_id = :s AND snapshot_date BETWEEN :a AND :b", params)
-        alone = sorted(set(pd.to_datetime(dated["snapshot_date"])) - set(sets["snapshot_date"]))
+        if block_dates is None:
+            block_dates = self.read_sql(f"SELECT DISTINCT snapshot_date FROM {self.qualified('snapshot_blocks')} "
+                                        "WHERE store_id = :s AND snapshot_date BETWEEN :a AND :b", params)["snapshot_date"]
+        alone = sorted(set(pd.to_datetime(pd.Series(list(block_dates), dtype=object))) - set(sets["snapshot_date"]))
         if not alone:
             return sets
         return pd.concat([sets, pd.DataFrame({"snapshot_date": alone, "snapshot_types": [type_mask(snapshot_types_for(d)) for d in alone]})],

@@ -57,6 +57,14 @@ staging_metadata = sa.MetaData()
 
 
 @functools.lru_cache(maxsize=512)
+def stores_left_out(leased) -> tuple[str, dict]:
+    """(" AND store_id NOT IN (…)", its parameters) for the `leased` stores a prune leaves alone; ("", {}) for none."""
+    names = sorted(leased)
+    if not names:
+        return "", {}
+    return f" AND store_id NOT IN ({', '.join(f':l{i}' for i in range(len(names)))})", {f"l{i}": s for i, s in enumerate(names)}
+
+
 def driver_sql(sql: str, postgres: bool) -> str:
     """A statement's `:name` binds in the driver's style: psycopg takes `%(name)s` (a literal % doubled), sqlite3 `:name`."""
     return _NAMED_BIND.sub(r"%(\1)s", sql.replace("%", "%%")) if postgres else sql

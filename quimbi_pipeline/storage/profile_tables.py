@@ -143,7 +143,8 @@ class ProfileStore:
         cols = [c.name for c in customer_profiles.columns]
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in ("store_id", "customer_id"))
         target = self.qualified("customer_profiles")
-        self.prepare_date_partitions((["profile_snapshots"] if snapshot_types and snapshot_rows else []) + (["customer_outlier_flags"] if outliers is not None else []),
+        with_snapshot_rows = bool(snapshot_types) and snapshot_rows  # not snapshots off, nor blocks alone
+        self.prepare_date_partitions((["profile_snapshots"] if with_snapshot_rows else []) + (["customer_outlier_flags"] if outliers is not None else []),
                                      as_of_date)
         dated_d = sa.delete(customer_profiles).where(customer_profiles.c.store_id == store_id, customer_profiles.c.profile_date == as_of_date,
                                                      self.customer_range_clause(customer_profiles.c.customer_id, customer_range))
@@ -153,7 +154,7 @@ class ProfileStore:
             written, stage_ref, values, archetypes = 0, None, None, None
             if len(profiles):
                 staged, stage_table, which = profiles[cols], customer_profiles, "true"
-                if snapshot_types and snapshot_rows:
+                if with_snapshot_rows:
                     values = snapshot_values if snapshot_values is not None else values_from_json(profiles)
                     if not np.array_equal(values.frame["customer_id"].astype(str).to_numpy(object), profiles["customer_id"].astype(str).to_numpy(object)):
                         raise ValueError(f"store {store_id}: the snapshot values are not of the profiles' customers in their order")
@@ -182,7 +183,7 @@ class ProfileStore:
             snapshot_started = time.perf_counter()
             snapshots = 0
             if snapshot_types:
-                snapshots = self._replace_snapshots(conn, store_id, as_of_date, stage_ref if len(profiles) and snapshot_rows else None,
+                snapshots = self._replace_snapshots(conn, store_id, as_of_date, stage_ref if len(profiles) and with_snapshot_rows else None,
                                                     snapshot_types, changed, snapshot_customers, values, archetypes, customer_range)
             snapshot_seconds = time.perf_counter() - snapshot_started
             blocks_started = time.perf_counter()
@@ -200,7 +201,7 @@ class ProfileStore:
         if shard is not None and outliers is not None:
             self.write_shard_outlier_rates(store_id, as_of_date, shard.shards)  # after the commit: the last shard's sees every shard
         analyze_started = time.perf_counter()
-        if snapshot_types and snapshot_rows and analyze:
+        if with_snapshot_rows and analyze:
             self.analyze_date_partition("profile_snapshots", as_of_date, written=int(snapshots or 0))
         return {"deleted": int(deleted or 0), "written": int(written or 0), "snapshots": int(snapshots or 0),
                 "snapshot_seconds": snapshot_seconds, "block_seconds": block_seconds, "analyze_seconds": time.perf_counter() - analyze_started}

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from quimbi_pipeline.history.snapshots import TABLE_RETENTION
 from quimbi_pipeline.settings import RetentionPolicy
 from quimbi_pipeline.storage import PG_SCHEMA, Warehouse
+from quimbi_pipeline.storage.connection import stores_left_out
 from quimbi_pipeline.storage.leases import EVERY_STORE, pruning
 
 log = logging.getLogger(__name__)
@@ -159,10 +160,9 @@ def _prune(wh: Warehouse, policy: RetentionPolicy, leased: frozenset[str]) -> pd
         # Bookkeeping of snapshot dates no snapshot is kept of (a rewrite of such a date starts afresh): the snapshot
         # writes and a sharded store's written shards.
         snaps = wh.qualified("profile_snapshots")
+        not_leased, params = stores_left_out(leased)
         for table, day in (("snapshot_writes", "snapshot_date"), ("store_shards", "as_of_date")):
             kept = wh.qualified(table)
             conn.execute(sa.text(f"DELETE FROM {kept} WHERE NOT EXISTS (SELECT 1 FROM {snaps} s "
-                                 f"WHERE s.store_id = {kept}.store_id AND s.snapshot_date = {kept}.{day})"
-                                 + (f" AND store_id NOT IN ({', '.join(f':l{i}' for i in range(len(leased)))})" if leased else "")),
-                         {f"l{i}": s for i, s in enumerate(sorted(leased))})
+                                 f"WHERE s.store_id = {kept}.store_id AND s.snapshot_date = {kept}.{day}){not_leased}"), params)
     return pd.DataFrame(rows, columns=["table", "store_id", "cutoff", "deleted"])

@@ -35,7 +35,12 @@ from quimbi_pipeline.history.snapshots import (
     type_kept_at,
     type_mask,
 )
-from quimbi_pipeline.storage.connection import PG_SCHEMA, metadata, staging_metadata
+from quimbi_pipeline.storage.connection import (
+    PG_SCHEMA,
+    metadata,
+    staging_metadata,
+    stores_left_out,
+)
 from quimbi_pipeline.storage.drift_tables import AXIS_DRIFT_VIEW
 from quimbi_pipeline.storage.partition_rewrites import (
     REWRITE_WAIT_SECONDS,
@@ -521,7 +526,7 @@ class SnapshotStore:
         if block_dates is None:
             block_dates = self.read_sql(f"SELECT DISTINCT snapshot_date FROM {self.qualified('snapshot_blocks')} "
                                         "WHERE store_id = :s AND snapshot_date BETWEEN :a AND :b", params)["snapshot_date"]
-        alone = sorted(set(pd.to_datetime(pd.Series(list(block_dates), dtype=object))) - set(sets["snapshot_date"]))
+        alone = sorted(set(pd.to_datetime(list(block_dates))) - set(sets["snapshot_date"]))
         if not alone:
             return sets
         return pd.concat([sets, pd.DataFrame({"snapshot_date": alone, "snapshot_types": [type_mask(snapshot_types_for(d)) for d in alone]})],
@@ -702,11 +707,10 @@ class SnapshotStore:
             # A date's blocks copy its calendar snapshots: they go when the last of those goes, or when there were none
             # (a backfill range's expired dates, written as blocks alone). A leased store's are left: its run reads them.
             blocks = self.qualified("snapshot_blocks")
+            not_leased, params = stores_left_out(leased)
             conn.execute(sa.text(
                 f"DELETE FROM {blocks} WHERE NOT EXISTS (SELECT 1 FROM {table} s WHERE s.store_id = {blocks}.store_id "
-                f"AND s.snapshot_date = {blocks}.snapshot_date AND (s.snapshot_types & {CALENDAR_MASK}) <> 0)"
-                + (f" AND store_id NOT IN ({', '.join(f':l{i}' for i in range(len(leased)))})" if leased else "")),
-                {f"l{i}": s for i, s in enumerate(sorted(leased))})
+                f"AND s.snapshot_date = {blocks}.snapshot_date AND (s.snapshot_types & {CALENDAR_MASK}) <> 0){not_leased}"), params)
             request_rewrites(conn, updated)
         if rewrite:
             self.rewrite_snapshot_partitions(rewrite_wait_seconds)

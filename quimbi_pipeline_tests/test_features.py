@@ -196,14 +196,16 @@ def test_detectors_read_rows_presorted_by_customer_slices_exactly_as_they_sort_t
 
 def test_a_decisive_first_changed_order_is_a_change_a_moderate_one_waits():
     """issue 33: a $30 order after a dozen monthly orders of $300 +- 15% is a 17-sigma event, a change at that order;
-    a $150 order (half) is evidence too weak alone: the change waits for a second changed order."""
+    a $200 order (a third less, |t| ~ 3) is evidence too weak alone: the change waits for a second changed order. (Until
+    2026-12-07 the moderate order was $150; with the store's spread measured on its unchanged customers
+    (unchanged_within_variance) a halving after these twelve orders is |t| ~ 5.5, at the decisive bar.)"""
     from quimbi_pipeline.model.change_points import ChangeRule
 
     days = pd.date_range("2025-06-01", periods=13, freq="30D")
     rng = np.random.default_rng(3)
     rows = []
     # Twenty steady customers give the store its usual spread of order values.
-    for customer, last in (("drop", 30.0), ("half", 150.0), *((f"steady{i}", 300.0) for i in range(20))):
+    for customer, last in (("drop", 30.0), ("third_less", 200.0), *((f"steady{i}", 300.0) for i in range(20))):
         values = np.r_[300.0 * np.exp(rng.normal(0, 0.15, 12)), last]
         rows += [{"order_id": f"{customer}{i}", "customer_id": customer, "order_ts": d, "order_total": round(v, 2)}
                  for i, (d, v) in enumerate(zip(days, values))]
@@ -211,9 +213,41 @@ def test_a_decisive_first_changed_order_is_a_change_a_moderate_one_waits():
     f = compute_customer_features(pd.DataFrame(rows), day, adaptive=ChangeRule())
     assert f.at["drop", "change:purchase_value.evidence"] >= ChangeRule().decisive_evidence
     assert f.at["drop", "avg_order_value"] == 30.0  # the value features follow the change at once
-    assert np.isnan(f.at["half", "change:purchase_value.evidence"]) and f.filter(like="steady", axis=0)["change:purchase_value.evidence"].isna().all()
+    assert np.isnan(f.at["third_less", "change:purchase_value.evidence"]) and f.filter(like="steady", axis=0)["change:purchase_value.evidence"].isna().all()
     waits = compute_customer_features(pd.DataFrame(rows), day, adaptive=ChangeRule(decisive_evidence=1e9))
     assert np.isnan(waits.at["drop", "change:purchase_value.evidence"])  # without the rule: one order is never a change
+
+
+def test_the_stores_spread_of_order_values_is_its_unchanged_customers_spread():
+    """issue 33: a customer with few orders is judged with the store's spread of order values. Pooled over every
+    customer, a store where a sixth of them had their orders rise 4-fold read 4.5 times its unchanged customers'
+    spread, and a rise after one steady order (the young store's monthly buyers) stayed under the evidence bar."""
+    from quimbi_pipeline.model.change_points import (
+        pooled_within_variance,
+        unchanged_within_variance,
+    )
+
+    rng = np.random.default_rng(5)
+    days = pd.date_range("2026-01-05", periods=4, freq="30D")
+    rows = []
+    for i in range(60):
+        risen = i < 10  # one order at the usual value, then three at 4 times it
+        base = 60.0 * np.exp(rng.normal(0, 0.8))
+        values = base * np.exp(rng.normal(0, 0.15, 4)) * np.where(risen & (np.arange(4) >= 1), 4.0, 1.0)
+        rows += [{"order_id": f"{i}-{k}", "customer_id": f"{'rise' if risen else 'steady'}{i:02d}", "order_ts": d, "order_total": round(v, 2)}
+                 for k, (d, v) in enumerate(zip(days, values))]
+    frame = pd.DataFrame(rows)
+    codes, _ = pd.factorize(frame["customer_id"])
+    log_value = np.log1p(frame["order_total"].to_numpy())
+    steady = frame["customer_id"].str.startswith("steady").to_numpy()
+    unchanged_spread = pooled_within_variance(pd.factorize(frame.loc[steady, "customer_id"])[0], log_value[steady], 50)
+    assert pooled_within_variance(codes, log_value, 60) > 3 * unchanged_spread
+    assert unchanged_within_variance(codes, log_value, 60) == pytest.approx(unchanged_spread, rel=0.1)
+
+    f = compute_customer_features(frame, days[-1] + pd.Timedelta(days=1), adaptive=ChangeRule())
+    evidence = f["change:purchase_value.evidence"]
+    assert evidence.filter(like="rise").notna().all()  # each of the ten rises is a change
+    assert evidence.filter(like="steady").isna().all()
 
 
 def test_gap_statistics_by_slices_are_those_of_the_whole(demo_small, monkeypatch):

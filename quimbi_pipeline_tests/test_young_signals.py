@@ -32,8 +32,10 @@ def test_stopped_weekly_regular_buyers_silent_for_3_gaps_are_a_frequency_change(
 
 def test_a_fourfold_order_value_after_two_changed_orders_is_a_value_change(young):
     """Before: a mean shift needed 4 orders before it (0.35-0.38 found on these stores), then 2 (0.86 / 0.71 of those
-    with one or more). One order before the change is enough (ChangeRule.shift_min_before; 0.91 / 0.93): customers
-    with none (the generator can date a rise before the joining order) have no usual value to judge."""
+    with one or more). One order before the change is enough (ChangeRule.shift_min_before; 0.91 / 0.93), and with the
+    store's spread measured on its unchanged customers (unchanged_within_variance; pooled with the risers it was 3-4.5
+    times theirs) every one of the 22 / 14 is found. (The generator dates each rise a week or more after the
+    customer's first order, so all of them have one before.)"""
     orders, f = young
     rises = f[f["change_kind"] == "value_rise"]
     after = orders[orders["customer_id"].isin(rises.index)]
@@ -42,6 +44,6 @@ def test_a_fourfold_order_value_after_two_changed_orders_is_a_value_change(young
     orders_before = (~is_changed).groupby(after["customer_id"]).sum().reindex(rises.index, fill_value=0)
     two = rises.index[(changed_orders >= 2) & (orders_before >= 1)]
     assert len(two) >= 14
-    assert f.loc[two, "change:purchase_value.evidence"].notna().mean() >= 0.9
+    assert f.loc[two, "change:purchase_value.evidence"].notna().mean() >= 0.95
     unchanged = f[f["change_kind"].isna()]
     assert unchanged[["change:purchase_value.evidence", "change:basket_size.evidence"]].notna().any(axis=1).mean() <= 0.02

@@ -24,8 +24,8 @@ from quimbi_pipeline.model.change_points import (
     mean_shift_change,
     merge_changes,
     newest_first_order,
-    pooled_within_variance,
     rate_change,
+    unchanged_within_variance,
 )
 from quimbi_pipeline.sources import orders as orders_mod
 
@@ -332,7 +332,7 @@ def features_and_statistics(
     log_value = np.log1p(np.maximum(total, 0.0)) if adaptive is not None else None
     value_var = None
     if adaptive is not None:
-        value_var = statistics.value_variance if statistics is not None else pooled_within_variance(codes[in_rel], log_value[in_rel], n_all)
+        value_var = statistics.value_variance if statistics is not None else unchanged_within_variance(codes[in_rel], log_value[in_rel], n_all)
     use = window_for("purchase_value", lambda w: mean_shift_change(codes[w], ts[w], log_value[w], n_all, adaptive, value_var))
     rel_total = total[use]
     rel_n = _group_sum(codes[use], n_all)

@@ -105,9 +105,14 @@ def generate_young(n_customers: int = 300, months: int = 4, seed: int = 0, *, re
         "order_ts": (np.floor(ts).astype("int64") * 1_000_000).astype("datetime64[us]"), "order_total": total,
         "item_count": 1 + rng.poisson(1.0, m), "category": CATEGORIES[rng.integers(0, len(CATEGORIES), m)],
     })
-    # Drawn after everything above, so a store without value changes is the same with or without this option.
-    rises = ~stopped_before & (join < stop_before - 7 * DAY_S) & (rng.random(n) < value_rise_share)
-    rise_ts = np.where(rises, d_end - rng.uniform(*stop_before_days, n) * DAY_S, np.inf)
+    # Drawn after everything above, so a store without value changes is the same with or without this option. A rise
+    # comes a week or more after the customer's first order, as a stop does: a customer whose every order is 4 times
+    # the others' never changed. (Until 2026-12-07 the week was counted from the customer's unused stop time, another
+    # draw, so a few "rises" came before the customer's first order.)
+    chosen = rng.random(n) < value_rise_share
+    rise_at = d_end - rng.uniform(*stop_before_days, n) * DAY_S
+    rises = ~stopped_before & (join < rise_at - 7 * DAY_S) & chosen
+    rise_ts = np.where(rises, rise_at, np.inf)
     orders["order_total"] = np.where(ts >= rise_ts[cust], np.round(total * VALUE_RISE, 2), total)
     after = ts >= d_end
     first_after = np.full(n, np.inf)

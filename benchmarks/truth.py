@@ -40,7 +40,11 @@ from quimbi_pipeline.evaluation.detection_bound import known_change_bound  # noq
 from quimbi_pipeline.evaluation.outliers import evaluate_containment  # noqa: E402
 from quimbi_pipeline.evaluation.planted import generate_planted  # noqa: E402
 from quimbi_pipeline.evaluation.signals import analyst_baseline, evaluate, run_days  # noqa: E402
-from quimbi_pipeline.evaluation.young_signals import evaluate_young  # noqa: E402
+from quimbi_pipeline.evaluation.young_signals import (  # noqa: E402
+    evaluate_young,
+    stoppers_found_by_gaps,
+    young_planted,
+)
 from quimbi_pipeline.model.profiles import build_store_profiles, customer_features  # noqa: E402
 from quimbi_pipeline.settings import PipelineSettings  # noqa: E402
 from quimbi_pipeline.sources.cdnow import read_cdnow_orders  # noqa: E402
@@ -153,11 +157,15 @@ def young_loop(workdir: Path) -> None:
             "61-90 days before D), daily over D's last 90 days")
     for seed in (0, 1):
         r = evaluate_young(f"sqlite:///{workdir / f'young-{seed}.sqlite'}", OURS, seed=seed)
+        data, as_of = young_planted(seed=seed)
         keys = ("changers", "unchanged", "recall_28d_after_evidence", "changers_with_anomaly_28d_after_evidence", "precision_28d_window",
                 "unchanged_falsely_flagged", "unchanged_with_anomaly")
         print(f"seed {seed}: " + ", ".join(f"{k} {r.summary[k]:.3f}" for k in keys))
         with pd.option_context("display.width", 250, "display.max_columns", 20):
             print(r.by_kind[["n", "evidence_28d", "after_evidence_28d", "recall_60d", "anomaly_28d", "anomaly_after_evidence_28d"]].round(2).to_string())
+        by_gaps = stoppers_found_by_gaps(data, as_of, r)
+        print("regular stoppers found within 28 days of 3 usual gaps of silence, by gaps before the stop: "
+              + ", ".join(f"{gaps} {row.found} of {row.judged}" for gaps, row in by_gaps.iterrows()))
 
 
 def cdnow_drift(workdir: Path) -> None:

@@ -19,12 +19,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quimbi_pipeline.evaluation.young_signals import SCORED_DAYS, young_planted  # noqa: E402
+from quimbi_pipeline.evaluation.young_signals import (  # noqa: E402
+    SCORED_DAYS,
+    judged_stoppers,
+    young_planted,
+)
 from quimbi_pipeline.model import renewal  # noqa: E402
 from quimbi_pipeline.model.churn import fit_store_churn  # noqa: E402
 from quimbi_pipeline.model.features import compute_customer_features  # noqa: E402
@@ -41,16 +44,6 @@ def daily_p_alive(orders: pd.DataFrame, as_of: pd.Timestamp, days: int, settings
         state = renewal.renewal_state(model.purchases, f["gap_count"], f["gap_log_mean"], f["gap_log_ss"], f["days_since_last_order"])
         rows.append(pd.DataFrame({"customer_id": f.index.to_numpy(), "day": day, "gaps": f["gap_count"].to_numpy(), "p_alive": state.p_alive}))
     return pd.concat(rows, ignore_index=True)
-
-
-def judged_stoppers(orders: pd.DataFrame, customers: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
-    """The regular stoppers whose evidence (three usual gaps of silence) leaves 28 scored days, with their gaps before the stop."""
-    stop = customers[(customers["change_kind"] == "frequency_drop") & (customers["buyer_type"] == "regular")].set_index("customer_id")
-    mine = orders[orders["customer_id"].isin(stop.index)]
-    last = mine.groupby("customer_id")["order_ts"].max().dt.normalize()
-    stop["gaps"] = mine.assign(day=mine["order_ts"].dt.normalize()).groupby("customer_id")["day"].nunique() - 1
-    stop["evidence"] = np.maximum(last + pd.to_timedelta(3 * stop["cadence_days"], unit="D"), stop["change_ts"].dt.normalize())
-    return stop[stop["evidence"] <= as_of - pd.Timedelta(days=28)]
 
 
 def main() -> int:

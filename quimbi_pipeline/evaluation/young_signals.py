@@ -39,3 +39,25 @@ def evaluate_young(warehouse_url: str, settings: PipelineSettings, customers: in
     data, as_of = young_planted(customers, months, seed)
     start = as_of - pd.Timedelta(days=SCORED_DAYS)
     return evaluate(data, pd.date_range(start, as_of), start, as_of, warehouse_url, settings)
+
+
+def judged_stoppers(orders: pd.DataFrame, customers: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    """The regular stoppers whose evidence (three usual gaps of silence) leaves 28 scored days, by customer_id, with
+    their gaps before the stop (purchase days less one) and the evidence day."""
+    stop = customers[(customers["change_kind"] == "frequency_drop") & (customers["buyer_type"] == "regular")].set_index("customer_id")
+    mine = orders[orders["customer_id"].isin(stop.index)]
+    last = mine.groupby("customer_id")["order_ts"].max().dt.normalize()
+    stop["gaps"] = mine.assign(day=mine["order_ts"].dt.normalize()).groupby("customer_id")["day"].nunique() - 1
+    stop["evidence"] = np.maximum(last + pd.to_timedelta(3 * stop["cadence_days"], unit="D"), stop["change_ts"].dt.normalize())
+    return stop[stop["evidence"] <= as_of - pd.Timedelta(days=28)]
+
+
+def stoppers_found_by_gaps(data: PlantedData, as_of: pd.Timestamp, scores: SignalScores) -> pd.DataFrame:
+    """Per gaps before the stop (0-1, 2, 3+): the judged regular stoppers and those the loop gave a frequency direction
+    within 28 days of their evidence (`scores` from evaluate_young). A stopper with 0-1 gaps has no usual gap to be
+    silent against."""
+    judged = judged_stoppers(data.orders, data.customers, as_of)
+    found = scores.changers["delay_after_evidence_days"].reindex(judged.index) <= 28
+    bucket = pd.cut(judged["gaps"], [-1, 1, 2, np.inf], labels=["0-1", "2", "3+"])
+    return pd.DataFrame({"judged": judged.groupby(bucket, observed=False).size(), "found": found.groupby(bucket, observed=False).sum()})
+

@@ -320,6 +320,66 @@ def test_a_store_failing_at_the_next_date_gets_every_row_of_the_date_before(tmp_
     left.dispose()
 
 
+def test_a_store_that_does_not_reach_the_ranges_end_gets_the_snapshot_rows_its_newest_date_keeps(tmp_path, warehouse_url, caplog):
+    """A range over 2026-10-13..31 writes its dates but the Monday (10-19) as blocks alone (the daily rows expire by
+    10-31); the store then fails at 10-25 and after. At 10-24, the newest date it reached, a run per date keeps the
+    daily rows of 10-18..24: write_kept_rows writes them, and leaves 10-13..17 (expired at 10-24 too) as blocks. Every
+    other table is the run per date's, and after a prune every table. Both databases."""
+    from quimbi_pipeline.history.snapshots import snapshot_types_for
+    from quimbi_pipeline.run import (
+        PartitionReport,
+        StoreOutcome,
+        run_profiles_partition,
+        write_kept_rows,
+        write_left_rows,
+    )
+    from quimbi_pipeline.settings import PipelineSettings
+    from quimbi_pipeline.sources.demo import generate_demo
+    from quimbi_pipeline.sources.orders import validate_orders
+    from quimbi_pipeline_tests.test_reliability import (
+        ANALYST_TABLES,
+        assert_same_tables,
+    )
+    from quimbi_pipeline_tests.test_reliability import tables as analyst_tables
+
+    validated = validate_orders(generate_demo(n_customers=120, n_stores=1, seed=4).orders)
+    settings = PipelineSettings(enable_temporal_snapshots=True, enable_outlier_detection=True, active_days=10)
+    dates = [f"2026-10-{d}" for d in range(13, 32)]
+    reached = dates.index("2026-10-24") + 1
+    types_of = {day: snapshot_types_for(day) for day in dates}
+    per_date, ranged = Warehouse(f"sqlite:///{tmp_path / 'per_date.sqlite'}"), Warehouse(warehouse_url)
+    for day in dates[:reached]:
+        assert not run_profiles_partition(validated, day, per_date, settings).failed
+    reports = [run_profiles_partition(validated, day, ranged, settings, snapshot_types=types_of[day], later_day=dates[i + 1], range_end=dates[-1])
+               for i, day in enumerate(dates[:reached])]
+    assert [o.snapshots_expired for r in reports for o in r.outcomes] == [day != "2026-10-19" for day in dates[:reached]]
+    store = reports[0].outcomes[0].store_id
+    reports.append(PartitionReport(pd.Timestamp(dates[reached]), [StoreOutcome(store, False, error="failed at 10-25")]))
+    write_left_rows(validated, ranged, settings, reports[-2], types_of[dates[reached - 1]], reports[-1].failed)  # 10-24 in full
+    assert sorted(_snapshot_dates(ranged)) == ["2026-10-19", "2026-10-24"]
+    with caplog.at_level(logging.WARNING):
+        write_kept_rows(validated, ranged, settings, reports, dates, types_of)
+    assert "2026-10-18: writing the snapshot rows of store_a" in caplog.text
+    assert sorted(_snapshot_dates(ranged)) == dates[5:reached]
+    expected, produced = analyst_tables(per_date), analyst_tables(ranged)
+    assert_same_tables(expected, produced, names=[t for t in ANALYST_TABLES if t != "customer_profile_snapshots"])
+    assert_expired_on_arrival(expected, produced, dates[:5])
+    assert_same_tables(pruned_tables(per_date), pruned_tables(ranged), names=[*ANALYST_TABLES, "snapshot_blocks"])
+    # A store that reached the range's end keeps the range's judgement: nothing runs again.
+    caplog.clear()
+    done = [*reports[:reached], PartitionReport(pd.Timestamp(dates[-1]), [StoreOutcome(store, True)])]
+    with caplog.at_level(logging.WARNING):
+        write_kept_rows(validated, ranged, settings, done, [*dates[:reached], dates[-1]], types_of)
+    assert "writing the snapshot rows" not in caplog.text
+    per_date.dispose()
+    ranged.dispose()
+
+
+def _snapshot_dates(wh: Warehouse) -> list[str]:
+    frame = wh.read_sql(f"SELECT DISTINCT snapshot_date FROM {wh.qualified('customer_profile_snapshots')}")
+    return [str(pd.Timestamp(d).date()) for d in frame["snapshot_date"]]
+
+
 @pytest.mark.parametrize("text", ["0", "-3", "ten", "2.5"])
 def test_dates_per_run_must_be_a_whole_number_of_dates(monkeypatch, capsys, tmp_path, text):
     """`quimbi run` says so in two lines before anything runs (the code location fails to load with the same sentence)."""

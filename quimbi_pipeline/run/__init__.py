@@ -12,9 +12,10 @@ from quimbi_pipeline.run.one_store import StoreOutcome, run_one_store
 from quimbi_pipeline.run.profiles_partition import (
            PartitionReport,
            run_profiles_partition,
+           write_kept_rows,
            write_left_rows,
 )
 from quimbi_pipeline.run.store_pool import kept_pools
 
 __all__ = ["DriftOutcome", "FeaturesAhead", "PartitionReport", "StoreOutcome", "drift_on_demand", "kept_pools", "run_drift_partition", "run_one_store",
-           "run_profiles_partition", "write_left_rows"]
+           "run_profiles_partition", "write_kept_rows", "write_left_rows"]

@@ -219,3 +219,39 @@ def write_left_rows(validated: ValidatedOrders, warehouse: Warehouse, settings: 
         return
     for o in again.failed:
         log.error("%s: the profile rows of %s could not be written again: %s", day, o.store_id, o.error)
+
+
+def write_kept_rows(validated: ValidatedOrders, warehouse: Warehouse, settings: PipelineSettings | StoreSettings,
+                    reports: list[PartitionReport], dates: list, types_of: dict) -> None:
+    """A range's dates written as blocks alone (expired on arrival) were judged against the range's last date, `dates[-1]`.
+    A store that did not complete that date (it failed there, or the run stopped) keeps some of them under the retention
+    policy at the newest date it did complete: those store-dates run again as dates of their own, writing their snapshot
+    rows (a date older than the store's newest leaves its newer profile rows and keeps only its flagged outlier rows, as
+    a backfilled date does), so the tables are what a run per date up to that date leaves. `reports`: the run's dates
+    done, in order. A failure here is logged; the date that failed reports the store."""
+    if len(dates) < 2 or not reports:
+        return
+    policy = RetentionPolicy.from_env()
+    blocks_alone = [{o.store_id for o in report.outcomes if o.ok and o.snapshots_expired} for report in reports]
+    ok = [{o.store_id for o in report.outcomes if o.ok} for report in reports]
+    reached_end = ok[-1] if as_of_day(reports[-1].as_of) == as_of_day(dates[-1]) else set()
+    redo: dict[int, list[str]] = {}
+    for store in sorted(set().union(*blocks_alone) - reached_end):
+        reached = max(as_of_day(r.as_of) for r, stores in zip(reports, ok) if store in stores)
+        newest = warehouse.newest_snapshot_date(store)  # rows of a date write_left_rows ran again, or of an earlier run
+        horizon = reached if newest is None else max(reached, as_of_day(newest))
+        for i, stores in enumerate(blocks_alone):
+            if store in stores and not expired_on_arrival(reports[i].as_of, horizon, policy) \
+                    and not warehouse.snapshot_stats(store, reports[i].as_of)["rows_by_type"]:
+                redo.setdefault(i, []).append(store)
+    for i, stores in sorted(redo.items()):
+        day = reports[i].as_of.date()
+        log.warning("%s: writing the snapshot rows of %s: the retention policy keeps them at the newest date the store reached",
+                    day, ", ".join(stores))
+        try:
+            again = run_profiles_partition(validated, reports[i].as_of, warehouse, settings, stores, snapshot_types=types_of[dates[i]])
+        except Exception:  # the date that failed is what the run reports
+            log.exception("%s: the snapshot rows of %s could not be written", day, ", ".join(stores))
+            continue
+        for o in again.failed:
+            log.error("%s: the snapshot rows of %s could not be written: %s", day, o.store_id, o.error)

@@ -56,7 +56,6 @@ DATE_PARTITIONED = {"profile_snapshots": "snapshot_date", "customer_drift": "as_
 staging_metadata = sa.MetaData()
 
 
-@functools.lru_cache(maxsize=512)
 def stores_left_out(leased) -> tuple[str, dict]:
     """(" AND store_id NOT IN (…)", its parameters) for the `leased` stores a prune leaves alone; ("", {}) for none."""
     names = sorted(leased)
@@ -65,6 +64,7 @@ def stores_left_out(leased) -> tuple[str, dict]:
     return f" AND store_id NOT IN ({', '.join(f':l{i}' for i in range(len(names)))})", {f"l{i}": s for i, s in enumerate(names)}
 
 
+@functools.lru_cache(maxsize=512)
 def driver_sql(sql: str, postgres: bool) -> str:
     """A statement's `:name` binds in the driver's style: psycopg takes `%(name)s` (a literal % doubled), sqlite3 `:name`."""
     return _NAMED_BIND.sub(r"%(\1)s", sql.replace("%", "%%")) if postgres else sql

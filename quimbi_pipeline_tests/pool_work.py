@@ -33,3 +33,23 @@ def worker_pid(_url: str, job: tuple):
         os._exit(9)
     time.sleep(0.2)  # long enough that both workers of a pool take a job
     return Done(job[0], True, os.getpid()), []
+
+
+def warehouse_tag(url: str, job: tuple):
+    """store_pool.in_worker's warehouse, tagged the first time a job sees it: jobs of one worker report the same tag while
+    it is kept. store_raises raises inside in_worker (its outcome says so)."""
+    import uuid
+
+    from quimbi_pipeline.run.store_pool import in_worker
+
+    def work(warehouse):
+        if job[0] == "store_raises":
+            raise RuntimeError("the store's work failed")
+        if not hasattr(warehouse, "test_tag"):
+            warehouse.test_tag = uuid.uuid4().hex
+        return Done(job[0], True, 0, warehouse.test_tag)
+
+    try:
+        return in_worker(url, work)
+    except RuntimeError as exc:
+        return Done(job[0], False, 0, str(exc)), []

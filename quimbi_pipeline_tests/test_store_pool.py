@@ -17,12 +17,14 @@ from quimbi_pipeline.run import (
     StoreOutcome,
     run_drift_partition,
     run_profiles_partition,
+    store_pool,
 )
 from quimbi_pipeline.run.profiles_partition import rows_by_store
 from quimbi_pipeline.run.store_pool import (
     MIN_POOL_STORES,
     WORKER_DIED,
     end_kept_pools,
+    in_worker,
     kept_pools,
     pool_workers,
     run_in_pool,
@@ -31,7 +33,7 @@ from quimbi_pipeline.sources.demo import generate_demo
 from quimbi_pipeline.sources.orders import validate_orders
 from quimbi_pipeline.storage import Warehouse
 from quimbi_pipeline_tests.conftest import _reset_pg
-from quimbi_pipeline_tests.pool_work import dies_on_store_b, worker_pid
+from quimbi_pipeline_tests.pool_work import dies_on_store_b, warehouse_tag, worker_pid
 from quimbi_pipeline_tests.test_reliability import ALL_ON, assert_same_tables, tables
 
 DAYS = ["2026-10-30", "2026-10-31"]
@@ -126,6 +128,20 @@ def test_kept_pools_reuse_their_workers_across_dates_and_replace_a_broken_one():
         end_kept_pools()  # what a large store in the main process does first
         assert not any(_alive(pid) for pid in before.values())
         assert not set(_pids(stores).values()) & set(before.values())  # the block goes on with new workers
+
+
+def test_a_worker_keeps_its_warehouse_from_store_to_store_until_a_stores_work_raises(tmp_path):
+    url = f"sqlite:///{tmp_path / 'w.sqlite'}"
+    Warehouse(url).dispose()
+    jobs = [("store_a",), ("store_b",), ("store_raises",), ("store_c",), ("store_d",)]
+    outcomes = {o.store_id: o for o in run_in_pool(iter(jobs), url, 1, lambda store, message: None, work=warehouse_tag)}
+    tags = {store: o.error for store, o in outcomes.items()}
+    assert tags["store_a"] == tags["store_b"]  # one engine and catalog read for both
+    assert not outcomes["store_raises"].ok and tags["store_raises"] == "the store's work failed"
+    assert tags["store_c"] == tags["store_d"] != tags["store_a"]  # a new warehouse after the one that raised
+    tag = []
+    in_worker(url, lambda warehouse: tag.append(hasattr(warehouse, "test_tag")))  # the main process keeps none
+    assert store_pool._kept_warehouse is None and tag == [False]
 
 
 def test_a_large_store_in_the_main_process_ends_the_kept_workers_first(monkeypatch, tmp_path):

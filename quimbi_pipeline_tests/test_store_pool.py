@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pandas as pd
@@ -185,6 +186,28 @@ def test_automatic_threads_take_no_more_cores_than_other_work_leaves_idle(monkey
     finally:
         for hog in hogs:
             hog.kill()
+
+
+def test_limited_threads_limit_every_blas_and_openmp_pool_with_a_kept_controller(monkeypatch):
+    import sklearn.cluster  # noqa: F401 (its OpenMP library loaded)
+    import threadpoolctl
+
+    from quimbi_pipeline.runtime import threads
+
+    def counts() -> dict[str, int]:
+        return {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()}
+
+    before = counts()
+    if not any(n > 1 for n in before.values()):
+        pytest.skip("every BLAS/OpenMP pool already has one thread here (one core, or *_NUM_THREADS=1): no limit to see")
+    for _ in range(2):  # the second block reuses the first's controller
+        with threads.limited_threads(10, 2) as n:
+            assert n == 1 and set(counts().values()) == {1}
+        assert counts() == before
+    kept = threads._controller()
+    assert threads._controller() is kept  # nothing imported since: no new scan
+    monkeypatch.setitem(sys.modules, "quimbi_pipeline_tests.just_imported", types.ModuleType("just_imported"))
+    assert threads._controller() is not kept  # a module imported since: the libraries are scanned again
 
 
 def test_each_store_gets_its_own_orders_in_order_from_one_sort():

@@ -91,15 +91,15 @@ def limited_threads(n_rows: int, threads: int, automatic: bool = False) -> Itera
         yield n
 
 
-_controllers: dict[int, ThreadpoolController] = {}  # by the number of modules imported when it scanned
+_scanned: tuple[int, ThreadpoolController] | None = None  # (modules imported when it scanned, the controller)
 
 
 def _controller() -> ThreadpoolController:
     """threadpoolctl's view of the process' BLAS/OpenMP libraries, scanned again only when modules were imported since
     (a library comes with the extension module that loads it). `threadpool_limits` scans every loaded shared object on
     each call: 4-6 ms, once per store's profiles and once per its drift, against 0.02 ms with a kept controller."""
+    global _scanned
     modules = len(sys.modules)
-    if modules not in _controllers:
-        _controllers.clear()
-        _controllers[modules] = ThreadpoolController()
-    return _controllers[modules]
+    if _scanned is None or _scanned[0] != modules:
+        _scanned = (modules, ThreadpoolController())
+    return _scanned[1]

@@ -320,7 +320,7 @@ def test_a_store_failing_at_the_next_date_gets_every_row_of_the_date_before(tmp_
     left.dispose()
 
 
-def test_a_store_that_does_not_reach_the_ranges_end_gets_the_snapshot_rows_its_newest_date_keeps(tmp_path, warehouse_url, caplog):
+def test_a_store_that_does_not_reach_the_ranges_end_gets_the_snapshot_rows_its_newest_date_keeps(tmp_path, warehouse_url, caplog, monkeypatch):
     """A range over 2026-10-13..31 writes its dates but the Monday (10-19) as blocks alone (the daily rows expire by
     10-31); the store then fails at 10-25 and after. At 10-24, the newest date it reached, a run per date keeps the
     daily rows of 10-18..24: write_kept_rows writes them, and leaves 10-13..17 (expired at 10-24 too) as blocks. Every
@@ -357,6 +357,13 @@ def test_a_store_that_does_not_reach_the_ranges_end_gets_the_snapshot_rows_its_n
     reports.append(PartitionReport(pd.Timestamp(dates[reached]), [StoreOutcome(store, False, error="failed at 10-25")]))
     write_left_rows(validated, ranged, settings, reports[-2], types_of[dates[reached - 1]], reports[-1].failed)  # 10-24 in full
     assert sorted(_snapshot_dates(ranged)) == ["2026-10-19", "2026-10-24"]
+    # A store whose kept dates cannot be read is logged and left as it is; nothing is raised.
+    with monkeypatch.context() as m, caplog.at_level(logging.WARNING):
+        m.setattr(ranged, "newest_snapshot_date", lambda store: (_ for _ in ()).throw(RuntimeError("database went away")))
+        write_kept_rows(validated, ranged, settings, reports, dates, types_of)
+    assert "store_a: could not read which snapshot rows it keeps" in caplog.text and "database went away" in caplog.text
+    assert sorted(_snapshot_dates(ranged)) == ["2026-10-19", "2026-10-24"]
+    caplog.clear()
     with caplog.at_level(logging.WARNING):
         write_kept_rows(validated, ranged, settings, reports, dates, types_of)
     assert "2026-10-18: writing the snapshot rows of store_a" in caplog.text

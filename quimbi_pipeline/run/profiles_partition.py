@@ -238,10 +238,14 @@ def write_kept_rows(validated: ValidatedOrders, warehouse: Warehouse, settings: 
     redo: dict[int, list[str]] = {}
     for store in sorted(set().union(*blocks_alone) - reached_end):
         reached = max(as_of_day(r.as_of) for r, stores in zip(reports, ok) if store in stores)
-        newest = warehouse.newest_snapshot_date(store)  # rows of a date write_left_rows ran again, or of an earlier run
+        try:
+            newest = warehouse.newest_snapshot_date(store)  # rows of a date write_left_rows ran again, or of an earlier run
+            # The dates with snapshot rows now (no block dates given: blocks-alone dates left out), in one read.
+            with_rows = set(warehouse.snapshot_sources(store, reports[0].as_of, reached, block_dates=[])["snapshot_date"])
+        except Exception:  # as a failed write below: logged, and the other stores go on
+            log.exception("%s: could not read which snapshot rows it keeps", store)
+            continue
         horizon = reached if newest is None else max(reached, as_of_day(newest))
-        # The dates with snapshot rows now (no block dates given: blocks-alone dates left out), in one read.
-        with_rows = set(warehouse.snapshot_sources(store, reports[0].as_of, reached, block_dates=[])["snapshot_date"])
         for i, stores in enumerate(blocks_alone):
             if store in stores and reports[i].as_of not in with_rows and not expired_on_arrival(reports[i].as_of, horizon, policy):
                 redo.setdefault(i, []).append(store)

@@ -220,11 +220,13 @@ def daily_profiles(
                         context.log.info(f"date {i} of {len(dates)}, {day}: {reports[-1].n_profiles:,} profiles, "
                                          f"{len(reports[-1].failed)} store(s) failed, {reports[-1].seconds.get('total', 0.0):.1f}s")
             write_kept_rows(validated, wh, settings, reports, dates, types_of)  # stores that did not reach the range's end
-        except BaseException:  # the drift step will not run: the lease ends here
-            if len(reports) and len(reports) < len(dates):  # the last date done left rows to one that did not run
-                write_left_rows(validated, wh, settings, reports[-1], types_of[dates[len(reports) - 1]], [o for o in reports[-1].outcomes if o.ok])
-                write_kept_rows(validated, wh, settings, reports, dates, types_of)
-            release(wh, context.run.run_id)
+        except BaseException:  # the drift step will not run: the lease ends here, whatever the rows left below do
+            try:
+                if len(reports) and len(reports) < len(dates):  # the last date done left rows to one that did not run
+                    write_left_rows(validated, wh, settings, reports[-1], types_of[dates[len(reports) - 1]], [o for o in reports[-1].outcomes if o.ok])
+                    write_kept_rows(validated, wh, settings, reports, dates, types_of)
+            finally:
+                release(wh, context.run.run_id)
             raise
         if not drift_step_follows(context):
             release(wh, context.run.run_id)

@@ -316,13 +316,13 @@ def test_a_small_historys_windows_computed_in_one_pass_equal_each_window_compute
 
     rng = np.random.default_rng(3)
     days = pd.date_range("2025-11-03", "2026-10-31")
+    since = pd.Timestamp("2026-09-01").value // 86_400_000_000_000
     rows = []
     for i in range(60):
         # Customers who joined at different times, with snapshots on a random third of the days (some on D, some not).
         seen = days[days >= days[rng.integers(0, days.size)]]
         seen = seen[rng.random(seen.size) < 0.3]
         u = rng.dirichlet(np.ones(3), size=seen.size)
-        since = pd.Timestamp("2026-09-01").value // 86_400_000_000_000
         for day, row in zip(seen, u):
             detected = i % 3 == 0 and day >= pd.Timestamp("2026-09-15")
             change = {f"{FEATURE_PREFIX}{CHANGE_PREFIX}{AXIS}.{k}": (v if detected else np.nan)
@@ -332,15 +332,17 @@ def test_a_small_historys_windows_computed_in_one_pass_equal_each_window_compute
     frame = pd.DataFrame(rows)
     windows = (0, 7, 28, 90, 180, 365)  # the 0-day window holds one snapshot a customer: no rows
     # The store, and one customer alone (each window's rows then start with the customer the previous window's end).
-    for h in (MembershipHistory.from_frame(frame, COLS), MembershipHistory.from_frame(frame[frame["customer_id"] == "c000"], COLS)):
-        stacked = compute_drift(h, "2026-10-31", windows)
+    stacked = {}
+    for name, part in (("store", frame), ("one customer", frame[frame["customer_id"] == "c000"])):
+        h = MembershipHistory.from_frame(part, COLS)
+        stacked[name] = compute_drift(h, "2026-10-31", windows)
         with monkeypatch.context() as m:
             m.setattr(measures, "STACKED_WINDOW_ROWS", 0)
             alone = compute_drift(h, "2026-10-31", windows)
-        assert set(stacked.customers["window_days"]) == {7, 28, 90, 180, 365}
-        pd.testing.assert_frame_equal(stacked.customers, alone.customers, check_exact=True)
-        pd.testing.assert_frame_equal(stacked.axes, alone.axes, check_exact=True)
-        assert [(p["window_days"], p["axis"]) for p in stacked.axis_parts] == [(p["window_days"], p["axis"]) for p in alone.axis_parts]
-        assert [list(p) for p in stacked.axis_parts] == [list(p) for p in alone.axis_parts]
-    whole = compute_drift(MembershipHistory.from_frame(frame, COLS), "2026-10-31", windows).customers
+        assert set(stacked[name].customers["window_days"]) == {7, 28, 90, 180, 365}
+        pd.testing.assert_frame_equal(stacked[name].customers, alone.customers, check_exact=True)
+        pd.testing.assert_frame_equal(stacked[name].axes, alone.axes, check_exact=True)
+        assert [(p["window_days"], p["axis"]) for p in stacked[name].axis_parts] == [(p["window_days"], p["axis"]) for p in alone.axis_parts]
+        assert [list(p) for p in stacked[name].axis_parts] == [list(p) for p in alone.axis_parts]
+    whole = stacked["store"].customers
     assert whole["recommendations"].ne("[]").any() and whole["axes"].str.contains('"improving"|"degrading"').any()
